@@ -1,0 +1,117 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Outbox",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "OutboxSMTP", targets: ["OutboxSMTP"]),
+        .library(name: "OutboxMIME", targets: ["OutboxMIME"]),
+        .library(name: "OutboxConfig", targets: ["OutboxConfig"]),
+        .library(name: "OutboxTransports", targets: ["OutboxTransports"]),
+        .executable(name: "outbox", targets: ["outbox"]),
+        .executable(name: "outbox-bench", targets: ["outbox-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        // The smtp-client options: parse, validate, defaults, when each change takes effect.
+        .target(name: "OutboxConfig", swiftSettings: strict),
+        // Messages, addresses, header and body encoders, the streaming writer.
+        .target(
+            name: "OutboxMIME",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        // Reply parser, command encoder, client state machine, SASL, SMTPConnection.
+        .target(
+            name: "OutboxSMTP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // MailTransport: SMTP, file (and later Graph, EWS); configuration -> engine glue.
+        .target(
+            name: "OutboxTransports",
+            dependencies: [
+                "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "outbox",
+            dependencies: [
+                "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "outbox-bench",
+            dependencies: [
+                "OutboxSMTP", "OutboxMIME",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxConfigTests",
+            dependencies: [
+                "OutboxConfig",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxMIMETests",
+            dependencies: [
+                "OutboxMIME",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxTransportsTests",
+            dependencies: [
+                "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxSMTPTests",
+            dependencies: [
+                "OutboxSMTP", "OutboxMIME", "OutboxTransports", "OutboxConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

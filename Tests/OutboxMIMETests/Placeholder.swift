@@ -1,0 +1,2 @@
+import Testing
+@Test func placeholderOutboxMIMETests() { #expect(1 + 1 == 2) }
