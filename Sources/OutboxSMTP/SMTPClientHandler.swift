@@ -1,0 +1,182 @@
+import NIOCore
+import NIOSSL
+import NIOTLS
+
+/// What the connection writes: bytes already encoded, and optionally the promise of the reply
+/// they will get. Replies are matched to promises in write order (RFC 2920 pipelining).
+struct SMTPOutbound {
+    var bytes: ByteBuffer
+    var reply: EventLoopPromise<SMTPReply>?
+    /// Set on STARTTLS: when its 220 arrives, clear-text bytes after it close the connection and
+    /// the TLS handler is inserted before the reply promise completes; this promise completes
+    /// when the handshake does.
+    var tlsHandshake: EventLoopPromise<Void>? = nil
+}
+
+/// The thin I/O half of the client: parses replies, completes promises in order, inserts TLS
+/// after STARTTLS, and fails every waiter with a typed error when anything goes wrong.
+final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = SMTPOutbound
+    typealias OutboundOut = ByteBuffer
+
+    struct TLSUpgrade {
+        var context: NIOSSLContext
+        var serverHostname: String?
+    }
+
+    private var parser = SMTPReplyParser()
+    private var buffer: ByteBuffer?
+    private var waiters = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)>()
+    private let tlsUpgrade: TLSUpgrade?
+    private var failure: SMTPError?
+    private let greetingPromise: EventLoopPromise<SMTPReply>
+    /// The handshake in progress, if any (implicit TLS from the start, or after STARTTLS).
+    private var handshakePromise: EventLoopPromise<Void>?
+    /// The stage to name when the connection dies (set by the connection as it goes).
+    var currentStage: SMTPError.Stage = .greeting
+
+    init(greeting: EventLoopPromise<SMTPReply>, tlsUpgrade: TLSUpgrade?, implicitTLSHandshake: EventLoopPromise<Void>?) {
+        self.tlsUpgrade = tlsUpgrade
+        self.greetingPromise = greeting
+        self.handshakePromise = implicitTLSHandshake
+        self.waiters.append((greeting, nil))
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if failure != nil { return }
+        if buffer == nil || buffer!.readableBytes == 0 {
+            buffer = incoming
+        } else {
+            buffer!.writeBuffer(&incoming)
+        }
+        while failure == nil, var current = buffer {
+            let reply: SMTPReply?
+            do {
+                reply = try parser.parse(&current)
+            } catch {
+                buffer = current
+                fail(context: context, error)
+                return
+            }
+            buffer = current
+            guard let reply else { break }
+            deliver(reply, context: context)
+        }
+        if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
+    }
+
+    private func deliver(_ reply: SMTPReply, context: ChannelHandlerContext) {
+        guard let waiter = waiters.popFirst() else {
+            // A reply nobody asked for: a 421 shutdown notice, or a broken server.
+            let error = reply.code == 421
+                ? SMTPError(stage: currentStage, kind: .reply, reply: reply, message: "the server is closing the connection: \(reply)")
+                : SMTPError(stage: .protocol, kind: .protocolViolation, reply: reply,
+                            message: "the server sent a reply nobody asked for: \(reply)")
+            fail(context: context, error)
+            return
+        }
+        if let handshake = waiter.tlsHandshake, reply.code == 220 {
+            if let rest = buffer, rest.readableBytes > 0 {
+                let error = SMTPError(stage: .starttls, kind: .startTLSInjection,
+                                      message: "the server sent \(rest.readableBytes) bytes of clear text after agreeing to STARTTLS (possible command injection); the connection was closed")
+                waiter.promise.fail(error)
+                fail(context: context, error)
+                return
+            }
+            guard let tlsUpgrade else {
+                waiter.promise.fail(SMTPError(stage: .starttls, kind: .tlsHandshake, message: "no TLS configuration"))
+                return
+            }
+            do {
+                let tls = try NIOSSLClientHandler(context: tlsUpgrade.context, serverHostname: tlsUpgrade.serverHostname)
+                handshakePromise = handshake
+                try context.pipeline.syncOperations.addHandler(tls, position: .first)
+            } catch {
+                let smtpError = SMTPError(stage: .tls, kind: .tlsHandshake, message: "TLS could not start: \(error)")
+                waiter.promise.fail(smtpError)
+                fail(context: context, smtpError)
+                return
+            }
+        }
+        if let handshake = waiter.tlsHandshake, reply.code != 220 {
+            handshake.fail(SMTPError.reply(reply, stage: .starttls))
+        }
+        waiter.promise.succeed(reply)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event, let handshake = handshakePromise {
+            handshakePromise = nil
+            handshake.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let smtp = error as? SMTPError {
+            fail(context: context, smtp)
+        } else if handshakePromise != nil || error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            fail(context: context, SMTPError(stage: .tls, kind: .tlsHandshake,
+                                             message: "the TLS handshake failed: \(Self.describeTLS(error))"))
+        } else {
+            fail(context: context, SMTPError(stage: currentStage, kind: .connectionClosed,
+                                             message: "the connection failed: \(error)"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let stage = currentStage
+        failAll(failure ?? SMTPError(stage: stage, kind: .connectionClosed,
+                                     message: "the server closed the connection during \(stage.rawValue.uppercased())"))
+        context.fireChannelInactive()
+    }
+
+    // MARK: outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let request = unwrapOutboundIn(data)
+        if let failure {
+            request.reply?.fail(failure)
+            request.tlsHandshake?.fail(failure)
+            promise?.fail(failure)
+            return
+        }
+        if let reply = request.reply { waiters.append((reply, request.tlsHandshake)) }
+        context.write(wrapOutboundOut(request.bytes), promise: promise)
+    }
+
+    // MARK: failure
+
+    private func fail(context: ChannelHandlerContext, _ error: SMTPError) {
+        if failure == nil { failure = error }
+        failAll(error)
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ error: SMTPError) {
+        if failure == nil { failure = error }
+        while let waiter = waiters.popFirst() {
+            waiter.promise.fail(error)
+            waiter.tlsHandshake?.fail(error)
+        }
+        if let handshake = handshakePromise {
+            handshakePromise = nil
+            handshake.fail(error)
+        }
+    }
+
+    static func describeTLS(_ error: any Error) -> String {
+        let text = String(describing: error)
+        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
+            return "the server's certificate is not trusted (\(text)); add its CA with [outbox] tls-ca-file"
+        }
+        if text.contains("failedToValidateHostname") {
+            return "the server's certificate does not match the host name (\(text))"
+        }
+        return text
+    }
+}

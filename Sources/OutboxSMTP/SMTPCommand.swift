@@ -1,0 +1,129 @@
+import NIOCore
+
+/// The commands the client sends. Their wire text comes from `encode(into:)` and nowhere else.
+public enum SMTPCommand: Sendable, Hashable {
+    /// `EHLO <domain>` (RFC 5321 §4.1.1.1). C: `EHLO client.example` S: `250-server.example ...`
+    case ehlo(String)
+    /// `HELO <domain>`, when EHLO is not understood.
+    case helo(String)
+    /// `STARTTLS` (RFC 3207). S: `220 2.0.0 Ready to start TLS`
+    case startTLS
+    /// `AUTH <mechanism> [initial-response]` (RFC 4954). The response is a secret.
+    case auth(mechanism: String, initialResponse: String?)
+    /// A base64 line answering a 334 challenge (or empty, or `*` to cancel). A secret.
+    case authResponse(String)
+    /// `MAIL FROM:<reverse-path> [parameters]`.
+    case mailFrom(String, parameters: [String])
+    /// `RCPT TO:<forward-path> [parameters]`.
+    case rcptTo(String, parameters: [String])
+    /// `DATA`. S: `354 End data with <CR><LF>.<CR><LF>`
+    case data
+    case noop
+    case rset
+    case quit
+
+    /// Whether the command's arguments carry credentials that must never be logged.
+    public var isSensitive: Bool {
+        switch self {
+        case .auth, .authResponse: return true
+        case .ehlo, .helo, .startTLS, .mailFrom, .rcptTo, .data, .noop, .rset, .quit: return false
+        }
+    }
+
+    /// The text to show in a transcript: secrets replaced with `<redacted>`.
+    public var redactedText: String {
+        switch self {
+        case .auth(let mechanism, let initialResponse):
+            return initialResponse == nil ? "AUTH \(mechanism)" : "AUTH \(mechanism) <redacted>"
+        case .authResponse:
+            return "<redacted>"
+        case .ehlo, .helo, .startTLS, .mailFrom, .rcptTo, .data, .noop, .rset, .quit:
+            var buffer = ByteBufferAllocator().buffer(capacity: 64)
+            _ = try? self.encode(into: &buffer)
+            return String(buffer: buffer).trimmingCRLF()
+        }
+    }
+
+    /// Checks every argument: no CR, LF, NUL or other control characters; no `<` or `>` inside a path.
+    public func validate() throws(SMTPError) {
+        switch self {
+        case .ehlo(let domain), .helo(let domain):
+            try Self.check(domain, what: "EHLO name", allowEmpty: false, forbidSpace: true)
+        case .auth(let mechanism, let initialResponse):
+            try Self.check(mechanism, what: "AUTH mechanism", allowEmpty: false, forbidSpace: true)
+            if let initialResponse { try Self.check(initialResponse, what: "AUTH response", allowEmpty: true, forbidSpace: true, secret: true) }
+        case .authResponse(let line):
+            try Self.check(line, what: "AUTH response", allowEmpty: true, forbidSpace: true, secret: true)
+        case .mailFrom(let path, let parameters):
+            try Self.checkPath(path, what: "sender address", allowEmpty: true)
+            for p in parameters { try Self.check(p, what: "MAIL parameter", allowEmpty: false, forbidSpace: true) }
+        case .rcptTo(let path, let parameters):
+            try Self.checkPath(path, what: "recipient address", allowEmpty: false)
+            for p in parameters { try Self.check(p, what: "RCPT parameter", allowEmpty: false, forbidSpace: true) }
+        case .startTLS, .data, .noop, .rset, .quit:
+            break
+        }
+    }
+
+    /// Writes the command line, CRLF included, after `validate()`. Returns the bytes written.
+    @discardableResult
+    public func encode(into buffer: inout ByteBuffer) throws(SMTPError) -> Int {
+        try validate()
+        let start = buffer.writerIndex
+        switch self {
+        case .ehlo(let domain): buffer.writeString("EHLO \(domain)")
+        case .helo(let domain): buffer.writeString("HELO \(domain)")
+        case .startTLS: buffer.writeString("STARTTLS")
+        case .auth(let mechanism, let initialResponse):
+            buffer.writeString("AUTH \(mechanism)")
+            if let initialResponse { buffer.writeString(" \(initialResponse.isEmpty ? "=" : initialResponse)") }
+        case .authResponse(let line): buffer.writeString(line)
+        case .mailFrom(let path, let parameters):
+            buffer.writeString("MAIL FROM:<\(path)>")
+            for p in parameters { buffer.writeString(" \(p)") }
+        case .rcptTo(let path, let parameters):
+            buffer.writeString("RCPT TO:<\(path)>")
+            for p in parameters { buffer.writeString(" \(p)") }
+        case .data: buffer.writeString("DATA")
+        case .noop: buffer.writeString("NOOP")
+        case .rset: buffer.writeString("RSET")
+        case .quit: buffer.writeString("QUIT")
+        }
+        buffer.writeString("\r\n")
+        return buffer.writerIndex - start
+    }
+
+    private static func checkPath(_ value: String, what: String, allowEmpty: Bool) throws(SMTPError) {
+        try check(value, what: what, allowEmpty: allowEmpty, forbidSpace: false)
+        if value.contains("<") || value.contains(">") {
+            throw SMTPError(stage: what == "sender address" ? .mail : .rcpt, kind: .invalidArgument,
+                            message: "the \(what) \(SMTPReplyParser.printable(value)) contains '<' or '>'")
+        }
+    }
+
+    private static func check(_ value: String, what: String, allowEmpty: Bool, forbidSpace: Bool, secret: Bool = false) throws(SMTPError) {
+        let stage: SMTPError.Stage = what.hasPrefix("AUTH") ? .auth : what.hasPrefix("RCPT") || what == "recipient address" ? .rcpt : what == "EHLO name" ? .ehlo : .mail
+        let shown = secret ? "" : " \(SMTPReplyParser.printable(value))"
+        if value.isEmpty && !allowEmpty {
+            throw SMTPError(stage: stage, kind: .invalidArgument, message: "the \(what) is empty")
+        }
+        for scalar in value.unicodeScalars {
+            if scalar == "\r" || scalar == "\n" || scalar == "\0" {
+                throw SMTPError(stage: stage, kind: .invalidArgument,
+                                message: "the \(what)\(shown) contains CR, LF or NUL; nothing was sent")
+            }
+            if scalar.value < 0x20 || scalar.value == 0x7F || (forbidSpace && scalar == " ") {
+                throw SMTPError(stage: stage, kind: .invalidArgument,
+                                message: "the \(what)\(shown) contains a control character or space; nothing was sent")
+            }
+        }
+    }
+}
+
+extension String {
+    func trimmingCRLF() -> String {
+        var s = Substring(self)
+        while let last = s.last, last == "\r" || last == "\n" || last == "\r\n" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,713 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// What TLS the connection negotiated.
+public struct SMTPTLSInfo: Sendable {
+    public var version: String
+    public var peerSubject: String?
+    public var peerNotValidAfter: Date?
+}
+
+/// One SMTP session to one server: connected, greeted, secured and authenticated by `connect`,
+/// then used for any number of transactions, one at a time.
+public final class SMTPConnection: Sendable {
+    public let configuration: SMTPClientConfiguration
+    /// The capabilities of the last EHLO (after STARTTLS: the second one).
+    public let capabilities: SMTPCapabilities
+    /// The server's greeting.
+    public let greeting: SMTPReply
+    /// The SASL mechanism used, when the connection authenticated.
+    public let authMechanism: SASLMechanism?
+    /// When the OAuth token used to authenticate expires (nil: no token).
+    public let credentialExpiry: ContinuousClock.Instant?
+    public let tlsInfo: SMTPTLSInfo?
+    /// The address connected to.
+    public let remoteAddress: String?
+    public let id: Int
+    /// How long each connection step took, in order (connect, tls, greeting, ehlo, starttls, auth).
+    public let stepTimings: [(step: String, duration: Duration)]
+
+    private let channel: any Channel
+    private let logger: Logger
+    private let state: NIOLockedValueBox<State>
+
+    private enum State {
+        case idle
+        case busy
+        case closed
+    }
+
+    private static let ids = NIOLockedValueBox(0)
+
+    private init(channel: any Channel, session: Session) {
+        self.channel = channel
+        self.configuration = session.configuration
+        self.capabilities = session.capabilities
+        self.greeting = session.greeting!
+        self.authMechanism = session.authMechanism
+        self.credentialExpiry = session.credentialExpiry
+        self.tlsInfo = session.tlsInfo
+        self.remoteAddress = channel.remoteAddress?.description
+        self.logger = session.logger
+        self.id = session.id
+        self.stepTimings = session.timings
+        self.state = NIOLockedValueBox(.idle)
+    }
+
+    public var isOpen: Bool { channel.isActive && state.withLockedValue { if case .closed = $0 { false } else { true } } }
+
+    // MARK: connecting
+
+    /// Connects, reads the greeting, says EHLO (HELO if refused), secures the connection as
+    /// configured, and authenticates when credentials are given.
+    public static func connect(
+        configuration: SMTPClientConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger baseLogger: Logger = Logger(label: "outbox.smtp")
+    ) async throws(SMTPError) -> SMTPConnection {
+        let id = ids.withLockedValue { $0 += 1; return $0 }
+        var logger = baseLogger
+        logger[metadataKey: "smtp.connection_id"] = "\(id)"
+        logger[metadataKey: "smtp.server"] = "\(configuration.host):\(configuration.port)"
+
+        let needsTLS = configuration.security != .none
+        var sslContext: NIOSSLContext?
+        if needsTLS {
+            if configuration.hostIsTrustedWithoutCA {
+                logger.warning("mail.smtp.ssl.trust names this host: its certificate is accepted without checking who issued it")
+            }
+            do {
+                sslContext = try NIOSSLContext(configuration: configuration.makeTLSConfiguration())
+            } catch {
+                throw SMTPError(stage: .tls, kind: .tlsHandshake,
+                                message: "the TLS configuration is unusable (tls-ca-file \(configuration.tlsCAFile ?? "unset")): \(error)")
+            }
+        }
+        let serverHostname: String? = (configuration.hostIsTrustedWithoutCA || isIPAddress(configuration.host)) ? nil : configuration.host
+        let upgrade = sslContext.map { SMTPClientHandler.TLSUpgrade(context: $0, serverHostname: serverHostname) }
+        let implicitTLS = configuration.security == .implicitTLS
+
+        let eventLoop = eventLoopGroup.next()
+        let greetingPromise = eventLoop.makePromise(of: SMTPReply.self)
+        let handshakePromise: EventLoopPromise<Void>? = implicitTLS ? eventLoop.makePromise() : nil
+        let clock = ContinuousClock()
+        var timings: [(String, Duration)] = []
+        var start = clock.now
+
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout.timeAmount)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if implicitTLS, let upgrade {
+                        let tls = try NIOSSLClientHandler(context: upgrade.context, serverHostname: upgrade.serverHostname)
+                        try channel.pipeline.syncOperations.addHandler(tls)
+                    }
+                    let handler = SMTPClientHandler(greeting: greetingPromise, tlsUpgrade: upgrade, implicitTLSHandshake: handshakePromise)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            greetingPromise.fail(SMTPError(stage: .connect, kind: .connectionClosed, message: "not connected"))
+            handshakePromise?.fail(SMTPError(stage: .connect, kind: .connectionClosed, message: "not connected"))
+            throw SMTPError(stage: .connect, kind: error is ChannelError && "\(error)".contains("connectTimeout") ? .timeout : .connectionClosed,
+                            message: "could not connect to \(configuration.host):\(configuration.port): \(error)", isTransient: true)
+        }
+        timings.append(("connect", clock.now - start))
+        if configuration.enableDebug {
+            logger.info("connected to \(channel.remoteAddress?.description ?? configuration.host)")
+        }
+
+        var session = Session(configuration: configuration, channel: channel, logger: logger, id: id)
+        do {
+            if let handshakePromise {
+                start = clock.now
+                try await session.await(handshakePromise.futureResult, timeout: configuration.connectTimeout, stage: .tls)
+                session.tlsInfo = try await session.readTLSInfo()
+                timings.append(("tls", clock.now - start))
+            }
+            start = clock.now
+            let greeting = try await session.await(greetingPromise.futureResult, timeout: configuration.protocolTimeout, stage: .greeting)
+            session.trace(greeting)
+            session.greeting = greeting
+            timings.append(("greeting", clock.now - start))
+            guard greeting.code == 220 else {
+                throw SMTPError.reply(greeting, stage: .greeting,
+                                      message: "the server refused the session in its greeting: \(greeting)")
+            }
+            start = clock.now
+            try await session.hello()
+            timings.append(("ehlo", clock.now - start))
+
+            switch configuration.security {
+            case .none, .implicitTLS:
+                break
+            case .startTLS, .startTLSRequired:
+                start = clock.now
+                try await session.startTLS(required: configuration.security == .startTLSRequired)
+                if session.tlsInfo != nil { timings.append(("starttls", clock.now - start)) }
+            }
+            if let credentials = configuration.credentials {
+                start = clock.now
+                try await session.authenticate(credentials)
+                timings.append(("auth", clock.now - start))
+            }
+        } catch let error as SMTPError {
+            await session.abandon()
+            throw error
+        } catch {
+            await session.abandon()
+            throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "\(error)")
+        }
+        session.timings = timings
+        return SMTPConnection(channel: channel, session: session)
+    }
+
+    static func isIPAddress(_ host: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+    }
+
+    // MARK: transactions
+
+    /// Sends one message: MAIL, one RCPT per recipient, DATA for the accepted ones, the body
+    /// (line ends repaired and dot-stuffed on the fly, written as the channel accepts it), and
+    /// the final dot. With PIPELINING, MAIL, the RCPTs and DATA leave in one flush.
+    ///
+    /// Returns per-recipient results. Throws for failures of the whole transaction: MAIL or DATA
+    /// refused, the message refused after the final dot, an extension the message needs, or a
+    /// broken connection (`.connectionClosed` before the final dot: safe to retry;
+    /// `.outcomeUnknown` after it: not).
+    public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body) async throws(SMTPError) -> SMTPTransactionResult
+    where Body.Element == ByteBuffer {
+        try acquire()
+        var session = Session(connection: self)
+        do {
+            let result = try await session.transaction(envelope: envelope, body: body)
+            release()
+            return result
+        } catch let error as SMTPError {
+            await afterFailure(session: &session, error: error)
+            throw error
+        } catch {
+            let wrapped = SMTPError(stage: session.stage, kind: .connectionClosed, message: "reading the message failed: \(error)", isTransient: false)
+            await afterFailure(session: &session, error: wrapped)
+            throw wrapped
+        }
+    }
+
+    /// Sends NOOP and expects 250: is the connection still alive?
+    public func noop() async throws(SMTPError) {
+        try await simple(.noop, stage: .noop)
+    }
+
+    /// Sends RSET: abandons a half-done transaction.
+    public func reset() async throws(SMTPError) {
+        try await simple(.rset, stage: .rset)
+    }
+
+    /// Sends QUIT, waits briefly for 221, and closes. Never throws.
+    public func quit() async {
+        let wasOpen = state.withLockedValue { state -> Bool in
+            if case .closed = state { return false }
+            state = .closed
+            return true
+        }
+        guard wasOpen else { return }
+        var session = Session(connection: self)
+        if channel.isActive {
+            _ = try? await session.command(.quit, stage: .quit, timeout: min(configuration.protocolTimeout, .seconds(10)))
+        }
+        try? await channel.close()
+    }
+
+    /// Closes without QUIT.
+    public func close() async {
+        state.withLockedValue { $0 = .closed }
+        try? await channel.close()
+    }
+
+    private func simple(_ command: SMTPCommand, stage: SMTPError.Stage) async throws(SMTPError) {
+        try acquire()
+        var session = Session(connection: self)
+        do throws(SMTPError) {
+            let reply = try await session.command(command, stage: stage)
+            guard reply.code == 250 else {
+                throw SMTPError.reply(reply, stage: stage)
+            }
+            release()
+        } catch {
+            await afterFailure(session: &session, error: error)
+            throw error
+        }
+    }
+
+    private func acquire() throws(SMTPError) {
+        let error: SMTPError? = state.withLockedValue { state in
+            switch state {
+            case .idle:
+                state = .busy
+                return nil
+            case .busy: return SMTPError(stage: .mail, kind: .connectionUnusable, message: "the connection is already in use")
+            case .closed: return SMTPError(stage: .mail, kind: .connectionUnusable, message: "the connection is closed", isTransient: true)
+            }
+        }
+        if let error { throw error }
+    }
+
+    private func release() {
+        state.withLockedValue { state in
+            if case .busy = state { state = .idle }
+        }
+    }
+
+    private func afterFailure(session: inout Session, error: SMTPError) async {
+        // A 421, a broken connection or a protocol error ends the session; a refused command
+        // leaves it usable once RSET has cleared the transaction.
+        let fatal = error.reply?.code == 421 || error.kind != .reply || !channel.isActive
+        if fatal {
+            state.withLockedValue { $0 = .closed }
+            try? await channel.close()
+            return
+        }
+        if session.transactionStarted {
+            do {
+                let reply = try await session.command(.rset, stage: .rset)
+                if reply.code != 250 { throw SMTPError.reply(reply, stage: .rset) }
+            } catch {
+                state.withLockedValue { $0 = .closed }
+                try? await channel.close()
+                return
+            }
+        }
+        release()
+    }
+
+    // MARK: the session's steps
+
+    /// The steps of a session; a value type used by one task at a time.
+    fileprivate struct Session {
+        let configuration: SMTPClientConfiguration
+        let channel: any Channel
+        let logger: Logger
+        let id: Int
+        var capabilities = SMTPCapabilities(extensions: [:], isExtended: false)
+        var greeting: SMTPReply?
+        var authMechanism: SASLMechanism?
+        var credentialExpiry: ContinuousClock.Instant?
+        var tlsInfo: SMTPTLSInfo?
+        var timings: [(step: String, duration: Duration)] = []
+        var stage: SMTPError.Stage = .greeting
+        var transactionStarted = false
+
+        init(configuration: SMTPClientConfiguration, channel: any Channel, logger: Logger, id: Int) {
+            self.configuration = configuration
+            self.channel = channel
+            self.logger = logger
+            self.id = id
+        }
+
+        init(connection: SMTPConnection) {
+            self.init(configuration: connection.configuration, channel: connection.channel, logger: connection.logger, id: connection.id)
+            self.capabilities = connection.capabilities
+        }
+
+        var debug: Bool { configuration.enableDebug }
+
+        func trace(_ reply: SMTPReply) {
+            guard debug else { return }
+            logger.info("S: \(reply)")
+        }
+
+        func trace(sent text: String) {
+            guard debug else { return }
+            logger.info("C: \(text)")
+        }
+
+        /// Waits for a future, closing the connection when `timeout` passes first.
+        func await<T: Sendable>(_ future: EventLoopFuture<T>, timeout: Duration, stage: SMTPError.Stage) async throws(SMTPError) -> T {
+            let timedOut = NIOLockedValueBox(false)
+            let channel = self.channel
+            let task = channel.eventLoop.scheduleTask(in: timeout.timeAmount) {
+                timedOut.withLockedValue { $0 = true }
+                channel.close(promise: nil)
+            }
+            defer { task.cancel() }
+            do {
+                return try await future.get()
+            } catch {
+                if timedOut.withLockedValue({ $0 }) {
+                    throw SMTPError(stage: stage, kind: stage == .tls ? .timeout : .timeout,
+                                    message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
+                }
+                if let smtp = error as? SMTPError {
+                    if smtp.kind == .connectionClosed && smtp.stage != stage {
+                        var adjusted = smtp
+                        adjusted.stage = stage
+                        adjusted.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
+                        throw adjusted
+                    }
+                    throw smtp
+                }
+                throw SMTPError(stage: stage, kind: .connectionClosed, message: "the connection was lost during \(stage.rawValue.uppercased()): \(error)")
+            }
+        }
+
+        static func format(_ d: Duration) -> String {
+            let s = d.components.seconds
+            return String(format: "%02lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60)
+        }
+
+        /// Encodes and writes commands in one flush; returns the futures of their replies.
+        func write(_ commands: [SMTPCommand], tlsHandshake: EventLoopPromise<Void>? = nil) throws(SMTPError) -> [EventLoopFuture<SMTPReply>] {
+            var buffers: [ByteBuffer] = []
+            for command in commands {
+                var buffer = channel.allocator.buffer(capacity: 64)
+                try command.encode(into: &buffer)
+                buffers.append(buffer)
+            }
+            var futures: [EventLoopFuture<SMTPReply>] = []
+            for (command, buffer) in zip(commands, buffers) {
+                trace(sent: command.redactedText)
+                let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
+                futures.append(promise.futureResult)
+                channel.write(SMTPOutbound(bytes: buffer, reply: promise, tlsHandshake: tlsHandshake), promise: nil)
+            }
+            channel.flush()
+            return futures
+        }
+
+        mutating func command(_ command: SMTPCommand, stage: SMTPError.Stage, timeout: Duration? = nil,
+                              tlsHandshake: EventLoopPromise<Void>? = nil) async throws(SMTPError) -> SMTPReply {
+            self.stage = stage
+            let future = try write([command], tlsHandshake: tlsHandshake)[0]
+            let reply = try await self.await(future, timeout: timeout ?? configuration.protocolTimeout, stage: stage)
+            trace(reply)
+            if reply.code == 421 {
+                throw SMTPError.reply(reply, stage: stage, message: "the server is closing the connection: \(reply)")
+            }
+            return reply
+        }
+
+        // EHLO, or HELO when EHLO is not understood.
+        mutating func hello() async throws(SMTPError) {
+            let name = configuration.localHostname ?? Self.defaultHostname
+            let reply = try await command(.ehlo(name), stage: .ehlo)
+            if reply.code == 250 {
+                capabilities = SMTPCapabilities(ehloReply: reply)
+                return
+            }
+            guard [500, 501, 502, 504, 550].contains(reply.code) else {
+                throw SMTPError.reply(reply, stage: .ehlo)
+            }
+            let helo = try await command(.helo(name), stage: .ehlo)
+            guard helo.code == 250 else { throw SMTPError.reply(helo, stage: .ehlo) }
+            capabilities = SMTPCapabilities(extensions: [:], isExtended: false)
+        }
+
+        static let defaultHostname: String = {
+            var buffer = [CChar](repeating: 0, count: 256)
+            guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+            let name = String(cString: buffer)
+            return name.isEmpty ? "localhost" : name
+        }()
+
+        mutating func startTLS(required: Bool) async throws(SMTPError) {
+            guard capabilities.startTLS else {
+                if required {
+                    throw SMTPError(stage: .starttls, kind: .tlsRequired,
+                                    message: "smtp-connection-security = start-tls-required, but \(configuration.host):\(configuration.port) does not offer STARTTLS; nothing was sent in clear text")
+                }
+                logger.notice("the server does not offer STARTTLS: continuing in clear text (smtp-connection-security = start-tls)")
+                return
+            }
+            let handshake = channel.eventLoop.makePromise(of: Void.self)
+            let reply = try await command(.startTLS, stage: .starttls, tlsHandshake: handshake)
+            guard reply.code == 220 else {
+                if required {
+                    throw SMTPError.reply(reply, stage: .starttls,
+                                          message: "the server refused STARTTLS (\(reply)) and smtp-connection-security = start-tls-required; nothing was sent in clear text")
+                }
+                logger.notice("the server refused STARTTLS (\(reply)): continuing in clear text (smtp-connection-security = start-tls)")
+                return
+            }
+            stage = .tls
+            try await self.await(handshake.futureResult, timeout: configuration.connectTimeout, stage: .tls)
+            tlsInfo = try await readTLSInfo()
+            if debug { logger.info("TLS established: \(tlsInfo?.version ?? "?")") }
+            // RFC 3207 §4.2: forget everything learned before TLS and say EHLO again.
+            capabilities = SMTPCapabilities(extensions: [:], isExtended: false)
+            try await hello()
+        }
+
+        func readTLSInfo() async throws(SMTPError) -> SMTPTLSInfo? {
+            let channel = self.channel
+            do {
+                return try await channel.eventLoop.submit { () -> SMTPTLSInfo? in
+                    guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self) else { return nil }
+                    let version: String
+                    switch handler.tlsVersion {
+                    case .tlsv13: version = "TLSv1.3"
+                    case .tlsv12: version = "TLSv1.2"
+                    case .tlsv11: version = "TLSv1.1"
+                    case .tlsv1: version = "TLSv1"
+                    case .none: version = "unknown"
+                    }
+                    let cert = handler.peerCertificate
+                    return SMTPTLSInfo(
+                        version: version,
+                        peerSubject: cert.map { Self.commonName(of: $0) },
+                        peerNotValidAfter: cert.map { Date(timeIntervalSince1970: TimeInterval($0.notValidAfter)) }
+                    )
+                }.get()
+            } catch {
+                throw SMTPError(stage: .tls, kind: .connectionClosed, message: "the connection closed after the TLS handshake")
+            }
+        }
+
+        static func commonName(of cert: NIOSSLCertificate) -> String {
+            let text = cert.description
+            if let range = text.range(of: "commonName=") {
+                return String(text[range.upperBound...].prefix { $0 != ";" && $0 != ">" && $0 != "," })
+            }
+            return text
+        }
+
+        mutating func authenticate(_ credentials: SMTPCredentials) async throws(SMTPError) {
+            stage = .auth
+            let offered = capabilities.authMechanisms
+            guard !offered.isEmpty else {
+                throw SMTPError(stage: .auth, kind: .noCommonAuthMechanism,
+                                message: "enable-authentication = true, but \(configuration.host):\(configuration.port) offers no AUTH"
+                                    + (tlsInfo == nil ? " in clear text (many servers offer it only after STARTTLS: set smtp-connection-security)" : ""))
+            }
+            guard let mechanism = SASLMechanism.choose(preference: configuration.authMechanisms, serverOffers: offered) else {
+                throw SMTPError(stage: .auth, kind: .noCommonAuthMechanism,
+                                message: "No authentication mechanisms supported by both server and client: the server offers \(offered.joined(separator: " ")), mail.smtp.auth.mechanisms allows \(configuration.authMechanisms.joined(separator: " "))")
+            }
+            authMechanism = mechanism
+            let user = credentials.user
+            var reply: SMTPReply
+            switch (mechanism, credentials) {
+            case (.plain, .password(_, let password)):
+                reply = try await sendInitialResponse(mechanism: "PLAIN", response: SASLMechanism.plainResponse(user: user, password: password.value))
+            case (.login, .password(_, let password)):
+                reply = try await command(.auth(mechanism: "LOGIN", initialResponse: nil), stage: .auth)
+                if reply.code == 334 {
+                    reply = try await command(.authResponse(SASLMechanism.base64(user)), stage: .auth)
+                }
+                if reply.code == 334 {
+                    reply = try await command(.authResponse(SASLMechanism.base64(password.value)), stage: .auth)
+                }
+            case (.xoauth2, .oauth2(_, let tokenSource)):
+                let token: SMTPAccessToken
+                do {
+                    token = try await tokenSource()
+                } catch {
+                    throw SMTPError(stage: .auth, kind: .reply, message: "could not obtain an OAuth 2.0 access token: \(error)", isTransient: true)
+                }
+                credentialExpiry = token.expiresAt
+                reply = try await sendInitialResponse(mechanism: "XOAUTH2", response: SASLMechanism.xoauth2Response(user: user, token: token.token.value))
+                if reply.code == 334 {
+                    // The error challenge: base64 JSON with the status; answer with an empty line.
+                    let detail = SASLMechanism.decodeXOAUTH2Challenge(reply.text) ?? reply.text
+                    if debug { logger.info("XOAUTH2 error challenge: \(detail)") }
+                    var final = try await command(.authResponse(""), stage: .auth)
+                    final.lines.append("(XOAUTH2 status: \(detail))")
+                    reply = final
+                }
+            case (.plain, .oauth2), (.login, .oauth2):
+                throw SMTPError(stage: .auth, kind: .noCommonAuthMechanism,
+                                message: "mail.smtp.auth.mechanisms chose \(mechanism.rawValue), but the credentials are an OAuth 2.0 token: list XOAUTH2")
+            case (.xoauth2, .password):
+                throw SMTPError(stage: .auth, kind: .noCommonAuthMechanism,
+                                message: "mail.smtp.auth.mechanisms chose XOAUTH2, but no OAuth 2.0 token source is configured")
+            }
+            if reply.code == 334 {
+                // A challenge we cannot answer: cancel the exchange.
+                _ = try? await command(.authResponse("*"), stage: .auth)
+                throw SMTPError.reply(reply, stage: .auth, message: "the server sent an unexpected AUTH \(mechanism.rawValue) challenge; the exchange was cancelled")
+            }
+            guard reply.code == 235 else { throw Self.authError(reply, mechanism: mechanism) }
+        }
+
+        /// RFC 4954 §4: the initial response goes on the AUTH line unless the line would pass
+        /// 512 octets; then AUTH is sent alone and the response follows the empty 334.
+        mutating func sendInitialResponse(mechanism: String, response: String) async throws(SMTPError) -> SMTPReply {
+            if ("AUTH \(mechanism) ".utf8.count + response.utf8.count + 2) <= 512 {
+                return try await command(.auth(mechanism: mechanism, initialResponse: response), stage: .auth)
+            }
+            let first = try await command(.auth(mechanism: mechanism, initialResponse: nil), stage: .auth)
+            guard first.code == 334 else { return first }
+            return try await command(.authResponse(response), stage: .auth)
+        }
+
+        static func authError(_ reply: SMTPReply, mechanism: SASLMechanism) -> SMTPError {
+            let hint: String
+            switch reply.code {
+            case 535:
+                hint = mechanism == .xoauth2
+                    ? "the server rejected the OAuth 2.0 token (check client-id, scope and the grant)"
+                    : "the server rejected the user name or password (check user and password)"
+            case 534: hint = "the server considers AUTH \(mechanism.rawValue) too weak for this account (list another in mail.smtp.auth.mechanisms)"
+            case 538: hint = "the server requires encryption for AUTH \(mechanism.rawValue) (set smtp-connection-security to start-tls-required or ssl-tls)"
+            case 454: hint = "the server could not authenticate now (temporary failure)"
+            case 530: hint = "the server requires authentication"
+            default: hint = "authentication failed"
+            }
+            return SMTPError.reply(reply, stage: .auth, message: "\(hint): \(reply)")
+        }
+
+        // MARK: the transaction
+
+        mutating func transaction<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body) async throws -> SMTPTransactionResult
+        where Body.Element == ByteBuffer {
+            stage = .mail
+            guard !envelope.recipients.isEmpty else {
+                throw SMTPError(stage: .rcpt, kind: .invalidArgument, message: "the message has no recipients")
+            }
+            if envelope.requiresSMTPUTF8 && !capabilities.smtpUTF8 {
+                throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+                                message: "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
+            }
+            if let size = envelope.size, let limit = capabilities.sizeLimit, limit > 0, size > limit {
+                throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+                                message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
+            }
+            var mailParameters: [String] = []
+            if let size = envelope.size, capabilities.sizeLimit != nil { mailParameters.append("SIZE=\(size)") }
+            if envelope.eightBitMIME && capabilities.eightBitMIME { mailParameters.append("BODY=8BITMIME") }
+            if envelope.requiresSMTPUTF8 { mailParameters.append("SMTPUTF8") }
+            if capabilities.dsn, let ret = configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
+            var rcptParameters: [String] = []
+            if capabilities.dsn, let notify = configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
+
+            let mail = SMTPCommand.mailFrom(envelope.from, parameters: mailParameters)
+            let rcpts = envelope.recipients.map { SMTPCommand.rcptTo($0, parameters: rcptParameters) }
+            // Validate everything before the first byte leaves.
+            try mail.validate()
+            for rcpt in rcpts { try rcpt.validate() }
+
+            transactionStarted = true
+            var mailReply: SMTPReply
+            var rcptReplies: [SMTPReply] = []
+            var dataReply: SMTPReply?
+            let pipelineData = capabilities.pipelining && configuration.sendPartial
+            if capabilities.pipelining {
+                let commands = [mail] + rcpts + (pipelineData ? [SMTPCommand.data] : [])
+                let futures = try write(commands)
+                var replies: [SMTPReply] = []
+                replies.reserveCapacity(futures.count)
+                for (index, future) in futures.enumerated() {
+                    let stage: SMTPError.Stage = index == 0 ? .mail : (index <= rcpts.count ? .rcpt : .data)
+                    self.stage = stage
+                    let reply = try await self.await(future, timeout: configuration.protocolTimeout, stage: stage)
+                    trace(reply)
+                    replies.append(reply)
+                }
+                if let closing = replies.first(where: { $0.code == 421 }) {
+                    throw SMTPError.reply(closing, stage: stage, message: "the server is closing the connection: \(closing)")
+                }
+                mailReply = replies[0]
+                rcptReplies = Array(replies[1...rcpts.count])
+                if pipelineData { dataReply = replies.last }
+            } else {
+                mailReply = try await command(mail, stage: .mail)
+                if mailReply.isPositiveCompletion {
+                    for rcpt in rcpts { rcptReplies.append(try await command(rcpt, stage: .rcpt)) }
+                }
+            }
+            guard mailReply.isPositiveCompletion else {
+                if dataReply?.code == 354 { try await abortData() }
+                throw SMTPError.reply(mailReply, stage: .mail, message: "the server refused the sender <\(envelope.from)>: \(mailReply)")
+            }
+            let results = zip(envelope.recipients, rcptReplies).map { RecipientResult(address: $0, reply: $1) }
+            let accepted = results.filter(\.accepted).count
+            if accepted == 0 || (accepted < results.count && !configuration.sendPartial) {
+                if dataReply?.code == 354 { try await abortData() }
+                try await resetAfterRefusal()
+                return SMTPTransactionResult(recipients: results, finalReply: nil,
+                                             abortedForPartialRefusal: accepted > 0, bytesSent: 0)
+            }
+            if dataReply == nil {
+                dataReply = try await command(.data, stage: .data)
+            }
+            guard let dataReply, dataReply.code == 354 else {
+                throw SMTPError.reply(dataReply!, stage: .data, message: "the server refused DATA: \(dataReply!)")
+            }
+            stage = .data
+            let (finalReply, bytes) = try await sendBody(body)
+            transactionStarted = false
+            guard finalReply.isPositiveCompletion else {
+                throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
+            }
+            return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: bytes)
+        }
+
+        /// DATA was accepted in a pipeline but must not go on: an empty body ends it. With no
+        /// accepted recipient nothing is delivered; the RSET that follows discards the rest.
+        mutating func abortData() async throws(SMTPError) {
+            var buffer = channel.allocator.buffer(capacity: 3)
+            buffer.writeString(".\r\n")
+            trace(sent: ".")
+            let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
+            channel.writeAndFlush(SMTPOutbound(bytes: buffer, reply: promise), promise: nil)
+            let reply = try await self.await(promise.futureResult, timeout: configuration.protocolTimeout, stage: .data)
+            trace(reply)
+        }
+
+        mutating func resetAfterRefusal() async throws(SMTPError) {
+            let reply = try await command(.rset, stage: .rset)
+            guard reply.code == 250 else { throw SMTPError.reply(reply, stage: .rset) }
+            transactionStarted = false
+        }
+
+        /// Streams the body: at most two chunks in flight, each write awaited with the protocol
+        /// timeout (a stalled write fails), then the final dot, whose reply is awaited with the
+        /// DATA termination timeout.
+        mutating func sendBody<Body: AsyncSequence>(_ body: Body) async throws -> (SMTPReply, Int) where Body.Element == ByteBuffer {
+            var encoder = SMTPDataEncoder()
+            let chunkTarget = 64 * 1024
+            var out = channel.allocator.buffer(capacity: chunkTarget + 1024)
+            var previousWrite: EventLoopFuture<Void>?
+            for try await chunk in body {
+                encoder.encode(chunk, into: &out)
+                if out.readableBytes >= chunkTarget {
+                    if let previousWrite {
+                        try await self.await(previousWrite, timeout: configuration.protocolTimeout, stage: .data)
+                    }
+                    previousWrite = channel.writeAndFlush(SMTPOutbound(bytes: out, reply: nil))
+                    out = channel.allocator.buffer(capacity: chunkTarget + 1024)
+                }
+            }
+            encoder.finish(into: &out)
+            if let previousWrite {
+                try await self.await(previousWrite, timeout: configuration.protocolTimeout, stage: .data)
+            }
+            if debug { logger.info("C: <\(encoder.bytesWritten) bytes of message data, ending with .>") }
+            let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
+            channel.writeAndFlush(SMTPOutbound(bytes: out, reply: promise), promise: nil)
+            do {
+                let reply = try await self.await(promise.futureResult, timeout: configuration.dataTerminationTimeout, stage: .data)
+                trace(reply)
+                return (reply, encoder.bytesWritten)
+            } catch {
+                throw SMTPError(stage: .data, kind: .outcomeUnknown,
+                                message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
+                                isTransient: true)
+            }
+        }
+
+        func abandon() async {
+            try? await channel.close()
+        }
+    }
+}

@@ -1,0 +1,65 @@
+/// An RFC 2034 / RFC 3463 enhanced status code, `class.subject.detail` (e.g. `5.1.1`).
+public struct EnhancedStatusCode: Sendable, Hashable, CustomStringConvertible {
+    public var klass: Int
+    public var subject: Int
+    public var detail: Int
+
+    public init(klass: Int, subject: Int, detail: Int) {
+        self.klass = klass
+        self.subject = subject
+        self.detail = detail
+    }
+
+    /// Parses `x.y.z` at the start of `text` (class 2, 4 or 5; subject and detail 0-999).
+    /// Returns the code and the number of characters consumed, or nil.
+    static func parse(prefixOf text: Substring) -> (EnhancedStatusCode, Int)? {
+        var parts: [Int] = []
+        var current = ""
+        var consumed = 0
+        for ch in text {
+            if ch.isASCII, ch.isNumber {
+                current.append(ch)
+                if current.count > 3 { return nil }
+            } else if ch == ".", !current.isEmpty, parts.count < 2 {
+                parts.append(Int(current)!)
+                current = ""
+            } else {
+                break
+            }
+            consumed += 1
+        }
+        guard parts.count == 2, !current.isEmpty, let last = Int(current) else { return nil }
+        guard [2, 4, 5].contains(parts[0]) else { return nil }
+        return (EnhancedStatusCode(klass: parts[0], subject: parts[1], detail: last), consumed)
+    }
+
+    public var description: String { "\(klass).\(subject).\(detail)" }
+}
+
+/// One complete SMTP reply: a three-digit code and one or more text lines (RFC 5321 §4.2).
+public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
+    public var code: Int
+    /// The enhanced status code of the first line, when the server uses ENHANCEDSTATUSCODES.
+    public var enhancedCode: EnhancedStatusCode?
+    /// The text of every line, without the code, the separator and the enhanced code.
+    public var lines: [String]
+
+    public init(code: Int, enhancedCode: EnhancedStatusCode? = nil, lines: [String]) {
+        self.code = code
+        self.enhancedCode = enhancedCode
+        self.lines = lines
+    }
+
+    public var isPositiveCompletion: Bool { (200..<300).contains(code) }
+    public var isPositiveIntermediate: Bool { (300..<400).contains(code) }
+    public var isTransientFailure: Bool { (400..<500).contains(code) }
+    public var isPermanentFailure: Bool { (500..<600).contains(code) }
+
+    /// The whole text, lines joined with a space.
+    public var text: String { lines.joined(separator: " ") }
+
+    public var description: String {
+        if let enhancedCode { return "\(code) \(enhancedCode) \(text)" }
+        return "\(code) \(text)"
+    }
+}
