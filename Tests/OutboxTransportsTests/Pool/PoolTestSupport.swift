@@ -1,0 +1,186 @@
+import Testing
+@testable import OutboxTransports
+
+/// A clock that only moves when the test says so. `sleep(until:)` suspends until `advance`
+/// reaches the deadline, or throws `CancellationError` when the sleeping task is cancelled.
+final class PoolManualClock: Clock, Sendable {
+    struct Instant: InstantProtocol, CustomStringConvertible {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - offset }
+        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
+        var description: String { "t+\(offset)" }
+    }
+
+    private struct Sleeper {
+        var deadline: Instant
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var now = Instant(offset: .zero)
+        var sleepers: [Int: Sleeper] = [:]
+        var nextID = 0
+    }
+
+    private let state = PoolLockedState(State())
+
+    var now: Instant { state.withLock { $0.now } }
+    var minimumResolution: Duration { .zero }
+    var sleeperCount: Int { state.withLock { $0.sleepers.count } }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        let id = state.withLock { state in
+            state.nextID += 1
+            return state.nextID
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                enum Outcome { case wait, wake, cancel }
+                let outcome = state.withLock { state -> Outcome in
+                    if Task.isCancelled { return .cancel }
+                    if deadline <= state.now { return .wake }
+                    state.sleepers[id] = Sleeper(deadline: deadline, continuation: continuation)
+                    return .wait
+                }
+                switch outcome {
+                case .wait: break
+                case .wake: continuation.resume()
+                case .cancel: continuation.resume(throwing: CancellationError())
+                }
+            }
+        } onCancel: {
+            state.withLock { $0.sleepers.removeValue(forKey: id) }?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    func advance(by duration: Duration) {
+        let due = state.withLock { state -> [Sleeper] in
+            state.now = state.now.advanced(by: duration)
+            let now = state.now
+            let due = state.sleepers.filter { $0.value.deadline <= now }
+            for id in due.keys { state.sleepers[id] = nil }
+            return due.values.sorted { $0.deadline < $1.deadline }
+        }
+        for sleeper in due { sleeper.continuation.resume() }
+    }
+}
+
+/// Literal instant: `t(30)` is 30 s after the manual clock's origin.
+func t(_ seconds: Int) -> PoolManualClock.Instant { .init(offset: .seconds(seconds)) }
+
+struct FakeSMTPError: Error, Equatable { var reply: String }
+struct FakeDiscard: ConnectionPoolDiscardingError {}
+struct FakeRefusal: ConnectionPoolRefusalError { var reply = "421 4.7.0 Too many connections" }
+
+/// An in-memory connection that records calls and fails on request.
+final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
+    enum Call: Equatable, Sendable { case noop, reset, close }
+
+    let number: Int
+    let generation: Int
+    let credentialLifetime: Duration?
+    private let state = PoolLockedState((calls: [Call](), failNoop: false, failReset: false))
+
+    init(number: Int, generation: Int, credentialLifetime: Duration?) {
+        self.number = number
+        self.generation = generation
+        self.credentialLifetime = credentialLifetime
+    }
+
+    var description: String { "fake-\(number)" }
+    var calls: [Call] { state.withLock { $0.calls } }
+    var isClosed: Bool { calls.contains(.close) }
+    var noopCount: Int { calls.count(where: { $0 == .noop }) }
+    func failNextChecks() { state.withLock { $0.failNoop = true; $0.failReset = true } }
+
+    func noop() async throws {
+        let fail = state.withLock { s in s.calls.append(.noop); return s.failNoop }
+        if fail { throw FakeSMTPError(reply: "421 4.4.2 connection dropped") }
+    }
+
+    func reset() async throws {
+        let fail = state.withLock { s in s.calls.append(.reset); return s.failReset }
+        if fail { throw FakeSMTPError(reply: "421 4.4.2 connection dropped") }
+    }
+
+    func close() async {
+        state.withLock { $0.calls.append(.close) }
+    }
+}
+
+/// A factory of fake connections: counts how many are alive (made and not closed) and the
+/// maximum ever alive, can fail the next attempts, can hold attempts until released.
+final class FakePoolFactory: PoolConnectionFactory {
+    private struct State {
+        var made: [FakePoolConnection] = []
+        var failures: [any Error] = []
+        var lifetime: Duration?
+        var attempts = 0
+        var generations: [Int] = []
+    }
+    private let state = PoolLockedState(State())
+
+    init(credentialLifetime: Duration? = nil) {
+        state.withLock { $0.lifetime = credentialLifetime }
+    }
+
+    var made: [FakePoolConnection] { state.withLock { $0.made } }
+    var attempts: Int { state.withLock { $0.attempts } }
+    var generations: [Int] { state.withLock { $0.generations } }
+    var alive: Int { made.count(where: { !$0.isClosed }) }
+    func failNextAttempts(with errors: [any Error]) { state.withLock { $0.failures += errors } }
+    func setCredentialLifetime(_ lifetime: Duration?) { state.withLock { $0.lifetime = lifetime } }
+
+    func makeConnection(generation: Int) async throws -> FakePoolConnection {
+        await Task.yield()
+        return try state.withLock { state in
+            state.attempts += 1
+            state.generations.append(generation)
+            if !state.failures.isEmpty { throw state.failures.removeFirst() }
+            let connection = FakePoolConnection(number: state.made.count, generation: generation, credentialLifetime: state.lifetime)
+            state.made.append(connection)
+            return connection
+        }
+    }
+}
+
+/// Waits, yielding (never sleeping), until `condition` holds; fails the test after 10 s of
+/// real time.
+func eventually(
+    _ what: String = "condition",
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () -> Bool
+) async {
+    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+    while !condition() {
+        if ContinuousClock.now > deadline {
+            Issue.record("timed out waiting for \(what)", sourceLocation: sourceLocation)
+            return
+        }
+        await Task.yield()
+    }
+}
+
+typealias TestPool = ConnectionPool<FakePoolFactory, PoolManualClock>
+
+/// Runs `body` with a pool whose run() is running; shuts it down afterwards.
+func withTestPool(
+    _ configuration: PoolConfiguration,
+    factory: FakePoolFactory = FakePoolFactory(),
+    clock: PoolManualClock = PoolManualClock(),
+    _ body: (TestPool, FakePoolFactory, PoolManualClock) async throws -> Void
+) async throws {
+    let pool = TestPool(configuration: configuration, factory: factory, clock: clock)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await pool.run() }
+        do {
+            try await body(pool, factory, clock)
+        } catch {
+            pool.beginShutdown()
+            throw error
+        }
+        await pool.shutdown()
+        try await group.waitForAll()
+    }
+}
