@@ -1,0 +1,110 @@
+extension OptionTable {
+    /// The environment variable that makes the docs test rewrite `docs/options.md`.
+    public static let regenerateVariable = "OUTBOX_REGENERATE_DOCS"
+
+    /// `docs/options.md`: the option reference generated from this table.
+    public static func markdownReference() -> String {
+        func cell(_ s: String?) -> String {
+            guard let s, !s.isEmpty else { return "—" }
+            return s.replacingOccurrences(of: "|", with: "\\|")
+        }
+        func code(_ s: String?) -> String {
+            guard let s, !s.isEmpty else { return "—" }
+            return "`\(s)`"
+        }
+        func table(_ rows: [OptionDescriptor]) -> [String] {
+            var out = ["| Option | Type | Default | Valid values | Takes effect |", "|---|---|---|---|---|"]
+            for d in rows {
+                out.append("| [`\(d.name)`](#\(anchor(d))) | \(d.type.rawValue) | \(code(d.defaultValue)) | \(cell(d.validValues)) | \(d.effect.rawValue) |")
+            }
+            return out
+        }
+        func details(_ rows: [OptionDescriptor], prefix: String = "") -> [String] {
+            var out: [String] = []
+            for d in rows {
+                out.append("")
+                out.append("### \(prefix)\(d.name)")
+                out.append("")
+                out.append("- Type: \(d.type.rawValue)\(d.isSecret ? " (secret: never printed)" : "")")
+                out.append("- Default: \(code(d.defaultValue))")
+                out.append("- Valid values: \(d.validValues)")
+                var effect = "- Takes effect: \(d.effect.rawValue)"
+                if let reference = d.referenceEffect { effect += " (reference: \"\(reference)\")" }
+                out.append(effect)
+                out.append("")
+                out.append(d.summary)
+                if let note = d.outboxNote {
+                    out.append("")
+                    out.append("Outbox: \(note)")
+                }
+            }
+            return out
+        }
+        var lines: [String] = [
+            "# Outbox configuration options",
+            "",
+            "<!-- Generated from OptionTable (Sources/OutboxConfig/OptionTable.swift) by OptionTable.markdownReference().",
+            "     Do not edit by hand: run `\(regenerateVariable)=1 swift test --filter OptionsDocTests` to rewrite it. -->",
+            "",
+            "Outbox reads an INI-style file (default `./outbox.cfg`) of `key = value` lines in sections:",
+            "",
+            "- `[smtp-client]`: the options of the smtp-client option reference, with the same names, values and defaults,",
+            "  plus `grant-type` and JavaMail-style `mail.*` properties.",
+            "- `[secret-<name>]`: `password`, a Google application's client secret, chosen by the `secret` option (default `smtp`).",
+            "- `[outbox]`: Outbox's own settings, which the reference has no option for.",
+            "",
+            "Lines starting with `#` or `;` are comments (only whole lines: a `#` inside a value is part of it).",
+            "Keys are case-sensitive; white space around keys and values is ignored; a key set twice in a section is an error.",
+            "Booleans and enumerated values are matched ignoring case. Times are `hh:mm:ss`: hours any whole number,",
+            "minutes and seconds two digits each, 00-59. An empty value means \"not set\" for options without a default",
+            "(and the empty version for `exchange-version`); for other options it is an error.",
+            "",
+            "Secrets (`password`, and `password` in `[secret-<name>]`) may be given as `env:NAME` (read from the environment",
+            "variable `NAME`) or `file:/path` (the file's contents, one trailing newline removed). Secrets are never printed:",
+            "not in errors, not in `outbox check-config`, not in debug transcripts.",
+            "",
+            "Command-line overrides: `outbox check-config -o NAME=VALUE` (and the daemon's `-o`) sets an `[smtp-client]` option or",
+            "`mail.*` key; `-o outbox.KEY=VALUE` sets an `[outbox]` setting; `-o secret-NAME.password=VALUE` a secret section's password.",
+            "",
+            "## When a change takes effect",
+            "",
+            "- `immediately`: a reload applies it to the next connection, request or token check.",
+            "- `at-next-cycle`: a reload applies it from the next delivery cycle (the next message taken from the queue).",
+            "- `at-restart`: a reload reports it; it applies after Outbox restarts.",
+            "",
+            "`token-expiry-margin-time` is \"See the description\" in the reference; Outbox applies it immediately, at the next token check.",
+            "`mail.*` properties and `[outbox]` settings take effect at restart.",
+            "",
+            "## [smtp-client]",
+            "",
+        ]
+        lines += table(smtpClient)
+        lines += details(smtpClient)
+        lines += [
+            "",
+            "## mail.* properties",
+            "",
+            "Options of `[smtp-client]` whose names start with `mail.` are JavaMail-style properties, passed through as in the",
+            "reference's product. Outbox understands the ones below; any other `mail.*` key is kept and reported as not used.",
+            "",
+        ]
+        lines += table(mailProperties)
+        lines += details(mailProperties)
+        lines += ["", "## [secret-\\<name\\>]", ""]
+        lines += table(secretSection)
+        lines += details(secretSection, prefix: "secret-NAME.")
+        lines += ["", "## [outbox]", "", "Outbox's own settings; override with `-o outbox.KEY=VALUE`.", ""]
+        lines += table(outbox)
+        lines += details(outbox, prefix: "outbox.")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func anchor(_ d: OptionDescriptor) -> String {
+        let prefix: String = switch d.section {
+        case .outbox: "outbox"
+        case .secret: "secret-name"
+        case .smtpClient, .mailProperty: ""
+        }
+        return prefix + d.name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
+    }
+}

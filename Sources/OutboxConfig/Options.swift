@@ -1,0 +1,144 @@
+/// `server-type`: the protocol used to send.
+public enum ServerType: String, Sendable, CaseIterable, Codable {
+    case smtp = "SMTP"
+    case ews = "EWS"
+    case graph = "GRAPH"
+}
+
+/// `smtp-connection-security`.
+public enum SMTPConnectionSecurity: String, Sendable, CaseIterable, Codable {
+    /// Clear text.
+    case none = "none"
+    /// STARTTLS when the server offers it, clear text otherwise.
+    case startTLS = "start-tls"
+    /// STARTTLS, and fail when the server does not offer it or it fails.
+    case startTLSRequired = "start-tls-required"
+    /// TLS from the first byte (implicit TLS, normally port 465).
+    case sslTLS = "ssl-tls"
+}
+
+/// `grant-type`: the OAuth2 grant for Microsoft tokens.
+public enum GrantType: String, Sendable, CaseIterable, Codable {
+    /// Resource owner password credentials (ROPC): `user` and `password` are the mailbox's.
+    case password = "password"
+    /// Client credentials: `password` is the application's client secret.
+    case clientCredentials = "client_credentials"
+}
+
+/// The typed values of every `[smtp-client]` option, plus the `mail.*` keys Outbox understands.
+public struct SMTPClientOptions: Sendable, Equatable {
+    public var allowDelegate = false
+    public var clientID: String?
+    public var cnxCheckIdleTime: Duration = .seconds(30)
+    public var cnxMaxIdleTime: Duration = .seconds(300)
+    public var cnxPoolSize = 10
+    /// Zero means no timeout (as in JavaMail).
+    public var connectTimeout: Duration = .seconds(300)
+    public var directoryID: String?
+    public var enableAuthentication = false
+    public var enableDebug = false
+    /// nil when the option is set empty ("leave it empty for Exchange 2019").
+    public var exchangeVersion: String? = "Exchange2010"
+    public var password: Secret?
+    public var port = 25
+    /// Zero means no timeout (as in JavaMail).
+    public var protocolTimeout: Duration = .seconds(300)
+    /// The scope as configured; use ``effectiveScope`` for the token request.
+    public var scope = OptionTable.defaultOutlookScope
+    public var secret = "smtp"
+    /// Host name or IP address (SMTP), or the EWS URL (EWS). nil: not set.
+    public var server: String?
+    public var serverType: ServerType = .smtp
+    public var smtpConnectionSecurity: SMTPConnectionSecurity = .none
+    public var tenantAuthority = OptionTable.defaultTenantAuthority
+    public var tokenExpiryMarginTime: Duration = .seconds(10)
+    public var user: String?
+    /// nil when not set: see ``effectiveGrantType``.
+    public var grantType: GrantType?
+
+    // mail.* properties Outbox understands
+    /// `mail.smtp.auth.mechanisms`, split on white space (and commas), uppercased. nil: not set.
+    public var authMechanisms: [String]?
+    /// `mail.ews.auth.mechanisms`, like ``authMechanisms``.
+    public var ewsAuthMechanisms: [String]?
+    /// `mail.smtp.localhost`: the EHLO name.
+    public var localhost: String?
+    /// `mail.smtp.from`: envelope sender override.
+    public var envelopeFrom: String?
+    /// `mail.smtp.sendpartial`.
+    public var sendPartial = false
+    /// `mail.smtp.dsn.notify`, normalised to upper case (`NEVER` or e.g. `SUCCESS,FAILURE`).
+    public var dsnNotify: String?
+    /// `mail.smtp.dsn.ret`: `FULL` or `HDRS`.
+    public var dsnRet: String?
+    /// `mail.smtp.ssl.trust`: hosts trusted without certificate verification; `"*"` means all.
+    public var sslTrust: [String] = []
+    /// `mail.smtp.ssl.checkserveridentity` (Outbox default true).
+    public var checkServerIdentity = true
+
+    public init() {}
+
+    /// `tenant-authority` contains "google" (any case): Gmail.
+    public var isGoogle: Bool { tenantAuthority.lowercased().contains("google") }
+
+    /// OAuth 2.0 is used: SMTP with authentication on and XOAUTH2 in `mail.smtp.auth.mechanisms`,
+    /// or EWS with XOAUTH2 in `mail.ews.auth.mechanisms`. (GRAPH always uses OAuth 2.0 tokens;
+    /// see ``usesOAuth``.)
+    public var usesXOAUTH2: Bool {
+        switch serverType {
+        case .smtp: enableAuthentication && (authMechanisms ?? []).contains("XOAUTH2")
+        case .ews: (ewsAuthMechanisms ?? []).contains("XOAUTH2")
+        case .graph: false
+        }
+    }
+
+    /// Tokens are needed: XOAUTH2 or GRAPH.
+    public var usesOAuth: Bool { usesXOAUTH2 || serverType == .graph }
+
+    /// The scope for Microsoft token requests: the Graph scope for GRAPH when `scope` is the
+    /// default outlook scope, else `scope`.
+    public var effectiveScope: String {
+        if serverType == .graph && scope == OptionTable.defaultOutlookScope { return OptionTable.graphScope }
+        return scope
+    }
+
+    /// The grant actually used for Microsoft: `grant-type` if set, client_credentials for GRAPH,
+    /// password (ROPC) otherwise. (Google always uses its refresh_token grant.)
+    public var effectiveGrantType: GrantType {
+        grantType ?? (serverType == .graph ? .clientCredentials : .password)
+    }
+
+    /// SMTP with no `server`: Outbox writes messages to files (the file transport).
+    public var usesFileTransport: Bool { serverType == .smtp && server == nil }
+}
+
+/// A `[secret-<name>]` section.
+public struct SecretSection: Sendable, Equatable {
+    /// The `<name>` part.
+    public var name: String
+    /// The Google application's client secret.
+    public var password: Secret?
+
+    public init(name: String, password: Secret?) {
+        self.name = name
+        self.password = password
+    }
+}
+
+/// `[outbox]`: Outbox's own settings, which the reference has no option for.
+public struct OutboxSettings: Sendable, Equatable {
+    /// `data-directory`.
+    public var dataDirectory = "./outbox-data"
+    /// `tls-ca-file`: PEM file of a private CA; nil: the system's trust store.
+    public var tlsCAFile: String?
+    /// `http-listen`: host:port.
+    public var httpListen = "127.0.0.1:8025"
+    /// `store`: `sqlite` or `memory`.
+    public var store = "sqlite"
+    /// `graph-url`.
+    public var graphURL = "https://graph.microsoft.com/v1.0"
+    /// `google-token-url`.
+    public var googleTokenURL = "https://oauth2.googleapis.com/token"
+
+    public init() {}
+}

@@ -1,0 +1,252 @@
+import Foundation
+
+/// One row of the effective configuration, as `check-config` shows it.
+public struct EffectiveOption: Sendable, Equatable {
+    /// `smtp-client`, `outbox` or `secret-<name>`.
+    public var section: String
+    /// The name as `-o` takes it: `port`, `mail.smtp.from`, `outbox.store`, `secret-smtp.password`.
+    public var name: String
+    /// The value for display; secrets are `********` when set. `(not set)` when absent.
+    public var value: String
+    public var source: ValueSource
+    public var effect: ChangeEffect
+    public var isSecret: Bool
+    /// For comparing configurations; holds secret values, so never print it.
+    var comparable: String
+}
+
+/// A difference between two configurations, for the daemon's reload.
+public struct ConfigurationChange: Sendable, Equatable {
+    public var name: String
+    public var effect: ChangeEffect
+}
+
+extension OutboxConfiguration {
+    static let masked = "********"
+    static let notSet = "(not set)"
+
+    /// Every option with its effective value, source and effect: `[smtp-client]` in the
+    /// reference's order, the understood `mail.*` keys, other `mail.*` keys given, the secret
+    /// sections, then `[outbox]`.
+    public func effectiveOptions() -> [EffectiveOption] {
+        let o = smtpClient
+        func time(_ d: Duration) -> String { TimeValue.format(d) }
+        func text(_ s: String?) -> String { s ?? Self.notSet }
+        var rows: [EffectiveOption] = []
+        func add(_ section: String, _ name: String, _ value: String, effect: ChangeEffect, sourceKey: String? = nil, secret: Secret?? = nil) {
+            if let secret {
+                let shown = secret == nil ? Self.notSet : Self.masked
+                rows.append(EffectiveOption(section: section, name: name, value: shown, source: source(of: sourceKey ?? name), effect: effect, isSecret: true, comparable: secret?.value ?? "\u{0}"))
+            } else {
+                rows.append(EffectiveOption(section: section, name: name, value: value, source: source(of: sourceKey ?? name), effect: effect, isSecret: false, comparable: value))
+            }
+        }
+        for d in OptionTable.smtpClient {
+            let value: String
+            switch d.name {
+            case "allow-delegate": value = "\(o.allowDelegate)"
+            case "client-id": value = text(o.clientID)
+            case "cnx-check-idle-time": value = time(o.cnxCheckIdleTime)
+            case "cnx-max-idle-time": value = time(o.cnxMaxIdleTime)
+            case "cnx-pool-size": value = "\(o.cnxPoolSize)"
+            case "connect-timeout": value = time(o.connectTimeout)
+            case "directory-id": value = text(o.directoryID)
+            case "enable-authentication": value = "\(o.enableAuthentication)"
+            case "enable-debug": value = "\(o.enableDebug)"
+            case "exchange-version": value = o.exchangeVersion ?? "(empty)"
+            case "password": add("smtp-client", d.name, "", effect: d.effect, secret: .some(o.password)); continue
+            case "port": value = "\(o.port)"
+            case "protocol-timeout": value = time(o.protocolTimeout)
+            case "scope": value = o.effectiveScope == o.scope ? o.scope : "\(o.effectiveScope) (GRAPH; configured \(o.scope))"
+            case "secret": value = o.secret
+            case "server": value = text(o.server)
+            case "server-type": value = o.serverType.rawValue
+            case "smtp-connection-security": value = o.smtpConnectionSecurity.rawValue
+            case "tenant-authority": value = o.tenantAuthority
+            case "token-expiry-margin-time": value = time(o.tokenExpiryMarginTime)
+            case "user": value = text(o.user)
+            case "grant-type": value = o.grantType?.rawValue ?? "\(Self.notSet) (\(o.effectiveGrantType.rawValue))"
+            default: value = "?"
+            }
+            add("smtp-client", d.name, value, effect: d.effect)
+        }
+        for d in OptionTable.mailProperties {
+            let value: String
+            switch d.name {
+            case "mail.smtp.auth.mechanisms": value = o.authMechanisms?.joined(separator: " ") ?? Self.notSet
+            case "mail.ews.auth.mechanisms": value = o.ewsAuthMechanisms?.joined(separator: " ") ?? Self.notSet
+            case "mail.smtp.localhost": value = text(o.localhost)
+            case "mail.smtp.from": value = text(o.envelopeFrom)
+            case "mail.smtp.sendpartial": value = "\(o.sendPartial)"
+            case "mail.smtp.dsn.notify": value = text(o.dsnNotify)
+            case "mail.smtp.dsn.ret": value = text(o.dsnRet)
+            case "mail.smtp.ssl.trust": value = o.sslTrust.isEmpty ? Self.notSet : o.sslTrust.joined(separator: " ")
+            case "mail.smtp.ssl.checkserveridentity": value = "\(o.checkServerIdentity)"
+            default: value = "?"
+            }
+            add("smtp-client", d.name, value, effect: d.effect)
+        }
+        for key in unusedMailProperties.sorted() {
+            let raw = mailProperties[key] ?? ""
+            let lower = key.lowercased()
+            let looksSecret = ["password", "secret", "token", "credential"].contains { lower.contains($0) }
+            if looksSecret {
+                add("smtp-client", key, "", effect: .atRestart, secret: .some(raw.isEmpty ? nil : Secret(raw)))
+            } else {
+                add("smtp-client", key, "\(raw) (not used by Outbox)", effect: .atRestart)
+            }
+        }
+        for name in secretSections.keys.sorted() {
+            let d = OptionTable.secretSection[0]
+            add("secret-\(name)", "secret-\(name).password", "", effect: d.effect, secret: .some(secretSections[name]?.password))
+        }
+        for d in OptionTable.outbox {
+            let s = outbox
+            let value: String
+            switch d.name {
+            case "data-directory": value = s.dataDirectory
+            case "http-listen": value = s.httpListen
+            case "store": value = s.store
+            case "tls-ca-file": value = text(s.tlsCAFile)
+            case "graph-url": value = s.graphURL
+            case "google-token-url": value = s.googleTokenURL
+            default: value = "?"
+            }
+            add("outbox", "outbox.\(d.name)", value, effect: d.effect)
+        }
+        return rows
+    }
+
+    /// What changed from `old` to this configuration, each with when the change takes effect.
+    /// The daemon's reload applies `immediately`/`atNextCycle` changes and reports `atRestart` ones.
+    public func changes(from old: OutboxConfiguration) -> [ConfigurationChange] {
+        let before = Dictionary(old.effectiveOptions().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let after = effectiveOptions()
+        var result: [ConfigurationChange] = []
+        var seen = Set<String>()
+        for row in after {
+            seen.insert(row.name)
+            if before[row.name]?.comparable != row.comparable { result.append(ConfigurationChange(name: row.name, effect: row.effect)) }
+        }
+        for row in old.effectiveOptions() where !seen.contains(row.name) {
+            result.append(ConfigurationChange(name: row.name, effect: row.effect))
+        }
+        return result
+    }
+}
+
+/// `outbox check-config`: the logic behind the command, so it can be unit-tested.
+public enum CheckConfig {
+    public struct Result: Sendable {
+        /// Text for standard output.
+        public var output: String
+        /// 0: valid; 2: invalid.
+        public var exitCode: Int32
+    }
+
+    /// Loads the configuration (see ``OutboxConfiguration/load(file:overrides:environment:)``) and
+    /// renders the report as a table or as JSON.
+    public static func run(file: String?, overrides: [String], environment: [String: String], json: Bool) -> Result {
+        do {
+            let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
+            return Result(output: json ? renderJSON(configuration) : renderTable(configuration), exitCode: 0)
+        } catch {
+            return Result(output: json ? renderJSON(error) : renderProblems(error), exitCode: 2)
+        }
+    }
+
+    /// The table: option, value (secrets masked), source, when a change takes effect; then notes
+    /// and warnings.
+    public static func renderTable(_ configuration: OutboxConfiguration) -> String {
+        var lines: [String] = []
+        if let file = configuration.fileName {
+            lines.append("Configuration: \(file)")
+        } else {
+            lines.append("Configuration: no file (./outbox.cfg not found): built-in defaults")
+        }
+        lines.append("")
+        let header = ["OPTION", "VALUE", "SOURCE", "TAKES EFFECT"]
+        var table = [header]
+        var section = ""
+        var sectionStarts: [Int: String] = [:]
+        for row in configuration.effectiveOptions() {
+            if row.section != section {
+                section = row.section
+                sectionStarts[table.count] = "[\(section)]"
+            }
+            table.append([row.name, row.value, row.source.description, row.effect.words])
+        }
+        var widths = [0, 0, 0, 0]
+        for row in table { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        for (index, row) in table.enumerated() {
+            if let title = sectionStarts[index] { lines.append(title) }
+            var line = ""
+            for (i, cell) in row.enumerated() {
+                line += i == row.count - 1 ? cell : cell.padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0)
+            }
+            lines.append(line)
+        }
+        if !configuration.notes.isEmpty {
+            lines.append("")
+            lines.append("Notes:")
+            lines += configuration.notes.map { "  \($0)" }
+        }
+        lines.append("")
+        if configuration.warnings.isEmpty {
+            lines.append("No warnings.")
+        } else {
+            lines.append("Warnings:")
+            lines += configuration.warnings.map { "  \($0.description)" }
+        }
+        lines.append("Configuration is valid.")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The problems, one a line, then a summary.
+    public static func renderProblems(_ error: ConfigurationError) -> String {
+        let count = error.problems.count
+        return error.problems.map(\.description).joined(separator: "\n")
+            + "\nConfiguration is not valid: \(count) problem\(count == 1 ? "" : "s").\n"
+    }
+
+    struct JSONReport: Encodable {
+        struct Option: Encodable { var section, name, value, source, effect: String; var secret: Bool }
+        struct Item: Encodable { var code: String; var file: String?; var line: Int?; var option: String?; var value: String?; var message: String; var text: String }
+        var valid: Bool
+        var file: String?
+        var options: [Option]
+        var notes: [String]
+        var warnings: [Item]
+        var problems: [Item]
+    }
+
+    public static func renderJSON(_ configuration: OutboxConfiguration) -> String {
+        let report = JSONReport(
+            valid: true, file: configuration.fileName,
+            options: configuration.effectiveOptions().map {
+                .init(section: $0.section, name: $0.name, value: $0.value, source: $0.source.description, effect: $0.effect.rawValue, secret: $0.isSecret)
+            },
+            notes: configuration.notes,
+            warnings: configuration.warnings.map {
+                .init(code: $0.code, file: $0.file, line: $0.line, option: $0.option, value: nil, message: $0.message, text: $0.description)
+            },
+            problems: [])
+        return encode(report)
+    }
+
+    public static func renderJSON(_ error: ConfigurationError) -> String {
+        let report = JSONReport(
+            valid: false, file: nil, options: [], notes: [], warnings: [],
+            problems: error.problems.map {
+                .init(code: $0.code, file: $0.file, line: $0.line, option: $0.option, value: $0.value, message: $0.message, text: $0.description)
+            })
+        return encode(report)
+    }
+
+    static func encode(_ report: JSONReport) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(report), let text = String(data: data, encoding: .utf8) else { return "{}\n" }
+        return text + "\n"
+    }
+}
