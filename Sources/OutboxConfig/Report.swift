@@ -250,3 +250,17 @@ public enum CheckConfig {
         return text + "\n"
     }
 }
+
+/// Printing a configuration (or dumping it) shows the effective values with secrets masked,
+/// including `mail.*` keys that look like secrets.
+extension OutboxConfiguration: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    public var description: String {
+        "OutboxConfiguration(" + effectiveOptions().map { "\($0.name)=\($0.value)" }.joined(separator: ", ") + ")"
+    }
+
+    public var debugDescription: String { description }
+
+    public var customMirror: Mirror {
+        Mirror(self, children: effectiveOptions().map { (label: $0.name as String?, value: $0.value as Any) }, displayStyle: .struct)
+    }
+}

@@ -159,7 +159,7 @@ extension ConfigurationReader {
             }
         }
         if o.enableAuthentication, o.serverType == .smtp, o.smtpConnectionSecurity == .none, let server = o.server, !Convert.isLoopback(server) {
-            warn("authentication-in-clear", location("smtp-connection-security"), option: "smtp-connection-security",
+            warn("authentication-in-clear", given("smtp-connection-security") ? location("smtp-connection-security") : location("enable-authentication"), option: "smtp-connection-security",
                  "enable-authentication = true with smtp-connection-security = none sends the credentials in clear text to \(server); use start-tls-required or ssl-tls")
         }
         if o.serverType == .ews, let server = o.server, server.lowercased().hasPrefix("http://") {
