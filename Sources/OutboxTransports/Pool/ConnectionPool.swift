@@ -257,7 +257,8 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         }
     }
 
-    /// Gives a leased connection back, exactly once per lease.
+    /// Gives a leased connection back, exactly once per lease (a second release of the same lease
+    /// is a programming error and traps).
     public func release(_ lease: Lease, _ disposition: PoolReleaseDisposition = .clean) {
         if disposition != .clean {
             logger.debug("smtp pool release", metadata: [

@@ -57,6 +57,29 @@ enum PoolRequestFailure: Hashable, Sendable {
 ///   connection under check, leased, or gone;
 /// - a connection is handed out only if its generation is current and its credential is not
 ///   within the expiry margin.
+///
+/// Decisions:
+/// - Connections are opened on demand (one per waiter not already covered by a connection being
+///   opened); no minimum is kept, so a retired or idle-closed connection is replaced when a caller
+///   next needs one. The idle connection used most recently is handed out first.
+/// - A connection being closed (QUIT in flight) still counts against the size.
+/// - NOOP when idle >= `checkIdleTime` (zero: every reuse), never on a connection's first use.
+///   A dirty release (`.needsReset`) makes the next hand-out send RSET first (then NOOP if due).
+///   A failed RSET/NOOP closes the connection and puts the request back at the head of the queue.
+/// - `maxIdleTime == .zero`: a released connection that no waiter takes is closed at once.
+/// - Credential: retired at expiry - margin (idle: timer; leased: on release; never handed out
+///   from then on). A new connection whose credential is already within the margin fails the
+///   oldest waiter with `credentialExpiresTooSoon` instead of reconnecting in a loop.
+/// - A failed connection attempt fails the oldest waiter with its error (no retry loop), except a
+///   refusal while other connections are alive: the waiters then wait for those.
+/// - Refusal (421 / 432 / too many connections): effective size = min(current, max(1, alive
+///   connections)) for `refusalCoolDown`; each `growAfterSuccessfulSends` clean releases add one;
+///   the end of the cool-down (or growing back to `size`) restores the full size.
+/// - Generation: idle connections of another generation close at once, connections being
+///   opened, checked or leased close when that finishes; new ones use the current generation.
+/// - Shutdown: waiters and new requests fail with `.shutdown`; requests under check fail too;
+///   idle connections close at once, the others when opened/checked/released;
+///   `shutdownComplete` once no connection is left.
 struct PoolStateMachine<RequestID: Hashable & Sendable, Instant: InstantProtocol>: Sendable
 where Instant.Duration == Duration {
 

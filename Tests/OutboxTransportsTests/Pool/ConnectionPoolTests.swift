@@ -23,7 +23,7 @@ private func config(
 @Suite("ConnectionPool")
 struct ConnectionPoolTests {
     @Test func hundredConcurrentCallersNeverExceedThePoolSize() async throws {
-        try await withTestPool(config(size: 5)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 5)) { pool, factory, _ in
             let meter = PoolConcurrencyMeter()
             let results = try await withThrowingTaskGroup(of: Int.self) { group in
                 for i in 0..<100 {
@@ -43,13 +43,14 @@ struct ConnectionPoolTests {
             #expect(meter.maximum <= 5)
             #expect(meter.maximum >= 1)
             #expect(factory.made.count <= 5)
+            #expect(factory.attempts <= 5)  // no connection churn, no spinning
             #expect(pool.statistics.total <= 5)
             #expect(pool.statistics.waiting == 0)
         }
     }
 
     @Test func waitersAreServedInArrivalOrder() async throws {
-        try await withTestPool(config(size: 1)) { pool, _, _ in
+        try await withPoolUnderTest(config(size: 1)) { pool, _, _ in
             let held = try await pool.lease()
             let meter = PoolConcurrencyMeter()
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -57,7 +58,7 @@ struct ConnectionPoolTests {
                     group.addTask {
                         try await pool.withConnection { _ in meter.record(i) }
                     }
-                    await eventually("waiter \(i) queued") { pool.statistics.waiting == i }
+                    await poolEventually("waiter \(i) queued") { pool.statistics.waiting == i }
                 }
                 pool.release(held)
                 try await group.waitForAll()
@@ -67,10 +68,10 @@ struct ConnectionPoolTests {
     }
 
     @Test func cancelledWaiterLeavesTheQueueWithCancellationError() async throws {
-        try await withTestPool(config(size: 1)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 1)) { pool, factory, _ in
             let held = try await pool.lease()
             let waiter = Task { try await pool.withConnection { _ in 1 } }
-            await eventually("waiter queued") { pool.statistics.waiting == 1 }
+            await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
             waiter.cancel()
             await #expect(throws: CancellationError.self) { try await waiter.value }
             #expect(pool.statistics.waiting == 0)
@@ -82,7 +83,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func alreadyCancelledCallerIsNotQueued() async throws {
-        try await withTestPool(config(size: 1)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 1)) { pool, factory, _ in
             let task = Task {
                 withUnsafeCurrentTask { $0?.cancel() }
                 return try await pool.withConnection { _ in 1 }
@@ -94,7 +95,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func connectionIsReusedAndNoopOnlyAfterCheckIdleTime() async throws {
-        try await withTestPool(config(size: 2, checkIdle: 30)) { pool, factory, clock in
+        try await withPoolUnderTest(config(size: 2, checkIdle: 30)) { pool, factory, clock in
             let first = try await pool.withConnection { $0 }
             clock.advance(by: .seconds(29))
             let second = try await pool.withConnection { $0 }
@@ -110,7 +111,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func checkIdleTimeZeroChecksEveryReuse() async throws {
-        try await withTestPool(config(size: 1, checkIdle: 0)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 1, checkIdle: 0)) { pool, factory, _ in
             for _ in 0..<4 { _ = try await pool.withConnection { $0 } }
             #expect(factory.made.count == 1)
             #expect(factory.made[0].noopCount == 3)  // not on the first, fresh use
@@ -118,7 +119,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func failedNoopGivesTheCallerAFreshConnectionInvisibly() async throws {
-        try await withTestPool(config(size: 1, checkIdle: 30)) { pool, factory, clock in
+        try await withPoolUnderTest(config(size: 1, checkIdle: 30)) { pool, factory, clock in
             let first = try await pool.withConnection { $0 }
             clock.advance(by: .seconds(60))
             first.failNextChecks()
@@ -132,9 +133,9 @@ struct ConnectionPoolTests {
     }
 
     @Test func failedTransactionIsResetBeforeReuse() async throws {
-        try await withTestPool(config(size: 1)) { pool, factory, _ in
-            await #expect(throws: FakeSMTPError.self) {
-                try await pool.withConnection { _ in throw FakeSMTPError(reply: "550 5.1.1 no such user") }
+        try await withPoolUnderTest(config(size: 1)) { pool, factory, _ in
+            await #expect(throws: PoolFakeSMTPError.self) {
+                try await pool.withConnection { _ in throw PoolFakeSMTPError(reply: "550 5.1.1 no such user") }
             }
             let connection = try await pool.withConnection { $0 }
             #expect(connection === factory.made[0])
@@ -145,46 +146,46 @@ struct ConnectionPoolTests {
     }
 
     @Test func discardingErrorClosesTheConnection() async throws {
-        try await withTestPool(config(size: 1)) { pool, factory, _ in
-            await #expect(throws: FakeDiscard.self) { try await pool.withConnection { _ in throw FakeDiscard() } }
-            await eventually("closed") { factory.made[0].isClosed }
+        try await withPoolUnderTest(config(size: 1)) { pool, factory, _ in
+            await #expect(throws: PoolFakeDiscard.self) { try await pool.withConnection { _ in throw PoolFakeDiscard() } }
+            await poolEventually("closed") { factory.made[0].isClosed }
             let next = try await pool.withConnection { $0 }
             #expect(next !== factory.made[0])
         }
     }
 
     @Test func idleConnectionIsClosedByTimer() async throws {
-        try await withTestPool(config(size: 1, maxIdle: 300)) { pool, factory, clock in
+        try await withPoolUnderTest(config(size: 1, maxIdle: 300)) { pool, factory, clock in
             let connection = try await pool.withConnection { $0 }
-            await eventually("idle timer armed") { clock.sleeperCount == 1 }
+            await poolEventually("idle timer armed") { clock.sleeperCount == 1 }
             clock.advance(by: .seconds(299))
             for _ in 0..<100 { await Task.yield() }
             #expect(!connection.isClosed)
             clock.advance(by: .seconds(1))
-            await eventually("closed by the idle timer") { connection.isClosed }
-            await eventually("slot freed") { pool.statistics.total == 0 }
+            await poolEventually("closed by the idle timer") { connection.isClosed }
+            await poolEventually("slot freed") { pool.statistics.total == 0 }
             #expect(connection.calls == [.close])
             #expect(factory.made.count == 1)
         }
     }
 
     @Test func maxIdleZeroClosesOnRelease() async throws {
-        try await withTestPool(config(size: 1, maxIdle: 0)) { pool, _, _ in
+        try await withPoolUnderTest(config(size: 1, maxIdle: 0)) { pool, _, _ in
             let connection = try await pool.withConnection { $0 }
-            await eventually("closed on release") { connection.isClosed }
+            await poolEventually("closed on release") { connection.isClosed }
         }
     }
 
     @Test func tokenIsRetiredAtExpiryMinusMargin() async throws {
         let factory = FakePoolFactory(credentialLifetime: .seconds(100))
-        try await withTestPool(config(size: 1, maxIdle: 300, margin: 10), factory: factory) { pool, factory, clock in
+        try await withPoolUnderTest(config(size: 1, maxIdle: 300, margin: 10), factory: factory) { pool, factory, clock in
             let first = try await pool.withConnection { $0 }
-            await eventually("retire timer armed") { clock.sleeperCount == 1 }
+            await poolEventually("retire timer armed") { clock.sleeperCount == 1 }
             clock.advance(by: .seconds(89))
             let again = try await pool.withConnection { $0 }
             #expect(again === first)
             clock.advance(by: .seconds(1))  // t90 = expiry - margin
-            await eventually("retired by the timer") { first.isClosed }
+            await poolEventually("retired by the timer") { first.isClosed }
             let second = try await pool.withConnection { $0 }
             #expect(second !== first)
             // Leased across its retire instant (t180): closed when released.
@@ -192,34 +193,34 @@ struct ConnectionPoolTests {
             #expect(lease.connection === second)
             clock.advance(by: .seconds(95))
             pool.release(lease)
-            await eventually("retired on release") { second.isClosed }
+            await poolEventually("retired on release") { second.isClosed }
             #expect(factory.made.count == 2)
         }
     }
 
     @Test func refusalShrinksThePoolAndTheCoolDownRestoresIt() async throws {
-        try await withTestPool(config(size: 3, coolDown: 60)) { pool, factory, clock in
+        try await withPoolUnderTest(config(size: 3, coolDown: 60)) { pool, factory, clock in
             let held = try await pool.lease()
-            factory.failNextAttempts(with: [FakeRefusal()])
+            factory.failNextAttempts(with: [PoolFakeRefusal()])
             let waiter = Task { try await pool.withConnection { $0 } }
-            await eventually("refused") { pool.statistics.refusals == 1 }
+            await poolEventually("refused") { pool.statistics.refusals == 1 }
             #expect(pool.statistics.effectiveSize == 1)
             #expect(pool.statistics.waiting == 1)  // still waiting for the one alive
             pool.release(held)
             #expect(try await waiter.value === held.connection)
             #expect(factory.attempts == 2)
             clock.advance(by: .seconds(60))
-            await eventually("size restored") { pool.statistics.effectiveSize == 3 }
+            await poolEventually("size restored") { pool.statistics.effectiveSize == 3 }
         }
     }
 
     @Test func refusalFromTheBodyShrinksAndSuccessfulSendsGrowBack() async throws {
-        try await withTestPool(config(size: 3, coolDown: 3600, growAfter: 2)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 3, coolDown: 3600, growAfter: 2)) { pool, factory, _ in
             let a = try await pool.lease()
             let b = try await pool.lease()
-            await #expect(throws: FakeRefusal.self) { try await pool.withConnection { _ in throw FakeRefusal() } }
+            await #expect(throws: PoolFakeRefusal.self) { try await pool.withConnection { _ in throw PoolFakeRefusal() } }
             #expect(pool.statistics.effectiveSize == 2)
-            await eventually("refused connection closed") { factory.made[2].isClosed }
+            await poolEventually("refused connection closed") { factory.made[2].isClosed }
             pool.release(a)
             pool.release(b)  // two clean sends: grow to 3
             #expect(pool.statistics.effectiveSize == 3)
@@ -227,28 +228,28 @@ struct ConnectionPoolTests {
     }
 
     @Test func refusalWithNothingAliveFailsTheCaller() async throws {
-        try await withTestPool(config(size: 3)) { pool, factory, _ in
-            factory.failNextAttempts(with: [FakeRefusal()])
-            await #expect(throws: FakeRefusal.self) { try await pool.withConnection { $0 } }
+        try await withPoolUnderTest(config(size: 3)) { pool, factory, _ in
+            factory.failNextAttempts(with: [PoolFakeRefusal()])
+            await #expect(throws: PoolFakeRefusal.self) { try await pool.withConnection { $0 } }
             #expect(pool.statistics.effectiveSize == 1)
             _ = try await pool.withConnection { $0 }  // the next caller gets a connection
         }
     }
 
     @Test func generationChangeClosesIdleNowAndLeasedOnRelease() async throws {
-        try await withTestPool(config(size: 3)) { pool, factory, _ in
+        try await withPoolUnderTest(config(size: 3)) { pool, factory, _ in
             let idle = try await pool.withConnection { $0 }
             let leased = try await pool.lease()
             #expect(leased.connection === idle)
             let other = try await pool.lease()
             pool.release(leased)
             pool.updateGeneration(1)
-            await eventually("idle one closed") { idle.isClosed }
+            await poolEventually("idle one closed") { idle.isClosed }
             #expect(!other.connection.isClosed)
             let fresh = try await pool.withConnection { $0 }
             #expect(fresh.generation == 1)
             pool.release(other)
-            await eventually("leased one closed on release") { other.connection.isClosed }
+            await poolEventually("leased one closed on release") { other.connection.isClosed }
             #expect(factory.generations == [0, 0, 1])
         }
     }
@@ -256,21 +257,21 @@ struct ConnectionPoolTests {
     @Test func gracefulShutdown() async throws {
         let clock = PoolManualClock()
         let factory = FakePoolFactory()
-        let pool = TestPool(configuration: config(size: 2), factory: factory, clock: clock)
+        let pool = PoolUnderTest(configuration: config(size: 2), factory: factory, clock: clock)
         let runner = Task { await pool.run() }
         let idle = try await pool.withConnection { $0 }
         let a = try await pool.lease()
         let b = try await pool.lease()
         #expect(a.connection === idle)
         let waiter = Task { try await pool.withConnection { $0 } }
-        await eventually("waiter queued") { pool.statistics.waiting == 1 }
+        await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
         let shutdown = Task { await pool.shutdown() }
         await #expect(throws: ConnectionPoolError.shutdown) { try await waiter.value }
         await #expect(throws: ConnectionPoolError.shutdown) { try await pool.withConnection { $0 } }
         // Leased connections finish their work.
         #expect(!a.connection.isClosed && !b.connection.isClosed)
         pool.release(a)
-        await eventually("first closed") { a.connection.isClosed }
+        await poolEventually("first closed") { a.connection.isClosed }
         pool.release(b, .needsReset)
         await shutdown.value
         await runner.value
@@ -280,7 +281,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func cancellingRunShutsDownGracefully() async throws {
-        let pool = TestPool(configuration: config(size: 2), factory: FakePoolFactory(), clock: PoolManualClock())
+        let pool = PoolUnderTest(configuration: config(size: 2), factory: FakePoolFactory(), clock: PoolManualClock())
         let runner = Task { await pool.run() }
         let connection = try await pool.withConnection { $0 }
         runner.cancel()
@@ -290,9 +291,9 @@ struct ConnectionPoolTests {
     }
 
     @Test func connectFailureReachesTheCaller() async throws {
-        try await withTestPool(config(size: 1)) { pool, factory, _ in
-            factory.failNextAttempts(with: [FakeSMTPError(reply: "554 5.7.1 go away")])
-            await #expect(throws: FakeSMTPError(reply: "554 5.7.1 go away")) { try await pool.withConnection { $0 } }
+        try await withPoolUnderTest(config(size: 1)) { pool, factory, _ in
+            factory.failNextAttempts(with: [PoolFakeSMTPError(reply: "554 5.7.1 go away")])
+            await #expect(throws: PoolFakeSMTPError(reply: "554 5.7.1 go away")) { try await pool.withConnection { $0 } }
             _ = try await pool.withConnection { $0 }
             #expect(factory.attempts == 2)
         }

@@ -1,7 +1,10 @@
 import Testing
 @testable import OutboxTransports
 
-typealias SM = PoolStateMachine<Int, PoolManualClock.Instant>
+private typealias SM = PoolStateMachine<Int, PoolManualClock.Instant>
+
+/// Literal instant: `t(30)` is 30 s after the manual clock's origin.
+private func t(_ seconds: Int) -> PoolManualClock.Instant { .init(offset: .seconds(seconds)) }
 private let c0 = PoolConnectionID(0)
 private let c1 = PoolConnectionID(1)
 private let c2 = PoolConnectionID(2)
@@ -51,6 +54,14 @@ struct PoolStateMachineTests {
         #expect(sm.cancelled(1) == [])  // leased: too late, nothing happens
         #expect(sm.statistics.waiting == 1)
         #expect(sm.released(c0, .clean, now: t(1)) == [.lease(c0, to: 3)])
+    }
+
+    @Test func connectionOpenedForACancelledWaiterBecomesIdle() {
+        var sm = SM(configuration: config(size: 1))
+        #expect(sm.leaseRequested(1, now: t(0)) == [.makeConnection(c0, generation: 0)])
+        #expect(sm.cancelled(1) == [.failRequest(1, .cancelled)])
+        #expect(sm.connectionEstablished(c0, credentialLifetime: nil, now: t(1)) == [.scheduleTimer(.idle(c0), at: t(301))])
+        #expect(sm.leaseRequested(2, now: t(2)) == [.cancelTimer(.idle(c0)), .lease(c0, to: 2)])  // fresh: no NOOP
     }
 
     @Test func cancelledDuringCheckGetsCancellationAndConnectionStays() {

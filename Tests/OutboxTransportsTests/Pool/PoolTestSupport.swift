@@ -66,12 +66,9 @@ final class PoolManualClock: Clock, Sendable {
     }
 }
 
-/// Literal instant: `t(30)` is 30 s after the manual clock's origin.
-func t(_ seconds: Int) -> PoolManualClock.Instant { .init(offset: .seconds(seconds)) }
-
-struct FakeSMTPError: Error, Equatable { var reply: String }
-struct FakeDiscard: ConnectionPoolDiscardingError {}
-struct FakeRefusal: ConnectionPoolRefusalError { var reply = "421 4.7.0 Too many connections" }
+struct PoolFakeSMTPError: Error, Equatable { var reply: String }
+struct PoolFakeDiscard: ConnectionPoolDiscardingError {}
+struct PoolFakeRefusal: ConnectionPoolRefusalError { var reply = "421 4.7.0 Too many connections" }
 
 /// An in-memory connection that records calls and fails on request.
 final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
@@ -96,12 +93,12 @@ final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
 
     func noop() async throws {
         let fail = state.withLock { s in s.calls.append(.noop); return s.failNoop }
-        if fail { throw FakeSMTPError(reply: "421 4.4.2 connection dropped") }
+        if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
     func reset() async throws {
         let fail = state.withLock { s in s.calls.append(.reset); return s.failReset }
-        if fail { throw FakeSMTPError(reply: "421 4.4.2 connection dropped") }
+        if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
     func close() async {
@@ -147,7 +144,7 @@ final class FakePoolFactory: PoolConnectionFactory {
 
 /// Waits, yielding (never sleeping), until `condition` holds; fails the test after 10 s of
 /// real time.
-func eventually(
+func poolEventually(
     _ what: String = "condition",
     sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: () -> Bool
@@ -162,16 +159,16 @@ func eventually(
     }
 }
 
-typealias TestPool = ConnectionPool<FakePoolFactory, PoolManualClock>
+typealias PoolUnderTest = ConnectionPool<FakePoolFactory, PoolManualClock>
 
 /// Runs `body` with a pool whose run() is running; shuts it down afterwards.
-func withTestPool(
+func withPoolUnderTest(
     _ configuration: PoolConfiguration,
     factory: FakePoolFactory = FakePoolFactory(),
     clock: PoolManualClock = PoolManualClock(),
-    _ body: (TestPool, FakePoolFactory, PoolManualClock) async throws -> Void
+    _ body: (PoolUnderTest, FakePoolFactory, PoolManualClock) async throws -> Void
 ) async throws {
-    let pool = TestPool(configuration: configuration, factory: factory, clock: clock)
+    let pool = PoolUnderTest(configuration: configuration, factory: factory, clock: clock)
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { await pool.run() }
         do {
