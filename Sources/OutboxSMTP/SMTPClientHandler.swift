@@ -84,11 +84,14 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let error = SMTPError(stage: .starttls, kind: .startTLSInjection,
                                       message: "the server sent \(rest.readableBytes) bytes of clear text after agreeing to STARTTLS (possible command injection); the connection was closed")
                 waiter.promise.fail(error)
+                handshake.fail(error)
                 fail(context: context, error)
                 return
             }
             guard let tlsUpgrade else {
-                waiter.promise.fail(SMTPError(stage: .starttls, kind: .tlsHandshake, message: "no TLS configuration"))
+                let error = SMTPError(stage: .starttls, kind: .tlsHandshake, message: "no TLS configuration")
+                waiter.promise.fail(error)
+                handshake.fail(error)
                 return
             }
             do {

@@ -272,7 +272,8 @@ public final class SMTPConnection: Sendable {
     private func afterFailure(session: inout Session, error: SMTPError) async {
         // A 421, a broken connection or a protocol error ends the session; a refused command
         // leaves it usable once RSET has cleared the transaction.
-        let fatal = error.reply?.code == 421 || error.kind != .reply || !channel.isActive
+        let refusedLocally = error.kind == .unsupportedByServer || error.kind == .invalidArgument
+        let fatal = error.reply?.code == 421 || (error.kind != .reply && !refusedLocally) || !channel.isActive
         if fatal {
             state.withLockedValue { $0 = .closed }
             try? await channel.close()
@@ -379,10 +380,22 @@ public final class SMTPConnection: Sendable {
                 trace(sent: command.redactedText)
                 let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
                 futures.append(promise.futureResult)
-                channel.write(SMTPOutbound(bytes: buffer, reply: promise, tlsHandshake: tlsHandshake), promise: nil)
+                channel.write(SMTPOutbound(bytes: buffer, reply: promise, tlsHandshake: tlsHandshake), promise: failingReply(promise, handshake: tlsHandshake))
             }
             channel.flush()
             return futures
+        }
+
+        /// A write promise that fails `reply` when the write fails: once the channel is closed its
+        /// handlers are gone, and nothing else would ever complete the reply.
+        func failingReply(_ reply: EventLoopPromise<SMTPReply>, handshake: EventLoopPromise<Void>? = nil) -> EventLoopPromise<Void> {
+            let written = channel.eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenFailure { error in
+                let smtpError = error as? SMTPError ?? SMTPError(stage: .protocol, kind: .connectionClosed, message: "the connection is closed: \(error)")
+                reply.fail(smtpError)
+                handshake?.fail(smtpError)
+            }
+            return written
         }
 
         mutating func command(_ command: SMTPCommand, stage: SMTPError.Stage, timeout: Duration? = nil,
@@ -611,6 +624,9 @@ public final class SMTPConnection: Sendable {
                     self.stage = stage
                     let reply = try await self.await(future, timeout: configuration.protocolTimeout, stage: stage)
                     trace(reply)
+                    if reply.code == 421 {
+                        throw SMTPError.reply(reply, stage: stage, message: "the server is closing the connection: \(reply)")
+                    }
                     replies.append(reply)
                 }
                 if let closing = replies.first(where: { $0.code == 421 }) {
@@ -659,7 +675,7 @@ public final class SMTPConnection: Sendable {
             buffer.writeString(".\r\n")
             trace(sent: ".")
             let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
-            channel.writeAndFlush(SMTPOutbound(bytes: buffer, reply: promise), promise: nil)
+            channel.writeAndFlush(SMTPOutbound(bytes: buffer, reply: promise), promise: failingReply(promise))
             let reply = try await self.await(promise.futureResult, timeout: configuration.protocolTimeout, stage: .data)
             trace(reply)
         }
@@ -694,12 +710,18 @@ public final class SMTPConnection: Sendable {
             }
             if debug { logger.info("C: <\(encoder.bytesWritten) bytes of message data, ending with .>") }
             let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
-            channel.writeAndFlush(SMTPOutbound(bytes: out, reply: promise), promise: nil)
+            let written = failingReply(promise)
+            channel.writeAndFlush(SMTPOutbound(bytes: out, reply: promise), promise: written)
             do {
                 let reply = try await self.await(promise.futureResult, timeout: configuration.dataTerminationTimeout, stage: .data)
                 trace(reply)
                 return (reply, encoder.bytesWritten)
             } catch {
+                // The end of the message never left: the server cannot have accepted it.
+                if (try? await written.futureResult.get()) == nil {
+                    throw SMTPError(stage: .data, kind: .connectionClosed,
+                                    message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
+                }
                 throw SMTPError(stage: .data, kind: .outcomeUnknown,
                                 message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
                                 isTransient: true)
