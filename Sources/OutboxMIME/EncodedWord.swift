@@ -53,6 +53,9 @@ enum EncodedWord {
                 return
             }
             flush()
+            // A piece that does not fit the short first word starts a full-length word instead
+            // (the header writer folds before it).
+            if cost(piece.count, pq) > limit { limit = maxWordLength }
             if cost(piece.count, pq) <= limit {
                 chunk = piece
                 chunkQ = pq

@@ -47,6 +47,14 @@ public struct MessageByteStream: AsyncSequence, Sendable {
         return out
     }
 
+    /// Produces the whole message and returns its size in octets, holding one chunk at a time
+    /// (for SIZE estimates and benchmarks).
+    public func countBytes() async throws -> Int {
+        var n = 0
+        for try await chunk in self { n += chunk.readableBytes }
+        return n
+    }
+
     public struct AsyncIterator: AsyncIteratorProtocol {
         private var build: (@Sendable () throws(MIMEError) -> [Segment])?
         private var segments: [Segment] = []

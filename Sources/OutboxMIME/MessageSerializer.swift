@@ -99,10 +99,8 @@ struct MessageSerializer {
         let asciiName = a.filename.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
         let nameTokens = asciiName ? MIMEParams.tokens("name", a.filename) : MIMEParams.encodedWordTokens("name", a.filename)
         typeWriter.glue(";")
-        for (i, t) in nameTokens.enumerated() {
-            typeWriter.add(t)
-            _ = i
-        }
+        // `name` is what clients without RFC 2231 read: encoded words when not ASCII.
+        for t in nameTokens { typeWriter.add(t) }
         var headers = typeWriter.finished()
         headers += HeaderWriter.parameterized(
             "Content-Disposition", a.isInline ? "inline" : "attachment", [("filename", a.filename)])

@@ -10,6 +10,8 @@ enum PythonParser {
         import sys, json, hashlib
         from email.parser import BytesParser
         from email import policy
+        from email.header import decode_header, make_header
+        from email.utils import getaddresses
 
         def fix(s):
             # BytesParser keeps raw UTF-8 header bytes (SMTPUTF8) as surrogate escapes.
@@ -23,11 +25,22 @@ enum PythonParser {
                 return None
             return [{"name": fix(a.display_name), "addr": fix(a.addr_spec)} for a in h.addresses]
 
+        def rfc_names(legacy, name):
+            # The legacy API decodes display names exactly per RFC 2047 section 6.2 (white space
+            # between adjacent encoded words is dropped); the default policy's phrase parser keeps
+            # it and collapses white space inside encoded words, so names are compared from here.
+            raw = legacy.get_all(name)
+            if raw is None:
+                return None
+            raw = [fix(str(v)) for v in raw]
+            return [str(make_header(decode_header(n))) for n, a in getaddresses(raw)]
+
         out = []
         for path in sys.argv[1:]:
             with open(path, "rb") as f:
                 raw = f.read()
             msg = BytesParser(policy=policy.default).parsebytes(raw)
+            legacy = BytesParser(policy=policy.compat32).parsebytes(raw)
             defects = [type(d).__name__ for d in msg.defects]
             headers = []
             for k, v in msg.items():
@@ -41,9 +54,14 @@ enum PythonParser {
                     structure.append(part.get_content_type())
                     continue
                 payload = part.get_payload(decode=True) or b""
+                # get_filename() strips white space; the parsed parameter keeps the name exact.
+                filename = part.get_filename()
+                cd = part["content-disposition"]
+                if cd is not None and "filename" in cd.params:
+                    filename = cd.params["filename"]
                 entry = {
                     "contentType": part.get_content_type(),
-                    "filename": part.get_filename(),
+                    "filename": filename,
                     "disposition": part.get_content_disposition(),
                     "cid": str(part["content-id"]) if part["content-id"] is not None else None,
                     "cte": str(part["content-transfer-encoding"]) if part["content-transfer-encoding"] is not None else None,
@@ -58,6 +76,7 @@ enum PythonParser {
                 "subject": fix(str(msg["subject"])) if msg["subject"] is not None else None,
                 "from": addrs(msg, "from"), "to": addrs(msg, "to"), "cc": addrs(msg, "cc"),
                 "replyTo": addrs(msg, "reply-to"), "sender": addrs(msg, "sender"),
+                "rfcNames": {h: rfc_names(legacy, h) for h in ["from", "to", "cc", "reply-to"] if legacy.get_all(h) is not None},
                 "hasBcc": msg["bcc"] is not None,
                 "date": msg["date"].datetime.isoformat() if msg["date"] is not None and msg["date"].datetime else None,
                 "messageID": str(msg["message-id"]) if msg["message-id"] is not None else None,
@@ -94,6 +113,8 @@ enum PythonParser {
         var cc: [PyAddress]?
         var replyTo: [PyAddress]?
         var sender: [PyAddress]?
+        /// Display names decoded by the legacy API, exactly per RFC 2047 (see the script).
+        var rfcNames: [String: [String]]
         var hasBcc: Bool
         var date: String?
         var messageID: String?
@@ -193,8 +214,15 @@ enum WireCheck {
 
     /// Text as the parser returns it: LF line ends, ending with a line break unless empty.
     static func normalizedText(_ s: String) -> String {
-        var t = s.replacingOccurrences(of: "\r\n", with: "\n").replacingOccurrences(of: "\r", with: "\n")
-        if !t.isEmpty, !t.hasSuffix("\n") { t += "\n" }
-        return t
+        // On scalars: Foundation's replacingOccurrences mishandles "\r\n" before a combining mark.
+        var out = String.UnicodeScalarView()
+        var previousCR = false
+        for u in s.unicodeScalars {
+            if u == "\n", previousCR { previousCR = false; continue }
+            previousCR = u == "\r"
+            out.append(u == "\r" ? "\n" : u)
+        }
+        if let last = out.last, last != "\n" { out.append("\n") }
+        return String(out)
     }
 }
