@@ -65,8 +65,9 @@ public struct SMTPClientOptions: Sendable, Equatable {
     public var localhost: String?
     /// `mail.smtp.from`: envelope sender override.
     public var envelopeFrom: String?
-    /// `mail.smtp.sendpartial`.
-    public var sendPartial = false
+    /// `mail.smtp.sendpartial`. Outbox defaults to true (per-recipient delivery and retries);
+    /// JavaMail's default is false (all or nothing).
+    public var sendPartial = true
     /// `mail.smtp.dsn.notify`, normalised to upper case (`NEVER` or e.g. `SUCCESS,FAILURE`).
     public var dsnNotify: String?
     /// `mail.smtp.dsn.ret`: `FULL` or `HDRS`.

@@ -230,7 +230,7 @@ public final class SMTPConnection: Sendable {
     }
 
     /// Closes without QUIT.
-    public func close() async {
+    public func abort() async {
         state.withLockedValue { $0 = .closed }
         try? await channel.close()
     }
@@ -377,7 +377,7 @@ public final class SMTPConnection: Sendable {
             }
             var futures: [EventLoopFuture<SMTPReply>] = []
             for (command, buffer) in zip(commands, buffers) {
-                trace(sent: command.redactedText)
+                if debug { trace(sent: command.redactedText) }  // redactedText re-encodes: only when tracing
                 let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
                 futures.append(promise.futureResult)
                 channel.write(SMTPOutbound(bytes: buffer, reply: promise, tlsHandshake: tlsHandshake), promise: failingReply(promise, handshake: tlsHandshake))

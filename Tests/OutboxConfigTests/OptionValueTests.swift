@@ -40,7 +40,7 @@ import Testing
         #expect(o.user == nil)
         #expect(o.grantType == nil)
         #expect(o.authMechanisms == nil && o.ewsAuthMechanisms == nil && o.localhost == nil && o.envelopeFrom == nil)
-        #expect(o.sendPartial == false && o.dsnNotify == nil && o.dsnRet == nil && o.sslTrust.isEmpty && o.checkServerIdentity)
+        #expect(o.sendPartial == true && o.dsnNotify == nil && o.dsnRet == nil && o.sslTrust.isEmpty && o.checkServerIdentity)
         #expect(o.usesFileTransport && !o.usesXOAUTH2 && !o.isGoogle)
         let s = try load("").outbox
         #expect(s.dataDirectory == "./outbox-data" && s.tlsCAFile == nil && s.httpListen == "127.0.0.1:8025" && s.store == "sqlite")
@@ -126,7 +126,7 @@ struct ValidCase: Sendable, CustomTestStringConvertible {
         .init("mail.smtp.localhost = relay.example.com", "mail.smtp.localhost", "relay.example.com"),
         .init("mail.smtp.localhost = [192.0.2.1]", "mail.smtp.localhost", "[192.0.2.1]"),
         .init("mail.smtp.from = bounces@example.com", "mail.smtp.from", "bounces@example.com"),
-        .init("mail.smtp.sendpartial = true", "mail.smtp.sendpartial", "true"),
+        .init("mail.smtp.sendpartial = false", "mail.smtp.sendpartial", "false"),
         .init("mail.smtp.dsn.notify = NEVER", "mail.smtp.dsn.notify", "NEVER"),
         .init("mail.smtp.dsn.notify = success, failure,DELAY", "mail.smtp.dsn.notify", "SUCCESS,FAILURE,DELAY"),
         .init("mail.smtp.dsn.ret = hdrs", "mail.smtp.dsn.ret", "HDRS"),
@@ -168,12 +168,12 @@ struct ValidCase: Sendable, CustomTestStringConvertible {
             mail.smtp.auth.mechanisms = xoauth2 plain
             mail.smtp.ssl.trust = *
             mail.smtp.ssl.checkserveridentity = false
-            mail.smtp.sendpartial = true
+            mail.smtp.sendpartial = false
             """)).smtpClient
         #expect(o.authMechanisms == ["XOAUTH2", "PLAIN"])
         #expect(o.sslTrust == ["*"])
         #expect(o.checkServerIdentity == false)
-        #expect(o.sendPartial)
+        #expect(o.sendPartial == false)
     }
 
     @Test func fileSyntax() throws {

@@ -1,0 +1,211 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import OutboxMIME
+import OutboxSMTP
+
+extension SMTPConnection: PoolableConnection {
+    public var credentialLifetime: Duration? {
+        credentialExpiry.map { $0 - ContinuousClock.now }
+    }
+
+    /// QUIT, then close.
+    public func close() async {
+        await quit()
+    }
+}
+
+/// Pool errors that carry an SMTP failure.
+struct SMTPConnectionDiscarded: ConnectionPoolDiscardingError {
+    var error: SMTPError
+}
+
+struct SMTPServerRefusedConnection: ConnectionPoolRefusalError {
+    var error: SMTPError
+}
+
+extension SMTPError {
+    /// 421 (service closing, too many connections) or Outlook's 432 4.3.2: back off.
+    var isConnectionLimit: Bool {
+        guard let code = reply?.code else { return false }
+        return code == 421 || code == 432
+    }
+}
+
+/// Opens SMTP connections with the configuration of a generation.
+public struct SMTPConnectionFactory: PoolConnectionFactory {
+    let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
+    let eventLoopGroup: any EventLoopGroup
+    let logger: Logger
+
+    public func makeConnection(generation: Int) async throws -> SMTPConnection {
+        guard let configuration = configurations.withLockedValue({ $0[generation] ?? $0.values.first }) else {
+            throw ConnectionPoolError.shutdown
+        }
+        do {
+            return try await SMTPConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
+        } catch {
+            if error.isConnectionLimit { throw SMTPServerRefusedConnection(error: error) }
+            throw error
+        }
+    }
+}
+
+/// SMTP delivery through a pool of reused connections (`cnx-pool-size`, NOOP after
+/// `cnx-check-idle-time`, close after `cnx-max-idle-time`, retire before token expiry).
+///
+/// A connection that fails before the final dot was sent is discarded and the message goes out
+/// once more on a fresh connection; after the final dot with no reply, the outcome is unknown
+/// and the message is not sent again (the caller's queue decides).
+public final class SMTPTransport: MailTransport {
+    public let name = "smtp"
+    let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
+    private let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
+    private let current: NIOLockedValueBox<(generation: Int, configuration: SMTPClientConfiguration, envelopeFrom: String?)>
+    private let logger: Logger
+
+    public init(configuration: SMTPClientConfiguration, pool poolConfiguration: PoolConfiguration,
+                envelopeFrom: String? = nil,
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger = Logger(label: "outbox.smtp")) {
+        let configurations = NIOLockedValueBox([0: configuration])
+        self.configurations = configurations
+        self.current = NIOLockedValueBox((0, configuration, envelopeFrom))
+        self.logger = logger
+        self.pool = ConnectionPool(
+            configuration: poolConfiguration,
+            factory: SMTPConnectionFactory(configurations: configurations, eventLoopGroup: eventLoopGroup, logger: logger),
+            clock: ContinuousClock(), generation: 0, logger: logger)
+    }
+
+    public var configuration: SMTPClientConfiguration { current.withLockedValue { $0.configuration } }
+    public var statistics: PoolStatistics { pool.statistics }
+
+    /// Applies options that take effect immediately (server, port, user, timeouts, debug...):
+    /// new connections use them; idle connections opened under the old ones are closed.
+    public func update(configuration: SMTPClientConfiguration, envelopeFrom: String?) {
+        let generation = current.withLockedValue { state -> Int in
+            state = (state.generation + 1, configuration, envelopeFrom)
+            return state.generation
+        }
+        configurations.withLockedValue { $0 = [generation: configuration] }
+        pool.updateGeneration(generation)
+    }
+
+    public func run() async { await pool.run() }
+    public func shutdown() async { await pool.shutdown() }
+
+    public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+        let started = Date()
+        let clock = ContinuousClock.now
+        let (configuration, envelopeFrom) = current.withLockedValue { ($0.configuration, $0.envelopeFrom) }
+        let destination = "\(configuration.host):\(configuration.port)"
+        var attempts = 0
+        while true {
+            attempts += 1
+            let lease: ConnectionPoolLease<SMTPConnection>
+            do {
+                lease = try await pool.lease()
+            } catch let error as SMTPServerRefusedConnection {
+                throw DeliveryError(error.error)
+            } catch let error as SMTPError {
+                throw DeliveryError(error)
+            } catch let error as ConnectionPoolError {
+                throw DeliveryError(kind: .transient, message: "the SMTP connection pool: \(error)")
+            } catch {
+                throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)")
+            }
+            let connection = lease.connection
+            do {
+                let result = try await transact(content, envelope: envelope, envelopeFrom: envelopeFrom, on: connection)
+                pool.release(lease, .clean)
+                return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
+            } catch let error as SMTPError {
+                let disposition: PoolReleaseDisposition
+                if error.isConnectionLimit {
+                    disposition = .serverRefused
+                } else if !connection.isOpen {
+                    disposition = .discard
+                } else {
+                    disposition = .clean  // SMTPConnection already sent RSET after a refused command
+                }
+                pool.release(lease, disposition)
+                // Died before the final dot on a reused connection: once more on a fresh one.
+                if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil {
+                    logger.notice("the connection failed before the message was sent; retrying once on a new connection",
+                                  metadata: ["smtp.error": "\(error.message)"])
+                    continue
+                }
+                throw DeliveryError(error)
+            } catch let error as DeliveryError {
+                pool.release(lease, connection.isOpen ? .clean : .discard)
+                throw error
+            } catch {
+                pool.release(lease, .discard)
+                throw DeliveryError(kind: .permanent, message: "\(error)")
+            }
+        }
+    }
+
+    private func transact(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
+                          on connection: SMTPConnection) async throws -> SMTPTransactionResult {
+        let caps = connection.capabilities
+        let needsUTF8 = content.requiresSMTPUTF8
+        let envelope: Envelope
+        do throws(MIMEError) {
+            if let given {
+                envelope = given
+            } else if caps.smtpUTF8 {
+                envelope = try content.envelope()
+            } else {
+                envelope = try content.asciiEnvelope()
+            }
+        } catch {
+            throw DeliveryError(kind: .permanent, message: needsUTF8 && !caps.smtpUTF8
+                ? "the message has non-ASCII addresses and the server does not offer SMTPUTF8: \(error.message)"
+                : "the message's envelope is invalid: \(error.message)")
+        }
+        let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
+        let stream = content.byteStream(options: options)
+        var size: Int?
+        if let limit = caps.sizeLimit, limit > 0 {
+            size = try await stream.countBytes()
+        }
+        let smtpEnvelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
+                                        requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
+        return try await connection.send(envelope: smtpEnvelope, body: stream)
+    }
+
+    static func report(_ result: SMTPTransactionResult, destination: String, content: any MailContent,
+                       started: Date, clock: ContinuousClock.Instant, attempts: Int) -> DeliveryReport {
+        let recipients = result.recipients.map { r -> RecipientOutcome in
+            let status: RecipientOutcome.Status
+            if r.accepted {
+                status = result.delivered ? .accepted : (result.finalReply?.isPermanentFailure == true ? .rejected : .deferred)
+            } else if result.abortedForPartialRefusal {
+                status = r.isTransientFailure ? .deferred : .rejected
+            } else {
+                status = r.isTransientFailure ? .deferred : .rejected
+            }
+            return RecipientOutcome(address: r.address, status: status, code: r.reply?.code,
+                                    enhancedCode: r.reply?.enhancedCode?.description, text: r.reply?.text)
+        }
+        var final = recipients
+        if result.abortedForPartialRefusal {
+            // Accepted recipients were not sent to (mail.smtp.sendpartial = false): retry them.
+            final = recipients.map { r in
+                var r = r
+                if r.status == .accepted || (r.code.map { $0 < 300 } ?? false) {
+                    r.status = .deferred
+                    r.text = "not sent: another recipient was refused and mail.smtp.sendpartial = false"
+                }
+                return r
+            }
+        }
+        return DeliveryReport(transport: "smtp", destination: destination, messageID: content.outboxMessageID,
+                              recipients: final, finalReply: result.finalReply?.description, startedAt: started,
+                              durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+    }
+}

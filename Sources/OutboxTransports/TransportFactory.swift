@@ -1,0 +1,91 @@
+import Logging
+import NIOCore
+import NIOPosix
+import OutboxConfig
+import OutboxSMTP
+
+extension SMTPClientConfiguration {
+    /// The SMTP engine's settings from the smtp-client options and `[outbox]`.
+    /// `tokenSource` supplies XOAUTH2 access tokens (OAuth issue); without one, XOAUTH2 fails
+    /// at AUTH with a clear error.
+    public init(options: SMTPClientOptions, settings: OutboxSettings,
+                tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) {
+        let security: ConnectionSecurity
+        switch options.smtpConnectionSecurity {
+        case .none: security = .none
+        case .startTLS: security = .startTLS
+        case .startTLSRequired: security = .startTLSRequired
+        case .sslTLS: security = .implicitTLS
+        }
+        var credentials: SMTPCredentials?
+        if options.enableAuthentication, let user = options.user {
+            let wantsXOAUTH2 = (options.authMechanisms ?? []).contains("XOAUTH2")
+            if wantsXOAUTH2, let tokenSource {
+                credentials = .oauth2(user: user, token: tokenSource)
+            } else if wantsXOAUTH2 {
+                credentials = .oauth2(user: user) {
+                    throw OAuthNotConfigured()
+                }
+            } else {
+                credentials = .password(user: user, password: SMTPSecret(options.password?.value ?? ""))
+            }
+        }
+        // JavaMail: a timeout of 0 means none; a long one stands in for "none".
+        let forever: Duration = .seconds(365 * 24 * 3600)
+        self.init(
+            host: options.server ?? "localhost",
+            port: options.port,
+            security: security,
+            connectTimeout: options.connectTimeout == .zero ? forever : options.connectTimeout,
+            protocolTimeout: options.protocolTimeout == .zero ? forever : options.protocolTimeout,
+            credentials: credentials,
+            authMechanisms: options.authMechanisms,
+            localHostname: options.localhost,
+            tlsCAFile: settings.tlsCAFile,
+            trustedHosts: options.sslTrust,
+            checkServerIdentity: options.checkServerIdentity,
+            sendPartial: options.sendPartial,
+            dsnNotify: options.dsnNotify,
+            dsnRet: options.dsnRet,
+            enableDebug: options.enableDebug)
+    }
+}
+
+struct OAuthNotConfigured: Error, CustomStringConvertible {
+    var description: String {
+        "XOAUTH2 needs an OAuth 2.0 token provider (client-id, directory-id / tenant-authority); token acquisition is not available in this build"
+    }
+}
+
+extension PoolConfiguration {
+    /// `cnx-pool-size`, `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
+    public init(options: SMTPClientOptions) {
+        self.init(size: options.cnxPoolSize, checkIdleTime: options.cnxCheckIdleTime,
+                  maxIdleTime: options.cnxMaxIdleTime, tokenExpiryMargin: options.tokenExpiryMarginTime)
+    }
+}
+
+/// Chooses and builds the transport that `server-type` and `server` call for.
+public enum TransportFactory {
+    public struct Unavailable: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func make(configuration: OutboxConfiguration,
+                            eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                            logger: Logger = Logger(label: "outbox"),
+                            tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws -> any MailTransport {
+        let options = configuration.smtpClient
+        switch options.serverType {
+        case .smtp:
+            if options.usesFileTransport {
+                return FileTransport(dataDirectory: configuration.outbox.dataDirectory)
+            }
+            let smtp = SMTPClientConfiguration(options: options, settings: configuration.outbox, tokenSource: tokenSource)
+            return SMTPTransport(configuration: smtp, pool: PoolConfiguration(options: options),
+                                 envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger)
+        case .ews, .graph:
+            throw Unavailable(description: "server-type = \(options.serverType.rawValue) is not available in this build yet; use SMTP")
+        }
+    }
+}
