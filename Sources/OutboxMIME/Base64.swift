@@ -35,35 +35,51 @@ enum Base64 {
         }
     }
 
+    /// The size of `encodeLines` output for `n` input bytes.
+    static func encodedLinesSize(_ n: Int) -> Int {
+        let full = n / bytesPerLine
+        let rest = n % bytesPerLine
+        return full * 78 + (rest == 0 ? 0 : (rest + 2) / 3 * 4 + 2)
+    }
+
     /// Base64 in lines of 76 characters, each line (including the last) ending in CRLF.
     /// Callers streaming a file pass chunks whose size is a multiple of 57 except for the last.
     static func encodeLines(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
-        let fullLines = bytes.count / bytesPerLine
-        out.reserveCapacity(out.count + (bytes.count + 2) / 3 * 4 + (fullLines + 1) * 2)
-        var start = 0
+        let n = bytes.count
+        guard n > 0 else { return }
+        let start = out.count
+        let size = encodedLinesSize(n)
+        out.append(contentsOf: repeatElement(0, count: size))
         alphabet.withUnsafeBufferPointer { a in
-            while start < bytes.count {
-                let end = min(start + bytesPerLine, bytes.count)
-                var i = start
-                while i + 3 <= end {
-                    let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-                    out.append(a[Int(v >> 18 & 0x3F)])
-                    out.append(a[Int(v >> 12 & 0x3F)])
-                    out.append(a[Int(v >> 6 & 0x3F)])
-                    out.append(a[Int(v & 0x3F)])
-                    i += 3
+            out.withUnsafeMutableBufferPointer { o in
+                var w = start
+                var i = 0
+                while i < n {
+                    let end = Swift.min(i + bytesPerLine, n)
+                    while i + 3 <= end {
+                        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+                        o[w] = a[Int(v >> 18 & 0x3F)]
+                        o[w + 1] = a[Int(v >> 12 & 0x3F)]
+                        o[w + 2] = a[Int(v >> 6 & 0x3F)]
+                        o[w + 3] = a[Int(v & 0x3F)]
+                        w += 4
+                        i += 3
+                    }
+                    if i < end {
+                        let b0 = bytes[i]
+                        let b1: UInt8 = i + 1 < end ? bytes[i + 1] : 0
+                        o[w] = a[Int(b0 >> 2)]
+                        o[w + 1] = a[Int((b0 & 0x03) << 4 | b1 >> 4)]
+                        o[w + 2] = i + 1 < end ? a[Int((b1 & 0x0F) << 2)] : UInt8(ascii: "=")
+                        o[w + 3] = UInt8(ascii: "=")
+                        w += 4
+                        i = end
+                    }
+                    o[w] = 13
+                    o[w + 1] = 10
+                    w += 2
                 }
-                if i < end {
-                    let b0 = bytes[i]
-                    let b1: UInt8 = i + 1 < end ? bytes[i + 1] : 0
-                    out.append(a[Int(b0 >> 2)])
-                    out.append(a[Int((b0 & 0x03) << 4 | b1 >> 4)])
-                    out.append(i + 1 < end ? a[Int((b1 & 0x0F) << 2)] : UInt8(ascii: "="))
-                    out.append(UInt8(ascii: "="))
-                }
-                out.append(13)
-                out.append(10)
-                start = end
+                precondition(w == start + size)
             }
         }
     }

@@ -17,10 +17,11 @@ struct HeaderWriter {
     /// Room left on the current line for a token after a space.
     var available: Int { HeaderWriter.foldWidth - column - 1 }
 
-    /// Appends ` token`, folding before it when the line would pass 78 characters.
-    mutating func add(_ token: String) {
+    /// Appends ` token`, folding before it when the line would pass 78 characters; `reserve`
+    /// counts characters that will be glued after it (a `,` or `;`).
+    mutating func add(_ token: String, reserve: Int = 0) {
         let n = token.utf8.count
-        if column > nameLength, column + 1 + n > HeaderWriter.foldWidth {
+        if column > nameLength, column + 1 + n + reserve > HeaderWriter.foldWidth {
             bytes += [13, 10, 32]
             column = 1
         } else {
@@ -35,6 +36,15 @@ struct HeaderWriter {
     mutating func glue(_ text: String) {
         bytes += text.utf8
         column += text.utf8.count
+    }
+
+    /// Appends tokens separated by `separator` (glued to the token before it).
+    mutating func addSeparated(_ tokens: [String], by separator: String) {
+        for (i, t) in tokens.enumerated() {
+            let last = i == tokens.count - 1
+            add(t, reserve: last ? 0 : separator.utf8.count)
+            if !last { glue(separator) }
+        }
     }
 
     /// The header field with its CRLF.
@@ -64,9 +74,10 @@ extension HeaderWriter {
     static func addresses(_ name: String, _ list: [Address], options: MIMEEncodingOptions) throws(MIMEError) -> [UInt8] {
         var w = HeaderWriter(name)
         for (i, a) in list.enumerated() {
+            let last = i == list.count - 1
             let tokens = try a.headerTokens(options: options, firstAvailable: w.available)
-            for t in tokens { w.add(t) }
-            if i < list.count - 1 { w.glue(",") }
+            for (j, t) in tokens.enumerated() { w.add(t, reserve: !last && j == tokens.count - 1 ? 1 : 0) }
+            if !last { w.glue(",") }
         }
         return w.finished()
     }
@@ -81,13 +92,8 @@ extension HeaderWriter {
     /// `Name: value; param=...` with MIME parameters.
     static func parameterized(_ name: String, _ value: String, _ params: [(String, String)]) -> [UInt8] {
         var w = HeaderWriter(name)
-        w.add(value)
-        for (key, v) in params {
-            for token in MIMEParams.tokens(key, v) {
-                w.glue(";")
-                w.add(token)
-            }
-        }
+        let tokens = [value] + params.flatMap { MIMEParams.tokens($0.0, $0.1) }
+        w.addSeparated(tokens, by: ";")
         return w.finished()
     }
 }

@@ -158,10 +158,7 @@ public struct Message: MailContent, Hashable {
 
     /// A new unique Message-ID `<random@domain>` (domain in its IDNA form).
     public static func makeMessageID(domain: String) -> String {
-        var rng = SystemRandomNumberGenerator()
-        let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
-        var local = [UInt8]()
-        for _ in 0..<24 { local.append(alphabet[Int(rng.next(upperBound: UInt8(alphabet.count)))]) }
+        let local = RandomToken.make(24)
         let d = (try? Punycode.toASCII(domain: domain)).flatMap { $0.isEmpty ? nil : $0 } ?? "outbox.invalid"
         let t = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36)
         return "<\(t).\(String(decoding: local, as: UTF8.self))@\(d)>"
@@ -237,5 +234,28 @@ public struct Message: MailContent, Hashable {
         return MessageByteStream { () throws(MIMEError) -> [Segment] in
             try MessageSerializer(message: message, options: options).segments()
         }
+    }
+}
+
+/// Random alphanumeric tokens (boundaries, Message-IDs) from the system CSPRNG, ~5.9 bits a character.
+enum RandomToken {
+    private static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+
+    static func make(_ count: Int) -> [UInt8] {
+        var rng = SystemRandomNumberGenerator()
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        var bits: UInt64 = 0
+        var left = 0
+        while out.count < count {
+            if left == 0 {
+                bits = rng.next()
+                left = 10
+            }
+            out.append(alphabet[Int(bits % 62)])
+            bits /= 62
+            left -= 1
+        }
+        return out
     }
 }

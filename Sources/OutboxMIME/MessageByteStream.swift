@@ -41,17 +41,19 @@ public struct MessageByteStream: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(build: build) }
 
     /// All the bytes in one array (for dry runs and tests; do not use for large messages).
-    public func collect() async throws -> [UInt8] {
+    public func collect(isolation: isolated (any Actor)? = #isolation) async throws -> [UInt8] {
         var out: [UInt8] = []
-        for try await chunk in self { out += chunk.readableBytesView }
+        var it = makeAsyncIterator()
+        while let chunk = try await it.next(isolation: isolation) { out += chunk.readableBytesView }
         return out
     }
 
     /// Produces the whole message and returns its size in octets, holding one chunk at a time
     /// (for SIZE estimates and benchmarks).
-    public func countBytes() async throws -> Int {
+    public func countBytes(isolation: isolated (any Actor)? = #isolation) async throws -> Int {
         var n = 0
-        for try await chunk in self { n += chunk.readableBytes }
+        var it = makeAsyncIterator()
+        while let chunk = try await it.next(isolation: isolation) { n += chunk.readableBytes }
         return n
     }
 
@@ -69,6 +71,11 @@ public struct MessageByteStream: AsyncSequence, Sendable {
         }
 
         public mutating func next() async throws -> ByteBuffer? {
+            try nextChunk()
+        }
+
+        /// Runs on the caller's actor: producing a chunk never needs an executor hop.
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> ByteBuffer? {
             try nextChunk()
         }
 

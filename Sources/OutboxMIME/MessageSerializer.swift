@@ -76,11 +76,7 @@ struct MessageSerializer {
     /// A boundary that cannot occur in base64 or quoted-printable output ("=_" is invalid in
     /// both); 7bit and 8bit bodies are checked against it in `layout`.
     private func boundary() -> String {
-        var rng = SystemRandomNumberGenerator()
-        let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
-        var s = Array("=_Outbox_".utf8)
-        for _ in 0..<28 { s.append(alphabet[Int(rng.next(upperBound: UInt8(alphabet.count)))]) }
-        return String(decoding: s, as: UTF8.self)
+        String(decoding: Array("=_Outbox_".utf8) + RandomToken.make(28), as: UTF8.self)
     }
 
     // MARK: Leaves
@@ -95,12 +91,17 @@ struct MessageSerializer {
 
     private func attachmentLeaf(_ a: Attachment) throws(MIMEError) -> Part {
         var typeWriter = HeaderWriter("Content-Type")
-        typeWriter.add(a.contentType.lowercased())
         let asciiName = a.filename.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
+        // `name` is what clients without RFC 2231 read: encoded words when not ASCII (the
+        // quoted string may fold between them, so they are added without separators).
         let nameTokens = asciiName ? MIMEParams.tokens("name", a.filename) : MIMEParams.encodedWordTokens("name", a.filename)
+        typeWriter.add(a.contentType.lowercased(), reserve: 1)
         typeWriter.glue(";")
-        // `name` is what clients without RFC 2231 read: encoded words when not ASCII.
-        for t in nameTokens { typeWriter.add(t) }
+        if asciiName {
+            typeWriter.addSeparated(nameTokens, by: ";")
+        } else {
+            for t in nameTokens { typeWriter.add(t) }
+        }
         var headers = typeWriter.finished()
         headers += HeaderWriter.parameterized(
             "Content-Disposition", a.isInline ? "inline" : "attachment", [("filename", a.filename)])

@@ -34,6 +34,7 @@ struct PropertyTests {
     static func checkWire(_ wire: [UInt8], smtpUTF8: Bool) {
         let r = WireCheck.check(wire)
         #expect(r.longestLine <= 998)
+        #expect(r.longestHeaderLine <= 78)
         #expect(!r.bareLineEnd)
         if !smtpUTF8 { #expect(!r.nonASCIIHeader) }
     }
