@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# SMTP benchmark: Outbox's SMTPConnection against Postfix's own load client, smtp-source,
+# both sending to Postfix's smtp-sink on a loopback port, in the same invocation.
+#
+#   scripts/bench-smtp.sh
+#
+# For each case (1 KiB and 100 KiB messages, 1 and 10 reused connections) it runs
+# `smtp-source -d` and `outbox-bench smtp` with the same N, C and size, 3 times each,
+# alternating, and prints the medians (messages/second) and the ratio outbox/smtp-source.
+# Then it sends one 200 MiB message with `outbox-bench smtp --big-mib 200` and prints the
+# peak RSS of the outbox-bench process. It measures; it asserts nothing (exit status 0 unless
+# a tool is missing or a run cannot start). Quote the ratios, not the absolute rates: they
+# depend on the machine and on whatever else runs on it.
+#
+# Environment:
+#   BENCH_MESSAGES   messages per run (default 5000)
+#   BENCH_REPEATS    runs per client and case; the median is reported (default 3)
+#   BENCH_BIG_MIB    size of the big message in MiB (default 200; 0 skips it)
+#   BENCH_PORT       first port to try for smtp-sink (default 2525; the first free one is used)
+#   BENCH_TIMEOUT    seconds allowed for each single run (default 300)
+#   OUTBOX_BENCH_BIN a prebuilt outbox-bench binary (default: build it here in release mode)
+#
+# Installs Postfix (for smtp-sink and smtp-source) when missing. Only 127.0.0.1 is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${BENCH_MESSAGES:-5000}
+REPEATS=${BENCH_REPEATS:-3}
+BIG_MIB=${BENCH_BIG_MIB:-200}
+FIRST_PORT=${BENCH_PORT:-2525}
+RUN_TIMEOUT=${BENCH_TIMEOUT:-300}
+HOST=127.0.0.1
+SBIN=/usr/sbin
+export PATH="$PATH:/usr/sbin:/sbin"
+
+log() { echo "bench-smtp: $*" >&2; }
+
+# --- tools ---------------------------------------------------------------------------------
+if [ ! -x "$SBIN/smtp-sink" ] || [ ! -x "$SBIN/smtp-source" ]; then
+  log "installing postfix (for smtp-sink and smtp-source)"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
+fi
+
+if [ -n "${OUTBOX_BENCH_BIN:-}" ]; then
+  BENCH=$OUTBOX_BENCH_BIN
+else
+  log "building outbox-bench (release)"
+  swift build -c release --product outbox-bench >&2
+  BENCH="$(swift build -c release --show-bin-path)/outbox-bench"
+fi
+[ -x "$BENCH" ] || { log "no outbox-bench binary at $BENCH"; exit 1; }
+
+# --- smtp-sink -----------------------------------------------------------------------------
+port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+PORT=$FIRST_PORT
+while port_in_use "$PORT"; do
+  PORT=$((PORT + 1))
+  [ "$PORT" -lt $((FIRST_PORT + 200)) ] || { log "no free port from $FIRST_PORT"; exit 1; }
+done
+
+SINK_PID=
+cleanup() {
+  if [ -n "$SINK_PID" ]; then kill "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$SBIN/smtp-sink" -u nobody "$HOST:$PORT" 1024 &
+SINK_PID=$!
+for _ in $(seq 50); do
+  port_in_use "$PORT" && break
+  sleep 0.1
+done
+port_in_use "$PORT" || { log "smtp-sink did not start on $HOST:$PORT"; exit 1; }
+log "smtp-sink (pid $SINK_PID) on $HOST:$PORT; $MESSAGES messages per run, $REPEATS runs per client"
+
+# --- runs ------------------------------------------------------------------------------------
+# Each prints one rate (messages/second) on stdout, or "fail".
+run_source() { # C SIZE
+  local start end err
+  err=$(mktemp)
+  start=$(date +%s.%N)
+  if ! timeout "$RUN_TIMEOUT" "$SBIN/smtp-source" -s "$1" -m "$MESSAGES" -l "$2" -d \
+      -f a@example.test -t b@example.test "$HOST:$PORT" 2>"$err" >/dev/null; then
+    log "smtp-source -s $1 -l $2 failed: $(head -c 300 "$err")"; rm -f "$err"; echo fail; return
+  fi
+  end=$(date +%s.%N)
+  [ -s "$err" ] && log "smtp-source said: $(head -c 300 "$err")"
+  rm -f "$err"
+  awk -v n="$MESSAGES" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", n / (e - s) }'
+}
+
+run_outbox() { # C SIZE
+  local out last
+  if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" smtp --host "$HOST" --port "$PORT" \
+      --messages "$MESSAGES" --connections "$1" --size "$2" 2>&1); then
+    log "outbox-bench smtp -c $1 --size $2 failed: $(echo "$out" | tail -3)"; echo fail; return
+  fi
+  last=$(echo "$out" | tail -1)
+  if [ "$(echo "$out" | wc -l)" -gt 1 ]; then log "outbox-bench said: $(echo "$out" | head -n -1 | head -c 300)"; fi
+  echo "$last" | sed -n 's/.*msgs_per_sec=\([0-9.]*\).*/\1/p'
+}
+
+median() { printf '%s\n' "$@" | grep -v '^fail$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "fail"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+CASES=("1 1024" "10 1024" "1 102400" "10 102400")
+RESULTS=()
+for case in "${CASES[@]}"; do
+  read -r C SIZE <<<"$case"
+  src=(); obx=()
+  for r in $(seq "$REPEATS"); do
+    s=$(run_source "$C" "$SIZE"); o=$(run_outbox "$C" "$SIZE")
+    log "C=$C size=$SIZE run $r: smtp-source $s/s, outbox $o/s"
+    src+=("$s"); obx+=("$o")
+  done
+  RESULTS+=("$C $SIZE $(median "${src[@]}") $(median "${obx[@]}")")
+done
+
+echo
+echo "SMTP to smtp-sink on $HOST:$PORT, $MESSAGES messages per run, median of $REPEATS (messages/second)"
+printf '%-22s %16s %16s %14s\n' "case" "smtp-source" "outbox" "outbox/source"
+for row in "${RESULTS[@]}"; do
+  read -r C SIZE S O <<<"$row"
+  label="C=$C size=$((SIZE / 1024))KiB"
+  ratio=$(awk -v s="$S" -v o="$O" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }')
+  printf '%-22s %16s %16s %14s\n' "$label" "$S" "$O" "$ratio"
+done
+
+if [ "$BIG_MIB" -gt 0 ]; then
+  echo
+  if out=$(timeout "$RUN_TIMEOUT" "$BENCH" smtp --host "$HOST" --port "$PORT" --big-mib "$BIG_MIB" 2>&1); then
+    echo "$out" | tail -1
+  else
+    log "the $BIG_MIB MiB run failed: $(echo "$out" | tail -3)"
+  fi
+fi
