@@ -59,7 +59,7 @@ extension HeaderWriter {
         let printable = value.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
         let words = value.split(separator: " ", omittingEmptySubsequences: false)
         if printable, !value.contains("=?"), !words.contains(where: \.isEmpty),
-            words.allSatisfy({ $0.utf8.count <= foldWidth - 1 })
+            words.allSatisfy({ $0.utf8.count <= foldWidth - 1 }), words[0].utf8.count <= w.available
         {
             for word in words { w.add(String(word)) }
         } else if value.isEmpty {

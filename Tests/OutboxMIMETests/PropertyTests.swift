@@ -68,6 +68,21 @@ struct PropertyTests {
         _ = try await RoundTrip.verify(collected.messages)
     }
 
+    @Test func randomASCIISubjectsFoldExactly() async throws {
+        let collected = Collected()
+        let word = Gen<Character?>.element(of: Array("abcXYZ019!#$%&'*+-/=?^_`{|}~.,;:<>()[]\\\"@")).map { $0! }.string(of: 1...90)
+        await propertyCheck(count: 40, input: word.array(of: 1...40), Self.textPiece.array(of: 0...10).map { $0.joined() }) { words, name in
+            var m = try Self.message(words.joined(separator: " "), name, "body", "f.txt", [1], html: false)
+            m.headers.append(MessageHeader("X-A-Rather-Long-Custom-Header-Name", words.joined(separator: " ")))
+            Self.checkWire(try await RoundTrip.serialize(m), smtpUTF8: false)
+            collected.messages.append(m)
+        }
+        let parsed = try await RoundTrip.verify(collected.messages)
+        for (m, p) in zip(collected.messages, parsed) {
+            #expect(p.header("X-A-Rather-Long-Custom-Header-Name") == m.subject)
+        }
+    }
+
     @Test func randomEncodedWordsDecodeBack() async {
         await propertyCheck(count: 200, input: Self.textPiece.array(of: 0...200).map { $0.joined() }, Gen.int(in: 0...75)) { s, first in
             let words = EncodedWord.encode(s, firstMax: first)

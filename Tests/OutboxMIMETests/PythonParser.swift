@@ -76,7 +76,7 @@ enum PythonParser {
                 "subject": fix(str(msg["subject"])) if msg["subject"] is not None else None,
                 "from": addrs(msg, "from"), "to": addrs(msg, "to"), "cc": addrs(msg, "cc"),
                 "replyTo": addrs(msg, "reply-to"), "sender": addrs(msg, "sender"),
-                "rfcNames": {h: rfc_names(legacy, h) for h in ["from", "to", "cc", "reply-to"] if legacy.get_all(h) is not None},
+                "rfcNames": {h: rfc_names(legacy, h) for h in ["from", "to", "cc", "reply-to", "sender"] if legacy.get_all(h) is not None},
                 "hasBcc": msg["bcc"] is not None,
                 "date": msg["date"].datetime.isoformat() if msg["date"] is not None and msg["date"].datetime else None,
                 "messageID": str(msg["message-id"]) if msg["message-id"] is not None else None,

@@ -20,6 +20,7 @@ enum RoundTrip {
             let r = WireCheck.check(bytes)
             #expect(r.longestLine <= 998, "a line is \(r.longestLine) octets", sourceLocation: sourceLocation)
             #expect(!r.bareLineEnd, "bare CR or LF in output", sourceLocation: sourceLocation)
+            #expect(r.longestHeaderLine <= 78, "a header line is \(r.longestHeaderLine) characters", sourceLocation: sourceLocation)
             if !options.smtpUTF8 {
                 #expect(!r.nonASCIIHeader, "non-ASCII header without SMTPUTF8", sourceLocation: sourceLocation)
             }
@@ -66,6 +67,7 @@ enum RoundTrip {
         #expect(p.subject == m.subject, sourceLocation: sourceLocation)
         for (header, got, want) in [
             ("from", p.from, [m.from]), ("to", p.to, m.to), ("cc", p.cc, m.cc), ("reply-to", p.replyTo, m.replyTo),
+            ("sender", p.sender, m.sender.map { [$0] } ?? []),
         ] {
             let expected = expectedAddresses(want, options)
             // Addresses from the default policy's parser; its display names only up to white space

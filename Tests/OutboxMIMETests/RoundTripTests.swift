@@ -105,6 +105,8 @@ struct RoundTripTests {
                 .data(Array("a,b\n1,2\n".utf8), filename: "data.csv"),
             ])
         m.priority = .high
+        m.sender = try Address("robot@example.com", displayName: "Newsletter Robot ✉")
+        m.replyTo = [try Address("team@example.com", displayName: "Team, \"Support\""), try Address("x@example.com")]
         m.inReplyTo = ["<orig@example.com>"]
         m.references = ["<a@example.com>", "b@example.com"]
         m.headers = [MessageHeader("X-Campaign", "spring 2026 ✿")]
