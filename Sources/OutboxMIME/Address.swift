@@ -150,20 +150,24 @@ extension Address {
     /// The tokens of this mailbox for an address header: display-name words then `<addr>`.
     /// `firstAvailable` is the room left on the current header line (used to size the first
     /// encoded word).
-    func headerTokens(options: MIMEEncodingOptions, firstAvailable: Int) throws(MIMEError) -> [String] {
+    /// `firstRoom` is the longest first token that keeps the line within 78 characters (more
+    /// than `firstAvailable` when the writer may fold before it).
+    func headerTokens(options: MIMEEncodingOptions, firstAvailable: Int, firstRoom: Int = 77) throws(MIMEError) -> [String] {
         let addr = options.smtpUTF8 ? mailbox : try asciiMailbox()
         guard let name = displayName, !name.isEmpty else { return [addr] }
-        return Address.phraseTokens(name, firstAvailable: firstAvailable) + ["<" + addr + ">"]
+        return Address.phraseTokens(name, firstAvailable: firstAvailable, firstRoom: firstRoom) + ["<" + addr + ">"]
     }
 
     /// A display name as phrase tokens: atoms, one quoted string, or RFC 2047 encoded words.
-    static func phraseTokens(_ name: String, firstAvailable: Int) -> [String] {
+    static func phraseTokens(_ name: String, firstAvailable: Int, firstRoom: Int = 77) -> [String] {
         let bytes = Array(name.utf8)
         let printableASCII = bytes.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
         let words = name.split(separator: " ", omittingEmptySubsequences: false)
         let plainSpacing = !words.contains(where: \.isEmpty)
         if printableASCII, plainSpacing, !name.contains("=?") {
-            if words.allSatisfy({ $0.utf8.allSatisfy(isAtext) }) && words.allSatisfy({ $0.utf8.count <= 76 }) {
+            if words.allSatisfy({ $0.utf8.allSatisfy(isAtext) }) && words.allSatisfy({ $0.utf8.count <= 76 })
+                && words[0].utf8.count <= firstRoom
+            {
                 return words.map(String.init)
             }
             var quoted = "\""
@@ -172,7 +176,7 @@ extension Address {
                 quoted.append(c)
             }
             quoted.append("\"")
-            if quoted.utf8.count <= 76 { return [quoted] }
+            if quoted.utf8.count <= min(76, firstRoom) { return [quoted] }
         }
         return EncodedWord.encode(name, firstMax: firstAvailable)
     }

@@ -6,22 +6,25 @@ struct HeaderWriter {
     static let foldWidth = 78
     private(set) var bytes: [UInt8]
     private(set) var column: Int
-    private let nameLength: Int
+    /// False until a token is on the current line (no fold before the first token).
+    private var lineHasToken = false
 
     init(_ name: String) {
         bytes = Array(name.utf8) + [UInt8(ascii: ":")]
         column = bytes.count
-        nameLength = bytes.count
     }
 
     /// Room left on the current line for a token after a space.
     var available: Int { HeaderWriter.foldWidth - column - 1 }
 
+    /// The longest next token that keeps lines within 78 characters (folding when needed).
+    var room: Int { lineHasToken ? max(available, HeaderWriter.foldWidth - 1) : available }
+
     /// Appends ` token`, folding before it when the line would pass 78 characters; `reserve`
     /// counts characters that will be glued after it (a `,` or `;`).
     mutating func add(_ token: String, reserve: Int = 0) {
         let n = token.utf8.count
-        if column > nameLength, column + 1 + n + reserve > HeaderWriter.foldWidth {
+        if lineHasToken, column + 1 + n + reserve > HeaderWriter.foldWidth {
             bytes += [13, 10, 32]
             column = 1
         } else {
@@ -30,6 +33,7 @@ struct HeaderWriter {
         }
         bytes += token.utf8
         column += n
+        lineHasToken = true
     }
 
     /// Appends text directly after the previous token (e.g. `,` or `;`), never folding.
@@ -75,7 +79,7 @@ extension HeaderWriter {
         var w = HeaderWriter(name)
         for (i, a) in list.enumerated() {
             let last = i == list.count - 1
-            let tokens = try a.headerTokens(options: options, firstAvailable: w.available)
+            let tokens = try a.headerTokens(options: options, firstAvailable: w.available, firstRoom: w.room)
             for (j, t) in tokens.enumerated() { w.add(t, reserve: !last && j == tokens.count - 1 ? 1 : 0) }
             if !last { w.glue(",") }
         }

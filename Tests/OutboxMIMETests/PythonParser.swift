@@ -212,6 +212,13 @@ enum WireCheck {
         return r
     }
 
+    /// Header lines longer than 78 characters (for failure messages).
+    static func longHeaderLines(_ bytes: [UInt8]) -> [String] {
+        let text = String(decoding: bytes, as: UTF8.self)
+        let head = text.components(separatedBy: "\r\n\r\n").first ?? ""
+        return head.components(separatedBy: "\r\n").filter { $0.utf8.count > 78 }
+    }
+
     /// Text as the parser returns it: LF line ends, ending with a line break unless empty.
     static func normalizedText(_ s: String) -> String {
         // On scalars: Foundation's replacingOccurrences mishandles "\r\n" before a combining mark.
