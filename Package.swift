@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "OutboxMIME", targets: ["OutboxMIME"]),
         .library(name: "OutboxConfig", targets: ["OutboxConfig"]),
         .library(name: "OutboxTransports", targets: ["OutboxTransports"]),
+        .library(name: "Outbox", targets: ["Outbox"]),
         .executable(name: "outbox", targets: ["outbox"]),
         .executable(name: "outbox-bench", targets: ["outbox-bench"]),
     ],
@@ -22,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     ],
     targets: [
         // The smtp-client options: parse, validate, defaults, when each change takes effect.
@@ -56,10 +59,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The library's front door: Mailer (a Service), metrics.
+        .target(
+            name: "Outbox",
+            dependencies: [
+                "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "outbox",
             dependencies: [
-                "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -90,6 +104,19 @@ let package = Package(
                 "OutboxMIME",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxTests",
+            dependencies: [
+                "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

@@ -32,8 +32,26 @@ trap cleanup EXIT
 printf '%s\n' 'reject@example.test REJECT no such user here' 'tempfail@example.test 450 4.2.0 mailbox busy, try later' \
   > "$PFCI_DIR/etc/recipient_access"
 postconf -c "$PFCI_DIR/etc" -e "smtpd_recipient_restrictions = check_recipient_access texthash:$PFCI_DIR/etc/recipient_access"
+# A clear-text port that allows 2 concurrent connections per client (anvil), to prove the
+# pool's limit from Postfix's side: a third connection gets "421 4.7.0 too many connections".
+cat >> "$PFCI_DIR/etc/master.cf" <<MASTER
+127.0.0.1:2589 inet n - n - - smtpd
+  -o smtpd_tls_security_level=none
+  -o smtpd_tls_auth_only=no
+  -o smtpd_client_connection_count_limit=2
+  -o smtpd_client_event_limit_exceptions=
+MASTER
 postfix -c "$PFCI_DIR/etc" reload >/dev/null 2>&1
-sleep 1
+
+# A second, private Postfix that one test stops and starts in the middle of a run (a restart
+# must not disturb the tests running in parallel against the first one).
+PFCI_DIR=${PFCI_DIR}-b PFCI_OAUTH=0 PFCI_SUBMISSION_PORT=2687 PFCI_SMTPS_PORT=2665 PFCI_PLAIN_PORT=2688 \
+  bash scripts/postfix-testbed.sh start
+cleanup() {
+  bash "$ROOT/scripts/postfix-testbed.sh" stop >/dev/null 2>&1 || true
+  PFCI_DIR=${PFCI_DIR}-b bash "$ROOT/scripts/postfix-testbed.sh" stop >/dev/null 2>&1 || true
+}
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/2589) 2>/dev/null && break; sleep 0.1; done
 
 export OUTBOX_TEST_POSTFIX=1
 export OUTBOX_TEST_SMTP_HOST=127.0.0.1
@@ -46,6 +64,11 @@ export OUTBOX_TEST_PASSWORD=${PFCI_PASS:-testpass}
 export OUTBOX_TEST_OAUTH_TOKEN=$PFCI_OAUTH_TOKEN
 export OUTBOX_TEST_MAILDIR=$PFCI_DIR/mail/sink/new
 export OUTBOX_TEST_POSTFIX_LOG=$PFCI_DIR/log/postfix.log
+export OUTBOX_TEST_LIMITED_PORT=2589
+export OUTBOX_TEST_RESTART_DIR=${PFCI_DIR}-b
+export OUTBOX_TEST_RESTART_PORT=2688
 
 swift build --build-tests
-swift test --skip-build "$@"
+# One test at a time: the machine has 2 cores, several suites drive real servers, and timing
+# assertions (protocol timeouts, idle timers) must not depend on what runs beside them.
+swift test --skip-build --no-parallel "$@"

@@ -96,6 +96,8 @@ public final class SMTPTransport: MailTransport {
 
     public func run() async { await pool.run() }
     public func shutdown() async { await pool.shutdown() }
+    /// Starts the graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
+    public func beginShutdown() { pool.beginShutdown() }
 
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()

@@ -1,0 +1,61 @@
+import Metrics
+import NIOConcurrencyHelpers
+import OutboxTransports
+
+/// The mailer's metrics, created once, with bounded labels (transport, result, reply class).
+struct MailerMetrics: Sendable {
+    let open = Gauge(label: "outbox_smtp_connections_open")
+    let idle = Gauge(label: "outbox_smtp_connections_idle")
+    let inUse = Gauge(label: "outbox_smtp_connections_in_use")
+    let created = Counter(label: "outbox_smtp_connections_created_total")
+    let noopChecks = Counter(label: "outbox_smtp_noop_checks_total")
+    let noopFailures = Counter(label: "outbox_smtp_noop_failures_total")
+    let latency = Timer(label: "outbox_send_duration_seconds", preferredDisplayUnit: .seconds)
+    private let last = NIOLockedValueBox(PoolStatistics())
+
+    /// `result`: delivered, partial, rejected, deferred, unknown; `class`: 2xx, 4xx, 5xx, none.
+    func messages(result: String, replyClass: String, transport: String) -> Counter {
+        Counter(label: "outbox_messages_total", dimensions: [("result", result), ("class", replyClass), ("transport", transport)])
+    }
+
+    func record(_ report: DeliveryReport, duration: Duration) {
+        let result: String
+        if report.allAccepted {
+            result = "delivered"
+        } else if report.recipients.contains(where: { $0.status == .accepted }) {
+            result = "partial"
+        } else if report.anyRejected {
+            result = "rejected"
+        } else {
+            result = "deferred"
+        }
+        let replyClass = report.finalReply.flatMap { $0.first }.map { "\($0)xx" } ?? (report.transport == "file" ? "none" : "none")
+        messages(result: result, replyClass: replyClass, transport: report.transport).increment()
+        latency.recordNanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    func record(_ error: DeliveryError, transport: String, duration: Duration) {
+        let result: String
+        switch error.kind {
+        case .permanent: result = "rejected"
+        case .transient: result = "deferred"
+        case .outcomeUnknown: result = "unknown"
+        }
+        let replyClass = error.smtp?.replyCode.map { "\($0 / 100)xx" } ?? "none"
+        messages(result: result, replyClass: replyClass, transport: transport).increment()
+        latency.recordNanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    func record(_ stats: PoolStatistics) {
+        open.record(stats.open)
+        idle.record(stats.idle)
+        inUse.record(stats.leased)
+        let previous = last.withLockedValue { previous -> PoolStatistics in
+            defer { previous = stats }
+            return previous
+        }
+        if stats.created > previous.created { created.increment(by: stats.created - previous.created) }
+        if stats.noopChecks > previous.noopChecks { noopChecks.increment(by: stats.noopChecks - previous.noopChecks) }
+        if stats.noopFailures > previous.noopFailures { noopFailures.increment(by: stats.noopFailures - previous.noopFailures) }
+    }
+}
