@@ -81,6 +81,16 @@ struct AddressTests {
         } throws: { ($0 as! MIMEError).code == .requiresSMTPUTF8 && "\($0)".contains("用户@例子.广告") }
     }
 
+    @Test func messageIDsAreUniqueWithTheSenderDomain() throws {
+        var seen = Set<String>()
+        for _ in 0..<5000 {
+            let m = Message(from: try Address("me@Bücher.example"))
+            #expect(m.messageID.hasPrefix("<") && m.messageID.hasSuffix("@xn--bcher-kva.example>"))
+            seen.insert(m.messageID)
+        }
+        #expect(seen.count == 5000)
+    }
+
     @Test func envelopeIncludesBccAndDeduplicates() throws {
         let from = try Address("me@example.com")
         var m = Message(from: from, to: [try Address("a@x.test"), try Address("B@x.test")], cc: [try Address("b@x.test")], bcc: [try Address("hidden@x.test")])

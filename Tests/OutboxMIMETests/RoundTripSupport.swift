@@ -24,6 +24,9 @@ enum RoundTrip {
             if !options.smtpUTF8 {
                 #expect(!r.nonASCIIHeader, "non-ASCII header without SMTPUTF8", sourceLocation: sourceLocation)
             }
+            if !options.smtpUTF8 && !options.allow8BitMIME {
+                #expect(bytes.allSatisfy { $0 < 0x80 }, "8-bit data without 8BITMIME", sourceLocation: sourceLocation)
+            }
             wire.append(bytes)
         }
         let parsed = try PythonParser.parse(wire)
