@@ -3,9 +3,12 @@
 # STARTTLS, implicit TLS and SASL incl. XOAUTH2 through Dovecot; python3 for the MIME
 # round-trips), then runs every test with `swift test`. Works on a fresh machine (root, Debian).
 # Extra arguments go to `swift test` (e.g. scripts/test.sh --filter Postfix).
+# scripts/test.sh --start-peers: start the peers, print the environment, leave them running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+START_ONLY=0
+if [ "${1:-}" = "--start-peers" ]; then START_ONLY=1; shift; fi
 
 export PFCI_DIR=${PFCI_DIR:-/tmp/outbox-pfci}
 export PFCI_OAUTH=1
@@ -67,6 +70,12 @@ export OUTBOX_TEST_POSTFIX_LOG=$PFCI_DIR/log/postfix.log
 export OUTBOX_TEST_LIMITED_PORT=2589
 export OUTBOX_TEST_RESTART_DIR=${PFCI_DIR}-b
 export OUTBOX_TEST_RESTART_PORT=2688
+
+if [ "$START_ONLY" = 1 ]; then
+  trap - EXIT
+  env | grep -E '^(OUTBOX_TEST_|PFCI_)' | sed 's/^/export /'
+  exit 0
+fi
 
 swift build --build-tests
 # One test at a time: the machine has 2 cores, several suites drive real servers, and timing

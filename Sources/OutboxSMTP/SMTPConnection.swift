@@ -337,13 +337,23 @@ public final class SMTPConnection: Sendable {
         func await<T: Sendable>(_ future: EventLoopFuture<T>, timeout: Duration, stage: SMTPError.Stage) async throws(SMTPError) -> T {
             let timedOut = NIOLockedValueBox(false)
             let channel = self.channel
-            let task = channel.eventLoop.scheduleTask(in: timeout.timeAmount) {
-                timedOut.withLockedValue { $0 = true }
-                channel.close(promise: nil)
-            }
-            defer { task.cancel() }
             do {
-                return try await future.get()
+                // One hop to the event loop arms the timer and subscribes to the future; the timer
+                // is cancelled there when the future completes. (scheduleTask, get() and cancel()
+                // called from this task each cost a cross-thread wake-up: three per reply.)
+                return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                    let eventLoop = future.eventLoop
+                    eventLoop.execute {
+                        let task = eventLoop.scheduleTask(in: timeout.timeAmount) {
+                            timedOut.withLockedValue { $0 = true }
+                            channel.close(promise: nil)
+                        }
+                        future.whenComplete { result in
+                            task.cancel()
+                            continuation.resume(with: result)
+                        }
+                    }
+                }
             } catch {
                 if timedOut.withLockedValue({ $0 }) {
                     throw SMTPError(stage: stage, kind: stage == .tls ? .timeout : .timeout,
@@ -487,11 +497,15 @@ public final class SMTPConnection: Sendable {
         }
 
         static func commonName(of cert: NIOSSLCertificate) -> String {
+            // NIOSSLCertificate's description: <NIOSSLCertificate;serial_number=..;common_name=..;alternative_names=..>
             let text = cert.description
-            if let range = text.range(of: "commonName=") {
-                return String(text[range.upperBound...].prefix { $0 != ";" && $0 != ">" && $0 != "," })
+            var parts: [String] = []
+            for key in ["common_name=", "alternative_names="] {
+                if let range = text.range(of: key) {
+                    parts.append((key == "common_name=" ? "CN=" : "SAN=") + String(text[range.upperBound...].prefix { $0 != ";" && $0 != ">" }))
+                }
             }
-            return text
+            return parts.isEmpty ? text : parts.joined(separator: " ")
         }
 
         mutating func authenticate(_ credentials: SMTPCredentials) async throws(SMTPError) {
