@@ -95,15 +95,16 @@ public enum SMTPCommand: Sendable, Hashable {
 
     private static func checkPath(_ value: String, what: String, allowEmpty: Bool) throws(SMTPError) {
         try check(value, what: what, allowEmpty: allowEmpty, forbidSpace: false)
-        if value.contains("<") || value.contains(">") {
+        if value.utf8.contains(where: { $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") }) {
             throw SMTPError(stage: what == "sender address" ? .mail : .rcpt, kind: .invalidArgument,
                             message: "the \(what) \(SMTPReplyParser.printable(value)) contains '<' or '>'")
         }
     }
 
     private static func check(_ value: String, what: String, allowEmpty: Bool, forbidSpace: Bool, secret: Bool = false) throws(SMTPError) {
-        let stage: SMTPError.Stage = what.hasPrefix("AUTH") ? .auth : what.hasPrefix("RCPT") || what == "recipient address" ? .rcpt : what == "EHLO name" ? .ehlo : .mail
-        let shown = secret ? "" : " \(SMTPReplyParser.printable(value))"
+        // Computed only on failure: this runs for every command sent.
+        var stage: SMTPError.Stage { what.hasPrefix("AUTH") ? .auth : what.hasPrefix("RCPT") || what == "recipient address" ? .rcpt : what == "EHLO name" ? .ehlo : .mail }
+        var shown: String { secret ? "" : " \(SMTPReplyParser.printable(value))" }
         if value.isEmpty && !allowEmpty {
             throw SMTPError(stage: stage, kind: .invalidArgument, message: "the \(what) is empty")
         }

@@ -1,3 +1,4 @@
+import Foundation  // memchr
 import NIOCore
 
 /// Turns message bytes into the DATA stream, chunk by chunk (RFC 5321 §4.5.2):
@@ -14,46 +15,76 @@ public struct SMTPDataEncoder: Sendable {
 
     public mutating func encode(_ chunk: ByteBuffer, into out: inout ByteBuffer) {
         let before = out.writerIndex
+        // The state lives in locals during the scan, and a CRLF that is already right stays
+        // inside the copied run: the common case (CRLF lines, no leading dot) is one copy per chunk.
+        var atLineStart = self.atLineStart
+        var pendingCR = self.pendingCR
         chunk.withUnsafeReadableBytes { bytes in
-            out.reserveCapacity(minimumWritableBytes: bytes.count + bytes.count / 32 + 8)
+            let count = bytes.count
+            out.reserveCapacity(minimumWritableBytes: count + count / 32 + 8)
             var runStart = 0
             var i = 0
-            let count = bytes.count
             @inline(__always) func flushRun(_ end: Int, _ out: inout ByteBuffer) {
                 if end > runStart { out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[runStart..<end])) }
             }
+            if pendingCR && count > 0 {
+                // A CR ended the previous chunk: it ends a line, with or without this LF.
+                pendingCR = false
+                out.writeInteger(UInt16(0x0D0A))  // CRLF
+                atLineStart = true
+                if bytes[0] == 0x0A { i = 1; runStart = 1 }
+            }
+            // The next CR and LF at or after i (count when none), found with memchr and cached.
+            @inline(__always) func find(_ byte: UInt8, from start: Int) -> Int {
+                guard start < count, let p = memchr(bytes.baseAddress! + start, Int32(byte), count - start) else { return count }
+                return UnsafeRawPointer(p) - bytes.baseAddress!
+            }
+            var nextCR = -1
+            var nextLF = -1
             while i < count {
-                let b = bytes[i]
-                if pendingCR {
-                    pendingCR = false
-                    out.writeInteger(UInt16(0x0D0A))  // CRLF
-                    atLineStart = true
-                    if b == 0x0A { i += 1; runStart = i; continue }
-                }
-                if b == 0x0D || b == 0x0A {
-                    flushRun(i, &out)
-                    if b == 0x0D {
-                        pendingCR = true
-                    } else {
-                        out.writeInteger(UInt16(0x0D0A))
-                        atLineStart = true
-                    }
-                    i += 1
-                    runStart = i
-                    continue
-                }
                 if atLineStart {
                     atLineStart = false
-                    if b == UInt8(ascii: ".") {
+                    if bytes[i] == UInt8(ascii: ".") {
                         flushRun(i, &out)
                         out.writeInteger(UInt8(ascii: "."))
                         runStart = i  // the dot itself goes out with the run
                     }
                 }
+                if nextCR < i { nextCR = find(0x0D, from: i) }
+                if nextLF < i { nextLF = find(0x0A, from: i) }
+                i = Swift.min(nextCR, nextLF)
+                if i == count { break }
+                if i == nextCR {
+                    if i + 1 == count {
+                        // The LF may start the next chunk.
+                        flushRun(i, &out)
+                        pendingCR = true
+                        i += 1
+                        runStart = i
+                        continue
+                    }
+                    if bytes[i + 1] == 0x0A {
+                        i += 2  // a proper CRLF: stays in the run
+                        atLineStart = true
+                        continue
+                    }
+                    flushRun(i, &out)  // a bare CR
+                    out.writeInteger(UInt16(0x0D0A))
+                    i += 1
+                    runStart = i
+                    atLineStart = true
+                    continue
+                }
+                flushRun(i, &out)  // a bare LF
+                out.writeInteger(UInt16(0x0D0A))
                 i += 1
+                runStart = i
+                atLineStart = true
             }
             flushRun(count, &out)
         }
+        self.atLineStart = atLineStart
+        self.pendingCR = pendingCR
         bytesWritten += out.writerIndex - before
     }
 
