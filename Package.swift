@@ -108,6 +108,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "OutboxCLITests",
+            dependencies: ["outbox"],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "OutboxTests",
             dependencies: [
                 "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",

@@ -2,7 +2,29 @@ import ArgumentParser
 import Foundation
 import Logging
 
+/// The entry point: argument-parser's usage errors exit 64 (EX_USAGE); Outbox's contract is
+/// 2 for any usage or configuration error, 0/1/75 for delivery outcomes.
 @main
+enum OutboxMain {
+    static func main() async {
+        do {
+            var command = try OutboxCommand.parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = OutboxCommand.exitCode(for: error)
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data((OutboxCommand.fullMessage(for: error) + "\n").utf8))
+                exit(2)
+            }
+            OutboxCommand.exit(withError: error)
+        }
+    }
+}
+
 struct OutboxCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outbox",
