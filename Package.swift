@@ -82,7 +82,8 @@ let package = Package(
         .executableTarget(
             name: "outbox-bench",
             dependencies: [
-                "OutboxSMTP", "OutboxMIME",
+                "OutboxSMTP", "OutboxMIME", "Outbox", "OutboxConfig",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -7,6 +7,8 @@
 # For each case (1 KiB and 100 KiB messages, 1 and 10 reused connections) it runs
 # `smtp-source -d` and `outbox-bench smtp` with the same N, C and size, 3 times each,
 # alternating, and prints the medians (messages/second) and the ratio outbox/smtp-source.
+# Then `outbox-bench mailer` (Mailer.send through the pool) with pool sizes 1, 4 and 10 beside
+# `smtp-source -s 1/4/10 -d` (BENCH_POOL_SIZES overrides the list).
 # Then it sends one 200 MiB message with `outbox-bench smtp --big-mib 200` and prints the
 # peak RSS of the outbox-bench process. It measures; it asserts nothing (exit status 0 unless
 # a tool is missing or a run cannot start). Quote the ratios, not the absolute rates: they
@@ -126,6 +128,38 @@ for row in "${RESULTS[@]}"; do
   label="C=$C size=$((SIZE / 1024))KiB"
   ratio=$(awk -v s="$S" -v o="$O" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }')
   printf '%-22s %16s %16s %14s\n' "$label" "$S" "$O" "$ratio"
+done
+
+# Mailer.send through the connection pool, beside smtp-source with as many sessions.
+run_mailer() { # S SIZE
+  local out last
+  if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" mailer --host "$HOST" --port "$PORT" \
+      --messages "$MESSAGES" --pool-size "$1" --size "$2" 2>&1); then
+    log "outbox-bench mailer --pool-size $1 failed: $(echo "$out" | tail -3)"; echo "fail fail fail"; return
+  fi
+  last=$(echo "$out" | tail -1)
+  if [ "$(echo "$out" | wc -l)" -gt 1 ]; then log "outbox-bench said: $(echo "$out" | head -n -1 | head -c 300)"; fi
+  echo "$last" | sed -n 's/.*msgs_per_sec=\([0-9.]*\) p50_ms=\([0-9.]*\) p99_ms=\([0-9.]*\).*/\1 \2 \3/p'
+}
+
+MAILER_RESULTS=()
+for S in ${BENCH_POOL_SIZES:-1 4 10}; do
+  src=(); obx=(); p50=(); p99=()
+  for r in $(seq "$REPEATS"); do
+    s=$(run_source "$S" 1024); read -r o a b <<<"$(run_mailer "$S" 1024)"
+    log "mailer pool-size=$S run $r: smtp-source $s/s, outbox mailer $o/s (p50 $a ms, p99 $b ms)"
+    src+=("$s"); obx+=("$o"); p50+=("$a"); p99+=("$b")
+  done
+  MAILER_RESULTS+=("$S $(median "${src[@]}") $(median "${obx[@]}") $(median "${p50[@]}") $(median "${p99[@]}")")
+done
+
+echo
+echo "Mailer.send through a pool of S connections vs smtp-source -s S -d, 1 KiB, $MESSAGES messages, median of $REPEATS"
+printf '%-14s %14s %14s %14s %10s %10s\n' "pool-size" "smtp-source" "outbox" "outbox/source" "p50_ms" "p99_ms"
+for row in "${MAILER_RESULTS[@]}"; do
+  read -r S SRC O A B <<<"$row"
+  ratio=$(awk -v s="$SRC" -v o="$O" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }')
+  printf '%-14s %14s %14s %14s %10s %10s\n' "$S" "$SRC" "$O" "$ratio" "$A" "$B"
 done
 
 if [ "$BIG_MIB" -gt 0 ]; then

@@ -439,7 +439,7 @@ public final class SMTPConnection: Sendable {
         static let defaultHostname: String = {
             var buffer = [CChar](repeating: 0, count: 256)
             guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
-            let name = String(cString: buffer)
+            let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             return name.isEmpty ? "localhost" : name
         }()
 
@@ -623,12 +623,50 @@ public final class SMTPConnection: Sendable {
             try mail.validate()
             for rcpt in rcpts { try rcpt.validate() }
 
+            // Read and encode the start of the body before anything is sent: a message that
+            // cannot be produced fails here, and a small one (most are) is then complete.
+            var encoder = SMTPDataEncoder()
+            var iterator = body.makeAsyncIterator()
+            var prefix = channel.allocator.buffer(capacity: 4096)
+            var bodyComplete = false
+            while prefix.readableBytes < Self.chunkTarget {
+                guard let chunk = try await iterator.next() else {
+                    encoder.finish(into: &prefix)
+                    bodyComplete = true
+                    break
+                }
+                encoder.encode(chunk, into: &prefix)
+            }
+
             transactionStarted = true
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply?
             let pipelineData = capabilities.pipelining && configuration.sendPartial
-            if capabilities.pipelining {
+            if pipelineData && bodyComplete {
+                // The whole transaction runs on the event loop: MAIL, RCPTs and DATA in one flush,
+                // the body right after the 354, one wake-up of this task at the end.
+                let outcome = try await pipelinedTransaction([mail] + rcpts + [SMTPCommand.data], body: prefix)
+                for reply in outcome.replies { trace(reply) }
+                if let closing = outcome.replies.first(where: { $0.code == 421 }) {
+                    throw SMTPError.reply(closing, stage: stage, message: "the server is closing the connection: \(closing)")
+                }
+                if let finalReply = outcome.finalReply {
+                    if debug { logger.info("C: <\(encoder.bytesWritten) bytes of message data, ending with .>") }
+                    trace(finalReply)
+                    transactionStarted = false
+                    stage = .data
+                    let results = zip(envelope.recipients, outcome.replies[1...rcpts.count]).map { RecipientResult(address: $0, reply: $1) }
+                    guard finalReply.isPositiveCompletion else {
+                        throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
+                    }
+                    return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: encoder.bytesWritten)
+                }
+                // No body was sent (MAIL, every RCPT or DATA refused): the general path decides.
+                mailReply = outcome.replies[0]
+                rcptReplies = Array(outcome.replies[1...rcpts.count])
+                dataReply = outcome.replies.last
+            } else if capabilities.pipelining {
                 let commands = [mail] + rcpts + (pipelineData ? [SMTPCommand.data] : [])
                 let futures = try write(commands)
                 var replies: [SMTPReply] = []
@@ -674,12 +712,118 @@ public final class SMTPConnection: Sendable {
                 throw SMTPError.reply(dataReply!, stage: .data, message: "the server refused DATA: \(dataReply!)")
             }
             stage = .data
-            let (finalReply, bytes) = try await sendBody(body)
+            let (finalReply, bytes) = try await sendBody(prefix: prefix, complete: bodyComplete, encoder: encoder, rest: &iterator)
             transactionStarted = false
             guard finalReply.isPositiveCompletion else {
                 throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
             }
             return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: bytes)
+        }
+
+        struct PipelinedOutcome: Sendable {
+            /// MAIL, each RCPT, DATA.
+            var replies: [SMTPReply]
+            /// The reply to the final dot, when the body was sent.
+            var finalReply: SMTPReply?
+        }
+
+        /// MAIL, the RCPTs and DATA in one flush; on the event loop, when their replies are in and
+        /// MAIL was accepted, at least one RCPT too, and DATA got 354, the (complete, already
+        /// stuffed) body goes out with the final dot. `protocol-timeout` bounds the wait for the
+        /// command replies, the DATA termination timeout the wait after the dot.
+        func pipelinedTransaction(_ commands: [SMTPCommand], body: ByteBuffer) async throws(SMTPError) -> PipelinedOutcome {
+            let futures = try write(commands)
+            let channel = self.channel
+            let eventLoop = channel.eventLoop
+            let protocolTimeout = configuration.protocolTimeout
+            let terminationTimeout = configuration.dataTerminationTimeout
+            let rcptCount = commands.count - 2
+            // What failed, decided on the event loop.
+            enum Failure: Error { case timedOut(SMTPError.Stage, Duration), failed(SMTPError.Stage, any Error), afterDot(written: Bool, any Error) }
+            do {
+                return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<PipelinedOutcome, any Error>) in
+                    eventLoop.execute {
+                        let timedOut = NIOLoopBoundBox(false, eventLoop: eventLoop)
+                        let timer = eventLoop.scheduleTask(in: protocolTimeout.timeAmount) {
+                            timedOut.value = true
+                            channel.close(promise: nil)
+                        }
+                        EventLoopFuture<SMTPReply>.whenAllComplete(futures, on: eventLoop).whenSuccess { results in
+                            timer.cancel()
+                            var replies: [SMTPReply] = []
+                            for (index, result) in results.enumerated() {
+                                let stage: SMTPError.Stage = index == 0 ? .mail : (index <= rcptCount ? .rcpt : .data)
+                                switch result {
+                                case .success(let reply):
+                                    replies.append(reply)
+                                    if reply.code == 421 {
+                                        // The server is closing: report its 421, not the closed connection after it.
+                                        continuation.resume(returning: PipelinedOutcome(replies: replies, finalReply: nil))
+                                        return
+                                    }
+                                case .failure(let error):
+                                    continuation.resume(throwing: timedOut.value ? Failure.timedOut(stage, protocolTimeout) : Failure.failed(stage, error))
+                                    return
+                                }
+                            }
+                            let allReplies = replies
+                            let anyAccepted = replies[1...rcptCount].contains { $0.isPositiveCompletion }
+                            guard replies[0].isPositiveCompletion, anyAccepted, replies.last!.code == 354 else {
+                                continuation.resume(returning: PipelinedOutcome(replies: replies, finalReply: nil))
+                                return
+                            }
+                            let final = eventLoop.makePromise(of: SMTPReply.self)
+                            let written = eventLoop.makePromise(of: Void.self)
+                            let wasWritten = NIOLoopBoundBox(false, eventLoop: eventLoop)
+                            written.futureResult.whenComplete { result in
+                                switch result {
+                                case .success: wasWritten.value = true
+                                case .failure(let error): final.fail(error)
+                                }
+                            }
+                            let termination = eventLoop.scheduleTask(in: terminationTimeout.timeAmount) {
+                                channel.close(promise: nil)
+                            }
+                            channel.writeAndFlush(SMTPOutbound(bytes: body, reply: final), promise: written)
+                            final.futureResult.whenComplete { result in
+                                termination.cancel()
+                                switch result {
+                                case .success(let reply):
+                                    continuation.resume(returning: PipelinedOutcome(replies: allReplies, finalReply: reply))
+                                case .failure(let error):
+                                    continuation.resume(throwing: Failure.afterDot(written: wasWritten.value, error))
+                                }
+                            }
+                        }
+                    }
+                }
+            } catch let failure as Failure {
+                switch failure {
+                case .timedOut(let stage, let timeout):
+                    throw SMTPError(stage: stage, kind: .timeout,
+                                    message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
+                case .failed(let stage, let error):
+                    if var smtp = error as? SMTPError {
+                        if smtp.kind == .connectionClosed && smtp.stage != stage {
+                            smtp.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
+                            smtp.stage = stage
+                        }
+                        throw smtp
+                    }
+                    throw SMTPError(stage: stage, kind: .connectionClosed, message: "the connection was lost during \(stage.rawValue.uppercased()): \(error)")
+                case .afterDot(let written, let error):
+                    let text = (error as? SMTPError)?.message ?? "\(error)"
+                    if !written {
+                        throw SMTPError(stage: .data, kind: .connectionClosed,
+                                        message: "the connection was lost before the end of the message was sent (\(text)); the message was not accepted")
+                    }
+                    throw SMTPError(stage: .data, kind: .outcomeUnknown,
+                                    message: "the connection failed after the whole message was sent and before the server confirmed it (\(text)): the message may or may not have been accepted",
+                                    isTransient: true)
+                }
+            } catch {
+                throw SMTPError(stage: .data, kind: .connectionClosed, message: "\(error)")
+            }
         }
 
         /// DATA was accepted in a pipeline but must not go on: an empty body ends it. With no
@@ -703,22 +847,28 @@ public final class SMTPConnection: Sendable {
         /// Streams the body: at most two chunks in flight, each write awaited with the protocol
         /// timeout (a stalled write fails), then the final dot, whose reply is awaited with the
         /// DATA termination timeout.
-        mutating func sendBody<Body: AsyncSequence>(_ body: Body) async throws -> (SMTPReply, Int) where Body.Element == ByteBuffer {
-            var encoder = SMTPDataEncoder()
-            let chunkTarget = 64 * 1024
-            var out = channel.allocator.buffer(capacity: chunkTarget + 1024)
+        static let chunkTarget = 64 * 1024
+
+        mutating func sendBody<Iterator: AsyncIteratorProtocol>(prefix: ByteBuffer, complete: Bool, encoder startEncoder: SMTPDataEncoder,
+                                                                rest: inout Iterator) async throws -> (SMTPReply, Int)
+        where Iterator.Element == ByteBuffer {
+            var encoder = startEncoder
+            let chunkTarget = Self.chunkTarget
+            var out = prefix
             var previousWrite: EventLoopFuture<Void>?
-            for try await chunk in body {
-                encoder.encode(chunk, into: &out)
-                if out.readableBytes >= chunkTarget {
-                    if let previousWrite {
-                        try await self.await(previousWrite, timeout: configuration.protocolTimeout, stage: .data)
+            if !complete {
+                while let chunk = try await rest.next() {
+                    if out.readableBytes >= chunkTarget {
+                        if let previousWrite {
+                            try await self.await(previousWrite, timeout: configuration.protocolTimeout, stage: .data)
+                        }
+                        previousWrite = channel.writeAndFlush(SMTPOutbound(bytes: out, reply: nil))
+                        out = channel.allocator.buffer(capacity: chunkTarget + 1024)
                     }
-                    previousWrite = channel.writeAndFlush(SMTPOutbound(bytes: out, reply: nil))
-                    out = channel.allocator.buffer(capacity: chunkTarget + 1024)
+                    encoder.encode(chunk, into: &out)
                 }
+                encoder.finish(into: &out)
             }
-            encoder.finish(into: &out)
             if let previousWrite {
                 try await self.await(previousWrite, timeout: configuration.protocolTimeout, stage: .data)
             }

@@ -9,6 +9,7 @@ struct OutboxBench: AsyncParsableCommand {
         subcommands: [
             SMTPBenchCommand.self,
             MIMEBenchCommand.self,
+            MailerBenchCommand.self,
         ]
     )
 }
