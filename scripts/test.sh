@@ -43,6 +43,11 @@ cat >> "$PFCI_DIR/etc/master.cf" <<MASTER
   -o smtpd_tls_auth_only=no
   -o smtpd_client_connection_count_limit=2
   -o smtpd_client_event_limit_exceptions=
+# A clear-text port that drops a client idle for 2 s: a pooled connection goes stale.
+127.0.0.1:2590 inet n - n - - smtpd
+  -o smtpd_tls_security_level=none
+  -o smtpd_tls_auth_only=no
+  -o smtpd_timeout=2s
 MASTER
 postfix -c "$PFCI_DIR/etc" reload >/dev/null 2>&1
 
@@ -68,6 +73,7 @@ export OUTBOX_TEST_OAUTH_TOKEN=$PFCI_OAUTH_TOKEN
 export OUTBOX_TEST_MAILDIR=$PFCI_DIR/mail/sink/new
 export OUTBOX_TEST_POSTFIX_LOG=$PFCI_DIR/log/postfix.log
 export OUTBOX_TEST_LIMITED_PORT=2589
+export OUTBOX_TEST_SHORT_TIMEOUT_PORT=2590
 export OUTBOX_TEST_RESTART_DIR=${PFCI_DIR}-b
 export OUTBOX_TEST_RESTART_PORT=2688
 
