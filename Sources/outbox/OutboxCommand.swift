@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxConfig
 
 /// The entry point: argument-parser's usage errors exit 64 (EX_USAGE); Outbox's contract is
 /// 2 for any usage or configuration error, 0/1/75 for delivery outcomes.
@@ -32,6 +33,21 @@ struct OutboxCommand: AsyncParsableCommand {
         discussion: "Configuration follows the smtp-client option reference; see docs/options.md.",
         subcommands: [SendCommand.self, CheckConfigCommand.self, ProbeCommand.self]
     )
+}
+
+/// Loads the configuration for a command; an invalid one prints every problem and exits 2.
+func loadConfiguration(file: String?, overrides: [String]) throws -> OutboxConfiguration {
+    do {
+        return try OutboxConfiguration.load(file: file, overrides: overrides, environment: ProcessInfo.processInfo.environment)
+    } catch {
+        FileHandle.standardError.write(Data("outbox: the configuration is invalid:\n\(error.description)\n".utf8))
+        throw ExitCode(2)
+    }
+}
+
+/// Milliseconds in a Duration, for reports.
+func milliseconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
 }
 
 /// Logs go to standard error, so standard output carries only reports and messages.

@@ -46,13 +46,7 @@ struct ProbeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration: OutboxConfiguration
-        do {
-            configuration = try OutboxConfiguration.load(file: config, overrides: overrides, environment: ProcessInfo.processInfo.environment)
-        } catch {
-            FileHandle.standardError.write(Data("outbox: the configuration is invalid:\n\(error.description)\n".utf8))
-            throw ExitCode(2)
-        }
+        let configuration = try loadConfiguration(file: config, overrides: overrides)
         let options = configuration.smtpClient
         guard options.serverType == .smtp, options.server != nil else {
             FileHandle.standardError.write(Data("outbox: probe needs server-type = SMTP and a server (the file transport has nothing to probe)\n".utf8))
@@ -67,7 +61,7 @@ struct ProbeCommand: AsyncParsableCommand {
             let connection = try await SMTPConnection.connect(configuration: smtp, logger: Logger(label: "outbox.probe"))
             report.address = connection.remoteAddress
             report.greeting = connection.greeting.description
-            report.steps = connection.stepTimings.map { .init(step: $0.step, milliseconds: ($0.duration.components.seconds * 1000).double + Double($0.duration.components.attoseconds) / 1e15) }
+            report.steps = connection.stepTimings.map { .init(step: $0.step, milliseconds: milliseconds($0.duration)) }
             if let tls = connection.tlsInfo {
                 // The handshake verified the chain and, unless mail.smtp.ssl.trust or
                 // checkserveridentity = false says otherwise, the host name.
@@ -79,8 +73,7 @@ struct ProbeCommand: AsyncParsableCommand {
             if smtp.credentials != nil { report.authResult = "235 authenticated" }
             let quitStart = ContinuousClock.now
             await connection.quit()
-            let q = ContinuousClock.now - quitStart
-            report.steps.append(.init(step: "quit", milliseconds: (q.components.seconds * 1000).double + Double(q.components.attoseconds) / 1e15))
+            report.steps.append(.init(step: "quit", milliseconds: milliseconds(ContinuousClock.now - quitStart)))
         } catch {
             report.error = error.description
             if error.stage == .auth { report.authResult = "failed: \(error.message)" }
@@ -118,8 +111,4 @@ struct ProbeCommand: AsyncParsableCommand {
         if let e = r.error { lines.append("error:        \(e)") }
         return lines.joined(separator: "\n")
     }
-}
-
-private extension Int64 {
-    var double: Double { Double(self) }
 }

@@ -75,13 +75,7 @@ struct SendCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration: OutboxConfiguration
-        do {
-            configuration = try OutboxConfiguration.load(file: config, overrides: overrides, environment: ProcessInfo.processInfo.environment)
-        } catch {
-            FileHandle.standardError.write(Data("outbox: the configuration is invalid:\n\(error.description)\n".utf8))
-            throw ExitCode(2)
-        }
+        let configuration = try loadConfiguration(file: config, overrides: overrides)
         CLILogging.bootstrap(level: .info)
         let logger = Logger(label: "outbox")
         for warning in configuration.warnings {
