@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: ["ConfigurationSupport"]),
     ],
     targets: [
         // The smtp-client options: parse, validate, defaults, when each change takes effect.
@@ -47,11 +49,25 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // MailTransport: SMTP, file (and later Graph, EWS); configuration -> engine glue.
+        // OAuth 2.0 tokens (Azure client credentials and ROPC, Google refresh token), the token cache.
+        .target(
+            name: "OutboxOAuth",
+            dependencies: [
+                "OutboxConfig",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // MailTransport: SMTP, file, Graph, EWS; configuration -> engine glue.
         .target(
             name: "OutboxTransports",
             dependencies: [
-                "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                "OutboxSMTP", "OutboxMIME", "OutboxConfig", "OutboxOAuth",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -132,6 +148,17 @@ let package = Package(
                 "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OutboxOAuthTests",
+            dependencies: [
+                "OutboxOAuth", "OutboxTransports", "OutboxMIME", "OutboxConfig",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict
         ),

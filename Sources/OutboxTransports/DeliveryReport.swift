@@ -78,12 +78,17 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     public var smtp: SMTPError?
     /// A partial report (recipients known so far), when there is one.
     public var report: DeliveryReport?
+    /// The earliest time to try again that the server asked for (Graph's `Retry-After` on 429,
+    /// 503 or 504; EWS's `BackOffMilliseconds` on ErrorServerBusy). nil: the caller's own backoff.
+    public var retryAfter: Duration?
 
-    public init(kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil) {
+    public init(kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil,
+                retryAfter: Duration? = nil) {
         self.kind = kind
         self.message = message
         self.smtp = smtp
         self.report = report
+        self.retryAfter = retryAfter
     }
 
     public init(_ error: SMTPError, report: DeliveryReport? = nil) {
@@ -95,7 +100,7 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Something that delivers a finished message: SMTP, the file transport, later Graph and EWS.
+/// Something that delivers a finished message: SMTP, the file transport, Graph and EWS.
 public protocol MailTransport: Sendable {
     /// Short name for reports and logs (`smtp`, `file`).
     var name: String { get }

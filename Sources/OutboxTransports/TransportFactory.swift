@@ -2,12 +2,14 @@ import Logging
 import NIOCore
 import NIOPosix
 import OutboxConfig
+import OutboxOAuth
 import OutboxSMTP
 
 extension SMTPClientConfiguration {
     /// The SMTP engine's settings from the smtp-client options and `[outbox]`.
-    /// `tokenSource` supplies XOAUTH2 access tokens (OAuth issue); without one, XOAUTH2 fails
-    /// at AUTH with a clear error.
+    /// `tokenSource` supplies XOAUTH2 access tokens; without one, XOAUTH2 gets them from
+    /// OutboxOAuth (``SMTPTokenSources``: Azure or Google per `tenant-authority`, cached per
+    /// credential set).
     public init(options: SMTPClientOptions, settings: OutboxSettings,
                 tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) {
         let security: ConnectionSecurity
@@ -23,9 +25,7 @@ extension SMTPClientConfiguration {
             if wantsXOAUTH2, let tokenSource {
                 credentials = .oauth2(user: user, token: tokenSource)
             } else if wantsXOAUTH2 {
-                credentials = .oauth2(user: user) {
-                    throw OAuthNotConfigured()
-                }
+                credentials = .oauth2(user: user, token: SMTPTokenSources.smtpTokenSource(options: options, settings: settings, secretSection: nil))
             } else {
                 credentials = .password(user: user, password: SMTPSecret(options.password?.value ?? ""))
             }
@@ -51,12 +51,6 @@ extension SMTPClientConfiguration {
     }
 }
 
-struct OAuthNotConfigured: Error, CustomStringConvertible {
-    var description: String {
-        "XOAUTH2 needs an OAuth 2.0 token provider (client-id, directory-id / tenant-authority); token acquisition is not available in this build"
-    }
-}
-
 extension PoolConfiguration {
     /// `cnx-pool-size`, `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
     public init(options: SMTPClientOptions) {
@@ -76,16 +70,36 @@ public enum TransportFactory {
                             logger: Logger = Logger(label: "outbox"),
                             tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws -> any MailTransport {
         let options = configuration.smtpClient
+        SMTPTokenSources.remember(secretSection: configuration.chosenSecretSection)
         switch options.serverType {
         case .smtp:
             if options.usesFileTransport {
                 return FileTransport(dataDirectory: configuration.outbox.dataDirectory)
             }
-            let smtp = SMTPClientConfiguration(options: options, settings: configuration.outbox, tokenSource: tokenSource)
+            var source = tokenSource
+            if source == nil, options.usesXOAUTH2 {
+                source = SMTPTokenSources.smtpTokenSource(options: options, settings: configuration.outbox,
+                                                          secretSection: configuration.chosenSecretSection)
+            }
+            let smtp = SMTPClientConfiguration(options: options, settings: configuration.outbox, tokenSource: source)
             return SMTPTransport(configuration: smtp, pool: PoolConfiguration(options: options),
                                  envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger)
-        case .ews, .graph:
-            throw Unavailable(description: "server-type = \(options.serverType.rawValue) is not available in this build yet; use SMTP")
+        case .graph:
+            do throws(OAuthError) {
+                return try GraphTransport(configuration: configuration,
+                                          tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
+                                          logger: logger)
+            } catch {
+                throw Unavailable(description: "server-type = GRAPH: \(error.description)")
+            }
+        case .ews:
+            do throws(DeliveryError) {
+                return try EWSTransport(configuration: configuration,
+                                        tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
+                                        logger: logger)
+            } catch {
+                throw Unavailable(description: "server-type = EWS: \(error.message)")
+            }
         }
     }
 }

@@ -1,0 +1,317 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import OutboxConfig
+import OutboxMIME
+import OutboxOAuth
+
+/// EWS `CreateItem` with `MessageDisposition="SendAndSaveCopy"` and the message as
+/// `t:MimeContent` (PROTOCOLS.md §3), posted to the URL in `server`.
+///
+/// The SOAP body is streamed: the envelope's head, the message base64-encoded chunk by chunk as
+/// it is serialised, then the tail; the request uses chunked transfer encoding.
+///
+/// Decisions:
+/// - **exchange-version → RequestServerVersion** (``requestServerVersion(_:)``): the documented
+///   values and `Exchange2016`/`Exchange2019` as given; `Exchange2010_SP3` → `Exchange2010_SP2`
+///   (SP2 covers SP3); `Office365` → `Exchange2013_SP1` (a documented value Exchange Online
+///   accepts, and CreateItem with MimeContent needs nothing newer); empty → `Exchange2016` (the
+///   option reference: "for Exchange 2019, leave this option empty or set it to Exchange2016").
+///   Values are matched without regard to case; any other value is sent as it is when it is
+///   made of letters, digits and `_` (the server answers ErrorInvalidServerVersion if it does
+///   not know it), else `Exchange2010`.
+/// - **Authentication**: Basic `user:password`, or, with `mail.ews.auth.mechanisms = XOAUTH2`,
+///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
+///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
+/// - **Bcc**: the envelope recipients that are in neither To nor Cc are sent as
+///   `t:BccRecipients` after `t:MimeContent`.
+/// - **Errors**: ResponseClass Error with a throttling or server-side code (ErrorServerBusy,
+///   ErrorInternalServerError, ...) is transient, any other code permanent; a SOAP fault with
+///   ErrorServerBusy carries `BackOffMilliseconds` as ``DeliveryError/retryAfter``; 401 with a
+///   token refreshes it once and sends once more.
+public final class EWSTransport: MailTransport {
+    public let name = "ews"
+
+    enum Auth: Sendable {
+        case basic(user: String, password: Secret)
+        case bearer(CachedTokenSource, anchorMailbox: String, impersonate: Bool)
+    }
+
+    let client: HTTPClient
+    let url: String
+    let version: String
+    let auth: Auth
+    let requestTimeout: Duration
+    let logger: Logger
+
+    init(url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger) {
+        self.url = url
+        self.version = version
+        self.auth = auth
+        self.client = client
+        self.requestTimeout = requestTimeout
+        self.logger = logger
+    }
+
+    /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
+    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+                            logger: Logger = Logger(label: "outbox.ews")) throws(DeliveryError) {
+        let options = configuration.smtpClient
+        guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
+            throw DeliveryError(kind: .permanent, message:
+                "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
+        }
+        let user = options.user ?? ""
+        let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
+        let auth: Auth
+        if options.usesXOAUTH2 {
+            do throws(OAuthError) {
+                let provider = try OAuthProviders.make(options: options, secretSection: configuration.chosenSecretSection,
+                                                       settings: configuration.outbox, client: client)
+                auth = .bearer(CachedTokenSource(provider: provider, cache: tokenCache), anchorMailbox: user,
+                               impersonate: !options.isGoogle && options.effectiveGrantType == .clientCredentials)
+            } catch {
+                try? client.syncShutdown()
+                throw DeliveryError(error, transport: "ews")
+            }
+        } else {
+            auth = .basic(user: user, password: options.password ?? Secret(""))
+        }
+        let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
+        let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
+        self.init(url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
+                  requestTimeout: connect + read * 20, logger: logger)
+    }
+
+    static let documentedVersions = ["Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2010_SP1", "Exchange2010_SP2",
+                                     "Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019"]
+
+    /// `exchange-version` → `RequestServerVersion/@Version` (see the type's documentation).
+    public static func requestServerVersion(_ option: String?) -> String {
+        guard let raw = option?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return "Exchange2016" }
+        switch raw.lowercased() {
+        case "exchange2010_sp3": return "Exchange2010_SP2"
+        case "office365": return "Exchange2013_SP1"
+        default: break
+        }
+        if let known = documentedVersions.first(where: { $0.lowercased() == raw.lowercased() }) { return known }
+        if raw.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) { return raw }
+        return "Exchange2010"
+    }
+
+    public func run() async {}
+
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    static func xmlEscape(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&apos;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+
+    /// Everything before the base64 MIME.
+    func soapHead(impersonate: String?) -> String {
+        var s = #"<?xml version="1.0" encoding="utf-8"?>"# + "\r\n"
+        s += #"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#
+        s += "<soap:Header>"
+        s += #"<t:RequestServerVersion Version="\#(Self.xmlEscape(version))"/>"#
+        if let impersonate {
+            s += "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>\(Self.xmlEscape(impersonate))</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+        }
+        s += "</soap:Header><soap:Body>"
+        s += #"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#
+        s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
+        s += #"<m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">"#
+        return s
+    }
+
+    /// Everything after the base64 MIME.
+    static func soapTail(bcc: [String]) -> String {
+        var s = "</t:MimeContent>"
+        if !bcc.isEmpty {
+            s += "<t:BccRecipients>"
+            for b in bcc { s += "<t:Mailbox><t:EmailAddress>\(xmlEscape(b))</t:EmailAddress></t:Mailbox>" }
+            s += "</t:BccRecipients>"
+        }
+        s += "</t:Message></m:Items></m:CreateItem></soap:Body></soap:Envelope>\r\n"
+        return s
+    }
+
+    public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+        let started = Date()
+        let clock = ContinuousClock.now
+        let envelope: Envelope
+        do throws(MIMEError) {
+            if let given { envelope = given } else { envelope = try content.envelope() }
+        } catch {
+            throw DeliveryError(kind: .permanent, message: "ews: the message's envelope is invalid: \(error.message)")
+        }
+        let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
+        let bcc: [String]
+        do {
+            bcc = MIMEHeaderAddresses(header: try await MIMEHead.read(content, options: options)).blindRecipients(of: envelope)
+        } catch {
+            throw DeliveryError(http: error, transport: name, url: url)
+        }
+        var attempts = 0
+        var refreshed = false
+        while true {
+            attempts += 1
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "text/xml; charset=utf-8")
+            var usedToken: AccessToken?
+            var impersonate: String?
+            switch auth {
+            case .basic(let user, let password):
+                let credentials = Data("\(user):\(password.value)".utf8).base64EncodedString()
+                request.headers.add(name: "Authorization", value: "Basic \(credentials)")
+            case .bearer(let tokens, let anchor, let appOnly):
+                do throws(OAuthError) {
+                    let token = try await tokens.token()
+                    usedToken = token
+                    request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
+                } catch {
+                    throw DeliveryError(error, transport: name)
+                }
+                request.headers.add(name: "X-AnchorMailbox", value: anchor)
+                if appOnly { impersonate = anchor }
+            }
+            let body = Base64Wrapped(base: content.byteStream(options: options),
+                                     prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
+                                     suffix: ByteBuffer(string: Self.soapTail(bcc: bcc)))
+            request.body = .stream(body, length: .unknown)
+            let status: Int
+            let answer: ByteBuffer
+            let retryAfter: String?
+            do {
+                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
+                status = Int(response.status.code)
+                retryAfter = response.headers.first(name: "Retry-After")
+                answer = try await response.body.collect(upTo: 4 << 20)
+            } catch {
+                throw DeliveryError(http: error, transport: name, url: url)
+            }
+            if status == 401 {
+                if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
+                    refreshed = true
+                    logger.notice("EWS refused the access token (401); refreshing it once and sending again")
+                    await tokens.invalidate(usedToken)
+                    continue
+                }
+                if case .basic = auth {
+                    throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
+                }
+                throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission")
+            }
+            let outcome = EWSResponse(status: status, body: String(buffer: answer), retryAfter: retryAfter)
+            switch outcome.result {
+            case .success:
+                return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
+                                                    code: status, text: "CreateItem \(outcome.responseCode ?? "NoError")",
+                                                    started: started, clock: clock, attempts: attempts)
+            case .failure(let error):
+                throw error
+            }
+        }
+    }
+}
+
+/// What an EWS answer means (PROTOCOLS.md §3: ResponseClass, ResponseCode, SOAP faults, throttling).
+struct EWSResponse {
+    enum Result {
+        case success
+        case failure(DeliveryError)
+    }
+
+    var result: Result
+    var responseCode: String?
+
+    /// Response codes that mean "try again later".
+    static let transientCodes: Set<String> = [
+        "ErrorServerBusy", "ErrorInternalServerError", "ErrorInternalServerTransientError", "ErrorTimeoutExpired",
+        "ErrorExceededConnectionCount", "ErrorMailboxStoreUnavailable", "ErrorMailboxMoveInProgress", "ErrorConnectionFailed",
+        "ErrorTooManyObjectsOpened", "ErrorBatchProcessingStopped", "ErrorExceededSubscriptionCount",
+    ]
+
+    static func first(_ tag: String, in body: String) -> String? {
+        // `<m:Tag>`, `<Tag>` or `<e:Tag xmlns:e=...>`: the text up to the next '<'.
+        guard let open = body.range(of: #"<([A-Za-z0-9]+:)?\#(tag)(\s[^>]*)?>"#, options: .regularExpression) else { return nil }
+        let rest = body[open.upperBound...]
+        return String(rest.prefix { $0 != "<" }).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func backOff(in body: String) -> Duration? {
+        guard let r = body.range(of: #"Name="BackOffMilliseconds"[^>]*>\s*([0-9]+)"#, options: .regularExpression) else { return nil }
+        let digits = body[r].reversed().prefix { $0.isNumber }.reversed()
+        return Int64(String(digits)).map { .milliseconds($0) }
+    }
+
+    init(status: Int, body: String, retryAfter: String?) {
+        let code = Self.first("ResponseCode", in: body)
+        responseCode = code
+        let text = Self.first("MessageText", in: body) ?? Self.first("faultstring", in: body)
+        let faultcode = Self.first("faultcode", in: body)
+        let backOff = Self.backOff(in: body)
+        let describe = { (what: String) -> String in
+            "ews: \(what)\(code.map { " \($0)" } ?? "")\(text.map { ": \($0.prefix(400))" } ?? "")"
+        }
+        if status == 503 {
+            result = .failure(DeliveryError(kind: .transient, message: "ews: the server answered 503 (requests queuing): retry later",
+                                            retryAfter: HTTPTransportReport.retryAfter(retryAfter) ?? backOff))
+            return
+        }
+        if let faultcode {
+            let faultName = faultcode.split(separator: ":").last.map(String.init) ?? faultcode
+            let name = code ?? faultName
+            if Self.transientCodes.contains(name) || Self.transientCodes.contains(faultName) {
+                result = .failure(DeliveryError(kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
+                                                retryAfter: backOff))
+            } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
+                result = .failure(DeliveryError(kind: .permanent, message: describe("SOAP fault \(faultName);") + ". Check exchange-version"))
+            } else {
+                result = .failure(DeliveryError(kind: status >= 500 && code == nil ? .transient : .permanent,
+                                                message: describe("SOAP fault \(faultName);")))
+            }
+            return
+        }
+        guard status == 200 else {
+            result = .failure(DeliveryError(kind: status >= 500 ? .transient : .permanent,
+                                            message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
+                                            retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
+            return
+        }
+        guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {
+            result = .failure(DeliveryError(kind: .outcomeUnknown, message: "ews: the answer has no CreateItemResponseMessage; the message may have been sent"))
+            return
+        }
+        let responseClass = body[classRange].dropFirst("ResponseClass=\"".count).dropLast()
+        switch responseClass {
+        case "Success", "Warning":
+            result = .success
+        default:
+            let name = code ?? "unknown"
+            if Self.transientCodes.contains(name) {
+                result = .failure(DeliveryError(kind: .transient, message: describe("CreateItem failed:"), retryAfter: backOff))
+            } else if name == "ErrorSendAsDenied" {
+                result = .failure(DeliveryError(kind: .permanent, message: describe("CreateItem failed:")
+                    + ". The account in user lacks the Send As right on the message's From mailbox: grant it in Exchange, or send from the user's own address"))
+            } else {
+                result = .failure(DeliveryError(kind: .permanent, message: describe("CreateItem failed:")))
+            }
+        }
+    }
+}

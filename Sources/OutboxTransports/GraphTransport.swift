@@ -1,0 +1,202 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import OutboxConfig
+import OutboxMIME
+import OutboxOAuth
+
+/// Microsoft Graph `sendMail` with the MIME message (PROTOCOLS.md §4).
+///
+/// `POST {graph-url}/users/{user}/sendMail`, `Content-Type: text/plain`, the RFC 5322 message
+/// base64-encoded; 202 means accepted. The token comes from the client-credentials grant (or
+/// the one `grant-type` names) through the shared ``TokenCache``; a 401 refreshes it once and
+/// sends once more.
+///
+/// Decisions:
+/// - **Bcc**: Outbox never writes Bcc into the MIME, so the envelope recipients that are in
+///   neither To nor Cc are added as a `Bcc:` header at the top of the MIME sent to Graph
+///   (Exchange takes Bcc recipients from it and does not show it to the other recipients).
+/// - **allow-delegate**: the message's From (its MIME From header) is compared with `user`
+///   (case-insensitive, only when `user` is an address). When it differs and `allow-delegate`
+///   is true, the message is sent from `user`'s mailbox with its own From, which Graph takes as
+///   the message's `from` (Send As / Send on Behalf, decided by Exchange; 403 ErrorSendAsDenied
+///   when `user` has neither right). When `allow-delegate` is false it is refused before any
+///   request, with a permanent error that names the option.
+/// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
+///   (base64 adds a third). Larger messages get a permanent error that says so; the
+///   draft + upload-session path is not implemented in this build.
+public final class GraphTransport: MailTransport {
+    public let name = "graph"
+    /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
+    public static let maxRequestBytes = 4 * 1024 * 1024
+    public static let maxMIMEBytes = maxRequestBytes / 4 * 3
+
+    let client: HTTPClient
+    let tokens: CachedTokenSource
+    let graphURL: String
+    let user: String
+    let allowDelegate: Bool
+    let requestTimeout: Duration
+    let logger: Logger
+
+    public init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
+                logger: Logger = Logger(label: "outbox.graph")) {
+        self.client = client
+        self.tokens = tokens
+        var base = settings.graphURL
+        while base.hasSuffix("/") { base.removeLast() }
+        self.graphURL = base
+        self.user = options.user ?? ""
+        self.allowDelegate = options.allowDelegate
+        let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
+        let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
+        self.requestTimeout = connect + read * 4
+        self.logger = logger
+    }
+
+    /// Builds the HTTP client and token source from the configuration.
+    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+                            logger: Logger = Logger(label: "outbox.graph")) throws(OAuthError) {
+        let options = configuration.smtpClient
+        let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
+        let provider: any TokenProvider
+        do {
+            provider = try OAuthProviders.make(options: options, secretSection: configuration.chosenSecretSection,
+                                               settings: configuration.outbox, client: client)
+        } catch {
+            try? client.syncShutdown()
+            throw error
+        }
+        self.init(options: options, settings: configuration.outbox,
+                  tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
+    }
+
+    public func run() async {}
+
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    var sendMailURL: String { "\(graphURL)/users/\(Self.pathSegment(user))/sendMail" }
+
+    static func pathSegment(_ s: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~@!$&'()*+,;=")
+        return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
+    }
+
+    public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+        let started = Date()
+        let clock = ContinuousClock.now
+        guard !user.isEmpty else {
+            throw DeliveryError(kind: .permanent, message: "graph: user is not set: it names the mailbox that sends (/users/{user}/sendMail)")
+        }
+        let envelope: Envelope
+        do throws(MIMEError) {
+            if let given { envelope = given } else { envelope = try content.envelope() }
+        } catch {
+            throw DeliveryError(kind: .permanent, message: "graph: the message's envelope is invalid: \(error.message)")
+        }
+        // Exchange Online takes UTF-8 headers (RFC 6532) in MIME; 8-bit bodies are kept as is.
+        let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
+        var mime: [UInt8] = []
+        do {
+            for try await chunk in content.byteStream(options: options) {
+                mime += chunk.readableBytesView
+                if mime.count > Self.maxMIMEBytes { break }
+            }
+        } catch {
+            throw DeliveryError(http: error, transport: name, url: sendMailURL)
+        }
+        let headerEnd = MIMEHead.headerEnd(mime) ?? mime.count
+        let addresses = MIMEHeaderAddresses(header: Array(mime[..<headerEnd]))
+        let from = addresses.from.first ?? envelope.from
+        if user.contains("@"), from.lowercased() != user.lowercased(), !allowDelegate {
+            throw DeliveryError(kind: .permanent, message:
+                "graph: the message is from \(from), another mailbox than user = \(user); set allow-delegate = true to send on its behalf (the mailbox needs Send As or Send on Behalf on \(from))")
+        }
+        let bcc = addresses.blindRecipients(of: envelope)
+        if !bcc.isEmpty {
+            mime = Array("Bcc: \(bcc.joined(separator: ", "))\r\n".utf8) + mime
+        }
+        guard mime.count <= Self.maxMIMEBytes else {
+            throw DeliveryError(kind: .permanent, message:
+                "graph: the message is larger than \(Self.maxMIMEBytes) bytes, so its base64 body would pass Graph's 4 MB request limit; this build cannot send it through Graph (send it smaller, or use server-type = SMTP or EWS)")
+        }
+        let body = ByteBuffer(string: Data(mime).base64EncodedString())
+        var attempts = 0
+        var refreshed = false
+        while true {
+            attempts += 1
+            let token: AccessToken
+            do throws(OAuthError) {
+                token = try await tokens.token()
+            } catch {
+                throw DeliveryError(error, transport: name)
+            }
+            var request = HTTPClientRequest(url: sendMailURL)
+            request.method = .POST
+            request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
+            request.headers.add(name: "Content-Type", value: "text/plain")
+            request.body = .bytes(body)
+            let status: Int
+            let retryAfter: String?
+            let answer: ByteBuffer
+            do {
+                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
+                status = Int(response.status.code)
+                retryAfter = response.headers.first(name: "Retry-After")
+                answer = try await response.body.collect(upTo: 1 << 20)
+            } catch {
+                throw DeliveryError(http: error, transport: name, url: sendMailURL)
+            }
+            if status == 202 || status == 200 {
+                logger.debug("graph accepted the message", metadata: ["graph.status": "\(status)", "graph.user": "\(user)"])
+                return HTTPTransportReport.accepted(transport: name, destination: sendMailURL, content: content, envelope: envelope,
+                                                    code: status, text: "Accepted by Microsoft Graph", started: started,
+                                                    clock: clock, attempts: attempts)
+            }
+            if status == 401 && !refreshed {
+                refreshed = true
+                logger.notice("graph refused the access token (401); refreshing it once and sending again")
+                await tokens.invalidate(token)
+                continue
+            }
+            throw Self.error(status: status, body: answer, retryAfter: retryAfter, user: user, from: from)
+        }
+    }
+
+    /// Graph's error body `{"error":{"code","message"}}`, mapped (PROTOCOLS.md §4).
+    static func error(status: Int, body: ByteBuffer, retryAfter: String?, user: String, from: String) -> DeliveryError {
+        let json = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any]
+        let error = json?["error"] as? [String: Any]
+        let code = error?["code"] as? String ?? "HTTP \(status)"
+        let message = (error?["message"] as? String).map { String($0.prefix(500)) } ?? String(buffer: body).prefix(300).description
+        let said = "Graph answered \(status) \(code): \(message)"
+        switch status {
+        case 429, 503, 504:
+            let after = HTTPTransportReport.retryAfter(retryAfter)
+            return DeliveryError(kind: .transient, message: "graph: \(said) (retry\(after.map { " after \($0.seconds) s" } ?? " later"))",
+                                 retryAfter: after)
+        case 401:
+            return DeliveryError(kind: .permanent, message:
+                "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id")
+        case 403 where code == "ErrorSendAsDenied":
+            return DeliveryError(kind: .permanent, message:
+                "graph: \(said). The mailbox \(user) lacks the Send As or Send on Behalf permission on \(from): grant it in Exchange (Add-RecipientPermission / GrantSendOnBehalfTo), or send from \(user)")
+        case 403:
+            return DeliveryError(kind: .permanent, message:
+                "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)")
+        case 404:
+            return DeliveryError(kind: .permanent, message: "graph: \(said). Check user: no mailbox \(user) in the tenant")
+        case 413:
+            return DeliveryError(kind: .permanent, message: "graph: \(said). The message is over Graph's 4 MB request limit")
+        case 400..<500:
+            return DeliveryError(kind: .permanent, message: "graph: \(said)")
+        default:
+            return DeliveryError(kind: .transient, message: "graph: \(said)", retryAfter: HTTPTransportReport.retryAfter(retryAfter))
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import Foundation
+import OutboxConfig
+import OutboxMIME
+import OutboxTransports
+import Testing
+
+@Suite("SMTP XOAUTH2 with a token from the Azure emulator, through the Postfix testbed", .serialized)
+struct SMTPXOAUTH2Tests {
+    @Test func xoauth2TokenFromROPCGrantIsAcceptedByPostfix() async throws {
+        guard let portText = TestEnv.path("OUTBOX_TEST_SUBMISSION_PORT"), let port = Int(portText),
+              let token = TestEnv.path("OUTBOX_TEST_OAUTH_TOKEN"), let user = TestEnv.path("OUTBOX_TEST_USER") else { return }
+        let state = EmulatorState()
+        await state.set {
+            $0.fixedToken = token
+            $0.ropcUser = user
+            $0.expectedScope = "https://outlook.office.com/.default"
+        }
+        try await withEmulator(state) { base in
+            var c = configuration(base, type: .smtp)
+            c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
+            c.smtpClient.port = port
+            c.smtpClient.smtpConnectionSecurity = .startTLSRequired
+            c.smtpClient.enableAuthentication = true
+            c.smtpClient.authMechanisms = ["XOAUTH2"]
+            c.smtpClient.user = user
+            c.smtpClient.password = Secret("user-pass")
+            c.smtpClient.directoryID = "tenant-1"
+            let transport = try TransportFactory.make(configuration: c)
+            let runner = Task { await transport.run() }
+            let (message, _) = try rawMessage(from: user, to: "xoauth2-rcpt@example.test")
+            let report = try await transport.send(message)
+            await transport.shutdown()
+            await runner.value
+            #expect(report.allAccepted)
+            #expect(await state.tokenRequests == 1)
+            #expect(await state.lastForm["grant_type"] == "password")
+            #expect(await state.lastForm["scope"] == "https://outlook.office.com/.default")
+        }
+    }
+}
