@@ -55,15 +55,26 @@ public enum SMTPTokenSources {
     /// The closure the SMTP engine calls when a connection authenticates with XOAUTH2.
     public static func smtpTokenSource(options: SMTPClientOptions, settings: OutboxSettings,
                                        secretSection: SecretSection?) -> @Sendable () async throws -> SMTPAccessToken {
+        smtpTokenSourceWithRefresh(options: options, settings: settings, secretSection: secretSection).token
+    }
+
+    /// The token closure, and the hook that drops the last token handed out after a 535 (so the
+    /// next authentication gets a new one; a newer token already cached is kept).
+    public static func smtpTokenSourceWithRefresh(options: SMTPClientOptions, settings: OutboxSettings, secretSection: SecretSection?)
+        -> (token: @Sendable () async throws -> SMTPAccessToken, rejected: @Sendable () async -> Void) {
         let source: CachedTokenSource
         do throws(OAuthError) {
             source = try tokenSource(options: options, settings: settings, secretSection: secretSection)
         } catch {
-            return { throw error }
+            return ({ throw error }, {})
         }
-        return {
+        let last = NIOLockedValueBox<AccessToken?>(nil)
+        return ({
             let token = try await source.token()
+            last.withLockedValue { $0 = token }
             return SMTPAccessToken(token: token.value.value, expiresAt: token.expiresAt)
-        }
+        }, {
+            if let token = last.withLockedValue({ $0 }) { await source.invalidate(token) }
+        })
     }
 }

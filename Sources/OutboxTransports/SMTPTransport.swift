@@ -65,11 +65,16 @@ public final class SMTPTransport: MailTransport {
     private let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
     private let current: NIOLockedValueBox<(generation: Int, configuration: SMTPClientConfiguration, envelopeFrom: String?)>
     private let logger: Logger
+    /// Called when AUTH XOAUTH2 was refused with 535: the token source drops the token, and the
+    /// delivery is tried once more with a new one (PROTOCOLS.md §1.3).
+    private let authenticationRejected: (@Sendable () async -> Void)?
 
     public init(configuration: SMTPClientConfiguration, pool poolConfiguration: PoolConfiguration,
                 envelopeFrom: String? = nil,
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                logger: Logger = Logger(label: "outbox.smtp")) {
+                logger: Logger = Logger(label: "outbox.smtp"),
+                onAuthenticationRejected: (@Sendable () async -> Void)? = nil) {
+        self.authenticationRejected = onAuthenticationRejected
         let configurations = NIOLockedValueBox([0: configuration])
         self.configurations = configurations
         self.current = NIOLockedValueBox((0, configuration, envelopeFrom))
@@ -105,6 +110,7 @@ public final class SMTPTransport: MailTransport {
         let (configuration, envelopeFrom) = current.withLockedValue { ($0.configuration, $0.envelopeFrom) }
         let destination = "\(configuration.host):\(configuration.port)"
         var attempts = 0
+        var tokenRefreshed = false
         while true {
             attempts += 1
             let lease: ConnectionPoolLease<SMTPConnection>
@@ -113,6 +119,12 @@ public final class SMTPTransport: MailTransport {
             } catch let error as SMTPServerRefusedConnection {
                 throw DeliveryError(error.error)
             } catch let error as SMTPError {
+                if error.stage == .auth, error.reply?.code == 535, !tokenRefreshed, let refresh = authenticationRejected {
+                    tokenRefreshed = true
+                    logger.notice("the server refused the OAuth 2.0 token (535); refreshing it once and trying again")
+                    await refresh()
+                    continue
+                }
                 throw DeliveryError(error)
             } catch let error as ConnectionPoolError {
                 throw DeliveryError(kind: .transient, message: "the SMTP connection pool: \(error)")

@@ -77,13 +77,17 @@ public enum TransportFactory {
                 return FileTransport(dataDirectory: configuration.outbox.dataDirectory)
             }
             var source = tokenSource
+            var rejected: (@Sendable () async -> Void)?
             if source == nil, options.usesXOAUTH2 {
-                source = SMTPTokenSources.smtpTokenSource(options: options, settings: configuration.outbox,
-                                                          secretSection: configuration.chosenSecretSection)
+                let oauth = SMTPTokenSources.smtpTokenSourceWithRefresh(options: options, settings: configuration.outbox,
+                                                                        secretSection: configuration.chosenSecretSection)
+                source = oauth.token
+                rejected = oauth.rejected
             }
             let smtp = SMTPClientConfiguration(options: options, settings: configuration.outbox, tokenSource: source)
             return SMTPTransport(configuration: smtp, pool: PoolConfiguration(options: options),
-                                 envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger)
+                                 envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger,
+                                 onAuthenticationRejected: rejected)
         case .graph:
             do throws(OAuthError) {
                 return try GraphTransport(configuration: configuration,

@@ -27,6 +27,8 @@ actor EmulatorState {
     var tokenDelay: Duration = .zero
     /// When set, every token issued has this value (the Postfix testbed's bearer token).
     var fixedToken: String?
+    /// Tokens issued first, in order (before ``fixedToken`` or generated ones).
+    var tokenSequence: [String] = []
     // Graph / EWS behaviour.
     var graphMailbox = "agent@contoso.test"
     /// From addresses the mailbox may send as (Send As / Send on Behalf).
@@ -52,7 +54,7 @@ actor EmulatorState {
 
     func issue() -> String {
         tokenRequests += 1
-        let token = fixedToken ?? "tok-\(tokenRequests)-\(UUID().uuidString.prefix(8))"
+        let token = tokenSequence.isEmpty ? (fixedToken ?? "tok-\(tokenRequests)-\(UUID().uuidString.prefix(8))") : tokenSequence.removeFirst()
         issued[token] = .now + .seconds(expiresIn)
         return token
     }

@@ -37,4 +37,36 @@ struct SMTPXOAUTH2Tests {
             #expect(await state.lastForm["scope"] == "https://outlook.office.com/.default")
         }
     }
+
+    @Test func a535RefreshesTheTokenOnceAndRetriesOnce() async throws {
+        guard let portText = TestEnv.path("OUTBOX_TEST_SUBMISSION_PORT"), let port = Int(portText),
+              let token = TestEnv.path("OUTBOX_TEST_OAUTH_TOKEN"), let user = TestEnv.path("OUTBOX_TEST_USER") else { return }
+        let state = EmulatorState()
+        await state.set {
+            $0.tokenSequence = ["revoked-by-the-server"]
+            $0.fixedToken = token
+            $0.ropcUser = user
+            $0.expectedScope = "https://outlook.office.com/.default"
+        }
+        try await withEmulator(state) { base in
+            var c = configuration(base, type: .smtp)
+            c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
+            c.smtpClient.port = port
+            c.smtpClient.smtpConnectionSecurity = .startTLSRequired
+            c.smtpClient.enableAuthentication = true
+            c.smtpClient.authMechanisms = ["XOAUTH2"]
+            c.smtpClient.user = user
+            // Another credential set than the test above (the token cache is per credential set).
+            c.smtpClient.password = Secret("user-pass-535")
+            await state.set { $0.ropcPassword = "user-pass-535" }
+            c.smtpClient.directoryID = "tenant-1"
+            let transport = try TransportFactory.make(configuration: c)
+            let runner = Task { await transport.run() }
+            let report = try await transport.send(try rawMessage(from: user, to: "xoauth2-rcpt@example.test").0)
+            await transport.shutdown()
+            await runner.value
+            #expect(report.allAccepted)
+            #expect(await state.tokenRequests == 2)
+        }
+    }
 }
