@@ -25,8 +25,9 @@ import OutboxOAuth
 ///   when `user` has neither right). When `allow-delegate` is false it is refused before any
 ///   request, with a permanent error that names the option.
 /// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
-///   (base64 adds a third). Larger messages get a permanent error that says so; the
-///   draft + upload-session path is not implemented in this build.
+///   (base64 adds a third). A larger ``Message`` goes the large-message way (a JSON draft,
+///   attachments, upload sessions: see `GraphLargeMessage.swift`); a larger raw message gets
+///   a permanent error that says so.
 public final class GraphTransport: MailTransport {
     public let name = "graph"
     /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
@@ -122,8 +123,11 @@ public final class GraphTransport: MailTransport {
             mime = Array("Bcc: \(bcc.joined(separator: ", "))\r\n".utf8) + mime
         }
         guard mime.count <= Self.maxMIMEBytes else {
+            if let message = content as? Message {
+                return try await sendLarge(message, envelope: envelope, from: from, started: started, clock: clock)
+            }
             throw DeliveryError(kind: .permanent, message:
-                "graph: the message is larger than \(Self.maxMIMEBytes) bytes, so its base64 body would pass Graph's 4 MB request limit; this build cannot send it through Graph (send it smaller, or use server-type = SMTP or EWS)")
+                "graph: the message is larger than \(Self.maxMIMEBytes) bytes, so its base64 body would pass Graph's 4 MB request limit, and only a message built from parts (not a raw .eml) can go the large-message way (draft + upload sessions); send it smaller, or use server-type = SMTP or EWS")
         }
         let body = ByteBuffer(string: Data(mime).base64EncodedString())
         var attempts = 0

@@ -49,6 +49,27 @@ actor EmulatorState {
     var lastEWSBody: String?
     var lastAnchorMailbox: String?
     var lastForm: [String: String] = [:]
+    // The large-message way.
+    var baseURL = ""
+    var drafts: [String: Draft] = [:]
+    var sentDrafts: [Draft] = []
+    var uploadSessions: [String: UploadSession] = [:]
+    var uploadChunkSizes: [Int] = []
+    var uploadsWithAuthorization = 0
+    var largestGraphRequest = 0
+
+    struct Draft: Sendable {
+        var json: [String: String]
+        var recipients: [String: [String]]
+        var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
+    }
+
+    struct UploadSession: Sendable {
+        var draft: String
+        var name: String
+        var size: Int
+        var received: [UInt8] = []
+    }
 
     func set(_ update: @Sendable (isolated EmulatorState) -> Void) { update(self) }
 
@@ -112,6 +133,7 @@ func withEmulator<T: Sendable>(_ state: EmulatorState, _ body: @Sendable (_ base
         }
         var iterator = port.stream.makeAsyncIterator()
         guard let p = await iterator.next() else { throw EmulatorMissingEnvironment() }
+        await state.set { $0.baseURL = "https://127.0.0.1:\(p)" }
         let result = try await body("https://127.0.0.1:\(p)")
         group.cancelAll()
         return result
@@ -265,6 +287,7 @@ enum Emulator {
             await state.set { $0.delivered.append(mime) }
             return Response(status: .accepted)
         }
+        largeMessageRoutes(router, state)
         // EWS CreateItem (PROTOCOLS.md §3).
         router.post("/EWS/Exchange.asmx") { request, _ -> Response in
             var request = request
@@ -336,5 +359,130 @@ enum Emulator {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:CreateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:CreateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
             + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/></m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
+    }
+}
+
+enum JSONOrResponse {
+    case success([String: Any])
+    case failure(Response)
+}
+
+extension Emulator {
+    static func graphError(_ status: HTTPResponse.Status, _ code: String, _ message: String) -> Response {
+        json(status, ["error": ["code": code, "message": message]])
+    }
+
+    /// Reads a JSON Graph request: a valid token, application/json, at most 4 MiB.
+    static func graphJSON(_ request: inout Request, _ state: EmulatorState) async throws -> JSONOrResponse {
+        guard let token = bearer(request), await state.isValid(token) else {
+            return .failure(graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."))
+        }
+        guard request.headers[.contentType]?.hasPrefix("application/json") == true else {
+            return .failure(graphError(.unsupportedMediaType, "RequestBodyRead", "Content-Type must be application/json"))
+        }
+        let body: ByteBuffer
+        do { body = try await request.collectBody(upTo: 4 * 1024 * 1024) } catch {
+            return .failure(graphError(.contentTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded."))
+        }
+        await state.set { $0.largestGraphRequest = max($0.largestGraphRequest, body.readableBytes) }
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] else {
+            return .failure(graphError(.badRequest, "BadRequest", "Unable to read JSON request payload."))
+        }
+        return .success(object)
+    }
+
+    static func largeMessageRoutes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
+        router.post("/v1.0/users/:user/messages") { request, context -> Response in
+            var request = request
+            let object: [String: Any]
+            switch try await graphJSON(&request, state) {
+            case .success(let o): object = o
+            case .failure(let r): return r
+            }
+            var recipients: [String: [String]] = [:]
+            for key in ["toRecipients", "ccRecipients", "bccRecipients", "replyTo"] {
+                recipients[key] = (object[key] as? [[String: Any]] ?? []).compactMap { ($0["emailAddress"] as? [String: Any])?["address"] as? String }
+            }
+            var flat: [String: String] = ["subject": object["subject"] as? String ?? ""]
+            if let body = object["body"] as? [String: Any] {
+                flat["body.contentType"] = body["contentType"] as? String
+                flat["body.content"] = body["content"] as? String
+            }
+            flat["from"] = ((object["from"] as? [String: Any])?["emailAddress"] as? [String: Any])?["address"] as? String
+            let id = "draft-\(UUID().uuidString.prefix(8))"
+            let draft = EmulatorState.Draft(json: flat, recipients: recipients)
+            await state.set { $0.drafts[id] = draft }
+            return json(.created, ["id": id, "isDraft": true])
+        }
+        router.post("/v1.0/users/:user/messages/:id/attachments") { request, context -> Response in
+            var request = request
+            let id = try context.parameters.require("id")
+            let object: [String: Any]
+            switch try await graphJSON(&request, state) {
+            case .success(let o): object = o
+            case .failure(let r): return r
+            }
+            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard object["@odata.type"] as? String == "#microsoft.graph.fileAttachment", let name = object["name"] as? String,
+                  let bytes = (object["contentBytes"] as? String).flatMap(strictBase64) else {
+                return graphError(.badRequest, "ErrorInvalidRequest", "fileAttachment with name and base64 contentBytes expected")
+            }
+            await state.set { $0.drafts[id]!.attachments.append((name, bytes, false)) }
+            return json(.created, ["id": "att-\(UUID().uuidString.prefix(6))"])
+        }
+        router.post("/v1.0/users/:user/messages/:id/attachments/createUploadSession") { request, context -> Response in
+            var request = request
+            let id = try context.parameters.require("id")
+            let object: [String: Any]
+            switch try await graphJSON(&request, state) {
+            case .success(let o): object = o
+            case .failure(let r): return r
+            }
+            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard let item = object["AttachmentItem"] as? [String: Any], item["attachmentType"] as? String == "file",
+                  let name = item["name"] as? String, let size = item["size"] as? Int, size > 0 else {
+                return graphError(.badRequest, "ErrorInvalidRequest", "AttachmentItem with attachmentType file, name and size expected")
+            }
+            let sid = "s\(UUID().uuidString.prefix(8))"
+            await state.set { $0.uploadSessions[sid] = EmulatorState.UploadSession(draft: id, name: name, size: size) }
+            return json(.created, ["uploadUrl": "\(await state.baseURL)/upload/\(sid)", "expirationDateTime": "2030-01-01T00:00:00Z",
+                                   "nextExpectedRanges": ["0-"]])
+        }
+        router.put("/upload/:sid") { request, context -> Response in
+            var request = request
+            let sid = try context.parameters.require("sid")
+            if request.headers[.authorization] != nil {
+                await state.set { $0.uploadsWithAuthorization += 1 }
+                return graphError(.badRequest, "InvalidRequest", "The upload URL must be called without an Authorization header.")
+            }
+            guard var session = await state.uploadSessions[sid] else { return graphError(.notFound, "ItemNotFound", "no such upload session") }
+            let chunk: ByteBuffer
+            do { chunk = try await request.collectBody(upTo: 4 * 1024 * 1024) } catch {
+                return graphError(.contentTooLarge, "RequestEntityTooLarge", "An upload chunk may be at most 4 MB.")
+            }
+            let expected = "bytes \(session.received.count)-\(session.received.count + chunk.readableBytes - 1)/\(session.size)"
+            guard request.headers[HTTPField.Name("Content-Range")!] == expected else {
+                return graphError(.rangeNotSatisfiable, "InvalidRange", "expected Content-Range: \(expected)")
+            }
+            session.received += chunk.readableBytesView
+            let done = session.received.count == session.size
+            let finished = session
+            await state.set {
+                $0.uploadChunkSizes.append(chunk.readableBytes)
+                $0.uploadSessions[sid] = done ? nil : finished
+                if done { $0.drafts[finished.draft]!.attachments.append((finished.name, finished.received, true)) }
+            }
+            if done { return json(.created, ["id": "att-\(sid)"]) }
+            return json(.ok, ["nextExpectedRanges": ["\(finished.received.count)-"]])
+        }
+        router.post("/v1.0/users/:user/messages/:id/send") { request, context -> Response in
+            let id = try context.parameters.require("id")
+            guard let token = bearer(request), await state.isValid(token) else {
+                return graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+            }
+            guard let draft = await state.drafts[id] else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            await state.set { $0.sentDrafts.append(draft); $0.drafts[id] = nil }
+            return Response(status: .accepted)
+        }
     }
 }

@@ -302,4 +302,44 @@ struct EmulatorTransportTests {
             #expect(error?.message.contains("Probably wrong: scope") == true)
         }
     }
+
+    @Test func graphSendsALargeMessageThroughADraftAndUploadSessions() async throws {
+        let state = EmulatorState()
+        try await withEmulator(state) { base in
+            let transport = try TransportFactory.make(configuration: configuration(base, type: .graph))
+            var rng = SystemRandomNumberGenerator()
+            var block = [UInt8](repeating: 0, count: 65536)
+            for i in stride(from: 0, to: block.count, by: 8) {
+                withUnsafeBytes(of: rng.next() as UInt64) { block.replaceSubrange(i..<i + 8, with: $0) }
+            }
+            var big = [UInt8]()
+            big.reserveCapacity(9 * 1024 * 1024 + 12345)
+            for _ in 0..<144 { big += block }
+            big += block[0..<12345]
+            let small = Array("a small attachment\r\n".utf8)
+            let message = Message(from: try Address("agent@contoso.test", displayName: "Agent"),
+                                  to: [try Address("rcpt@example.test")], bcc: [try Address("hidden@example.test")],
+                                  subject: "big one", text: "see attached",
+                                  attachments: [.data(big, filename: "big.bin"), .data(small, filename: "small.txt")])
+            let report = try await transport.send(message)
+            await transport.shutdown()
+            #expect(report.allAccepted)
+            #expect(await state.graphRequests == 0)  // not the MIME sendMail
+            let sent = try #require(await state.sentDrafts.first)
+            #expect(sent.json["subject"] == "big one")
+            #expect(sent.json["body.content"] == "see attached")
+            #expect(sent.recipients["toRecipients"] == ["rcpt@example.test"])
+            #expect(sent.recipients["bccRecipients"] == ["hidden@example.test"])
+            #expect(sent.attachments.count == 2)
+            #expect(sent.attachments.first { $0.name == "big.bin" }?.bytes == big)
+            #expect(sent.attachments.first { $0.name == "big.bin" }?.viaUploadSession == true)
+            #expect(sent.attachments.first { $0.name == "small.txt" }?.bytes == small)
+            #expect(sent.attachments.first { $0.name == "small.txt" }?.viaUploadSession == false)
+            let chunks = await state.uploadChunkSizes
+            #expect(chunks.count == 3)
+            #expect(chunks.allSatisfy { $0 <= 4 * 1024 * 1024 })
+            #expect(await state.uploadsWithAuthorization == 0)
+            #expect(await state.largestGraphRequest <= 4 * 1024 * 1024)
+        }
+    }
 }
