@@ -25,6 +25,8 @@ actor EmulatorState {
     var expiresIn = 3600
     /// Token answers wait this long (so concurrent callers overlap).
     var tokenDelay: Duration = .zero
+    /// The next token requests answered with 503.
+    var tokenUnavailableNext = 0
     /// When set, every token issued has this value (the Postfix testbed's bearer token).
     var fixedToken: String?
     /// Tokens issued first, in order (before ``fixedToken`` or generated ones).
@@ -206,6 +208,10 @@ enum Emulator {
             let s = await state
             if await tenant != s.tenant { return aad("invalid_request", 90002, "Tenant '\(tenant)' not found.") }
             if await tokenDelaySleep(s) {}
+            if await s.tokenUnavailableNext > 0 {
+                await state.set { $0.tokenUnavailableNext -= 1 }
+                return json(.serviceUnavailable, ["error": "temporarily_unavailable", "error_description": "AADSTS90033: A transient error has occurred. Please try again."])
+            }
             guard await f["client_id"] == s.clientID else {
                 return aad("unauthorized_client", 700016, "Application with identifier '\(f["client_id"] ?? "")' was not found in the directory.")
             }
