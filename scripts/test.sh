@@ -78,6 +78,10 @@ export OUTBOX_TEST_LIMITED_PORT=2589
 export OUTBOX_TEST_SHORT_TIMEOUT_PORT=2590
 export OUTBOX_TEST_RESTART_DIR=${PFCI_DIR}-b
 export OUTBOX_TEST_RESTART_PORT=2688
+# A private PostgreSQL cluster (initdb + pg_ctl as the postgres user, 127.0.0.1:55432) for the
+# PostgreSQL store and the three-daemons test; installs Debian's postgresql when missing.
+export OUTBOX_TEST_POSTGRES_URL=$(bash scripts/postgres-testbed.sh start)
+trap 'cleanup; bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true' EXIT
 
 if [ "$START_ONLY" = 1 ]; then
   trap - EXIT

@@ -251,13 +251,32 @@ extension ConfigurationReader {
         let urlMessage = "is not an https:// or http:// URL"
         if let v = typed(outbox["data-directory"], sourceKey: "outbox.data-directory", descriptor: d("data-directory"), { $0 }, invalid: "") { s.dataDirectory = v }
         if let v = typed(outbox["http-listen"], sourceKey: "outbox.http-listen", descriptor: d("http-listen"), { Convert.isListenAddress($0) ? $0 : nil }, invalid: "is not host:port with a port 1-65535 (e.g. 127.0.0.1:8025 or [::1]:8025)") { s.httpListen = v }
-        if let v = typed(outbox["store"], sourceKey: "outbox.store", descriptor: d("store"), { Convert.oneOf($0, ["sqlite", "memory"]) }, invalid: "is not one of sqlite, memory") { s.store = v }
+        if let v = typed(outbox["store"], sourceKey: "outbox.store", descriptor: d("store"), { v in
+            let lower = v.lowercased()
+            if lower.hasPrefix("postgres://") || lower.hasPrefix("postgresql://") { return v.count > "postgres://".count ? v : nil }
+            return Convert.oneOf(v, ["sqlite", "memory"])
+        }, invalid: "is not one of sqlite, memory or a postgres://user:password@host:port/database URL") { s.store = v }
         s.tlsCAFile = typed(outbox["tls-ca-file"], sourceKey: "outbox.tls-ca-file", descriptor: d("tls-ca-file"), { path in
             var isDirectory: ObjCBool = false
             return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && !isDirectory.boolValue ? path : nil
         }, invalid: "is not an existing file (a PEM file of CA certificates)")
         if let v = typed(outbox["graph-url"], sourceKey: "outbox.graph-url", descriptor: d("graph-url"), { Convert.isHTTPURL($0) ? $0 : nil }, invalid: urlMessage) { s.graphURL = v }
         if let v = typed(outbox["google-token-url"], sourceKey: "outbox.google-token-url", descriptor: d("google-token-url"), { Convert.isHTTPURL($0) ? $0 : nil }, invalid: urlMessage) { s.googleTokenURL = v }
+        s.apiTokens = secretValue(outbox["api-tokens"], sourceKey: "outbox.api-tokens")
+        if let v = typed(outbox["require-api-token"], sourceKey: "outbox.require-api-token", descriptor: d("require-api-token"), Convert.bool, invalid: "is not true or false") { s.requireAPIToken = v }
+        func integer(_ range: ClosedRange<Int>) -> (String) -> Int? { { Int($0).flatMap { range.contains($0) ? $0 : nil } } }
+        func time(_ v: String) -> Duration? { TimeValue.parse(v) }
+        func positiveTime(_ v: String) -> Duration? { TimeValue.parse(v).flatMap { $0 > .zero ? $0 : nil } }
+        if let v = typed(outbox["max-request-size"], sourceKey: "outbox.max-request-size", descriptor: d("max-request-size"), integer(1024...Int(Int32.max)), invalid: "is not a number of bytes from 1024 to 2147483647") { s.maxRequestSize = v }
+        if let v = typed(outbox["delivery-concurrency"], sourceKey: "outbox.delivery-concurrency", descriptor: d("delivery-concurrency"), integer(1...1000), invalid: "is not an integer from 1 to 1000") { s.deliveryConcurrency = v }
+        if let v = typed(outbox["lease-time"], sourceKey: "outbox.lease-time", descriptor: d("lease-time"), positiveTime, invalid: Self.timeMessage + " greater than 00:00:00") { s.leaseTime = v }
+        if let v = typed(outbox["retry-initial-delay"], sourceKey: "outbox.retry-initial-delay", descriptor: d("retry-initial-delay"), time, invalid: Self.timeMessage) { s.retryInitialDelay = v }
+        if let v = typed(outbox["retry-max-delay"], sourceKey: "outbox.retry-max-delay", descriptor: d("retry-max-delay"), time, invalid: Self.timeMessage) { s.retryMaxDelay = v }
+        if let v = typed(outbox["retry-max-age"], sourceKey: "outbox.retry-max-age", descriptor: d("retry-max-age"), time, invalid: Self.timeMessage) { s.retryMaxAge = v }
+        if let v = typed(outbox["unknown-outcome-retries"], sourceKey: "outbox.unknown-outcome-retries", descriptor: d("unknown-outcome-retries"), integer(0...10), invalid: "is not an integer from 0 to 10") { s.unknownOutcomeRetries = v }
+        if let v = typed(outbox["rate-limit-per-minute"], sourceKey: "outbox.rate-limit-per-minute", descriptor: d("rate-limit-per-minute"), integer(0...1_000_000), invalid: "is not an integer from 0 (no limit) to 1000000") { s.rateLimitPerMinute = v }
+        if let v = typed(outbox["mailbox-concurrency"], sourceKey: "outbox.mailbox-concurrency", descriptor: d("mailbox-concurrency"), integer(0...1000), invalid: "is not an integer from 0 (no limit) to 1000") { s.mailboxConcurrency = v }
+        if let v = typed(outbox["shutdown-deadline"], sourceKey: "outbox.shutdown-deadline", descriptor: d("shutdown-deadline"), time, invalid: Self.timeMessage) { s.shutdownDeadline = v }
         configuration.outbox = s
     }
 

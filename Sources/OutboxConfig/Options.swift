@@ -134,12 +134,41 @@ public struct OutboxSettings: Sendable, Equatable {
     public var tlsCAFile: String?
     /// `http-listen`: host:port.
     public var httpListen = "127.0.0.1:8025"
-    /// `store`: `sqlite` or `memory`.
+    /// `store`: `sqlite`, `memory` or a `postgres://` URL.
     public var store = "sqlite"
     /// `graph-url`.
     public var graphURL = "https://graph.microsoft.com/v1.0"
     /// `google-token-url`.
     public var googleTokenURL = "https://oauth2.googleapis.com/token"
+    /// `api-tokens`: the HTTP API's bearer tokens, separated by spaces or commas.
+    public var apiTokens: Secret?
+    /// `require-api-token`: on loopback too.
+    public var requireAPIToken = false
+    /// `max-request-size` in bytes.
+    public var maxRequestSize = 26_214_400
+    /// `delivery-concurrency`.
+    public var deliveryConcurrency = 8
+    /// `lease-time`.
+    public var leaseTime: Duration = .seconds(300)
+    /// `retry-initial-delay`.
+    public var retryInitialDelay: Duration = .seconds(30)
+    /// `retry-max-delay`.
+    public var retryMaxDelay: Duration = .seconds(3600)
+    /// `retry-max-age`.
+    public var retryMaxAge: Duration = .seconds(86_400)
+    /// `unknown-outcome-retries`.
+    public var unknownOutcomeRetries = 1
+    /// `rate-limit-per-minute`; 0: none.
+    public var rateLimitPerMinute = 0
+    /// `mailbox-concurrency`; 0: none.
+    public var mailboxConcurrency = 0
+    /// `shutdown-deadline`.
+    public var shutdownDeadline: Duration = .seconds(20)
+
+    /// The API tokens, split.
+    public var apiTokenList: [String] {
+        (apiTokens?.value ?? "").split(whereSeparator: { $0.isWhitespace || $0 == "," }).map(String.init)
+    }
 
     public init() {}
 }

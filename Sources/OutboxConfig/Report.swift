@@ -110,6 +110,18 @@ extension OutboxConfiguration {
             case "tls-ca-file": value = text(s.tlsCAFile)
             case "graph-url": value = s.graphURL
             case "google-token-url": value = s.googleTokenURL
+            case "api-tokens": add("outbox", "outbox.\(d.name)", "", effect: d.effect, secret: .some(s.apiTokens)); continue
+            case "require-api-token": value = "\(s.requireAPIToken)"
+            case "max-request-size": value = "\(s.maxRequestSize)"
+            case "delivery-concurrency": value = "\(s.deliveryConcurrency)"
+            case "lease-time": value = time(s.leaseTime)
+            case "retry-initial-delay": value = time(s.retryInitialDelay)
+            case "retry-max-delay": value = time(s.retryMaxDelay)
+            case "retry-max-age": value = time(s.retryMaxAge)
+            case "unknown-outcome-retries": value = "\(s.unknownOutcomeRetries)"
+            case "rate-limit-per-minute": value = "\(s.rateLimitPerMinute)"
+            case "mailbox-concurrency": value = "\(s.mailboxConcurrency)"
+            case "shutdown-deadline": value = time(s.shutdownDeadline)
             default: value = "?"
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)

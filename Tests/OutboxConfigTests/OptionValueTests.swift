@@ -256,10 +256,10 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
             data-dir = /tmp
             """) == [
             "outbox.cfg:2: http-listen = localhost is not host:port with a port 1-65535 (e.g. 127.0.0.1:8025 or [::1]:8025)",
-            "outbox.cfg:3: store = postgres is not one of sqlite, memory",
+            "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
             "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
             "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
-            "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url); did you mean data-directory?",
+            "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline); did you mean data-directory?",
         ])
     }
 

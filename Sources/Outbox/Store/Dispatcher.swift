@@ -1,0 +1,328 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import OutboxMIME
+import OutboxTransports
+import ServiceLifecycle
+
+/// How the dispatcher works; `update(_:)` applies a new one at the next cycle.
+public struct DispatcherSettings: Sendable, Equatable {
+    /// Deliveries in flight at once (this instance).
+    public var concurrency: Int
+    /// How long a claim holds a message; a crashed instance's claims are taken over after it.
+    public var leaseSeconds: Double
+    /// How often the queue is polled when idle.
+    public var pollInterval: Duration
+    /// How long a graceful shutdown waits for in-flight deliveries before releasing them.
+    public var shutdownDeadline: Duration
+    public var retry: RetryPolicy
+    /// Messages a minute per sending mailbox (nil: no limit). Exchange Online allows 30.
+    public var ratePerMinute: Int?
+    /// Deliveries in flight at once per sending mailbox (nil: no limit). Graph allows 4.
+    public var concurrencyPerMailbox: Int?
+
+    public init(concurrency: Int = 8, leaseSeconds: Double = 300, pollInterval: Duration = .milliseconds(200),
+                shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
+                ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil) {
+        self.concurrency = concurrency
+        self.leaseSeconds = leaseSeconds
+        self.pollInterval = pollInterval
+        self.shutdownDeadline = shutdownDeadline
+        self.retry = retry
+        self.ratePerMinute = ratePerMinute
+        self.concurrencyPerMailbox = concurrencyPerMailbox
+    }
+}
+
+/// Something that sends a stored message: the `Mailer`, or a stand-in in tests.
+public protocol MessageSender: Sendable {
+    func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport
+}
+
+extension Mailer: MessageSender {}
+
+/// Takes due messages from the store under a lease, sends them through the mailer with bounded
+/// concurrency, and records each attempt's outcome. A `Service`: on graceful shutdown it stops
+/// claiming, waits for in-flight deliveries up to the deadline, then releases the rest.
+public final class Dispatcher: Service, Sendable {
+    public let store: any OutboxStore
+    private let sender: any MessageSender
+    public let instanceID: String
+    private let logger: Logger
+    private let now: @Sendable () -> Double
+    private let random: @Sendable () -> Double
+    private let state: NIOLockedValueBox<State>
+
+    private struct State {
+        var settings: DispatcherSettings
+        var stopping = false
+        var inFlight: Set<String> = []
+        var perMailbox: [String: Int] = [:]
+        var recentSends: [String: [Double]] = [:]
+        var delivered = 0
+        var attempts = 0
+    }
+
+    public init(store: any OutboxStore, sender: any MessageSender, settings: DispatcherSettings = DispatcherSettings(),
+                instanceID: String = Dispatcher.makeInstanceID(), logger: Logger = Logger(label: "outbox.dispatcher"),
+                now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
+                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
+        self.store = store
+        self.sender = sender
+        self.instanceID = instanceID
+        self.logger = logger
+        self.now = now
+        self.random = random
+        self.state = NIOLockedValueBox(State(settings: settings))
+    }
+
+    public static func makeInstanceID() -> String {
+        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    public var settings: DispatcherSettings { state.withLockedValue { $0.settings } }
+
+    /// Applies new settings at the next cycle (the next claim).
+    public func update(_ settings: DispatcherSettings) {
+        state.withLockedValue { $0.settings = settings }
+    }
+
+    /// Attempts made and messages delivered by this instance.
+    public var counters: (attempts: Int, delivered: Int) { state.withLockedValue { ($0.attempts, $0.delivered) } }
+
+    /// Stops claiming new messages (graceful shutdown does this too).
+    public func stop() { state.withLockedValue { $0.stopping = true } }
+
+    private enum Event: Sendable { case finished, tick }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.loop()
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    private func loop() async {
+        await withTaskGroup(of: Event.self) { group in
+            var inFlight = 0
+            var ticking = false
+            while !Task.isCancelled {
+                let (settings, stopping) = state.withLockedValue { ($0.settings, $0.stopping) }
+                if stopping { break }
+                var claimed: [ClaimedMessage] = []
+                let free = settings.concurrency - inFlight
+                if free > 0 {
+                    do {
+                        claimed = try await store.claim(limit: free, owner: instanceID, now: now(), lease: settings.leaseSeconds)
+                    } catch {
+                        logger.error("claiming messages failed: \(error)")
+                    }
+                    for message in claimed {
+                        inFlight += 1
+                        state.withLockedValue { _ = $0.inFlight.insert(message.message.id) }
+                        group.addTask {
+                            await self.deliver(message, settings: settings)
+                            return .finished
+                        }
+                    }
+                }
+                if !claimed.isEmpty && inFlight < settings.concurrency { continue }
+                if !ticking {
+                    ticking = true
+                    let interval = settings.pollInterval
+                    group.addTask {
+                        try? await Task.sleep(for: interval)
+                        return .tick
+                    }
+                }
+                switch await group.next() {
+                case .finished: inFlight -= 1
+                case .tick: ticking = false
+                case nil: break
+                }
+            }
+            // Shutting down: let in-flight deliveries finish up to the deadline.
+            let deadline = ContinuousClock.now + state.withLockedValue { $0.settings.shutdownDeadline }
+            if inFlight > 0 {
+                group.addTask {
+                    try? await Task.sleep(until: deadline)
+                    return .tick
+                }
+                while inFlight > 0, ContinuousClock.now < deadline, let event = await group.next() {
+                    if case .finished = event { inFlight -= 1 }
+                }
+            }
+            let left = state.withLockedValue { Array($0.inFlight) }
+            for id in left {
+                try? await store.release(id: id, owner: instanceID, nextAttemptAt: now(), now: now())
+            }
+            if !left.isEmpty { logger.notice("released \(left.count) in-flight messages back to the queue at shutdown") }
+            group.cancelAll()
+        }
+    }
+
+    /// Sends one claimed message and records the outcome.
+    func deliver(_ claimed: ClaimedMessage, settings: DispatcherSettings) async {
+        let message = claimed.message
+        defer { state.withLockedValue { _ = $0.inFlight.remove(message.id) } }
+        let policy = settings.retry
+        // A take-over after a crash counts as an unknown outcome: past the allowance, stop.
+        if claimed.tookOverExpiredLease, !policy.allowsAnotherTry(unknownCount: message.unknownCount) {
+            let outcome = AttemptOutcome(
+                status: .unknown, recipients: message.recipients,
+                attempt: AttemptRecord(number: message.attemptCount + 1, startedAt: now(), durationSeconds: 0, transport: "",
+                                       error: "not sent again: \(message.unknownCount) attempts had an unknown outcome (allowed: \(policy.unknownOutcomeRetries))",
+                                       outcome: "unknown", recipients: [], instance: instanceID),
+                nextAttemptAt: nil, lastError: "the outcome of an earlier attempt is unknown; check the recipients' mailboxes", unknown: false)
+            _ = try? await store.record(id: message.id, owner: instanceID, outcome: outcome, now: now())
+            return
+        }
+        // Rate limits per sending mailbox: over the limit, the message waits in the queue.
+        if let wait = admit(mailbox: message.from.lowercased(), settings: settings) {
+            try? await store.release(id: message.id, owner: instanceID, nextAttemptAt: now() + wait, now: now())
+            return
+        }
+        defer { finish(mailbox: message.from.lowercased()) }
+        let open = message.recipients.filter(\.isOpen).map(\.address)
+        let started = now()
+        let clock = ContinuousClock.now
+        let result: Result<DeliveryReport, DeliveryError>
+        if open.isEmpty {
+            result = .failure(DeliveryError(kind: .permanent, message: "the message has no recipient left to send to"))
+        } else {
+            do {
+                let content = try RawMessage(bytes: claimed.content)
+                result = .success(try await sender.send(content, envelope: Envelope(from: message.from, recipients: open)))
+            } catch let error as MIMEError {
+                result = .failure(DeliveryError(kind: .permanent, message: "the stored message cannot be read: \(error)"))
+            } catch let error as DeliveryError {
+                result = .failure(error)
+            } catch {
+                result = .failure(DeliveryError(kind: .transient, message: "\(error)"))
+            }
+        }
+        let duration = (ContinuousClock.now - clock) / .seconds(1)
+        let outcome = Dispatcher.evaluate(message: message, sentTo: open, result: result, policy: policy, now: now(),
+                                          startedAt: started, duration: duration, random: random(), instance: instanceID)
+        do {
+            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, now: now())
+            if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
+        } catch {
+            logger.error("recording the outcome of \(message.id) failed: \(error); its lease will expire and it will be retried")
+        }
+        state.withLockedValue {
+            $0.attempts += 1
+            if outcome.status == .delivered { $0.delivered += 1 }
+        }
+        logger.debug("attempt", metadata: ["outbox.message_id": "\(message.id)", "outbox.status": "\(outcome.status.rawValue)"])
+    }
+
+    /// nil: go ahead (and counted); otherwise seconds to wait.
+    private func admit(mailbox: String, settings: DispatcherSettings) -> Double? {
+        let t = now()
+        return state.withLockedValue { s -> Double? in
+            if let limit = settings.concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return 1 }
+            if let rate = settings.ratePerMinute {
+                var recent = s.recentSends[mailbox, default: []].filter { $0 > t - 60 }
+                if recent.count >= rate {
+                    s.recentSends[mailbox] = recent
+                    return max(0.1, (recent.first ?? t) + 60 - t)
+                }
+                recent.append(t)
+                s.recentSends[mailbox] = recent
+            }
+            s.perMailbox[mailbox, default: 0] += 1
+            return nil
+        }
+    }
+
+    private func finish(mailbox: String) {
+        state.withLockedValue { s in
+            s.perMailbox[mailbox, default: 1] -= 1
+            if s.perMailbox[mailbox] == 0 { s.perMailbox[mailbox] = nil }
+        }
+    }
+
+    /// The outcome of one attempt, from the mailer's report or error: per-recipient states, the
+    /// message's new status and, for a retry, when. Pure.
+    public static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
+                                policy: RetryPolicy, now: Double, startedAt: Double, duration: Double, random: Double,
+                                instance: String) -> AttemptOutcome {
+        var recipients = message.recipients
+        let attempted = Set(sentTo.map { $0.lowercased() })
+        func apply(_ outcomes: [RecipientOutcome]) {
+            for o in outcomes {
+                guard let i = recipients.firstIndex(where: { $0.address.lowercased() == o.address.lowercased() }) else { continue }
+                let status: RecipientState.Status = switch o.status {
+                case .accepted: .accepted
+                case .rejected: .rejected
+                case .deferred: .deferred
+                case .unknown: .unknown
+                }
+                recipients[i] = RecipientState(address: recipients[i].address, status: status, code: o.code, enhancedCode: o.enhancedCode, text: o.text)
+            }
+        }
+        var attempt = AttemptRecord(number: message.attemptCount + 1, startedAt: startedAt, durationSeconds: duration,
+                                    transport: "", outcome: "", recipients: sentTo, instance: instance)
+        var errorText: String?
+        var serverDelay: Double?
+        switch result {
+        case .success(let report):
+            attempt.transport = report.transport
+            attempt.destination = report.destination
+            attempt.reply = report.finalReply
+            apply(report.recipients)
+        case .failure(let error):
+            let status: RecipientState.Status = switch error.kind {
+            case .transient: .deferred
+            case .permanent: .rejected
+            case .outcomeUnknown: .unknown
+            }
+            for i in recipients.indices where attempted.contains(recipients[i].address.lowercased()) {
+                recipients[i] = RecipientState(address: recipients[i].address, status: status,
+                                               code: error.smtp?.reply.map { $0.code }, text: error.message)
+            }
+            if let report = error.report {
+                attempt.transport = report.transport
+                attempt.destination = report.destination
+                attempt.reply = report.finalReply
+                apply(report.recipients.filter { $0.status != .deferred || error.kind != .outcomeUnknown })
+            }
+            attempt.error = error.message
+            errorText = error.message
+            if let wait = error.retryAfter {
+                serverDelay = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
+            }
+        }
+        let unknown = recipients.contains { $0.status == .unknown && attempted.contains($0.address.lowercased()) }
+        let open = recipients.filter(\.isOpen)
+        let accepted = recipients.contains { $0.status == .accepted }
+        let rejected = recipients.filter { $0.status == .rejected }
+        if errorText == nil, !rejected.isEmpty {
+            errorText = "refused for " + rejected.map { "\($0.address) (\($0.code.map(String.init) ?? "") \($0.text ?? ""))" }.joined(separator: ", ")
+        }
+        if open.isEmpty {
+            attempt.outcome = accepted ? (rejected.isEmpty ? "delivered" : "partial") : "failed"
+            return AttemptOutcome(status: accepted ? .delivered : .failed, recipients: recipients, attempt: attempt,
+                                  nextAttemptAt: nil, lastError: errorText, unknown: unknown)
+        }
+        if unknown, !policy.allowsAnotherTry(unknownCount: message.unknownCount + 1) {
+            attempt.outcome = "unknown"
+            return AttemptOutcome(status: .unknown, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
+                                  lastError: (errorText ?? "") + " (the outcome is unknown; not retried: check the recipients' mailboxes)",
+                                  unknown: true)
+        }
+        let failures = message.attemptCount - message.unknownCount + 1
+        switch policy.decide(failures: unknown ? 1 : max(1, failures), now: now, ageBase: message.ageBase, serverDelay: serverDelay, random: random) {
+        case .retry(let at):
+            attempt.outcome = unknown ? "unknown" : (accepted ? "partial" : "deferred")
+            return AttemptOutcome(status: .deferred, recipients: recipients, attempt: attempt, nextAttemptAt: at,
+                                  lastError: errorText, unknown: unknown)
+        case .giveUp(let reason):
+            attempt.outcome = "failed"
+            return AttemptOutcome(status: .failed, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
+                                  lastError: (errorText.map { $0 + "; " } ?? "") + "gave up: " + reason, unknown: unknown)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+import Foundation
+
+/// Where a queued message is in its life.
+public enum MessageStatus: String, Sendable, Codable, CaseIterable {
+    /// Accepted, waiting for its first attempt.
+    case queued
+    /// Claimed by a dispatcher (under a lease) and being sent.
+    case sending
+    /// Every recipient accepted (or, for a partly accepted message, the rest rejected).
+    case delivered
+    /// The last attempt failed for now; it is tried again at `nextAttemptAt`.
+    case deferred
+    /// Failed for good: a permanent refusal, or transient failures past the maximum age.
+    case failed
+    /// The connection was lost after the final dot and no more retries are allowed: it may
+    /// or may not have arrived. A human must look.
+    case unknown
+    /// Cancelled with `DELETE` before it was sent.
+    case cancelled
+
+    /// True when no dispatcher will touch it again (unless retried by hand).
+    public var isFinal: Bool {
+        switch self {
+        case .delivered, .failed, .unknown, .cancelled: true
+        case .queued, .sending, .deferred: false
+        }
+    }
+}
+
+/// One recipient's state across attempts: only `pending` and `deferred` (and `unknown`, within
+/// the unknown-outcome allowance) recipients are sent to again.
+public struct RecipientState: Sendable, Codable, Hashable {
+    public enum Status: String, Sendable, Codable, Hashable {
+        case pending, accepted, rejected, deferred, unknown
+    }
+
+    public var address: String
+    public var status: Status
+    public var code: Int?
+    public var enhancedCode: String?
+    public var text: String?
+
+    public init(address: String, status: Status = .pending, code: Int? = nil, enhancedCode: String? = nil, text: String? = nil) {
+        self.address = address
+        self.status = status
+        self.code = code
+        self.enhancedCode = enhancedCode
+        self.text = text
+    }
+
+    /// Still to be delivered.
+    public var isOpen: Bool {
+        switch self.status {
+        case .pending, .deferred, .unknown: true
+        case .accepted, .rejected: false
+        }
+    }
+}
+
+/// One delivery attempt, as shown by `GET /v1/messages/{id}`.
+public struct AttemptRecord: Sendable, Codable, Hashable {
+    public var number: Int
+    /// Seconds since 1970.
+    public var startedAt: Double
+    public var durationSeconds: Double
+    public var transport: String
+    public var destination: String?
+    /// The server's reply after the final dot, when there was one.
+    public var reply: String?
+    public var error: String?
+    /// delivered, partial, deferred, failed, unknown, abandoned.
+    public var outcome: String
+    public var recipients: [String]
+    /// The instance (dispatcher lease owner) that made it.
+    public var instance: String?
+
+    public init(number: Int, startedAt: Double, durationSeconds: Double, transport: String, destination: String? = nil,
+                reply: String? = nil, error: String? = nil, outcome: String, recipients: [String], instance: String? = nil) {
+        self.number = number
+        self.startedAt = startedAt
+        self.durationSeconds = durationSeconds
+        self.transport = transport
+        self.destination = destination
+        self.reply = reply
+        self.error = error
+        self.outcome = outcome
+        self.recipients = recipients
+        self.instance = instance
+    }
+}
+
+/// A submission to store.
+public struct NewMessage: Sendable {
+    public var from: String
+    public var recipients: [String]
+    /// The final RFC 5322 bytes, sent as they are.
+    public var content: [UInt8]
+    public var messageID: String?
+    public var idempotencyKey: String?
+    /// A digest of the request, so a reused idempotency key with another body is refused.
+    public var requestHash: String?
+
+    public init(from: String, recipients: [String], content: [UInt8], messageID: String? = nil,
+                idempotencyKey: String? = nil, requestHash: String? = nil) {
+        self.from = from
+        self.recipients = recipients
+        self.content = content
+        self.messageID = messageID
+        self.idempotencyKey = idempotencyKey
+        self.requestHash = requestHash
+    }
+}
+
+/// A message as the store holds it (without its content).
+public struct StoredMessage: Sendable, Hashable {
+    public var id: String
+    /// Insertion order; the list cursor.
+    public var sequence: Int64
+    public var status: MessageStatus
+    public var from: String
+    public var recipients: [RecipientState]
+    public var messageID: String?
+    public var idempotencyKey: String?
+    public var requestHash: String?
+    public var size: Int
+    public var createdAt: Double
+    public var updatedAt: Double
+    /// When the maximum age starts: submission, or the last manual retry.
+    public var ageBase: Double
+    public var nextAttemptAt: Double?
+    public var attemptCount: Int
+    /// Attempts whose outcome was unknown (connection lost after the final dot, or a lease
+    /// that expired while the message was being sent).
+    public var unknownCount: Int
+    /// An attempt's outcome was unknown: the message may have arrived more than once.
+    public var possibleDuplicate: Bool
+    public var attempts: [AttemptRecord]
+    public var lastError: String?
+    public var leaseOwner: String?
+    public var leaseUntil: Double?
+
+    public init(id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
+                idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
+                nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
+                lastError: String?, leaseOwner: String?, leaseUntil: Double?) {
+        self.id = id
+        self.sequence = sequence
+        self.status = status
+        self.from = from
+        self.recipients = recipients
+        self.messageID = messageID
+        self.idempotencyKey = idempotencyKey
+        self.requestHash = requestHash
+        self.size = size
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.ageBase = ageBase
+        self.nextAttemptAt = nextAttemptAt
+        self.attemptCount = attemptCount
+        self.unknownCount = unknownCount
+        self.possibleDuplicate = possibleDuplicate
+        self.attempts = attempts
+        self.lastError = lastError
+        self.leaseOwner = leaseOwner
+        self.leaseUntil = leaseUntil
+    }
+}
+
+/// A message claimed by a dispatcher, with the bytes to send.
+public struct ClaimedMessage: Sendable {
+    public var message: StoredMessage
+    public var content: [UInt8]
+    /// True when the claim took over an expired lease: the previous attempt's outcome is unknown.
+    public var tookOverExpiredLease: Bool
+}
+
+/// The result of `enqueue`.
+public struct EnqueueResult: Sendable, Hashable {
+    public var id: String
+    public var status: MessageStatus
+    /// False when an earlier submission with the same idempotency key was returned.
+    public var created: Bool
+    /// The stored request digest of that earlier submission.
+    public var requestHash: String?
+}
+
+/// What a dispatcher records after an attempt.
+public struct AttemptOutcome: Sendable {
+    public var status: MessageStatus
+    public var recipients: [RecipientState]
+    public var attempt: AttemptRecord
+    public var nextAttemptAt: Double?
+    public var lastError: String?
+    /// The attempt's outcome was unknown.
+    public var unknown: Bool
+
+    public init(status: MessageStatus, recipients: [RecipientState], attempt: AttemptRecord, nextAttemptAt: Double?,
+                lastError: String?, unknown: Bool) {
+        self.status = status
+        self.recipients = recipients
+        self.attempt = attempt
+        self.nextAttemptAt = nextAttemptAt
+        self.lastError = lastError
+        self.unknown = unknown
+    }
+}
+
+/// The result of `retry` and `cancel`.
+public enum StoreChange: Sendable, Hashable {
+    case done(StoredMessage)
+    case notFound
+    /// Not allowed in this status (e.g. cancelling a delivered message).
+    case conflict(MessageStatus)
+}
+
+/// The durable queue. Every method that changes a message commits before it returns.
+public protocol OutboxStore: Sendable {
+    /// "sqlite", "postgres".
+    var kind: String { get }
+    /// Creates or upgrades the schema.
+    func migrate() async throws
+    /// Stores a message (committed before it returns); with an idempotency key already used,
+    /// returns the earlier message instead.
+    func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult
+    /// Claims up to `limit` due messages (queued or deferred with `nextAttemptAt <= now`, or
+    /// sending with an expired lease) for `owner` until `now + lease`.
+    func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
+    /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
+    @discardableResult
+    func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool
+    /// Gives a claimed message back to the queue without an attempt (shutdown, rate limit).
+    func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws
+    /// Releases every claim (single-instance stores at start: the previous process died).
+    /// Counts them as attempts with an unknown outcome. Returns how many.
+    func recoverAbandoned(now: Double) async throws -> Int
+    func get(id: String) async throws -> StoredMessage?
+    /// Messages in insertion order after `cursor` (a `sequence`), optionally of one status.
+    func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage]
+    /// Puts a failed, unknown or deferred message back in the queue now.
+    func retry(id: String, now: Double) async throws -> StoreChange
+    /// Cancels a message not yet sent (queued or deferred).
+    func cancel(id: String, now: Double) async throws -> StoreChange
+    /// How many messages are in each status.
+    func counts() async throws -> [MessageStatus: Int]
+    /// Checks the store answers.
+    func ping() async throws
+    func close() async throws
+}
+
+/// A store error that says what went wrong.
+public struct StoreError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+enum StoreJSON {
+    static func encode<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ text: String?) -> T? {
+        guard let text else { return nil }
+        return try? JSONDecoder().decode(type, from: Data(text.utf8))
+    }
+}

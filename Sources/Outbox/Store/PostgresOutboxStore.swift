@@ -1,0 +1,261 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The shared queue for several `outbox serve` instances: PostgreSQL, claims with
+/// `FOR UPDATE SKIP LOCKED` so each due message goes to one instance. Every change is one SQL
+/// statement, committed before the call returns.
+public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
+    // @unchecked: the client is Sendable; the run task is set once in `open` and read in `close`.
+    private let client: PostgresClient
+    private var runTask: Task<Void, Never>?
+    public var kind: String { "postgres" }
+
+    /// Connects with a `postgres://user:password@host:port/database` URL; call `migrate()` next.
+    public static func open(url: String, logger: Logger = Logger(label: "outbox.store")) async throws -> PostgresOutboxStore {
+        guard let components = URLComponents(string: url), let host = components.host, let user = components.user else {
+            throw StoreError("store \(url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)) is not postgres://user:password@host:port/database")
+        }
+        let database = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        let configuration = PostgresClient.Configuration(host: host, port: components.port ?? 5432, username: user,
+                                                         password: components.password, database: database.isEmpty ? nil : database,
+                                                         tls: .disable)
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let store = PostgresOutboxStore(client: client)
+        store.runTask = Task { await client.run() }
+        return store
+    }
+
+    private init(client: PostgresClient) {
+        self.client = client
+    }
+
+    static let schema: [String] = [
+        """
+        CREATE TABLE IF NOT EXISTS outbox_messages (
+            seq BIGSERIAL PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            idempotency_key TEXT UNIQUE,
+            request_hash TEXT,
+            mail_from TEXT NOT NULL,
+            recipients TEXT NOT NULL,
+            content BYTEA NOT NULL,
+            message_id TEXT,
+            size BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            age_base DOUBLE PRECISION NOT NULL,
+            next_attempt_at DOUBLE PRECISION,
+            attempt_count BIGINT NOT NULL DEFAULT 0,
+            unknown_count BIGINT NOT NULL DEFAULT 0,
+            possible_duplicate BIGINT NOT NULL DEFAULT 0,
+            took_over BIGINT NOT NULL DEFAULT 0,
+            attempts JSONB NOT NULL DEFAULT '[]'::jsonb,
+            last_error TEXT,
+            lease_owner TEXT,
+            lease_until DOUBLE PRECISION
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS outbox_messages_due ON outbox_messages(status, next_attempt_at)",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_status_seq ON outbox_messages(status, seq)",
+        "CREATE TABLE IF NOT EXISTS outbox_schema (version BIGINT NOT NULL)",
+    ]
+
+    public func migrate() async throws {
+        try await client.withTransaction(logger: Self.logger) { connection in
+            // Several instances may start at once: one migrates, the others wait.
+            try await connection.query("SELECT pg_advisory_xact_lock(7270001)", logger: Self.logger)
+            for sql in Self.schema {
+                try await connection.query(PostgresQuery(unsafeSQL: sql), logger: Self.logger)
+            }
+            let rows = try await connection.query("SELECT version FROM outbox_schema", logger: Self.logger).collect()
+            if rows.isEmpty {
+                try await connection.query("INSERT INTO outbox_schema (version) VALUES (1)", logger: Self.logger)
+            }
+        }
+    }
+
+    static let logger = Logger(label: "outbox.store.postgres")
+
+    static func columns(_ p: String = "") -> String {
+        """
+        \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
+        \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
+        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until
+        """
+    }
+
+    private func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await client.query(query, logger: Self.logger).collect()
+    }
+
+    public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
+        if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
+        let id = UUID().uuidString.lowercased()
+        let recipients = StoreJSON.encode(message.recipients.map { RecipientState(address: $0) })
+        let content = ByteBuffer(bytes: message.content)
+        let size = message.content.count
+        let inserted = try await rows("""
+            INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
+                                         created_at, updated_at, age_base, next_attempt_at)
+            VALUES (\(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
+                    \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now))
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+            """)
+        if inserted.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
+        return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
+    }
+
+    private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
+        guard let row = try await rows("SELECT id, status, request_hash FROM outbox_messages WHERE idempotency_key = \(key)").first?.makeRandomAccess()
+        else { return nil }
+        return EnqueueResult(id: try row["id"].decode(String.self),
+                             status: MessageStatus(rawValue: try row["status"].decode(String.self)) ?? .queued,
+                             created: false, requestHash: try row["request_hash"].decode(String?.self))
+    }
+
+    public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        let until = now + lease
+        let result = try await rows("""
+            UPDATE outbox_messages m SET
+                status = 'sending', lease_owner = \(owner), lease_until = \(until), updated_at = \(now),
+                took_over = CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END,
+                unknown_count = m.unknown_count + CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END,
+                possible_duplicate = CASE WHEN m.status = 'sending' THEN 1 ELSE m.possible_duplicate END,
+                attempt_count = m.attempt_count + CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END,
+                attempts = CASE WHEN m.status = 'sending' THEN m.attempts || jsonb_build_array(jsonb_build_object(
+                    'number', m.attempt_count + 1, 'startedAt', \(now)::float8, 'durationSeconds', 0, 'transport', '',
+                    'error', 'the lease of ' || COALESCE(m.lease_owner, '?') || ' expired while it was sending: the outcome is unknown',
+                    'outcome', 'unknown', 'recipients', '[]'::jsonb, 'instance', m.lease_owner)) ELSE m.attempts END
+            FROM (SELECT seq FROM outbox_messages
+                  WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= \(now)) OR (status = 'sending' AND lease_until < \(now))
+                  ORDER BY next_attempt_at LIMIT \(limit)
+                  FOR UPDATE SKIP LOCKED) due
+            WHERE m.seq = due.seq
+            RETURNING \(unescaped: Self.columns("m.")), m.content
+            """)
+        return try result.map { row in
+            let r = row.makeRandomAccess()
+            var blob = try r["content"].decode(ByteBuffer.self)
+            let message = try Self.decode(r)
+            return ClaimedMessage(message: message, content: blob.readBytes(length: blob.readableBytes) ?? [],
+                                  tookOverExpiredLease: try r["took_over"].decode(Int.self) == 1)
+        }
+    }
+
+    @discardableResult
+    public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
+        let recipients = StoreJSON.encode(outcome.recipients)
+        let attempt = "[" + StoreJSON.encode(outcome.attempt) + "]"
+        let unknown = outcome.unknown ? 1 : 0
+        let result = try await rows("""
+            UPDATE outbox_messages SET status = \(outcome.status.rawValue), recipients = \(recipients),
+                attempts = attempts || \(attempt)::jsonb, attempt_count = attempt_count + 1,
+                unknown_count = unknown_count + \(unknown), possible_duplicate = GREATEST(possible_duplicate, \(unknown)),
+                next_attempt_at = \(outcome.nextAttemptAt), last_error = \(outcome.lastError),
+                lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = \(now)
+            WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
+            RETURNING seq
+            """)
+        return !result.isEmpty
+    }
+
+    public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
+        _ = try await rows("""
+            UPDATE outbox_messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,
+                next_attempt_at = \(nextAttemptAt), lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = \(now)
+            WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
+            """)
+    }
+
+    /// Shared by several instances: claims are never released wholesale; expired leases are
+    /// taken over by `claim` instead.
+    public func recoverAbandoned(now: Double) async throws -> Int { 0 }
+
+    public func get(id: String) async throws -> StoredMessage? {
+        try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE id = \(id)").first.map { try Self.decode($0.makeRandomAccess()) }
+    }
+
+    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
+        let after = Int(cursor ?? 0)
+        let result: [PostgresRow]
+        if let status {
+            result = try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) AND status = \(status.rawValue) ORDER BY seq LIMIT \(limit)")
+        } else {
+            result = try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) ORDER BY seq LIMIT \(limit)")
+        }
+        return try result.map { try Self.decode($0.makeRandomAccess()) }
+    }
+
+    public func retry(id: String, now: Double) async throws -> StoreChange {
+        guard let message = try await get(id: id) else { return .notFound }
+        guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
+        let recipients = StoreJSON.encode(message.recipients.map { r -> RecipientState in
+            var r = r
+            if r.status != .accepted { r.status = .pending }
+            return r
+        })
+        let result = try await rows("""
+            UPDATE outbox_messages SET status = 'queued', recipients = \(recipients), next_attempt_at = \(now), age_base = \(now),
+                unknown_count = 0, updated_at = \(now), last_error = NULL
+            WHERE id = \(id) AND status IN ('failed', 'unknown', 'deferred')
+            RETURNING \(unescaped: Self.columns())
+            """)
+        if let row = result.first { return .done(try Self.decode(row.makeRandomAccess())) }
+        return try await get(id: id).map { .conflict($0.status) } ?? .notFound
+    }
+
+    public func cancel(id: String, now: Double) async throws -> StoreChange {
+        let result = try await rows("""
+            UPDATE outbox_messages SET status = 'cancelled', updated_at = \(now), next_attempt_at = NULL
+            WHERE id = \(id) AND status IN ('queued', 'deferred')
+            RETURNING \(unescaped: Self.columns())
+            """)
+        if let row = result.first { return .done(try Self.decode(row.makeRandomAccess())) }
+        guard let message = try await get(id: id) else { return .notFound }
+        return .conflict(message.status)
+    }
+
+    public func counts() async throws -> [MessageStatus: Int] {
+        var out: [MessageStatus: Int] = [:]
+        for row in try await rows("SELECT status, COUNT(*) AS n FROM outbox_messages GROUP BY status") {
+            let r = row.makeRandomAccess()
+            if let s = MessageStatus(rawValue: try r["status"].decode(String.self)) { out[s] = try r["n"].decode(Int.self) }
+        }
+        return out
+    }
+
+    /// Empties the queue: for tests against a shared server only.
+    public func deleteAllForTesting() async throws {
+        _ = try await rows("DELETE FROM outbox_messages")
+    }
+
+    public func ping() async throws {
+        _ = try await rows("SELECT 1")
+    }
+
+    public func close() async throws {
+        runTask?.cancel()
+        await runTask?.value
+    }
+
+    static func decode(_ r: PostgresRandomAccessRow) throws -> StoredMessage {
+        StoredMessage(
+            id: try r["id"].decode(String.self), sequence: Int64(try r["seq"].decode(Int.self)),
+            status: MessageStatus(rawValue: try r["status"].decode(String.self)) ?? .queued,
+            from: try r["mail_from"].decode(String.self),
+            recipients: StoreJSON.decode([RecipientState].self, try r["recipients"].decode(String.self)) ?? [],
+            messageID: try r["message_id"].decode(String?.self), idempotencyKey: try r["idempotency_key"].decode(String?.self),
+            requestHash: try r["request_hash"].decode(String?.self), size: try r["size"].decode(Int.self),
+            createdAt: try r["created_at"].decode(Double.self), updatedAt: try r["updated_at"].decode(Double.self),
+            ageBase: try r["age_base"].decode(Double.self), nextAttemptAt: try r["next_attempt_at"].decode(Double?.self),
+            attemptCount: try r["attempt_count"].decode(Int.self), unknownCount: try r["unknown_count"].decode(Int.self),
+            possibleDuplicate: try r["possible_duplicate"].decode(Int.self) != 0,
+            attempts: StoreJSON.decode([AttemptRecord].self, try r["attempts"].decode(String.self)) ?? [],
+            lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
+            leaseUntil: try r["lease_until"].decode(Double?.self))
+    }
+}

@@ -1,0 +1,285 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SQLiteNIO
+
+/// The default queue: one SQLite file (`<data-directory>/outbox.sqlite`) in WAL mode with
+/// `synchronous=FULL`, so a message is on disk when `enqueue` returns. Every change is one SQL
+/// statement (autocommit), so no transaction is ever left half done. One process per file.
+public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
+    // @unchecked: `SQLiteConnection` serialises its calls on its thread pool; nothing else is stored.
+    private let connection: SQLiteConnection
+    private let closed = NIOLockedValueBox(false)
+    public let path: String
+    public var kind: String { "sqlite" }
+
+    /// Opens (creating if needed) the database at `path`; call `migrate()` next.
+    public static func open(path: String, logger: Logger = Logger(label: "outbox.store")) async throws -> SQLiteOutboxStore {
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        _ = try await connection.query("PRAGMA journal_mode=WAL")
+        _ = try await connection.query("PRAGMA synchronous=FULL")
+        _ = try await connection.query("PRAGMA busy_timeout=5000")
+        return SQLiteOutboxStore(connection: connection, path: path)
+    }
+
+    private init(connection: SQLiteConnection, path: String) {
+        self.connection = connection
+        self.path = path
+    }
+
+    /// Schema versions, applied in order; `PRAGMA user_version` holds how many ran.
+    static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE IF NOT EXISTS messages (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT,
+                mail_from TEXT NOT NULL,
+                recipients TEXT NOT NULL,
+                content BLOB NOT NULL,
+                message_id TEXT,
+                size INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                age_base REAL NOT NULL,
+                next_attempt_at REAL,
+                attempt_count INTEGER NOT NULL DEFAULT 0,
+                unknown_count INTEGER NOT NULL DEFAULT 0,
+                possible_duplicate INTEGER NOT NULL DEFAULT 0,
+                took_over INTEGER NOT NULL DEFAULT 0,
+                attempts TEXT NOT NULL DEFAULT '[]',
+                last_error TEXT,
+                lease_owner TEXT,
+                lease_until REAL
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS messages_due ON messages(status, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS messages_status_seq ON messages(status, seq)",
+        ],
+    ]
+
+    public func migrate() async throws {
+        let rows = try await connection.query("PRAGMA user_version")
+        let version = Int(rows.first?.columns.first?.data.integer ?? 0)
+        guard version < Self.migrations.count else { return }
+        for (index, statements) in Self.migrations.enumerated() where index >= version {
+            _ = try await connection.query("BEGIN IMMEDIATE")
+            do {
+                for sql in statements { _ = try await connection.query(sql) }
+                _ = try await connection.query("PRAGMA user_version = \(index + 1)")
+                _ = try await connection.query("COMMIT")
+            } catch {
+                _ = try? await connection.query("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    static let columns = """
+        seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
+        next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until
+        """
+
+    public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
+        if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
+            return existing
+        }
+        let id = UUID().uuidString.lowercased()
+        let recipients = message.recipients.map { RecipientState(address: $0) }
+        let rows = try await connection.query(
+            """
+            INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
+                                  created_at, updated_at, age_base, next_attempt_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)
+            ON CONFLICT(idempotency_key) DO NOTHING
+            RETURNING id
+            """,
+            [.text(id), message.idempotencyKey.map(SQLiteData.text) ?? .null, message.requestHash.map(SQLiteData.text) ?? .null,
+             .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
+             message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count),
+             .float(now), .float(now), .float(now), .float(now)])
+        if rows.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
+            return existing
+        }
+        return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
+    }
+
+    private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
+        let rows = try await connection.query("SELECT id, status, request_hash FROM messages WHERE idempotency_key = ?", [.text(key)])
+        guard let row = rows.first, let id = row.column("id")?.string else { return nil }
+        return EnqueueResult(id: id, status: MessageStatus(rawValue: row.column("status")?.string ?? "") ?? .queued,
+                             created: false, requestHash: row.column("request_hash")?.string)
+    }
+
+    public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        let rows = try await connection.query(
+            """
+            UPDATE messages SET
+                status = 'sending', lease_owner = ?1, lease_until = ?2, updated_at = ?3,
+                took_over = CASE WHEN status = 'sending' THEN 1 ELSE 0 END,
+                unknown_count = unknown_count + (CASE WHEN status = 'sending' THEN 1 ELSE 0 END),
+                possible_duplicate = CASE WHEN status = 'sending' THEN 1 ELSE possible_duplicate END,
+                attempt_count = attempt_count + (CASE WHEN status = 'sending' THEN 1 ELSE 0 END),
+                attempts = CASE WHEN status = 'sending' THEN json_insert(attempts, '$[#]', json_object(
+                    'number', attempt_count + 1, 'startedAt', ?3, 'durationSeconds', 0, 'transport', '',
+                    'error', 'the lease of ' || COALESCE(lease_owner, '?') || ' expired while it was sending: the outcome is unknown',
+                    'outcome', 'unknown', 'recipients', json('[]'), 'instance', lease_owner)) ELSE attempts END
+            WHERE seq IN (
+                SELECT seq FROM messages
+                WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= ?3) OR (status = 'sending' AND lease_until < ?3)
+                ORDER BY next_attempt_at LIMIT ?4)
+            RETURNING \(Self.columns), content
+            """,
+            [.text(owner), .float(now + lease), .float(now), .integer(limit)])
+        return rows.map { row in
+            let message = Self.decode(row)
+            var content: [UInt8] = []
+            if var blob = row.column("content")?.blob { content = blob.readBytes(length: blob.readableBytes) ?? [] }
+            return ClaimedMessage(message: message, content: content, tookOverExpiredLease: row.column("took_over")?.integer == 1)
+        }
+    }
+
+    @discardableResult
+    public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
+        let rows = try await connection.query(
+            """
+            UPDATE messages SET status = ?, recipients = ?, attempts = json_insert(attempts, '$[#]', json(?)),
+                attempt_count = attempt_count + 1, unknown_count = unknown_count + ?,
+                possible_duplicate = MAX(possible_duplicate, ?), next_attempt_at = ?, last_error = ?,
+                lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = ?
+            WHERE id = ? AND lease_owner = ? AND status = 'sending'
+            RETURNING seq
+            """,
+            [.text(outcome.status.rawValue), .text(StoreJSON.encode(outcome.recipients)), .text(StoreJSON.encode(outcome.attempt)),
+             .integer(outcome.unknown ? 1 : 0), .integer(outcome.unknown ? 1 : 0),
+             outcome.nextAttemptAt.map(SQLiteData.float) ?? .null, outcome.lastError.map(SQLiteData.text) ?? .null,
+             .float(now), .text(id), .text(owner)])
+        return !rows.isEmpty
+    }
+
+    public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
+        _ = try await connection.query(
+            """
+            UPDATE messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,
+                next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = ?
+            WHERE id = ? AND lease_owner = ? AND status = 'sending'
+            """,
+            [.float(nextAttemptAt), .float(now), .text(id), .text(owner)])
+    }
+
+    public func recoverAbandoned(now: Double) async throws -> Int {
+        let rows = try await connection.query(
+            """
+            UPDATE messages SET status = 'deferred', next_attempt_at = ?1, updated_at = ?1,
+                unknown_count = unknown_count + 1, possible_duplicate = 1, attempt_count = attempt_count + 1,
+                attempts = json_insert(attempts, '$[#]', json_object(
+                    'number', attempt_count + 1, 'startedAt', ?1, 'durationSeconds', 0, 'transport', '',
+                    'error', 'Outbox stopped while it was sending (crash or kill): the outcome is unknown',
+                    'outcome', 'unknown', 'recipients', json('[]'), 'instance', lease_owner)),
+                lease_owner = NULL, lease_until = NULL, took_over = 0
+            WHERE status = 'sending'
+            RETURNING seq
+            """,
+            [.float(now)])
+        return rows.count
+    }
+
+    public func get(id: String) async throws -> StoredMessage? {
+        let rows = try await connection.query("SELECT \(Self.columns) FROM messages WHERE id = ?", [.text(id)])
+        return rows.first.map(Self.decode)
+    }
+
+    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
+        var sql = "SELECT \(Self.columns) FROM messages WHERE seq > ?"
+        var binds: [SQLiteData] = [.integer(SQLiteInt64(cursor ?? 0))]
+        if let status {
+            sql += " AND status = ?"
+            binds.append(.text(status.rawValue))
+        }
+        sql += " ORDER BY seq LIMIT ?"
+        binds.append(.integer(limit))
+        return try await connection.query(sql, binds).map(Self.decode)
+    }
+
+    public func retry(id: String, now: Double) async throws -> StoreChange {
+        guard let message = try await get(id: id) else { return .notFound }
+        guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
+        let recipients = message.recipients.map { r -> RecipientState in
+            var r = r
+            if r.status != .accepted { r.status = .pending }
+            return r
+        }
+        let rows = try await connection.query(
+            """
+            UPDATE messages SET status = 'queued', recipients = ?, next_attempt_at = ?, age_base = ?, unknown_count = 0,
+                updated_at = ?, last_error = NULL
+            WHERE id = ? AND status IN ('failed', 'unknown', 'deferred')
+            RETURNING seq
+            """,
+            [.text(StoreJSON.encode(recipients)), .float(now), .float(now), .float(now), .text(id)])
+        guard !rows.isEmpty, let updated = try await get(id: id) else {
+            return try await get(id: id).map { .conflict($0.status) } ?? .notFound
+        }
+        return .done(updated)
+    }
+
+    public func cancel(id: String, now: Double) async throws -> StoreChange {
+        let rows = try await connection.query(
+            """
+            UPDATE messages SET status = 'cancelled', updated_at = ?, next_attempt_at = NULL
+            WHERE id = ? AND status IN ('queued', 'deferred')
+            RETURNING \(Self.columns)
+            """,
+            [.float(now), .text(id)])
+        if let row = rows.first { return .done(Self.decode(row)) }
+        guard let message = try await get(id: id) else { return .notFound }
+        return .conflict(message.status)
+    }
+
+    public func counts() async throws -> [MessageStatus: Int] {
+        var result: [MessageStatus: Int] = [:]
+        for row in try await connection.query("SELECT status, COUNT(*) AS n FROM messages GROUP BY status") {
+            if let s = row.column("status")?.string.flatMap(MessageStatus.init(rawValue:)) {
+                result[s] = Int(row.column("n")?.integer ?? 0)
+            }
+        }
+        return result
+    }
+
+    public func ping() async throws {
+        _ = try await connection.query("SELECT 1")
+    }
+
+    public func close() async throws {
+        guard closed.withLockedValue({ c in defer { c = true }; return !c }) else { return }
+        try await connection.close()
+    }
+
+    deinit {
+        // A store dropped without close() (a test that failed early): close it in the background.
+        if closed.withLockedValue({ !$0 }) { _ = connection.close() }
+    }
+
+    static func decode(_ row: SQLiteRow) -> StoredMessage {
+        func s(_ n: String) -> String? { row.column(n)?.string }
+        func d(_ n: String) -> Double? { row.column(n)?.double }
+        func i(_ n: String) -> Int { Int(row.column(n)?.integer ?? 0) }
+        return StoredMessage(
+            id: s("id") ?? "", sequence: Int64(row.column("seq")?.integer ?? 0),
+            status: MessageStatus(rawValue: s("status") ?? "") ?? .queued,
+            from: s("mail_from") ?? "", recipients: StoreJSON.decode([RecipientState].self, s("recipients")) ?? [],
+            messageID: s("message_id"), idempotencyKey: s("idempotency_key"), requestHash: s("request_hash"),
+            size: i("size"), createdAt: d("created_at") ?? 0, updatedAt: d("updated_at") ?? 0, ageBase: d("age_base") ?? 0,
+            nextAttemptAt: d("next_attempt_at"), attemptCount: i("attempt_count"), unknownCount: i("unknown_count"),
+            possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
+            lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"))
+    }
+}

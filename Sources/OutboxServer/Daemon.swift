@@ -1,0 +1,222 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Outbox
+import OutboxConfig
+import OutboxTransports
+import ServiceLifecycle
+import UnixSignals
+
+/// `outbox serve`: the store, the mailer, the dispatcher and the HTTP API, as services of one
+/// `ServiceGroup`. SIGTERM/SIGINT shut down gracefully (the HTTP server stops accepting, the
+/// dispatcher finishes in-flight deliveries up to the deadline and releases the rest, the mailer
+/// QUITs every connection); SIGHUP reloads the configuration file.
+public final class Daemon: DaemonStatusProvider, Sendable {
+    public let store: any OutboxStore
+    public let mailer: Mailer
+    public let dispatcher: Dispatcher
+    public let api: OutboxAPI
+    private let logger: Logger
+    private let file: String?
+    private let overrides: [String]
+    private let environment: [String: String]
+    private let state: NIOLockedValueBox<State>
+
+    private struct State {
+        /// The configuration the process started with (restart-only options stay as they were).
+        var started: OutboxConfiguration
+        /// The last valid configuration loaded.
+        var current: OutboxConfiguration
+        var pendingRestart: [String] = []
+        var lastReload: Double?
+        var lastReloadError: String?
+    }
+
+    /// Opens the store named by `[outbox] store` (running migrations) and builds the services.
+    public static func make(file: String?, overrides: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
+                            logger: Logger = Logger(label: "outbox")) async throws -> Daemon {
+        let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
+        let settings = configuration.outbox
+        if !APISettings.isLoopback(listen: settings.httpListen) && settings.apiTokenList.isEmpty {
+            throw DaemonError("http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
+        }
+        let store = try await openStore(settings, logger: logger)
+        return try Daemon(configuration: configuration, store: store, file: file, overrides: overrides, environment: environment, logger: logger)
+    }
+
+    public static func openStore(_ settings: OutboxSettings, logger: Logger) async throws -> any OutboxStore {
+        let store: any OutboxStore
+        let lower = settings.store.lowercased()
+        if lower.hasPrefix("postgres://") || lower.hasPrefix("postgresql://") {
+            store = try await PostgresOutboxStore.open(url: settings.store, logger: logger)
+        } else if lower == "memory" {
+            store = try await SQLiteOutboxStore.open(path: ":memory:", logger: logger)
+        } else {
+            store = try await SQLiteOutboxStore.open(path: settings.dataDirectory + "/outbox.sqlite", logger: logger)
+        }
+        try await store.migrate()
+        if let sqlite = store as? SQLiteOutboxStore {
+            // One process per SQLite file: claims left in it belong to a process that died.
+            let recovered = try await sqlite.recoverAbandoned(now: Date().timeIntervalSince1970)
+            if recovered > 0 {
+                logger.warning("\(recovered) messages were being sent when Outbox last stopped; they will be sent again and are marked as possible duplicates")
+            }
+        }
+        return store
+    }
+
+    public init(configuration: OutboxConfiguration, store: any OutboxStore, file: String? = nil, overrides: [String] = [],
+                environment: [String: String] = [:], logger: Logger = Logger(label: "outbox")) throws {
+        self.store = store
+        self.logger = logger
+        self.file = file
+        self.overrides = overrides
+        self.environment = environment
+        self.mailer = try Mailer(configuration: configuration, logger: logger)
+        self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration.outbox), logger: logger)
+        self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
+        self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
+        api.attach(self)
+    }
+
+    public static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
+        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        return DispatcherSettings(
+            concurrency: s.deliveryConcurrency, leaseSeconds: seconds(s.leaseTime), shutdownDeadline: s.shutdownDeadline,
+            retry: RetryPolicy(initialDelay: seconds(s.retryInitialDelay), maxDelay: seconds(s.retryMaxDelay),
+                               maxAge: seconds(s.retryMaxAge), unknownOutcomeRetries: s.unknownOutcomeRetries),
+            ratePerMinute: s.rateLimitPerMinute > 0 ? s.rateLimitPerMinute : nil,
+            concurrencyPerMailbox: s.mailboxConcurrency > 0 ? s.mailboxConcurrency : nil)
+    }
+
+    public var configuration: OutboxConfiguration { state.withLockedValue { $0.current } }
+    public var pendingRestart: [String] { state.withLockedValue { $0.pendingRestart } }
+
+    /// What the daemon listens on and sends to, for the start-up line.
+    public var banner: String {
+        let c = configuration
+        let target: String
+        if c.smtpClient.usesFileTransport {
+            target = "the file transport (messages written to \(c.outbox.dataDirectory)/sent/)"
+        } else {
+            target = "\(mailer.transportName) \(c.smtpClient.server ?? ""):\(c.smtpClient.port)"
+        }
+        return "outbox: listening on http://\(c.outbox.httpListen), queue \(store.kind) (\(c.outbox.store == "sqlite" ? c.outbox.dataDirectory + "/outbox.sqlite" : c.outbox.store.hasPrefix("postgres") ? "postgres" : c.outbox.store)), sending through \(target)"
+    }
+
+    /// Re-reads the configuration file. An invalid file is refused whole (its errors logged);
+    /// the old configuration stays. Returns the changes that wait for a restart.
+    @discardableResult
+    public func reload() -> Result<[String], ConfigurationError> {
+        let new: OutboxConfiguration
+        do {
+            new = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
+        } catch {
+            logger.error("the new configuration is invalid; keeping the old one: \(error)")
+            state.withLockedValue {
+                $0.lastReloadError = "\(error)"
+                $0.lastReload = Date().timeIntervalSince1970
+            }
+            return .failure(error)
+        }
+        _ = mailer.reload(new)
+        dispatcher.update(Daemon.dispatcherSettings(new.outbox))
+        var apiSettings = APISettings(new.outbox)
+        let started = state.withLockedValue { $0.started }
+        // Whether tokens are required depends on where it listens now, not on a pending http-listen.
+        apiSettings.requireToken = new.outbox.requireAPIToken || !APISettings.isLoopback(listen: started.outbox.httpListen)
+        api.update(apiSettings)
+        let pending = new.changes(from: started).filter { $0.effect == .atRestart }.map(\.name)
+        state.withLockedValue {
+            $0.current = new
+            $0.pendingRestart = pending
+            $0.lastReload = Date().timeIntervalSince1970
+            $0.lastReloadError = nil
+        }
+        for name in pending { logger.notice("\(name) changed; it takes effect when Outbox restarts") }
+        logger.info("configuration reloaded", metadata: ["outbox.pending_restart": "\(pending.joined(separator: ","))"])
+        return .success(pending)
+    }
+
+    public func status() async -> [String: any Sendable] {
+        let s = state.withLockedValue { $0 }
+        let options: [[String: String]] = s.current.effectiveOptions().map {
+            ["name": $0.name, "value": $0.value, "source": $0.source.description, "effect": $0.effect.rawValue]
+        }
+        let counters = dispatcher.counters
+        return [
+            "instance": dispatcher.instanceID,
+            "transport": mailer.transportName,
+            "listen": s.started.outbox.httpListen,
+            "configuration": options,
+            "pending_restart": s.pendingRestart,
+            "last_reload": s.lastReload.map { JSON.iso($0) as? String ?? "" } ?? "",
+            "last_reload_error": s.lastReloadError ?? "",
+            "dispatcher": ["attempts": counters.attempts, "delivered": counters.delivered],
+        ]
+    }
+
+    public func transportProblem() async -> String? {
+        let c = mailer.configuration
+        guard !c.smtpClient.usesFileTransport, let host = c.smtpClient.server else {
+            let dir = c.outbox.dataDirectory + "/sent"
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            return FileManager.default.isWritableFile(atPath: dir) ? nil : "the file transport cannot write to \(dir)"
+        }
+        let port = c.smtpClient.port
+        do {
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(3))
+                .connect(host: host, port: port).get()
+            try? await channel.close()
+            return nil
+        } catch {
+            return "the mail server \(host):\(port) cannot be reached: \(error)"
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT; SIGHUP reloads.
+    public func run(onListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
+        let listen = configuration.outbox.httpListen
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
+            throw DaemonError("http-listen \(listen) is not host:port")
+        }
+        let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let router = api.makeRouter()
+        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
+                              onServerRunning: { channel in onListening("\(channel.localAddress?.description ?? listen)") },
+                              logger: logger)
+        let reloader = ReloadService(daemon: self)
+        let group = ServiceGroup(configuration: .init(
+            services: [
+                .init(service: mailer, successTerminationBehavior: .ignore),
+                .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: app, successTerminationBehavior: .gracefullyShutdownGroup),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+        try? await store.close()
+    }
+}
+
+/// Reloads on SIGHUP until graceful shutdown.
+struct ReloadService: Service {
+    let daemon: Daemon
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            daemon.reload()
+        }
+    }
+}
+
+public struct DaemonError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,327 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Outbox
+import OutboxConfig
+import Prometheus
+
+/// The HTTP API's settings that a reload may change at once.
+public struct APISettings: Sendable, Equatable {
+    /// Bearer tokens accepted.
+    public var tokens: [String]
+    /// Require a token (always true when listening beyond loopback).
+    public var requireToken: Bool
+    /// The largest request body.
+    public var maxRequestSize: Int
+
+    public init(tokens: [String] = [], requireToken: Bool = false, maxRequestSize: Int = 26_214_400) {
+        self.tokens = tokens
+        self.requireToken = requireToken
+        self.maxRequestSize = maxRequestSize
+    }
+
+    /// From `[outbox]`; tokens are required when `listen` is not a loopback address.
+    public init(_ settings: OutboxSettings) {
+        self.init(tokens: settings.apiTokenList,
+                  requireToken: settings.requireAPIToken || !APISettings.isLoopback(listen: settings.httpListen),
+                  maxRequestSize: settings.maxRequestSize)
+    }
+
+    /// Defaults, with tokens required unless `listen` is a loopback address.
+    public init(configurationListen listen: String) {
+        self.init(requireToken: !APISettings.isLoopback(listen: listen))
+    }
+
+    public static func isLoopback(listen: String) -> Bool {
+        guard let colon = listen.lastIndex(of: ":") else { return false }
+        let host = listen[..<colon].lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host == "localhost" || host.hasPrefix("127.") || host == "::1"
+    }
+}
+
+/// What `GET /v1/status` and `GET /readyz` need from the daemon.
+public protocol DaemonStatusProvider: Sendable {
+    /// The configuration in force, pending-restart options, instance, transport.
+    func status() async -> [String: any Sendable]
+    /// nil when the transport is reachable, else why not.
+    func transportProblem() async -> String?
+}
+
+/// The routes of the HTTP API (see openapi.yaml at the repository's root).
+public final class OutboxAPI: Sendable {
+    public let store: any OutboxStore
+    private let settingsBox: NIOLockedValueBox<APISettings>
+    private let providerBox: NIOLockedValueBox<(any DaemonStatusProvider)?>
+    private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
+    private let logger: Logger
+    public let registry: PrometheusCollectorRegistry
+    private let submitted: Counter
+    private let duplicates: Counter
+    private let badRequests: Counter
+    private let unauthorized: Counter
+    private let queueGauges: [MessageStatus: Gauge]
+    private let now: @Sendable () -> Double
+
+    public init(store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
+                registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+                logger: Logger = Logger(label: "outbox.http"), now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
+        self.store = store
+        self.settingsBox = NIOLockedValueBox(settings)
+        self.providerBox = NIOLockedValueBox(provider)
+        self.logger = logger
+        self.registry = registry
+        self.now = now
+        self.submitted = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "messages_submitted", unitName: "total", helpText: "Messages accepted by POST /v1/messages"))
+        self.duplicates = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "idempotent_replays", unitName: "total", helpText: "Submissions answered from an earlier one with the same Idempotency-Key"))
+        self.badRequests = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "http_bad_requests", unitName: "total", helpText: "Requests refused with a 4xx answer"))
+        self.unauthorized = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "http_unauthorized", unitName: "total", helpText: "Requests refused for a missing or wrong API token"))
+        var gauges: [MessageStatus: Gauge] = [:]
+        for status in MessageStatus.allCases {
+            gauges[status] = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "queue_messages", unitName: "count", helpText: "Messages in the store by status"), labels: [("status", status.rawValue)])
+        }
+        self.queueGauges = gauges
+    }
+
+    public var settings: APISettings { settingsBox.withLockedValue { $0 } }
+
+    /// Connects the daemon that answers `/v1/status` and the transport part of `/readyz`.
+    public func attach(_ provider: any DaemonStatusProvider) { providerBox.withLockedValue { $0 = provider } }
+
+    /// Applies new tokens and limits at once (reload).
+    public func update(_ settings: APISettings) { settingsBox.withLockedValue { $0 = settings } }
+
+    public func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("/healthz") { _, _ in JSON.response(.ok, ["status": "ok"]) }
+        router.get("/readyz") { [self] _, _ in await self.readiness() }
+        router.get("/metrics") { [self] request, _ in
+            await self.guarded(request) { try await self.metrics() }
+        }
+        router.get("/v1/status") { [self] request, _ in
+            await self.guarded(request) { try await self.statusResponse() }
+        }
+        router.post("/v1/messages") { [self] request, _ in
+            await self.guarded(request) { try await self.submit(request) }
+        }
+        router.get("/v1/messages") { [self] request, _ in
+            await self.guarded(request) { try await self.list(request) }
+        }
+        router.get("/v1/messages/:id") { [self] request, context in
+            let id = context.parameters.get("id") ?? ""
+            return await self.guarded(request) { try await self.getMessage(id) }
+        }
+        router.post("/v1/messages/:id/retry") { [self] request, context in
+            let id = context.parameters.get("id") ?? ""
+            return await self.guarded(request) { try await self.change(id, retry: true) }
+        }
+        router.delete("/v1/messages/:id") { [self] request, context in
+            let id = context.parameters.get("id") ?? ""
+            return await self.guarded(request) { try await self.change(id, retry: false) }
+        }
+        return router
+    }
+
+    /// Checks the token, runs the handler, turns errors into JSON answers.
+    private func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
+        let settings = self.settings
+        if settings.requireToken {
+            let header = request.headers[.authorization] ?? ""
+            let token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces) : ""
+            guard !settings.tokens.isEmpty else {
+                unauthorized.increment()
+                return APIError(.unauthorized, "no_tokens_configured", "this API requires a token but [outbox] api-tokens is empty").response
+            }
+            guard !token.isEmpty, settings.tokens.contains(where: { Self.constantTimeEqual($0, token) }) else {
+                unauthorized.increment()
+                var r = APIError(.unauthorized, token.isEmpty ? "missing_token" : "invalid_token",
+                                 token.isEmpty ? "send an API token from [outbox] api-tokens as Authorization: Bearer TOKEN" : "the API token is not one of [outbox] api-tokens").response
+                r.headers[.wwwAuthenticate] = "Bearer"
+                return r
+            }
+        }
+        do {
+            return try await handler()
+        } catch let error as APIError {
+            if error.status.code < 500 { badRequests.increment() }
+            logger.debug("request refused", metadata: ["http.status": "\(error.status.code)", "http.error": "\(error.code)"])
+            return error.response
+        } catch {
+            logger.error("request failed: \(error)")
+            return APIError(.internalServerError, "internal_error", "the request failed: \(error)").response
+        }
+    }
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var diff: UInt8 = 0
+        for i in x.indices { diff |= x[i] ^ y[i] }
+        return diff == 0
+    }
+
+    // MARK: - Handlers
+
+    private func readiness() async -> Response {
+        var problems: [String] = []
+        do { try await store.ping() } catch { problems.append("the store does not answer: \(error)") }
+        if let provider, let problem = await provider.transportProblem() { problems.append(problem) }
+        if problems.isEmpty { return JSON.response(.ok, ["status": "ready", "store": store.kind]) }
+        return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": problems])
+    }
+
+    private func metrics() async throws -> Response {
+        if let counts = try? await store.counts() {
+            for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
+        }
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                        body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
+    }
+
+    private func statusResponse() async throws -> Response {
+        var body: [String: Any] = [:]
+        if let provider { for (k, v) in await provider.status() { body[k] = v } }
+        let counts = try await store.counts()
+        body["queue"] = Dictionary(uniqueKeysWithValues: MessageStatus.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
+        body["store"] = store.kind
+        return JSON.response(.ok, body)
+    }
+
+    private func submit(_ request: Request) async throws -> Response {
+        let limit = settings.maxRequestSize
+        if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit {
+            throw APIError(.contentTooLarge, "too_large", "the request body is \(declared) bytes; the limit ([outbox] max-request-size) is \(limit)")
+        }
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: limit)
+        } catch {
+            throw APIError(.contentTooLarge, "too_large", "the request body is larger than the limit ([outbox] max-request-size) of \(limit) bytes")
+        }
+        let body = Array(buffer.readableBytesView)
+        let contentType = (request.headers[.contentType] ?? "").lowercased()
+        let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        let query = request.uri.queryParameters
+        var message: NewMessage
+        switch mediaType {
+        case "application/json":
+            if let unexpected = ["from", "to"].first(where: { query.get($0) != nil }) {
+                throw APIError(.badRequest, "unexpected_parameter", "the query parameter \(unexpected) is only for message/rfc822 bodies; put it in the JSON")
+            }
+            message = try await Submission.fromJSON(body)
+        case "message/rfc822":
+            let to = query.getAll("to").flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+            message = try await Submission.fromRFC822(body, from: query.get("from"), to: to)
+        case "":
+            throw APIError(.unsupportedMediaType, "missing_content_type", "set Content-Type: application/json or message/rfc822")
+        default:
+            throw APIError(.unsupportedMediaType, "unsupported_content_type", "Content-Type \(mediaType) is not accepted: use application/json or message/rfc822")
+        }
+        if let key = request.headers[HTTPFields.Element.Name("Idempotency-Key")!] {
+            guard !key.isEmpty, key.count <= 255, key.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) else {
+                throw APIError(.badRequest, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters without spaces")
+            }
+            message.idempotencyKey = key
+            // JSON is compared by content, so a retry that orders its keys differently is the same request.
+            var canonical = body
+            if mediaType == "application/json", let object = try? JSONSerialization.jsonObject(with: Data(body)),
+               let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+                canonical = Array(data)
+            }
+            message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
+        }
+        let result = try await store.enqueue(message, now: now())
+        if !result.created {
+            if result.requestHash != message.requestHash {
+                throw APIError(.conflict, "idempotency_key_reused", "the Idempotency-Key was used for a different request (message \(result.id))")
+            }
+            duplicates.increment()
+            return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue, "idempotent_replay": true],
+                                 headers: [HTTPFields.Element.Name("Idempotent-Replayed")!: "true", .location: "/v1/messages/\(result.id)"])
+        }
+        submitted.increment()
+        return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue], headers: [.location: "/v1/messages/\(result.id)"])
+    }
+
+    private func list(_ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        var status: MessageStatus?
+        if let s = query.get("status") {
+            guard let parsed = MessageStatus(rawValue: s) else {
+                throw APIError(.badRequest, "invalid_status", "status \"\(s)\" is not one of \(MessageStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            status = parsed
+        }
+        var limit = 50
+        if let l = query.get("limit") {
+            guard let n = Int(l), (1...1000).contains(n) else {
+                throw APIError(.badRequest, "invalid_limit", "limit \"\(l)\" is not an integer from 1 to 1000")
+            }
+            limit = n
+        }
+        var cursor: Int64?
+        if let c = query.get("cursor") {
+            guard let n = Int64(c), n >= 0 else {
+                throw APIError(.badRequest, "invalid_cursor", "cursor \"\(c)\" is not a cursor from an earlier answer's next_cursor")
+            }
+            cursor = n
+        }
+        let messages = try await store.list(status: status, limit: limit, after: cursor)
+        let next: Any = messages.count == limit ? String(messages.last!.sequence) : NSNull()
+        return JSON.response(.ok, ["messages": messages.map { Self.summary($0) }, "next_cursor": next])
+    }
+
+    private func getMessage(_ id: String) async throws -> Response {
+        guard let message = try await store.get(id: id) else {
+            throw APIError(.notFound, "not_found", "no message has the id \(id)")
+        }
+        return JSON.response(.ok, Self.detail(message))
+    }
+
+    private func change(_ id: String, retry: Bool) async throws -> Response {
+        let result = retry ? try await store.retry(id: id, now: now()) : try await store.cancel(id: id, now: now())
+        switch result {
+        case .done(let message):
+            return JSON.response(.ok, Self.detail(message))
+        case .notFound:
+            throw APIError(.notFound, "not_found", "no message has the id \(id)")
+        case .conflict(let status):
+            throw APIError(.conflict, "invalid_state", retry
+                ? "message \(id) is \(status.rawValue); only failed, unknown or deferred messages can be retried"
+                : "message \(id) is \(status.rawValue); only queued or deferred messages can be cancelled")
+        }
+    }
+
+    // MARK: - JSON shapes
+
+    static func summary(_ m: StoredMessage) -> [String: Any] {
+        [
+            "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
+            "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
+            "possible_duplicate": m.possibleDuplicate,
+        ]
+    }
+
+    static func detail(_ m: StoredMessage) -> [String: Any] {
+        var d = summary(m)
+        d["recipients"] = m.recipients.map { r -> [String: Any] in
+            ["address": r.address, "status": r.status.rawValue, "code": r.code ?? NSNull(), "enhanced_code": r.enhancedCode ?? NSNull(), "text": r.text ?? NSNull()]
+        }
+        d["updated_at"] = JSON.iso(m.updatedAt)
+        d["next_attempt_at"] = m.status.isFinal ? NSNull() : JSON.iso(m.nextAttemptAt)
+        d["unknown_outcomes"] = m.unknownCount
+        d["last_error"] = m.lastError ?? NSNull()
+        d["size"] = m.size
+        d["idempotency_key"] = m.idempotencyKey ?? NSNull()
+        d["attempts"] = m.attempts.map { a -> [String: Any] in
+            ["number": a.number, "time": JSON.iso(a.startedAt), "duration_seconds": a.durationSeconds, "transport": a.transport,
+             "destination": a.destination ?? NSNull(), "reply": a.reply ?? NSNull(), "error": a.error ?? NSNull(),
+             "outcome": a.outcome, "recipients": a.recipients, "instance": a.instance ?? NSNull()]
+        }
+        return d
+    }
+}
