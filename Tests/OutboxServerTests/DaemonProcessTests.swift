@@ -1,0 +1,278 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import Outbox
+import Testing
+
+/// The built `outbox` binary, found from this file: `<package>/.build/debug/outbox`.
+func outboxBinary() -> String {
+    if let path = ProcessInfo.processInfo.environment["OUTBOX_TEST_BINARY"], !path.isEmpty { return path }
+    let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return package.appendingPathComponent(".build/debug/outbox").path
+}
+
+struct PostfixPeer {
+    var port: String
+    var user: String
+    var password: String
+    var maildir: String
+
+    static func fromEnvironment(sourceLocation: SourceLocation = #_sourceLocation) throws -> PostfixPeer {
+        let env = ProcessInfo.processInfo.environment
+        guard let port = env["OUTBOX_TEST_PLAIN_PORT"], let user = env["OUTBOX_TEST_USER"], let password = env["OUTBOX_TEST_PASSWORD"],
+              let maildir = env["OUTBOX_TEST_MAILDIR"]
+        else {
+            Issue.record("the Postfix test peer is not running: run the tests with scripts/test.sh", sourceLocation: sourceLocation)
+            throw Missing()
+        }
+        return PostfixPeer(port: port, user: user, password: password, maildir: maildir)
+    }
+
+    struct Missing: Error {}
+
+    var overrides: [String] {
+        ["server=127.0.0.1", "port=\(port)", "enable-authentication=true", "user=\(user)", "password=\(password)", "mail.smtp.auth.mechanisms=PLAIN"]
+    }
+}
+
+/// One `outbox serve` process.
+final class DaemonProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let logPath: String
+
+    init(port: Int, overrides: [String], logPath: String) throws {
+        self.port = port
+        self.logPath = logPath
+        process.executableURL = URL(fileURLWithPath: outboxBinary())
+        process.arguments = ["serve"] + (overrides + ["outbox.http-listen=127.0.0.1:\(port)"]).flatMap { ["-o", $0] }
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// Waits until /healthz answers.
+    func waitReady(timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            guard process.isRunning else { throw DaemonFailed(log: (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "") }
+            if (try? await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+                try await client.execute(TestClient.Request("/healthz", method: .get)).status.code
+            }) == 200 { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw DaemonFailed(log: "not ready in time")
+    }
+
+    func kill9() {
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func terminate() {
+        if process.isRunning { kill(pid, SIGTERM) }
+        process.waitUntilExit()
+    }
+
+    struct DaemonFailed: Error, CustomStringConvertible {
+        var log: String
+        var description: String { "the daemon stopped: \(log.suffix(2000))" }
+    }
+}
+
+/// Counts the stored messages per subject with the prefix.
+func subjectCounts(_ maildir: String, prefix: String) -> [String: Int] {
+    var counts: [String: Int] = [:]
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: maildir)) ?? [] {
+        guard let data = FileManager.default.contents(atPath: maildir + "/" + name) else { continue }
+        let head = String(decoding: data.prefix(4096), as: UTF8.self)
+        for line in head.split(separator: "\n") where line.hasPrefix("Subject: \(prefix)") {
+            counts[String(line.dropFirst(9)).trimmingCharacters(in: .whitespacesAndNewlines), default: 0] += 1
+        }
+    }
+    return counts
+}
+
+func freePort() -> Int { Int.random(in: 20000..<40000) }
+
+@Suite("Daemon processes", .serialized)
+struct DaemonProcessTests {
+    @Test("three daemons on one PostgreSQL deliver 3,000 messages, each exactly once, sharing the work", .timeLimit(.minutes(4)))
+    func threeDaemons() async throws {
+        let peer = try PostfixPeer.fromEnvironment()
+        guard let url = ProcessInfo.processInfo.environment["OUTBOX_TEST_POSTGRES_URL"] else {
+            Issue.record("OUTBOX_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+            return
+        }
+        let store = try await PostgresOutboxStore.open(url: url)
+        try await store.migrate()
+        try await store.deleteAllForTesting()
+        let token = "three-\(UUID().uuidString.prefix(8))"
+        let dir = NSTemporaryDirectory() + "outbox-three-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let total = 3000
+        let base = freePort()
+        var daemons: [DaemonProcess] = []
+        defer { for d in daemons { d.terminate() } }
+        for i in 0..<3 {
+            daemons.append(try DaemonProcess(port: base + i, overrides: peer.overrides + [
+                "outbox.store=\(url)", "outbox.data-directory=\(dir)/d\(i)", "outbox.delivery-concurrency=6", "cnx-pool-size=6",
+            ], logPath: "\(dir)/d\(i).log"))
+        }
+        for d in daemons { try await d.waitReady() }
+        // Submissions over HTTP, spread over the three daemons.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<6 {
+                group.addTask {
+                    try await TestClient.withClient(host: "127.0.0.1", port: base + worker % 3) { client in
+                        for n in stride(from: worker, to: total, by: 6) {
+                            let body = #"{"from":"sender@example.test","to":"rcpt@elsewhere.example","subject":"\#(token)-\#(n)","text":"n \#(n)"}"#
+                            let r = try await client.execute(TestClient.Request("/v1/messages", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body)))
+                            guard r.status == .accepted else { throw DaemonProcess.DaemonFailed(log: "submission \(n): \(r.status)") }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let deadline = ContinuousClock.now + .seconds(180)
+        var delivered = 0
+        while ContinuousClock.now < deadline {
+            delivered = try await store.counts()[.delivered] ?? 0
+            if delivered == total { break }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(delivered == total)
+        for d in daemons { d.terminate() }
+        var counts: [String: Int] = [:]
+        for _ in 0..<100 {
+            counts = subjectCounts(peer.maildir, prefix: token)
+            if counts.count == total { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(counts.count == total, "distinct messages in Postfix's store")
+        let duplicates = counts.values.filter { $0 > 1 }.count
+        #expect(duplicates == 0, "messages delivered more than once")
+        // Work shared: each instance made a fair part of the deliveries.
+        var perInstance: [String: Int] = [:]
+        var cursor: Int64?
+        while true {
+            let page = try await store.list(status: .delivered, limit: 1000, after: cursor)
+            if page.isEmpty { break }
+            for m in page { perInstance[m.attempts.last?.instance ?? "?", default: 0] += 1 }
+            cursor = page.last?.sequence
+        }
+        print("three daemons: deliveries per instance \(perInstance.values.sorted())")
+        #expect(perInstance.count == 3)
+        #expect(perInstance.values.allSatisfy { $0 >= total / 10 })
+        try await store.deleteAllForTesting()
+        try await store.close()
+    }
+
+    @Test("crash safety: 2,000 submissions while the daemon is killed with -9 and restarted; every accepted message is delivered", .timeLimit(.minutes(4)))
+    func crashSafety() async throws {
+        let peer = try PostfixPeer.fromEnvironment()
+        let token = "crash-\(UUID().uuidString.prefix(8))"
+        let dir = NSTemporaryDirectory() + "outbox-crash-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let total = 2000
+        let port = freePort()
+        let overrides = peer.overrides + ["outbox.data-directory=\(dir)/data", "outbox.delivery-concurrency=4", "cnx-pool-size=4",
+                                          "outbox.unknown-outcome-retries=10", "outbox.retry-initial-delay=00:00:01", "outbox.retry-max-delay=00:00:02"]
+        let current = NIOLockedBox(try DaemonProcess(port: port, overrides: overrides, logPath: "\(dir)/daemon.log"))
+        defer { current.value.terminate() }
+        try await current.value.waitReady()
+        let submitted = NIOLockedBox(false)
+        let kills = NIOLockedBox(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Submitter: each message with its own Idempotency-Key; a request that fails is sent again.
+            group.addTask {
+                for n in 0..<total {
+                    let body = #"{"from":"sender@example.test","to":"rcpt@elsewhere.example","subject":"\#(token)-\#(n)","text":"n \#(n)"}"#
+                    while true {
+                        let status = try? await TestClient.withClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(5))) { client in
+                            try await client.execute(TestClient.Request("/v1/messages", method: .post,
+                                                                        headers: [.contentType: "application/json", HTTPFields.Element.Name("Idempotency-Key")!: "\(token)-\(n)"],
+                                                                        body: ByteBuffer(string: body))).status
+                        }
+                        if status == .accepted { break }
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+                submitted.value = true
+            }
+            // Killer: kill -9 at random moments, restart.
+            group.addTask {
+                while !submitted.value || kills.value < 3 {
+                    try await Task.sleep(for: .milliseconds(Int.random(in: 300...1500)))
+                    current.value.kill9()
+                    kills.value += 1
+                    current.value = try DaemonProcess(port: port, overrides: overrides, logPath: "\(dir)/daemon.log")
+                    try await current.value.waitReady()
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Let the last daemon finish the queue.
+        let deadline = ContinuousClock.now + .seconds(150)
+        while ContinuousClock.now < deadline {
+            let open = try await TestClient.withClient(host: "127.0.0.1", port: port) { client -> Int in
+                let r = try await client.execute(TestClient.Request("/v1/status", method: .get))
+                let j = try JSONSerialization.jsonObject(with: Data((r.body ?? ByteBuffer()).readableBytesView)) as? [String: Any]
+                let q = j?["queue"] as? [String: Int] ?? [:]
+                return (q["queued"] ?? 0) + (q["deferred"] ?? 0) + (q["sending"] ?? 0)
+            }
+            if open == 0 { break }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        current.value.terminate()
+        let store = try await SQLiteOutboxStore.open(path: "\(dir)/data/outbox.sqlite")
+        var messages: [StoredMessage] = []
+        var cursor: Int64?
+        while true {
+            let page = try await store.list(status: nil, limit: 1000, after: cursor)
+            if page.isEmpty { break }
+            messages += page
+            cursor = page.last?.sequence
+        }
+        try await store.close()
+        #expect(messages.count == total, "one stored message per accepted submission")
+        #expect(messages.allSatisfy { $0.status == .delivered }, "statuses: \(Dictionary(grouping: messages, by: \.status.rawValue).mapValues(\.count))")
+        var counts: [String: Int] = [:]
+        for _ in 0..<100 {
+            counts = subjectCounts(peer.maildir, prefix: token)
+            if counts.count == total { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(counts.count == total, "every accepted message is in Postfix's store")
+        let possible = Set(messages.filter(\.possibleDuplicate).compactMap(\.idempotencyKey))
+        let duplicated = counts.filter { $0.value > 1 }.map(\.key)
+        #expect(duplicated.allSatisfy { possible.contains($0) }, "duplicates only where the outcome was unknown")
+        print("crash test: \(kills.value) kill -9s, \(total) accepted, \(counts.count) delivered, \(duplicated.count) duplicates (\(possible.count) marked possible duplicates)")
+    }
+}
+
+final class ManagedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func set(_ v: Int) { lock.lock(); value = max(value, v); lock.unlock() }
+    var current: Int { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+final class NIOLockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: T
+    init(_ value: T) { _value = value }
+    var value: T {
+        get { lock.lock(); defer { lock.unlock() }; return _value }
+        set { lock.lock(); _value = newValue; lock.unlock() }
+    }
+}
