@@ -187,7 +187,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         let router = api.makeRouter()
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
-                              onServerRunning: { channel in onListening("\(channel.localAddress?.description ?? listen)") },
+                              onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },
                               logger: logger)
         let reloader = ReloadService(daemon: self)
         let group = ServiceGroup(configuration: .init(

@@ -42,11 +42,12 @@ final class DaemonProcess: @unchecked Sendable {
     let port: Int
     let logPath: String
 
-    init(port: Int, overrides: [String], logPath: String) throws {
+    init(port: Int, overrides: [String], logPath: String, config: String? = nil) throws {
         self.port = port
         self.logPath = logPath
         process.executableURL = URL(fileURLWithPath: outboxBinary())
-        process.arguments = ["serve"] + (overrides + ["outbox.http-listen=127.0.0.1:\(port)"]).flatMap { ["-o", $0] }
+        process.arguments = ["serve"] + (config.map { ["--config", $0] } ?? [])
+            + (config == nil ? overrides + ["outbox.http-listen=127.0.0.1:\(port)"] : overrides).flatMap { ["-o", $0] }
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         log.seekToEndOfFile()
@@ -257,6 +258,103 @@ struct DaemonProcessTests {
         let duplicated = counts.filter { $0.value > 1 }.map(\.key)
         #expect(duplicated.allSatisfy { possible.contains($0) }, "duplicates only where the outcome was unknown")
         print("crash test: \(kills.value) kill -9s, \(total) accepted, \(counts.count) delivered, \(duplicated.count) duplicates (\(possible.count) marked possible duplicates)")
+    }
+}
+
+extension DaemonProcessTests {
+    func http(_ port: Int, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil) async throws -> (HTTPResponse.Status, [String: Any]) {
+        try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            let r = try await client.execute(TestClient.Request(uri, method: method, headers: body == nil ? [:] : [.contentType: "application/json"],
+                                                                body: body.map { ByteBuffer(string: $0) }))
+            let j = (try? JSONSerialization.jsonObject(with: Data((r.body ?? ByteBuffer()).readableBytesView))) as? [String: Any] ?? [:]
+            return (r.status, j)
+        }
+    }
+
+    func option(_ status: [String: Any], _ name: String) -> String? {
+        (status["configuration"] as? [[String: Any]])?.first { $0["name"] as? String == name }?["value"] as? String
+    }
+
+    @Test("SIGHUP mid-run: port and enable-debug apply at once, http-listen waits for a restart, an invalid file is refused whole", .timeLimit(.minutes(2)))
+    func sighupReload() async throws {
+        let peer = try PostfixPeer.fromEnvironment()
+        let dir = NSTemporaryDirectory() + "outbox-hup-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        let deadPort = freePort() + 1000
+        let file = dir + "/outbox.cfg"
+        func write(smtpPort: String, debug: Bool, listen: Int) throws {
+            try """
+            [smtp-client]
+            server = 127.0.0.1
+            port = \(smtpPort)
+            enable-authentication = true
+            user = \(peer.user)
+            password = \(peer.password)
+            enable-debug = \(debug)
+            mail.smtp.auth.mechanisms = PLAIN
+
+            [outbox]
+            data-directory = \(dir)/data
+            http-listen = 127.0.0.1:\(listen)
+            retry-initial-delay = 00:00:01
+            retry-max-delay = 00:00:01
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        try write(smtpPort: peer.port, debug: false, listen: port)
+        let daemon = try DaemonProcess(port: port, overrides: [], logPath: dir + "/daemon.log", config: file)
+        defer { daemon.terminate() }
+        try await daemon.waitReady()
+        let submit = #"{"from":"sender@example.test","to":"rcpt@elsewhere.example","subject":"hup","text":"x"}"#
+        let (s1, first) = try await http(port, .post, "/v1/messages", submit)
+        #expect(s1 == .accepted)
+        let firstID = try #require(first["id"] as? String)
+        func waitStatus(_ id: String, _ wanted: String) async throws -> [String: Any] {
+            var last: [String: Any] = [:]
+            for _ in 0..<100 {
+                last = try await http(port, .get, "/v1/messages/\(id)").1
+                if last["status"] as? String == wanted { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return last
+        }
+        #expect(try await waitStatus(firstID, "delivered")["status"] as? String == "delivered")
+
+        // Mid-run: a port where nothing listens, debug on, another http-listen; SIGHUP.
+        try write(smtpPort: String(deadPort), debug: true, listen: port + 1)
+        kill(daemon.pid, SIGHUP)
+        var status: [String: Any] = [:]
+        for _ in 0..<50 {
+            status = try await http(port, .get, "/v1/status").1
+            if option(status, "port") == String(deadPort) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(option(status, "port") == String(deadPort))
+        #expect(option(status, "enable-debug") == "true")
+        #expect(status["pending_restart"] as? [String] == ["outbox.http-listen"])
+        #expect(status["listen"] as? String == "127.0.0.1:\(port)", "still listening where it started")
+        let second = try #require(try await http(port, .post, "/v1/messages", submit).1["id"] as? String)
+        let deferred = try await waitStatus(second, "deferred")
+        #expect(deferred["status"] as? String == "deferred", "the new port is used at once: \(deferred)")
+
+        // Back to the real port: the deferred message is delivered on its next attempt.
+        try write(smtpPort: peer.port, debug: true, listen: port + 1)
+        kill(daemon.pid, SIGHUP)
+        #expect(try await waitStatus(second, "delivered")["status"] as? String == "delivered")
+        let log = (try? String(contentsOfFile: dir + "/daemon.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("outbox.http-listen changed"))
+
+        // An invalid file is refused whole: the port stays, the error is shown.
+        try "[smtp-client]\nserver = 127.0.0.1\nport = 99999\n".write(toFile: file, atomically: true, encoding: .utf8)
+        kill(daemon.pid, SIGHUP)
+        for _ in 0..<50 {
+            status = try await http(port, .get, "/v1/status").1
+            if (status["last_reload_error"] as? String ?? "").isEmpty == false { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect((status["last_reload_error"] as? String ?? "").contains("port"))
+        #expect(option(status, "port") == peer.port)
     }
 }
 
