@@ -378,28 +378,51 @@ public final class SMTPConnection: Sendable {
         }
 
         /// Encodes and writes commands in one flush; returns the futures of their replies.
-        func write(_ commands: [SMTPCommand], tlsHandshake: EventLoopPromise<Void>? = nil) throws(SMTPError) -> [EventLoopFuture<SMTPReply>] {
+        /// Encodes (and so validates) commands before anything is written.
+        func encode(_ commands: [SMTPCommand]) throws(SMTPError) -> [ByteBuffer] {
             var buffers: [ByteBuffer] = []
+            buffers.reserveCapacity(commands.count)
             for command in commands {
                 var buffer = channel.allocator.buffer(capacity: 64)
                 try command.encode(into: &buffer)
                 buffers.append(buffer)
-            }
-            var futures: [EventLoopFuture<SMTPReply>] = []
-            for (command, buffer) in zip(commands, buffers) {
                 if debug { trace(sent: command.redactedText) }  // redactedText re-encodes: only when tracing
-                let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
-                futures.append(promise.futureResult)
-                channel.write(SMTPOutbound(bytes: buffer, reply: promise, tlsHandshake: tlsHandshake), promise: failingReply(promise, handshake: tlsHandshake))
             }
-            channel.flush()
-            return futures
+            return buffers
         }
 
-        /// A write promise that fails `reply` when the write fails: once the channel is closed its
-        /// handlers are gone, and nothing else would ever complete the reply.
+        /// Encodes and writes commands in one flush; returns the futures of their replies. The
+        /// writes happen in one hop to the event loop, however many commands there are.
+        func write(_ commands: [SMTPCommand], tlsHandshake: EventLoopPromise<Void>? = nil) throws(SMTPError) -> [EventLoopFuture<SMTPReply>] {
+            let buffers = try encode(commands)
+            let channel = self.channel
+            let eventLoop = channel.eventLoop
+            let promises = buffers.map { _ in eventLoop.makePromise(of: SMTPReply.self) }
+            if eventLoop.inEventLoop {
+                Self.writeOnLoop(channel, buffers, promises, tlsHandshake: tlsHandshake)
+            } else {
+                eventLoop.execute { Self.writeOnLoop(channel, buffers, promises, tlsHandshake: tlsHandshake) }
+            }
+            return promises.map(\.futureResult)
+        }
+
+        /// On the event loop: writes each command with its reply promise, then flushes. A failed
+        /// write fails its reply (and a pending STARTTLS handshake): a closed channel drops writes.
+        static func writeOnLoop(_ channel: any Channel, _ buffers: [ByteBuffer], _ replies: [EventLoopPromise<SMTPReply>],
+                                tlsHandshake: EventLoopPromise<Void>? = nil) {
+            for (buffer, reply) in zip(buffers, replies) {
+                channel.write(SMTPOutbound(bytes: buffer, reply: reply, tlsHandshake: tlsHandshake),
+                              promise: failingReply(on: channel.eventLoop, reply, handshake: tlsHandshake))
+            }
+            channel.flush()
+        }
+
         func failingReply(_ reply: EventLoopPromise<SMTPReply>, handshake: EventLoopPromise<Void>? = nil) -> EventLoopPromise<Void> {
-            let written = channel.eventLoop.makePromise(of: Void.self)
+            Self.failingReply(on: channel.eventLoop, reply, handshake: handshake)
+        }
+
+        static func failingReply(on eventLoop: any EventLoop, _ reply: EventLoopPromise<SMTPReply>, handshake: EventLoopPromise<Void>? = nil) -> EventLoopPromise<Void> {
+            let written = eventLoop.makePromise(of: Void.self)
             written.futureResult.whenFailure { error in
                 let smtpError = error as? SMTPError ?? SMTPError(stage: .protocol, kind: .connectionClosed, message: "the connection is closed: \(error)")
                 reply.fail(smtpError)
@@ -732,9 +755,11 @@ public final class SMTPConnection: Sendable {
         /// stuffed) body goes out with the final dot. `protocol-timeout` bounds the wait for the
         /// command replies, the DATA termination timeout the wait after the dot.
         func pipelinedTransaction(_ commands: [SMTPCommand], body: ByteBuffer) async throws(SMTPError) -> PipelinedOutcome {
-            let futures = try write(commands)
+            let buffers = try encode(commands)
             let channel = self.channel
             let eventLoop = channel.eventLoop
+            let promises = buffers.map { _ in eventLoop.makePromise(of: SMTPReply.self) }
+            let futures = promises.map(\.futureResult)
             let protocolTimeout = configuration.protocolTimeout
             let terminationTimeout = configuration.dataTerminationTimeout
             let rcptCount = commands.count - 2
@@ -743,6 +768,7 @@ public final class SMTPConnection: Sendable {
             do {
                 return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<PipelinedOutcome, any Error>) in
                     eventLoop.execute {
+                        Self.writeOnLoop(channel, buffers, promises)
                         let timedOut = NIOLoopBoundBox(false, eventLoop: eventLoop)
                         let timer = eventLoop.scheduleTask(in: protocolTimeout.timeAmount) {
                             timedOut.value = true
