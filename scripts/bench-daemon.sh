@@ -2,7 +2,7 @@
 # Benchmarks `outbox serve`: accepted messages per second over HTTP (wrk, POST /v1/messages with
 # a small JSON message) with SQLite and with PostgreSQL, and end-to-end delivered messages per
 # second to smtp-sink, beside smtp-source against the same smtp-sink in the same invocation.
-# Usage: scripts/bench-daemon.sh [--debug] [seconds-of-wrk (default 10)]
+# Usage: scripts/bench-daemon.sh [--debug] [seconds-of-wrk (default 10)]; BENCH_BIN=path uses that binary.
 # Builds the release binary unless --debug. Installs wrk and postgresql when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 PG_URL=$(bash scripts/postgres-testbed.sh start)
 
-if [ "$CONFIG" = release ]; then swift build -c release --product outbox >/dev/null; fi
-BIN=$(swift build -c "$CONFIG" --show-bin-path)/outbox
+# BENCH_BIN: an already built outbox binary (skips the build).
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  if [ "$CONFIG" = release ]; then swift build -c release --product outbox >/dev/null; fi
+  BIN=$(swift build -c "$CONFIG" --show-bin-path)/outbox
+fi
 
 SINK_PID=""
 DAEMON_PID=""

@@ -4,12 +4,71 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SQLiteNIO
 
+/// Group commit: writes that arrive while a commit is in progress go together in the next
+/// transaction (one fsync for all), and each caller returns only after its transaction committed.
+final class SQLiteGroupCommitter: @unchecked Sendable {
+    // @unchecked: `connection` is used through its own serialising API; `state` is locked.
+    struct Job {
+        let sql: String
+        let binds: [SQLiteData]
+        let continuation: CheckedContinuation<[SQLiteRow], any Error>
+    }
+
+    private let connection: SQLiteConnection
+    private let state = NIOLockedValueBox<(jobs: [Job], flushing: Bool)>(([], false))
+
+    init(connection: SQLiteConnection) {
+        self.connection = connection
+    }
+
+    func write(_ sql: String, _ binds: [SQLiteData] = []) async throws -> [SQLiteRow] {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[SQLiteRow], any Error>) in
+            let start = state.withLockedValue { s -> Bool in
+                s.jobs.append(Job(sql: sql, binds: binds, continuation: continuation))
+                if s.flushing { return false }
+                s.flushing = true
+                return true
+            }
+            if start { Task { await self.flush() } }
+        }
+    }
+
+    private func flush() async {
+        while true {
+            let jobs = state.withLockedValue { s -> [Job] in
+                let jobs = s.jobs
+                s.jobs = []
+                if jobs.isEmpty { s.flushing = false }
+                return jobs
+            }
+            if jobs.isEmpty { return }
+            if jobs.count == 1, let job = jobs.first {
+                do { job.continuation.resume(returning: try await connection.query(job.sql, job.binds)) } catch { job.continuation.resume(throwing: error) }
+                continue
+            }
+            do {
+                _ = try await connection.query("BEGIN IMMEDIATE")
+                var results: [Result<[SQLiteRow], any Error>] = []
+                for job in jobs {
+                    do { results.append(.success(try await connection.query(job.sql, job.binds))) } catch { results.append(.failure(error)) }
+                }
+                _ = try await connection.query("COMMIT")
+                for (job, result) in zip(jobs, results) { job.continuation.resume(with: result) }
+            } catch {
+                _ = try? await connection.query("ROLLBACK")
+                for job in jobs { job.continuation.resume(throwing: error) }
+            }
+        }
+    }
+}
+
 /// The default queue: one SQLite file (`<data-directory>/outbox.sqlite`) in WAL mode with
 /// `synchronous=FULL`, so a message is on disk when `enqueue` returns. Every change is one SQL
 /// statement (autocommit), so no transaction is ever left half done. One process per file.
 public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     // @unchecked: `SQLiteConnection` serialises its calls on its thread pool; nothing else is stored.
     private let connection: SQLiteConnection
+    private let writer: SQLiteGroupCommitter
     private let closed = NIOLockedValueBox(false)
     public let path: String
     public var kind: String { "sqlite" }
@@ -29,6 +88,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     private init(connection: SQLiteConnection, path: String) {
         self.connection = connection
+        self.writer = SQLiteGroupCommitter(connection: connection)
         self.path = path
     }
 
@@ -94,7 +154,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         }
         let id = UUID().uuidString.lowercased()
         let recipients = message.recipients.map { RecipientState(address: $0) }
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
                                   created_at, updated_at, age_base, next_attempt_at)
@@ -120,7 +180,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             UPDATE messages SET
                 status = 'sending', lease_owner = ?1, lease_until = ?2, updated_at = ?3,
@@ -149,7 +209,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     @discardableResult
     public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             UPDATE messages SET status = ?, recipients = ?, attempts = json_insert(attempts, '$[#]', json(?)),
                 attempt_count = attempt_count + 1, unknown_count = unknown_count + ?,
@@ -166,7 +226,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
-        _ = try await connection.query(
+        _ = try await writer.write(
             """
             UPDATE messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,
                 next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = ?
@@ -176,7 +236,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     public func recoverAbandoned(now: Double) async throws -> Int {
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             UPDATE messages SET status = 'deferred', next_attempt_at = ?1, updated_at = ?1,
                 unknown_count = unknown_count + 1, possible_duplicate = 1, attempt_count = attempt_count + 1,
@@ -217,7 +277,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             if r.status != .accepted { r.status = .pending }
             return r
         }
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             UPDATE messages SET status = 'queued', recipients = ?, next_attempt_at = ?, age_base = ?, unknown_count = 0,
                 updated_at = ?, last_error = NULL
@@ -232,7 +292,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     public func cancel(id: String, now: Double) async throws -> StoreChange {
-        let rows = try await connection.query(
+        let rows = try await writer.write(
             """
             UPDATE messages SET status = 'cancelled', updated_at = ?, next_attempt_at = NULL
             WHERE id = ? AND status IN ('queued', 'deferred')
