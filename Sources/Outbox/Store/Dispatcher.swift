@@ -112,7 +112,8 @@ public final class Dispatcher: Service, Sendable {
                 if stopping { break }
                 var claimed: [ClaimedMessage] = []
                 let free = settings.concurrency - inFlight
-                if free > 0 {
+                // Claim in batches (each claim is a commit): when half the slots are free, or idle.
+                if free > 0, free >= max(1, settings.concurrency / 2) || inFlight == 0 {
                     do {
                         claimed = try await store.claim(limit: free, owner: instanceID, now: now(), lease: settings.leaseSeconds)
                     } catch {
@@ -127,7 +128,7 @@ public final class Dispatcher: Service, Sendable {
                         }
                     }
                 }
-                if !claimed.isEmpty && inFlight < settings.concurrency { continue }
+                if !claimed.isEmpty && claimed.count == free && inFlight < settings.concurrency { continue }
                 if !ticking {
                     ticking = true
                     let interval = settings.pollInterval
