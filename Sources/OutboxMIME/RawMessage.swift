@@ -26,6 +26,11 @@ public struct RawMessage: MailContent {
     public let headerBytes: [UInt8]
     let fields: [Field]
     let body: Body
+    /// The envelope from the headers, parsed once: the headers never change, and a sender sends
+    /// the same message more than once (retries) and asks for it every time.
+    let parsedEnvelope: Result<Envelope, MIMEError>
+    /// True when a header has non-ASCII bytes or an envelope address a non-ASCII local part.
+    public let requiresSMTPUTF8: Bool
 
     /// The largest header section accepted (1 MiB).
     public static let maxHeaderBytes = 1 << 20
@@ -38,6 +43,7 @@ public struct RawMessage: MailContent {
         var normalized = TransferEncoding.normalizeBareLF(rest)
         if !normalized.isEmpty, normalized.last != 10 { normalized += [13, 10] }
         self.body = .bytes(normalized)
+        (self.parsedEnvelope, self.requiresSMTPUTF8) = RawMessage.envelopeAndUTF8(fields: fields, headerBytes: headerBytes)
     }
 
     public init(filePath: String) throws(MIMEError) {
@@ -64,6 +70,7 @@ public struct RawMessage: MailContent {
         self.fields = fields
         self.headerBytes = RawMessage.outputHeader(fields)
         self.body = .file(path: filePath, offset: bodyOffset ?? head.count)
+        (self.parsedEnvelope, self.requiresSMTPUTF8) = RawMessage.envelopeAndUTF8(fields: fields, headerBytes: headerBytes)
     }
 
     /// The offset just past the blank line ending the header section.
@@ -128,19 +135,20 @@ public struct RawMessage: MailContent {
         return out
     }
 
-    private func addresses(_ name: String) throws(MIMEError) -> [Address] {
+    private static func addresses(_ name: String, in fields: [Field]) throws(MIMEError) -> [Address] {
         var out: [Address] = []
         for f in fields where f.name.lowercased() == name { out += try Address.parseList(f.value) }
         return out
     }
 
-    public func envelope() throws(MIMEError) -> Envelope {
-        guard let from = try addresses("from").first else {
+    private static func makeEnvelope(_ fields: [Field]) throws(MIMEError) -> Envelope {
+        guard let from = try addresses("from", in: fields).first else {
             throw MIMEError(.missingField, "the message has no From header")
         }
         var seen = Set<String>()
         var recipients: [String] = []
-        for a in try addresses("to") + addresses("cc") + addresses("bcc") where seen.insert(a.mailbox.lowercased()).inserted {
+        for a in try addresses("to", in: fields) + addresses("cc", in: fields) + addresses("bcc", in: fields)
+        where seen.insert(a.mailbox.lowercased()).inserted {
             recipients.append(a.mailbox)
         }
         guard !recipients.isEmpty else {
@@ -149,10 +157,20 @@ public struct RawMessage: MailContent {
         return Envelope(from: from.mailbox, recipients: recipients)
     }
 
-    public var requiresSMTPUTF8: Bool {
-        if headerBytes.contains(where: { $0 >= 0x80 }) { return true }
-        guard let e = try? envelope() else { return false }
-        return ([e.from] + e.recipients).contains { !Address.localPartIsASCII($0) }
+    private static func envelopeAndUTF8(fields: [Field], headerBytes: [UInt8]) -> (Result<Envelope, MIMEError>, Bool) {
+        let envelope: Result<Envelope, MIMEError>
+        do throws(MIMEError) {
+            envelope = .success(try makeEnvelope(fields))
+        } catch {
+            envelope = .failure(error)
+        }
+        if headerBytes.contains(where: { $0 >= 0x80 }) { return (envelope, true) }
+        guard case .success(let e) = envelope else { return (envelope, false) }
+        return (envelope, ([e.from] + e.recipients).contains { !Address.localPartIsASCII($0) })
+    }
+
+    public func envelope() throws(MIMEError) -> Envelope {
+        try parsedEnvelope.get()
     }
 
     public func byteStream(options: MIMEEncodingOptions) -> MessageByteStream {

@@ -27,6 +27,7 @@ struct MailerBenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("pool-size"), help: "cnx-pool-size: connections in the pool.") var poolSize = 1
     @Option(help: "Approximate size of each message in bytes (headers included).") var size = 1024
     @Option(help: "A configuration file to start from.") var config: String?
+    @Option(help: "Concurrent sending tasks (default: max(4 x pool-size, 16)).") var tasks: Int?
 
     func validate() throws {
         guard messages >= 1 else { throw ValidationError("--messages must be at least 1") }
@@ -56,7 +57,7 @@ struct MailerBenchCommand: AsyncParsableCommand {
         let envelope = Envelope(from: "a@example.test", recipients: ["b@example.test"])
         let total = messages
         let next = NIOLockedValueBox(0)
-        let tasks = max(4 * poolSize, 16)
+        let tasks = self.tasks ?? max(4 * poolSize, 16)
 
         let clock = ContinuousClock()
         let start = clock.now
