@@ -106,7 +106,15 @@ extension OutboxConfiguration {
             switch d.name {
             case "data-directory": value = s.dataDirectory
             case "http-listen": value = s.httpListen
-            case "store": value = s.store
+            case "store":
+                // postgres://user:password@host/db: the password is a secret like any other.
+                let masked = Self.maskingURLPassword(s.store)
+                if masked != s.store {
+                    rows.append(EffectiveOption(section: "outbox", name: "outbox.store", value: masked, source: source(of: "outbox.store"),
+                                                effect: d.effect, isSecret: true, comparable: s.store))
+                    continue
+                }
+                value = s.store
             case "tls-ca-file": value = text(s.tlsCAFile)
             case "graph-url": value = s.graphURL
             case "google-token-url": value = s.googleTokenURL
@@ -131,6 +139,14 @@ extension OutboxConfiguration {
 
     /// What changed from `old` to this configuration, each with when the change takes effect.
     /// The daemon's reload applies `immediately`/`atNextCycle` changes and reports `atRestart` ones.
+    /// `scheme://user:password@host...` with the password replaced by the mask.
+    static func maskingURLPassword(_ url: String) -> String {
+        guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@") else { return url }
+        let userInfo = url[scheme.upperBound..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else { return url }
+        return String(url[..<url.index(after: colon)]) + masked + String(url[at...])
+    }
+
     public func changes(from old: OutboxConfiguration) -> [ConfigurationChange] {
         let before = Dictionary(old.effectiveOptions().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let after = effectiveOptions()

@@ -356,7 +356,7 @@ public final class SMTPConnection: Sendable {
                 }
             } catch {
                 if timedOut.withLockedValue({ $0 }) {
-                    throw SMTPError(stage: stage, kind: stage == .tls ? .timeout : .timeout,
+                    throw SMTPError(stage: stage, kind: .timeout,
                                     message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
                 }
                 if let smtp = error as? SMTPError {

@@ -147,7 +147,7 @@ public final class SMTPTransport: MailTransport {
                 }
                 pool.release(lease, disposition)
                 // Died before the final dot on a reused connection: once more on a fresh one.
-                if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil {
+                if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil, error.isTransient {
                     logger.notice("the connection failed before the message was sent; retrying once on a new connection",
                                   metadata: ["smtp.error": "\(error.message)"])
                     continue

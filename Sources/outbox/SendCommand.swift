@@ -13,8 +13,9 @@ struct SendCommand: AsyncParsableCommand {
         abstract: "Send one message as configured, and print a delivery report.",
         discussion: """
             Exit status: 0 when every recipient was accepted, 1 when any recipient failed \
-            permanently, 75 when the failure is transient (try again later), 2 for a usage or \
-            configuration error. With no `server` configured, the message is written as an .eml \
+            permanently, 75 when the failure is transient (try again later), 3 when the outcome is \
+            unknown (the connection failed after the whole message was sent: it may have been \
+            delivered, so do not resend blindly), 2 for a usage or configuration error. With no `server` configured, the message is written as an .eml \
             file under <data-dir>/sent/ (the file transport).
             """
     )
@@ -124,7 +125,8 @@ struct SendCommand: AsyncParsableCommand {
         case .success(let report):
             print(json ? ReportPrinter.json(report) : ReportPrinter.text(report))
             if report.allAccepted { return }
-            throw ExitCode(report.anyRejected ? 1 : 75)
+            if report.anyRejected { throw ExitCode(1) }
+            throw ExitCode(report.recipients.contains { $0.status == .unknown } ? 3 : 75)
         case .failure(let error):
             if json {
                 print(ReportPrinter.json(error))
@@ -132,7 +134,11 @@ struct SendCommand: AsyncParsableCommand {
                 if let report = error.report { print(ReportPrinter.text(report)) }
                 FileHandle.standardError.write(Data("outbox: delivery failed (\(error.kind.rawValue)): \(error.message)\n".utf8))
             }
-            throw ExitCode(error.kind == .permanent ? 1 : 75)
+            switch error.kind {
+            case .permanent: throw ExitCode(1)
+            case .transient: throw ExitCode(75)
+            case .outcomeUnknown: throw ExitCode(3)
+            }
         }
     }
 

@@ -154,6 +154,31 @@ struct StoreTests {
         #expect(due.filter { $0.message.unknownCount == 1 }.count == 2)
         try await store.close()
     }
+
+    @Test("expireLease at the shutdown deadline: the next claim takes the message over as an unknown outcome; its owner can still record")
+    func expireLease() async throws {
+        let (store, dir) = try await makeTempStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for i in 0..<2 { _ = try await store.enqueue(sampleNew(i), now: 0) }
+        let claimed = try await store.claim(limit: 2, owner: "stopping", now: 0, lease: 600)
+        #expect(claimed.count == 2)
+        try await store.expireLease(id: claimed[0].message.id, owner: "stopping", now: 10)
+        try await store.expireLease(id: claimed[1].message.id, owner: "stopping", now: 10)
+        // The second delivery finished after the deadline but before anyone took it over.
+        let done = AttemptOutcome(status: .delivered, recipients: claimed[1].message.recipients.map { r in var r = r; r.status = .accepted; return r },
+                                  attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 1, transport: "smtp", outcome: "delivered", recipients: []),
+                                  nextAttemptAt: nil, lastError: nil, unknown: false)
+        #expect(try await store.record(id: claimed[1].message.id, owner: "stopping", outcome: done, now: 11))
+        let taken = try await store.claim(limit: 5, owner: "next", now: 12, lease: 600)
+        #expect(taken.map(\.message.id) == [claimed[0].message.id])
+        #expect(taken.first?.tookOverExpiredLease == true)
+        #expect(taken.first?.message.possibleDuplicate == true)
+        #expect(taken.first?.message.unknownCount == 1)
+        // Another instance's expireLease does nothing to a lease it does not hold.
+        try await store.expireLease(id: claimed[0].message.id, owner: "stopping", now: 13)
+        #expect(try await store.claim(limit: 5, owner: "third", now: 14, lease: 600).isEmpty)
+        try await store.close()
+    }
 }
 
 @Suite("Retry policy")

@@ -128,7 +128,6 @@ public final class Dispatcher: Service, Sendable {
                         }
                     }
                 }
-                if !claimed.isEmpty && claimed.count == free && inFlight < settings.concurrency { continue }
                 if !ticking {
                     ticking = true
                     let interval = settings.pollInterval
@@ -154,11 +153,17 @@ public final class Dispatcher: Service, Sendable {
                     if case .finished = event { inFlight -= 1 }
                 }
             }
+            // Deliveries still running may be past their final dot: they are not released as if
+            // nothing had happened (another instance would send them again, unmarked); their
+            // leases end, so the next claim takes them over as unknown outcomes (possible
+            // duplicates, retried by the policy's unknown-outcome rule).
             let left = state.withLockedValue { Array($0.inFlight) }
             for id in left {
-                try? await store.release(id: id, owner: instanceID, nextAttemptAt: now(), now: now())
+                try? await store.expireLease(id: id, owner: instanceID, now: now())
             }
-            if !left.isEmpty { logger.notice("released \(left.count) in-flight messages back to the queue at shutdown") }
+            if !left.isEmpty {
+                logger.notice("\(left.count) deliveries were still running at the shutdown deadline: their leases end and the next claim treats them as unknown outcomes")
+            }
             group.cancelAll()
         }
     }

@@ -228,8 +228,13 @@ public protocol OutboxStore: Sendable {
     /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
     @discardableResult
     func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool
-    /// Gives a claimed message back to the queue without an attempt (shutdown, rate limit).
+    /// Gives a claimed message back to the queue without an attempt (rate limit): only for a
+    /// message whose sending has not started.
     func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws
+    /// Ends the lease of a message that may be mid-delivery (shutdown deadline passed): the next
+    /// claim takes it over as an unknown outcome (possible duplicate), by the retry policy's
+    /// rules; a delivery that still finishes records its outcome while the lease is ours.
+    func expireLease(id: String, owner: String, now: Double) async throws
     /// Releases every claim (single-instance stores at start: the previous process died).
     /// Counts them as attempts with an unknown outcome. Returns how many.
     func recoverAbandoned(now: Double) async throws -> Int

@@ -163,6 +163,13 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return !result.isEmpty
     }
 
+    public func expireLease(id: String, owner: String, now: Double) async throws {
+        _ = try await rows("""
+            UPDATE outbox_messages SET lease_until = \(now - 1), updated_at = \(now)
+            WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
+            """)
+    }
+
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
         _ = try await rows("""
             UPDATE outbox_messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,

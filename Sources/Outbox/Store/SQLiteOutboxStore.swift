@@ -225,6 +225,12 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return !rows.isEmpty
     }
 
+    public func expireLease(id: String, owner: String, now: Double) async throws {
+        _ = try await writer.write(
+            "UPDATE messages SET lease_until = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+            [.float(now - 1), .float(now), .text(id), .text(owner)])
+    }
+
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
         _ = try await writer.write(
             """
