@@ -199,7 +199,7 @@ struct APITests {
     func tooLarge() async throws {
         let f = try await APIFixture.make(APISettings(maxRequestSize: 4096))
         // Over a real socket: the declared Content-Length is what the server sees.
-        let port = Int.random(in: 41000..<49000)
+        let port = freePort()
         let app = Application(router: f.api.makeRouter(), configuration: .init(address: .hostname("127.0.0.1", port: port)))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await app.runService() }
