@@ -29,7 +29,7 @@ struct MailerMetrics: Sendable {
         } else {
             result = "deferred"
         }
-        let replyClass = report.finalReply.flatMap { $0.first }.map { "\($0)xx" } ?? (report.transport == "file" ? "none" : "none")
+        let replyClass = report.finalReply.flatMap { $0.first }.map { "\($0)xx" } ?? "none"
         messages(result: result, replyClass: replyClass, transport: report.transport).increment()
         latency.recordNanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }

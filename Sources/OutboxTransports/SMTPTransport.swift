@@ -198,8 +198,6 @@ public final class SMTPTransport: MailTransport {
             let status: RecipientOutcome.Status
             if r.accepted {
                 status = result.delivered ? .accepted : (result.finalReply?.isPermanentFailure == true ? .rejected : .deferred)
-            } else if result.abortedForPartialRefusal {
-                status = r.isTransientFailure ? .deferred : .rejected
             } else {
                 status = r.isTransientFailure ? .deferred : .rejected
             }
