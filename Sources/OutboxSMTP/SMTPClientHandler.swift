@@ -11,6 +11,9 @@ struct SMTPOutbound {
     /// the TLS handler is inserted before the reply promise completes; this promise completes
     /// when the handshake does.
     var tlsHandshake: EventLoopPromise<Void>? = nil
+    /// A whole pipelined transaction: `bytes` holds its commands, and the exchange takes their
+    /// replies, sends the body after the 354 and takes the reply to the final dot.
+    var exchange: SMTPPipelinedExchange? = nil
 }
 
 /// The thin I/O half of the client: parses replies, completes promises in order, inserts TLS
@@ -27,7 +30,15 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var parser = SMTPReplyParser()
     private var buffer: ByteBuffer?
-    private var waiters = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)>()
+    private enum Waiter {
+        case reply(EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)
+        case exchange(SMTPPipelinedExchange)
+    }
+    private var waiters = CircularBuffer<Waiter>()
+    /// The one timer that bounds an exchange's waits. It is not re-armed for every message: when
+    /// it fires before the current exchange's deadline it is scheduled again for that deadline.
+    private var watchdog: Scheduled<Void>?
+    private var watchdogDeadline = NIODeadline.distantFuture
     private let tlsUpgrade: TLSUpgrade?
     private var failure: SMTPError?
     private let greetingPromise: EventLoopPromise<SMTPReply>
@@ -40,7 +51,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.tlsUpgrade = tlsUpgrade
         self.greetingPromise = greeting
         self.handshakePromise = implicitTLSHandshake
-        self.waiters.append((greeting, nil))
+        self.waiters.append(.reply(greeting, tlsHandshake: nil))
     }
 
     // MARK: inbound
@@ -70,7 +81,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func deliver(_ reply: SMTPReply, context: ChannelHandlerContext) {
-        guard let waiter = waiters.popFirst() else {
+        guard let head = waiters.first else {
             // A reply nobody asked for: a 421 shutdown notice, or a broken server.
             let error = reply.code == 421
                 ? SMTPError(stage: currentStage, kind: .reply, reply: reply, message: "the server is closing the connection: \(reply)")
@@ -78,6 +89,25 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                             message: "the server sent a reply nobody asked for: \(reply)")
             fail(context: context, error)
             return
+        }
+        let waiter: (promise: EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)
+        switch head {
+        case .exchange(let exchange):
+            switch exchange.receive(reply) {
+            case .needMore:
+                break
+            case .done:
+                waiters.removeFirst()
+            case .sendBody(let body):
+                armWatchdog(context: context, deadline: exchange.deadline)
+                let written = context.eventLoop.makePromise(of: Void.self)
+                written.futureResult.assumeIsolated().whenSuccess { exchange.bodyWritten = true }
+                context.writeAndFlush(wrapOutboundOut(body), promise: written)
+            }
+            return
+        case .reply(let promise, let tlsHandshake):
+            waiters.removeFirst()
+            waiter = (promise, tlsHandshake)
         }
         if let handshake = waiter.tlsHandshake, reply.code == 220 {
             if let rest = buffer, rest.readableBytes > 0 {
@@ -143,13 +173,44 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         if let failure {
+            request.exchange?.fail(failure)
             request.reply?.fail(failure)
             request.tlsHandshake?.fail(failure)
             promise?.fail(failure)
             return
         }
-        if let reply = request.reply { waiters.append((reply, request.tlsHandshake)) }
+        if let exchange = request.exchange {
+            waiters.append(.exchange(exchange))
+            exchange.deadline = .now() + exchange.protocolTimeout.timeAmount
+            armWatchdog(context: context, deadline: exchange.deadline)
+        } else if let reply = request.reply {
+            waiters.append(.reply(reply, tlsHandshake: request.tlsHandshake))
+        }
         context.write(wrapOutboundOut(request.bytes), promise: promise)
+    }
+
+    // MARK: the exchange's timer
+
+    private func armWatchdog(context: ChannelHandlerContext, deadline: NIODeadline) {
+        if watchdog != nil && watchdogDeadline <= deadline { return }
+        watchdog?.cancel()
+        watchdogDeadline = deadline
+        watchdog = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            self.watchdogFired(context: context)
+        }
+    }
+
+    private func watchdogFired(context: ChannelHandlerContext) {
+        watchdog = nil
+        watchdogDeadline = .distantFuture
+        guard failure == nil, case .exchange(let exchange)? = waiters.first else { return }
+        if NIODeadline.now() < exchange.deadline {
+            armWatchdog(context: context, deadline: exchange.deadline)
+            return
+        }
+        let error = exchange.timedOut()
+        waiters.removeFirst()
+        fail(context: context, error)
     }
 
     // MARK: failure
@@ -163,9 +224,16 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func failAll(_ error: SMTPError) {
         if failure == nil { failure = error }
         while let waiter = waiters.popFirst() {
-            waiter.promise.fail(error)
-            waiter.tlsHandshake?.fail(error)
+            switch waiter {
+            case .reply(let promise, let tlsHandshake):
+                promise.fail(error)
+                tlsHandshake?.fail(error)
+            case .exchange(let exchange):
+                exchange.fail(error)
+            }
         }
+        watchdog?.cancel()
+        watchdog = nil
         if let handshake = handshakePromise {
             handshakePromise = nil
             handshake.fail(error)

@@ -70,27 +70,50 @@ public enum SMTPCommand: Sendable, Hashable {
     public func encode(into buffer: inout ByteBuffer) throws(SMTPError) -> Int {
         try validate()
         let start = buffer.writerIndex
+        writeValidated(into: &buffer)
+        return buffer.writerIndex - start
+    }
+
+    /// Writes the command line, CRLF included, for a command `validate()` accepted.
+    func writeValidated(into buffer: inout ByteBuffer) {
         switch self {
-        case .ehlo(let domain): buffer.writeString("EHLO \(domain)")
-        case .helo(let domain): buffer.writeString("HELO \(domain)")
-        case .startTLS: buffer.writeString("STARTTLS")
+        case .ehlo(let domain):
+            buffer.writeStaticString("EHLO ")
+            buffer.writeString(domain)
+        case .helo(let domain):
+            buffer.writeStaticString("HELO ")
+            buffer.writeString(domain)
+        case .startTLS: buffer.writeStaticString("STARTTLS")
         case .auth(let mechanism, let initialResponse):
-            buffer.writeString("AUTH \(mechanism)")
-            if let initialResponse { buffer.writeString(" \(initialResponse.isEmpty ? "=" : initialResponse)") }
+            buffer.writeStaticString("AUTH ")
+            buffer.writeString(mechanism)
+            if let initialResponse {
+                buffer.writeStaticString(" ")
+                buffer.writeString(initialResponse.isEmpty ? "=" : initialResponse)
+            }
         case .authResponse(let line): buffer.writeString(line)
         case .mailFrom(let path, let parameters):
-            buffer.writeString("MAIL FROM:<\(path)>")
-            for p in parameters { buffer.writeString(" \(p)") }
+            buffer.writeStaticString("MAIL FROM:<")
+            buffer.writeString(path)
+            buffer.writeStaticString(">")
+            for p in parameters {
+                buffer.writeStaticString(" ")
+                buffer.writeString(p)
+            }
         case .rcptTo(let path, let parameters):
-            buffer.writeString("RCPT TO:<\(path)>")
-            for p in parameters { buffer.writeString(" \(p)") }
-        case .data: buffer.writeString("DATA")
-        case .noop: buffer.writeString("NOOP")
-        case .rset: buffer.writeString("RSET")
-        case .quit: buffer.writeString("QUIT")
+            buffer.writeStaticString("RCPT TO:<")
+            buffer.writeString(path)
+            buffer.writeStaticString(">")
+            for p in parameters {
+                buffer.writeStaticString(" ")
+                buffer.writeString(p)
+            }
+        case .data: buffer.writeStaticString("DATA")
+        case .noop: buffer.writeStaticString("NOOP")
+        case .rset: buffer.writeStaticString("RSET")
+        case .quit: buffer.writeStaticString("QUIT")
         }
-        buffer.writeString("\r\n")
-        return buffer.writerIndex - start
+        buffer.writeStaticString("\r\n")
     }
 
     private static func checkPath(_ value: String, what: String, allowEmpty: Bool) throws(SMTPError) {
@@ -108,12 +131,13 @@ public enum SMTPCommand: Sendable, Hashable {
         if value.isEmpty && !allowEmpty {
             throw SMTPError(stage: stage, kind: .invalidArgument, message: "the \(what) is empty")
         }
-        for scalar in value.unicodeScalars {
-            if scalar == "\r" || scalar == "\n" || scalar == "\0" {
+        // Every character checked is ASCII, and in UTF-8 an ASCII byte is always a character of its own.
+        for byte in value.utf8 {
+            if byte == 0x0D || byte == 0x0A || byte == 0x00 {
                 throw SMTPError(stage: stage, kind: .invalidArgument,
                                 message: "the \(what)\(shown) contains CR, LF or NUL; nothing was sent")
             }
-            if scalar.value < 0x20 || scalar.value == 0x7F || (forbidSpace && scalar == " ") {
+            if byte < 0x20 || byte == 0x7F || (forbidSpace && byte == 0x20) {
                 throw SMTPError(stage: stage, kind: .invalidArgument,
                                 message: "the \(what)\(shown) contains a control character or space; nothing was sent")
             }

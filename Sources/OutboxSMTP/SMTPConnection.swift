@@ -170,6 +170,12 @@ public final class SMTPConnection: Sendable {
         return SMTPConnection(channel: channel, session: session)
     }
 
+    /// A duration as the configuration writes it, `hh:mm:ss`.
+    static func format(_ d: Duration) -> String {
+        let s = d.components.seconds
+        return String(format: "%02lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60)
+    }
+
     static func isIPAddress(_ host: String) -> Bool {
         var v4 = in_addr()
         var v6 = in6_addr()
@@ -372,10 +378,7 @@ public final class SMTPConnection: Sendable {
             }
         }
 
-        static func format(_ d: Duration) -> String {
-            let s = d.components.seconds
-            return String(format: "%02lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60)
-        }
+        static func format(_ d: Duration) -> String { SMTPConnection.format(d) }
 
         /// Encodes and writes commands in one flush; returns the futures of their replies.
         /// Encodes (and so validates) commands before anything is written.
@@ -743,113 +746,67 @@ public final class SMTPConnection: Sendable {
             return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: bytes)
         }
 
-        struct PipelinedOutcome: Sendable {
-            /// MAIL, each RCPT, DATA.
-            var replies: [SMTPReply]
-            /// The reply to the final dot, when the body was sent.
-            var finalReply: SMTPReply?
-        }
+        typealias PipelinedOutcome = SMTPPipelinedOutcome
 
-        /// MAIL, the RCPTs and DATA in one flush; on the event loop, when their replies are in and
+        /// MAIL, the RCPTs and DATA in one write; on the event loop, when their replies are in and
         /// MAIL was accepted, at least one RCPT too, and DATA got 354, the (complete, already
-        /// stuffed) body goes out with the final dot. `protocol-timeout` bounds the wait for the
-        /// command replies, the DATA termination timeout the wait after the dot.
+        /// stuffed) body goes out with the final dot (see `SMTPPipelinedExchange`).
+        /// `protocol-timeout` bounds the wait for the command replies, the DATA termination
+        /// timeout the wait after the dot. Commands must be validated already.
         func pipelinedTransaction(_ commands: [SMTPCommand], body: ByteBuffer) async throws(SMTPError) -> PipelinedOutcome {
-            let buffers = try encode(commands)
+            var wire = channel.allocator.buffer(capacity: 128 * commands.count)
+            for command in commands {
+                command.writeValidated(into: &wire)
+                if debug { trace(sent: command.redactedText) }
+            }
+            let exchange = SMTPPipelinedExchange(rcptCount: commands.count - 2, body: body,
+                                                 protocolTimeout: configuration.protocolTimeout,
+                                                 terminationTimeout: configuration.dataTerminationTimeout)
             let channel = self.channel
-            let eventLoop = channel.eventLoop
-            let promises = buffers.map { _ in eventLoop.makePromise(of: SMTPReply.self) }
-            let futures = promises.map(\.futureResult)
-            let protocolTimeout = configuration.protocolTimeout
-            let terminationTimeout = configuration.dataTerminationTimeout
-            let rcptCount = commands.count - 2
-            // What failed, decided on the event loop.
-            enum Failure: Error { case timedOut(SMTPError.Stage, Duration), failed(SMTPError.Stage, any Error), afterDot(written: Bool, any Error) }
             do {
-                return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<PipelinedOutcome, any Error>) in
-                    eventLoop.execute {
-                        Self.writeOnLoop(channel, buffers, promises)
-                        let timedOut = NIOLoopBoundBox(false, eventLoop: eventLoop)
-                        let timer = eventLoop.scheduleTask(in: protocolTimeout.timeAmount) {
-                            timedOut.value = true
-                            channel.close(promise: nil)
-                        }
-                        EventLoopFuture<SMTPReply>.whenAllComplete(futures, on: eventLoop).whenSuccess { results in
-                            timer.cancel()
-                            var replies: [SMTPReply] = []
-                            for (index, result) in results.enumerated() {
-                                let stage: SMTPError.Stage = index == 0 ? .mail : (index <= rcptCount ? .rcpt : .data)
-                                switch result {
-                                case .success(let reply):
-                                    replies.append(reply)
-                                    if reply.code == 421 {
-                                        // The server is closing: report its 421, not the closed connection after it.
-                                        continuation.resume(returning: PipelinedOutcome(replies: replies, finalReply: nil))
-                                        return
-                                    }
-                                case .failure(let error):
-                                    continuation.resume(throwing: timedOut.value ? Failure.timedOut(stage, protocolTimeout) : Failure.failed(stage, error))
-                                    return
-                                }
-                            }
-                            let allReplies = replies
-                            let anyAccepted = replies[1...rcptCount].contains { $0.isPositiveCompletion }
-                            guard replies[0].isPositiveCompletion, anyAccepted, replies.last!.code == 354 else {
-                                continuation.resume(returning: PipelinedOutcome(replies: replies, finalReply: nil))
-                                return
-                            }
-                            let final = eventLoop.makePromise(of: SMTPReply.self)
-                            let written = eventLoop.makePromise(of: Void.self)
-                            let wasWritten = NIOLoopBoundBox(false, eventLoop: eventLoop)
-                            written.futureResult.whenComplete { result in
-                                switch result {
-                                case .success: wasWritten.value = true
-                                case .failure(let error): final.fail(error)
-                                }
-                            }
-                            let termination = eventLoop.scheduleTask(in: terminationTimeout.timeAmount) {
-                                channel.close(promise: nil)
-                            }
-                            channel.writeAndFlush(SMTPOutbound(bytes: body, reply: final), promise: written)
-                            final.futureResult.whenComplete { result in
-                                termination.cancel()
-                                switch result {
-                                case .success(let reply):
-                                    continuation.resume(returning: PipelinedOutcome(replies: allReplies, finalReply: reply))
-                                case .failure(let error):
-                                    continuation.resume(throwing: Failure.afterDot(written: wasWritten.value, error))
-                                }
-                            }
-                        }
+                return try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<PipelinedOutcome, any Error>) in
+                    exchange.start(continuation)
+                    let outbound = SMTPOutbound(bytes: wire, reply: nil, exchange: exchange)
+                    if channel.eventLoop.inEventLoop {
+                        Self.startExchange(channel, outbound)
+                    } else {
+                        channel.eventLoop.execute { Self.startExchange(channel, outbound) }
                     }
                 }
-            } catch let failure as Failure {
+            } catch let failure as SMTPPipelinedExchange.Failure {
                 switch failure {
                 case .timedOut(let stage, let timeout):
                     throw SMTPError(stage: stage, kind: .timeout,
                                     message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
-                case .failed(let stage, let error):
-                    if var smtp = error as? SMTPError {
-                        if smtp.kind == .connectionClosed && smtp.stage != stage {
-                            smtp.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
-                            smtp.stage = stage
-                        }
-                        throw smtp
+                case .failed(let stage, var smtp):
+                    if smtp.kind == .connectionClosed && smtp.stage != stage {
+                        smtp.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
+                        smtp.stage = stage
                     }
-                    throw SMTPError(stage: stage, kind: .connectionClosed, message: "the connection was lost during \(stage.rawValue.uppercased()): \(error)")
+                    throw smtp
                 case .afterDot(let written, let error):
-                    let text = (error as? SMTPError)?.message ?? "\(error)"
                     if !written {
                         throw SMTPError(stage: .data, kind: .connectionClosed,
-                                        message: "the connection was lost before the end of the message was sent (\(text)); the message was not accepted")
+                                        message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
                     }
                     throw SMTPError(stage: .data, kind: .outcomeUnknown,
-                                    message: "the connection failed after the whole message was sent and before the server confirmed it (\(text)): the message may or may not have been accepted",
+                                    message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
                                     isTransient: true)
                 }
             } catch {
                 throw SMTPError(stage: .data, kind: .connectionClosed, message: "\(error)")
             }
+        }
+
+        /// On the event loop: a closed channel has no handler left to fail the exchange, so it
+        /// is failed here; an open one takes the write (a failed write closes the channel, and
+        /// the handler then fails the exchange).
+        static func startExchange(_ channel: any Channel, _ outbound: SMTPOutbound) {
+            guard channel.isActive else {
+                outbound.exchange?.fail(SMTPError(stage: .mail, kind: .connectionClosed, message: "the connection is closed"))
+                return
+            }
+            channel.writeAndFlush(outbound, promise: nil)
         }
 
         /// DATA was accepted in a pipeline but must not go on: an empty body ends it. With no

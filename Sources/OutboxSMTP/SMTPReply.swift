@@ -13,24 +13,37 @@ public struct EnhancedStatusCode: Sendable, Hashable, CustomStringConvertible {
     /// Parses `x.y.z` at the start of `text` (class 2, 4 or 5; subject and detail 0-999).
     /// Returns the code and the number of characters consumed, or nil.
     static func parse(prefixOf text: Substring) -> (EnhancedStatusCode, Int)? {
-        var parts: [Int] = []
-        var current = ""
-        var consumed = 0
-        for ch in text {
-            if ch.isASCII, ch.isNumber {
-                current.append(ch)
-                if current.count > 3 { return nil }
-            } else if ch == ".", !current.isEmpty, parts.count < 2 {
-                parts.append(Int(current)!)
-                current = ""
-            } else {
-                break
+        let bytes = Array(text.utf8)
+        return bytes.withUnsafeBytes { parse(prefixOf: $0) }
+    }
+
+    /// Parses `x.y.z` at the start of `bytes`: one to three digits each, class 2, 4 or 5.
+    /// Returns the code and the number of bytes consumed, or nil.
+    static func parse(prefixOf bytes: UnsafeRawBufferPointer) -> (EnhancedStatusCode, Int)? {
+        var parts = (0, 0, 0)
+        var index = 0
+        for part in 0..<3 {
+            if part > 0 {
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ".") else { return nil }
+                index += 1
             }
-            consumed += 1
+            var value = 0
+            var digits = 0
+            while index < bytes.count, bytes[index] >= UInt8(ascii: "0"), bytes[index] <= UInt8(ascii: "9") {
+                digits += 1
+                if digits > 3 { return nil }
+                value = value * 10 + Int(bytes[index] - UInt8(ascii: "0"))
+                index += 1
+            }
+            guard digits > 0 else { return nil }
+            switch part {
+            case 0: parts.0 = value
+            case 1: parts.1 = value
+            default: parts.2 = value
+            }
         }
-        guard parts.count == 2, !current.isEmpty, let last = Int(current) else { return nil }
-        guard [2, 4, 5].contains(parts[0]) else { return nil }
-        return (EnhancedStatusCode(klass: parts[0], subject: parts[1], detail: last), consumed)
+        guard parts.0 == 2 || parts.0 == 4 || parts.0 == 5 else { return nil }
+        return (EnhancedStatusCode(klass: parts.0, subject: parts.1, detail: parts.2), index)
     }
 
     public var description: String { "\(klass).\(subject).\(detail)" }
