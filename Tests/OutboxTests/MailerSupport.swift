@@ -58,6 +58,26 @@ func storedSubjects(in maildir: String, prefix: String) -> [String: Int] {
     return counts
 }
 
+/// What Postfix stored per subject: the queue ids of its copies. Two copies with one queue id are
+/// Postfix delivering a message it had accepted once a second time (its local delivery is
+/// at-least-once when it is stopped mid-delivery); two queue ids are two submissions.
+func storedQueueIDs(in maildir: String, prefix: String) -> [String: [String]] {
+    var ids: [String: [String]] = [:]
+    let fm = FileManager.default
+    for name in (try? fm.contentsOfDirectory(atPath: maildir)) ?? [] {
+        guard let data = fm.contents(atPath: maildir + "/" + name) else { continue }
+        let text = String(decoding: data.prefix(4096), as: UTF8.self)
+        guard let subjectLine = text.split(separator: "\n").first(where: { $0.hasPrefix("Subject: \(prefix)") }) else { continue }
+        let subject = String(subjectLine.dropFirst("Subject: ".count)).trimmingCharacters(in: .whitespacesAndNewlines)
+        var queueID = "unknown-\(name)"
+        if let postfix = text.range(of: "(Postfix) with "), let idMark = text.range(of: " id ", range: postfix.upperBound..<text.endIndex) {
+            queueID = String(text[idMark.upperBound...].prefix { !$0.isWhitespace && $0 != ";" })
+        }
+        ids[subject, default: []].append(queueID)
+    }
+    return ids
+}
+
 func testMessage(subject: String, to: String = "rcpt@elsewhere.example") throws -> Message {
     Message(from: try Address("sender@example.test"), to: [try Address(to)], subject: subject, text: "body of \(subject)\r\n")
 }

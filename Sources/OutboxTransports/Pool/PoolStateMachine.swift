@@ -391,9 +391,13 @@ where Instant.Duration == Duration {
         var actions: [Action] = []
         switch timer {
         case .idle(let id):
-            guard var connection = connections[id], connection.state == .idle else { return [] }
+            // The timer is not cancelled when its connection is handed out (that would cost a
+            // timer per message): a connection in use when it fires just loses it, and gets a
+            // new one (from its new last use) when it is idle again.
+            guard var connection = connections[id], connection.hasIdleTimer else { return [] }
             connection.hasIdleTimer = false
             connections[id] = connection
+            guard connection.state == .idle else { return [] }
             if let reason = expiry(of: connection, now: now) {
                 close(id, reason, &actions)
             }
@@ -522,25 +526,24 @@ where Instant.Duration == Duration {
     /// The most recently used usable idle connection (so the others age out); unusable ones met
     /// on the way are closed.
     private mutating func takeIdleConnection(now: Instant, _ actions: inout [Action]) -> PoolConnectionID? {
-        let candidates = connections.filter { $0.value.state == .idle }.sorted { a, b in
-            a.value.lastUsed != b.value.lastUsed ? a.value.lastUsed > b.value.lastUsed : a.key > b.key
-        }
-        for (id, connection) in candidates {
-            if let reason = expiry(of: connection, now: now) {
-                close(id, reason, &actions)
-            } else {
-                return id
+        // A scan, not a sort: this runs for every message.
+        while true {
+            var best: (id: PoolConnectionID, lastUsed: Instant)?
+            for (id, connection) in connections where connection.state == .idle {
+                if let current = best,
+                   connection.lastUsed < current.lastUsed || (connection.lastUsed == current.lastUsed && id < current.id) {
+                    continue
+                }
+                best = (id, connection.lastUsed)
             }
+            guard let best else { return nil }
+            guard let reason = expiry(of: connections[best.id]!, now: now) else { return best.id }
+            close(best.id, reason, &actions)
         }
-        return nil
     }
 
     private mutating func handOut(_ id: PoolConnectionID, to request: RequestID, now: Instant, _ actions: inout [Action]) {
         var connection = connections[id]!
-        if connection.hasIdleTimer {
-            connection.hasIdleTimer = false
-            actions.append(.cancelTimer(.idle(id)))
-        }
         let noop = !connection.fresh && connection.lastUsed.duration(to: now) >= configuration.checkIdleTime
         let reset = connection.needsReset
         if noop || reset {
@@ -559,9 +562,13 @@ where Instant.Duration == Duration {
     /// Gives every idle connection without a timer its timer, or closes it when the max idle time
     /// is zero.
     private mutating func settleIdleConnections(now: Instant, _ actions: inout [Action]) {
-        for id in connections.keys.sorted() {
+        var unsettled: [PoolConnectionID] = []
+        for (id, connection) in connections where connection.state == .idle && !connection.hasIdleTimer {
+            unsettled.append(id)
+        }
+        guard !unsettled.isEmpty else { return }
+        for id in unsettled.sorted() {
             let connection = connections[id]!
-            guard connection.state == .idle, !connection.hasIdleTimer else { continue }
             if let reason = expiry(of: connection, now: now) {
                 close(id, reason, &actions)
                 continue

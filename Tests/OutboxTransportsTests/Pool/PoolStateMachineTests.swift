@@ -61,16 +61,18 @@ struct PoolStateMachineTests {
         #expect(sm.leaseRequested(1, now: t(0)) == [.makeConnection(c0, generation: 0)])
         #expect(sm.cancelled(1) == [.failRequest(1, .cancelled)])
         #expect(sm.connectionEstablished(c0, credentialLifetime: nil, now: t(1)) == [.scheduleTimer(.idle(c0), at: t(301))])
-        #expect(sm.leaseRequested(2, now: t(2)) == [.cancelTimer(.idle(c0)), .lease(c0, to: 2)])  // fresh: no NOOP
+        // fresh: no NOOP; the idle timer stays armed (it is not cancelled for every message)
+        #expect(sm.leaseRequested(2, now: t(2)) == [.lease(c0, to: 2)])
     }
 
     @Test func cancelledDuringCheckGetsCancellationAndConnectionStays() {
         var sm = SM(configuration: config(size: 1, checkIdle: 0))
         leaseNew(&sm, 1, c0, at: t(0))
         _ = sm.released(c0, .clean, now: t(1))
-        #expect(sm.leaseRequested(2, now: t(2)) == [.cancelTimer(.idle(c0)), .check(c0, for: 2, reset: false, noop: true)])
+        #expect(sm.leaseRequested(2, now: t(2)) == [.check(c0, for: 2, reset: false, noop: true)])
         #expect(sm.cancelled(2) == [.failRequest(2, .cancelled)])
-        #expect(sm.checkSucceeded(c0, now: t(3)) == [.scheduleTimer(.idle(c0), at: t(303))])
+        #expect(sm.checkSucceeded(c0, now: t(3)) == [])  // idle again; its timer (t301) is still armed
+        #expect(sm.timerFired(.idle(c0), now: t(301)) == [.scheduleTimer(.idle(c0), at: t(303))])
         #expect(sm.statistics.idle == 1)
     }
 
@@ -78,10 +80,10 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 1))
         leaseNew(&sm, 1, c0, at: t(0))
         #expect(sm.released(c0, .needsReset, now: t(1)) == [.scheduleTimer(.idle(c0), at: t(301))])
-        #expect(sm.leaseRequested(2, now: t(2)) == [.cancelTimer(.idle(c0)), .check(c0, for: 2, reset: true, noop: false)])
+        #expect(sm.leaseRequested(2, now: t(2)) == [.check(c0, for: 2, reset: true, noop: false)])
         #expect(sm.checkSucceeded(c0, now: t(2)) == [.lease(c0, to: 2)])
-        #expect(sm.released(c0, .clean, now: t(3)) == [.scheduleTimer(.idle(c0), at: t(303))])
-        #expect(sm.leaseRequested(3, now: t(4)) == [.cancelTimer(.idle(c0)), .lease(c0, to: 3)])
+        #expect(sm.released(c0, .clean, now: t(3)) == [])  // the timer armed at t1 is still pending
+        #expect(sm.leaseRequested(3, now: t(4)) == [.lease(c0, to: 3)])
         #expect(sm.statistics.resets == 1)
         // Released dirty straight to a waiter: reset still comes first.
         #expect(sm.leaseRequested(4, now: t(4)) == [])
@@ -92,9 +94,9 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 1, checkIdle: 30))
         leaseNew(&sm, 1, c0, at: t(0))
         _ = sm.released(c0, .clean, now: t(10))
-        #expect(sm.leaseRequested(2, now: t(39)) == [.cancelTimer(.idle(c0)), .lease(c0, to: 2)])  // idle 29 s
+        #expect(sm.leaseRequested(2, now: t(39)) == [.lease(c0, to: 2)])  // idle 29 s
         _ = sm.released(c0, .clean, now: t(40))
-        #expect(sm.leaseRequested(3, now: t(70)) == [.cancelTimer(.idle(c0)), .check(c0, for: 3, reset: false, noop: true)])  // idle 30 s
+        #expect(sm.leaseRequested(3, now: t(70)) == [.check(c0, for: 3, reset: false, noop: true)])  // idle 30 s
         #expect(sm.checkSucceeded(c0, now: t(70)) == [.lease(c0, to: 3)])
         #expect(sm.statistics.noopChecks == 1)
     }
@@ -106,7 +108,7 @@ struct PoolStateMachineTests {
         #expect(sm.released(c0, .clean, now: t(0)) == [.check(c0, for: 2, reset: false, noop: true)])
         #expect(sm.checkSucceeded(c0, now: t(0)) == [.lease(c0, to: 2)])
         _ = sm.released(c0, .clean, now: t(0))
-        #expect(sm.leaseRequested(3, now: t(0)) == [.cancelTimer(.idle(c0)), .check(c0, for: 3, reset: false, noop: true)])
+        #expect(sm.leaseRequested(3, now: t(0)) == [.check(c0, for: 3, reset: false, noop: true)])
         #expect(sm.statistics.noopChecks == 2)
     }
 
@@ -114,8 +116,8 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 1))
         leaseNew(&sm, 1, c0, at: t(0))
         _ = sm.released(c0, .clean, now: t(0))
-        #expect(sm.leaseRequested(2, now: t(60)) == [.cancelTimer(.idle(c0)), .check(c0, for: 2, reset: false, noop: true)])
-        #expect(sm.checkFailed(c0, now: t(60)) == [.close(c0, reason: .checkFailed)])
+        #expect(sm.leaseRequested(2, now: t(60)) == [.check(c0, for: 2, reset: false, noop: true)])
+        #expect(sm.checkFailed(c0, now: t(60)) == [.cancelTimer(.idle(c0)), .close(c0, reason: .checkFailed)])
         #expect(sm.statistics.waiting == 1)  // still waiting, not failed
         #expect(sm.connectionClosed(c0, now: t(61)) == [.makeConnection(c1, generation: 0)])  // size 1: after the close
         #expect(sm.connectionEstablished(c1, credentialLifetime: nil, now: t(61)) == [.lease(c1, to: 2)])
@@ -129,9 +131,9 @@ struct PoolStateMachineTests {
         _ = sm.released(c0, .clean, now: t(0))
         _ = sm.released(c1, .clean, now: t(1))
         // most recently used first
-        #expect(sm.leaseRequested(3, now: t(100)) == [.cancelTimer(.idle(c1)), .check(c1, for: 3, reset: false, noop: true)])
+        #expect(sm.leaseRequested(3, now: t(100)) == [.check(c1, for: 3, reset: false, noop: true)])
         #expect(sm.checkFailed(c1, now: t(100)) == [
-            .close(c1, reason: .checkFailed), .cancelTimer(.idle(c0)), .check(c0, for: 3, reset: false, noop: true),
+            .cancelTimer(.idle(c1)), .close(c1, reason: .checkFailed), .check(c0, for: 3, reset: false, noop: true),
         ])
         #expect(sm.checkSucceeded(c0, now: t(100)) == [.lease(c0, to: 3)])
     }
@@ -146,6 +148,30 @@ struct PoolStateMachineTests {
         #expect(sm.statistics.closing == 1)
         #expect(sm.connectionClosed(c0, now: t(306)) == [])
         #expect(sm.statistics.total == 0)
+    }
+
+    @Test func idleTimerFiringWhileLeasedIsDroppedAndReArmedFromTheNextRelease() {
+        var sm = SM(configuration: config(size: 1, maxIdle: 300))
+        leaseNew(&sm, 1, c0, at: t(0))
+        #expect(sm.released(c0, .clean, now: t(5)) == [.scheduleTimer(.idle(c0), at: t(305))])
+        #expect(sm.leaseRequested(2, now: t(6)) == [.lease(c0, to: 2)])  // the timer stays armed
+        // It fires while the connection is in use: nothing is closed, and the timer is gone.
+        #expect(sm.timerFired(.idle(c0), now: t(305)) == [])
+        #expect(sm.statistics.leased == 1)
+        // Idle again: a new timer from the new last use.
+        #expect(sm.released(c0, .clean, now: t(400)) == [.scheduleTimer(.idle(c0), at: t(700))])
+        #expect(sm.timerFired(.idle(c0), now: t(700)) == [.close(c0, reason: .idleTimeout)])
+    }
+
+    @Test func idleTimerArmedEarlierStillClosesAfterTheLastUseNotBefore() {
+        var sm = SM(configuration: config(size: 1, maxIdle: 300))
+        leaseNew(&sm, 1, c0, at: t(0))
+        #expect(sm.released(c0, .clean, now: t(5)) == [.scheduleTimer(.idle(c0), at: t(305))])
+        #expect(sm.leaseRequested(2, now: t(20)) == [.lease(c0, to: 2)])
+        #expect(sm.released(c0, .clean, now: t(200)) == [])  // idle again, the t305 timer still armed
+        // It fires at t305: idle only 105 s, so it re-arms for t500 instead of closing.
+        #expect(sm.timerFired(.idle(c0), now: t(305)) == [.scheduleTimer(.idle(c0), at: t(500))])
+        #expect(sm.timerFired(.idle(c0), now: t(500)) == [.close(c0, reason: .idleTimeout)])
     }
 
     @Test func idleConnectionPastMaxIdleIsNotHandedOutEvenIfTheTimerIsLate() {
@@ -170,8 +196,8 @@ struct PoolStateMachineTests {
         leaseNew(&sm, 1, c0, at: t(0), lifetime: .seconds(100))  // expires t100, retire t90
         // Idle timer at the retire instant, not at max idle.
         #expect(sm.released(c0, .clean, now: t(5)) == [.scheduleTimer(.idle(c0), at: t(90))])
-        #expect(sm.leaseRequested(2, now: t(20)) == [.cancelTimer(.idle(c0)), .lease(c0, to: 2)])
-        #expect(sm.released(c0, .clean, now: t(21)) == [.scheduleTimer(.idle(c0), at: t(90))])
+        #expect(sm.leaseRequested(2, now: t(20)) == [.lease(c0, to: 2)])
+        #expect(sm.released(c0, .clean, now: t(21)) == [])  // the t90 timer is still armed
         #expect(sm.timerFired(.idle(c0), now: t(90)) == [.close(c0, reason: .credentialExpiring)])
         #expect(sm.connectionClosed(c0, now: t(90)) == [])
     }
@@ -280,24 +306,25 @@ struct PoolStateMachineTests {
         leaseNew(&sm, 2, c1, at: t(0))
         leaseNew(&sm, 3, c2, at: t(0))
         _ = sm.released(c1, .clean, now: t(1))
-        #expect(sm.leaseRequested(4, now: t(1)) == [.cancelTimer(.idle(c1)), .check(c1, for: 4, reset: false, noop: true)])
+        #expect(sm.leaseRequested(4, now: t(1)) == [.check(c1, for: 4, reset: false, noop: true)])
         #expect(sm.leaseRequested(5, now: t(1)) == [])
         _ = sm.released(c2, .clean, now: t(1)) // c2 handed to 5 under check
         #expect(sm.statistics.checking == 2)
         #expect(sm.checkSucceeded(c2, now: t(1)) == [.lease(c2, to: 5)])
         _ = sm.released(c2, .clean, now: t(2))
-        #expect(sm.leaseRequested(6, now: t(2)) == [.cancelTimer(.idle(c2)), .check(c2, for: 6, reset: false, noop: true)])
+        #expect(sm.leaseRequested(6, now: t(2)) == [.check(c2, for: 6, reset: false, noop: true)])
         #expect(sm.checkSucceeded(c2, now: t(2)) == [.lease(c2, to: 6)])
         #expect(sm.leaseRequested(7, now: t(2)) == [])
         // c0 leased (1), c1 checking for 4, c2 leased (6), 7 waiting.
         #expect(sm.shutdown() == [.failRequest(7, .shutdown), .failRequest(4, .shutdown)])
         #expect(sm.shutdown() == [])
         #expect(sm.leaseRequested(8, now: t(3)) == [.failRequest(8, .shutdown)])
-        #expect(sm.checkSucceeded(c1, now: t(3)) == [.close(c1, reason: .shutdown)])
+        // Closing a connection whose idle timer is still armed cancels it.
+        #expect(sm.checkSucceeded(c1, now: t(3)) == [.cancelTimer(.idle(c1)), .close(c1, reason: .shutdown)])
         #expect(sm.released(c0, .clean, now: t(4)) == [.close(c0, reason: .shutdown)])
         #expect(sm.connectionClosed(c0, now: t(4)) == [])
         #expect(sm.connectionClosed(c1, now: t(4)) == [])
-        #expect(sm.released(c2, .needsReset, now: t(5)) == [.close(c2, reason: .shutdown)])
+        #expect(sm.released(c2, .needsReset, now: t(5)) == [.cancelTimer(.idle(c2)), .close(c2, reason: .shutdown)])
         #expect(sm.connectionClosed(c2, now: t(5)) == [.shutdownComplete])
     }
 
