@@ -7,6 +7,10 @@
 # For each case (1 KiB and 100 KiB messages, 1 and 10 reused connections) it runs
 # `smtp-source -d` and `outbox-bench smtp` with the same N, C and size, 3 times each,
 # alternating, and prints the medians (messages/second) and the ratio outbox/smtp-source.
+# Outbox runs twice per round: with Swift's default global executor, and with
+# `--executor nio` (NIO's event loops installed as the global executor, so a task resumed by a
+# connection's event loop runs on it without a thread switch: a process-wide choice an
+# application embedding Outbox can make).
 # Then `outbox-bench mailer` (Mailer.send through the pool) with pool sizes 1, 4 and 10 beside
 # `smtp-source -s 1/4/10 -d` (BENCH_POOL_SIZES overrides the list).
 # Then it sends one 200 MiB message with `outbox-bench smtp --big-mib 200` and prints the
@@ -94,10 +98,10 @@ run_source() { # C SIZE
   awk -v n="$MESSAGES" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", n / (e - s) }'
 }
 
-run_outbox() { # C SIZE
+run_outbox() { # C SIZE EXECUTOR
   local out last
   if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" smtp --host "$HOST" --port "$PORT" \
-      --messages "$MESSAGES" --connections "$1" --size "$2" 2>&1); then
+      --messages "$MESSAGES" --connections "$1" --size "$2" --executor "$3" 2>&1); then
     log "outbox-bench smtp -c $1 --size $2 failed: $(echo "$out" | tail -3)"; echo fail; return
   fi
   last=$(echo "$out" | tail -1)
@@ -107,34 +111,36 @@ run_outbox() { # C SIZE
 
 median() { printf '%s\n' "$@" | grep -v '^fail$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "fail"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+ratio() { awk -v s="$1" -v o="$2" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }'; }
+
 CASES=("1 1024" "10 1024" "1 102400" "10 102400")
 RESULTS=()
 for case in "${CASES[@]}"; do
   read -r C SIZE <<<"$case"
-  src=(); obx=()
+  src=(); obx_swift=(); obx_nio=()
   for r in $(seq "$REPEATS"); do
-    s=$(run_source "$C" "$SIZE"); o=$(run_outbox "$C" "$SIZE")
-    log "C=$C size=$SIZE run $r: smtp-source $s/s, outbox $o/s"
-    src+=("$s"); obx+=("$o")
+    s=$(run_source "$C" "$SIZE"); o=$(run_outbox "$C" "$SIZE" swift); n=$(run_outbox "$C" "$SIZE" nio)
+    log "C=$C size=$SIZE run $r: smtp-source $s/s, outbox $o/s, outbox --executor nio $n/s"
+    src+=("$s"); obx_swift+=("$o"); obx_nio+=("$n")
   done
-  RESULTS+=("$C $SIZE $(median "${src[@]}") $(median "${obx[@]}")")
+  RESULTS+=("$C $SIZE $(median "${src[@]}") $(median "${obx_swift[@]}") $(median "${obx_nio[@]}")")
 done
 
 echo
 echo "SMTP to smtp-sink on $HOST:$PORT, $MESSAGES messages per run, median of $REPEATS (messages/second)"
-printf '%-22s %16s %16s %14s\n' "case" "smtp-source" "outbox" "outbox/source"
+echo "outbox: Swift's default executor; outbox-nio: --executor nio (NIO's event loops as the global executor)"
+printf '%-22s %14s %12s %8s %12s %8s\n' "case" "smtp-source" "outbox" "ratio" "outbox-nio" "ratio"
 for row in "${RESULTS[@]}"; do
-  read -r C SIZE S O <<<"$row"
+  read -r C SIZE S O N <<<"$row"
   label="C=$C size=$((SIZE / 1024))KiB"
-  ratio=$(awk -v s="$S" -v o="$O" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }')
-  printf '%-22s %16s %16s %14s\n' "$label" "$S" "$O" "$ratio"
+  printf '%-22s %14s %12s %8s %12s %8s\n' "$label" "$S" "$O" "$(ratio "$S" "$O")" "$N" "$(ratio "$S" "$N")"
 done
 
 # Mailer.send through the connection pool, beside smtp-source with as many sessions.
-run_mailer() { # S SIZE
+run_mailer() { # S SIZE EXECUTOR
   local out last
   if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" mailer --host "$HOST" --port "$PORT" \
-      --messages "$MESSAGES" --pool-size "$1" --size "$2" 2>&1); then
+      --messages "$MESSAGES" --pool-size "$1" --size "$2" --executor "$3" 2>&1); then
     log "outbox-bench mailer --pool-size $1 failed: $(echo "$out" | tail -3)"; echo "fail fail fail"; return
   fi
   last=$(echo "$out" | tail -1)
@@ -144,22 +150,24 @@ run_mailer() { # S SIZE
 
 MAILER_RESULTS=()
 for S in ${BENCH_POOL_SIZES:-1 4 10}; do
-  src=(); obx=(); p50=(); p99=()
+  src=(); obx=(); p50=(); p99=(); nio=(); nio50=(); nio99=()
   for r in $(seq "$REPEATS"); do
-    s=$(run_source "$S" 1024); read -r o a b <<<"$(run_mailer "$S" 1024)"
-    log "mailer pool-size=$S run $r: smtp-source $s/s, outbox mailer $o/s (p50 $a ms, p99 $b ms)"
-    src+=("$s"); obx+=("$o"); p50+=("$a"); p99+=("$b")
+    s=$(run_source "$S" 1024)
+    read -r o a b <<<"$(run_mailer "$S" 1024 swift)"
+    read -r n c d <<<"$(run_mailer "$S" 1024 nio)"
+    log "mailer pool-size=$S run $r: smtp-source $s/s, outbox mailer $o/s (p50 $a ms, p99 $b ms), --executor nio $n/s (p50 $c ms, p99 $d ms)"
+    src+=("$s"); obx+=("$o"); p50+=("$a"); p99+=("$b"); nio+=("$n"); nio50+=("$c"); nio99+=("$d")
   done
-  MAILER_RESULTS+=("$S $(median "${src[@]}") $(median "${obx[@]}") $(median "${p50[@]}") $(median "${p99[@]}")")
+  MAILER_RESULTS+=("$S $(median "${src[@]}") $(median "${obx[@]}") $(median "${p50[@]}") $(median "${p99[@]}") $(median "${nio[@]}") $(median "${nio50[@]}") $(median "${nio99[@]}")")
 done
 
 echo
 echo "Mailer.send through a pool of S connections vs smtp-source -s S -d, 1 KiB, $MESSAGES messages, median of $REPEATS"
-printf '%-14s %14s %14s %14s %10s %10s\n' "pool-size" "smtp-source" "outbox" "outbox/source" "p50_ms" "p99_ms"
+echo "outbox: Swift's default executor; outbox-nio: --executor nio (NIO's event loops as the global executor)"
+printf '%-10s %12s %10s %7s %8s %8s %11s %7s %8s %8s\n' "pool-size" "smtp-source" "outbox" "ratio" "p50_ms" "p99_ms" "outbox-nio" "ratio" "p50_ms" "p99_ms"
 for row in "${MAILER_RESULTS[@]}"; do
-  read -r S SRC O A B <<<"$row"
-  ratio=$(awk -v s="$SRC" -v o="$O" 'BEGIN { if (s + 0 > 0 && o + 0 > 0) printf "%.2f", o / s; else print "n/a" }')
-  printf '%-14s %14s %14s %14s %10s %10s\n' "$S" "$SRC" "$O" "$ratio" "$A" "$B"
+  read -r S SRC O A B N C D <<<"$row"
+  printf '%-10s %12s %10s %7s %8s %8s %11s %7s %8s %8s\n' "$S" "$SRC" "$O" "$(ratio "$SRC" "$O")" "$A" "$B" "$N" "$(ratio "$SRC" "$N")" "$C" "$D"
 done
 
 if [ "$BIG_MIB" -gt 0 ]; then

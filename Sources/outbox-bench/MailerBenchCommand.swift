@@ -8,7 +8,7 @@ import OutboxMIME
 
 /// `outbox-bench mailer`: `Mailer.send` from many concurrent tasks through a pool of S
 /// connections, against a running server (normally smtp-sink). It measures; it asserts nothing.
-struct MailerBenchCommand: AsyncParsableCommand {
+struct MailerBenchCommand: AsyncParsableCommand, ExecutorChoosing {
     static let configuration = CommandConfiguration(
         commandName: "mailer",
         abstract: "Send generated messages with Mailer.send through a connection pool and print rate and latency.",
@@ -27,6 +27,8 @@ struct MailerBenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("pool-size"), help: "cnx-pool-size: connections in the pool.") var poolSize = 1
     @Option(help: "Approximate size of each message in bytes (headers included).") var size = 1024
     @Option(help: "A configuration file to start from.") var config: String?
+    @Option(help: "Where the sending tasks run: swift (Swift's default global executor) or nio (NIO's event loops as the global executor).")
+    var executor: BenchExecutor = .swift
     @Option(help: "Concurrent sending tasks (default: max(4 x pool-size, 16)).") var tasks: Int?
 
     func validate() throws {

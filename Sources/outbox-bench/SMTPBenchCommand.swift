@@ -7,7 +7,7 @@ import OutboxSMTP
 
 /// `outbox-bench smtp`: SMTP throughput of `SMTPConnection` against a running server
 /// (normally Postfix's `smtp-sink`, see `scripts/bench-smtp.sh`). It measures; it asserts nothing.
-struct SMTPBenchCommand: AsyncParsableCommand {
+struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
     static let configuration = CommandConfiguration(
         commandName: "smtp",
         abstract: "Send generated messages over reused SMTP connections and print the rate.",
@@ -27,6 +27,8 @@ struct SMTPBenchCommand: AsyncParsableCommand {
     @Option(help: "Number of messages to send.") var messages = 2000
     @Option(help: "Number of concurrent connections.") var connections = 1
     @Option(help: "Approximate size of each message in bytes (headers included).") var size = 1024
+    @Option(help: "Where the sending tasks run: swift (Swift's default global executor) or nio (NIO's event loops as the global executor).")
+    var executor: BenchExecutor = .swift
     @Option(name: .customLong("big-mib"), help: "Send one message of this many MiB, streamed, and report peak RSS.")
     var bigMiB: Int?
 
