@@ -13,9 +13,25 @@ struct MailerMetrics: Sendable {
     let latency = Timer(label: "outbox_send_duration_seconds", preferredDisplayUnit: .seconds)
     private let last = NIOLockedValueBox(PoolStatistics())
 
+    /// The message counters made so far, by their labels (a bounded set: 5 results x 4 classes
+    /// x the transports), so a send looks one up instead of asking the metrics factory.
+    private let counters = NIOLockedValueBox([CounterKey: Counter]())
+
+    private struct CounterKey: Hashable {
+        var result: String
+        var replyClass: String
+        var transport: String
+    }
+
     /// `result`: delivered, partial, rejected, deferred, unknown; `class`: 2xx, 4xx, 5xx, none.
     func messages(result: String, replyClass: String, transport: String) -> Counter {
-        Counter(label: "outbox_messages_total", dimensions: [("result", result), ("class", replyClass), ("transport", transport)])
+        let key = CounterKey(result: result, replyClass: replyClass, transport: transport)
+        return counters.withLockedValue { counters in
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: "outbox_messages_total", dimensions: [("result", result), ("class", replyClass), ("transport", transport)])
+            counters[key] = counter
+            return counter
+        }
     }
 
     func record(_ report: DeliveryReport, duration: Duration) {
@@ -29,7 +45,14 @@ struct MailerMetrics: Sendable {
         } else {
             result = "deferred"
         }
-        let replyClass = report.finalReply.flatMap { $0.first }.map { "\($0)xx" } ?? "none"
+        let replyClass: String
+        switch report.finalReply?.utf8.first {
+        case UInt8(ascii: "2"): replyClass = "2xx"
+        case UInt8(ascii: "3"): replyClass = "3xx"
+        case UInt8(ascii: "4"): replyClass = "4xx"
+        case UInt8(ascii: "5"): replyClass = "5xx"
+        default: replyClass = "none"
+        }
         messages(result: result, replyClass: replyClass, transport: report.transport).increment()
         latency.recordNanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }

@@ -63,7 +63,23 @@ public final class SMTPTransport: MailTransport {
     public let name = "smtp"
     let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
     private let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
-    private let current: NIOLockedValueBox<(generation: Int, configuration: SMTPClientConfiguration, envelopeFrom: String?)>
+    private let current: NIOLockedValueBox<Current>
+
+    /// The settings of the current generation, and what every send needs from them.
+    private struct Current {
+        var generation: Int
+        var configuration: SMTPClientConfiguration
+        var envelopeFrom: String?
+        /// `host:port`, for reports (made once, not per message).
+        var destination: String
+
+        init(generation: Int, configuration: SMTPClientConfiguration, envelopeFrom: String?) {
+            self.generation = generation
+            self.configuration = configuration
+            self.envelopeFrom = envelopeFrom
+            self.destination = "\(configuration.host):\(configuration.port)"
+        }
+    }
     private let logger: Logger
     /// Called when AUTH XOAUTH2 was refused with 535: the token source drops the token, and the
     /// delivery is tried once more with a new one (PROTOCOLS.md §1.3).
@@ -77,7 +93,7 @@ public final class SMTPTransport: MailTransport {
         self.authenticationRejected = onAuthenticationRejected
         let configurations = NIOLockedValueBox([0: configuration])
         self.configurations = configurations
-        self.current = NIOLockedValueBox((0, configuration, envelopeFrom))
+        self.current = NIOLockedValueBox(Current(generation: 0, configuration: configuration, envelopeFrom: envelopeFrom))
         self.logger = logger
         self.pool = ConnectionPool(
             configuration: poolConfiguration,
@@ -92,7 +108,7 @@ public final class SMTPTransport: MailTransport {
     /// new connections use them; idle connections opened under the old ones are closed.
     public func update(configuration: SMTPClientConfiguration, envelopeFrom: String?) {
         let generation = current.withLockedValue { state -> Int in
-            state = (state.generation + 1, configuration, envelopeFrom)
+            state = Current(generation: state.generation + 1, configuration: configuration, envelopeFrom: envelopeFrom)
             return state.generation
         }
         configurations.withLockedValue { $0 = [generation: configuration] }
@@ -107,8 +123,7 @@ public final class SMTPTransport: MailTransport {
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now
-        let (configuration, envelopeFrom) = current.withLockedValue { ($0.configuration, $0.envelopeFrom) }
-        let destination = "\(configuration.host):\(configuration.port)"
+        let (destination, envelopeFrom) = current.withLockedValue { ($0.destination, $0.envelopeFrom) }
         var attempts = 0
         var tokenRefreshed = false
         while true {

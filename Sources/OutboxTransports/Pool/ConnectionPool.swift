@@ -100,10 +100,18 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         var cancel: CheckedContinuation<Void, Never>?
     }
 
+    /// A lease request: being registered by `lease()` (an answer that comes meanwhile is kept), or
+    /// waiting with its continuation.
+    enum Request {
+        case registering
+        case answered(Result<Lease, any Error>)
+        case waiting(UnsafeContinuation<Lease, any Error>)
+    }
+
     /// Continuations to resume once the lock is released.
     struct Effects {
-        var leases: [(CheckedContinuation<Lease, any Error>, Lease)] = []
-        var failures: [(CheckedContinuation<Lease, any Error>, any Error)] = []
+        var leases: [(UnsafeContinuation<Lease, any Error>, Lease)] = []
+        var failures: [(UnsafeContinuation<Lease, any Error>, any Error)] = []
         var runner: (CheckedContinuation<[Work]?, Never>, [Work]?)?
         var timerCancels: [CheckedContinuation<Void, Never>] = []
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
@@ -120,7 +128,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     struct State {
         var machine: Machine
         var nextRequestID = 0
-        var requests: [Int: CheckedContinuation<Lease, any Error>] = [:]
+        var requests: [Int: Request] = [:]
         var connections: [PoolConnectionID: Connection] = [:]
         /// Errors of failed connection attempts, only during the event that reports them.
         var connectErrors: [PoolConnectionID: any Error] = [:]
@@ -140,16 +148,25 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                 case .makeConnection(let id, let generation):
                     pendingWork.append(.make(id, generation: generation))
                 case .lease(let id, let request):
-                    guard let continuation = requests.removeValue(forKey: request), let connection = connections[id] else {
+                    guard let slot = requests[request], let connection = connections[id] else {
                         preconditionFailure("lease of \(id) to unknown request \(request)")
                     }
-                    effects.leases.append((continuation, Lease(connection: connection, connectionID: id)))
+                    let lease = Lease(connection: connection, connectionID: id)
+                    switch slot {
+                    case .waiting(let continuation):
+                        requests[request] = nil
+                        effects.leases.append((continuation, lease))
+                    case .registering:
+                        requests[request] = .answered(.success(lease))
+                    case .answered:
+                        preconditionFailure("second answer to request \(request)")
+                    }
                 case .check(let id, _, let reset, let noop):
                     pendingWork.append(.check(id, connections[id]!, reset: reset, noop: noop))
                 case .close(let id, let reason):
                     pendingWork.append(.close(id, connections[id]!, reason))
                 case .failRequest(let request, let failure):
-                    guard let continuation = requests.removeValue(forKey: request) else {
+                    guard let slot = requests[request] else {
                         preconditionFailure("failure of unknown request \(request)")
                     }
                     let error: any Error
@@ -159,7 +176,15 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                     case .credentialExpiresTooSoon: error = ConnectionPoolError.credentialExpiresTooSoon
                     case .connectionFailed(let id): error = connectErrors[id]!
                     }
-                    effects.failures.append((continuation, error))
+                    switch slot {
+                    case .waiting(let continuation):
+                        requests[request] = nil
+                        effects.failures.append((continuation, error))
+                    case .registering:
+                        requests[request] = .answered(.failure(error))
+                    case .answered:
+                        preconditionFailure("second answer to request \(request)")
+                    }
                 case .scheduleTimer(let timer, let deadline):
                     if let cancel = timers[timer]?.cancel { effects.timerCancels.append(cancel) }
                     nextTimerToken += 1
@@ -235,22 +260,32 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// Waits for a connection (FIFO); cancelling the task removes it from the queue and throws
     /// `CancellationError`.
     public func lease() async throws -> Lease {
-        let requestID = state.withLock { state in
+        // First without suspending: when an idle connection can be handed out at once (no NOOP
+        // due, no waiter ahead), it is returned here, with no continuation and no cancellation
+        // handler.
+        if Task.isCancelled { throw CancellationError() }
+        let (requestID, immediate, effects) = state.withLock { state -> (Int, Result<Lease, any Error>?, Effects) in
             state.nextRequestID += 1
-            return state.nextRequestID
+            let requestID = state.nextRequestID
+            state.requests[requestID] = .registering
+            let effects = state.apply(state.machine.leaseRequested(requestID, now: clock.now))
+            guard case .answered(let result) = state.requests[requestID] else { return (requestID, nil, effects) }
+            state.requests[requestID] = nil
+            return (requestID, result, effects)
         }
+        effects.resume()
+        if let immediate { return try immediate.get() }
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Lease, any Error>) in
-                let effects = state.withLock { state -> Effects in
-                    if Task.isCancelled {
-                        var effects = Effects()
-                        effects.failures.append((continuation, CancellationError()))
-                        return effects
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Lease, any Error>) in
+                let answer = state.withLock { state -> Result<Lease, any Error>? in
+                    guard case .answered(let result) = state.requests[requestID] else {
+                        state.requests[requestID] = .waiting(continuation)
+                        return nil
                     }
-                    state.requests[requestID] = continuation
-                    return state.apply(state.machine.leaseRequested(requestID, now: clock.now))
+                    state.requests[requestID] = nil
+                    return result
                 }
-                effects.resume()
+                if let answer { continuation.resume(with: answer) }
             }
         } onCancel: {
             self.event { $0.machine.cancelled(requestID) }

@@ -94,6 +94,46 @@ struct ConnectionPoolTests {
         }
     }
 
+    @Test func idleConnectionIsHandedOutAtOnceAndReusedInOrderOfLastUse() async throws {
+        try await withPoolUnderTest(config(size: 2)) { pool, factory, _ in
+            let a = try await pool.lease()
+            let b = try await pool.lease()
+            #expect(factory.made.count == 2)
+            pool.release(a)
+            pool.release(b)
+            // Both idle: the most recently used one (b) comes first, straight from lease().
+            let again = try await pool.lease()
+            #expect(again.connection === b.connection)
+            #expect(pool.statistics.waiting == 0)
+            pool.release(again)
+            #expect(factory.made.count == 2)
+        }
+    }
+
+    @Test func leasesRacingWithCancellationLoseNoConnection() async throws {
+        try await withPoolUnderTest(config(size: 3)) { pool, factory, _ in
+            await withTaskGroup(of: Void.self) { group in
+                for i in 0..<300 {
+                    let task = Task {
+                        try await pool.withConnection { _ in
+                            for _ in 0..<(i % 4) { await Task.yield() }
+                        }
+                    }
+                    group.addTask {
+                        if i % 3 == 0 { task.cancel() }
+                        _ = await task.result
+                    }
+                }
+            }
+            // Every lease was given back or never handed out: nothing leased, nothing waiting,
+            // and no connection beyond the pool's size was ever opened.
+            await poolEventually("pool settled") { pool.statistics.leased == 0 && pool.statistics.waiting == 0 }
+            #expect(factory.made.count <= 3)
+            let usable = try await pool.withConnection { _ in true }
+            #expect(usable)
+        }
+    }
+
     @Test func connectionIsReusedAndNoopOnlyAfterCheckIdleTime() async throws {
         try await withPoolUnderTest(config(size: 2, checkIdle: 30)) { pool, factory, clock in
             let first = try await pool.withConnection { $0 }
