@@ -192,20 +192,39 @@ public final class SMTPConnection: Sendable {
     /// refused, the message refused after the final dot, an extension the message needs, or a
     /// broken connection (`.connectionClosed` before the final dot: safe to retry;
     /// `.outcomeUnknown` after it: not).
-    public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body) async throws(SMTPError) -> SMTPTransactionResult
+    ///
+    /// `whenAccepted`, when given, runs on the connection's event loop the moment the server
+    /// accepts a small pipelined message (2xx to the final dot), after the connection was marked
+    /// free and before this call returns (a connection pool gives the connection to its next
+    /// user there, without waiting for this task to wake up). The result then says
+    /// `connectionHandedBack`, and the caller must not touch the connection again.
+    public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body,
+                                          whenAccepted: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
     where Body.Element == ByteBuffer {
         try acquire()
         var session = Session(connection: self)
+        if let whenAccepted {
+            let state = self.state
+            session.handBack = SMTPHandBack {
+                state.withLockedValue { if case .busy = $0 { $0 = .idle } }
+                whenAccepted()
+            }
+        }
         do {
-            let result = try await session.transaction(envelope: envelope, body: body)
-            release()
+            var result = try await session.transaction(envelope: envelope, body: body)
+            if session.handBack?.done == true {
+                result.connectionHandedBack = true
+            } else {
+                release()
+            }
             return result
         } catch let error as SMTPError {
-            await afterFailure(session: &session, error: error)
+            // (Once handed back the connection belongs to someone else: not touched again.)
+            if session.handBack?.done != true { await afterFailure(session: &session, error: error) }
             throw error
         } catch {
             let wrapped = SMTPError(stage: session.stage, kind: .connectionClosed, message: "reading the message failed: \(error)", isTransient: false)
-            await afterFailure(session: &session, error: wrapped)
+            if session.handBack?.done != true { await afterFailure(session: &session, error: wrapped) }
             throw wrapped
         }
     }
@@ -314,6 +333,8 @@ public final class SMTPConnection: Sendable {
         var timings: [(step: String, duration: Duration)] = []
         var stage: SMTPError.Stage = .greeting
         var transactionStarted = false
+        /// Given to a pipelined exchange: gives the connection back when the message is accepted.
+        var handBack: SMTPHandBack?
 
         init(configuration: SMTPClientConfiguration, channel: any Channel, logger: Logger, id: Int) {
             self.configuration = configuration
@@ -761,7 +782,8 @@ public final class SMTPConnection: Sendable {
             }
             let exchange = SMTPPipelinedExchange(rcptCount: commands.count - 2, body: body,
                                                  protocolTimeout: configuration.protocolTimeout,
-                                                 terminationTimeout: configuration.dataTerminationTimeout)
+                                                 terminationTimeout: configuration.dataTerminationTimeout,
+                                                 handBack: handBack)
             let channel = self.channel
             do {
                 return try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<PipelinedOutcome, any Error>) in

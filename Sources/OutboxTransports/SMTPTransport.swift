@@ -34,6 +34,27 @@ extension SMTPError {
     }
 }
 
+/// A lease given back exactly once, whichever comes first: the event loop when the server
+/// accepted the message, or the sending task.
+private final class LeaseOnce: Sendable {
+    let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
+    let lease: ConnectionPoolLease<SMTPConnection>
+    private let released = NIOLockedValueBox(false)
+
+    init(pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>, lease: ConnectionPoolLease<SMTPConnection>) {
+        self.pool = pool
+        self.lease = lease
+    }
+
+    func release(_ disposition: PoolReleaseDisposition) {
+        let first = released.withLockedValue { released in
+            defer { released = true }
+            return !released
+        }
+        if first { pool.release(lease, disposition) }
+    }
+}
+
 /// Opens SMTP connections with the configuration of a generation.
 public struct SMTPConnectionFactory: PoolConnectionFactory {
     let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
@@ -128,9 +149,9 @@ public final class SMTPTransport: MailTransport {
         var tokenRefreshed = false
         while true {
             attempts += 1
-            let lease: ConnectionPoolLease<SMTPConnection>
+            let lease: LeaseOnce
             do {
-                lease = try await pool.lease()
+                lease = LeaseOnce(pool: pool, lease: try await pool.lease())
             } catch let error as SMTPServerRefusedConnection {
                 throw DeliveryError(error.error)
             } catch let error as SMTPError {
@@ -146,10 +167,13 @@ public final class SMTPTransport: MailTransport {
             } catch {
                 throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)")
             }
-            let connection = lease.connection
+            let connection = lease.lease.connection
             do {
-                let result = try await transact(content, envelope: envelope, envelopeFrom: envelopeFrom, on: connection)
-                pool.release(lease, .clean)
+                // Accepted: the connection goes back to the pool from the event loop, before this
+                // task is resumed (the next sender does not wait for this one to wake up).
+                let result = try await transact(content, envelope: envelope, envelopeFrom: envelopeFrom, on: connection,
+                                                whenAccepted: { lease.release(.clean) })
+                lease.release(.clean)
                 return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
             } catch let error as SMTPError {
                 let disposition: PoolReleaseDisposition
@@ -160,7 +184,7 @@ public final class SMTPTransport: MailTransport {
                 } else {
                     disposition = .clean  // SMTPConnection already sent RSET after a refused command
                 }
-                pool.release(lease, disposition)
+                lease.release(disposition)
                 // Died before the final dot on a reused connection: once more on a fresh one.
                 if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil, error.isTransient {
                     logger.notice("the connection failed before the message was sent; retrying once on a new connection",
@@ -169,17 +193,18 @@ public final class SMTPTransport: MailTransport {
                 }
                 throw DeliveryError(error)
             } catch let error as DeliveryError {
-                pool.release(lease, connection.isOpen ? .clean : .discard)
+                lease.release(connection.isOpen ? .clean : .discard)
                 throw error
             } catch {
-                pool.release(lease, .discard)
+                lease.release(.discard)
                 throw DeliveryError(kind: .permanent, message: "\(error)")
             }
         }
     }
 
     private func transact(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
-                          on connection: SMTPConnection) async throws -> SMTPTransactionResult {
+                          on connection: SMTPConnection,
+                          whenAccepted: @escaping @Sendable () -> Void) async throws -> SMTPTransactionResult {
         let caps = connection.capabilities
         let needsUTF8 = content.requiresSMTPUTF8
         let envelope: Envelope
@@ -204,7 +229,7 @@ public final class SMTPTransport: MailTransport {
         }
         let smtpEnvelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
                                         requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
-        return try await connection.send(envelope: smtpEnvelope, body: stream)
+        return try await connection.send(envelope: smtpEnvelope, body: stream, whenAccepted: whenAccepted)
     }
 
     static func report(_ result: SMTPTransactionResult, destination: String, content: any MailContent,

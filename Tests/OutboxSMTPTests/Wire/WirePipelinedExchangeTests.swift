@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import OutboxSMTP
@@ -35,6 +36,35 @@ struct WirePipelinedExchangeTests {
         await server.finished()
         #expect(server.problems.isEmpty)
         #expect(server.dataStrings == Array(repeating: message + ".\r\n", count: 5))
+    }
+
+    @Test("whenAccepted runs once the server accepted the message (connection already free), not when it refused it")
+    func handBack() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("554 5.7.1 rejected by policy\r\n"),
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+        ] + WireScript.quit)
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let calls = NIOLockedValueBox(0)
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenAccepted: { calls.withLockedValue { $0 += 1 } })
+        #expect(first.delivered && first.connectionHandedBack)
+        #expect(calls.withLockedValue { $0 } == 1)
+        // Refused after the dot: not handed back; the error is the server's, the connection usable.
+        let error = await wireCatch {
+            try await conn.send(envelope: envelope1, body: WireBody(message), whenAccepted: { calls.withLockedValue { $0 += 1 } })
+        }
+        #expect(error?.replyCode == 554 && error?.stage == .data)
+        #expect(calls.withLockedValue { $0 } == 1)
+        // The connection was left free both times.
+        let third = try await conn.send(envelope: envelope1, body: WireBody(message))
+        #expect(third.delivered && !third.connectionHandedBack)
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
     }
 
     @Test("silent after the pipelined group: timeout at stage mail, connection closed")
