@@ -1,13 +1,35 @@
 /// The service extensions a server announced in its EHLO reply (RFC 5321 §4.1.1.1).
 public struct SMTPCapabilities: Sendable, Hashable {
     /// Every keyword (upper-cased) with its parameters, as announced.
-    public var extensions: [String: [String]]
+    public var extensions: [String: [String]] {
+        didSet { known = Known(extensions) }
+    }
     /// False when the server only understood HELO.
     public var isExtended: Bool
+    /// What every transaction asks about, read once from `extensions` (not looked up by name,
+    /// with a string upper-cased and hashed, several times per message).
+    private var known: Known
+
+    private struct Known: Sendable, Hashable {
+        var startTLS, pipelining, eightBitMIME, smtpUTF8, enhancedStatusCodes, chunking, dsn: Bool
+        var sizeLimit: Int?
+
+        init(_ extensions: [String: [String]]) {
+            startTLS = extensions["STARTTLS"] != nil
+            pipelining = extensions["PIPELINING"] != nil
+            eightBitMIME = extensions["8BITMIME"] != nil
+            smtpUTF8 = extensions["SMTPUTF8"] != nil
+            enhancedStatusCodes = extensions["ENHANCEDSTATUSCODES"] != nil
+            chunking = extensions["CHUNKING"] != nil
+            dsn = extensions["DSN"] != nil
+            sizeLimit = extensions["SIZE"].map { params in params.first.flatMap { Int($0) } ?? 0 }
+        }
+    }
 
     public init(extensions: [String: [String]] = [:], isExtended: Bool = true) {
         self.extensions = extensions
         self.isExtended = isExtended
+        self.known = Known(extensions)
     }
 
     /// Parses the lines of a 250 reply to EHLO. The first line is the server's greeting name;
@@ -31,19 +53,16 @@ public struct SMTPCapabilities: Sendable, Hashable {
 
     public func supports(_ keyword: String) -> Bool { extensions[keyword.uppercased()] != nil }
 
-    public var startTLS: Bool { supports("STARTTLS") }
-    public var pipelining: Bool { supports("PIPELINING") }
-    public var eightBitMIME: Bool { supports("8BITMIME") }
-    public var smtpUTF8: Bool { supports("SMTPUTF8") }
-    public var enhancedStatusCodes: Bool { supports("ENHANCEDSTATUSCODES") }
-    public var chunking: Bool { supports("CHUNKING") }
-    public var dsn: Bool { supports("DSN") }
+    public var startTLS: Bool { known.startTLS }
+    public var pipelining: Bool { known.pipelining }
+    public var eightBitMIME: Bool { known.eightBitMIME }
+    public var smtpUTF8: Bool { known.smtpUTF8 }
+    public var enhancedStatusCodes: Bool { known.enhancedStatusCodes }
+    public var chunking: Bool { known.chunking }
+    public var dsn: Bool { known.dsn }
 
     /// `SIZE` present: nil when not announced, 0 when announced without a limit.
-    public var sizeLimit: Int? {
-        guard let params = extensions["SIZE"] else { return nil }
-        return params.first.flatMap { Int($0) } ?? 0
-    }
+    public var sizeLimit: Int? { known.sizeLimit }
 
     /// The SASL mechanisms announced with AUTH, upper-cased.
     public var authMechanisms: [String] {

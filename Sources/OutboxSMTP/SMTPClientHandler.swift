@@ -54,6 +54,35 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.waiters.append(.reply(greeting, tlsHandshake: nil))
     }
 
+    /// Set while the handler is in the pipeline: `startExchange` writes through it.
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// On the event loop: starts a pipelined exchange, its commands written and flushed at once.
+    /// (The same as writing an `SMTPOutbound` through the channel, without boxing it in a
+    /// `NIOAny` and casting it back for every message.)
+    func startExchange(_ exchange: SMTPPipelinedExchange, commands: ByteBuffer) {
+        guard failure == nil, let context, context.channel.isActive else {
+            // Nothing of this message was written: whatever ended the connection (a 421 while it
+            // sat idle, a reset), the message can go out on a fresh one.
+            let reason = failure.map { ": \($0.message)" } ?? ""
+            exchange.fail(SMTPError(stage: .mail, kind: .connectionClosed,
+                                    message: "the connection had closed before the message was sent\(reason)", isTransient: true))
+            return
+        }
+        waiters.append(.exchange(exchange))
+        exchange.deadline = .now() + exchange.protocolTimeout.timeAmount
+        armWatchdog(context: context, deadline: exchange.deadline)
+        context.writeAndFlush(wrapOutboundOut(commands), promise: nil)
+    }
+
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

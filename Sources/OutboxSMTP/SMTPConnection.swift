@@ -43,8 +43,12 @@ public final class SMTPConnection: Sendable {
 
     private static let ids = NIOLockedValueBox(0)
 
-    private init(channel: any Channel, session: Session) {
+    /// The connection's handler, for starting pipelined exchanges on the event loop.
+    private let handler: NIOLoopBound<SMTPClientHandler>
+
+    private init(channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, session: Session) {
         self.channel = channel
+        self.handler = handler
         self.configuration = session.configuration
         self.capabilities = session.capabilities
         self.greeting = session.greeting!
@@ -167,7 +171,16 @@ public final class SMTPConnection: Sendable {
             throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "\(error)")
         }
         session.timings = timings
-        return SMTPConnection(channel: channel, session: session)
+        let handler: NIOLoopBound<SMTPClientHandler>
+        do {
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: SMTPClientHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            await session.abandon()
+            throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "the connection closed during the session set-up: \(error)", isTransient: true)
+        }
+        return SMTPConnection(channel: channel, handler: handler, session: session)
     }
 
     /// A duration as the configuration writes it, `hh:mm:ss`.
@@ -335,6 +348,8 @@ public final class SMTPConnection: Sendable {
         var transactionStarted = false
         /// Given to a pipelined exchange: gives the connection back when the message is accepted.
         var handBack: SMTPHandBack?
+        /// The connection's handler, once connected (pipelined exchanges start through it).
+        var handler: NIOLoopBound<SMTPClientHandler>?
 
         init(configuration: SMTPClientConfiguration, channel: any Channel, logger: Logger, id: Int) {
             self.configuration = configuration
@@ -346,6 +361,7 @@ public final class SMTPConnection: Sendable {
         init(connection: SMTPConnection) {
             self.init(configuration: connection.configuration, channel: connection.channel, logger: connection.logger, id: connection.id)
             self.capabilities = connection.capabilities
+            self.handler = connection.handler
         }
 
         var debug: Bool { configuration.enableDebug }
@@ -785,14 +801,14 @@ public final class SMTPConnection: Sendable {
                                                  terminationTimeout: configuration.dataTerminationTimeout,
                                                  handBack: handBack)
             let channel = self.channel
+            let handler = self.handler
             do {
                 return try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<PipelinedOutcome, any Error>) in
                     exchange.start(continuation)
-                    let outbound = SMTPOutbound(bytes: wire, reply: nil, exchange: exchange)
                     if channel.eventLoop.inEventLoop {
-                        Self.startExchange(channel, outbound)
+                        Self.startExchange(channel, handler, exchange, wire)
                     } else {
-                        channel.eventLoop.execute { Self.startExchange(channel, outbound) }
+                        channel.eventLoop.execute { Self.startExchange(channel, handler, exchange, wire) }
                     }
                 }
             } catch let failure as SMTPPipelinedExchange.Failure {
@@ -820,15 +836,19 @@ public final class SMTPConnection: Sendable {
             }
         }
 
-        /// On the event loop: a closed channel has no handler left to fail the exchange, so it
-        /// is failed here; an open one takes the write (a failed write closes the channel, and
-        /// the handler then fails the exchange).
-        static func startExchange(_ channel: any Channel, _ outbound: SMTPOutbound) {
-            guard channel.isActive else {
-                outbound.exchange?.fail(SMTPError(stage: .mail, kind: .connectionClosed, message: "the connection is closed"))
+        /// On the event loop: the handler starts the exchange (or fails it when the connection is
+        /// closed); without a handler (never after connect) it goes through the channel.
+        static func startExchange(_ channel: any Channel, _ handler: NIOLoopBound<SMTPClientHandler>?,
+                                  _ exchange: SMTPPipelinedExchange, _ commands: ByteBuffer) {
+            if let handler {
+                handler.value.startExchange(exchange, commands: commands)
                 return
             }
-            channel.writeAndFlush(outbound, promise: nil)
+            guard channel.isActive else {
+                exchange.fail(SMTPError(stage: .mail, kind: .connectionClosed, message: "the connection is closed"))
+                return
+            }
+            channel.writeAndFlush(SMTPOutbound(bytes: commands, reply: nil, exchange: exchange), promise: nil)
         }
 
         /// DATA was accepted in a pipeline but must not go on: an empty body ends it. With no
