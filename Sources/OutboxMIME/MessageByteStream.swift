@@ -85,7 +85,7 @@ public struct MessageByteStream: AsyncSequence, Sendable {
                 segments = try b()
             }
             let size = MessageByteStream.chunkSize
-            var out = ByteBufferAllocator().buffer(capacity: size + 2048)
+            var out = ByteBufferAllocator().buffer(capacity: chunkCapacity())
             while out.readableBytes < size, index < segments.count {
                 switch segments[index] {
                 case .bytes(let b):
@@ -131,6 +131,19 @@ public struct MessageByteStream: AsyncSequence, Sendable {
                 }
             }
             return out.readableBytes == 0 ? nil : out
+        }
+
+        /// The capacity of the next chunk: exactly what is left when only bytes in memory are
+        /// (a small message is one small buffer, not 66 KiB for every message), else a whole chunk.
+        private func chunkCapacity() -> Int {
+            let whole = MessageByteStream.chunkSize + 2048
+            var left = 0
+            for i in index..<segments.count {
+                guard case .bytes(let b) = segments[i] else { return whole }
+                left += (i == index ? b.count - offset : b.count)
+                if left >= whole { return whole }
+            }
+            return Swift.max(left, 1)
         }
 
         private mutating func advance() {
