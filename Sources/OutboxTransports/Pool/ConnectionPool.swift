@@ -100,6 +100,9 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         var cancel: CheckedContinuation<Void, Never>?
     }
 
+    /// What a release on the hot path did.
+    private enum HandOff { case no, kept, resume(UnsafeContinuation<Lease, any Error>) }
+
     /// A lease request: being registered by `lease()` (an answer that comes meanwhile is kept), or
     /// waiting with its continuation.
     enum Request {
@@ -299,6 +302,29 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             logger.debug("smtp pool release", metadata: [
                 "smtp.connection_id": "\(lease.connectionID.rawValue)", "smtp.pool.disposition": "\(disposition)",
             ])
+        }
+        if disposition == .clean {
+            // The hot path under load: straight to the next waiter, no actions, no effects.
+            let handed = state.withLock { state -> HandOff in
+                guard let request = state.machine.releasedCleanToWaiter(lease.connectionID, now: clock.now) else { return .no }
+                switch state.requests[request] {
+                case .waiting(let continuation):
+                    state.requests[request] = nil
+                    return .resume(continuation)
+                case .registering:
+                    state.requests[request] = .answered(.success(lease))
+                    return .kept
+                case .answered, nil:
+                    preconditionFailure("lease of \(lease.connectionID) to request \(request) in an unexpected state")
+                }
+            }
+            switch handed {
+            case .no: break
+            case .kept: return
+            case .resume(let continuation):
+                continuation.resume(returning: lease)
+                return
+            }
         }
         event { $0.machine.released(lease.connectionID, disposition, now: clock.now) }
     }

@@ -358,6 +358,28 @@ where Instant.Duration == Duration {
         return actions
     }
 
+    /// The common case of `released(id, .clean, now:)` taken without building actions: the pool
+    /// is full and running normally, someone waits, and the connection needs no check (it was
+    /// used just now), so it goes straight to the first waiter. Returns that request, or nil
+    /// (nothing changed) when `released` must decide. The outcome is the same as `released`'s
+    /// `[.lease(id, to: request)]` (the tests compare both on the same states).
+    mutating func releasedCleanToWaiter(_ id: PoolConnectionID, now: Instant) -> RequestID? {
+        guard lifecycle == .running, shrink == nil, !waiters.isEmpty,
+              connections.count >= effectiveSize,
+              configuration.checkIdleTime > .zero,
+              var connection = connections[id], case .leased = connection.state,
+              connection.generation == generation
+        else { return nil }
+        if let retireAt = connection.retireAt, retireAt <= now { return nil }
+        let request = waiters.removeFirst()
+        connection.lastUsed = now
+        connection.needsReset = false
+        connection.fresh = false
+        connection.state = .leased(request)
+        connections[id] = connection
+        return request
+    }
+
     /// The server refused with 421 / too many connections, reported outside a release.
     mutating func serverRefused(now: Instant) -> [Action] {
         switch lifecycle {

@@ -150,6 +150,68 @@ struct PoolStateMachineTests {
         #expect(sm.statistics.total == 0)
     }
 
+    @Test func hotReleasePathHandsToTheFirstWaiterExactlyAsReleasedDoes() {
+        var sm = SM(configuration: config(size: 2))
+        leaseNew(&sm, 1, c0, at: t(0))
+        leaseNew(&sm, 2, c1, at: t(0))
+        #expect(sm.leaseRequested(3, now: t(1)) == [])
+        #expect(sm.leaseRequested(4, now: t(1)) == [])
+        #expect(sm.leaseRequested(5, now: t(1)) == [])
+        var fast = sm
+        var general = sm
+        // Each release: the fast path and the general one agree on the request and the state.
+        for (step, (id, request)) in [(c0, 3), (c1, 4), (c0, 5)].enumerated() {
+            let now = t(2 + step)
+            #expect(fast.releasedCleanToWaiter(id, now: now) == request)
+            #expect(general.released(id, .clean, now: now) == [.lease(id, to: request)])
+            #expect(fast.statistics == general.statistics)
+        }
+        // Nobody waits any more: the fast path declines and changes nothing.
+        let before = fast.statistics
+        #expect(fast.releasedCleanToWaiter(c0, now: t(9)) == nil)
+        #expect(fast.statistics == before)
+        // From here on both behave the same.
+        #expect(fast.released(c0, .clean, now: t(10)) == general.released(c0, .clean, now: t(10)))
+        #expect(fast.leaseRequested(6, now: t(11)) == general.leaseRequested(6, now: t(11)))
+        #expect(fast.statistics == general.statistics)
+    }
+
+    @Test func hotReleasePathDeclinesWhenTheGeneralRulesMatter() {
+        func waiting(_ configuration: PoolConfiguration, lifetime: Duration? = nil) -> SM {
+            var sm = SM(configuration: configuration)
+            leaseNew(&sm, 1, c0, at: t(0), lifetime: lifetime)
+            _ = sm.leaseRequested(2, now: t(1))
+            return sm
+        }
+        // A NOOP on every reuse (check-idle-time 0).
+        var checkEveryTime = waiting(config(size: 1, checkIdle: 0))
+        #expect(checkEveryTime.releasedCleanToWaiter(c0, now: t(2)) == nil)
+        #expect(checkEveryTime.released(c0, .clean, now: t(2)) == [.check(c0, for: 2, reset: false, noop: true)])
+        // A connection being opened for the waiter counts as full: both paths hand c0 over.
+        var opening = waiting(config(size: 2))
+        #expect(opening.statistics.connecting == 1)
+        var openingGeneral = opening
+        #expect(opening.releasedCleanToWaiter(c0, now: t(2)) == 2)
+        #expect(openingGeneral.released(c0, .clean, now: t(2)) == [.lease(c0, to: 2)])
+        #expect(opening.statistics == openingGeneral.statistics)
+        // Shrunk after a refusal: successful sends count towards growing back (general path).
+        var shrunk = waiting(config(size: 1))
+        _ = shrunk.serverRefused(now: t(1))
+        #expect(shrunk.releasedCleanToWaiter(c0, now: t(2)) == nil)
+        // The token retires: closed, not handed out.
+        var retiring = waiting(config(size: 1, margin: 10), lifetime: .seconds(20))
+        #expect(retiring.releasedCleanToWaiter(c0, now: t(15)) == nil)
+        #expect(retiring.released(c0, .clean, now: t(15)) == [.close(c0, reason: .credentialExpiring)])
+        // A newer generation: closed on release.
+        var stale = waiting(config(size: 1))
+        _ = stale.generationChanged(to: 1, now: t(2))
+        #expect(stale.releasedCleanToWaiter(c0, now: t(3)) == nil)
+        // Shut down: no hand-out.
+        var down = waiting(config(size: 1))
+        _ = down.shutdown()
+        #expect(down.releasedCleanToWaiter(c0, now: t(3)) == nil)
+    }
+
     @Test func idleTimerFiringWhileLeasedIsDroppedAndReArmedFromTheNextRelease() {
         var sm = SM(configuration: config(size: 1, maxIdle: 300))
         leaseNew(&sm, 1, c0, at: t(0))
