@@ -113,15 +113,13 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
 
     /// Continuations to resume once the lock is released.
     struct Effects {
-        var leases: [(UnsafeContinuation<Lease, any Error>, Lease)] = []
-        var failures: [(UnsafeContinuation<Lease, any Error>, any Error)] = []
+        var answers: [(UnsafeContinuation<Lease, any Error>, Result<Lease, any Error>)] = []
         var runner: (CheckedContinuation<[Work]?, Never>, [Work]?)?
         var timerCancels: [CheckedContinuation<Void, Never>] = []
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
 
         func resume() {
-            for (continuation, lease) in leases { continuation.resume(returning: lease) }
-            for (continuation, error) in failures { continuation.resume(throwing: error) }
+            for (continuation, result) in answers { continuation.resume(with: result) }
             if let (continuation, work) = runner { continuation.resume(returning: work) }
             for continuation in timerCancels { continuation.resume() }
             for continuation in shutdownWaiters { continuation.resume() }
@@ -144,6 +142,21 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
         var shutDown = false
 
+        /// Answers a lease request: returns its continuation to resume (after the lock), or nil
+        /// when `lease()` is still registering it and will pick the answer up itself.
+        mutating func answer(_ request: Int, with result: Result<Lease, any Error>) -> UnsafeContinuation<Lease, any Error>? {
+            switch requests[request] {
+            case .waiting(let continuation):
+                requests[request] = nil
+                return continuation
+            case .registering:
+                requests[request] = .answered(result)
+                return nil
+            case .answered, nil:
+                preconditionFailure("answer to request \(request), unknown or answered already")
+            }
+        }
+
         mutating func apply(_ actions: [Machine.Action]) -> Effects {
             var effects = Effects()
             for action in actions {
@@ -151,27 +164,18 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                 case .makeConnection(let id, let generation):
                     pendingWork.append(.make(id, generation: generation))
                 case .lease(let id, let request):
-                    guard let slot = requests[request], let connection = connections[id] else {
-                        preconditionFailure("lease of \(id) to unknown request \(request)")
+                    guard let connection = connections[id] else {
+                        preconditionFailure("lease of unknown \(id) to request \(request)")
                     }
                     let lease = Lease(connection: connection, connectionID: id)
-                    switch slot {
-                    case .waiting(let continuation):
-                        requests[request] = nil
-                        effects.leases.append((continuation, lease))
-                    case .registering:
-                        requests[request] = .answered(.success(lease))
-                    case .answered:
-                        preconditionFailure("second answer to request \(request)")
+                    if let continuation = answer(request, with: .success(lease)) {
+                        effects.answers.append((continuation, .success(lease)))
                     }
                 case .check(let id, _, let reset, let noop):
                     pendingWork.append(.check(id, connections[id]!, reset: reset, noop: noop))
                 case .close(let id, let reason):
                     pendingWork.append(.close(id, connections[id]!, reason))
                 case .failRequest(let request, let failure):
-                    guard let slot = requests[request] else {
-                        preconditionFailure("failure of unknown request \(request)")
-                    }
                     let error: any Error
                     switch failure {
                     case .cancelled: error = CancellationError()
@@ -179,14 +183,8 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                     case .credentialExpiresTooSoon: error = ConnectionPoolError.credentialExpiresTooSoon
                     case .connectionFailed(let id): error = connectErrors[id]!
                     }
-                    switch slot {
-                    case .waiting(let continuation):
-                        requests[request] = nil
-                        effects.failures.append((continuation, error))
-                    case .registering:
-                        requests[request] = .answered(.failure(error))
-                    case .answered:
-                        preconditionFailure("second answer to request \(request)")
+                    if let continuation = answer(request, with: .failure(error)) {
+                        effects.answers.append((continuation, .failure(error)))
                     }
                 case .scheduleTimer(let timer, let deadline):
                     if let cancel = timers[timer]?.cancel { effects.timerCancels.append(cancel) }
@@ -307,16 +305,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             // The hot path under load: straight to the next waiter, no actions, no effects.
             let handed = state.withLock { state -> HandOff in
                 guard let request = state.machine.releasedCleanToWaiter(lease.connectionID, now: clock.now) else { return .no }
-                switch state.requests[request] {
-                case .waiting(let continuation):
-                    state.requests[request] = nil
-                    return .resume(continuation)
-                case .registering:
-                    state.requests[request] = .answered(.success(lease))
-                    return .kept
-                case .answered, nil:
-                    preconditionFailure("lease of \(lease.connectionID) to request \(request) in an unexpected state")
-                }
+                return state.answer(request, with: .success(lease)).map { .resume($0) } ?? .kept
             }
             switch handed {
             case .no: break

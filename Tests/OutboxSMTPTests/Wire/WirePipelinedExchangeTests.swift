@@ -4,8 +4,6 @@ import NIOCore
 import Testing
 @testable import OutboxSMTP
 
-private let envelope1 = SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"])
-private let message = "Subject: t\r\n\r\nhello\r\n"
 
 /// The pipelined fast path (`SMTPPipelinedExchange`): a small message against a server with
 /// PIPELINING runs its whole transaction inside the handler. These cover its failure paths.

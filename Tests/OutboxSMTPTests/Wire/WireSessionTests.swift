@@ -3,8 +3,6 @@ import NIOCore
 import Testing
 @testable import OutboxSMTP
 
-private let envelope1 = SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"])
-private let message = "Subject: t\r\n\r\nhello\r\n"
 
 @Suite("Wire: whole sessions against a scripted server", .timeLimit(.minutes(1)))
 struct WireSessionTests {

@@ -334,6 +334,10 @@ final class ScriptedSMTPServer: Sendable {
 
 // MARK: - configurations and common scripts
 
+/// The envelope and the small message most session tests send.
+let envelope1 = SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"])
+let message = "Subject: t\r\n\r\nhello\r\n"
+
 extension SMTPClientConfiguration {
     static func wire(port: Int, security: ConnectionSecurity = .none, protocolTimeout: Duration = .seconds(5),
                      credentials: SMTPCredentials? = nil, authMechanisms: [String]? = nil, sendPartial: Bool = true,
