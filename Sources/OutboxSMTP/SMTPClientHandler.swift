@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOSSL
 import NIOTLS
@@ -83,6 +84,26 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(commands), promise: nil)
     }
 
+    /// Called once nothing is awaited any more (see `whenAnswered`).
+    private var answeredCallbacks: [() -> Void] = []
+
+    /// On the event loop: runs `callback` when no reply is awaited any more, at once if none is
+    /// (or the connection failed).
+    func whenAnswered(_ callback: @escaping () -> Void) {
+        if waiters.isEmpty || failure != nil {
+            callback()
+        } else {
+            answeredCallbacks.append(callback)
+        }
+    }
+
+    private func runAnsweredCallbacks() {
+        guard !answeredCallbacks.isEmpty, waiters.isEmpty || failure != nil else { return }
+        let callbacks = answeredCallbacks
+        answeredCallbacks = []
+        for callback in callbacks { callback() }
+    }
+
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -107,9 +128,37 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
             deliver(reply, context: context)
         }
         if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
+        if acknowledgeNow {
+            acknowledgeNow = false
+            acknowledgeAtOnce(context: context)
+        }
+        runAnsweredCallbacks()
     }
 
+    /// Set when a read ended an exchange that another one is pipelined behind.
+    private var acknowledgeNow = false
+
+    /// The next transaction's commands went out behind the previous message's dot, before its
+    /// reply came: the server's replies to them are its second write in a row, which a server
+    /// without TCP_NODELAY (smtp-sink, many daemons) holds back until its first one is
+    /// acknowledged, and Linux delays an acknowledgement without data by up to 40 ms. So the
+    /// reply just read is acknowledged at once.
+    private func acknowledgeAtOnce(context: ChannelHandlerContext) {
+        #if os(Linux)
+        _ = try? context.channel.syncOptions?.setOption(Self.quickAck, value: 1)
+        #endif
+    }
+
+    #if os(Linux)
+    private static let quickAck = ChannelOptions.Types.SocketOption(level: .init(rawValue: CInt(IPPROTO_TCP)),
+                                                                    name: .init(rawValue: CInt(TCP_QUICKACK)))
+    #endif
+
+    /// Set by the first reply (the greeting).
+    private var greeted = false
+
     private func deliver(_ reply: SMTPReply, context: ChannelHandlerContext) {
+        greeted = true
         guard let head = waiters.first else {
             // A reply nobody asked for: a 421 shutdown notice, or a broken server.
             let error = reply.code == 421
@@ -127,11 +176,19 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 break
             case .done:
                 waiters.removeFirst()
+                // A transaction pipelined behind this one (see SMTPConnection.send's whenFree)
+                // is answered from now on: its protocol-timeout starts now.
+                if case .exchange(let next)? = waiters.first {
+                    next.becameFirst()
+                    armWatchdog(context: context, deadline: next.deadline)
+                    acknowledgeNow = true
+                }
             case .sendBody(let body):
                 armWatchdog(context: context, deadline: exchange.deadline)
                 let written = context.eventLoop.makePromise(of: Void.self)
                 written.futureResult.assumeIsolated().whenSuccess { exchange.bodyWritten = true }
                 context.writeAndFlush(wrapOutboundOut(body), promise: written)
+                if failure == nil { exchange.didWriteBody() }
             }
             return
         case .reply(let promise, let tlsHandshake):
@@ -191,9 +248,10 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // (Whoever waits names its own stage; before the greeting there is only one.)
         let stage = currentStage
         failAll(failure ?? SMTPError(stage: stage, kind: .connectionClosed,
-                                     message: "the server closed the connection during \(stage.rawValue.uppercased())"))
+                                     message: greeted ? "the server closed the connection" : "the server closed the connection before its greeting"))
         context.fireChannelInactive()
     }
 
@@ -263,6 +321,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         watchdog?.cancel()
         watchdog = nil
+        runAnsweredCallbacks()
         if let handshake = handshakePromise {
             handshakePromise = nil
             handshake.fail(error)

@@ -206,21 +206,25 @@ public final class SMTPConnection: Sendable {
     /// broken connection (`.connectionClosed` before the final dot: safe to retry;
     /// `.outcomeUnknown` after it: not).
     ///
-    /// `whenAccepted`, when given, runs on the connection's event loop the moment the server
-    /// accepts a small pipelined message (2xx to the final dot), after the connection was marked
-    /// free and before this call returns (a connection pool gives the connection to its next
-    /// user there, without waiting for this task to wake up). The result then says
-    /// `connectionHandedBack`, and the caller must not touch the connection again.
+    /// `whenFree`, when given, runs on the connection's event loop as soon as the connection can
+    /// take the next transaction: when a small pipelined message's body (final dot included)
+    /// was handed to the channel, after the connection was marked free, while the reply to the
+    /// dot is still awaited. A connection pool gives the connection to its next user there: that
+    /// user's MAIL, RCPTs and DATA follow the dot on the wire (RFC 2920 §3.1: commands may follow
+    /// the message content in a group) instead of waiting for the reply and this task's wake-up.
+    /// The result then says `connectionHandedBack`: the caller must not touch the connection
+    /// again, and on a failure it is not reset or closed here (the next user meets a dead
+    /// connection as a failure before its own body was sent: safe to retry).
     public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body,
-                                          whenAccepted: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
+                                          whenFree: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
     where Body.Element == ByteBuffer {
         try acquire()
         var session = Session(connection: self)
-        if let whenAccepted {
+        if let whenFree {
             let state = self.state
             session.handBack = SMTPHandBack {
                 state.withLockedValue { if case .busy = $0 { $0 = .idle } }
-                whenAccepted()
+                whenFree()
             }
         }
         do {
@@ -261,6 +265,8 @@ public final class SMTPConnection: Sendable {
         }
         guard wasOpen else { return }
         var session = Session(connection: self)
+        // A message handed back at its dot may still await its reply: QUIT's short wait starts after it.
+        await session.waitUntilAnswered()
         if channel.isActive {
             _ = try? await session.command(.quit, stage: .quit, timeout: min(configuration.protocolTimeout, .seconds(10)))
         }
@@ -276,6 +282,8 @@ public final class SMTPConnection: Sendable {
     private func simple(_ command: SMTPCommand, stage: SMTPError.Stage) async throws(SMTPError) {
         try acquire()
         var session = Session(connection: self)
+        // (NOOP and RSET wait with protocol-timeout: not behind a reply to a dot that may take longer.)
+        await session.waitUntilAnswered()
         do throws(SMTPError) {
             let reply = try await session.command(command, stage: stage)
             guard reply.code == 250 else {
@@ -730,6 +738,9 @@ public final class SMTPConnection: Sendable {
                 rcptReplies = Array(outcome.replies[1...rcpts.count])
                 dataReply = outcome.replies.last
             } else if capabilities.pipelining {
+                // The previous message may still await the reply to its dot (see whenFree): these
+                // commands' protocol-timeout must not run while the server is still on that one.
+                await waitUntilAnswered()
                 let commands = [mail] + rcpts + (pipelineData ? [SMTPCommand.data] : [])
                 let futures = try write(commands)
                 var replies: [SMTPReply] = []
@@ -833,6 +844,16 @@ public final class SMTPConnection: Sendable {
                 }
             } catch {
                 throw SMTPError(stage: .data, kind: .connectionClosed, message: "\(error)")
+            }
+        }
+
+        /// Returns when every reply the connection awaits has come (or the connection failed):
+        /// after a message handed back at its dot (see `SMTPConnection.send`'s `whenFree`).
+        func waitUntilAnswered() async {
+            guard let handler else { return }
+            let eventLoop = channel.eventLoop
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                eventLoop.execute { handler.value.whenAnswered { continuation.resume() } }
             }
         }
 

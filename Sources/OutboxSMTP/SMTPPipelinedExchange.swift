@@ -48,7 +48,7 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
     /// when the body is).
     var deadline = NIODeadline.distantFuture
     private var continuation: UnsafeContinuation<SMTPPipelinedOutcome, any Error>?
-    /// Run on the event loop when the server accepted the message, before the task is resumed.
+    /// Run on the event loop once the body is handed to the channel (see `SMTPConnection.send`).
     private let handBack: SMTPHandBack?
 
     init(rcptCount: Int, body: ByteBuffer, protocolTimeout: Duration, terminationTimeout: Duration, handBack: SMTPHandBack? = nil) {
@@ -75,7 +75,6 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
 
     func receive(_ reply: SMTPReply) -> Progress {
         if bodySent {
-            if reply.isPositiveCompletion { handBack?.run() }
             resume(.success(SMTPPipelinedOutcome(replies: replies, finalReply: reply)))
             return .done
         }
@@ -99,6 +98,18 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
         bodySent = true
         deadline = .now() + terminationTimeout.timeAmount
         return .sendBody(body)
+    }
+
+    /// The body (and so the final dot) was handed to the channel: the connection can take the
+    /// next transaction, whose commands will be pipelined behind it.
+    func didWriteBody() {
+        handBack?.run()
+    }
+
+    /// Became the first waiter after the exchange before it ended: the server starts answering
+    /// this one only now, so its protocol-timeout starts now.
+    func becameFirst() {
+        if !bodySent { deadline = .now() + protocolTimeout.timeAmount }
     }
 
     /// The connection failed: the waiting task learns where.
@@ -133,10 +144,10 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
     }
 }
 
-/// Gives a connection back the moment the server accepted a message, on the event loop, before
-/// the sending task is even resumed: the pool can hand it to the next sender one thread switch
-/// sooner. Run at most once, on the event loop; `done` is read by the sending task after its
-/// continuation was resumed (which orders it after the run).
+/// Gives a connection back as soon as a message's body is on its way, on the event loop, before
+/// the sending task is even resumed: the pool can hand it to the next sender, whose commands
+/// then follow the final dot in the pipeline. Run at most once, on the event loop; `done` is read
+/// by the sending task after its continuation was resumed (which orders it after the run).
 final class SMTPHandBack: @unchecked Sendable {
     private let action: @Sendable () -> Void
     private(set) var done = false

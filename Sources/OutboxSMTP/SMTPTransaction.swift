@@ -48,7 +48,7 @@ public struct SMTPTransactionResult: Sendable {
     /// Bytes of message data sent (after dot-stuffing).
     public var bytesSent: Int
     /// True when the connection was already handed back (see `SMTPConnection.send`'s
-    /// `whenAccepted`): the caller must not use or release it any more.
+    /// `whenFree`): the caller must not use or release it any more.
     public internal(set) var connectionHandedBack = false
 
     public var acceptedRecipients: [RecipientResult] { recipients.filter(\.accepted) }

@@ -34,8 +34,8 @@ extension SMTPError {
     }
 }
 
-/// A lease given back exactly once, whichever comes first: the event loop when the server
-/// accepted the message, or the sending task.
+/// A lease given back exactly once, whichever comes first: the event loop once the message's
+/// body is on its way, or the sending task.
 private final class LeaseOnce: Sendable {
     let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
     let lease: ConnectionPoolLease<SMTPConnection>
@@ -46,12 +46,15 @@ private final class LeaseOnce: Sendable {
         self.lease = lease
     }
 
-    func release(_ disposition: PoolReleaseDisposition) {
+    /// Returns false when the lease was already given back.
+    @discardableResult
+    func release(_ disposition: PoolReleaseDisposition) -> Bool {
         let first = released.withLockedValue { released in
             defer { released = true }
             return !released
         }
         if first { pool.release(lease, disposition) }
+        return first
     }
 }
 
@@ -169,10 +172,10 @@ public final class SMTPTransport: MailTransport {
             }
             let connection = lease.lease.connection
             do {
-                // Accepted: the connection goes back to the pool from the event loop, before this
-                // task is resumed (the next sender does not wait for this one to wake up).
+                // Once the body is on its way the connection goes back to the pool, from the event
+                // loop: the next sender's commands follow this message's final dot.
                 let result = try await transact(content, envelope: envelope, envelopeFrom: envelopeFrom, on: connection,
-                                                whenAccepted: { lease.release(.clean) })
+                                                whenFree: { lease.release(.clean) })
                 lease.release(.clean)
                 return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
             } catch let error as SMTPError {
@@ -184,7 +187,10 @@ public final class SMTPTransport: MailTransport {
                 } else {
                     disposition = .clean  // SMTPConnection already sent RSET after a refused command
                 }
-                lease.release(disposition)
+                if !lease.release(disposition), disposition == .serverRefused {
+                    // The connection had gone on to the next sender: the refusal still shrinks the pool.
+                    pool.reportServerRefusal()
+                }
                 // Died before the final dot on a reused connection: once more on a fresh one.
                 if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil, error.isTransient {
                     logger.notice("the connection failed before the message was sent; retrying once on a new connection",
@@ -204,7 +210,7 @@ public final class SMTPTransport: MailTransport {
 
     private func transact(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
                           on connection: SMTPConnection,
-                          whenAccepted: @escaping @Sendable () -> Void) async throws -> SMTPTransactionResult {
+                          whenFree: @escaping @Sendable () -> Void) async throws -> SMTPTransactionResult {
         let caps = connection.capabilities
         let needsUTF8 = content.requiresSMTPUTF8
         let envelope: Envelope
@@ -229,7 +235,7 @@ public final class SMTPTransport: MailTransport {
         }
         let smtpEnvelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
                                         requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
-        return try await connection.send(envelope: smtpEnvelope, body: stream, whenAccepted: whenAccepted)
+        return try await connection.send(envelope: smtpEnvelope, body: stream, whenFree: whenFree)
     }
 
     static func report(_ result: SMTPTransactionResult, destination: String, content: any MailContent,

@@ -36,7 +36,7 @@ struct WirePipelinedExchangeTests {
         #expect(server.dataStrings == Array(repeating: message + ".\r\n", count: 5))
     }
 
-    @Test("whenAccepted runs once the server accepted the message (connection already free), not when it refused it")
+    @Test("whenFree runs once the body is on its way, refused or not; the connection is left free")
     func handBack() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
             .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
@@ -44,22 +44,118 @@ struct WirePipelinedExchangeTests {
             .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
             .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("554 5.7.1 rejected by policy\r\n"),
             .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
+            .expect("RSET"), .send("250 ok\r\n"),
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
             .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
         ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let calls = NIOLockedValueBox(0)
-        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenAccepted: { calls.withLockedValue { $0 += 1 } })
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
         #expect(first.delivered && first.connectionHandedBack)
         #expect(calls.withLockedValue { $0 } == 1)
-        // Refused after the dot: not handed back; the error is the server's, the connection usable.
-        let error = await wireCatch {
-            try await conn.send(envelope: envelope1, body: WireBody(message), whenAccepted: { calls.withLockedValue { $0 += 1 } })
+        // Refused after the dot: the body had gone out, so the connection was handed back.
+        let refused = await wireCatch {
+            try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
         }
-        #expect(error?.replyCode == 554 && error?.stage == .data)
-        #expect(calls.withLockedValue { $0 } == 1)
-        // The connection was left free both times.
-        let third = try await conn.send(envelope: envelope1, body: WireBody(message))
-        #expect(third.delivered && !third.connectionHandedBack)
+        #expect(refused?.replyCode == 554 && refused?.stage == .data)
+        #expect(calls.withLockedValue { $0 } == 2)
+        // Refused before any body: not handed back; this call itself sends RSET.
+        let noBody = await wireCatch {
+            try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
+        }
+        #expect(noBody?.replyCode == 550 && noBody?.stage == .mail)
+        #expect(calls.withLockedValue { $0 } == 2)
+        let last = try await conn.send(envelope: envelope1, body: WireBody(message))
+        #expect(last.delivered && !last.connectionHandedBack)
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
+    }
+
+    @Test("the next transaction's commands follow the final dot before its reply (RFC 2920 §3.1)")
+    func nextTransactionPipelinedBehindTheDot() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+            // The second message's commands arrive while the first waits for its reply.
+            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
+            .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n354 go\r\n"),
+            .readData, .send("250 2.0.0 second queued\r\n"),
+        ] + WireScript.quit)
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let second = WaitingStart<SMTPTransactionResult>()
+        // The second send starts from whenFree, while the first still waits for its reply.
+        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() })
+        let next = try await nextTask.value
+        #expect(first.delivered && first.finalReply?.text == "first queued")
+        #expect(next.delivered && next.finalReply?.text == "second queued")
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
+    }
+
+    @Test("the first message's connection dies after its dot: it is outcomeUnknown, the pipelined next one connectionClosed (safe to retry)")
+    func pipelinedNextFailsSafely() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"), .close,
+        ])
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let second = WaitingStart<SMTPTransactionResult>()
+        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() }) }
+        let nextError = await wireCatch { try await nextTask.value }
+        #expect(firstError?.kind == .outcomeUnknown, "\(String(describing: firstError))")
+        #expect(nextError?.kind == .connectionClosed && nextError?.isTransient == true && nextError?.stage == .mail, "\(String(describing: nextError))")
+        await server.finished()
+    }
+
+    @Test("the first message refused at its dot: the pipelined next one goes on normally")
+    func firstRefusedNextDelivered() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
+            .send("554 5.7.1 first rejected\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+            .readData, .send("250 2.0.0 second queued\r\n"),
+        ] + WireScript.quit)
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let second = WaitingStart<SMTPTransactionResult>()
+        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() }) }
+        let next = try await nextTask.value
+        #expect(firstError?.replyCode == 554 && firstError?.stage == .data && firstError?.isTransient == false)
+        #expect(next.delivered && next.finalReply?.text == "second queued")
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
+    }
+
+    @Test("NOOP, RSET or QUIT after a hand-back wait for the reply to the dot: a slow filter is not cut off by their timeout")
+    func checksWaitForTheDotsReply() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+            .waitFor("filtered"),  // the server "filters" longer than protocol-timeout
+            .send("250 2.0.0 queued after filtering\r\n"),
+            .expect("NOOP"), .send("250 2.0.0 Ok\r\n"),
+        ] + WireScript.quit)
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(400)))
+        let check = WaitingStart<Void>()
+        // The pool's check, started the moment the connection is handed back.
+        let noop = Task { try await check.task { try await conn.noop() } }
+        let release = Task {
+            try await Task.sleep(for: .milliseconds(900))  // over twice protocol-timeout
+            server.mark("filtered")
+        }
+        let result = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { check.start() })
+        #expect(result.delivered && result.finalReply?.text == "queued after filtering")
+        try await noop.value
+        try await release.value
+        #expect(conn.isOpen)
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
@@ -175,5 +271,34 @@ struct WirePipelinedExchangeTests {
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
+    }
+}
+
+/// A task body started from a callback (here: `whenFree`, on the event loop), awaited later.
+final class WaitingStart<Success: Sendable>: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var started = false
+    private var waiter: CheckedContinuation<Void, Never>?
+
+    func start() {
+        let waiter: CheckedContinuation<Void, Never>? = lock.withLock {
+            started = true
+            defer { self.waiter = nil }
+            return self.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Waits for `start()`, then runs `body`.
+    func task(_ body: @escaping @Sendable () async throws -> Success) async throws -> Success {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = lock.withLock { () -> Bool in
+                if started { return true }
+                waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+        return try await body()
     }
 }
