@@ -13,7 +13,8 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
         abstract: "Send generated messages over reused SMTP connections and print the rate.",
         discussion: """
             Sends N messages of about BYTES each over C concurrent connections (each connection \
-            is reused for many messages) and prints, as its last line:
+            is reused for many messages; the next message's commands follow the previous one's \
+            final dot) and prints, as its last line:
               outbox-bench smtp: messages=N connections=C size=BYTES seconds=T msgs_per_sec=X
             With --big-mib M it sends instead ONE message of M MiB, streamed in 64 KiB chunks \
             that are generated lazily, and prints:
@@ -108,32 +109,65 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
         var lastReply: ContinuousClock.Instant?
     }
 
-    /// One connection: pulls message numbers until all are taken. A broken connection is
-    /// replaced (a failed connect ends this worker; the others take the remaining messages).
+    /// One connection, driven as a client of the engine drives it for throughput: two lanes
+    /// take turns, and a lane starts its next message as soon as the other lane's message is on
+    /// its way (`whenFree`), so the next MAIL/RCPT/DATA follow the final dot on the wire instead
+    /// of waiting for its reply. A connection that cannot be opened ends this worker (the others
+    /// take the remaining messages); a broken one is replaced.
     private static func worker(
         configuration: SMTPClientConfiguration, logger: Logger, envelope: SMTPEnvelope,
         message: ByteBuffer, total: Int, counter: Counter, clock: ContinuousClock
     ) async -> WorkerOutcome {
         var outcome = WorkerOutcome()
         var connection: SMTPConnection?
-        while counter.take(limit: total) {
+        while true {
             do {
                 if connection == nil || !connection!.isOpen {
                     if let old = connection { await old.quit() }
                     connection = try await SMTPConnection.connect(configuration: configuration, logger: logger)
                 }
-                let result = try await connection!.send(envelope: envelope, body: SingleChunk(buffer: message))
-                if result.delivered {
-                    outcome.delivered += 1
-                } else {
-                    outcome.errors.append("not delivered: \(result.recipients.map { "\($0.address) \($0.reply.map { "\($0)" } ?? "-")" })")
-                }
-                outcome.lastReply = clock.now
             } catch {
                 outcome.errors.append("\(error)")
-                outcome.lastReply = clock.now
-                if connection == nil { break }  // cannot connect: leave the rest to the others
+                break
             }
+            let current = connection!
+            let turn = Turn()
+            let lanes = await withTaskGroup(of: WorkerOutcome.self, returning: [WorkerOutcome].self) { group in
+                for _ in 0..<2 {
+                    group.addTask {
+                        var lane = WorkerOutcome()
+                        while current.isOpen {
+                            await turn.take()
+                            guard counter.take(limit: total) else {
+                                turn.pass()
+                                break
+                            }
+                            let handedOn = PassedOn()
+                            do {
+                                let result = try await current.send(envelope: envelope, body: SingleChunk(buffer: message),
+                                                                    whenFree: { handedOn.mark(); turn.pass() })
+                                if result.delivered {
+                                    lane.delivered += 1
+                                } else {
+                                    lane.errors.append("not delivered: \(result.recipients.map { "\($0.address) \($0.reply.map { "\($0)" } ?? "-")" })")
+                                }
+                            } catch {
+                                lane.errors.append("\(error)")
+                            }
+                            if !handedOn.marked { turn.pass() }
+                            lane.lastReply = clock.now
+                        }
+                        return lane
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            for lane in lanes {
+                outcome.delivered += lane.delivered
+                outcome.errors += lane.errors
+                if let last = lane.lastReply, outcome.lastReply.map({ last > $0 }) ?? true { outcome.lastReply = last }
+            }
+            if counter.isDone(limit: total) { break }
         }
         if let connection { await connection.quit() }
         return outcome
@@ -164,10 +198,57 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
 
 // MARK: helpers
 
+/// Whose turn it is to start a message on a connection: one lane at a time, FIFO.
+private final class Turn: @unchecked Sendable {
+    private let lock = NSLock()
+    private var free = true
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func take() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if free {
+                free = false
+                lock.unlock()
+                continuation.resume()
+            } else {
+                waiting.append(continuation)
+                lock.unlock()
+            }
+        }
+    }
+
+    func pass() {
+        lock.lock()
+        if waiting.isEmpty {
+            free = true
+            lock.unlock()
+        } else {
+            let next = waiting.removeFirst()
+            lock.unlock()
+            next.resume()
+        }
+    }
+}
+
+/// Set from `whenFree` (on the event loop), read by the lane after its send returned.
+private final class PassedOn: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func mark() { lock.lock(); value = true; lock.unlock() }
+    var marked: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
 /// The shared message counter.
 private final class Counter: @unchecked Sendable {
     private let lock = NSLock()
     private var taken = 0
+
+    func isDone(limit: Int) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return taken >= limit
+    }
 
     /// Takes the next message number; false when `limit` are taken.
     func take(limit: Int) -> Bool {
