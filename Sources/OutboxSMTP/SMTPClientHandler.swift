@@ -45,7 +45,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let greetingPromise: EventLoopPromise<SMTPReply>
     /// The handshake in progress, if any (implicit TLS from the start, or after STARTTLS).
     private var handshakePromise: EventLoopPromise<Void>?
-    /// The stage to name when the connection dies (set by the connection as it goes).
+    /// The stage named in a failure nobody waits for (a waiter names its own stage).
     var currentStage: SMTPError.Stage = .greeting
 
     init(greeting: EventLoopPromise<SMTPReply>, tlsUpgrade: TLSUpgrade?, implicitTLSHandshake: EventLoopPromise<Void>?) {
