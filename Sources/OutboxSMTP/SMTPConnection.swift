@@ -102,6 +102,10 @@ public final class SMTPConnection: Sendable {
         var timings: [(String, Duration)] = []
         var start = clock.now
 
+        // The handler, kept from the channel initializer (looking it up later fails once the
+        // server has closed the connection, and a closed connection must still come back, to
+        // fail its first send).
+        let handlerBox = NIOLockedValueBox<NIOLoopBound<SMTPClientHandler>?>(nil)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout.timeAmount)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -113,6 +117,7 @@ public final class SMTPConnection: Sendable {
                     }
                     let handler = SMTPClientHandler(greeting: greetingPromise, tlsUpgrade: upgrade, implicitTLSHandshake: handshakePromise)
                     try channel.pipeline.syncOperations.addHandler(handler)
+                    handlerBox.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
                 }
             }
         let channel: any Channel
@@ -171,14 +176,9 @@ public final class SMTPConnection: Sendable {
             throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "\(error)")
         }
         session.timings = timings
-        let handler: NIOLoopBound<SMTPClientHandler>
-        do {
-            handler = try await channel.eventLoop.submit {
-                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: SMTPClientHandler.self), eventLoop: channel.eventLoop)
-            }.get()
-        } catch {
+        guard let handler = handlerBox.withLockedValue({ $0 }) else {
             await session.abandon()
-            throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "the connection closed during the session set-up: \(error)", isTransient: true)
+            throw SMTPError(stage: .connect, kind: .connectionClosed, message: "the connection has no SMTP handler", isTransient: true)
         }
         return SMTPConnection(channel: channel, handler: handler, session: session)
     }
