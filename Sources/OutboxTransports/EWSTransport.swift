@@ -194,17 +194,9 @@ public final class EWSTransport: MailTransport {
                                      prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
                                      suffix: ByteBuffer(string: Self.soapTail(bcc: bcc)))
             request.body = .stream(body, length: .unknown)
-            let status: Int
-            let answer: ByteBuffer
-            let retryAfter: String?
-            do {
-                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
-                status = Int(response.status.code)
-                retryAfter = response.headers.first(name: "Retry-After")
-                answer = try await response.body.collect(upTo: 4 << 20)
-            } catch {
-                throw DeliveryError(http: error, transport: name, url: url)
-            }
+            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
+                                                       transport: name, url: url)
+            let status = answer.status
             if status == 401 {
                 if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
                     refreshed = true
@@ -217,7 +209,7 @@ public final class EWSTransport: MailTransport {
                 }
                 throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission")
             }
-            let outcome = EWSResponse(status: status, body: String(buffer: answer), retryAfter: retryAfter)
+            let outcome = EWSResponse(status: status, body: String(buffer: answer.body), retryAfter: answer.retryAfter)
             switch outcome.result {
             case .success:
                 return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,

@@ -23,15 +23,8 @@ extension GraphTransport {
     /// The largest upload chunk (Graph: at most 4 MiB; a multiple of 320 KiB).
     static let uploadChunk = 4 * 1024 * 1024 - (4 * 1024 * 1024) % (320 * 1024)
 
-    struct GraphAnswer {
-        var status: Int
-        var body: ByteBuffer
-        var retryAfter: String?
-        var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
-    }
-
     /// One authorised Graph POST; a 401 refreshes the token once and sends once more.
-    func graphPost(_ url: String, json: [String: Any]?) async throws(DeliveryError) -> GraphAnswer {
+    func graphPost(_ url: String, json: [String: Any]?) async throws(DeliveryError) -> HTTPAnswer {
         var refreshed = false
         let payload: ByteBuffer?
         if let json {
@@ -56,14 +49,8 @@ extension GraphTransport {
                 request.headers.add(name: "Content-Type", value: "application/json")
                 request.body = .bytes(payload)
             }
-            let answer: GraphAnswer
-            do {
-                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
-                answer = GraphAnswer(status: Int(response.status.code), body: try await response.body.collect(upTo: 1 << 20),
-                                     retryAfter: response.headers.first(name: "Retry-After"))
-            } catch {
-                throw DeliveryError(http: error, transport: name, url: url)
-            }
+            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                                                       transport: name, url: url)
             if answer.status == 401 && !refreshed {
                 refreshed = true
                 await tokens.invalidate(token)
@@ -182,19 +169,10 @@ extension GraphTransport {
             request.headers.add(name: "Content-Type", value: "application/octet-stream")
             request.headers.add(name: "Content-Range", value: "bytes \(offset)-\(offset + chunk.count - 1)/\(size)")
             request.body = .bytes(ByteBuffer(bytes: chunk))
-            let status: Int
-            let body: ByteBuffer
-            let retryAfter: String?
-            do {
-                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
-                status = Int(response.status.code)
-                retryAfter = response.headers.first(name: "Retry-After")
-                body = try await response.body.collect(upTo: 1 << 20)
-            } catch {
-                throw DeliveryError(http: error, transport: name, url: "the upload session of \(attachment.filename)")
-            }
-            guard status == 200 || status == 201 || status == 202 else {
-                throw Self.error(status: status, body: body, retryAfter: retryAfter, user: user, from: from)
+            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                                                       transport: name, url: "the upload session of \(attachment.filename)")
+            guard answer.status == 200 || answer.status == 201 || answer.status == 202 else {
+                throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
             }
             offset += chunk.count
         }

@@ -145,17 +145,9 @@ public final class GraphTransport: MailTransport {
             request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
             request.headers.add(name: "Content-Type", value: "text/plain")
             request.body = .bytes(body)
-            let status: Int
-            let retryAfter: String?
-            let answer: ByteBuffer
-            do {
-                let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(requestTimeout))
-                status = Int(response.status.code)
-                retryAfter = response.headers.first(name: "Retry-After")
-                answer = try await response.body.collect(upTo: 1 << 20)
-            } catch {
-                throw DeliveryError(http: error, transport: name, url: sendMailURL)
-            }
+            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                                                       transport: name, url: sendMailURL)
+            let status = answer.status
             if status == 202 || status == 200 {
                 logger.debug("graph accepted the message", metadata: ["graph.status": "\(status)", "graph.user": "\(user)"])
                 return HTTPTransportReport.accepted(transport: name, destination: sendMailURL, content: content, envelope: envelope,
@@ -168,7 +160,7 @@ public final class GraphTransport: MailTransport {
                 await tokens.invalidate(token)
                 continue
             }
-            throw Self.error(status: status, body: answer, retryAfter: retryAfter, user: user, from: from)
+            throw Self.error(status: status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
         }
     }
 

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOFoundationCompat
 import OutboxMIME
 import OutboxOAuth
 
@@ -136,6 +137,27 @@ extension DeliveryError {
             self.init(kind: .permanent, message: "\(transport): the message cannot be encoded: \(e.message)")
         } else {
             self.init(kind: .transient, message: "\(transport): the request to \(url) failed: \(error)")
+        }
+    }
+}
+
+/// What a transport decides on from an HTTP answer.
+struct HTTPAnswer {
+    var status: Int
+    var body: ByteBuffer
+    var retryAfter: String?
+    var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
+
+    /// Sends `request` within `timeout` and collects at most `bodyLimit` bytes of the answer; a
+    /// failure of the exchange itself becomes the transport's error naming `url`.
+    static func exchange(_ request: HTTPClientRequest, client: HTTPClient, timeout: Duration, bodyLimit: Int,
+                         transport: String, url: String) async throws(DeliveryError) -> HTTPAnswer {
+        do {
+            let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
+            return HTTPAnswer(status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
+                              retryAfter: response.headers.first(name: "Retry-After"))
+        } catch {
+            throw DeliveryError(http: error, transport: transport, url: url)
         }
     }
 }
