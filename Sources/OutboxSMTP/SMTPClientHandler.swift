@@ -12,9 +12,6 @@ struct SMTPOutbound {
     /// the TLS handler is inserted before the reply promise completes; this promise completes
     /// when the handshake does.
     var tlsHandshake: EventLoopPromise<Void>? = nil
-    /// A whole pipelined transaction: `bytes` holds its commands, and the exchange takes their
-    /// replies, sends the body after the 354 and takes the reply to the final dot.
-    var exchange: SMTPPipelinedExchange? = nil
 }
 
 /// The thin I/O half of the client: parses replies, completes promises in order, inserts TLS
@@ -66,9 +63,8 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.context = nil
     }
 
-    /// On the event loop: starts a pipelined exchange, its commands written and flushed at once.
-    /// (The same as writing an `SMTPOutbound` through the channel, without boxing it in a
-    /// `NIOAny` and casting it back for every message.)
+    /// On the event loop: starts a pipelined exchange, its commands written and flushed at once
+    /// (directly, not as an `SMTPOutbound` boxed in a `NIOAny` and cast back for every message).
     func startExchange(_ exchange: SMTPPipelinedExchange, commands: ByteBuffer) {
         guard failure == nil, let context, context.channel.isActive else {
             // Nothing of this message was written: whatever ended the connection (a 421 while it
@@ -260,17 +256,12 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         if let failure {
-            request.exchange?.fail(failure)
             request.reply?.fail(failure)
             request.tlsHandshake?.fail(failure)
             promise?.fail(failure)
             return
         }
-        if let exchange = request.exchange {
-            waiters.append(.exchange(exchange))
-            exchange.deadline = .now() + exchange.protocolTimeout.timeAmount
-            armWatchdog(context: context, deadline: exchange.deadline)
-        } else if let reply = request.reply {
+        if let reply = request.reply {
             waiters.append(.reply(reply, tlsHandshake: request.tlsHandshake))
         }
         context.write(wrapOutboundOut(request.bytes), promise: promise)

@@ -46,9 +46,9 @@ public final class SMTPConnection: Sendable {
     /// The connection's handler, for starting pipelined exchanges on the event loop.
     private let handler: NIOLoopBound<SMTPClientHandler>
 
-    private init(channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, session: Session) {
+    private init(channel: any Channel, session: Session) {
         self.channel = channel
-        self.handler = handler
+        self.handler = session.handler
         self.configuration = session.configuration
         self.capabilities = session.capabilities
         self.greeting = session.greeting!
@@ -134,7 +134,14 @@ public final class SMTPConnection: Sendable {
             logger.info("connected to \(channel.remoteAddress?.description ?? configuration.host)")
         }
 
-        var session = Session(configuration: configuration, channel: channel, logger: logger, id: id)
+        guard let handler = handlerBox.withLockedValue({ $0 }) else {
+            // (Never: the initializer that sets it ran before the connect succeeded.)
+            greetingPromise.fail(SMTPError(stage: .connect, kind: .connectionClosed, message: "no SMTP handler"))
+            handshakePromise?.fail(SMTPError(stage: .connect, kind: .connectionClosed, message: "no SMTP handler"))
+            try? await channel.close()
+            throw SMTPError(stage: .connect, kind: .connectionClosed, message: "the connection has no SMTP handler", isTransient: true)
+        }
+        var session = Session(configuration: configuration, channel: channel, handler: handler, logger: logger, id: id)
         do {
             if let handshakePromise {
                 start = clock.now
@@ -176,11 +183,7 @@ public final class SMTPConnection: Sendable {
             throw SMTPError(stage: session.stage, kind: .connectionClosed, message: "\(error)")
         }
         session.timings = timings
-        guard let handler = handlerBox.withLockedValue({ $0 }) else {
-            await session.abandon()
-            throw SMTPError(stage: .connect, kind: .connectionClosed, message: "the connection has no SMTP handler", isTransient: true)
-        }
-        return SMTPConnection(channel: channel, handler: handler, session: session)
+        return SMTPConnection(channel: channel, session: session)
     }
 
     /// A duration as the configuration writes it, `hh:mm:ss`.
@@ -356,20 +359,21 @@ public final class SMTPConnection: Sendable {
         var transactionStarted = false
         /// Given to a pipelined exchange: gives the connection back when the message is accepted.
         var handBack: SMTPHandBack?
-        /// The connection's handler, once connected (pipelined exchanges start through it).
-        var handler: NIOLoopBound<SMTPClientHandler>?
+        /// The connection's handler (pipelined exchanges start through it).
+        let handler: NIOLoopBound<SMTPClientHandler>
 
-        init(configuration: SMTPClientConfiguration, channel: any Channel, logger: Logger, id: Int) {
+        init(configuration: SMTPClientConfiguration, channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, logger: Logger, id: Int) {
             self.configuration = configuration
             self.channel = channel
+            self.handler = handler
             self.logger = logger
             self.id = id
         }
 
         init(connection: SMTPConnection) {
-            self.init(configuration: connection.configuration, channel: connection.channel, logger: connection.logger, id: connection.id)
+            self.init(configuration: connection.configuration, channel: connection.channel, handler: connection.handler,
+                      logger: connection.logger, id: connection.id)
             self.capabilities = connection.capabilities
-            self.handler = connection.handler
         }
 
         var debug: Bool { configuration.enableDebug }
@@ -817,9 +821,9 @@ public final class SMTPConnection: Sendable {
                 return try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<PipelinedOutcome, any Error>) in
                     exchange.start(continuation)
                     if channel.eventLoop.inEventLoop {
-                        Self.startExchange(channel, handler, exchange, wire)
+                        handler.value.startExchange(exchange, commands: wire)
                     } else {
-                        channel.eventLoop.execute { Self.startExchange(channel, handler, exchange, wire) }
+                        channel.eventLoop.execute { handler.value.startExchange(exchange, commands: wire) }
                     }
                 }
             } catch let failure as SMTPPipelinedExchange.Failure {
@@ -850,26 +854,11 @@ public final class SMTPConnection: Sendable {
         /// Returns when every reply the connection awaits has come (or the connection failed):
         /// after a message handed back at its dot (see `SMTPConnection.send`'s `whenFree`).
         func waitUntilAnswered() async {
-            guard let handler else { return }
+            let handler = self.handler
             let eventLoop = channel.eventLoop
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
                 eventLoop.execute { handler.value.whenAnswered { continuation.resume() } }
             }
-        }
-
-        /// On the event loop: the handler starts the exchange (or fails it when the connection is
-        /// closed); without a handler (never after connect) it goes through the channel.
-        static func startExchange(_ channel: any Channel, _ handler: NIOLoopBound<SMTPClientHandler>?,
-                                  _ exchange: SMTPPipelinedExchange, _ commands: ByteBuffer) {
-            if let handler {
-                handler.value.startExchange(exchange, commands: commands)
-                return
-            }
-            guard channel.isActive else {
-                exchange.fail(SMTPError(stage: .mail, kind: .connectionClosed, message: "the connection is closed"))
-                return
-            }
-            channel.writeAndFlush(SMTPOutbound(bytes: commands, reply: nil, exchange: exchange), promise: nil)
         }
 
         /// DATA was accepted in a pipeline but must not go on: an empty body ends it. With no

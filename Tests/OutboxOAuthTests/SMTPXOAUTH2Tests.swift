@@ -16,15 +16,7 @@ struct SMTPXOAUTH2Tests {
             $0.expectedScope = "https://outlook.office.com/.default"
         }
         try await withEmulator(state) { base in
-            var c = configuration(base, type: .smtp)
-            c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
-            c.smtpClient.port = port
-            c.smtpClient.smtpConnectionSecurity = .startTLSRequired
-            c.smtpClient.enableAuthentication = true
-            c.smtpClient.authMechanisms = ["XOAUTH2"]
-            c.smtpClient.user = user
-            c.smtpClient.password = Secret("user-pass")
-            c.smtpClient.directoryID = "tenant-1"
+            let c = xoauth2Configuration(base, port: port, user: user, password: "user-pass")
             let transport = try TransportFactory.make(configuration: c)
             let runner = Task { await transport.run() }
             let (message, _) = try rawMessage(from: user, to: "xoauth2-rcpt@example.test")
@@ -49,17 +41,9 @@ struct SMTPXOAUTH2Tests {
             $0.expectedScope = "https://outlook.office.com/.default"
         }
         try await withEmulator(state) { base in
-            var c = configuration(base, type: .smtp)
-            c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
-            c.smtpClient.port = port
-            c.smtpClient.smtpConnectionSecurity = .startTLSRequired
-            c.smtpClient.enableAuthentication = true
-            c.smtpClient.authMechanisms = ["XOAUTH2"]
-            c.smtpClient.user = user
             // Another credential set than the test above (the token cache is per credential set).
-            c.smtpClient.password = Secret("user-pass-535")
+            let c = xoauth2Configuration(base, port: port, user: user, password: "user-pass-535")
             await state.set { $0.ropcPassword = "user-pass-535" }
-            c.smtpClient.directoryID = "tenant-1"
             let transport = try TransportFactory.make(configuration: c)
             let runner = Task { await transport.run() }
             let report = try await transport.send(try rawMessage(from: user, to: "xoauth2-rcpt@example.test").0)
@@ -68,5 +52,20 @@ struct SMTPXOAUTH2Tests {
             #expect(report.allAccepted)
             #expect(await state.tokenRequests == 2)
         }
+    }
+
+    /// SMTP with STARTTLS and AUTH XOAUTH2 to the Postfix testbed, its token from the emulator's
+    /// password grant (tenant-1).
+    private func xoauth2Configuration(_ base: String, port: Int, user: String, password: String) -> OutboxConfiguration {
+        var c = configuration(base, type: .smtp)
+        c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
+        c.smtpClient.port = port
+        c.smtpClient.smtpConnectionSecurity = .startTLSRequired
+        c.smtpClient.enableAuthentication = true
+        c.smtpClient.authMechanisms = ["XOAUTH2"]
+        c.smtpClient.user = user
+        c.smtpClient.password = Secret(password)
+        c.smtpClient.directoryID = "tenant-1"
+        return c
     }
 }
