@@ -51,6 +51,12 @@ public final class Mailer: Service, Sendable {
         (state.withLockedValue { $0.transport } as? SMTPTransport)?.statistics
     }
 
+    /// Messages whose SMTP transaction started where a connection became free (pipelined behind
+    /// the previous message's final dot, see `SMTPTransport`), when the transport is SMTP.
+    public var smtpStartedAtHandOff: Int? {
+        (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandOff
+    }
+
     public func run() async throws {
         let transport = state.withLockedValue { $0.transport }
         await withGracefulShutdownHandler {

@@ -8,9 +8,9 @@ public struct SMTPCapabilities: Sendable, Hashable {
     public var isExtended: Bool
     /// What every transaction asks about, read once from `extensions` (not looked up by name,
     /// with a string upper-cased and hashed, several times per message).
-    private var known: Known
+    private(set) var known: Known
 
-    private struct Known: Sendable, Hashable {
+    struct Known: Sendable, Hashable {
         var startTLS, pipelining, eightBitMIME, smtpUTF8, enhancedStatusCodes, chunking, dsn: Bool
         var sizeLimit: Int?
 

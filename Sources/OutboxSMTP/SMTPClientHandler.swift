@@ -183,8 +183,11 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 armWatchdog(context: context, deadline: exchange.deadline)
                 let written = context.eventLoop.makePromise(of: Void.self)
                 written.futureResult.assumeIsolated().whenSuccess { exchange.bodyWritten = true }
-                context.writeAndFlush(wrapOutboundOut(body), promise: written)
+                context.write(wrapOutboundOut(body), promise: written)
+                // The hand-back may start the next transaction right here (a prepared one, see
+                // SMTPConnection.start): its commands then leave in the same write as this body.
                 if failure == nil { exchange.didWriteBody() }
+                context.flush()
             }
             return
         case .reply(let promise, let tlsHandshake):

@@ -31,11 +31,11 @@ public final class SMTPConnection: Sendable {
     /// How long each connection step took, in order (connect, tls, greeting, ehlo, starttls, auth).
     public let stepTimings: [(step: String, duration: Duration)]
 
-    private let channel: any Channel
-    private let logger: Logger
-    private let state: NIOLockedValueBox<State>
+    let channel: any Channel
+    let logger: Logger
+    let state: NIOLockedValueBox<State>
 
-    private enum State {
+    enum State {
         case idle
         case busy
         case closed
@@ -44,13 +44,16 @@ public final class SMTPConnection: Sendable {
     private static let ids = NIOLockedValueBox(0)
 
     /// The connection's handler, for starting pipelined exchanges on the event loop.
-    private let handler: NIOLoopBound<SMTPClientHandler>
+    let handler: NIOLoopBound<SMTPClientHandler>
+    /// What its transactions depend on (see `SMTPPreparedTransaction`).
+    let profile: SMTPTransactionProfile
 
     private init(channel: any Channel, session: Session) {
         self.channel = channel
         self.handler = session.handler
         self.configuration = session.configuration
         self.capabilities = session.capabilities
+        self.profile = SMTPTransactionProfile(capabilities: session.capabilities, configuration: session.configuration)
         self.greeting = session.greeting!
         self.authMechanism = session.authMechanism
         self.credentialExpiry = session.credentialExpiry
@@ -221,17 +224,42 @@ public final class SMTPConnection: Sendable {
     public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body,
                                           whenFree: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
     where Body.Element == ByteBuffer {
+        var iterator = body.makeAsyncIterator()
+        let start: SMTPBodyStart
+        do {
+            // Read and encode the start of the body before anything is sent: a message that
+            // cannot be produced fails here, and a small one (most are) is then complete.
+            start = try await SMTPBodyStart.read(from: &iterator)
+        } catch {
+            throw SMTPBodyStart.readError(error)
+        }
+        return try await send(envelope: envelope, start: start, rest: &iterator, whenFree: whenFree)
+    }
+
+    /// `send` with the start of the body already read (`SMTPBodyStart.read`) from `rest`.
+    public func send<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
+                                                      whenFree: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
+    where Iterator.Element == ByteBuffer {
         try acquire()
+        return try await transact(whenFree: whenFree) { session throws in
+            try await session.transaction(envelope: envelope, start: start, rest: &rest)
+        }
+    }
+
+    /// Runs a transaction on the acquired connection: gives the connection back to the caller
+    /// (or, with `whenFree`, to whoever takes it at the hand-back), and after a failure resets or
+    /// closes it.
+    func transact(whenFree: (@Sendable () -> Void)?, handBack given: SMTPHandBack? = nil, started: Bool = false,
+                  _ body: (inout Session) async throws -> SMTPTransactionResult) async throws(SMTPError) -> SMTPTransactionResult {
         var session = Session(connection: self)
-        if let whenFree {
-            let state = self.state
-            session.handBack = SMTPHandBack {
-                state.withLockedValue { if case .busy = $0 { $0 = .idle } }
-                whenFree()
-            }
+        session.transactionStarted = started
+        if let given {
+            session.handBack = given
+        } else if let whenFree {
+            session.handBack = makeHandBack(whenFree)
         }
         do {
-            var result = try await session.transaction(envelope: envelope, body: body)
+            var result = try await body(&session)
             if session.handBack?.done == true {
                 result.connectionHandedBack = true
             } else {
@@ -246,6 +274,15 @@ public final class SMTPConnection: Sendable {
             let wrapped = SMTPError(stage: session.stage, kind: .connectionClosed, message: "reading the message failed: \(error)", isTransient: false)
             if session.handBack?.done != true { await afterFailure(session: &session, error: wrapped) }
             throw wrapped
+        }
+    }
+
+    /// Marks the connection free, then calls `whenFree` (on the event loop, at most once).
+    func makeHandBack(_ whenFree: @escaping @Sendable () -> Void) -> SMTPHandBack {
+        let state = self.state
+        return SMTPHandBack {
+            state.withLockedValue { if case .busy = $0 { $0 = .idle } }
+            whenFree()
         }
     }
 
@@ -299,7 +336,7 @@ public final class SMTPConnection: Sendable {
         }
     }
 
-    private func acquire() throws(SMTPError) {
+    func acquire() throws(SMTPError) {
         let error: SMTPError? = state.withLockedValue { state in
             switch state {
             case .idle:
@@ -312,13 +349,13 @@ public final class SMTPConnection: Sendable {
         if let error { throw error }
     }
 
-    private func release() {
+    func release() {
         state.withLockedValue { state in
             if case .busy = state { state = .idle }
         }
     }
 
-    private func afterFailure(session: inout Session, error: SMTPError) async {
+    func afterFailure(session: inout Session, error: SMTPError) async {
         // A 421, a broken connection or a protocol error ends the session; a refused command
         // leaves it usable once RSET has cleared the transaction.
         let refusedLocally = error.kind == .unsupportedByServer || error.kind == .invalidArgument
@@ -344,7 +381,7 @@ public final class SMTPConnection: Sendable {
     // MARK: the session's steps
 
     /// The steps of a session; a value type used by one task at a time.
-    fileprivate struct Session {
+    struct Session {
         let configuration: SMTPClientConfiguration
         let channel: any Channel
         let logger: Logger
@@ -670,48 +707,16 @@ public final class SMTPConnection: Sendable {
 
         // MARK: the transaction
 
-        mutating func transaction<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body) async throws -> SMTPTransactionResult
-        where Body.Element == ByteBuffer {
+        /// One transaction; `start` holds the body's first bytes (the whole body when it is
+        /// small), `iterator` the rest.
+        mutating func transaction<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart,
+                                                                   rest iterator: inout Iterator) async throws -> SMTPTransactionResult
+        where Iterator.Element == ByteBuffer {
             stage = .mail
-            guard !envelope.recipients.isEmpty else {
-                throw SMTPError(stage: .rcpt, kind: .invalidArgument, message: "the message has no recipients")
-            }
-            if envelope.requiresSMTPUTF8 && !capabilities.smtpUTF8 {
-                throw SMTPError(stage: .mail, kind: .unsupportedByServer,
-                                message: "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
-            }
-            if let size = envelope.size, let limit = capabilities.sizeLimit, limit > 0, size > limit {
-                throw SMTPError(stage: .mail, kind: .unsupportedByServer,
-                                message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
-            }
-            var mailParameters: [String] = []
-            if let size = envelope.size, capabilities.sizeLimit != nil { mailParameters.append("SIZE=\(size)") }
-            if envelope.eightBitMIME && capabilities.eightBitMIME { mailParameters.append("BODY=8BITMIME") }
-            if envelope.requiresSMTPUTF8 { mailParameters.append("SMTPUTF8") }
-            if capabilities.dsn, let ret = configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
-            var rcptParameters: [String] = []
-            if capabilities.dsn, let notify = configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
-
-            let mail = SMTPCommand.mailFrom(envelope.from, parameters: mailParameters)
-            let rcpts = envelope.recipients.map { SMTPCommand.rcptTo($0, parameters: rcptParameters) }
-            // Validate everything before the first byte leaves.
-            try mail.validate()
-            for rcpt in rcpts { try rcpt.validate() }
-
-            // Read and encode the start of the body before anything is sent: a message that
-            // cannot be produced fails here, and a small one (most are) is then complete.
-            var encoder = SMTPDataEncoder()
-            var iterator = body.makeAsyncIterator()
-            var prefix = channel.allocator.buffer(capacity: 4096)
-            var bodyComplete = false
-            while prefix.readableBytes < Self.chunkTarget {
-                guard let chunk = try await iterator.next() else {
-                    encoder.finish(into: &prefix)
-                    bodyComplete = true
-                    break
-                }
-                encoder.encode(chunk, into: &prefix)
-            }
+            let (mail, rcpts) = try SMTPConnection.plan(envelope: envelope, capabilities: capabilities, configuration: configuration)
+            let prefix = start.prefix
+            let encoder = start.encoder
+            let bodyComplete = start.isComplete
 
             transactionStarted = true
             var mailReply: SMTPReply
@@ -722,25 +727,7 @@ public final class SMTPConnection: Sendable {
                 // The whole transaction runs on the event loop: MAIL, RCPTs and DATA in one flush,
                 // the body right after the 354, one wake-up of this task at the end.
                 let outcome = try await pipelinedTransaction([mail] + rcpts + [SMTPCommand.data], body: prefix)
-                for reply in outcome.replies { trace(reply) }
-                if let closing = outcome.replies.first(where: { $0.code == 421 }) {
-                    throw SMTPError.reply(closing, stage: stage, message: "the server is closing the connection: \(closing)")
-                }
-                if let finalReply = outcome.finalReply {
-                    if debug { logger.info("C: <\(encoder.bytesWritten) bytes of message data, ending with .>") }
-                    trace(finalReply)
-                    transactionStarted = false
-                    stage = .data
-                    let results = zip(envelope.recipients, outcome.replies[1...rcpts.count]).map { RecipientResult(address: $0, reply: $1) }
-                    guard finalReply.isPositiveCompletion else {
-                        throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
-                    }
-                    return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: encoder.bytesWritten)
-                }
-                // No body was sent (MAIL, every RCPT or DATA refused): the general path decides.
-                mailReply = outcome.replies[0]
-                rcptReplies = Array(outcome.replies[1...rcpts.count])
-                dataReply = outcome.replies.last
+                return try await conclude(outcome, recipients: envelope.recipients, from: envelope.from, bytes: encoder.bytesWritten)
             } else if capabilities.pipelining {
                 // The previous message may still await the reply to its dot (see whenFree): these
                 // commands' protocol-timeout must not run while the server is still on that one.
@@ -759,9 +746,6 @@ public final class SMTPConnection: Sendable {
                     }
                     replies.append(reply)
                 }
-                if let closing = replies.first(where: { $0.code == 421 }) {
-                    throw SMTPError.reply(closing, stage: stage, message: "the server is closing the connection: \(closing)")
-                }
                 mailReply = replies[0]
                 rcptReplies = Array(replies[1...rcpts.count])
                 if pipelineData { dataReply = replies.last }
@@ -771,17 +755,11 @@ public final class SMTPConnection: Sendable {
                     for rcpt in rcpts { rcptReplies.append(try await command(rcpt, stage: .rcpt)) }
                 }
             }
-            guard mailReply.isPositiveCompletion else {
-                if dataReply?.code == 354 { try await abortData() }
-                throw SMTPError.reply(mailReply, stage: .mail, message: "the server refused the sender <\(envelope.from)>: \(mailReply)")
-            }
-            let results = zip(envelope.recipients, rcptReplies).map { RecipientResult(address: $0, reply: $1) }
-            let accepted = results.filter(\.accepted).count
-            if accepted == 0 || (accepted < results.count && !configuration.sendPartial) {
-                if dataReply?.code == 354 { try await abortData() }
-                try await resetAfterRefusal()
-                return SMTPTransactionResult(recipients: results, finalReply: nil,
-                                             abortedForPartialRefusal: accepted > 0, bytesSent: 0)
+            let results: [RecipientResult]
+            switch try await beforeBody(mailReply: mailReply, rcptReplies: rcptReplies, dataReply: dataReply,
+                                        recipients: envelope.recipients, from: envelope.from) {
+            case .finished(let result): return result
+            case .sendBody(let accepted): results = accepted
             }
             if dataReply == nil {
                 dataReply = try await command(.data, stage: .data)
@@ -798,6 +776,66 @@ public final class SMTPConnection: Sendable {
             return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: bytes)
         }
 
+        enum BeforeBody {
+            /// Nothing to send (every recipient refused, or one refused with sendpartial off).
+            case finished(SMTPTransactionResult)
+            /// MAIL and enough recipients were accepted: the body goes next.
+            case sendBody([RecipientResult])
+        }
+
+        /// Decides from the replies to MAIL and the RCPTs (and DATA, when it was pipelined) whether
+        /// the body goes out. A refused MAIL throws; refused recipients end the transaction with
+        /// RSET (after an empty body, when DATA was already accepted in the pipeline).
+        mutating func beforeBody(mailReply: SMTPReply, rcptReplies: [SMTPReply], dataReply: SMTPReply?,
+                                 recipients: [String], from: String) async throws(SMTPError) -> BeforeBody {
+            guard mailReply.isPositiveCompletion else {
+                if dataReply?.code == 354 { try await abortData() }
+                throw SMTPError.reply(mailReply, stage: .mail, message: "the server refused the sender <\(from)>: \(mailReply)")
+            }
+            let results = zip(recipients, rcptReplies).map { RecipientResult(address: $0, reply: $1) }
+            let accepted = results.filter(\.accepted).count
+            if accepted == 0 || (accepted < results.count && !configuration.sendPartial) {
+                if dataReply?.code == 354 { try await abortData() }
+                try await resetAfterRefusal()
+                return .finished(SMTPTransactionResult(recipients: results, finalReply: nil,
+                                                       abortedForPartialRefusal: accepted > 0, bytesSent: 0))
+            }
+            return .sendBody(results)
+        }
+
+        /// What a pipelined exchange's outcome means: the result when the body was sent, else the
+        /// refusals decide (see `beforeBody`).
+        mutating func conclude(_ outcome: PipelinedOutcome, recipients: [String], from: String, bytes: Int) async throws(SMTPError) -> SMTPTransactionResult {
+            let rcptCount = recipients.count
+            for reply in outcome.replies { trace(reply) }
+            if let closing = outcome.replies.first(where: { $0.code == 421 }) {
+                let index = outcome.replies.count - 1
+                let stage: SMTPError.Stage = index == 0 ? .mail : (index <= rcptCount ? .rcpt : .data)
+                throw SMTPError.reply(closing, stage: stage, message: "the server is closing the connection: \(closing)")
+            }
+            if let finalReply = outcome.finalReply {
+                if debug { logger.info("C: <\(bytes) bytes of message data, ending with .>") }
+                trace(finalReply)
+                transactionStarted = false
+                stage = .data
+                let results = zip(recipients, outcome.replies[1...rcptCount]).map { RecipientResult(address: $0, reply: $1) }
+                guard finalReply.isPositiveCompletion else {
+                    throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
+                }
+                return SMTPTransactionResult(recipients: results, finalReply: finalReply, abortedForPartialRefusal: false, bytesSent: bytes)
+            }
+            // No body was sent: MAIL, every RCPT or DATA refused.
+            let dataReply = outcome.replies.last!
+            switch try await beforeBody(mailReply: outcome.replies[0], rcptReplies: Array(outcome.replies[1...rcptCount]),
+                                        dataReply: dataReply, recipients: recipients, from: from) {
+            case .finished(let result):
+                return result
+            case .sendBody:
+                stage = .data
+                throw SMTPError.reply(dataReply, stage: .data, message: "the server refused DATA: \(dataReply)")
+            }
+        }
+
         typealias PipelinedOutcome = SMTPPipelinedOutcome
 
         /// MAIL, the RCPTs and DATA in one write; on the event loop, when their replies are in and
@@ -811,7 +849,12 @@ public final class SMTPConnection: Sendable {
                 command.writeValidated(into: &wire)
                 if debug { trace(sent: command.redactedText) }
             }
-            let exchange = SMTPPipelinedExchange(rcptCount: commands.count - 2, body: body,
+            return try await pipelinedTransaction(wire: wire, rcptCount: commands.count - 2, body: body)
+        }
+
+        /// The same with the commands already encoded (a prepared transaction's).
+        func pipelinedTransaction(wire: ByteBuffer, rcptCount: Int, body: ByteBuffer) async throws(SMTPError) -> PipelinedOutcome {
+            let exchange = SMTPPipelinedExchange(rcptCount: rcptCount, body: body,
                                                  protocolTimeout: configuration.protocolTimeout,
                                                  terminationTimeout: configuration.dataTerminationTimeout,
                                                  handBack: handBack)
@@ -819,35 +862,41 @@ public final class SMTPConnection: Sendable {
             let handler = self.handler
             do {
                 return try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<PipelinedOutcome, any Error>) in
-                    exchange.start(continuation)
+                    exchange.start(.task(continuation))
                     if channel.eventLoop.inEventLoop {
                         handler.value.startExchange(exchange, commands: wire)
                     } else {
                         channel.eventLoop.execute { handler.value.startExchange(exchange, commands: wire) }
                     }
                 }
-            } catch let failure as SMTPPipelinedExchange.Failure {
-                switch failure {
-                case .timedOut(let stage, let timeout):
-                    throw SMTPError(stage: stage, kind: .timeout,
-                                    message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
-                case .failed(let stage, var smtp):
-                    if smtp.kind == .connectionClosed && smtp.stage != stage {
-                        smtp.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
-                        smtp.stage = stage
-                    }
-                    throw smtp
-                case .afterDot(let written, let error):
-                    if !written {
-                        throw SMTPError(stage: .data, kind: .connectionClosed,
-                                        message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
-                    }
-                    throw SMTPError(stage: .data, kind: .outcomeUnknown,
-                                    message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
-                                    isTransient: true)
-                }
             } catch {
-                throw SMTPError(stage: .data, kind: .connectionClosed, message: "\(error)")
+                throw Self.exchangeError(error)
+            }
+        }
+
+        /// What a pipelined exchange's failure means for the caller.
+        static func exchangeError(_ error: any Error) -> SMTPError {
+            guard let failure = error as? SMTPPipelinedExchange.Failure else {
+                return SMTPError(stage: .data, kind: .connectionClosed, message: "\(error)")
+            }
+            switch failure {
+            case .timedOut(let stage, let timeout):
+                return SMTPError(stage: stage, kind: .timeout,
+                                 message: "no answer from the server within \(Self.format(timeout)) during \(stage.rawValue.uppercased())", isTransient: true)
+            case .failed(let stage, var smtp):
+                if smtp.kind == .connectionClosed && smtp.stage != stage {
+                    smtp.message = "the connection was lost during \(stage.rawValue.uppercased()): \(smtp.message)"
+                    smtp.stage = stage
+                }
+                return smtp
+            case .afterDot(let written, let error):
+                if !written {
+                    return SMTPError(stage: .data, kind: .connectionClosed,
+                                     message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
+                }
+                return SMTPError(stage: .data, kind: .outcomeUnknown,
+                                 message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
+                                 isTransient: true)
             }
         }
 

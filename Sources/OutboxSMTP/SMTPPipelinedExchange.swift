@@ -47,7 +47,13 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
     /// When the current wait ends (set by the handler when the commands are written, moved
     /// when the body is).
     var deadline = NIODeadline.distantFuture
-    private var continuation: UnsafeContinuation<SMTPPipelinedOutcome, any Error>?
+    /// Who learns the outcome: a task waiting in `pipelinedTransaction`, or the completion of a
+    /// transaction prepared ahead and started by the event loop (`SMTPConnection.start`).
+    enum Completion {
+        case task(UnsafeContinuation<SMTPPipelinedOutcome, any Error>)
+        case callback(@Sendable (Result<SMTPPipelinedOutcome, any Error>) -> Void)
+    }
+    private var completion: Completion?
     /// Run on the event loop once the body is handed to the channel (see `SMTPConnection.send`).
     private let handBack: SMTPHandBack?
 
@@ -61,9 +67,9 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
         self.replies.reserveCapacity(rcptCount + 2)
     }
 
-    /// Set by the sending task before the exchange is handed to the event loop.
-    func start(_ continuation: UnsafeContinuation<SMTPPipelinedOutcome, any Error>) {
-        self.continuation = continuation
+    /// Set before the exchange is handed to the handler.
+    func start(_ completion: Completion) {
+        self.completion = completion
     }
 
     /// The stage of the command whose reply is awaited next.
@@ -138,9 +144,12 @@ final class SMTPPipelinedExchange: @unchecked Sendable {
     }
 
     private func resume(_ result: Result<SMTPPipelinedOutcome, any Error>) {
-        guard let continuation else { return }
-        self.continuation = nil
-        continuation.resume(with: result)
+        guard let completion else { return }
+        self.completion = nil
+        switch completion {
+        case .task(let continuation): continuation.resume(with: result)
+        case .callback(let callback): callback(result)
+        }
     }
 }
 

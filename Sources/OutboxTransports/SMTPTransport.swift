@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import OutboxMIME
 import OutboxSMTP
+import Synchronization
 
 extension SMTPConnection: PoolableConnection {
     public var credentialLifetime: Duration? {
@@ -96,6 +97,9 @@ public final class SMTPTransport: MailTransport {
         var envelopeFrom: String?
         /// `host:port`, for reports (made once, not per message).
         var destination: String
+        /// What the connections of this generation offered, for preparing messages before a
+        /// connection is at hand (nil until the first connection).
+        var profile: SMTPTransactionProfile?
 
         init(generation: Int, configuration: SMTPClientConfiguration, envelopeFrom: String?) {
             self.generation = generation
@@ -126,6 +130,10 @@ public final class SMTPTransport: MailTransport {
     }
 
     public var configuration: SMTPClientConfiguration { current.withLockedValue { $0.configuration } }
+    /// Messages whose transaction started where a connection became free: pipelined behind the
+    /// previous message's final dot by the connection's event loop, no task woken first.
+    public var startedAtHandOff: Int { handOffStarts.load(ordering: .relaxed) }
+    private let handOffStarts = Atomic<Int>(0)
     public var statistics: PoolStatistics { pool.statistics }
 
     /// Applies options that take effect immediately (server, port, user, timeouts, debug...):
@@ -147,14 +155,31 @@ public final class SMTPTransport: MailTransport {
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now
-        let (destination, envelopeFrom) = current.withLockedValue { ($0.destination, $0.envelopeFrom) }
+        let (destination, envelopeFrom, knownProfile) = current.withLockedValue { ($0.destination, $0.envelopeFrom, $0.profile) }
+        // The message made ready before a connection is at hand, for the profile (capabilities,
+        // settings) of the connections so far: a small one can then start right where a
+        // connection becomes free (see `lease`).
+        var outgoing: Outgoing?
+        if let knownProfile {
+            outgoing = try await Outgoing(content, envelope: envelope, envelopeFrom: envelopeFrom, profile: knownProfile)
+        }
         var attempts = 0
         var tokenRefreshed = false
         while true {
             attempts += 1
             let lease: LeaseOnce
+            var startedOutcome: SMTPPreparedOutcome?
             do {
-                lease = LeaseOnce(pool: pool, lease: try await pool.lease())
+                if let prepared = outgoing?.prepared {
+                    switch try await leaseStarting(prepared) {
+                    case .leased(let leased): lease = LeaseOnce(pool: pool, lease: leased)
+                    case .started(let once, let outcome):
+                        lease = once
+                        startedOutcome = outcome
+                    }
+                } else {
+                    lease = LeaseOnce(pool: pool, lease: try await pool.lease())
+                }
             } catch let error as SMTPServerRefusedConnection {
                 throw DeliveryError(error.error)
             } catch let error as SMTPError {
@@ -174,8 +199,24 @@ public final class SMTPTransport: MailTransport {
             do {
                 // Once the body is on its way the connection goes back to the pool, from the event
                 // loop: the next sender's commands follow this message's final dot.
-                let result = try await transact(content, envelope: envelope, envelopeFrom: envelopeFrom, on: connection,
-                                                whenFree: { lease.release(.clean) })
+                let whenFree: @Sendable () -> Void = { lease.release(.clean) }
+                let result: SMTPTransactionResult
+                if let startedOutcome, let prepared = outgoing?.prepared {
+                    result = try await connection.finish(prepared, startedOutcome)
+                } else {
+                    let profile = connection.transactionProfile
+                    if outgoing == nil || outgoing!.bodyConsumed || !outgoing!.profile.matches(profile) {
+                        outgoing = try await Outgoing(content, envelope: envelope, envelopeFrom: envelopeFrom, profile: profile)
+                        remember(profile)
+                    }
+                    if let prepared = outgoing!.prepared, let sent = try await connection.send(prepared, whenFree: whenFree) {
+                        result = sent
+                    } else {
+                        outgoing!.bodyConsumed = true
+                        result = try await connection.send(envelope: outgoing!.envelope, start: outgoing!.start,
+                                                           rest: &outgoing!.rest, whenFree: whenFree)
+                    }
+                }
                 lease.release(.clean)
                 return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
             } catch let error as SMTPError {
@@ -208,34 +249,89 @@ public final class SMTPTransport: MailTransport {
         }
     }
 
-    private func transact(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
-                          on connection: SMTPConnection,
-                          whenFree: @escaping @Sendable () -> Void) async throws -> SMTPTransactionResult {
-        let caps = connection.capabilities
-        let needsUTF8 = content.requiresSMTPUTF8
-        let envelope: Envelope
-        do throws(MIMEError) {
-            if let given {
-                envelope = given
-            } else if caps.smtpUTF8 {
-                envelope = try content.envelope()
+    /// How a sender with a prepared transaction got its connection.
+    private enum Leased: Sendable {
+        /// The usual way: the sending task runs the transaction.
+        case leased(ConnectionPoolLease<SMTPConnection>)
+        /// The transaction was started where the connection became free, and has ended.
+        case started(LeaseOnce, SMTPPreparedOutcome)
+    }
+
+    /// Leases a connection for a prepared transaction: when the sender has to wait, the
+    /// transaction starts on the connection's event loop as soon as the previous message's body
+    /// is on its way (its commands leave in the same write), and this task wakes once, when the
+    /// server has answered.
+    private func leaseStarting(_ prepared: SMTPPreparedTransaction) async throws -> Leased {
+        let pool = self.pool
+        return try await pool.lease(immediate: { .leased($0) }, handOff: { [self] lease, continuation in
+            let once = LeaseOnce(pool: pool, lease: lease)
+            let started = lease.connection.start(prepared, whenFree: { once.release(.clean) },
+                                                 completion: { continuation.resume(returning: .started(once, $0)) })
+            if started {
+                handOffStarts.add(1, ordering: .relaxed)
             } else {
-                envelope = try content.asciiEnvelope()
+                continuation.resume(returning: .leased(lease))
             }
-        } catch {
-            throw DeliveryError(kind: .permanent, message: needsUTF8 && !caps.smtpUTF8
-                ? "the message has non-ASCII addresses and the server does not offer SMTPUTF8: \(error.message)"
-                : "the message's envelope is invalid: \(error.message)")
+        })
+    }
+
+    /// Keeps the profile of the connections in use, for preparing the next messages.
+    private func remember(_ profile: SMTPTransactionProfile) {
+        current.withLockedValue { current in
+            if current.profile.map({ !$0.matches(profile) }) ?? true { current.profile = profile }
         }
-        let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
-        let stream = content.byteStream(options: options)
-        var size: Int?
-        if let limit = caps.sizeLimit, limit > 0 {
-            size = try await stream.countBytes()
+    }
+
+    /// A message ready for a connection with `profile`: its envelope, the start of its DATA
+    /// stream (the whole of it when small), and, when it can go as one exchange, the prepared
+    /// transaction.
+    private struct Outgoing {
+        let profile: SMTPTransactionProfile
+        let envelope: SMTPEnvelope
+        let start: SMTPBodyStart
+        var rest: MessageByteStream.AsyncIterator
+        let prepared: SMTPPreparedTransaction?
+        /// The body's rest was read by a send: a retry needs the message anew.
+        var bodyConsumed = false
+
+        init(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
+             profile: SMTPTransactionProfile) async throws(DeliveryError) {
+            let caps = profile.capabilities
+            let needsUTF8 = content.requiresSMTPUTF8
+            let envelope: Envelope
+            do throws(MIMEError) {
+                if let given {
+                    envelope = given
+                } else if caps.smtpUTF8 {
+                    envelope = try content.envelope()
+                } else {
+                    envelope = try content.asciiEnvelope()
+                }
+            } catch {
+                throw DeliveryError(kind: .permanent, message: needsUTF8 && !caps.smtpUTF8
+                    ? "the message has non-ASCII addresses and the server does not offer SMTPUTF8: \(error.message)"
+                    : "the message's envelope is invalid: \(error.message)")
+            }
+            let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
+            let stream = content.byteStream(options: options)
+            var size: Int?
+            var rest = stream.makeAsyncIterator()
+            let start: SMTPBodyStart
+            do {
+                if let limit = caps.sizeLimit, limit > 0 {
+                    size = try await stream.countBytes()
+                }
+                start = try await SMTPBodyStart.read(from: &rest)
+            } catch {
+                throw DeliveryError(SMTPBodyStart.readError(error))
+            }
+            self.profile = profile
+            self.envelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
+                                         requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
+            self.start = start
+            self.rest = rest
+            self.prepared = SMTPConnection.prepare(envelope: self.envelope, start: start, for: profile)
         }
-        let smtpEnvelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
-                                        requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
-        return try await connection.send(envelope: smtpEnvelope, body: stream, whenFree: whenFree)
     }
 
     static func report(_ result: SMTPTransactionResult, destination: String, content: any MailContent,

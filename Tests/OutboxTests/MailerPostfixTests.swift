@@ -30,6 +30,40 @@ struct MailerPostfixTests {
         #expect(stats.created <= 2)
     }
 
+    @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once")
+    func handOffStartsDeliverEachMessageOnce() async throws {
+        let peer = try MailerPeer.fromEnvironment()
+        let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1"]))
+        let prefix = "handoff-\(UUID().uuidString.prefix(8))"
+        let total = 40
+        let reports = try await withRunningMailer(mailer) { mailer in
+            // The first message learns what the server offers; the others then wait for the one
+            // connection with their transactions prepared.
+            var reports = [try await mailer.send(testMessage(subject: "\(prefix)-0"))]
+            reports += try await withThrowingTaskGroup(of: DeliveryReport.self) { group in
+                for i in 1..<total {
+                    group.addTask { try await mailer.send(testMessage(subject: "\(prefix)-\(i)")) }
+                }
+                return try await group.reduce(into: [DeliveryReport]()) { $0.append($1) }
+            }
+            return reports
+        }
+        #expect(reports.count == total)
+        #expect(reports.allSatisfy { $0.allAccepted && $0.attempts == 1 })
+        let started = try #require(mailer.smtpStartedAtHandOff)
+        #expect(started >= 1, "no transaction started at a hand-off: the test did not exercise it")
+        #expect(started <= total - 1)
+        #expect(try #require(mailer.poolStatistics).created == 1)
+        var stored: [String: Int] = [:]
+        for _ in 0..<100 {
+            stored = storedSubjects(in: peer.maildir, prefix: prefix)
+            if stored.values.reduce(0, +) >= total { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(stored.count == total, "stored \(stored.count) of \(total) subjects")
+        #expect(stored.values.allSatisfy { $0 == 1 }, "a message was stored more than once: \(stored.filter { $0.value > 1 })")
+    }
+
     @Test("a pool larger than the server allows is refused, shrinks, and still delivers everything")
     func poolShrinksOnRefusal() async throws {
         let peer = try MailerPeer.fromEnvironment()

@@ -101,25 +101,39 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// What a release on the hot path did.
-    private enum HandOff { case no, kept, resume(UnsafeContinuation<Lease, any Error>) }
+    private enum HandOff { case no, kept, resume(Waiter) }
+
+    /// Who learns a lease request's answer: a task waiting in `lease()`, or the hand-off of
+    /// `lease(_:handOff:)`, called where the connection is given.
+    enum Waiter {
+        case task(UnsafeContinuation<Lease, any Error>)
+        case handOff(@Sendable (Result<Lease, any Error>) -> Void)
+
+        func resume(with result: Result<Lease, any Error>) {
+            switch self {
+            case .task(let continuation): continuation.resume(with: result)
+            case .handOff(let handOff): handOff(result)
+            }
+        }
+    }
 
     /// A lease request: being registered by `lease()` (an answer that comes meanwhile is kept), or
-    /// waiting with its continuation.
+    /// waiting.
     enum Request {
         case registering
         case answered(Result<Lease, any Error>)
-        case waiting(UnsafeContinuation<Lease, any Error>)
+        case waiting(Waiter)
     }
 
     /// Continuations to resume once the lock is released.
     struct Effects {
-        var answers: [(UnsafeContinuation<Lease, any Error>, Result<Lease, any Error>)] = []
+        var answers: [(Waiter, Result<Lease, any Error>)] = []
         var runner: (CheckedContinuation<[Work]?, Never>, [Work]?)?
         var timerCancels: [CheckedContinuation<Void, Never>] = []
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
 
         func resume() {
-            for (continuation, result) in answers { continuation.resume(with: result) }
+            for (waiter, result) in answers { waiter.resume(with: result) }
             if let (continuation, work) = runner { continuation.resume(returning: work) }
             for continuation in timerCancels { continuation.resume() }
             for continuation in shutdownWaiters { continuation.resume() }
@@ -142,13 +156,13 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
         var shutDown = false
 
-        /// Answers a lease request: returns its continuation to resume (after the lock), or nil
-        /// when `lease()` is still registering it and will pick the answer up itself.
-        mutating func answer(_ request: Int, with result: Result<Lease, any Error>) -> UnsafeContinuation<Lease, any Error>? {
+        /// Answers a lease request: returns who to tell (after the lock), or nil when `lease()` is
+        /// still registering it and will pick the answer up itself.
+        mutating func answer(_ request: Int, with result: Result<Lease, any Error>) -> Waiter? {
             switch requests[request] {
-            case .waiting(let continuation):
+            case .waiting(let waiter):
                 requests[request] = nil
-                return continuation
+                return waiter
             case .registering:
                 requests[request] = .answered(result)
                 return nil
@@ -168,8 +182,8 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                         preconditionFailure("lease of unknown \(id) to request \(request)")
                     }
                     let lease = Lease(connection: connection, connectionID: id)
-                    if let continuation = answer(request, with: .success(lease)) {
-                        effects.answers.append((continuation, .success(lease)))
+                    if let waiter = answer(request, with: .success(lease)) {
+                        effects.answers.append((waiter, .success(lease)))
                     }
                 case .check(let id, _, let reset, let noop):
                     pendingWork.append(.check(id, connections[id]!, reset: reset, noop: noop))
@@ -183,8 +197,8 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                     case .credentialExpiresTooSoon: error = ConnectionPoolError.credentialExpiresTooSoon
                     case .connectionFailed(let id): error = connectErrors[id]!
                     }
-                    if let continuation = answer(request, with: .failure(error)) {
-                        effects.answers.append((continuation, .failure(error)))
+                    if let waiter = answer(request, with: .failure(error)) {
+                        effects.answers.append((waiter, .failure(error)))
                     }
                 case .scheduleTimer(let timer, let deadline):
                     if let cancel = timers[timer]?.cancel { effects.timerCancels.append(cancel) }
@@ -261,9 +275,45 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// Waits for a connection (FIFO); cancelling the task removes it from the queue and throws
     /// `CancellationError`.
     public func lease() async throws -> Lease {
-        // First without suspending: when an idle connection can be handed out at once (no NOOP
-        // due, no waiter ahead), it is returned here, with no continuation and no cancellation
-        // handler.
+        let (requestID, immediate) = try register()
+        if let immediate { return try immediate.get() }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Lease, any Error>) in
+                wait(requestID, .task(continuation))
+            }
+        } onCancel: {
+            self.event { $0.machine.cancelled(requestID) }
+        }
+    }
+
+    /// Like ``lease()``, for a caller that has its work ready before it has a connection: when it
+    /// has to wait, the connection is given to `handOff` right where it becomes free (the thread
+    /// that releases it: for SMTP the connection's event loop, at the previous message's final
+    /// dot), so that work can start there, with no task woken first. `handOff` gets the lease and
+    /// the caller's continuation, and must resume the continuation exactly once (at once, or when
+    /// the work it started ends). When a connection is free at once, `immediate` makes the
+    /// result without suspending. Waiting is FIFO and cancellable as in ``lease()``.
+    public func lease<T>(immediate: (Lease) -> T,
+                         handOff: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void) async throws -> T {
+        let (requestID, answer) = try register()
+        if let answer { return immediate(try answer.get()) }
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
+                wait(requestID, .handOff({ result in
+                    switch result {
+                    case .success(let lease): handOff(lease, continuation)
+                    case .failure(let error): continuation.resume(throwing: error)
+                    }
+                }))
+            }
+        } onCancel: {
+            self.event { $0.machine.cancelled(requestID) }
+        }
+    }
+
+    /// Registers a lease request. When an idle connection can be handed out at once (no NOOP
+    /// due, no waiter ahead), returns it, with no continuation and no cancellation handler.
+    private func register() throws -> (Int, Result<Lease, any Error>?) {
         if Task.isCancelled { throw CancellationError() }
         let (requestID, immediate, effects) = state.withLock { state -> (Int, Result<Lease, any Error>?, Effects) in
             state.nextRequestID += 1
@@ -275,22 +325,20 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             return (requestID, result, effects)
         }
         effects.resume()
-        if let immediate { return try immediate.get() }
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Lease, any Error>) in
-                let answer = state.withLock { state -> Result<Lease, any Error>? in
-                    guard case .answered(let result) = state.requests[requestID] else {
-                        state.requests[requestID] = .waiting(continuation)
-                        return nil
-                    }
-                    state.requests[requestID] = nil
-                    return result
-                }
-                if let answer { continuation.resume(with: answer) }
+        return (requestID, immediate)
+    }
+
+    /// The request waits with `waiter`, unless it was answered meanwhile.
+    private func wait(_ requestID: Int, _ waiter: Waiter) {
+        let answer = state.withLock { state -> Result<Lease, any Error>? in
+            guard case .answered(let result) = state.requests[requestID] else {
+                state.requests[requestID] = .waiting(waiter)
+                return nil
             }
-        } onCancel: {
-            self.event { $0.machine.cancelled(requestID) }
+            state.requests[requestID] = nil
+            return result
         }
+        if let answer { waiter.resume(with: answer) }
     }
 
     /// Gives a leased connection back, exactly once per lease (a second release of the same lease
@@ -310,8 +358,8 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             switch handed {
             case .no: break
             case .kept: return
-            case .resume(let continuation):
-                continuation.resume(returning: lease)
+            case .resume(let waiter):
+                waiter.resume(with: .success(lease))
                 return
             }
         }

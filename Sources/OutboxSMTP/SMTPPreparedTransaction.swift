@@ -1,0 +1,185 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The first bytes of a message's DATA stream (line ends repaired, dot-stuffed): the whole
+/// stream, final dot included, when the message is small (`isComplete`).
+public struct SMTPBodyStart: Sendable {
+    var prefix: ByteBuffer
+    var encoder: SMTPDataEncoder
+    /// True when the whole message (and the final dot) is in the prefix.
+    public let isComplete: Bool
+    /// Bytes of DATA stream read so far.
+    public var byteCount: Int { prefix.readableBytes }
+
+    /// Reads and encodes chunks from `iterator` until about 64 KiB are ready or the message ends.
+    /// Throws what the iterator throws (a message that cannot be produced).
+    public static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
+    where Iterator.Element == ByteBuffer {
+        var encoder = SMTPDataEncoder()
+        var prefix = ByteBufferAllocator().buffer(capacity: 4096)
+        while prefix.readableBytes < SMTPConnection.Session.chunkTarget {
+            guard let chunk = try await iterator.next() else {
+                encoder.finish(into: &prefix)
+                return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: true)
+            }
+            encoder.encode(chunk, into: &prefix)
+        }
+        return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: false)
+    }
+
+    /// The error a send reports when the message could not be read.
+    public static func readError(_ error: any Error) -> SMTPError {
+        if let smtp = error as? SMTPError { return smtp }
+        return SMTPError(stage: .mail, kind: .connectionClosed, message: "reading the message failed: \(error)", isTransient: false)
+    }
+}
+
+/// What a transaction's commands depend on: the server's capabilities and the transaction
+/// options of the configuration. Every connection has one; connections to the same server with
+/// the same settings have matching ones.
+public final class SMTPTransactionProfile: Sendable {
+    public let capabilities: SMTPCapabilities
+    let configuration: SMTPClientConfiguration
+
+    init(capabilities: SMTPCapabilities, configuration: SMTPClientConfiguration) {
+        self.capabilities = capabilities
+        self.configuration = configuration
+    }
+
+    /// A transaction prepared for `other` can run on a connection with this profile.
+    public func matches(_ other: SMTPTransactionProfile) -> Bool {
+        self === other
+            || (capabilities.known == other.capabilities.known
+                && capabilities.isExtended == other.capabilities.isExtended
+                && configuration.sendPartial == other.configuration.sendPartial
+                && configuration.enableDebug == other.configuration.enableDebug
+                && configuration.dsnRet == other.configuration.dsnRet
+                && configuration.dsnNotify == other.configuration.dsnNotify)
+    }
+
+    /// Transactions can be prepared ahead: the server pipelines, the whole transaction goes in one
+    /// exchange (sendpartial), and no debug transcript is written.
+    var allowsPreparing: Bool {
+        capabilities.pipelining && configuration.sendPartial && !configuration.enableDebug
+    }
+}
+
+/// A small message's whole pipelined transaction, made ready before a connection is at hand:
+/// MAIL, the RCPTs and DATA encoded and validated, the complete DATA stream. A connection
+/// whose profile matches runs it as one exchange (`SMTPConnection.start` on its event loop, or
+/// `send(_:whenFree:)` from a task).
+public struct SMTPPreparedTransaction: Sendable {
+    public let profile: SMTPTransactionProfile
+    let from: String
+    let recipients: [String]
+    let commands: ByteBuffer
+    let body: ByteBuffer
+    let bytes: Int
+}
+
+/// What became of a prepared transaction started on an event loop; `SMTPConnection.finish`
+/// turns it into the transaction's result.
+public struct SMTPPreparedOutcome: Sendable {
+    let result: Result<SMTPPipelinedOutcome, any Error>
+    let handBack: SMTPHandBack
+}
+
+extension SMTPConnection {
+    /// What this connection's transactions depend on.
+    public var transactionProfile: SMTPTransactionProfile { profile }
+
+    /// MAIL and one RCPT per recipient for `envelope`, validated; throws what the server's
+    /// capabilities rule out (SMTPUTF8 not offered, over the SIZE limit) before anything is sent.
+    static func plan(envelope: SMTPEnvelope, capabilities: SMTPCapabilities,
+                     configuration: SMTPClientConfiguration) throws(SMTPError) -> (mail: SMTPCommand, rcpts: [SMTPCommand]) {
+        guard !envelope.recipients.isEmpty else {
+            throw SMTPError(stage: .rcpt, kind: .invalidArgument, message: "the message has no recipients")
+        }
+        if envelope.requiresSMTPUTF8 && !capabilities.smtpUTF8 {
+            throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+                            message: "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
+        }
+        if let size = envelope.size, let limit = capabilities.sizeLimit, limit > 0, size > limit {
+            throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+                            message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
+        }
+        var mailParameters: [String] = []
+        if let size = envelope.size, capabilities.sizeLimit != nil { mailParameters.append("SIZE=\(size)") }
+        if envelope.eightBitMIME && capabilities.eightBitMIME { mailParameters.append("BODY=8BITMIME") }
+        if envelope.requiresSMTPUTF8 { mailParameters.append("SMTPUTF8") }
+        if capabilities.dsn, let ret = configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
+        var rcptParameters: [String] = []
+        if capabilities.dsn, let notify = configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
+
+        let mail = SMTPCommand.mailFrom(envelope.from, parameters: mailParameters)
+        let rcpts = envelope.recipients.map { SMTPCommand.rcptTo($0, parameters: rcptParameters) }
+        // Validate everything before the first byte leaves.
+        try mail.validate()
+        for rcpt in rcpts { try rcpt.validate() }
+        return (mail, rcpts)
+    }
+
+    /// Prepares `envelope` with its complete body for connections with `profile`. Nil when the
+    /// transaction cannot go as one prepared exchange (the server does not pipeline, the body is
+    /// larger than one chunk, debug transcripts are on) or is invalid: `send` then runs it, and
+    /// reports what is wrong.
+    public static func prepare(envelope: SMTPEnvelope, start: SMTPBodyStart, for profile: SMTPTransactionProfile) -> SMTPPreparedTransaction? {
+        guard start.isComplete, profile.allowsPreparing,
+              let (mail, rcpts) = try? plan(envelope: envelope, capabilities: profile.capabilities, configuration: profile.configuration)
+        else { return nil }
+        var wire = ByteBufferAllocator().buffer(capacity: 128 * (rcpts.count + 2))
+        mail.writeValidated(into: &wire)
+        for rcpt in rcpts { rcpt.writeValidated(into: &wire) }
+        SMTPCommand.data.writeValidated(into: &wire)
+        return SMTPPreparedTransaction(profile: profile, from: envelope.from, recipients: envelope.recipients,
+                                       commands: wire, body: start.prefix, bytes: start.encoder.bytesWritten)
+    }
+
+    /// On the connection's event loop: starts `prepared` when the connection is free and its
+    /// profile matches; returns false (and changes nothing) otherwise. `whenFree` runs as in
+    /// `send`; `completion` runs on the event loop when the exchange ended (give what it gets to
+    /// `finish`). A connection pool calls this where a connection is given back, so the next
+    /// transaction's commands leave with the previous message's body, with no task woken first.
+    public func start(_ prepared: SMTPPreparedTransaction, whenFree: @escaping @Sendable () -> Void,
+                      completion: @escaping @Sendable (SMTPPreparedOutcome) -> Void) -> Bool {
+        guard channel.eventLoop.inEventLoop, profile.matches(prepared.profile), (try? acquire()) != nil else { return false }
+        let handBack = makeHandBack(whenFree)
+        let exchange = SMTPPipelinedExchange(rcptCount: prepared.recipients.count, body: prepared.body,
+                                             protocolTimeout: configuration.protocolTimeout,
+                                             terminationTimeout: configuration.dataTerminationTimeout,
+                                             handBack: handBack)
+        exchange.start(.callback { result in completion(SMTPPreparedOutcome(result: result, handBack: handBack)) })
+        handler.value.startExchange(exchange, commands: prepared.commands)
+        return true
+    }
+
+    /// The result of a prepared transaction started with `start`: as `send` reports it (a
+    /// refused MAIL or message throws, refused recipients are listed, RSET or close after a
+    /// failure).
+    public func finish(_ prepared: SMTPPreparedTransaction, _ outcome: SMTPPreparedOutcome) async throws(SMTPError) -> SMTPTransactionResult {
+        try await transact(whenFree: nil, handBack: outcome.handBack, started: true) { session throws in
+            let exchanged: SMTPPipelinedOutcome
+            do {
+                exchanged = try outcome.result.get()
+            } catch {
+                throw Session.exchangeError(error)
+            }
+            return try await session.conclude(exchanged, recipients: prepared.recipients, from: prepared.from, bytes: prepared.bytes)
+        }
+    }
+
+    /// Runs a prepared transaction from a task (the connection was leased the usual way). Nil,
+    /// with nothing sent, when the connection's profile does not match the one it was prepared
+    /// for: `send` it the usual way then.
+    public func send(_ prepared: SMTPPreparedTransaction, whenFree: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult? {
+        guard profile.matches(prepared.profile) else { return nil }
+        try acquire()
+        return try await transact(whenFree: whenFree) { session throws in
+            session.stage = .mail
+            session.transactionStarted = true
+            let exchanged = try await session.pipelinedTransaction(wire: prepared.commands, rcptCount: prepared.recipients.count,
+                                                                   body: prepared.body)
+            return try await session.conclude(exchanged, recipients: prepared.recipients, from: prepared.from, bytes: prepared.bytes)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import Testing
+@testable import OutboxTransports
+
+private func config(size: Int = 1) -> PoolConfiguration {
+    PoolConfiguration(size: size, checkIdleTime: .seconds(30), maxIdleTime: .seconds(300),
+                      tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
+}
+
+/// What a `lease(immediate:handOff:)` caller got in these tests.
+private enum Got: Sendable, Equatable {
+    case immediate(PoolConnectionID)
+    /// Handed off; `duringRelease` says whether it happened inside the `release` call.
+    case handedOff(PoolConnectionID, duringRelease: Bool)
+}
+
+/// Set around a `release` call, to see where a hand-off runs.
+private final class ReleaseMarker: Sendable {
+    private let state = PoolLockedState(false)
+    var inRelease: Bool { state.withLock { $0 } }
+    func around(_ body: () -> Void) {
+        state.withLock { $0 = true }
+        body()
+        state.withLock { $0 = false }
+    }
+}
+
+/// `ConnectionPool.lease(immediate:handOff:)`: a waiting caller's connection is handed to its
+/// hand-off where the connection is released (for SMTP: on the event loop, at the previous
+/// message's dot), with the same order, limits and cancellation as `lease()`.
+@Suite("ConnectionPool: hand-off leases")
+struct ConnectionPoolHandOffTests {
+    private func leaseWithHandOff(_ pool: PoolUnderTest, marker: ReleaseMarker,
+                                  order: PoolConcurrencyMeter? = nil, tag: Int = 0) async throws -> (Got, ConnectionPoolLease<FakePoolConnection>) {
+        try await pool.lease(immediate: { lease in (Got.immediate(lease.connectionID), lease) }, handOff: { lease, continuation in
+            order?.record(tag)
+            continuation.resume(returning: (.handedOff(lease.connectionID, duringRelease: marker.inRelease), lease))
+        })
+    }
+
+    /// Holds the pool's one connection, queues a hand-off caller, releases the connection and
+    /// returns what the caller got.
+    private func handOffOfTheOnlyConnection(_ pool: PoolUnderTest) async throws
+        -> (held: ConnectionPoolLease<FakePoolConnection>, got: Got, lease: ConnectionPoolLease<FakePoolConnection>) {
+        let held = try await pool.lease()
+        let marker = ReleaseMarker()
+        let waiter = Task { try await leaseWithHandOff(pool, marker: marker) }
+        await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
+        marker.around { pool.release(held) }
+        let (got, lease) = try await waiter.value
+        return (held, got, lease)
+    }
+
+    @Test func anIdleConnectionComesAtOnceWithoutTheHandOff() async throws {
+        try await withPoolUnderTest(config()) { pool, _, _ in
+            let first = try await pool.lease()
+            pool.release(first)
+            let (got, lease) = try await leaseWithHandOff(pool, marker: ReleaseMarker())
+            #expect(got == .immediate(first.connectionID))
+            pool.release(lease)
+        }
+    }
+
+    @Test func aWaitingCallersHandOffRunsInsideTheRelease() async throws {
+        try await withPoolUnderTest(config()) { pool, factory, _ in
+            let (held, got, lease) = try await handOffOfTheOnlyConnection(pool)
+            #expect(got == .handedOff(held.connectionID, duringRelease: true))
+            #expect(pool.statistics.leased == 1 && pool.statistics.waiting == 0)
+            pool.release(lease)
+            #expect(factory.made.count == 1)
+        }
+    }
+
+    @Test func handOffAndTaskWaitersAreServedInArrivalOrder() async throws {
+        try await withPoolUnderTest(config()) { pool, _, _ in
+            let held = try await pool.lease()
+            let meter = PoolConcurrencyMeter()
+            let marker = ReleaseMarker()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 1...6 {
+                    group.addTask {
+                        if i % 2 == 0 {
+                            let (_, lease) = try await leaseWithHandOff(pool, marker: marker, order: meter, tag: i)
+                            pool.release(lease)
+                        } else {
+                            try await pool.withConnection { _ in meter.record(i) }
+                        }
+                    }
+                    await poolEventually("waiter \(i) queued") { pool.statistics.waiting == i }
+                }
+                pool.release(held)
+                try await group.waitForAll()
+            }
+            #expect(meter.order == [1, 2, 3, 4, 5, 6])
+        }
+    }
+
+    @Test func aCancelledHandOffWaiterThrowsAndItsHandOffNeverRuns() async throws {
+        try await withPoolUnderTest(config()) { pool, factory, _ in
+            let held = try await pool.lease()
+            let calls = PoolConcurrencyMeter()
+            let waiter = Task {
+                try await pool.lease(immediate: { _ in 0 }, handOff: { lease, continuation in
+                    calls.record(1)
+                    pool.release(lease)
+                    continuation.resume(returning: 1)
+                })
+            }
+            await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
+            waiter.cancel()
+            await #expect(throws: CancellationError.self) { try await waiter.value }
+            #expect(pool.statistics.waiting == 0)
+            pool.release(held)
+            #expect(calls.order.isEmpty)
+            #expect(try await pool.withConnection { $0 === held.connection })
+            #expect(factory.attempts == 1)
+        }
+    }
+
+    @Test func shutdownFailsAWaitingHandOffCallerWithoutCallingIt() async throws {
+        let pool = PoolUnderTest(configuration: config(), factory: FakePoolFactory(), clock: PoolManualClock())
+        let runner = Task { await pool.run() }
+        let held = try await pool.lease()
+        let calls = PoolConcurrencyMeter()
+        let waiter = Task {
+            try await pool.lease(immediate: { _ in 0 }, handOff: { _, continuation in
+                calls.record(1)
+                continuation.resume(returning: 1)
+            })
+        }
+        await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
+        let shutdown = Task { await pool.shutdown() }
+        await #expect(throws: ConnectionPoolError.shutdown) { try await waiter.value }
+        #expect(calls.order.isEmpty)
+        pool.release(held)
+        await shutdown.value
+        await runner.value
+    }
+
+    @Test func aHandOffAfterANoopCheckRunsOffTheReleasingCall() async throws {
+        // The connection needs a NOOP first (check-idle-time 0): the hand-off comes from the
+        // pool's own task after the check, not from inside release.
+        let configuration = PoolConfiguration(size: 1, checkIdleTime: .zero, maxIdleTime: .seconds(300),
+                                              tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
+        try await withPoolUnderTest(configuration) { pool, _, _ in
+            let (held, got, lease) = try await handOffOfTheOnlyConnection(pool)
+            #expect(got == .handedOff(held.connectionID, duringRelease: false))
+            #expect(held.connection.calls.contains(.noop))
+            pool.release(lease)
+        }
+    }
+}
