@@ -714,15 +714,27 @@ public final class SMTPConnection: Sendable {
         where Iterator.Element == ByteBuffer {
             stage = .mail
             let (mail, rcpts) = try SMTPConnection.plan(envelope: envelope, capabilities: capabilities, configuration: configuration)
-            let prefix = start.prefix
-            let encoder = start.encoder
-            let bodyComplete = start.isComplete
+            var prefix = start.prefix
+            var encoder = start.encoder
+            var bodyComplete = start.isComplete
+            let pipelineData = capabilities.pipelining && configuration.sendPartial
+            if pipelineData && !bodyComplete {
+                // A message of up to a few chunks still goes as one exchange (one write of the
+                // commands, the body after the 354, one wake-up): read on while it fits.
+                while prefix.readableBytes < Self.exchangeLimit {
+                    guard let chunk = try await iterator.next() else {
+                        encoder.finish(into: &prefix)
+                        bodyComplete = true
+                        break
+                    }
+                    encoder.encode(chunk, into: &prefix)
+                }
+            }
 
             transactionStarted = true
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply?
-            let pipelineData = capabilities.pipelining && configuration.sendPartial
             if pipelineData && bodyComplete {
                 // The whole transaction runs on the event loop: MAIL, RCPTs and DATA in one flush,
                 // the body right after the 354, one wake-up of this task at the end.
@@ -932,6 +944,9 @@ public final class SMTPConnection: Sendable {
         /// timeout (a stalled write fails), then the final dot, whose reply is awaited with the
         /// DATA termination timeout.
         static let chunkTarget = 64 * 1024
+        /// The largest message (as sent) that goes as one pipelined exchange, held in memory
+        /// whole while it is sent; a larger one is streamed chunk by chunk.
+        static let exchangeLimit = 4 * chunkTarget
 
         mutating func sendBody<Iterator: AsyncIteratorProtocol>(prefix: ByteBuffer, complete: Bool, encoder startEncoder: SMTPDataEncoder,
                                                                 rest: inout Iterator) async throws -> (SMTPReply, Int)

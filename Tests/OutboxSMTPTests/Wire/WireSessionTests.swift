@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import OutboxSMTP
@@ -199,6 +200,32 @@ struct WireSessionTests {
         let result = try await conn.send(envelope: envelope1, body: WireBody(chunks))
         let expected = String(repeating: "." + line.dropLast() + "\r\n", count: 8000) + ".\r\n"
         #expect(result.bytesSent == expected.utf8.count)
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
+        #expect(server.dataStrings == [expected])
+    }
+
+    @Test("a body of a few chunks (up to 256 KiB as sent) goes as one exchange, handed back at its dot; a larger one streams",
+          arguments: [(1_000, true), (3_000, true), (7_000, false)])
+    func fewChunksOneExchange(lines: Int, oneExchange: Bool) async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+        ] + WireScript.quit)
+        // Lines that need stuffing, in chunks that do not end at line ends.
+        let line = ".0123456789abcdefghijklmnopqrstuvwxyz\n"
+        let text = String(repeating: line, count: lines)
+        let bytes = Array(text.utf8)
+        let chunks = stride(from: 0, to: bytes.count, by: 10_007).map { ByteBuffer(bytes: bytes[$0..<min($0 + 10_007, bytes.count)]) }
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let freed = NIOLockedValueBox(0)
+        let result = try await conn.send(envelope: envelope1, body: WireBody(chunks), whenFree: { freed.withLockedValue { $0 += 1 } })
+        let expected = String(repeating: "." + line.dropLast() + "\r\n", count: lines) + ".\r\n"
+        #expect(result.delivered && result.bytesSent == expected.utf8.count)
+        #expect((expected.utf8.count <= SMTPConnection.Session.exchangeLimit) == oneExchange)
+        #expect(result.connectionHandedBack == oneExchange)
+        #expect(freed.withLockedValue { $0 } == (oneExchange ? 1 : 0))
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
