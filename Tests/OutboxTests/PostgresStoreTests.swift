@@ -44,6 +44,13 @@ struct PostgresStoreTests {
         try await store.close()
     }
 
+    @Test("claims take the earliest due across queued, deferred and expired leases, up to the limit")
+    func claimOrder() async throws {
+        let store = try await makePostgresStore()
+        try await checkClaimOrder(store)
+        try await store.close()
+    }
+
     @Test("claims are exclusive across concurrent claimers (SKIP LOCKED); leases expire; records need the lease")
     func claims() async throws {
         let store = try await makePostgresStore()

@@ -117,6 +117,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
                              created: false, requestHash: try row["request_hash"].decode(String?.self))
     }
 
+    /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
+    /// the server gather and sort every due message for each claim: O(queue) per claim). A row
+    /// locked by a branch and not taken stays locked only until this statement commits.
     public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
         let until = now + lease
         let result = try await rows("""
@@ -130,10 +133,23 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
                     'number', m.attempt_count + 1, 'startedAt', \(now)::float8, 'durationSeconds', 0, 'transport', '',
                     'error', 'the lease of ' || COALESCE(m.lease_owner, '?') || ' expired while it was sending: the outcome is unknown',
                     'outcome', 'unknown', 'recipients', '[]'::jsonb, 'instance', m.lease_owner)) ELSE m.attempts END
-            FROM (SELECT seq FROM outbox_messages
-                  WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= \(now)) OR (status = 'sending' AND lease_until < \(now))
-                  ORDER BY next_attempt_at LIMIT \(limit)
-                  FOR UPDATE SKIP LOCKED) due
+            FROM (SELECT seq FROM (
+                      SELECT seq, next_attempt_at FROM (
+                          SELECT seq, next_attempt_at FROM outbox_messages
+                          WHERE status = 'queued' AND next_attempt_at <= \(now)
+                          ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) queued
+                      UNION ALL
+                      SELECT seq, next_attempt_at FROM (
+                          SELECT seq, next_attempt_at FROM outbox_messages
+                          WHERE status = 'deferred' AND next_attempt_at <= \(now)
+                          ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) deferred
+                      UNION ALL
+                      SELECT seq, next_attempt_at FROM (
+                          SELECT seq, next_attempt_at FROM outbox_messages
+                          WHERE status = 'sending' AND lease_until < \(now)
+                          LIMIT \(limit) FOR UPDATE SKIP LOCKED) expired
+                  ) candidates
+                  ORDER BY next_attempt_at LIMIT \(limit)) due
             WHERE m.seq = due.seq
             RETURNING \(unescaped: Self.columns("m.")), m.content
             """)

@@ -179,6 +179,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
                              created: false, requestHash: row.column("request_hash")?.string)
     }
 
+    /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
+    /// SQLite gather and sort every due message for each claim: O(queue) per claim).
     public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
         let rows = try await writer.write(
             """
@@ -193,8 +195,15 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
                     'error', 'the lease of ' || COALESCE(lease_owner, '?') || ' expired while it was sending: the outcome is unknown',
                     'outcome', 'unknown', 'recipients', json('[]'), 'instance', lease_owner)) ELSE attempts END
             WHERE seq IN (
-                SELECT seq FROM messages
-                WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= ?3) OR (status = 'sending' AND lease_until < ?3)
+                SELECT seq FROM (
+                    SELECT * FROM (SELECT seq, next_attempt_at FROM messages
+                                   WHERE status = 'queued' AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
+                    UNION ALL
+                    SELECT * FROM (SELECT seq, next_attempt_at FROM messages
+                                   WHERE status = 'deferred' AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
+                    UNION ALL
+                    SELECT * FROM (SELECT seq, next_attempt_at FROM messages
+                                   WHERE status = 'sending' AND lease_until < ?3 LIMIT ?4))
                 ORDER BY next_attempt_at LIMIT ?4)
             RETURNING \(Self.columns), content
             """,
