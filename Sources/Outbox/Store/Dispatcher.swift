@@ -93,7 +93,18 @@ public final class Dispatcher: Service, Sendable {
     /// Stops claiming new messages (graceful shutdown does this too).
     public func stop() { state.withLockedValue { $0.stopping = true } }
 
-    private enum Event: Sendable { case finished, tick }
+    private enum Event: Sendable {
+        case finished
+        /// A claim came back (empty after an error, which is logged).
+        case claimed([ClaimedMessage], asked: Int, at: Double)
+        case tick
+    }
+
+    /// A claimed message waiting for a free slot, and when it was claimed.
+    private struct Ready {
+        var message: ClaimedMessage
+        var claimedAt: Double
+    }
 
     public func run() async throws {
         await withGracefulShutdownHandler {
@@ -105,26 +116,55 @@ public final class Dispatcher: Service, Sendable {
 
     private func loop() async {
         await withTaskGroup(of: Event.self) { group in
+            // Claims run beside the deliveries and ahead of them: up to `concurrency` claimed
+            // messages wait for a slot, so a slot that frees starts the next message at once,
+            // without waiting for a claim's commit.
             var inFlight = 0
+            var ready: [Ready] = []
+            var readyIndex = 0
+            var claiming = false
+            // The last claim found fewer messages than asked: the next one waits for a tick.
+            var drained = false
             var ticking = false
             while !Task.isCancelled {
                 let (settings, stopping) = state.withLockedValue { ($0.settings, $0.stopping) }
                 if stopping { break }
-                var claimed: [ClaimedMessage] = []
-                let free = settings.concurrency - inFlight
-                // Claim in batches (each claim is a commit): when half the slots are free, or idle.
-                if free > 0, free >= max(1, settings.concurrency / 2) || inFlight == 0 {
-                    do {
-                        claimed = try await store.claim(limit: free, owner: instanceID, now: now(), lease: settings.leaseSeconds)
-                    } catch {
-                        logger.error("claiming messages failed: \(error)")
+                while inFlight < settings.concurrency, readyIndex < ready.count {
+                    let next = ready[readyIndex]
+                    readyIndex += 1
+                    inFlight += 1
+                    group.addTask {
+                        // Claimed too long ago (slow deliveries ahead of it): its lease may run
+                        // out mid-send, and another instance could take it over; back to the queue.
+                        if self.now() - next.claimedAt > settings.leaseSeconds / 2 {
+                            try? await self.store.release(id: next.message.message.id, owner: self.instanceID,
+                                                          nextAttemptAt: self.now(), now: self.now())
+                            self.state.withLockedValue { _ = $0.inFlight.remove(next.message.message.id) }
+                        } else {
+                            await self.deliver(next.message, settings: settings)
+                        }
+                        return .finished
                     }
-                    for message in claimed {
-                        inFlight += 1
-                        state.withLockedValue { _ = $0.inFlight.insert(message.message.id) }
-                        group.addTask {
-                            await self.deliver(message, settings: settings)
-                            return .finished
+                }
+                if readyIndex == ready.count, readyIndex > 0 {
+                    ready = []
+                    readyIndex = 0
+                }
+                let waiting = ready.count - readyIndex
+                // Claim in batches (each claim is a commit): when half the slots and the waiting
+                // line could take one.
+                let room = 2 * settings.concurrency - inFlight - waiting
+                if !claiming, !drained, room >= max(1, settings.concurrency / 2) {
+                    claiming = true
+                    let owner = instanceID
+                    group.addTask {
+                        let at = self.now()
+                        do {
+                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at, lease: settings.leaseSeconds),
+                                            asked: room, at: at)
+                        } catch {
+                            self.logger.error("claiming messages failed: \(error)")
+                            return .claimed([], asked: room, at: at)
                         }
                     }
                 }
@@ -138,11 +178,37 @@ public final class Dispatcher: Service, Sendable {
                 }
                 switch await group.next() {
                 case .finished: inFlight -= 1
-                case .tick: ticking = false
+                case .claimed(let claimed, let asked, let at):
+                    claiming = false
+                    drained = claimed.count < asked
+                    state.withLockedValue { state in
+                        for message in claimed { state.inFlight.insert(message.message.id) }
+                    }
+                    ready += claimed.map { Ready(message: $0, claimedAt: at) }
+                case .tick:
+                    ticking = false
+                    drained = false
                 case nil: break
                 }
             }
-            // Shutting down: let in-flight deliveries finish up to the deadline.
+            // Shutting down: claimed messages not started go back to the queue at once; a claim
+            // still running is awaited and its messages go back too.
+            var unstarted = ready[readyIndex...].map(\.message.message.id)
+            ready = []
+            while claiming, let event = await group.next() {
+                switch event {
+                case .finished: inFlight -= 1
+                case .claimed(let claimed, _, _):
+                    claiming = false
+                    unstarted += claimed.map(\.message.id)
+                case .tick: break
+                }
+            }
+            for id in unstarted {
+                try? await store.release(id: id, owner: instanceID, nextAttemptAt: now(), now: now())
+                state.withLockedValue { _ = $0.inFlight.remove(id) }
+            }
+            // Let in-flight deliveries finish up to the deadline.
             let deadline = ContinuousClock.now + state.withLockedValue { $0.settings.shutdownDeadline }
             if inFlight > 0 {
                 group.addTask {
