@@ -42,6 +42,8 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let greetingPromise: EventLoopPromise<SMTPReply>
     /// The handshake in progress, if any (implicit TLS from the start, or after STARTTLS).
     private var handshakePromise: EventLoopPromise<Void>?
+    /// TLS is (or is being) set up in the pipeline.
+    private var encrypted: Bool
     /// The stage named in a failure nobody waits for (a waiter names its own stage).
     var currentStage: SMTPError.Stage = .greeting
 
@@ -49,6 +51,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.tlsUpgrade = tlsUpgrade
         self.greetingPromise = greeting
         self.handshakePromise = implicitTLSHandshake
+        self.encrypted = implicitTLSHandshake != nil
         self.waiters.append(.reply(greeting, tlsHandshake: nil))
     }
 
@@ -183,11 +186,20 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 armWatchdog(context: context, deadline: exchange.deadline)
                 let written = context.eventLoop.makePromise(of: Void.self)
                 written.futureResult.assumeIsolated().whenSuccess { exchange.bodyWritten = true }
-                context.write(wrapOutboundOut(body), promise: written)
                 // The hand-back may start the next transaction right here (a prepared one, see
-                // SMTPConnection.start): its commands then leave in the same write as this body.
-                if failure == nil { exchange.didWriteBody() }
-                context.flush()
+                // SMTPConnection.start). In clear text its commands then leave in the same write
+                // as this body. Under TLS the body is flushed alone first: NIOSSL completes all
+                // writes of one flush with one promise, so the body's `written` would wait for
+                // the next message's commands, and a connection lost in between would call a
+                // message whose dot had left "not sent" (retried: a possible duplicate).
+                if encrypted {
+                    context.writeAndFlush(wrapOutboundOut(body), promise: written)
+                    if failure == nil { exchange.didWriteBody() }
+                } else {
+                    context.write(wrapOutboundOut(body), promise: written)
+                    if failure == nil { exchange.didWriteBody() }
+                    context.flush()
+                }
             }
             return
         case .reply(let promise, let tlsHandshake):
@@ -213,6 +225,7 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let tls = try NIOSSLClientHandler(context: tlsUpgrade.context, serverHostname: tlsUpgrade.serverHostname)
                 handshakePromise = handshake
                 try context.pipeline.syncOperations.addHandler(tls, position: .first)
+                encrypted = true
             } catch {
                 let smtpError = SMTPError(stage: .tls, kind: .tlsHandshake, message: "TLS could not start: \(error)")
                 waiter.promise.fail(smtpError)

@@ -721,13 +721,18 @@ public final class SMTPConnection: Sendable {
             if pipelineData && !bodyComplete {
                 // A message of up to a few chunks still goes as one exchange (one write of the
                 // commands, the body after the 354, one wake-up): read on while it fits.
-                while prefix.readableBytes < Self.exchangeLimit {
-                    guard let chunk = try await iterator.next() else {
-                        encoder.finish(into: &prefix)
-                        bodyComplete = true
-                        break
+                do {
+                    while prefix.readableBytes < Self.exchangeLimit {
+                        guard let chunk = try await iterator.next() else {
+                            encoder.finish(into: &prefix)
+                            bodyComplete = true
+                            break
+                        }
+                        encoder.encode(chunk, into: &prefix)
                     }
-                    encoder.encode(chunk, into: &prefix)
+                } catch {
+                    // Nothing was sent: the message is unusable, the connection is not.
+                    throw SMTPBodyStart.readError(error)
                 }
             }
 

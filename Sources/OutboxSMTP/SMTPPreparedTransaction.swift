@@ -10,6 +10,9 @@ public struct SMTPBodyStart: Sendable {
     public let isComplete: Bool
     /// Bytes of DATA stream read so far.
     public var byteCount: Int { prefix.readableBytes }
+    /// Bytes of the message itself read so far (before line-end repair and dot-stuffing): its
+    /// size, for SIZE=, when `isComplete`.
+    public let messageByteCount: Int
 
     /// Reads and encodes chunks from `iterator` until about 64 KiB are ready or the message ends.
     /// Throws what the iterator throws (a message that cannot be produced).
@@ -17,20 +20,23 @@ public struct SMTPBodyStart: Sendable {
     where Iterator.Element == ByteBuffer {
         var encoder = SMTPDataEncoder()
         var prefix = ByteBufferAllocator().buffer(capacity: 4096)
+        var read = 0
         while prefix.readableBytes < SMTPConnection.Session.chunkTarget {
             guard let chunk = try await iterator.next() else {
                 encoder.finish(into: &prefix)
-                return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: true)
+                return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: true, messageByteCount: read)
             }
+            read += chunk.readableBytes
             encoder.encode(chunk, into: &prefix)
         }
-        return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: false)
+        return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: false, messageByteCount: read)
     }
 
-    /// The error a send reports when the message could not be read.
+    /// The error a send reports when the message could not be read before anything of it was
+    /// sent: the message is unusable (not retried), the connection stays usable.
     public static func readError(_ error: any Error) -> SMTPError {
         if let smtp = error as? SMTPError { return smtp }
-        return SMTPError(stage: .mail, kind: .connectionClosed, message: "reading the message failed: \(error)", isTransient: false)
+        return SMTPError(stage: .mail, kind: .invalidArgument, message: "reading the message failed: \(error)", isTransient: false)
     }
 }
 
@@ -59,7 +65,7 @@ public final class SMTPTransactionProfile: Sendable {
 
     /// Transactions can be prepared ahead: the server pipelines, the whole transaction goes in one
     /// exchange (sendpartial), and no debug transcript is written.
-    var allowsPreparing: Bool {
+    public var allowsPreparing: Bool {
         capabilities.pipelining && configuration.sendPartial && !configuration.enableDebug
     }
 }

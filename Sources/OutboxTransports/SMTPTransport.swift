@@ -161,7 +161,7 @@ public final class SMTPTransport: MailTransport {
         // connection becomes free (see `lease`).
         var outgoing: Outgoing?
         if let knownProfile {
-            outgoing = try await Outgoing(content, envelope: envelope, envelopeFrom: envelopeFrom, profile: knownProfile)
+            outgoing = await Outgoing.prepared(content, envelope: envelope, envelopeFrom: envelopeFrom, profile: knownProfile)
         }
         var attempts = 0
         var tokenRefreshed = false
@@ -294,9 +294,59 @@ public final class SMTPTransport: MailTransport {
         /// The body's rest was read by a send: a retry needs the message anew.
         var bodyConsumed = false
 
+        /// For a connection at hand with `profile`; throws what makes the message unsendable there.
         init(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
              profile: SMTPTransactionProfile) async throws(DeliveryError) {
-            let caps = profile.capabilities
+            let (envelope, stream) = try Self.envelope(content, given: given, envelopeFrom: envelopeFrom, capabilities: profile.capabilities)
+            var size: Int?
+            var rest = stream.makeAsyncIterator()
+            let start: SMTPBodyStart
+            do {
+                if envelope.size != nil {
+                    size = try await stream.countBytes()
+                }
+                start = try await SMTPBodyStart.read(from: &rest)
+            } catch {
+                throw DeliveryError(SMTPBodyStart.readError(error))
+            }
+            self.profile = profile
+            self.envelope = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
+                                         eightBitMIME: envelope.eightBitMIME, size: size)
+            self.start = start
+            self.rest = rest
+            self.prepared = SMTPConnection.prepare(envelope: self.envelope, start: start, for: profile)
+        }
+
+        /// Before a connection is at hand, for the profile of the connections so far: only a
+        /// message that goes as one prepared exchange (one chunk, read once, its SIZE from that
+        /// chunk). Nil otherwise, and for anything wrong: the leased connection's own profile
+        /// then decides (and reports), and a waiting sender holds nothing but its message.
+        static func prepared(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
+                             profile: SMTPTransactionProfile) async -> Outgoing? {
+            guard profile.allowsPreparing,
+                  let (envelope, stream) = try? Self.envelope(content, given: given, envelopeFrom: envelopeFrom, capabilities: profile.capabilities)
+            else { return nil }
+            var rest = stream.makeAsyncIterator()
+            guard let start = try? await SMTPBodyStart.read(from: &rest), start.isComplete else { return nil }
+            let sized = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
+                                     eightBitMIME: envelope.eightBitMIME, size: envelope.size.map { _ in start.messageByteCount })
+            guard let prepared = SMTPConnection.prepare(envelope: sized, start: start, for: profile) else { return nil }
+            return Outgoing(profile: profile, envelope: sized, start: start, rest: rest, prepared: prepared)
+        }
+
+        private init(profile: SMTPTransactionProfile, envelope: SMTPEnvelope, start: SMTPBodyStart,
+                     rest: MessageByteStream.AsyncIterator, prepared: SMTPPreparedTransaction) {
+            self.profile = profile
+            self.envelope = envelope
+            self.start = start
+            self.rest = rest
+            self.prepared = prepared
+        }
+
+        /// The envelope for a server with `capabilities` (its `size` is 0 when SIZE must be
+        /// given, nil otherwise) and the message's bytes as that server takes them.
+        static func envelope(_ content: any MailContent, given: Envelope?, envelopeFrom: String?,
+                             capabilities caps: SMTPCapabilities) throws(DeliveryError) -> (SMTPEnvelope, MessageByteStream) {
             let needsUTF8 = content.requiresSMTPUTF8
             let envelope: Envelope
             do throws(MIMEError) {
@@ -313,24 +363,10 @@ public final class SMTPTransport: MailTransport {
                     : "the message's envelope is invalid: \(error.message)")
             }
             let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
-            let stream = content.byteStream(options: options)
-            var size: Int?
-            var rest = stream.makeAsyncIterator()
-            let start: SMTPBodyStart
-            do {
-                if let limit = caps.sizeLimit, limit > 0 {
-                    size = try await stream.countBytes()
-                }
-                start = try await SMTPBodyStart.read(from: &rest)
-            } catch {
-                throw DeliveryError(SMTPBodyStart.readError(error))
-            }
-            self.profile = profile
-            self.envelope = SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients,
-                                         requiresSMTPUTF8: needsUTF8, eightBitMIME: options.allow8BitMIME, size: size)
-            self.start = start
-            self.rest = rest
-            self.prepared = SMTPConnection.prepare(envelope: self.envelope, start: start, for: profile)
+            let sizeNeeded = (caps.sizeLimit ?? 0) > 0
+            return (SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: needsUTF8,
+                                 eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil),
+                    content.byteStream(options: options))
         }
     }
 

@@ -232,6 +232,37 @@ struct WireSessionTests {
         #expect(server.dataStrings == [expected])
     }
 
+    @Test("a message that fails to read after its first chunk: nothing is sent, the error says so, the connection stays usable")
+    func unreadableAfterFirstChunk() async throws {
+        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
+            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+        ] + WireScript.quit)
+        struct Unreadable: Error {}
+        struct FailingBody: AsyncSequence, Sendable {
+            typealias Element = ByteBuffer
+            struct AsyncIterator: AsyncIteratorProtocol {
+                var index = 0
+                mutating func next() async throws -> ByteBuffer? {
+                    index += 1
+                    if index > 2 { throw Unreadable() }
+                    return ByteBuffer(string: String(repeating: "0123456789abcdefghijklmnopqrstuvwxyz012345678\r\n", count: 1000))
+                }
+            }
+            func makeAsyncIterator() -> AsyncIterator { AsyncIterator() }
+        }
+        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let error = await wireCatch { try await conn.send(envelope: envelope1, body: FailingBody()) }
+        #expect(error?.isTransient == false && error?.message.contains("reading the message failed") == true, "\(String(describing: error))")
+        #expect(conn.isOpen)
+        let next = try await conn.send(envelope: envelope1, body: WireBody(message))
+        #expect(next.delivered)
+        await conn.quit()
+        await server.finished()
+        #expect(server.problems.isEmpty)
+        #expect(server.dataStrings == [message + ".\r\n"])
+    }
+
     @Test("SIZE over the server's limit is refused before MAIL; the connection stays usable")
     func sizeOverLimit() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["SIZE 1000"]) + [.expect("NOOP"), .send("250 ok\r\n")] + WireScript.quit)
