@@ -30,11 +30,25 @@ struct MailerPostfixTests {
         #expect(stats.created <= 2)
     }
 
-    @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once")
-    func handOffStartsDeliverEachMessageOnce() async throws {
+    @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once",
+          arguments: [false, true])
+    func handOffStartsDeliverEachMessageOnce(startTLS: Bool) async throws {
         let peer = try MailerPeer.fromEnvironment()
-        let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1"]))
-        let prefix = "handoff-\(UUID().uuidString.prefix(8))"
+        let mailer: Mailer
+        if startTLS {
+            // Under TLS the body is flushed before the next transaction starts (SMTPClientHandler).
+            let env = ProcessInfo.processInfo.environment
+            guard let port = env["OUTBOX_TEST_SUBMISSION_PORT"].flatMap(Int.init), let ca = env["OUTBOX_TEST_CA_FILE"] else {
+                Issue.record("the Postfix submission port is not set: run the tests with scripts/test.sh")
+                return
+            }
+            mailer = try Mailer(configuration: peer.configuration(port: port, [
+                "cnx-pool-size=1", "smtp-connection-security=start-tls-required", "outbox.tls-ca-file=\(ca)",
+            ]))
+        } else {
+            mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1"]))
+        }
+        let prefix = "handoff-\(startTLS ? "tls" : "plain")-\(UUID().uuidString.prefix(8))"
         let total = 40
         let reports = try await withRunningMailer(mailer) { mailer in
             // The first message learns what the server offers; the others then wait for the one
