@@ -247,6 +247,10 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     public var configuration: PoolConfiguration { state.withLock { $0.machine.configuration } }
     public var generation: Int { state.withLock { $0.machine.generation } }
     public var statistics: PoolStatistics { state.withLock { $0.machine.statistics } }
+    /// Lease requests parked with their continuation or hand-off (past registering), for tests.
+    var parkedRequests: Int {
+        state.withLock { $0.requests.values.count { if case .waiting = $0 { true } else { false } } }
+    }
 
     // MARK: - Leasing
 
