@@ -51,8 +51,15 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"from":"bench@example.test","to":"sink@example.test","subject":"bench","text":"A small benchmark message of about one kilobyte. ' .. string.rep("x", 800) .. '"}'
 LUA
 
+# Prints "<open> <delivered>"; retries a status request that failed (a busy daemon must not end
+# the drain measurement early).
 queue_open() {
-  curl -s "http://127.0.0.1:$HTTP_PORT/v1/status" | python3 -c 'import json,sys; q=json.load(sys.stdin)["queue"]; print(q.get("queued",0)+q.get("deferred",0)+q.get("sending",0), q.get("delivered",0))'
+  local out=""
+  for _ in $(seq 1 50); do
+    out=$(curl -s "http://127.0.0.1:$HTTP_PORT/v1/status" | python3 -c 'import json,sys; q=json.load(sys.stdin)["queue"]; print(q.get("queued",0)+q.get("deferred",0)+q.get("sending",0), q.get("delivered",0))' 2>/dev/null) && [ -n "$out" ] && break
+    sleep 0.2
+  done
+  echo "${out:-0 0}"
 }
 
 run_store() {
