@@ -99,6 +99,40 @@ struct DispatcherClaimAheadTests {
         #expect(sends.count == 3)
         #expect(sends.allSatisfy { $0.1 >= 50 }, "a send started with less than half its lease left: \(sends)")
     }
+
+    @Test("a message taken over past its unknown-outcome allowance is recorded at once, not left waiting (a shutdown release would clear the take-over)")
+    func takenOverPastTheAllowanceIsRecordedAtOnce() async throws {
+        let (store, dir) = try await makeTempStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let time = ManualTime()
+        // r0: claimed by an instance that crashed, for 10 s.
+        let ids = try await enqueue(store, count: 1, now: time.now)
+        #expect(try await store.claim(limit: 1, owner: "crashed", now: time.now, lease: 10).count == 1)
+        let content = Array("Subject: x\r\n\r\nx\r\n".utf8)
+        for r in ["r1@example.test", "r2@example.test"] {
+            _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: [r], content: content), now: time.now)
+        }
+        let sender = GatedSender(store: store, time: time)
+        // No unknown outcome is retried.
+        let settings = DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20), retry: RetryPolicy(unknownOutcomeRetries: 0))
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+        let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            // r1 and r2 take both slots; then r0's lease runs out and a claim ahead takes it over.
+            await eventually { sender.sends.withLockedValue { $0.count } == 2 }
+            time.advance(20)
+            await eventually { (try? await store.get(id: ids[0]))?.status == .unknown }
+            await group.triggerGracefulShutdown()
+            sender.open.withLockedValue { $0 = true }
+            try await tasks.waitForAll()
+        }
+        let r0 = try #require(try await store.get(id: ids[0]))
+        #expect(r0.status == .unknown && r0.leaseOwner == nil)
+        #expect(!sender.sends.withLockedValue { $0.map(\.0) }.contains("r0@example.test"))
+        // After the shutdown nothing brings r0 back.
+        #expect(try await store.claim(limit: 10, owner: "later", now: time.now + 1000, lease: 60).allSatisfy { $0.message.id != ids[0] })
+    }
 }
 
 /// Polls `condition` every 10 ms for at most 10 s.

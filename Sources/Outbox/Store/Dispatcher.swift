@@ -96,14 +96,16 @@ public final class Dispatcher: Service, Sendable {
     private enum Event: Sendable {
         case finished
         /// A claim came back (empty after an error, which is logged).
-        case claimed([ClaimedMessage], asked: Int, at: Double)
+        case claimed([ClaimedMessage], asked: Int, at: Double, lease: Double)
         case tick
     }
 
     /// A claimed message waiting for a free slot, and when it was claimed.
     private struct Ready {
         var message: ClaimedMessage
+        /// When the claim was made, and how long its lease is (the setting then in force).
         var claimedAt: Double
+        var lease: Double
     }
 
     public func run() async throws {
@@ -126,6 +128,27 @@ public final class Dispatcher: Service, Sendable {
             // The last claim found fewer messages than asked: the next one waits for a tick.
             var drained = false
             var ticking = false
+            /// Takes a claim's messages in: those taken over past the unknown-outcome allowance
+            /// are recorded as not sent again at once (never put back in the queue: a release
+            /// would clear the take-over); the others wait for a slot.
+            func accept(_ claimed: [ClaimedMessage], at: Double, lease: Double, settings: DispatcherSettings) -> [Ready] {
+                state.withLockedValue { state in
+                    for message in claimed { state.inFlight.insert(message.message.id) }
+                }
+                var waiting: [Ready] = []
+                for message in claimed {
+                    if message.tookOverExpiredLease, !settings.retry.allowsAnotherTry(unknownCount: message.message.unknownCount) {
+                        inFlight += 1
+                        group.addTask {
+                            await self.deliver(message, settings: settings)
+                            return .finished
+                        }
+                    } else {
+                        waiting.append(Ready(message: message, claimedAt: at, lease: lease))
+                    }
+                }
+                return waiting
+            }
             while !Task.isCancelled {
                 let (settings, stopping) = state.withLockedValue { ($0.settings, $0.stopping) }
                 if stopping { break }
@@ -136,7 +159,7 @@ public final class Dispatcher: Service, Sendable {
                     group.addTask {
                         // Claimed too long ago (slow deliveries ahead of it): its lease may run
                         // out mid-send, and another instance could take it over; back to the queue.
-                        if self.now() - next.claimedAt > settings.leaseSeconds / 2 {
+                        if self.now() - next.claimedAt > next.lease / 2 {
                             try? await self.store.release(id: next.message.message.id, owner: self.instanceID,
                                                           nextAttemptAt: self.now(), now: self.now())
                             self.state.withLockedValue { _ = $0.inFlight.remove(next.message.message.id) }
@@ -146,8 +169,8 @@ public final class Dispatcher: Service, Sendable {
                         return .finished
                     }
                 }
-                if readyIndex == ready.count, readyIndex > 0 {
-                    ready = []
+                if readyIndex > 0 {
+                    ready.removeFirst(readyIndex)
                     readyIndex = 0
                 }
                 let waiting = ready.count - readyIndex
@@ -157,14 +180,15 @@ public final class Dispatcher: Service, Sendable {
                 if !claiming, !drained, room >= max(1, settings.concurrency / 2) {
                     claiming = true
                     let owner = instanceID
+                    let lease = settings.leaseSeconds
                     group.addTask {
                         let at = self.now()
                         do {
-                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at, lease: settings.leaseSeconds),
-                                            asked: room, at: at)
+                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at, lease: lease),
+                                            asked: room, at: at, lease: lease)
                         } catch {
                             self.logger.error("claiming messages failed: \(error)")
-                            return .claimed([], asked: room, at: at)
+                            return .claimed([], asked: room, at: at, lease: lease)
                         }
                     }
                 }
@@ -178,13 +202,15 @@ public final class Dispatcher: Service, Sendable {
                 }
                 switch await group.next() {
                 case .finished: inFlight -= 1
-                case .claimed(let claimed, let asked, let at):
+                case .claimed(let claimed, let asked, let at, let lease):
                     claiming = false
                     drained = claimed.count < asked
-                    state.withLockedValue { state in
-                        for message in claimed { state.inFlight.insert(message.message.id) }
-                    }
-                    ready += claimed.map { Ready(message: $0, claimedAt: at) }
+                    // A message still waiting here whose lease ran out was just taken over by
+                    // this claim: the new claim holds it now, the old entry goes (releasing it
+                    // would free the new claim's hold). (readyIndex is 0 here.)
+                    let ids = Set(claimed.map(\.message.id))
+                    if !ids.isEmpty { ready.removeAll { ids.contains($0.message.message.id) } }
+                    ready += accept(claimed, at: at, lease: lease, settings: settings)
                 case .tick:
                     ticking = false
                     drained = false
@@ -198,9 +224,10 @@ public final class Dispatcher: Service, Sendable {
             while claiming, let event = await group.next() {
                 switch event {
                 case .finished: inFlight -= 1
-                case .claimed(let claimed, _, _):
+                case .claimed(let claimed, _, let at, let lease):
                     claiming = false
-                    unstarted += claimed.map(\.message.id)
+                    let settings = state.withLockedValue { $0.settings }
+                    unstarted += accept(claimed, at: at, lease: lease, settings: settings).map(\.message.message.id)
                 case .tick: break
                 }
             }

@@ -147,7 +147,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
                       SELECT seq, next_attempt_at FROM (
                           SELECT seq, next_attempt_at FROM outbox_messages
                           WHERE status = 'sending' AND lease_until < \(now)
-                          LIMIT \(limit) FOR UPDATE SKIP LOCKED) expired
+                          ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) expired
                   ) candidates
                   ORDER BY next_attempt_at LIMIT \(limit)) due
             WHERE m.seq = due.seq

@@ -203,7 +203,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
                                    WHERE status = 'deferred' AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
                     UNION ALL
                     SELECT * FROM (SELECT seq, next_attempt_at FROM messages
-                                   WHERE status = 'sending' AND lease_until < ?3 LIMIT ?4))
+                                   WHERE status = 'sending' AND lease_until < ?3 ORDER BY next_attempt_at LIMIT ?4))
                 ORDER BY next_attempt_at LIMIT ?4)
             RETURNING \(Self.columns), content
             """,
