@@ -714,22 +714,13 @@ public final class SMTPConnection: Sendable {
         where Iterator.Element == ByteBuffer {
             stage = .mail
             let (mail, rcpts) = try SMTPConnection.plan(envelope: envelope, capabilities: capabilities, configuration: configuration)
-            var prefix = start.prefix
-            var encoder = start.encoder
-            var bodyComplete = start.isComplete
+            var start = start
             let pipelineData = capabilities.pipelining && configuration.sendPartial
-            if pipelineData && !bodyComplete {
+            if pipelineData && !start.isComplete {
                 // A message of up to a few chunks still goes as one exchange (one write of the
                 // commands, the body after the 354, one wake-up): read on while it fits.
                 do {
-                    while prefix.readableBytes < Self.exchangeLimit {
-                        guard let chunk = try await iterator.next() else {
-                            encoder.finish(into: &prefix)
-                            bodyComplete = true
-                            break
-                        }
-                        encoder.encode(chunk, into: &prefix)
-                    }
+                    try await start.read(from: &iterator, upTo: Self.exchangeLimit)
                 } catch {
                     // Nothing was sent: the message is unusable, the connection is not.
                     throw SMTPBodyStart.readError(error)
@@ -740,11 +731,11 @@ public final class SMTPConnection: Sendable {
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply?
-            if pipelineData && bodyComplete {
+            if pipelineData && start.isComplete {
                 // The whole transaction runs on the event loop: MAIL, RCPTs and DATA in one flush,
                 // the body right after the 354, one wake-up of this task at the end.
-                let outcome = try await pipelinedTransaction([mail] + rcpts + [SMTPCommand.data], body: prefix)
-                return try await conclude(outcome, recipients: envelope.recipients, from: envelope.from, bytes: encoder.bytesWritten)
+                let outcome = try await pipelinedTransaction([mail] + rcpts + [SMTPCommand.data], body: start.prefix)
+                return try await conclude(outcome, recipients: envelope.recipients, from: envelope.from, bytes: start.encoder.bytesWritten)
             } else if capabilities.pipelining {
                 // The previous message may still await the reply to its dot (see whenFree): these
                 // commands' protocol-timeout must not run while the server is still on that one.
@@ -785,7 +776,7 @@ public final class SMTPConnection: Sendable {
                 throw SMTPError.reply(dataReply!, stage: .data, message: "the server refused DATA: \(dataReply!)")
             }
             stage = .data
-            let (finalReply, bytes) = try await sendBody(prefix: prefix, complete: bodyComplete, encoder: encoder, rest: &iterator)
+            let (finalReply, bytes) = try await sendBody(start, rest: &iterator)
             transactionStarted = false
             guard finalReply.isPositiveCompletion else {
                 throw SMTPError.reply(finalReply, stage: .data, message: "the server refused the message: \(finalReply)")
@@ -907,14 +898,21 @@ public final class SMTPConnection: Sendable {
                 }
                 return smtp
             case .afterDot(let written, let error):
-                if !written {
-                    return SMTPError(stage: .data, kind: .connectionClosed,
-                                     message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
-                }
-                return SMTPError(stage: .data, kind: .outcomeUnknown,
-                                 message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
-                                 isTransient: true)
+                return afterDotError(written: written, error)
             }
+        }
+
+        /// The connection failed once the end of the message was handed to the channel: when it
+        /// never reached the socket the server cannot have accepted it (safe to retry); else the
+        /// outcome is unknown.
+        static func afterDotError(written: Bool, _ error: SMTPError) -> SMTPError {
+            if !written {
+                return SMTPError(stage: .data, kind: .connectionClosed,
+                                 message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
+            }
+            return SMTPError(stage: .data, kind: .outcomeUnknown,
+                             message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
+                             isTransient: true)
         }
 
         /// Returns when every reply the connection awaits has come (or the connection failed):
@@ -945,22 +943,22 @@ public final class SMTPConnection: Sendable {
             transactionStarted = false
         }
 
-        /// Streams the body: at most two chunks in flight, each write awaited with the protocol
-        /// timeout (a stalled write fails), then the final dot, whose reply is awaited with the
-        /// DATA termination timeout.
+        /// The size of the chunks a body is written in.
         static let chunkTarget = 64 * 1024
         /// The largest message (as sent) that goes as one pipelined exchange, held in memory
         /// whole while it is sent; a larger one is streamed chunk by chunk.
         static let exchangeLimit = 4 * chunkTarget
 
-        mutating func sendBody<Iterator: AsyncIteratorProtocol>(prefix: ByteBuffer, complete: Bool, encoder startEncoder: SMTPDataEncoder,
-                                                                rest: inout Iterator) async throws -> (SMTPReply, Int)
+        /// Streams the body from `start` on: at most two chunks in flight, each write awaited
+        /// with the protocol timeout (a stalled write fails), then the final dot, whose reply is
+        /// awaited with the DATA termination timeout.
+        mutating func sendBody<Iterator: AsyncIteratorProtocol>(_ start: SMTPBodyStart, rest: inout Iterator) async throws -> (SMTPReply, Int)
         where Iterator.Element == ByteBuffer {
-            var encoder = startEncoder
+            var encoder = start.encoder
             let chunkTarget = Self.chunkTarget
-            var out = prefix
+            var out = start.prefix
             var previousWrite: EventLoopFuture<Void>?
-            if !complete {
+            if !start.isComplete {
                 while let chunk = try await rest.next() {
                     if out.readableBytes >= chunkTarget {
                         if let previousWrite {
@@ -985,14 +983,7 @@ public final class SMTPConnection: Sendable {
                 trace(reply)
                 return (reply, encoder.bytesWritten)
             } catch {
-                // The end of the message never left: the server cannot have accepted it.
-                if (try? await written.futureResult.get()) == nil {
-                    throw SMTPError(stage: .data, kind: .connectionClosed,
-                                    message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
-                }
-                throw SMTPError(stage: .data, kind: .outcomeUnknown,
-                                message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
-                                isTransient: true)
+                throw Self.afterDotError(written: (try? await written.futureResult.get()) != nil, error)
             }
         }
 

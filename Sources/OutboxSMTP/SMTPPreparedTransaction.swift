@@ -4,32 +4,35 @@ import NIOCore
 /// The first bytes of a message's DATA stream (line ends repaired, dot-stuffed): the whole
 /// stream, final dot included, when the message is small (`isComplete`).
 public struct SMTPBodyStart: Sendable {
-    var prefix: ByteBuffer
-    var encoder: SMTPDataEncoder
+    var prefix = ByteBufferAllocator().buffer(capacity: 4096)
+    var encoder = SMTPDataEncoder()
     /// True when the whole message (and the final dot) is in the prefix.
-    public let isComplete: Bool
-    /// Bytes of DATA stream read so far.
-    public var byteCount: Int { prefix.readableBytes }
+    public private(set) var isComplete = false
     /// Bytes of the message itself read so far (before line-end repair and dot-stuffing): its
     /// size, for SIZE=, when `isComplete`.
-    public let messageByteCount: Int
+    public private(set) var messageByteCount = 0
 
     /// Reads and encodes chunks from `iterator` until about 64 KiB are ready or the message ends.
     /// Throws what the iterator throws (a message that cannot be produced).
     public static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
     where Iterator.Element == ByteBuffer {
-        var encoder = SMTPDataEncoder()
-        var prefix = ByteBufferAllocator().buffer(capacity: 4096)
-        var read = 0
-        while prefix.readableBytes < SMTPConnection.Session.chunkTarget {
+        var start = SMTPBodyStart()
+        try await start.read(from: &iterator, upTo: SMTPConnection.Session.chunkTarget)
+        return start
+    }
+
+    /// Reads on from `iterator` until `limit` bytes of DATA stream are ready or the message ends.
+    mutating func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator, upTo limit: Int) async throws
+    where Iterator.Element == ByteBuffer {
+        while !isComplete, prefix.readableBytes < limit {
             guard let chunk = try await iterator.next() else {
                 encoder.finish(into: &prefix)
-                return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: true, messageByteCount: read)
+                isComplete = true
+                return
             }
-            read += chunk.readableBytes
+            messageByteCount += chunk.readableBytes
             encoder.encode(chunk, into: &prefix)
         }
-        return SMTPBodyStart(prefix: prefix, encoder: encoder, isComplete: false, messageByteCount: read)
     }
 
     /// The error a send reports when the message could not be read before anything of it was
