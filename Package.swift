@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: ["ConfigurationSupport"]),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
     ],
     targets: [
         // The smtp-client options: parse, validate, defaults, when each change takes effect.
@@ -93,11 +94,29 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The SMTP submission listener: server state machine, message decoder (smuggling rule),
+        // TLS, AUTH (bcrypt off the event loops), limits; commits accepted messages to the queue.
+        .target(
+            name: "OutboxRelay",
+            dependencies: [
+                "Outbox", "OutboxConfig", "OutboxMIME",
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // The daemon's HTTP API (Hummingbird), Prometheus metrics, `outbox serve`'s service group.
         .target(
             name: "OutboxServer",
             dependencies: [
-                "Outbox", "OutboxTransports", "OutboxMIME", "OutboxConfig",
+                "Outbox", "OutboxRelay", "OutboxTransports", "OutboxMIME", "OutboxConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -112,7 +131,8 @@ let package = Package(
         .executableTarget(
             name: "outbox",
             dependencies: [
-                "OutboxServer",
+                "OutboxServer", "OutboxRelay",
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

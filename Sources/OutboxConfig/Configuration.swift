@@ -14,6 +14,10 @@ public struct OutboxConfiguration: Sendable {
     public var smtpClient: SMTPClientOptions
     public var secretSections: [String: SecretSection]
     public var outbox: OutboxSettings
+    /// `[relay]`: the SMTP submission listener.
+    public var relay: RelaySettings
+    /// `[client-NAME]` sections, by name.
+    public var clients: [ClientIdentity]
     /// Every `mail.*` key as given (understood or not).
     public var mailProperties: [String: String]
     /// `mail.*` keys that Outbox does not use (kept, and warned about).
@@ -32,6 +36,8 @@ public struct OutboxConfiguration: Sendable {
         smtpClient = SMTPClientOptions()
         secretSections = [:]
         outbox = OutboxSettings()
+        relay = RelaySettings()
+        clients = []
         mailProperties = [:]
         unusedMailProperties = []
         warnings = []
@@ -106,7 +112,7 @@ struct RawEntry {
 }
 
 private enum CurrentSection {
-    case smtpClient, outbox, secret(String), ignored
+    case smtpClient, outbox, relay, client(String), secret(String), ignored
 }
 
 struct ConfigurationReader {
@@ -120,6 +126,10 @@ struct ConfigurationReader {
     var smtpOrder: [String] = []
     var outbox: [String: RawEntry] = [:]
     var outboxOrder: [String] = []
+    var relay: [String: RawEntry] = [:]
+    var relayOrder: [String] = []
+    var clients: [String: [String: RawEntry]] = [:]
+    var clientHeaders: [String: ConfigurationLocation] = [:]
     var secrets: [String: [String: RawEntry]] = [:]
     var secretHeaders: [String: ConfigurationLocation] = [:]
     /// Options whose value was invalid: cross-option rules involving them are skipped.
@@ -157,14 +167,21 @@ struct ConfigurationReader {
                     current = .smtpClient
                 } else if name == "outbox" {
                     current = .outbox
+                } else if name == "relay" {
+                    current = .relay
+                } else if name.hasPrefix("client-"), name.count > "client-".count, !name.contains(where: \.isWhitespace) {
+                    let clientName = String(name.dropFirst("client-".count))
+                    current = .client(clientName)
+                    if clientHeaders[clientName] == nil { clientHeaders[clientName] = location }
+                    if clients[clientName] == nil { clients[clientName] = [:] }
                 } else if name.hasPrefix("secret-"), name.count > "secret-".count, !name.contains(where: \.isWhitespace) {
                     let secretName = String(name.dropFirst("secret-".count))
                     current = .secret(secretName)
                     if secretHeaders[secretName] == nil { secretHeaders[secretName] = location }
                     if secrets[secretName] == nil { secrets[secretName] = [:] }
                 } else {
-                    var message = "is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox]"
-                    if let guess = Suggest.closest(to: name, among: ["smtp-client", "outbox", "secret-smtp"]) {
+                    var message = "is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]"
+                    if let guess = Suggest.closest(to: name, among: ["smtp-client", "outbox", "secret-smtp", "relay", "client-name"]) {
                         message += "; did you mean [\(guess)]?"
                     }
                     problem("unknown-section", location, option: "[\(name)]", value: nil, message)
@@ -204,6 +221,19 @@ struct ConfigurationReader {
                     outbox[key] = entry
                     outboxOrder.append(key)
                 }
+            case .relay:
+                if let previous = relay[key] {
+                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [relay] (first at line \(previous.location.line ?? 0))")
+                } else {
+                    relay[key] = entry
+                    relayOrder.append(key)
+                }
+            case .client(let name):
+                if let previous = clients[name]?[key] {
+                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [client-\(name)] (first at line \(previous.location.line ?? 0))")
+                } else {
+                    clients[name, default: [:]][key] = entry
+                }
             case .secret(let name):
                 if let previous = secrets[name]?[key] {
                     problem("duplicate-option", location, option: key, value: nil, "is set twice in [secret-\(name)] (first at line \(previous.location.line ?? 0))")
@@ -234,6 +264,15 @@ struct ConfigurationReader {
                 let key = String(name.dropFirst("outbox.".count))
                 if outbox[key] == nil { outboxOrder.append(key) }
                 outbox[key] = RawEntry(key: key, displayName: name, value: value, source: .commandLine, location: location)
+            } else if name.hasPrefix("relay.") {
+                let key = String(name.dropFirst("relay.".count))
+                if relay[key] == nil { relayOrder.append(key) }
+                relay[key] = RawEntry(key: key, displayName: name, value: value, source: .commandLine, location: location)
+            } else if name.hasPrefix("client-"), let dot = name.firstIndex(of: "."), name[..<dot].count > "client-".count {
+                let section = String(name[name.index(name.startIndex, offsetBy: "client-".count)..<dot])
+                let key = String(name[name.index(after: dot)...])
+                if clientHeaders[section] == nil { clientHeaders[section] = location }
+                clients[section, default: [:]][key] = RawEntry(key: key, displayName: name, value: value, source: .commandLine, location: location)
             } else if name.hasPrefix("secret-"), let dot = name.firstIndex(of: "."), name[..<dot].count > "secret-".count {
                 let section = String(name[name.index(name.startIndex, offsetBy: "secret-".count)..<dot])
                 let key = String(name[name.index(after: dot)...])

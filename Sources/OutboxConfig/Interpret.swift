@@ -185,6 +185,8 @@ extension ConfigurationReader {
 
         interpretMail(&o, &configuration)
         interpretOutbox(&configuration)
+        interpretRelay(&configuration)
+        interpretClients(&configuration)
         interpretSecrets(&configuration)
         configuration.smtpClient = o
         checkRules(configuration)

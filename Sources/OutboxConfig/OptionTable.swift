@@ -27,6 +27,10 @@ public enum ConfigSection: String, Sendable, CaseIterable {
     case outbox = "outbox"
     /// `[secret-<name>]`.
     case secret = "secret-<name>"
+    /// `[relay]`: the SMTP submission listener.
+    case relay = "relay"
+    /// `[client-<name>]`: an identity of the relay.
+    case client = "client-<name>"
 }
 
 /// The kind of value an option takes.

@@ -134,6 +134,40 @@ extension OutboxConfiguration {
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)
         }
+        for d in OptionTable.relay {
+            let r = relay
+            let value: String
+            switch d.name {
+            case "listen": value = r.listen.isEmpty ? "(off)" : r.listen.joined(separator: ", ")
+            case "listen-tls": value = r.listenTLS.isEmpty ? Self.notSet : r.listenTLS.joined(separator: ", ")
+            case "tls-certificate-file": value = text(r.tlsCertificateFile)
+            case "tls-key-file": value = text(r.tlsKeyFile)
+            case "allowed-networks": value = r.allowedNetworks.isEmpty ? "(none)" : r.allowedNetworks.map(\.description).joined(separator: " ")
+            case "require-tls-for-auth": value = "\(r.requireTLSForAuth)"
+            case "max-message-size": value = "\(r.maxMessageSize)"
+            case "max-recipients": value = "\(r.maxRecipients)"
+            case "max-connections": value = "\(r.maxConnections)"
+            case "max-connections-per-client": value = "\(r.maxConnectionsPerClient)"
+            case "hostname": value = r.hostname ?? "\(r.effectiveHostname) (this machine)"
+            case "command-timeout": value = time(r.commandTimeout)
+            case "data-timeout": value = time(r.dataTimeout)
+            case "session-timeout": value = time(r.sessionTimeout)
+            case "auth-failure-limit": value = "\(r.authFailureLimit)"
+            case "auth-lockout-time": value = time(r.authLockoutTime)
+            case "bounce-copy-to": value = text(r.bounceCopyTo)
+            case "add-received-header": value = "\(r.addReceivedHeader)"
+            case "add-message-id": value = "\(r.addMessageID)"
+            case "add-date": value = "\(r.addDate)"
+            default: value = "?"
+            }
+            add("relay", "relay.\(d.name)", value, effect: d.effect)
+        }
+        for client in clients {
+            let prefix = "client-\(client.name)"
+            add(prefix, "\(prefix).user", client.user, effect: .immediately)
+            add(prefix, "\(prefix).password-hash", "", effect: .immediately, secret: .some(client.passwordHash))
+            add(prefix, "\(prefix).allowed-senders", client.allowedSenders.joined(separator: ", "), effect: .immediately)
+        }
         return rows
     }
 

@@ -6,7 +6,9 @@ import NIOCore
 import NIOPosix
 import Outbox
 import OutboxConfig
+import OutboxRelay
 import OutboxTransports
+import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
@@ -19,6 +21,9 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     public let mailer: Mailer
     public let dispatcher: Dispatcher
     public let api: OutboxAPI
+    /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
+    public let relay: RelayServer?
+    private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
     private let logger: Logger
     private let file: String?
     private let overrides: [String]
@@ -79,7 +84,32 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration.outbox), logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
         self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
+        let relaySettings = configuration.relay
+        let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
+        self.relayListening = listening
+        if relaySettings.listen.isEmpty && relaySettings.listenTLS.isEmpty {
+            self.relay = nil
+        } else {
+            let runtime: RelayRuntimeConfiguration
+            do {
+                runtime = try RelayRuntimeConfiguration.make(settings: relaySettings, clients: configuration.clients,
+                                                             transportLimit: Daemon.transportLimit(configuration))
+            } catch let error as RelayError {
+                throw DaemonError(error.description)
+            }
+            self.relay = RelayServer(
+                configuration: runtime, queue: StoreRelayQueue(store: store),
+                listenDefaulted: configuration.source(of: "relay.listen") == .default,
+                drainDeadline: configuration.outbox.shutdownDeadline,
+                metricsFactory: PrometheusMetricsFactory(registry: api.registry), logger: logger,
+                onListening: { address in listening.withLockedValue { $0 }(address) })
+        }
         api.attach(self)
+    }
+
+    /// The largest message the transport takes, for the relay's SIZE (Graph: 150 MB).
+    static func transportLimit(_ c: OutboxConfiguration) -> Int? {
+        c.smtpClient.serverType == .graph && !c.smtpClient.usesFileTransport ? 150 * 1024 * 1024 : nil
     }
 
     public static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
@@ -122,6 +152,22 @@ public final class Daemon: DaemonStatusProvider, Sendable {
             }
             return .failure(error)
         }
+        // The relay first: a certificate that does not load refuses the whole reload.
+        var relayRuntime: RelayRuntimeConfiguration?
+        if relay != nil {
+            do {
+                relayRuntime = try RelayRuntimeConfiguration.make(settings: new.relay, clients: new.clients, transportLimit: Daemon.transportLimit(new))
+            } catch {
+                let problem = ConfigurationProblem(code: "relay-tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
+                logger.error("the new configuration is invalid; keeping the old one: \(error)")
+                state.withLockedValue {
+                    $0.lastReloadError = "\(error)"
+                    $0.lastReload = Date().timeIntervalSince1970
+                }
+                return .failure(ConfigurationError(problems: [problem]))
+            }
+        }
+        if let relay, let relayRuntime { relay.update(relayRuntime) }
         _ = mailer.reload(new)
         dispatcher.update(Daemon.dispatcherSettings(new.outbox))
         var apiSettings = APISettings(new.outbox)
@@ -179,7 +225,10 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     }
 
     /// Runs until SIGTERM/SIGINT; SIGHUP reloads.
-    public func run(onListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
+    /// `onRelayListening` gets `smtp://host:port` (or `smtps://`) for each relay address bound.
+    public func run(onListening: @escaping @Sendable (String) -> Void = { _ in },
+                    onRelayListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
+        relayListening.withLockedValue { $0 = onRelayListening }
         let listen = configuration.outbox.httpListen
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
             throw DaemonError("http-listen \(listen) is not host:port")
@@ -190,17 +239,30 @@ public final class Daemon: DaemonStatusProvider, Sendable {
                               onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },
                               logger: logger)
         let reloader = ReloadService(daemon: self)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: mailer, successTerminationBehavior: .ignore),
+            .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: app, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        // The relay stops accepting first and lets a message being received be committed
+        // before the dispatcher and the store go.
+        if let relay { services.append(.init(service: relay, successTerminationBehavior: .ignore)) }
         let group = ServiceGroup(configuration: .init(
-            services: [
-                .init(service: mailer, successTerminationBehavior: .ignore),
-                .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
-                .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
-                .init(service: app, successTerminationBehavior: .gracefullyShutdownGroup),
-            ],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await group.run()
         try? await store.close()
+    }
+}
+
+/// The relay's queue: the daemon's store (an enqueue returns once committed with fsync).
+struct StoreRelayQueue: RelayQueue {
+    let store: any OutboxStore
+
+    func enqueue(_ message: NewMessage) async throws -> String {
+        try await store.enqueue(message, now: Date().timeIntervalSince1970).id
     }
 }
 

@@ -41,6 +41,8 @@ struct ServeCommand: AsyncParsableCommand {
         FileHandle.standardOutput.write(Data((daemon.banner + "\n").utf8))
         try await daemon.run(onListening: { address in
             FileHandle.standardOutput.write(Data("outbox: ready on \(address)\n".utf8))
+        }, onRelayListening: { address in
+            FileHandle.standardOutput.write(Data("outbox: relay listening on \(address)\n".utf8))
         })
     }
 }

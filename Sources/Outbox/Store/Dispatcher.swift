@@ -291,8 +291,11 @@ public final class Dispatcher: Service, Sendable {
             result = .failure(DeliveryError(kind: .permanent, message: "the message has no recipient left to send to"))
         } else {
             do {
-                let content = try RawMessage(bytes: claimed.content)
-                result = .success(try await sender.send(content, envelope: Envelope(from: message.from, recipients: open)))
+                let envelope = Envelope(from: message.from, recipients: open)
+                // A relayed message goes on as it was received (malformed headers included).
+                let content: any MailContent = message.origin?.kind == "relay"
+                    ? RelayedMessage(bytes: claimed.content, envelope: envelope) : try RawMessage(bytes: claimed.content)
+                result = .success(try await sender.send(content, envelope: envelope))
             } catch let error as MIMEError {
                 result = .failure(DeliveryError(kind: .permanent, message: "the stored message cannot be read: \(error)"))
             } catch let error as DeliveryError {

@@ -89,8 +89,36 @@ public struct AttemptRecord: Sendable, Codable, Hashable {
     }
 }
 
+/// Where a message came from, when that matters after it was queued: a relayed message's
+/// delivery status notifications go back to its envelope sender, as its DSN parameters
+/// (RFC 3461) asked.
+public struct MessageOrigin: Sendable, Codable, Hashable {
+    /// "relay" (the SMTP listener).
+    public var kind: String
+    /// The `[client-NAME]` it authenticated as, or the client's address.
+    public var client: String?
+    /// `RET=FULL|HDRS`, `ENVID=`.
+    public var ret: String?
+    public var envid: String?
+    /// Per recipient, in order: `NOTIFY=` and `ORCPT=` as given ("" when absent).
+    public var notify: [String]
+    public var orcpt: [String]
+
+    public init(kind: String, client: String?, ret: String?, envid: String?, notify: [String], orcpt: [String]) {
+        self.kind = kind
+        self.client = client
+        self.ret = ret
+        self.envid = envid
+        self.notify = notify
+        self.orcpt = orcpt
+    }
+}
+
 /// A submission to store.
 public struct NewMessage: Sendable {
+    /// The id to store it under; nil: the store makes one.
+    public var id: String?
+    public var origin: MessageOrigin?
     public var from: String
     public var recipients: [String]
     /// The final RFC 5322 bytes, sent as they are.
@@ -138,11 +166,14 @@ public struct StoredMessage: Sendable, Hashable {
     public var lastError: String?
     public var leaseOwner: String?
     public var leaseUntil: Double?
+    /// Where it came from (relayed messages).
+    public var origin: MessageOrigin?
 
     public init(id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
                 idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
                 nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
-                lastError: String?, leaseOwner: String?, leaseUntil: Double?) {
+                lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil) {
+        self.origin = origin
         self.id = id
         self.sequence = sequence
         self.status = status

@@ -61,6 +61,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         "CREATE INDEX IF NOT EXISTS outbox_messages_due ON outbox_messages(status, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_status_seq ON outbox_messages(status, seq)",
         "CREATE TABLE IF NOT EXISTS outbox_schema (version BIGINT NOT NULL)",
+        // Where a message came from (the relay's DSN parameters).
+        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS origin TEXT",
     ]
 
     public func migrate() async throws {
@@ -83,7 +85,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         """
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
-        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until
+        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin
         """
     }
 
@@ -93,15 +95,16 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
 
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
-        let id = UUID().uuidString.lowercased()
+        let id = message.id ?? UUID().uuidString.lowercased()
         let recipients = StoreJSON.encode(message.recipients.map { RecipientState(address: $0) })
+        let origin = message.origin.map { StoreJSON.encode($0) }
         let content = ByteBuffer(bytes: message.content)
         let size = message.content.count
         let inserted = try await rows("""
             INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                         created_at, updated_at, age_base, next_attempt_at)
+                                         created_at, updated_at, age_base, next_attempt_at, origin)
             VALUES (\(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
-                    \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now))
+                    \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin))
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
             """)
@@ -279,6 +282,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             possibleDuplicate: try r["possible_duplicate"].decode(Int.self) != 0,
             attempts: StoreJSON.decode([AttemptRecord].self, try r["attempts"].decode(String.self)) ?? [],
             lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
-            leaseUntil: try r["lease_until"].decode(Double?.self))
+            leaseUntil: try r["lease_until"].decode(Double?.self),
+            origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)))
     }
 }

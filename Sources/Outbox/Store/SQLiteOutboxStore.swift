@@ -124,6 +124,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             "CREATE INDEX IF NOT EXISTS messages_due ON messages(status, next_attempt_at)",
             "CREATE INDEX IF NOT EXISTS messages_status_seq ON messages(status, seq)",
         ],
+        // 2: where a message came from (the relay's DSN parameters).
+        ["ALTER TABLE messages ADD COLUMN origin TEXT"],
     ]
 
     public func migrate() async throws {
@@ -145,27 +147,27 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
-        next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until
+        next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin
         """
 
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
             return existing
         }
-        let id = UUID().uuidString.lowercased()
+        let id = message.id ?? UUID().uuidString.lowercased()
         let recipients = message.recipients.map { RecipientState(address: $0) }
         let rows = try await writer.write(
             """
             INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                  created_at, updated_at, age_base, next_attempt_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)
+                                  created_at, updated_at, age_base, next_attempt_at, origin)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)
             ON CONFLICT(idempotency_key) DO NOTHING
             RETURNING id
             """,
             [.text(id), message.idempotencyKey.map(SQLiteData.text) ?? .null, message.requestHash.map(SQLiteData.text) ?? .null,
              .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
              message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count),
-             .float(now), .float(now), .float(now), .float(now)])
+             .float(now), .float(now), .float(now), .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null])
         if rows.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
             return existing
         }
@@ -355,6 +357,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             size: i("size"), createdAt: d("created_at") ?? 0, updatedAt: d("updated_at") ?? 0, ageBase: d("age_base") ?? 0,
             nextAttemptAt: d("next_attempt_at"), attemptCount: i("attempt_count"), unknownCount: i("unknown_count"),
             possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
-            lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"))
+            lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
+            origin: StoreJSON.decode(MessageOrigin.self, s("origin")))
     }
 }

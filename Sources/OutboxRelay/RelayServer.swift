@@ -1,0 +1,379 @@
+import Foundation
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Outbox
+import OutboxConfig
+import ServiceLifecycle
+
+/// The relay's settings in force: `[relay]`, the `[client-NAME]` identities and the TLS context
+/// made from the certificate files. Replaced whole on reload; a session keeps the one it
+/// started with, except for the identities, read at each AUTH.
+public struct RelayRuntimeConfiguration: Sendable {
+    public var settings: RelaySettings
+    public var clients: [ClientIdentity]
+    public var tlsContext: NIOSSLContext?
+    /// The most a transport can take (Graph's 150 MB, a server's SIZE); nil: no limit known.
+    public var transportLimit: Int?
+
+    /// The SIZE advertised: the smaller of `max-message-size` and what the transport takes.
+    public var effectiveMaxMessageSize: Int {
+        min(settings.maxMessageSize, transportLimit ?? Int.max)
+    }
+
+    /// Builds it, loading the certificate and key when set; throws a message that names the file.
+    public static func make(settings: RelaySettings, clients: [ClientIdentity], transportLimit: Int? = nil) throws -> RelayRuntimeConfiguration {
+        var context: NIOSSLContext?
+        if let certificateFile = settings.tlsCertificateFile, let keyFile = settings.tlsKeyFile {
+            let chain: [NIOSSLCertificate]
+            do {
+                chain = try NIOSSLCertificate.fromPEMFile(certificateFile)
+            } catch {
+                throw RelayError("relay.tls-certificate-file \(certificateFile) is not a PEM certificate chain: \(error)")
+            }
+            guard !chain.isEmpty else { throw RelayError("relay.tls-certificate-file \(certificateFile) holds no certificate") }
+            let key: NIOSSLPrivateKey
+            do {
+                key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
+            } catch {
+                throw RelayError("relay.tls-key-file \(keyFile) is not a PEM private key: \(error)")
+            }
+            var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            tls.minimumTLSVersion = .tlsv12
+            do {
+                context = try NIOSSLContext(configuration: tls)
+            } catch {
+                throw RelayError("relay.tls-certificate-file and relay.tls-key-file do not make a TLS context (does the key belong to the certificate?): \(error)")
+            }
+        }
+        return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context, transportLimit: transportLimit)
+    }
+}
+
+public struct RelayError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Where accepted messages go: the durable queue.
+public protocol RelayQueue: Sendable {
+    /// Commits the message (fsync'd) and returns its id.
+    func enqueue(_ message: NewMessage) async throws -> String
+}
+
+/// The SMTP submission listener: binds `listen` and `listen-tls`, runs one `RelayServerHandler`
+/// per connection, checks AUTH, and commits each message to the queue before it answers 250.
+/// A `Service`: on graceful shutdown it stops accepting, answers new commands with 421, lets a
+/// message being received finish and be committed (up to `drainDeadline`), then closes.
+public final class RelayServer: Service, Sendable {
+    private let configuration: NIOLockedValueBox<RelayRuntimeConfiguration>
+    private let queue: any RelayQueue
+    private let authenticator: RelayAuthenticator
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let connections = NIOLockedValueBox(Connections())
+    private let boundBox = NIOLockedValueBox<[String]>([])
+    private let listenDefaulted: Bool
+    private let drainDeadline: Duration
+    private let onListening: @Sendable (String) -> Void
+    let metrics: RelayMetrics
+
+    struct Connections {
+        var open: [ObjectIdentifier: NIOLoopBound<RelayServerHandler>] = [:]
+        var perAddress: [String: Int] = [:]
+        var total = 0
+        var stopping = false
+    }
+
+    /// `listenDefaulted`: `listen` is the built-in default (a taken default address is a
+    /// warning, not an error).
+    public init(configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
+                drainDeadline: Duration = .seconds(20), metricsFactory: (any MetricsFactory)? = nil,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "outbox.relay"),
+                authenticator: RelayAuthenticator? = nil, onListening: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.configuration = NIOLockedValueBox(configuration)
+        self.queue = queue
+        self.listenDefaulted = listenDefaulted
+        self.drainDeadline = drainDeadline
+        self.group = group
+        self.logger = logger
+        self.authenticator = authenticator ?? RelayAuthenticator(logger: logger)
+        self.metrics = RelayMetrics(factory: metricsFactory ?? MetricsSystem.factory)
+        self.onListening = onListening
+    }
+
+    public var current: RelayRuntimeConfiguration { configuration.withLockedValue { $0 } }
+
+    /// The addresses bound, as `smtp://host:port` / `smtps://host:port`.
+    public var boundAddresses: [String] { boundBox.withLockedValue { $0 } }
+
+    /// Applies a reloaded `[relay]` and `[client-*]` (not the listen addresses): new sessions
+    /// use it; open ones keep their TLS context and limits.
+    public func update(_ new: RelayRuntimeConfiguration) {
+        configuration.withLockedValue { $0 = new }
+    }
+
+    /// Sessions open now.
+    public var openSessions: Int { connections.withLockedValue { $0.total } }
+
+    public func run() async throws {
+        let settings = current.settings
+        var channels: [any Channel] = []
+        do {
+            for address in settings.listen {
+                if let channel = try await bind(address, implicitTLS: false) { channels.append(channel) }
+            }
+            for address in settings.listenTLS {
+                if let channel = try await bind(address, implicitTLS: true) { channels.append(channel) }
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        if channels.isEmpty {
+            try? await gracefulShutdown()
+            await authenticator.shutdown()
+            return
+        }
+        try? await gracefulShutdown()
+        // Stop accepting; then tell every session.
+        for channel in channels { try? await channel.close() }
+        let open = connections.withLockedValue { c -> [NIOLoopBound<RelayServerHandler>] in
+            c.stopping = true
+            return Array(c.open.values)
+        }
+        for handler in open {
+            handler.eventLoop.execute { handler.value.shutdown() }
+        }
+        let deadline = ContinuousClock.now + drainDeadline
+        while openSessions > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        if openSessions > 0 {
+            logger.warning("relay: \(openSessions) sessions still open after the shutdown deadline; closing them")
+            let rest = connections.withLockedValue { Array($0.open.values) }
+            for handler in rest {
+                handler.eventLoop.execute { handler.value.forceClose() }
+            }
+        }
+        await authenticator.shutdown()
+    }
+
+    private func bind(_ address: String, implicitTLS: Bool) async throws -> (any Channel)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw RelayError("relay.listen \(address) is not host:port")
+        }
+        let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try self.initialize(channel, implicitTLS: implicitTLS) }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        } catch {
+            let name = implicitTLS ? "relay.listen-tls" : "relay.listen"
+            if listenDefaulted && !implicitTLS {
+                logger.warning("\(name) \(address) cannot be bound (\(error)); running without the SMTP listener (set [relay] listen to another address, or empty to silence this)")
+                return nil
+            }
+            throw RelayError("\(name) \(address) cannot be bound: \(error)")
+        }
+        let bound = "\(implicitTLS ? "smtps" : "smtp")://\(host.contains(":") ? "[\(host)]" : host):\(channel.localAddress?.port ?? port)"
+        boundBox.withLockedValue { $0.append(bound) }
+        logger.info("relay listening on \(bound)")
+        onListening(bound)
+        return channel
+    }
+
+    /// Sets up one accepted connection (on its event loop).
+    private func initialize(_ channel: any Channel, implicitTLS: Bool) throws {
+        let config = current
+        let settings = config.settings
+        let remote = channel.remoteAddress
+        let ip = remote?.ipAddress ?? "?"
+        let admitted = connections.withLockedValue { c -> String? in
+            if c.stopping { return "421 4.3.2 Service shutting down" }
+            if c.total >= settings.maxConnections { return "421 4.7.0 Too many connections, try again later" }
+            if c.perAddress[ip, default: 0] >= settings.maxConnectionsPerClient { return "421 4.7.0 Too many connections from your address, try again later" }
+            c.total += 1
+            c.perAddress[ip, default: 0] += 1
+            return nil
+        }
+        if let refusal = admitted {
+            metrics.sessionsRefused.increment()
+            logger.notice("relay connection refused", metadata: ["relay.client": "\(ip)", "relay.reason": "\(refusal)"])
+            let hostname = settings.effectiveHostname
+            if !implicitTLS {
+                channel.writeAndFlush(ByteBuffer(string: "\(refusal) (\(hostname))\r\n"))
+                    .whenComplete { _ in channel.close(promise: nil) }
+            } else {
+                channel.close(promise: nil)
+            }
+            return
+        }
+        metrics.sessions.increment()
+        let trusted = remote.flatMap(Self.addressBytes).map { bytes in settings.allowedNetworks.contains { $0.contains(bytes) } } ?? false
+        let policy = RelaySessionPolicy(hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
+                                        implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
+                                        maxMessageSize: config.effectiveMaxMessageSize, maxRecipients: settings.maxRecipients)
+        if implicitTLS {
+            guard let context = config.tlsContext else { throw RelayError("no TLS context") }
+            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+        }
+        let handler = RelayServerHandler(
+            policy: policy, delegate: RelaySession(server: self, configuration: config), tlsContext: config.tlsContext,
+            commandTimeout: Self.timeAmount(settings.commandTimeout), dataTimeout: Self.timeAmount(settings.dataTimeout),
+            sessionTimeout: Self.timeAmount(settings.sessionTimeout), logger: logger)
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let key = ObjectIdentifier(channel)
+        let bound = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        connections.withLockedValue { $0.open[key] = bound }
+        channel.closeFuture.whenComplete { [self] _ in
+            connections.withLockedValue { c in
+                c.open[key] = nil
+                c.total -= 1
+                c.perAddress[ip, default: 1] -= 1
+                if c.perAddress[ip] == 0 { c.perAddress[ip] = nil }
+            }
+        }
+    }
+
+    static func timeAmount(_ d: Duration) -> TimeAmount {
+        .nanoseconds(Int64(d.components.seconds) * 1_000_000_000 + Int64(d.components.attoseconds / 1_000_000_000))
+    }
+
+    static func addressBytes(_ address: SocketAddress) -> [UInt8]? {
+        guard let ip = address.ipAddress else { return nil }
+        return CIDR.parse(address: ip)
+    }
+
+    // MARK: Delegate work
+
+    func verify(user: String, password: String, client: SocketAddress?) async -> RelayStateMachine.AuthOutcome {
+        let config = current
+        let outcome = await authenticator.verify(user: user, password: password, client: client?.ipAddress ?? "?", clients: config.clients,
+                                                 limit: config.settings.authFailureLimit, window: config.settings.authLockoutTime)
+        switch outcome {
+        case .success: metrics.authSuccesses.increment()
+        case .invalid: metrics.authFailures(reason: "invalid").increment()
+        case .lockedOut: metrics.authFailures(reason: "locked_out").increment()
+        case .temporaryFailure: metrics.authFailures(reason: "busy").increment()
+        }
+        return outcome
+    }
+
+    func commit(envelope: RelayEnvelope, content: ByteBuffer, session: RelaySessionInfo, identity: ClientIdentityRef?,
+                client: SocketAddress?, settings: RelaySettings) async -> Result<String, RelayReplyError> {
+        let facts = RelayMessage.headerFacts(content)
+        let clientText = client?.ipAddress ?? "unknown"
+        if let problem = RelayMessage.senderProblem(facts, identity: identity) {
+            metrics.messages(result: "refused", reason: "sender_not_allowed").increment()
+            logger.notice("relay message refused", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
+                                                                              result: "refused: \(problem.description)"))
+            return .failure(RelayReplyError(problem))
+        }
+        let id = UUID().uuidString.lowercased()
+        let hostname = settings.effectiveHostname
+        let added = RelayMessage.addedHeaders(facts: facts, settings: settings, session: session, envelope: envelope, client: clientText,
+                                              id: id, hostname: hostname, now: Date())
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(added.utf8.count + content.readableBytes)
+        bytes.append(contentsOf: added.utf8)
+        bytes.append(contentsOf: content.readableBytesView)
+        let messageID = facts.messageID ?? (settings.addMessageID ? "<\(id)@\(hostname)>" : nil)
+        var message = NewMessage(from: envelope.sender, recipients: envelope.recipients.map(\.address), content: bytes, messageID: messageID)
+        message.id = id
+        message.origin = MessageOrigin(kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
+                                       notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
+        do {
+            let stored = try await queue.enqueue(message)
+            metrics.messages(result: "accepted", reason: "ok").increment()
+            logger.info("relay message queued", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
+                                                                          result: "queued as \(stored)", size: bytes.count))
+            return .success(stored)
+        } catch {
+            metrics.messages(result: "refused", reason: "queue_unavailable").increment()
+            logger.error("relay message not queued: the queue store failed: \(error)",
+                         metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
+            return .failure(RelayReplyError(RelayReply(451, "4.3.0", "Error: queue file write error, try again later")))
+        }
+    }
+
+    private func messageMetadata(client: String, session: RelaySessionInfo, envelope: RelayEnvelope, result: String, size: Int? = nil) -> Logger.Metadata {
+        var m: Logger.Metadata = [
+            "relay.client": "\(client)", "relay.tls": "\(session.tls)", "relay.from": "\(envelope.sender.isEmpty ? "<>" : envelope.sender)",
+            "relay.recipients": "\(envelope.recipients.count)", "relay.result": "\(result)",
+        ]
+        if let user = session.authenticatedUser { m["relay.user"] = "\(user)" }
+        if let size { m["relay.size"] = "\(size)" }
+        return m
+    }
+
+    func sessionEnded(_ summary: RelaySessionSummary) {
+        logger.info("relay session ended", metadata: [
+            "relay.client": "\(summary.client)", "relay.user": "\(summary.user ?? "-")", "relay.tls": "\(summary.tls)",
+            "relay.messages": "\(summary.messages)", "relay.reason": "\(summary.reason)",
+        ])
+    }
+}
+
+/// One session's view of the server (the settings it started with).
+struct RelaySession: RelaySessionDelegate {
+    let server: RelayServer
+    let configuration: RelayRuntimeConfiguration
+
+    func verify(user: String, password: String, client: SocketAddress?) async -> RelayStateMachine.AuthOutcome {
+        await server.verify(user: user, password: password, client: client)
+    }
+
+    func commit(envelope: RelayEnvelope, content: ByteBuffer, session: RelaySessionInfo, identity: ClientIdentityRef?,
+                client: SocketAddress?) async -> Result<String, RelayReplyError> {
+        await server.commit(envelope: envelope, content: content, session: session, identity: identity, client: client,
+                            settings: configuration.settings)
+    }
+
+    func sessionEnded(_ summary: RelaySessionSummary) {
+        server.sessionEnded(summary)
+    }
+}
+
+/// The relay's counters (sessions, AUTH failures, messages by result and reason).
+struct RelayMetrics: Sendable {
+    let factory: any MetricsFactory
+    let sessions: Counter
+    let sessionsRefused: Counter
+    let authSuccesses: Counter
+    private let cache = NIOLockedValueBox([String: Counter]())
+
+    init(factory: any MetricsFactory) {
+        self.factory = factory
+        sessions = Counter(label: "outbox_relay_sessions_total", dimensions: [("result", "accepted")], factory: factory)
+        sessionsRefused = Counter(label: "outbox_relay_sessions_total", dimensions: [("result", "refused")], factory: factory)
+        authSuccesses = Counter(label: "outbox_relay_auth_total", dimensions: [("result", "success")], factory: factory)
+    }
+
+    func authFailures(reason: String) -> Counter {
+        counter("outbox_relay_auth_total", [("result", "failure"), ("reason", reason)])
+    }
+
+    func messages(result: String, reason: String) -> Counter {
+        counter("outbox_relay_messages_total", [("result", result), ("reason", reason)])
+    }
+
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        return cache.withLockedValue { cache in
+            if let c = cache[key] { return c }
+            let c = Counter(label: label, dimensions: dimensions, factory: factory)
+            cache[key] = c
+            return c
+        }
+    }
+}
