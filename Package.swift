@@ -219,6 +219,14 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "OutboxRelayTests",
+            dependencies: [
+                "OutboxRelay", "OutboxConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "OutboxSMTPTests",
             dependencies: [
                 "OutboxSMTP", "OutboxMIME", "OutboxTransports", "OutboxConfig",
