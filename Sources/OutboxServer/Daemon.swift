@@ -81,7 +81,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         self.overrides = overrides
         self.environment = environment
         self.mailer = try Mailer(configuration: configuration, logger: logger)
-        self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration.outbox), logger: logger)
+        self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration), logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
         self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
         let relaySettings = configuration.relay
@@ -120,6 +120,13 @@ public final class Daemon: DaemonStatusProvider, Sendable {
                                maxAge: seconds(s.retryMaxAge), unknownOutcomeRetries: s.unknownOutcomeRetries),
             ratePerMinute: s.rateLimitPerMinute > 0 ? s.rateLimitPerMinute : nil,
             concurrencyPerMailbox: s.mailboxConcurrency > 0 ? s.mailboxConcurrency : nil)
+    }
+
+    /// The dispatcher's settings, with bounces for relayed messages when the relay is on.
+    public static func dispatcherSettings(_ c: OutboxConfiguration) -> DispatcherSettings {
+        var settings = dispatcherSettings(c.outbox)
+        settings.bounce = BounceSettings(hostname: c.relay.effectiveHostname, copyTo: c.relay.bounceCopyTo)
+        return settings
     }
 
     public var configuration: OutboxConfiguration { state.withLockedValue { $0.current } }
@@ -169,7 +176,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         _ = mailer.reload(new)
-        dispatcher.update(Daemon.dispatcherSettings(new.outbox))
+        dispatcher.update(Daemon.dispatcherSettings(new))
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.

@@ -203,10 +203,11 @@ class OutboxDaemon:
                 self.proc.kill()
                 self.proc.wait(10)
                 complaint = f"outbox serve did not stop within {timeout} s of SIGTERM (killed)"
-        try:
-            self._stderr.close()
-        except Exception:
-            pass
+        for f in (self._stderr, self.proc.stdout):
+            try:
+                f.close()
+            except Exception:
+                pass
         return complaint
 
     def cleanup(self):
@@ -220,7 +221,9 @@ class OutboxDaemon:
                 err = f.read().decode("utf-8", "replace").splitlines()[-lines:]
         except OSError:
             err = []
-        return (f"config {self.config_path}:\n" + open(self.config_path).read()
+        with open(self.config_path) as f:
+            config = f.read()
+        return (f"config {self.config_path}:\n" + config
                 + "stdout:\n  " + "\n  ".join(self.stdout_lines[-lines:])
                 + f"\nstderr (last {lines} lines):\n  " + "\n  ".join(err))
 

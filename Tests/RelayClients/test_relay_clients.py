@@ -175,8 +175,9 @@ class RelayTestCase(unittest.TestCase):
 
     def wait_one_eml(self, marker, context="", timeout=30, settle=0.5):
         found = self.daemon.wait_for_eml(marker, timeout=timeout, settle=settle)
-        self.assertTrue(found, f"no .eml containing {marker!r} appeared in {self.daemon.sent_dir} within "
-                               f"{timeout} s\n{context}\n{self.daemon.diagnostics()}")
+        if not found:
+            self.fail(f"no .eml containing {marker!r} appeared in {self.daemon.sent_dir} within {timeout} s\n"
+                      f"{context}\n{self.daemon.diagnostics()}")
         self.assertEqual(len(found), 1, f"{len(found)} .eml files contain {marker!r}, expected exactly one: "
                                         f"{[p for p, _ in found]}\n{context}")
         return found[0][1]
@@ -605,7 +606,9 @@ class SmugglingTest(RelayTestCase):
 
     implicit_tls = False
 
-    def _smuggle(self, payload):
+    def _smuggle(self, payload, stored):
+        """`stored`: how the payload must appear in the .eml: bare CR and LF become CRLF, and a
+        dot that starts a real (CRLF) line is a stuffed dot, removed (RFC 5321 4.5.2)."""
         marker = tag("smuggled")
         evil = f"evil-{marker}@x.test"
         s, _ = self.raw("none")
@@ -631,20 +634,22 @@ class SmugglingTest(RelayTestCase):
                       "the smuggled text must be inside the one message")
         self.assertIn(f"MAIL FROM:<{evil}>".encode(), eml)
         self.assertEqual(bare_line_ends(eml), [], f"bare CR or LF left in the stored message: {eml!r}")
-        self.assertIn(b"first line\r\n.\r\nMAIL FROM:", eml, f"the payload must be stored as CRLF.CRLF: {eml!r}")
+        self.assertIn(b"first line" + stored + b"MAIL FROM:", eml,
+                      f"the payload {payload!r} must be stored as {stored!r} (bare CR/LF as CRLF; a dot that "
+                      f"starts a CRLF line is un-stuffed, any other is kept): {eml!r}")
         self.assertEqual(self.daemon.emls_with(evil.encode()), found[:1], "the smuggled sender got its own message")
 
     def test_smuggling_lf_dot_lf(self):
-        self._smuggle(b"\n.\n")
+        self._smuggle(b"\n.\n", stored=b"\r\n.\r\n")
 
     def test_smuggling_lf_dot_crlf(self):
-        self._smuggle(b"\n.\r\n")
+        self._smuggle(b"\n.\r\n", stored=b"\r\n.\r\n")
 
     def test_smuggling_cr_dot_cr(self):
-        self._smuggle(b"\r.\r")
+        self._smuggle(b"\r.\r", stored=b"\r\n.\r\n")
 
     def test_smuggling_crlf_dot_cr(self):
-        self._smuggle(b"\r\n.\r")
+        self._smuggle(b"\r\n.\r", stored=b"\r\n\r\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -793,11 +798,12 @@ class PostfixClientTest(RelayTestCase):
             found = self.daemon.wait_for_eml(subject, timeout=10, settle=1.0)
             if not found:
                 rc.postfix_flush(self.pfci)
-        self.assertTrue(found, f"Postfix did not deliver {subject} to the listener within 60 s\n"
-                               f"smtp-source: {out}\n{rc.postfix_diagnostics(self.pfci)}\n{self.daemon.diagnostics()}")
+        if not found:
+            self.fail(f"Postfix did not deliver {subject} to the listener within 60 s\nsmtp-source: {out}\n"
+                      f"{rc.postfix_diagnostics(self.pfci)}\n{self.daemon.diagnostics()}")
         self.assertEqual(len(found), 1, f"{len(found)} .eml files for {subject}")
         eml = found[0][1]
-        self.check_received(eml, tls=True, auth=True, context=rc.postfix_diagnostics(self.pfci))
+        self.check_received(eml, tls=True, auth=True)
         received = header_values(eml, "Received")
         self.assertGreaterEqual(len(received), 2, f"Postfix's own Received header should follow Outbox's: {received}")
         self.assertNotIn(HOSTNAME, received[1], "Outbox's Received header must be the topmost")

@@ -20,10 +20,13 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var ratePerMinute: Int?
     /// Deliveries in flight at once per sending mailbox (nil: no limit). Graph allows 4.
     public var concurrencyPerMailbox: Int?
+    /// Delivery status notifications for relayed messages that fail for good (nil: none).
+    public var bounce: BounceSettings?
 
     public init(concurrency: Int = 8, leaseSeconds: Double = 300, pollInterval: Duration = .milliseconds(200),
                 shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
-                ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil) {
+                ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil) {
+        self.bounce = bounce
         self.concurrency = concurrency
         self.leaseSeconds = leaseSeconds
         self.pollInterval = pollInterval
@@ -293,7 +296,7 @@ public final class Dispatcher: Service, Sendable {
             do {
                 let envelope = Envelope(from: message.from, recipients: open)
                 // A relayed message goes on as it was received (malformed headers included).
-                let content: any MailContent = message.origin?.kind == "relay"
+                let content: any MailContent = message.origin != nil
                     ? RelayedMessage(bytes: claimed.content, envelope: envelope) : try RawMessage(bytes: claimed.content)
                 result = .success(try await sender.send(content, envelope: envelope))
             } catch let error as MIMEError {
@@ -310,6 +313,9 @@ public final class Dispatcher: Service, Sendable {
         do {
             let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, now: now())
             if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
+            if held, let bounce = settings.bounce {
+                await self.bounce(message: message, content: claimed.content, outcome: outcome, settings: bounce)
+            }
         } catch {
             logger.error("recording the outcome of \(message.id) failed: \(error); its lease will expire and it will be retried")
         }
@@ -318,6 +324,25 @@ public final class Dispatcher: Service, Sendable {
             if outcome.status == .delivered { $0.delivered += 1 }
         }
         logger.debug("attempt", metadata: ["outbox.message_id": "\(message.id)", "outbox.status": "\(outcome.status.rawValue)"])
+    }
+
+    /// Queues a delivery status notification to the sender of a relayed message whose recipients
+    /// failed for good in this attempt (the null sender never gets one).
+    private func bounce(message: StoredMessage, content: [UInt8], outcome: AttemptOutcome, settings: BounceSettings) async {
+        let failures = Bounce.failures(message: message, outcome: outcome)
+        guard !failures.isEmpty else { return }
+        // Derived from the message and attempt, so a repeated record cannot queue it twice.
+        let id = "dsn-\(message.id)-\(outcome.attempt.number)"
+        var notification = Bounce.make(message: message, original: content, failures: failures, settings: settings, id: id)
+        notification.idempotencyKey = id
+        do {
+            let stored = try await store.enqueue(notification, now: now())
+            logger.notice("delivery status notification queued", metadata: [
+                "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(stored.id)", "outbox.recipients": "\(failures.count)",
+            ])
+        } catch {
+            logger.error("the delivery status notification for \(message.id) could not be queued: \(error)")
+        }
     }
 
     /// nil: go ahead (and counted); otherwise seconds to wait.
