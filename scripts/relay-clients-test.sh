@@ -71,5 +71,5 @@ export RELAY_TEST_TLS_DIR
 echo "relay-clients-test: OUTBOX_BIN=$OUTBOX_BIN RELAY_TEST_TLS_DIR=$RELAY_TEST_TLS_DIR" >&2
 
 rc=0
-python3 -m unittest discover -v -s Tests/RelayClients -p 'test_*.py' "$@" || rc=$?
+python3 -m unittest discover -v -s Tests/RelayClients -p 'test_relay_clients.py' "$@" || rc=$?
 exit $rc

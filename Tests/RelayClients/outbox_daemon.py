@@ -101,26 +101,32 @@ class OutboxDaemon:
 
     def __init__(self, name, relay, clients, plain_listeners=1, implicit_tls=True, tls=True):
         self.name = name
+        self.ca = self.cert = self.key = None
+        if tls or implicit_tls:
+            self.ca, self.cert, self.key = tls_files()
         self.work = tempfile.mkdtemp(prefix=f"outbox-relay-{name}-")
         self.data_dir = os.path.join(self.work, "data")
         self.sent_dir = os.path.join(self.data_dir, "sent")
         self.http_port = free_port()
         self.plain_ports = [free_port() for _ in range(plain_listeners)]
         self.tls_port = free_port() if implicit_tls else None
-        self.ca = self.cert = self.key = None
         options = {"listen": ", ".join(f"127.0.0.1:{p}" for p in self.plain_ports)}
         if self.tls_port:
             options["listen-tls"] = f"127.0.0.1:{self.tls_port}"
         if tls or implicit_tls:
-            self.ca, self.cert, self.key = tls_files()
             options["tls-certificate-file"] = self.cert
             options["tls-key-file"] = self.key
         options.update(relay)
         self.relay = options
         self.clients = clients
         self.config_path = os.path.join(self.work, "outbox.conf")
+        try:
+            text = config_text(self.data_dir, self.http_port, options, clients)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
         with open(self.config_path, "w") as f:
-            f.write(config_text(self.data_dir, self.http_port, options, clients))
+            f.write(text)
         self.stdout_lines = []
         self.stderr_path = os.path.join(self.work, "stderr.log")
         self.proc = None
