@@ -154,11 +154,12 @@ enum MIMEParams {
 }
 
 /// RFC 5322 date-time, e.g. `Wed, 25 Nov 2026 21:07:28 +0000` (always UTC).
-enum RFC5322Date {
+/// RFC 5322 §3.3 dates in UTC (`Mon, 7 Dec 2026 04:15:15 +0000`), without a DateFormatter.
+public enum RFC5322Date {
     private static let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
     private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
-    static func format(_ date: Date) -> String {
+    public static func format(_ date: Date) -> String {
         let t = Int64(date.timeIntervalSince1970.rounded(.down))
         var dayCount = t / 86400
         var secs = t % 86400

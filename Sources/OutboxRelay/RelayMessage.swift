@@ -93,7 +93,7 @@ public enum RelayMessage {
     public static func addedHeaders(facts: HeaderFacts, settings: RelaySettings, session: RelaySessionInfo, envelope: RelayEnvelope,
                                     client: String, id: String, hostname: String, now: Date) -> String {
         var out = ""
-        let date = rfc5322Date(now)
+        let date = RFC5322Date.format(now)
         if settings.addReceivedHeader {
             // RFC 5321 §4.4, with RFC 3848's protocol names: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA.
             var with = session.extended ? "ESMTP" : "SMTP"
@@ -115,13 +115,5 @@ public enum RelayMessage {
         if settings.addDate && !facts.hasDate { out += "Date: \(date)\r\n" }
         if settings.addMessageID && !facts.hasMessageID { out += "Message-ID: <\(id)@\(hostname)>\r\n" }
         return out
-    }
-
-    static func rfc5322Date(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss '+0000'"
-        return formatter.string(from: date)
     }
 }

@@ -220,8 +220,8 @@ struct RelayMessageTests {
         let envelope = RelayEnvelope(sender: "a@example.test", recipients: [.init(address: "b@example.test")])
         let text = RelayMessage.addedHeaders(facts: RelayMessage.HeaderFacts(), settings: RelaySettings(), session: info, envelope: envelope,
                                              client: "192.0.2.1", id: "ID1", hostname: "relay.test", now: Date(timeIntervalSince1970: 0))
-        #expect(text.hasPrefix("Received: from printer ([192.0.2.1])\r\n\tby relay.test (Outbox) with ESMTPSA id ID1\r\n\t(using TLSv1.3; authenticated as scanner)\r\n\tfor <b@example.test>; Thu, 01 Jan 1970 00:00:00 +0000\r\n"))
-        #expect(text.contains("Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"))
+        #expect(text.hasPrefix("Received: from printer ([192.0.2.1])\r\n\tby relay.test (Outbox) with ESMTPSA id ID1\r\n\t(using TLSv1.3; authenticated as scanner)\r\n\tfor <b@example.test>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"))
+        #expect(text.contains("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"))
         #expect(text.contains("Message-ID: <ID1@relay.test>\r\n"))
         var facts = RelayMessage.HeaderFacts()
         facts.hasDate = true

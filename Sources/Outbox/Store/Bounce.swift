@@ -1,4 +1,5 @@
 import Foundation
+import OutboxMIME
 
 /// How relayed messages that fail for good are reported back (RFC 3464).
 public struct BounceSettings: Sendable, Equatable {
@@ -59,8 +60,8 @@ public enum Bounce {
                             now: Date = Date(), fullLimit: Int = 10 * 1024 * 1024) -> NewMessage {
         let host = settings.hostname
         let boundary = "=_outbox_dsn_\(id)"
-        let date = rfc5322(now)
-        let arrival = rfc5322(Date(timeIntervalSince1970: message.createdAt))
+        let date = RFC5322Date.format(now)
+        let arrival = RFC5322Date.format(Date(timeIntervalSince1970: message.createdAt))
         let origin = message.origin
         var text = """
             From: Mail Delivery System <MAILER-DAEMON@\(host)>\r
@@ -139,13 +140,5 @@ public enum Bounce {
 
     static func oneLine(_ s: String) -> String {
         String(s.map { $0 == "\r" || $0 == "\n" ? " " : $0 }.prefix(900))
-    }
-
-    static func rfc5322(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss '+0000'"
-        return formatter.string(from: date)
     }
 }
