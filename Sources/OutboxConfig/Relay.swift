@@ -18,8 +18,8 @@ public struct RelaySettings: Sendable, Equatable {
     /// `max-recipients` per message.
     public var maxRecipients = 100
     /// `max-connections`, `max-connections-per-client`.
-    public var maxConnections = 100
-    public var maxConnectionsPerClient = 20
+    public var maxConnections = 200
+    public var maxConnectionsPerClient = 50
     /// `hostname`: for the greeting and the Received header; nil: the machine's host name.
     public var hostname: String?
     /// `command-timeout`, `data-timeout`, `session-timeout`.
@@ -191,12 +191,12 @@ extension OptionTable {
         .init(name: "max-recipients", section: .relay, type: .integer, defaultValue: "100", validValues: "An integer from 1 to 100000",
               effect: .immediately, referenceEffect: nil,
               summary: "Recipients per message; beyond it RCPT gets 452 4.5.3 (the client sends the rest in another transaction)."),
-        .init(name: "max-connections", section: .relay, type: .integer, defaultValue: "100", validValues: "An integer from 1 to 100000",
+        .init(name: "max-connections", section: .relay, type: .integer, defaultValue: "200", validValues: "An integer from 1 to 100000",
               effect: .immediately, referenceEffect: nil,
               summary: "SMTP sessions open at once; a connection beyond it gets 421 4.7.0 and is closed."),
-        .init(name: "max-connections-per-client", section: .relay, type: .integer, defaultValue: "20", validValues: "An integer from 1 to 100000",
+        .init(name: "max-connections-per-client", section: .relay, type: .integer, defaultValue: "50", validValues: "An integer from 1 to 100000",
               effect: .immediately, referenceEffect: nil,
-              summary: "SMTP sessions open at once from one client address; beyond it, 421 4.7.0."),
+              summary: "SMTP sessions open at once from one client address outside allowed-networks; beyond it, 421 4.7.0. Clients in allowed-networks are not limited per address (as Postfix exempts $mynetworks); max-connections still applies."),
         .init(name: "hostname", section: .relay, type: .string, defaultValue: nil, validValues: "A host name",
               effect: .immediately, referenceEffect: nil,
               summary: "The name in the greeting, the EHLO reply and the Received header. Unset: the machine's host name."),

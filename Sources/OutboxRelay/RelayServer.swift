@@ -198,10 +198,14 @@ public final class RelayServer: Service, Sendable {
         let settings = config.settings
         let remote = channel.remoteAddress
         let ip = remote?.ipAddress ?? "?"
+        let trusted = remote.flatMap(Self.addressBytes).map { bytes in settings.allowedNetworks.contains { $0.contains(bytes) } } ?? false
         let admitted = connections.withLockedValue { c -> String? in
             if c.stopping { return "421 4.3.2 Service shutting down" }
             if c.total >= settings.maxConnections { return "421 4.7.0 Too many connections, try again later" }
-            if c.perAddress[ip, default: 0] >= settings.maxConnectionsPerClient { return "421 4.7.0 Too many connections from your address, try again later" }
+            // As Postfix exempts $mynetworks: allowed-networks are not limited per address.
+            if !trusted && c.perAddress[ip, default: 0] >= settings.maxConnectionsPerClient {
+                return "421 4.7.0 Too many connections from your address, try again later"
+            }
             c.total += 1
             c.perAddress[ip, default: 0] += 1
             return nil
@@ -219,7 +223,6 @@ public final class RelayServer: Service, Sendable {
             return
         }
         metrics.sessions.increment()
-        let trusted = remote.flatMap(Self.addressBytes).map { bytes in settings.allowedNetworks.contains { $0.contains(bytes) } } ?? false
         let policy = RelaySessionPolicy(hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
                                         implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
                                         maxMessageSize: config.effectiveMaxMessageSize, maxRecipients: settings.maxRecipients)
