@@ -106,6 +106,7 @@ class PostfixTestbed:
         self.maildir = os.path.join(self.dir, "mail", "sink")
         self.log_path = os.path.join(self.dir, "log", "postfix.log")
         self.started_here = False
+        self.started_pid = None
 
     def _run(self, argv, timeout, env=None):
         try:
@@ -131,11 +132,25 @@ class PostfixTestbed:
                 raise AssertionError(f"could not start the testbed Postfix (scripts/postfix-testbed.sh start, "
                                      f"exit {rc}); output:\n{out}")
             self.started_here = True
-        if not os.path.isdir(self.etc) or not os.path.isfile(os.path.join(self.etc, "main.cf")):
-            raise AssertionError(f"something listens on 127.0.0.1:{self.port} but {self.etc}/main.cf does not exist: "
-                                 f"set PFCI_DIR to the folder of the running testbed (scripts/postfix-testbed.sh)")
+            self.started_pid = self._master_pid()
+        if not os.path.isfile(os.path.join(self.etc, "main.cf")) or not self._master_alive():
+            raise AssertionError(f"something listens on 127.0.0.1:{self.port} but it is not the testbed Postfix of "
+                                 f"{self.dir} ({self.etc}/main.cf missing or its master process not running): set "
+                                 f"PFCI_DIR (and PFCI_PLAIN_PORT) to the running testbed's (scripts/postfix-testbed.sh)")
         os.makedirs(os.path.join(self.maildir, "new"), exist_ok=True)
         self._ensure_recipient_access()
+
+    def _master_pid(self):
+        try:
+            with open(os.path.join(self.dir, "queue", "pid", "master.pid")) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def _master_alive(self):
+        return self._master_pid() is not None
 
     def _ensure_recipient_access(self):
         access = os.path.join(self.etc, "recipient_access")
@@ -169,6 +184,10 @@ class PostfixTestbed:
         time.sleep(1)
 
     def stop_if_started(self):
+        """Stops the testbed when this module started it and it is still that instance (someone
+        who restarted it meanwhile, e.g. scripts/test.sh, keeps theirs)."""
+        if self.started_here and self._master_pid() != self.started_pid:
+            self.started_here = False
         if self.started_here and not os.environ.get("DURABILITY_KEEP"):
             env = dict(os.environ, PFCI_DIR=self.dir)
             try:
@@ -303,12 +322,21 @@ class OutboxDaemon:
         n = self.starts
         with open(self.stderr_path, "ab") as e:
             e.write(f"==== start {n} at {time.strftime('%H:%M:%S')} ====\n".encode())
-        err = open(self.stderr_path, "ab")
-        try:
-            proc = subprocess.Popen(argv, cwd=self.work, stdout=subprocess.PIPE, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            err.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            err = open(self.stderr_path, "ab")
+            try:
+                proc = subprocess.Popen(argv, cwd=self.work, stdout=subprocess.PIPE, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                break
+            except OSError as e:
+                # The binary may be being rewritten by a build in the same checkout (ETXTBSY, ENOEXEC).
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not run {argv[0]}: {e}")
+                time.sleep(1)
+                argv[0] = outbox_bin()
+            finally:
+                err.close()
         self.proc = proc
         lines = []
         with self._lock:
@@ -329,7 +357,6 @@ class OutboxDaemon:
 
         threading.Thread(target=reader, daemon=True, name=f"stdout-{self.name}-{n}").start()
         want = ("127.0.0.1", self.relay_port)
-        deadline = time.monotonic() + timeout
         with changed:
             while True:
                 relay_ok = any((m := RELAY_RE.match(l)) and m.group(1) == "smtp" and (m.group(2), int(m.group(3))) == want

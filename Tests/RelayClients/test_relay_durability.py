@@ -400,14 +400,17 @@ class BounceTest(unittest.TestCase):
                             for r in rcpts), f"recipient {REJECT_RCPT} not recorded as rejected: {rcpts}")
         return rec
 
-    def bounces_to(self, sender):
+    def addressed_to(self, sender):
+        """The maildir files addressed to `sender` (To, or Postfix's Delivered-To / X-Original-To)."""
         sender = sender.lower()
 
         def addressed(h):
             fields = [h.get("To", ""), h.get("Delivered-To", ""), h.get("X-Original-To", "")]
-            return any(sender in (f or "").lower() for f in fields) and \
-                (h.get_content_type() or "").lower() == "multipart/report"
+            return any(sender in (f or "").lower() for f in fields)
         return self.maildir.scan(addressed)
+
+    def bounces_to(self, sender):
+        return [(p, h) for p, h in self.addressed_to(sender) if (h.get_content_type() or "").lower() == "multipart/report"]
 
     def files_with(self, needle):
         return [p for p in self.maildir.paths() if _contains(p, needle.encode())]
@@ -421,14 +424,15 @@ class BounceTest(unittest.TestCase):
         qid = self.relay(sender, REJECT_RCPT, subject, tag)
         log(f"relayed {qid} from {sender} to {REJECT_RCPT}")
         rec = self.wait_failed(qid)
-        found = wait_until(lambda: self.bounces_to(sender), 60, interval=0.5)
-        self.assertTrue(found, f"no multipart/report addressed to {sender} in {POSTFIX.maildir}/new within 60 s of the "
+        found = wait_until(lambda: self.addressed_to(sender), 60, interval=0.5)
+        self.assertTrue(found, f"no message addressed to {sender} in {POSTFIX.maildir}/new within 60 s of the "
                                f"failure (message {qid}: {rec.get('status')}, last_error {rec.get('last_error')!r})\n"
                                f"Postfix log lines naming {sender}: {POSTFIX.log_lines(sender)[-10:]}\n"
                                + self.daemon.diagnostics(25))
         time.sleep(3)  # a second copy would show now
-        found = self.bounces_to(sender)
-        self.assertEqual(len(found), 1, f"expected exactly one DSN to {sender}, got {[p for p, _ in found]}")
+        found = self.addressed_to(sender)
+        self.assertEqual(len(found), 1, f"expected exactly one message (the DSN) to {sender}, got "
+                                        f"{[(p, h.get('Content-Type'), h.get('Subject')) for p, h in found]}")
         path = found[0][0]
         dsn = Maildir.full(path)
         log(f"DSN {path}: From {dsn['From']!r}, Return-Path {dsn['Return-Path']!r}, Subject {dsn['Subject']!r}")

@@ -104,7 +104,7 @@ public enum Bounce {
             }
             text += "Action: failed\r\n"
             text += "Status: \(f.status)\r\n"
-            if let remote = f.remoteMTA, !remote.isEmpty { text += "Remote-MTA: dns; \(oneLine(remote))\r\n" }
+            if let remote = f.remoteMTA.map(hostPart), !remote.isEmpty { text += "Remote-MTA: dns; \(oneLine(remote))\r\n" }
             text += "Diagnostic-Code: smtp; \(oneLine(f.diagnostic))\r\n"
             text += "Last-Attempt-Date: \(date)\r\n"
         }
@@ -136,6 +136,16 @@ public enum Bounce {
             i += 1
         }
         return bytes
+    }
+
+    /// `host:port` (or `[v6]:port`, or a URL) -> the host, for Remote-MTA's `dns` type.
+    static func hostPart(_ destination: String) -> String {
+        var d = Substring(destination)
+        if let scheme = d.range(of: "://") { d = d[scheme.upperBound...] }
+        if let slash = d.firstIndex(of: "/") { d = d[..<slash] }
+        if d.hasPrefix("["), let close = d.firstIndex(of: "]") { return String(d[d.index(after: d.startIndex)..<close]) }
+        if d.filter({ $0 == ":" }).count == 1, let colon = d.firstIndex(of: ":") { d = d[..<colon] }
+        return String(d)
     }
 
     static func oneLine(_ s: String) -> String {
