@@ -116,12 +116,19 @@ extension SMTPConnection {
         if let size = envelope.size, capabilities.sizeLimit != nil { mailParameters.append("SIZE=\(size)") }
         if envelope.eightBitMIME && capabilities.eightBitMIME { mailParameters.append("BODY=8BITMIME") }
         if envelope.requiresSMTPUTF8 { mailParameters.append("SMTPUTF8") }
-        if capabilities.dsn, let ret = configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
-        var rcptParameters: [String] = []
-        if capabilities.dsn, let notify = configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
-
+        let dsn = envelope.dsn
+        if capabilities.dsn, let ret = dsn?.ret ?? configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
+        if capabilities.dsn, let envid = dsn?.envid { mailParameters.append("ENVID=\(envid)") }
         let mail = SMTPCommand.mailFrom(envelope.from, parameters: mailParameters)
-        let rcpts = envelope.recipients.map { SMTPCommand.rcptTo($0, parameters: rcptParameters) }
+        let rcpts = envelope.recipients.map { address -> SMTPCommand in
+            var rcptParameters: [String] = []
+            if capabilities.dsn {
+                let key = address.lowercased()
+                if let notify = dsn?.notify[key] ?? configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
+                if let orcpt = dsn?.orcpt[key] { rcptParameters.append("ORCPT=\(orcpt)") }
+            }
+            return SMTPCommand.rcptTo(address, parameters: rcptParameters)
+        }
         // Validate everything before the first byte leaves.
         try mail.validate()
         for rcpt in rcpts { try rcpt.validate() }

@@ -11,13 +11,36 @@ public struct SMTPEnvelope: Sendable, Hashable {
     public var eightBitMIME: Bool
     /// The message size in bytes, when known (sent as SIZE=, checked against the server's limit).
     public var size: Int?
+    /// This message's own DSN parameters (RFC 3461), passed on when the server offers DSN; they
+    /// take the place of `mail.smtp.dsn.ret` / `mail.smtp.dsn.notify`.
+    public var dsn: SMTPDSNParameters?
 
-    public init(from: String, recipients: [String], requiresSMTPUTF8: Bool = false, eightBitMIME: Bool = false, size: Int? = nil) {
+    public init(from: String, recipients: [String], requiresSMTPUTF8: Bool = false, eightBitMIME: Bool = false, size: Int? = nil,
+                dsn: SMTPDSNParameters? = nil) {
+        self.dsn = dsn
         self.from = from
         self.recipients = recipients
         self.requiresSMTPUTF8 = requiresSMTPUTF8
         self.eightBitMIME = eightBitMIME
         self.size = size
+    }
+}
+
+/// A message's DSN parameters as its submitter gave them (RFC 3461): RET and ENVID for the
+/// message, NOTIFY and ORCPT per recipient (keyed by the recipient's address, lower-cased).
+public struct SMTPDSNParameters: Sendable, Hashable {
+    public var ret: String?
+    /// xtext, as received.
+    public var envid: String?
+    public var notify: [String: String]
+    /// `addr-type;xtext`, as received.
+    public var orcpt: [String: String]
+
+    public init(ret: String? = nil, envid: String? = nil, notify: [String: String] = [:], orcpt: [String: String] = [:]) {
+        self.ret = ret
+        self.envid = envid
+        self.notify = notify
+        self.orcpt = orcpt
     }
 }
 

@@ -311,7 +311,7 @@ public final class SMTPTransport: MailTransport {
             }
             self.profile = profile
             self.envelope = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
-                                         eightBitMIME: envelope.eightBitMIME, size: size)
+                                         eightBitMIME: envelope.eightBitMIME, size: size, dsn: envelope.dsn)
             self.start = start
             self.rest = rest
             self.prepared = SMTPConnection.prepare(envelope: self.envelope, start: start, for: profile)
@@ -329,7 +329,8 @@ public final class SMTPTransport: MailTransport {
             var rest = stream.makeAsyncIterator()
             guard let start = try? await SMTPBodyStart.read(from: &rest), start.isComplete else { return nil }
             let sized = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
-                                     eightBitMIME: envelope.eightBitMIME, size: envelope.size.map { _ in start.messageByteCount })
+                                     eightBitMIME: envelope.eightBitMIME, size: envelope.size.map { _ in start.messageByteCount },
+                                     dsn: envelope.dsn)
             guard let prepared = SMTPConnection.prepare(envelope: sized, start: start, for: profile) else { return nil }
             return Outgoing(profile: profile, envelope: sized, start: start, rest: rest, prepared: prepared)
         }
@@ -364,8 +365,9 @@ public final class SMTPTransport: MailTransport {
             }
             let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
             let sizeNeeded = (caps.sizeLimit ?? 0) > 0
+            let dsn = given?.dsn.map { SMTPDSNParameters(ret: $0.ret, envid: $0.envid, notify: $0.notify, orcpt: $0.orcpt) }
             return (SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: needsUTF8,
-                                 eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil),
+                                 eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil, dsn: dsn),
                     content.byteStream(options: options))
         }
     }

@@ -294,7 +294,7 @@ public final class Dispatcher: Service, Sendable {
             result = .failure(DeliveryError(kind: .permanent, message: "the message has no recipient left to send to"))
         } else {
             do {
-                let envelope = Envelope(from: message.from, recipients: open)
+                let envelope = Envelope(from: message.from, recipients: open, dsn: message.origin.flatMap { Dispatcher.dsn($0, recipients: message.recipients.map(\.address)) })
                 // A relayed message goes on as it was received (malformed headers included).
                 let content: any MailContent = message.origin != nil
                     ? RelayedMessage(bytes: claimed.content, envelope: envelope) : try RawMessage(bytes: claimed.content)
@@ -343,6 +343,18 @@ public final class Dispatcher: Service, Sendable {
         } catch {
             logger.error("the delivery status notification for \(message.id) could not be queued: \(error)")
         }
+    }
+
+    /// A relayed message's DSN parameters, for the transport to pass on; nil when it had none.
+    /// `recipients`: the message's, in the order they were stored (the order of the lists).
+    static func dsn(_ origin: MessageOrigin, recipients: [String]) -> EnvelopeDSN? {
+        var notify: [String: String] = [:], orcpt: [String: String] = [:]
+        for (i, address) in recipients.enumerated() {
+            if i < origin.notify.count, !origin.notify[i].isEmpty { notify[address.lowercased()] = origin.notify[i] }
+            if i < origin.orcpt.count, !origin.orcpt[i].isEmpty { orcpt[address.lowercased()] = origin.orcpt[i] }
+        }
+        if origin.ret == nil && origin.envid == nil && notify.isEmpty && orcpt.isEmpty { return nil }
+        return EnvelopeDSN(ret: origin.ret, envid: origin.envid, notify: notify, orcpt: orcpt)
     }
 
     /// nil: go ahead (and counted); otherwise seconds to wait.
