@@ -48,6 +48,16 @@ enum Convert {
     static func list(_ s: String) -> [String] {
         s.split(whereSeparator: { $0.isWhitespace || $0 == "," }).map(String.init)
     }
+
+    /// A whole number inside `range`.
+    static func integer(_ range: ClosedRange<Int>) -> (String) -> Int? {
+        { Int($0).flatMap { range.contains($0) ? $0 : nil } }
+    }
+
+    /// A time greater than zero.
+    static func positiveTime(_ s: String) -> Duration? {
+        TimeValue.parse(s).flatMap { $0 > .zero ? $0 : nil }
+    }
 }
 
 // MARK: - Interpretation
@@ -241,14 +251,8 @@ extension ConfigurationReader {
     }
 
     mutating func interpretOutbox(_ configuration: inout OutboxConfiguration) {
-        let known = OptionTable.outbox.map(\.name)
         var s = OutboxSettings()
-        for key in outboxOrder where !known.contains(key) {
-            guard let entry = outbox[key] else { continue }
-            var message = "is not a setting of [outbox] (valid: \(known.joined(separator: ", ")))"
-            if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
-            problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
-        }
+        reportUnknownKeys(outboxOrder, in: outbox, known: OptionTable.outbox.map(\.name), what: "a setting of [outbox]")
         func d(_ name: String) -> OptionDescriptor { OptionTable.descriptor(outbox: name)! }
         let urlMessage = "is not an https:// or http:// URL"
         if let v = typed(outbox["data-directory"], sourceKey: "outbox.data-directory", descriptor: d("data-directory"), { $0 }, invalid: "") { s.dataDirectory = v }
@@ -266,9 +270,8 @@ extension ConfigurationReader {
         if let v = typed(outbox["google-token-url"], sourceKey: "outbox.google-token-url", descriptor: d("google-token-url"), { Convert.isHTTPURL($0) ? $0 : nil }, invalid: urlMessage) { s.googleTokenURL = v }
         s.apiTokens = secretValue(outbox["api-tokens"], sourceKey: "outbox.api-tokens")
         if let v = typed(outbox["require-api-token"], sourceKey: "outbox.require-api-token", descriptor: d("require-api-token"), Convert.bool, invalid: "is not true or false") { s.requireAPIToken = v }
-        func integer(_ range: ClosedRange<Int>) -> (String) -> Int? { { Int($0).flatMap { range.contains($0) ? $0 : nil } } }
+        let integer = Convert.integer, positiveTime = Convert.positiveTime
         func time(_ v: String) -> Duration? { TimeValue.parse(v) }
-        func positiveTime(_ v: String) -> Duration? { TimeValue.parse(v).flatMap { $0 > .zero ? $0 : nil } }
         if let v = typed(outbox["max-request-size"], sourceKey: "outbox.max-request-size", descriptor: d("max-request-size"), integer(1024...Int(Int32.max)), invalid: "is not a number of bytes from 1024 to 2147483647") { s.maxRequestSize = v }
         if let v = typed(outbox["delivery-concurrency"], sourceKey: "outbox.delivery-concurrency", descriptor: d("delivery-concurrency"), integer(1...1000), invalid: "is not an integer from 1 to 1000") { s.deliveryConcurrency = v }
         if let v = typed(outbox["lease-time"], sourceKey: "outbox.lease-time", descriptor: d("lease-time"), positiveTime, invalid: Self.timeMessage + " greater than 00:00:00") { s.leaseTime = v }
@@ -280,6 +283,16 @@ extension ConfigurationReader {
         if let v = typed(outbox["mailbox-concurrency"], sourceKey: "outbox.mailbox-concurrency", descriptor: d("mailbox-concurrency"), integer(0...1000), invalid: "is not an integer from 0 (no limit) to 1000") { s.mailboxConcurrency = v }
         if let v = typed(outbox["shutdown-deadline"], sourceKey: "outbox.shutdown-deadline", descriptor: d("shutdown-deadline"), time, invalid: Self.timeMessage) { s.shutdownDeadline = v }
         configuration.outbox = s
+    }
+
+    /// Reports each key of `order` that is not one of `known`, with the closest known one.
+    mutating func reportUnknownKeys(_ order: [String], in entries: [String: RawEntry], known: [String], what: String) {
+        for key in order where !known.contains(key) {
+            guard let entry = entries[key] else { continue }
+            var message = "is not \(what) (valid: \(known.joined(separator: ", ")))"
+            if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
+            problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
+        }
     }
 
     mutating func interpretSecrets(_ configuration: inout OutboxConfiguration) {

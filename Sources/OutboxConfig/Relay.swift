@@ -156,7 +156,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
             withUnsafeMutableBytes(of: &a) { $0.copyBytes(from: address) }
             var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
             inet_ntop(AF_INET6, &a, &buffer, socklen_t(buffer.count))
-            text = String(cString: buffer)
+            text = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
         return prefix == address.count * 8 ? text : "\(text)/\(prefix)"
     }
@@ -251,17 +251,10 @@ extension OptionTable {
 
 extension ConfigurationReader {
     mutating func interpretRelay(_ configuration: inout OutboxConfiguration) {
-        let known = OptionTable.relay.map(\.name)
         var r = RelaySettings()
-        for key in relayOrder where !known.contains(key) {
-            guard let entry = relay[key] else { continue }
-            var message = "is not a setting of [relay] (valid: \(known.joined(separator: ", ")))"
-            if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
-            problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
-        }
+        reportUnknownKeys(relayOrder, in: relay, known: OptionTable.relay.map(\.name), what: "a setting of [relay]")
         func d(_ name: String) -> OptionDescriptor { OptionTable.descriptor(relay: name)! }
-        func integer(_ range: ClosedRange<Int>) -> (String) -> Int? { { Int($0).flatMap { range.contains($0) ? $0 : nil } } }
-        func positiveTime(_ v: String) -> Duration? { TimeValue.parse(v).flatMap { $0 > .zero ? $0 : nil } }
+        let integer = Convert.integer, positiveTime = Convert.positiveTime
         func listenList(_ v: String) -> [String]? {
             let list = Convert.list(v)
             return list.allSatisfy(Convert.isListenAddress) ? list : nil
@@ -350,13 +343,7 @@ extension ConfigurationReader {
         for name in clients.keys.sorted() {
             let entries = clients[name] ?? [:]
             let header = clientHeaders[name] ?? ConfigurationLocation(file: fileName, line: nil)
-            let known = OptionTable.clientSection.map(\.name)
-            for key in entries.keys.sorted() where !known.contains(key) {
-                guard let entry = entries[key] else { continue }
-                var message = "is not a key of [client-\(name)] (valid: \(known.joined(separator: ", ")))"
-                if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
-                problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
-            }
+            reportUnknownKeys(entries.keys.sorted(), in: entries, known: OptionTable.clientSection.map(\.name), what: "a key of [client-\(name)]")
             let user = entries["user"].map(\.value).flatMap { $0.isEmpty ? nil : $0 }
             if let entry = entries["user"] { sources["client-\(name).user"] = entry.source }
             let hash = secretValue(entries["password-hash"], sourceKey: "client-\(name).password-hash")

@@ -73,8 +73,9 @@ public struct RawMessage: MailContent {
         (self.parsedEnvelope, self.requiresSMTPUTF8) = RawMessage.envelopeAndUTF8(fields: fields, headerBytes: headerBytes)
     }
 
-    /// The offset just past the blank line ending the header section.
-    static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
+    /// The offset just past the blank line ending the header section (CRLF or bare LF line ends),
+    /// or nil when there is none.
+    public static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
         var i = from
         while i < b.count {
             if b[i] == 10 {

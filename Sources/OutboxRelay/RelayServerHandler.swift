@@ -14,7 +14,8 @@ public protocol RelaySessionDelegate: Sendable {
     func sessionEnded(_ summary: RelaySessionSummary)
 }
 
-/// The identity a session authenticated as (a reference type so the session need not copy it).
+/// The identity a session authenticated as, without its password hash (which stays in the
+/// configuration and never travels with a message).
 public struct ClientIdentityRef: Sendable {
     public var name: String
     public var user: String
@@ -223,7 +224,8 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Reads message bytes; true when the message (or chunk) ended and processing goes on.
     private func readMessageBytes(context: ChannelHandlerContext) -> Bool {
-        guard var decoder else { return false }
+        // Taken out while it works, so its buffer is never shared (no copy on write per read).
+        guard var decoder = self.decoder.take() else { return false }
         if let remaining = machine.chunkRemaining {
             let n = decoder.decodeChunk(&buffer, upTo: remaining)
             let complete = machine.chunkBytesRead(n)
@@ -298,8 +300,6 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             write(reply)
             if reply.code == 421 && closeReason == "client closed the connection" { closeReason = reply.description }
             if reply.code == 221 { closeReason = "quit" }
-            close(context: context)
-        case .close:
             close(context: context)
         case .startTLS(let reply):
             write(reply)

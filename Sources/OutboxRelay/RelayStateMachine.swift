@@ -110,8 +110,6 @@ public struct RelayStateMachine: Sendable {
         case receiveChunk(size: Int)
         /// The message is complete: check it, commit it, then call `committed`.
         case commit(RelayEnvelope)
-        /// Write the reply (421 while shutting down) and close.
-        case close
     }
 
     public private(set) var policy: RelaySessionPolicy
@@ -433,7 +431,7 @@ public struct RelayStateMachine: Sendable {
         }
     }
 
-    private mutating func cancelledOrUndecodable(_ bytes: [UInt8]) -> Action? {
+    private mutating func cancelled(_ bytes: [UInt8]) -> Action? {
         if bytes == [UInt8(ascii: "*")] {
             state = .command
             return error(RelayReply(501, "5.0.0", "Authentication cancelled"))
@@ -442,7 +440,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     private mutating func authPLAINResponse(_ bytes: [UInt8]) -> Action {
-        if let cancelled = cancelledOrUndecodable(bytes) { return cancelled }
+        if let cancelled = cancelled(bytes) { return cancelled }
         state = .command
         // An empty initial response ("=") is an empty message: no credentials.
         guard let decoded = Base64Decoder.decode(bytes == [UInt8(ascii: "=")] ? [] : bytes) else {
@@ -461,7 +459,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     private mutating func authLOGINUser(_ bytes: [UInt8]) -> Action {
-        if let cancelled = cancelledOrUndecodable(bytes) { return cancelled }
+        if let cancelled = cancelled(bytes) { return cancelled }
         guard let decoded = Base64Decoder.decode(bytes), let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
             state = .command
             return error(RelayReply(501, "5.5.2", "Cannot decode the user name (not base64)"))
@@ -471,7 +469,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     private mutating func authLOGINPassword(user: String, _ bytes: [UInt8]) -> Action {
-        if let cancelled = cancelledOrUndecodable(bytes) { return cancelled }
+        if let cancelled = cancelled(bytes) { return cancelled }
         guard let decoded = Base64Decoder.decode(bytes), let password = String(validating: decoded, as: UTF8.self) else {
             state = .command
             return error(RelayReply(501, "5.5.2", "Cannot decode the password (not base64)"))

@@ -120,14 +120,20 @@ extension SMTPConnection {
         if capabilities.dsn, let ret = dsn?.ret ?? configuration.dsnRet { mailParameters.append("RET=\(ret.uppercased())") }
         if capabilities.dsn, let envid = dsn?.envid { mailParameters.append("ENVID=\(envid)") }
         let mail = SMTPCommand.mailFrom(envelope.from, parameters: mailParameters)
-        let rcpts = envelope.recipients.map { address -> SMTPCommand in
-            var rcptParameters: [String] = []
-            if capabilities.dsn {
+        var rcptParameters: [String] = []
+        if capabilities.dsn, let notify = configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
+        let rcpts: [SMTPCommand]
+        if capabilities.dsn, let dsn, !dsn.notify.isEmpty || !dsn.orcpt.isEmpty {
+            // A relayed message's own NOTIFY and ORCPT, per recipient.
+            rcpts = envelope.recipients.map { address in
                 let key = address.lowercased()
-                if let notify = dsn?.notify[key] ?? configuration.dsnNotify { rcptParameters.append("NOTIFY=\(notify.uppercased())") }
-                if let orcpt = dsn?.orcpt[key] { rcptParameters.append("ORCPT=\(orcpt)") }
+                var parameters: [String] = []
+                if let notify = dsn.notify[key] ?? configuration.dsnNotify { parameters.append("NOTIFY=\(notify.uppercased())") }
+                if let orcpt = dsn.orcpt[key] { parameters.append("ORCPT=\(orcpt)") }
+                return SMTPCommand.rcptTo(address, parameters: parameters)
             }
-            return SMTPCommand.rcptTo(address, parameters: rcptParameters)
+        } else {
+            rcpts = envelope.recipients.map { SMTPCommand.rcptTo($0, parameters: rcptParameters) }
         }
         // Validate everything before the first byte leaves.
         try mail.validate()

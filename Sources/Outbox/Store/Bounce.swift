@@ -113,7 +113,7 @@ public enum Bounce {
         text += headersOnly ? "Content-Type: text/rfc822-headers\r\n\r\n" : "Content-Type: message/rfc822\r\n\r\n"
         var bytes = Array(text.utf8)
         if headersOnly {
-            bytes += headerSection(original)
+            bytes += original[..<(RawMessage.headerEnd(original, from: 0) ?? original.count)]
         } else {
             bytes += original
             if original.last != 10 { bytes += [13, 10] }
@@ -125,17 +125,6 @@ public enum Bounce {
         bounce.id = id
         bounce.origin = MessageOrigin(kind: "bounce", client: message.id, ret: nil, envid: nil, notify: [], orcpt: [])
         return bounce
-    }
-
-    /// The header section with its blank line (or the whole message when it has none).
-    static func headerSection(_ bytes: [UInt8]) -> [UInt8] {
-        var i = 0
-        while i + 1 < bytes.count {
-            if bytes[i] == 10 && bytes[i + 1] == 10 { return Array(bytes[...(i + 1)]) }
-            if bytes[i] == 10 && i + 2 < bytes.count && bytes[i + 1] == 13 && bytes[i + 2] == 10 { return Array(bytes[...(i + 2)]) }
-            i += 1
-        }
-        return bytes
     }
 
     /// `host:port` (or `[v6]:port`, or a URL) -> the host, for Remote-MTA's `dns` type.
