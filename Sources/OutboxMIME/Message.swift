@@ -48,9 +48,14 @@ public protocol MailContent: Sendable {
     var requiresSMTPUTF8: Bool { get }
     /// The exact bytes to send: CRLF line ends, not dot-stuffed (the SMTP layer dot-stuffs).
     func byteStream(options: MIMEEncodingOptions) -> MessageByteStream
+    /// The number of octets `byteStream` produces, when it is known without producing them
+    /// (nil: count them).
+    var knownByteCount: Int? { get }
 }
 
 extension MailContent {
+    public var knownByteCount: Int? { nil }
+
     /// The envelope with IDNA (Punycode) domains, for a server without SMTPUTF8.
     public func asciiEnvelope() throws(MIMEError) -> Envelope {
         let e = try envelope()

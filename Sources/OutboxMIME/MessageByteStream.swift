@@ -18,6 +18,9 @@ enum Segment: Sendable {
     /// A file (the body of a .eml) from `offset` on, with bare LF turned into CRLF and a final
     /// CRLF added when missing.
     case rawFile(path: String, offset: Int)
+    /// Bytes stored elsewhere in `count` numbered pieces (a large message's chunks in the
+    /// queue's store), read one at a time when they are needed.
+    case pieces(count: Int, read: @Sendable (Int) async throws -> ByteBuffer?)
 }
 
 /// The bytes of a message as an async sequence of chunks of about 64 KiB.
@@ -65,21 +68,23 @@ public struct MessageByteStream: AsyncSequence, Sendable {
         private var reader: FileReader?
         private var carry: [UInt8] = []
         private var lastByte: UInt8 = 0
+        /// The piece being copied out (`.pieces`).
+        private var piece: ByteBuffer?
 
         init(build: @escaping @Sendable () throws(MIMEError) -> [Segment]) {
             self.build = build
         }
 
         public mutating func next() async throws -> ByteBuffer? {
-            try nextChunk()
+            try await nextChunk()
         }
 
         /// Runs on the caller's actor: producing a chunk never needs an executor hop.
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> ByteBuffer? {
-            try nextChunk()
+            try await nextChunk()
         }
 
-        mutating func nextChunk() throws -> ByteBuffer? {
+        mutating func nextChunk(isolation actor: isolated (any Actor)? = #isolation) async throws -> ByteBuffer? {
             if let b = build {
                 build = nil
                 segments = try b()
@@ -128,6 +133,21 @@ public struct MessageByteStream: AsyncSequence, Sendable {
                         }
                         out.writeBytes(normalized)
                     }
+                case .pieces(let count, let read):
+                    if piece == nil || piece?.readableBytes == 0 {
+                        guard offset < count else {
+                            piece = nil
+                            advance()
+                            continue
+                        }
+                        guard let next = try await read(offset) else {
+                            throw MIMEError(.fileUnreadable, "piece \(offset) of \(count) of the stored message is missing")
+                        }
+                        piece = next
+                        offset += 1
+                    }
+                    let n = Swift.min(piece!.readableBytes, size - out.readableBytes)
+                    if var slice = piece!.readSlice(length: n) { out.writeBuffer(&slice) }
                 }
             }
             return out.readableBytes == 0 ? nil : out

@@ -63,11 +63,9 @@ public struct MessageDecoder: Sendable {
     /// message ended (the rest of `buffer`, pipelined commands, stays unread).
     public mutating func decodeDotTerminated(_ buffer: inout ByteBuffer) -> Bool {
         precondition(!ended)
-        while let byte = buffer.readInteger(as: UInt8.self) {
-            if step(byte, dotTerminated: true) {
-                ended = true
-                return true
-            }
+        if decode(&buffer, max: buffer.readableBytes, dotTerminated: true) {
+            ended = true
+            return true
         }
         return false
     }
@@ -75,11 +73,49 @@ public struct MessageDecoder: Sendable {
     /// BDAT: decodes up to `count` bytes of `buffer` (no dot handling); returns how many were read.
     public mutating func decodeChunk(_ buffer: inout ByteBuffer, upTo count: Int) -> Int {
         let n = min(count, buffer.readableBytes)
-        guard n > 0, let slice = buffer.readSlice(length: n) else { return 0 }
-        slice.withUnsafeReadableBytes { bytes in
-            for byte in bytes { _ = step(byte, dotTerminated: false) }
-        }
+        guard n > 0 else { return 0 }
+        _ = decode(&buffer, max: n, dotTerminated: false)
         return n
+    }
+
+    /// Reads at most `max` bytes; true at DATA's end marker. The text between line ends is
+    /// copied in runs; only CR, LF and a line's first byte go one by one through `step`.
+    private mutating func decode(_ buffer: inout ByteBuffer, max: Int, dotTerminated: Bool) -> Bool {
+        var left = max
+        while left > 0 {
+            if case .middle = position {
+                let span = buffer.withUnsafeReadableBytes { bytes -> Int in
+                    let n = Swift.min(left, bytes.count)
+                    var i = 0
+                    while i < n {
+                        let b = bytes[i]
+                        if b == 13 || b == 10 { break }
+                        i += 1
+                    }
+                    return i
+                }
+                if span > 0 {
+                    emit(run: &buffer, count: span)
+                    left -= span
+                    continue
+                }
+            }
+            guard let byte = buffer.readInteger(as: UInt8.self) else { return false }
+            left -= 1
+            if step(byte, dotTerminated: dotTerminated) { return true }
+        }
+        return false
+    }
+
+    /// `count` ordinary bytes from `buffer`, kept up to the limit.
+    private mutating func emit(run buffer: inout ByteBuffer, count: Int) {
+        let room = Swift.max(0, limit - decodedCount)
+        decodedCount += count
+        if count > room { oversized = true }
+        if room > 0, var slice = buffer.getSlice(at: buffer.readerIndex, length: Swift.min(count, room)) {
+            output.writeBuffer(&slice)
+        }
+        buffer.moveReaderIndex(forwardBy: count)
     }
 
     /// BDAT LAST: a CR left waiting at the very end is a bare CR.

@@ -62,6 +62,11 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
 public protocol RelayQueue: Sendable {
     /// Commits the message (fsync'd) and returns its id.
     func enqueue(_ message: NewMessage) async throws -> String
+    /// Writes one chunk of a large message's content before its `enqueue` (committed when it
+    /// returns).
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async throws
+    /// Removes the chunks of a message that was not queued.
+    func discardChunks(messageID: String) async throws
 }
 
 /// The SMTP submission listener: binds `listen` and `listen-tls`, runs one `RelayServerHandler`
@@ -272,17 +277,19 @@ public final class RelayServer: Service, Sendable {
         return outcome
     }
 
-    func commit(envelope: RelayEnvelope, content: ByteBuffer, session: RelaySessionInfo, identity: ClientIdentityRef?,
+    func commit(envelope: RelayEnvelope, message received: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
                 client: SocketAddress?, settings: RelaySettings) async -> Result<String, RelayReplyError> {
+        let content = received.head
         let facts = RelayMessage.headerFacts(content)
         let clientText = client?.ipAddress ?? "unknown"
         if let problem = RelayMessage.senderProblem(facts, identity: identity) {
+            await discardChunks(messageID: received.id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "sender_not_allowed").increment()
             logger.notice("relay message refused", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
                                                                               result: "refused: \(problem.description)"))
             return .failure(RelayReplyError(problem))
         }
-        let id = UUID().uuidString.lowercased()
+        let id = received.id
         let hostname = settings.effectiveHostname
         let added = RelayMessage.addedHeaders(facts: facts, settings: settings, session: session, envelope: envelope, client: clientText,
                                               id: id, hostname: hostname, now: Date())
@@ -293,19 +300,40 @@ public final class RelayServer: Service, Sendable {
         let messageID = facts.messageID ?? (settings.addMessageID ? "<\(id)@\(hostname)>" : nil)
         var message = NewMessage(from: envelope.sender, recipients: envelope.recipients.map(\.address), content: bytes, messageID: messageID)
         message.id = id
+        message.chunkCount = received.chunkCount
+        message.chunkedSize = received.chunkedSize
+        let size = bytes.count + received.chunkedSize
         message.origin = MessageOrigin(kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
                                        notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
         do {
             let stored = try await queue.enqueue(message)
             metrics.messages(result: "accepted", reason: "ok").increment()
             logger.info("relay message queued", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
-                                                                          result: "queued as \(stored)", size: bytes.count))
+                                                                          result: "queued as \(stored)", size: size))
             return .success(stored)
         } catch {
+            await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()
             logger.error("relay message not queued: the queue store failed: \(error)",
                          metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
             return .failure(RelayReplyError(RelayReply(451, "4.3.0", "Error: queue file write error, try again later")))
+        }
+    }
+
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool {
+        do {
+            try await queue.writeChunk(messageID: messageID, index: index, bytes: bytes)
+            return true
+        } catch {
+            logger.error("relay: a chunk of message \(messageID) could not be written to the queue store: \(error)")
+            return false
+        }
+    }
+
+    func discardChunks(messageID: String, count: Int = 1) async {
+        guard count > 0 else { return }
+        do { try await queue.discardChunks(messageID: messageID) } catch {
+            logger.warning("relay: the chunks of message \(messageID), which was not queued, could not be removed now (they go at the next start): \(error)")
         }
     }
 
@@ -336,10 +364,18 @@ struct RelaySession: RelaySessionDelegate {
         await server.verify(user: user, password: password, client: client)
     }
 
-    func commit(envelope: RelayEnvelope, content: ByteBuffer, session: RelaySessionInfo, identity: ClientIdentityRef?,
+    func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
                 client: SocketAddress?) async -> Result<String, RelayReplyError> {
-        await server.commit(envelope: envelope, content: content, session: session, identity: identity, client: client,
+        await server.commit(envelope: envelope, message: message, session: session, identity: identity, client: client,
                             settings: configuration.settings)
+    }
+
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool {
+        await server.writeChunk(messageID: messageID, index: index, bytes: bytes)
+    }
+
+    func discardChunks(messageID: String) async {
+        await server.discardChunks(messageID: messageID)
     }
 
     func sessionEnded(_ summary: RelaySessionSummary) {

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOSSL
@@ -8,10 +9,33 @@ public protocol RelaySessionDelegate: Sendable {
     /// Checks credentials (bcrypt off the event loops, with failure throttling).
     func verify(user: String, password: String, client: SocketAddress?) async -> RelayStateMachine.AuthOutcome
     /// Checks and commits a complete message; returns its queue id once it is durable.
-    func commit(envelope: RelayEnvelope, content: ByteBuffer, session: RelaySessionInfo, identity: ClientIdentityRef?,
+    /// `message.head` is its first bytes; `message.chunkCount` chunks written with
+    /// `writeChunk` follow.
+    func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
                 client: SocketAddress?) async -> Result<String, RelayReplyError>
+    /// Writes one chunk of a large message while it arrives (durable when it returns); false
+    /// when the store failed.
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool
+    /// Removes the chunks of a message that will not be queued.
+    func discardChunks(messageID: String) async
     /// The session ended (for the log line and the metrics).
     func sessionEnded(_ summary: RelaySessionSummary)
+}
+
+/// A message as the handler received it: its first bytes in memory, the rest (a large message)
+/// already written to the queue's store in chunks under `id`.
+public struct ReceivedMessage: Sendable {
+    public var id: String
+    public var head: ByteBuffer
+    public var chunkCount: Int
+    public var chunkedSize: Int
+
+    public init(id: String, head: ByteBuffer, chunkCount: Int = 0, chunkedSize: Int = 0) {
+        self.id = id
+        self.head = head
+        self.chunkCount = chunkCount
+        self.chunkedSize = chunkedSize
+    }
 }
 
 /// The identity a session authenticated as, without its password hash (which stays in the
@@ -45,6 +69,10 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     static let maxAuthLine = 12_288
     /// Pipelined input kept while a command waits for the delegate; beyond it, reads stop.
     static let maxBufferedInput = 64 * 1024
+    /// A message's first bytes kept in memory (its header section is read from them); the
+    /// rest goes to the store in chunks as it arrives, so a large message is never held whole.
+    static let headLimit = 1 << 20
+    static let chunkSize = 512 * 1024
 
     private var machine: RelayStateMachine
     private let delegate: any RelaySessionDelegate
@@ -61,7 +89,16 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Skipping the rest of a too-long line.
     private var discardingLine = false
     private var decoder: MessageDecoder?
+    /// The message being received: its id, its head, and its bytes past the head that are not
+    /// written yet.
+    private var messageID: String?
     private var body: ByteBuffer?
+    private var tail: ByteBuffer?
+    private var chunksWritten = 0
+    private var chunkedBytes = 0
+    /// The chunk writes so far, in order; false once one failed.
+    private var chunkWrites: EventLoopFuture<Bool>?
+    private var chunkWritesInFlight = 0
     private var timer: Scheduled<Void>?
     private var sessionTimer: Scheduled<Void>?
     private var sessionExpired = false
@@ -133,7 +170,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         timer?.cancel()
         sessionTimer?.cancel()
         machine.closed()
-        body = nil
+        abandonMessage()
         decoder = nil
         delegate.sessionEnded(RelaySessionSummary(client: remote.map(Self.describe) ?? "?", user: machine.info.authenticatedUser,
                                                   tls: machine.info.tls, messages: machine.accepted, reason: closeReason))
@@ -193,7 +230,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if paused && buffer.readableBytes >= Self.maxBufferedInput {
+        if (paused && buffer.readableBytes >= Self.maxBufferedInput) || chunkWritesInFlight > 0 {
             readPending = true
             return
         }
@@ -236,7 +273,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let last = machine.chunkIsLast
             let oversized = decoder.oversized
             if last { self.decoder = nil }
-            perform(machine.messageEnded(oversized: oversized), context: context)
+            messageEnded(oversized: oversized, last: last, context: context)
             return true
         }
         let ended = decoder.decodeDotTerminated(&buffer)
@@ -244,13 +281,76 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.decoder = decoder
         guard ended else { return false }
         self.decoder = nil
-        perform(machine.messageEnded(oversized: decoder.oversized), context: context)
+        messageEnded(oversized: decoder.oversized, last: true, context: context)
         return true
+    }
+
+    private func messageEnded(oversized: Bool, last: Bool, context: ChannelHandlerContext) {
+        let action = machine.messageEnded(oversized: oversized)
+        if last, case .commit = action {} else if last { abandonMessage() }
+        perform(action, context: context)
     }
 
     private func appendBody(_ decoder: inout MessageDecoder) {
         var chunk = decoder.take()
-        if chunk.readableBytes > 0 { body?.writeBuffer(&chunk) }
+        guard chunk.readableBytes > 0, body != nil else { return }
+        if tail == nil {
+            let room = Self.headLimit - body!.readableBytes
+            if chunk.readableBytes <= room {
+                body!.writeBuffer(&chunk)
+                return
+            }
+            if var first = chunk.readSlice(length: room) { body!.writeBuffer(&first) }
+            tail = ByteBufferAllocator().buffer(capacity: Self.chunkSize + 64 * 1024)
+        }
+        tail!.writeBuffer(&chunk)
+        if tail!.readableBytes >= Self.chunkSize { writeTail() }
+    }
+
+    /// Writes the bytes past the head gathered so far as the next chunk (writes go one after
+    /// another; reads stop while one is in flight, so at most a chunk and a read wait).
+    private func writeTail() {
+        guard let context, let id = messageID, let bytes = tail, bytes.readableBytes > 0 else { return }
+        tail = ByteBufferAllocator().buffer(capacity: Self.chunkSize + 64 * 1024)
+        let index = chunksWritten
+        chunksWritten += 1
+        chunkedBytes += bytes.readableBytes
+        chunkWritesInFlight += 1
+        let loop = context.eventLoop
+        let delegate = self.delegate
+        let previous = chunkWrites ?? loop.makeSucceededFuture(true)
+        let write = previous.flatMap { ok -> EventLoopFuture<Bool> in
+            guard ok else { return loop.makeSucceededFuture(false) }
+            let promise = loop.makePromise(of: Bool.self)
+            promise.completeWithTask { await delegate.writeChunk(messageID: id, index: index, bytes: bytes) }
+            return promise.futureResult
+        }
+        chunkWrites = write
+        write.assumeIsolated().whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.chunkWritesInFlight -= 1
+            if self.chunkWritesInFlight == 0, let context = self.context, !(self.paused && self.buffer.readableBytes >= Self.maxBufferedInput) {
+                self.resumeReading(context: context)
+            }
+        }
+    }
+
+    /// The message being received will not be queued: its chunks go (after any write in flight).
+    private func abandonMessage() {
+        body = nil
+        tail = nil
+        let id = messageID
+        let writes = chunkWrites
+        let written = chunksWritten
+        messageID = nil
+        chunkWrites = nil
+        chunksWritten = 0
+        chunkedBytes = 0
+        guard let id, written > 0, let writes else { return }
+        let delegate = self.delegate
+        writes.whenComplete { _ in
+            Task { await delegate.discardChunks(messageID: id) }
+        }
     }
 
     /// The next command line without its line end (CRLF, or a bare LF), or nil when it has not
@@ -335,22 +435,39 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             write(reply)
             flushReplies(context: context)
             startMessage(context: context)
-        case .receiveChunk:
-            if decoder == nil { startMessage(context: context) }
+        case .receiveChunk(_, let first):
+            if first || decoder == nil { startMessage(context: context) }
         case .commit(let envelope):
             paused = true
             flushReplies(context: context)
-            let content = body ?? ByteBuffer()
+            // The last bytes past the head go as the last chunk; the commit waits for every write.
+            writeTail()
+            let loop = context.eventLoop
+            let message = ReceivedMessage(id: messageID ?? Self.newMessageID(), head: body ?? ByteBuffer(),
+                                          chunkCount: chunksWritten, chunkedSize: chunkedBytes)
+            let writes = chunkWrites ?? loop.makeSucceededFuture(true)
             body = nil
+            tail = nil
+            messageID = nil
+            chunkWrites = nil
+            chunksWritten = 0
+            chunkedBytes = 0
             let delegate = self.delegate
             let remote = self.remote
             let info = machine.info
             let identity = machine.identity.map { ClientIdentityRef(name: $0.name, user: $0.user, allowedSenders: $0.allowedSenders) }
-            let promise = context.eventLoop.makePromise(of: Result<String, RelayReplyError>.self)
-            promise.completeWithTask {
-                await delegate.commit(envelope: envelope, content: content, session: info, identity: identity, client: remote)
+            let committed = writes.flatMap { ok -> EventLoopFuture<Result<String, RelayReplyError>> in
+                let promise = loop.makePromise(of: Result<String, RelayReplyError>.self)
+                promise.completeWithTask {
+                    guard ok else {
+                        await delegate.discardChunks(messageID: message.id)
+                        return .failure(RelayReplyError(RelayReply(451, "4.3.0", "Error: queue file write error, try again later")))
+                    }
+                    return await delegate.commit(envelope: envelope, message: message, session: info, identity: identity, client: remote)
+                }
+                return promise.futureResult
             }
-            promise.futureResult.assumeIsolated().whenSuccess { [weak self] result in
+            committed.assumeIsolated().whenSuccess { [weak self] result in
                 guard let self, let context = self.context else { return }
                 self.resume(self.machine.committed(result), context: context)
                 if self.sessionExpired && !self.machine.isClosed {
@@ -365,9 +482,13 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func startMessage(context: ChannelHandlerContext) {
+        abandonMessage()
         decoder = MessageDecoder(limit: machine.policy.maxMessageSize, allocator: context.channel.allocator)
+        messageID = Self.newMessageID()
         body = context.channel.allocator.buffer(capacity: 16 * 1024)
     }
+
+    static func newMessageID() -> String { UUID().uuidString.lowercased() }
 
     /// The delegate answered: carry out what follows and go on with the buffered input.
     private func resume(_ action: RelayStateMachine.Action, context: ChannelHandlerContext) {

@@ -106,8 +106,9 @@ public struct RelayStateMachine: Sendable {
         case verify(user: String, password: String)
         /// Write the reply (354) and read the message (dot-terminated).
         case receiveData(RelayReply)
-        /// Read `size` bytes of a BDAT chunk (nothing is written yet).
-        case receiveChunk(size: Int)
+        /// Read `size` bytes of a BDAT chunk (nothing is written yet); `first`: the message's
+        /// first chunk, so anything left of an earlier one (ended by RSET) is dropped.
+        case receiveChunk(size: Int, first: Bool)
         /// The message is complete: check it, commit it, then call `committed`.
         case commit(RelayEnvelope)
     }
@@ -368,8 +369,10 @@ public struct RelayStateMachine: Sendable {
         case .bdat(let size, let last):
             guard let envelope else { return error(RelayReply(503, "5.5.1", "Error: need MAIL command")) }
             if envelope.recipients.isEmpty { return error(RelayReply(554, "5.5.1", "Error: no valid recipients")) }
+            let first: Bool
+            if case .bdatIdle = state { first = false } else { first = true }
             state = .bdat(remaining: size, last: last)
-            return .receiveChunk(size: size)
+            return .receiveChunk(size: size, first: first)
         case .rset:
             resetTransaction()
             return .reply(RelayReply(250, "2.0.0", "Ok"))

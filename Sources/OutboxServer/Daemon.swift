@@ -70,6 +70,11 @@ public final class Daemon: DaemonStatusProvider, Sendable {
                 logger.warning("\(recovered) messages were being sent when Outbox last stopped; they will be sent again and are marked as possible duplicates")
             }
         }
+        // Chunks of large messages whose sessions died with a process. SQLite has one process;
+        // instances that share PostgreSQL may be receiving now: only chunks older than a day.
+        let now = Date().timeIntervalSince1970
+        let purged = try await store.purgeOrphanChunks(before: store.kind == "sqlite" ? now : now - 86_400)
+        if purged > 0 { logger.notice("removed \(purged) chunks of messages that were being received when Outbox last stopped") }
         return store
     }
 
@@ -270,6 +275,14 @@ struct StoreRelayQueue: RelayQueue {
 
     func enqueue(_ message: NewMessage) async throws -> String {
         try await store.enqueue(message, now: Date().timeIntervalSince1970).id
+    }
+
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async throws {
+        try await store.writeChunk(messageID: messageID, index: index, bytes: bytes, now: Date().timeIntervalSince1970)
+    }
+
+    func discardChunks(messageID: String) async throws {
+        try await store.discardChunks(messageID: messageID)
     }
 }
 

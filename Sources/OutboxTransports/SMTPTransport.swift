@@ -303,7 +303,7 @@ public final class SMTPTransport: MailTransport {
             let start: SMTPBodyStart
             do {
                 if envelope.size != nil {
-                    size = try await stream.countBytes()
+                    if let known = content.knownByteCount { size = known } else { size = try await stream.countBytes() }
                 }
                 start = try await SMTPBodyStart.read(from: &rest)
             } catch {

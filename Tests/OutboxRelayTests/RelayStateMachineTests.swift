@@ -133,16 +133,32 @@ struct RelayStateMachineTests {
         _ = m.send("EHLO c")
         _ = m.send("MAIL FROM:<a@example.test>")
         _ = m.send("RCPT TO:<b@example.test>")
-        #expect(m.send("BDAT 5") == .receiveChunk(size: 5))
+        #expect(m.send("BDAT 5") == .receiveChunk(size: 5, first: true))
         let partial = m.chunkBytesRead(3)
         let whole = m.chunkBytesRead(2)
         #expect(!partial && whole)
         #expect(RelayStateMachine.reply(m.messageEnded(oversized: false))?.code == 250)
         #expect(m.code("MAIL FROM:<a@example.test>") == 503)
-        #expect(m.send("BDAT 0 LAST") == .receiveChunk(size: 0))
+        #expect(m.send("BDAT 0 LAST") == .receiveChunk(size: 0, first: false))
         let complete = m.chunkBytesRead(0)
         #expect(complete)
         guard case .commit = m.messageEnded(oversized: false) else { Issue.record("no commit"); return }
+    }
+
+    @Test("BDAT after RSET starts a new message (the earlier chunks are dropped)")
+    func bdatAfterReset() {
+        var m = RelayStateMachine(policy: policy())
+        _ = m.send("EHLO c")
+        _ = m.send("MAIL FROM:<a@example.test>")
+        _ = m.send("RCPT TO:<b@example.test>")
+        #expect(m.send("BDAT 3") == .receiveChunk(size: 3, first: true))
+        let read = m.chunkBytesRead(3)
+        #expect(read)
+        #expect(RelayStateMachine.reply(m.messageEnded(oversized: false))?.code == 250)
+        #expect(m.code("RSET") == 250)
+        _ = m.send("MAIL FROM:<a@example.test>")
+        _ = m.send("RCPT TO:<b@example.test>")
+        #expect(m.send("BDAT 2 LAST") == .receiveChunk(size: 2, first: true))
     }
 
     @Test("command errors: unknown, syntax, too many errors hang up")

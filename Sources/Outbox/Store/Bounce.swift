@@ -55,7 +55,8 @@ public enum Bounce {
 
     /// The notification: From MAILER-DAEMON, To the envelope sender, a text part, the
     /// `message/delivery-status` part and the original message (`message/rfc822`), or only its
-    /// header (`text/rfc822-headers`) with RET=HDRS or when the original is over `fullLimit`.
+    /// header (`text/rfc822-headers`) with RET=HDRS, when the original is over `fullLimit`, or
+    /// when it was stored in chunks (`original` is then its head).
     public static func make(message: StoredMessage, original: [UInt8], failures: [Failure], settings: BounceSettings, id: String,
                             now: Date = Date(), fullLimit: Int = 10 * 1024 * 1024) -> NewMessage {
         let host = settings.hostname
@@ -108,7 +109,9 @@ public enum Bounce {
             text += "Diagnostic-Code: smtp; \(oneLine(f.diagnostic))\r\n"
             text += "Last-Attempt-Date: \(date)\r\n"
         }
-        let headersOnly = origin?.ret == "HDRS" || (origin?.ret != "FULL" && original.count > fullLimit)
+        // A chunked message (over 1 MiB, stored as it arrived) is returned by its header only,
+        // as Postfix returns a message over bounce_size_limit: `original` is only its head.
+        let headersOnly = origin?.ret == "HDRS" || message.chunkCount > 0 || (origin?.ret != "FULL" && original.count > fullLimit)
         text += "\r\n--\(boundary)\r\n"
         text += headersOnly ? "Content-Type: text/rfc822-headers\r\n\r\n" : "Content-Type: message/rfc822\r\n\r\n"
         var bytes = Array(text.utf8)

@@ -296,8 +296,15 @@ public final class Dispatcher: Service, Sendable {
             do {
                 let envelope = Envelope(from: message.from, recipients: open, dsn: message.origin.flatMap { Dispatcher.dsn($0, recipients: message.recipients.map(\.address)) })
                 // A relayed message goes on as it was received (malformed headers included).
-                let content: any MailContent = message.origin != nil
-                    ? RelayedMessage(bytes: claimed.content, envelope: envelope) : try RawMessage(bytes: claimed.content)
+                let content: any MailContent
+                if message.origin != nil {
+                    // Chunks are read from the store while the transport sends: never whole.
+                    let store = self.store, id = message.id
+                    content = RelayedMessage(head: claimed.content, pieceCount: message.chunkCount, byteCount: message.size,
+                                             envelope: envelope) { index in try await store.readChunk(messageID: id, index: index) }
+                } else {
+                    content = try RawMessage(bytes: claimed.content)
+                }
                 result = .success(try await sender.send(content, envelope: envelope))
             } catch let error as MIMEError {
                 result = .failure(DeliveryError(kind: .permanent, message: "the stored message cannot be read: \(error)"))
@@ -310,11 +317,16 @@ public final class Dispatcher: Service, Sendable {
         let duration = (ContinuousClock.now - clock) / .seconds(1)
         let outcome = Dispatcher.evaluate(message: message, sentTo: open, result: result, policy: policy, now: now(),
                                           startedAt: started, duration: duration, random: random(), instance: instanceID)
+        // A notification for the sender goes in the same transaction as the outcome.
+        let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
-            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, now: now())
+            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: now())
             if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
-            if held, let bounce = settings.bounce {
-                await self.bounce(message: message, content: claimed.content, outcome: outcome, settings: bounce)
+            if held, let notification {
+                logger.notice("delivery status notification queued", metadata: [
+                    "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(notification.id ?? "?")",
+                    "outbox.recipients": "\(Bounce.failures(message: message, outcome: outcome).count)",
+                ])
             }
         } catch {
             logger.error("recording the outcome of \(message.id) failed: \(error); its lease will expire and it will be retried")
@@ -326,23 +338,16 @@ public final class Dispatcher: Service, Sendable {
         logger.debug("attempt", metadata: ["outbox.message_id": "\(message.id)", "outbox.status": "\(outcome.status.rawValue)"])
     }
 
-    /// Queues a delivery status notification to the sender of a relayed message whose recipients
-    /// failed for good in this attempt (the null sender never gets one).
-    private func bounce(message: StoredMessage, content: [UInt8], outcome: AttemptOutcome, settings: BounceSettings) async {
+    /// The delivery status notification to the sender of a relayed message whose recipients
+    /// failed for good in this attempt; nil when none is due (the null sender never gets one).
+    static func notification(message: StoredMessage, content: [UInt8], outcome: AttemptOutcome, settings: BounceSettings) -> NewMessage? {
         let failures = Bounce.failures(message: message, outcome: outcome)
-        guard !failures.isEmpty else { return }
+        guard !failures.isEmpty else { return nil }
         // Derived from the message and attempt, so a repeated record cannot queue it twice.
         let id = "dsn-\(message.id)-\(outcome.attempt.number)"
         var notification = Bounce.make(message: message, original: content, failures: failures, settings: settings, id: id)
         notification.idempotencyKey = id
-        do {
-            let stored = try await store.enqueue(notification, now: now())
-            logger.notice("delivery status notification queued", metadata: [
-                "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(stored.id)", "outbox.recipients": "\(failures.count)",
-            ])
-        } catch {
-            logger.error("the delivery status notification for \(message.id) could not be queued: \(error)")
-        }
+        return notification
     }
 
     /// A relayed message's DSN parameters, for the transport to pass on; nil when it had none.

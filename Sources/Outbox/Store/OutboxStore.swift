@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// Where a queued message is in its life.
 public enum MessageStatus: String, Sendable, Codable, CaseIterable {
@@ -121,8 +122,14 @@ public struct NewMessage: Sendable {
     public var origin: MessageOrigin?
     public var from: String
     public var recipients: [String]
-    /// The final RFC 5322 bytes, sent as they are.
+    /// The final RFC 5322 bytes, sent as they are; for a large message, its first part only,
+    /// followed by `chunkCount` chunks already written with `OutboxStore.writeChunk` under `id`.
     public var content: [UInt8]
+    /// Chunks of content after `content` (a large relayed message, streamed to the store as it
+    /// arrived); `enqueue` checks that all of them are there.
+    public var chunkCount = 0
+    /// The octets in those chunks.
+    public var chunkedSize = 0
     public var messageID: String?
     public var idempotencyKey: String?
     /// A digest of the request, so a reused idempotency key with another body is refused.
@@ -168,12 +175,15 @@ public struct StoredMessage: Sendable, Hashable {
     public var leaseUntil: Double?
     /// Where it came from (relayed messages).
     public var origin: MessageOrigin?
+    /// Content chunks after the stored head (0 for a message stored whole).
+    public var chunkCount = 0
 
     public init(id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
                 idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
                 nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
-                lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil) {
+                lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0) {
         self.origin = origin
+        self.chunkCount = chunkCount
         self.id = id
         self.sequence = sequence
         self.status = status
@@ -200,6 +210,8 @@ public struct StoredMessage: Sendable, Hashable {
 /// A message claimed by a dispatcher, with the bytes to send.
 public struct ClaimedMessage: Sendable {
     public var message: StoredMessage
+    /// The content, or for a chunked message (`message.chunkCount > 0`) its head: the rest is
+    /// read chunk by chunk with `OutboxStore.readChunk`, never held whole.
     public var content: [UInt8]
     /// True when the claim took over an expired lease: the previous attempt's outcome is unknown.
     public var tookOverExpiredLease: Bool
@@ -257,8 +269,21 @@ public protocol OutboxStore: Sendable {
     /// sending with an expired lease) for `owner` until `now + lease`.
     func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
     /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
+    /// `notification` (a delivery status notification) is queued in the same transaction, only
+    /// when the outcome was recorded: a crash can lose neither without the other.
     @discardableResult
-    func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool
+    func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool
+    /// Writes one chunk of a large message's content ahead of `enqueue` (committed when it
+    /// returns). Chunks whose message never comes are removed by `purgeOrphanChunks`.
+    func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws
+    /// Reads chunk `index` of a message's content; nil when there is none.
+    func readChunk(messageID: String, index: Int) async throws -> ByteBuffer?
+    /// Removes the chunks of a message that was not queued (refused, or the client went away).
+    func discardChunks(messageID: String) async throws
+    /// Removes chunks written before `before` that belong to no message (a process that died
+    /// while it received a large message). Returns how many.
+    @discardableResult
+    func purgeOrphanChunks(before: Double) async throws -> Int
     /// Gives a claimed message back to the queue without an attempt (rate limit): only for a
     /// message whose sending has not started.
     func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws
@@ -281,6 +306,14 @@ public protocol OutboxStore: Sendable {
     /// Checks the store answers.
     func ping() async throws
     func close() async throws
+}
+
+extension OutboxStore {
+    /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
+    @discardableResult
+    public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
+        try await record(id: id, owner: owner, outcome: outcome, notification: nil, now: now)
+    }
 }
 
 /// A store error that says what went wrong.

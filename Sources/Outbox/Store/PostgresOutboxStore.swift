@@ -63,6 +63,17 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         "CREATE TABLE IF NOT EXISTS outbox_schema (version BIGINT NOT NULL)",
         // Where a message came from (the relay's DSN parameters).
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS origin TEXT",
+        // Large messages' content in chunks, written as it arrives.
+        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS chunks BIGINT NOT NULL DEFAULT 0",
+        """
+        CREATE TABLE IF NOT EXISTS outbox_message_chunks (
+            message_id TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            data BYTEA NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (message_id, n)
+        )
+        """,
     ]
 
     public func migrate() async throws {
@@ -85,7 +96,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         """
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
-        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin
+        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks
         """
     }
 
@@ -95,21 +106,64 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
 
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
+        let (id, query) = Self.insert(message, now: now)
+        let inserted = try await rows(query)
+        if inserted.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
+        if inserted.isEmpty {
+            throw StoreError("message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+        }
+        return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
+    }
+
+    /// The INSERT of a new message (and its id). A chunked message is inserted only when all
+    /// its chunks are there.
+    static func insert(_ message: NewMessage, now: Double) -> (id: String, query: PostgresQuery) {
         let id = message.id ?? UUID().uuidString.lowercased()
         let recipients = StoreJSON.encode(message.recipients.map { RecipientState(address: $0) })
         let origin = message.origin.map { StoreJSON.encode($0) }
         let content = ByteBuffer(bytes: message.content)
-        let size = message.content.count
-        let inserted = try await rows("""
+        let size = message.content.count + message.chunkedSize
+        let chunks = message.chunkCount
+        let query: PostgresQuery = """
             INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                         created_at, updated_at, age_base, next_attempt_at, origin)
-            VALUES (\(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
-                    \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin))
+                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks)
+            SELECT \(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
+                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks)
+            WHERE \(chunks) = 0 OR (SELECT COUNT(*) FROM outbox_message_chunks WHERE message_id = \(id)) = \(chunks)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
+            """
+        return (id, query)
+    }
+
+    public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
+        _ = try await rows("""
+            INSERT INTO outbox_message_chunks (message_id, n, data, created_at) VALUES (\(messageID), \(index), \(bytes), \(now))
+            ON CONFLICT (message_id, n) DO UPDATE SET data = EXCLUDED.data, created_at = EXCLUDED.created_at
             """)
-        if inserted.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
-        return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
+    }
+
+    public func readChunk(messageID: String, index: Int) async throws -> ByteBuffer? {
+        guard let row = try await rows("SELECT data FROM outbox_message_chunks WHERE message_id = \(messageID) AND n = \(index)").first else {
+            return nil
+        }
+        return try row.makeRandomAccess()["data"].decode(ByteBuffer.self)
+    }
+
+    public func discardChunks(messageID: String) async throws {
+        _ = try await rows("""
+            DELETE FROM outbox_message_chunks WHERE message_id = \(messageID)
+            AND NOT EXISTS (SELECT 1 FROM outbox_messages WHERE id = \(messageID))
+            """)
+    }
+
+    @discardableResult
+    public func purgeOrphanChunks(before: Double) async throws -> Int {
+        try await rows("""
+            DELETE FROM outbox_message_chunks c WHERE c.created_at < \(before)
+            AND NOT EXISTS (SELECT 1 FROM outbox_messages m WHERE m.id = c.message_id)
+            RETURNING n
+            """).count
     }
 
     private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
@@ -166,11 +220,11 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     @discardableResult
-    public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
+    public func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool {
         let recipients = StoreJSON.encode(outcome.recipients)
         let attempt = "[" + StoreJSON.encode(outcome.attempt) + "]"
         let unknown = outcome.unknown ? 1 : 0
-        let result = try await rows("""
+        let update: PostgresQuery = """
             UPDATE outbox_messages SET status = \(outcome.status.rawValue), recipients = \(recipients),
                 attempts = attempts || \(attempt)::jsonb, attempt_count = attempt_count + 1,
                 unknown_count = unknown_count + \(unknown), possible_duplicate = GREATEST(possible_duplicate, \(unknown)),
@@ -178,8 +232,15 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
                 lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = \(now)
             WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
             RETURNING seq
-            """)
-        return !result.isEmpty
+            """
+        guard let notification else { return !(try await rows(update)).isEmpty }
+        // The outcome and the notification commit together, or neither does.
+        return try await client.withTransaction(logger: Self.logger) { connection in
+            let updated = try await connection.query(update, logger: Self.logger).collect()
+            guard !updated.isEmpty else { return false }
+            _ = try await connection.query(Self.insert(notification, now: now).query, logger: Self.logger).collect()
+            return true
+        }
     }
 
     public func expireLease(id: String, owner: String, now: Double) async throws {
@@ -257,6 +318,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Empties the queue: for tests against a shared server only.
     public func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
+        _ = try await rows("DELETE FROM outbox_message_chunks")
     }
 
     public func ping() async throws {
@@ -283,6 +345,6 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             attempts: StoreJSON.decode([AttemptRecord].self, try r["attempts"].decode(String.self)) ?? [],
             lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
             leaseUntil: try r["lease_until"].decode(Double?.self),
-            origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)))
+            origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self))
     }
 }

@@ -9,8 +9,9 @@ import SQLiteNIO
 final class SQLiteGroupCommitter: @unchecked Sendable {
     // @unchecked: `connection` is used through its own serialising API; `state` is locked.
     struct Job {
-        let sql: String
-        let binds: [SQLiteData]
+        /// One statement; or several run as one unit (its own transaction, or a savepoint
+        /// inside a group), each after the first only when the first returned rows.
+        let statements: [(sql: String, binds: [SQLiteData])]
         let continuation: CheckedContinuation<[SQLiteRow], any Error>
     }
 
@@ -22,9 +23,14 @@ final class SQLiteGroupCommitter: @unchecked Sendable {
     }
 
     func write(_ sql: String, _ binds: [SQLiteData] = []) async throws -> [SQLiteRow] {
+        try await write([(sql, binds)])
+    }
+
+    /// Runs `statements` as one unit; returns the first statement's rows.
+    func write(_ statements: [(sql: String, binds: [SQLiteData])]) async throws -> [SQLiteRow] {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[SQLiteRow], any Error>) in
             let start = state.withLockedValue { s -> Bool in
-                s.jobs.append(Job(sql: sql, binds: binds, continuation: continuation))
+                s.jobs.append(Job(statements: statements, continuation: continuation))
                 if s.flushing { return false }
                 s.flushing = true
                 return true
@@ -43,14 +49,14 @@ final class SQLiteGroupCommitter: @unchecked Sendable {
             }
             if jobs.isEmpty { return }
             if jobs.count == 1, let job = jobs.first {
-                do { job.continuation.resume(returning: try await connection.query(job.sql, job.binds)) } catch { job.continuation.resume(throwing: error) }
+                do { job.continuation.resume(returning: try await run(job, grouped: false)) } catch { job.continuation.resume(throwing: error) }
                 continue
             }
             do {
                 _ = try await connection.query("BEGIN IMMEDIATE")
                 var results: [Result<[SQLiteRow], any Error>] = []
                 for job in jobs {
-                    do { results.append(.success(try await connection.query(job.sql, job.binds))) } catch { results.append(.failure(error)) }
+                    do { results.append(.success(try await run(job, grouped: true))) } catch { results.append(.failure(error)) }
                 }
                 _ = try await connection.query("COMMIT")
                 for (job, result) in zip(jobs, results) { job.continuation.resume(with: result) }
@@ -58,6 +64,28 @@ final class SQLiteGroupCommitter: @unchecked Sendable {
                 _ = try? await connection.query("ROLLBACK")
                 for job in jobs { job.continuation.resume(throwing: error) }
             }
+        }
+    }
+
+    private func run(_ job: Job, grouped: Bool) async throws -> [SQLiteRow] {
+        guard let first = job.statements.first else { return [] }
+        if job.statements.count == 1 { return try await connection.query(first.sql, first.binds) }
+        _ = try await connection.query(grouped ? "SAVEPOINT job" : "BEGIN IMMEDIATE")
+        do {
+            let rows = try await connection.query(first.sql, first.binds)
+            if !rows.isEmpty {
+                for statement in job.statements.dropFirst() { _ = try await connection.query(statement.sql, statement.binds) }
+            }
+            _ = try await connection.query(grouped ? "RELEASE job" : "COMMIT")
+            return rows
+        } catch {
+            if grouped {
+                _ = try? await connection.query("ROLLBACK TO job")
+                _ = try? await connection.query("RELEASE job")
+            } else {
+                _ = try? await connection.query("ROLLBACK")
+            }
+            throw error
         }
     }
 }
@@ -126,6 +154,19 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         ],
         // 2: where a message came from (the relay's DSN parameters).
         ["ALTER TABLE messages ADD COLUMN origin TEXT"],
+        // 3: large messages' content in chunks, written as it arrives.
+        [
+            "ALTER TABLE messages ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE IF NOT EXISTS message_chunks (
+                message_id TEXT NOT NULL,
+                n INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (message_id, n)
+            )
+            """,
+        ],
     ]
 
     public func migrate() async throws {
@@ -147,31 +188,70 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
-        next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin
+        next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin,
+        chunks
         """
 
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
             return existing
         }
-        let id = message.id ?? UUID().uuidString.lowercased()
-        let recipients = message.recipients.map { RecipientState(address: $0) }
-        let rows = try await writer.write(
-            """
-            INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                  created_at, updated_at, age_base, next_attempt_at, origin)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)
-            ON CONFLICT(idempotency_key) DO NOTHING
-            RETURNING id
-            """,
-            [.text(id), message.idempotencyKey.map(SQLiteData.text) ?? .null, message.requestHash.map(SQLiteData.text) ?? .null,
-             .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
-             message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count),
-             .float(now), .float(now), .float(now), .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null])
+        let (id, insert) = Self.insert(message, now: now)
+        let rows = try await writer.write(insert.sql, insert.binds)
         if rows.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
             return existing
         }
+        if rows.isEmpty {
+            throw StoreError("message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+        }
         return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
+    }
+
+    /// The INSERT of a new message (and its id). A chunked message is inserted only when all
+    /// its chunks are there.
+    static func insert(_ message: NewMessage, now: Double) -> (id: String, (sql: String, binds: [SQLiteData])) {
+        let id = message.id ?? UUID().uuidString.lowercased()
+        let recipients = message.recipients.map { RecipientState(address: $0) }
+        let sql = """
+            INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
+                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks)
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11
+            WHERE ?11 = 0 OR (SELECT COUNT(*) FROM message_chunks WHERE message_id = ?1) = ?11
+            ON CONFLICT(idempotency_key) DO NOTHING
+            RETURNING id
+            """
+        let binds: [SQLiteData] = [
+            .text(id), message.idempotencyKey.map(SQLiteData.text) ?? .null, message.requestHash.map(SQLiteData.text) ?? .null,
+            .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
+            message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count + message.chunkedSize),
+            .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null, .integer(message.chunkCount),
+        ]
+        return (id, (sql, binds))
+    }
+
+    public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
+        _ = try await writer.write("INSERT OR REPLACE INTO message_chunks (message_id, n, data, created_at) VALUES (?, ?, ?, ?)",
+                                   [.text(messageID), .integer(index), .blob(bytes), .float(now)])
+    }
+
+    public func readChunk(messageID: String, index: Int) async throws -> ByteBuffer? {
+        let rows = try await connection.query("SELECT data FROM message_chunks WHERE message_id = ? AND n = ?", [.text(messageID), .integer(index)])
+        return rows.first?.column("data")?.blob
+    }
+
+    public func discardChunks(messageID: String) async throws {
+        _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+                                   [.text(messageID)])
+    }
+
+    @discardableResult
+    public func purgeOrphanChunks(before: Double) async throws -> Int {
+        let rows = try await writer.write(
+            """
+            DELETE FROM message_chunks WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.id = message_chunks.message_id)
+            RETURNING n
+            """, [.float(before)])
+        return rows.count
     }
 
     private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
@@ -219,8 +299,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     @discardableResult
-    public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {
-        let rows = try await writer.write(
+    public func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool {
+        var statements: [(sql: String, binds: [SQLiteData])] = [(
             """
             UPDATE messages SET status = ?, recipients = ?, attempts = json_insert(attempts, '$[#]', json(?)),
                 attempt_count = attempt_count + 1, unknown_count = unknown_count + ?,
@@ -232,7 +312,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             [.text(outcome.status.rawValue), .text(StoreJSON.encode(outcome.recipients)), .text(StoreJSON.encode(outcome.attempt)),
              .integer(outcome.unknown ? 1 : 0), .integer(outcome.unknown ? 1 : 0),
              outcome.nextAttemptAt.map(SQLiteData.float) ?? .null, outcome.lastError.map(SQLiteData.text) ?? .null,
-             .float(now), .text(id), .text(owner)])
+             .float(now), .text(id), .text(owner)])]
+        if let notification { statements.append(Self.insert(notification, now: now).1) }
+        let rows = try await writer.write(statements)
         return !rows.isEmpty
     }
 
@@ -358,6 +440,6 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             nextAttemptAt: d("next_attempt_at"), attemptCount: i("attempt_count"), unknownCount: i("unknown_count"),
             possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
             lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
-            origin: StoreJSON.decode(MessageOrigin.self, s("origin")))
+            origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"))
     }
 }
