@@ -96,9 +96,11 @@ swift test --skip-build --no-parallel "$@"
 # With arguments (a filter) only the Swift tests run. Otherwise the SMTP relay's acceptance
 # suites follow, against the daemon built above: real clients (smtplib, swaks, curl, msmtp,
 # Postfix as a relay client), refusals, smuggling and STARTTLS injection; then durability
-# (2,000 messages with two kill -9, delivered to this Postfix) and bounces.
+# (2,000 messages with two kill -9, delivered to this Postfix) and bounces; then a 25 MiB
+# message relayed with the daemon's memory sampled.
 if [ $# -eq 0 ]; then
   export OUTBOX_BIN=$(swift build --show-bin-path)/outbox
   bash scripts/relay-clients-test.sh
   python3 -m unittest -v Tests/RelayClients/test_relay_durability.py
+  python3 -m unittest -v Tests/RelayClients/test_relay_large.py
 fi

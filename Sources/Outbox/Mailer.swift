@@ -57,6 +57,14 @@ public final class Mailer: Service, Sendable {
         (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandOff
     }
 
+    /// The largest message the transport's destination takes, as far as it knows now.
+    public var messageSizeLimit: Int? { state.withLockedValue { $0.transport }.messageSizeLimit }
+
+    /// Learns the destination's limits ahead of the first message (an SMTP server's SIZE).
+    public func learnLimits() async {
+        await state.withLockedValue { $0.transport }.learnLimits()
+    }
+
     public func run() async throws {
         let transport = state.withLockedValue { $0.transport }
         await withGracefulShutdownHandler {

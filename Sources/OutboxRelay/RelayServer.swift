@@ -98,7 +98,9 @@ public final class RelayServer: Service, Sendable {
     public init(configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
                 drainDeadline: Duration = .seconds(20), metricsFactory: (any MetricsFactory)? = nil,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "outbox.relay"),
-                authenticator: RelayAuthenticator? = nil, onListening: @escaping @Sendable (String) -> Void = { _ in }) {
+                authenticator: RelayAuthenticator? = nil, transportSizeLimit: @escaping @Sendable () -> Int? = { nil },
+                onListening: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.transportSizeLimit = transportSizeLimit
         self.configuration = NIOLockedValueBox(configuration)
         self.queue = queue
         self.listenDefaulted = listenDefaulted
@@ -111,6 +113,10 @@ public final class RelayServer: Service, Sendable {
     }
 
     public var current: RelayRuntimeConfiguration { configuration.withLockedValue { $0 } }
+    /// What the transport's destination takes now (an SMTP server's SIZE, learnt from its
+    /// EHLO), asked at each session: SIZE advertises the smaller of it and `max-message-size`,
+    /// so that an oversized message is refused at MAIL, not failed after its 250.
+    private let transportSizeLimit: @Sendable () -> Int?
 
     /// The addresses bound, as `smtp://host:port` / `smtps://host:port`.
     public var boundAddresses: [String] { boundBox.withLockedValue { $0 } }
@@ -230,7 +236,8 @@ public final class RelayServer: Service, Sendable {
         metrics.sessions.increment()
         let policy = RelaySessionPolicy(hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
                                         implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
-                                        maxMessageSize: config.effectiveMaxMessageSize, maxRecipients: settings.maxRecipients)
+                                        maxMessageSize: min(config.effectiveMaxMessageSize, transportSizeLimit() ?? Int.max),
+                                        maxRecipients: settings.maxRecipients)
         if implicitTLS {
             guard let context = config.tlsContext else { throw RelayError("no TLS context") }
             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))

@@ -107,6 +107,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
                 listenDefaulted: configuration.source(of: "relay.listen") == .default,
                 drainDeadline: configuration.outbox.shutdownDeadline,
                 metricsFactory: PrometheusMetricsFactory(registry: api.registry), logger: logger,
+                transportSizeLimit: { [mailer] in mailer.messageSizeLimit },
                 onListening: { address in listening.withLockedValue { $0 }(address) })
         }
         api.attach(self)
@@ -264,6 +265,10 @@ public final class Daemon: DaemonStatusProvider, Sendable {
             services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
+        // The relay advertises the SMTP server's SIZE when it is smaller than max-message-size:
+        // one connection is opened at start to read it (and stays in the pool).
+        let learner = relay == nil ? nil : Task { [mailer] in await mailer.learnLimits() }
+        defer { learner?.cancel() }
         try await group.run()
         try? await store.close()
     }

@@ -110,9 +110,17 @@ public protocol MailTransport: Sendable {
     func run() async
     /// Finishes in-flight deliveries and closes every connection.
     func shutdown() async
+    /// The largest message the destination takes, as far as the transport knows now (an SMTP
+    /// server's SIZE, Graph's 150 MB); nil: no limit known.
+    var messageSizeLimit: Int? { get }
+    /// Learns the destination's limits before the first message (an SMTP server's EHLO).
+    func learnLimits() async
 }
 
 extension MailTransport {
+    public var messageSizeLimit: Int? { nil }
+    public func learnLimits() async {}
+
     public func send(_ content: any MailContent) async throws(DeliveryError) -> DeliveryReport {
         try await send(content, envelope: nil)
     }

@@ -275,6 +275,24 @@ public final class SMTPTransport: MailTransport {
         })
     }
 
+    /// The server's SIZE (RFC 1870) from the EHLO of the connections so far; nil when it gave
+    /// none, or SIZE 0 (no limit), or no connection was made yet.
+    public var messageSizeLimit: Int? {
+        current.withLockedValue { $0.profile?.capabilities.sizeLimit }.flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    /// Opens a connection (or takes an idle one) to read the server's EHLO, and gives it back to
+    /// the pool; a failure is left to the first delivery to report.
+    public func learnLimits() async {
+        do {
+            let lease = LeaseOnce(pool: pool, lease: try await pool.lease())
+            remember(lease.lease.connection.transactionProfile)
+            lease.release(.clean)
+        } catch {
+            logger.debug("the SMTP server's limits are not known yet: \(error)")
+        }
+    }
+
     /// Keeps the profile of the connections in use, for preparing the next messages.
     private func remember(_ profile: SMTPTransactionProfile) {
         current.withLockedValue { current in

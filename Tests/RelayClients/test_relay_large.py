@@ -220,5 +220,46 @@ class LargeMessageTest(unittest.TestCase):
         self.assertEqual(orphans, 0, f"{orphans} chunks of the refused message are left in the store")
 
 
+class ServerSizeTest(unittest.TestCase):
+    """The listener advertises the smaller of max-message-size and the SMTP server's SIZE (the
+    testbed Postfix: message_size_limit = 26214400), learnt from one connection at start, so an
+    oversized message is refused at MAIL and never failed after its 250."""
+
+    POSTFIX_LIMIT = 26214400
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = OutboxDaemon("size", POSTFIX, relay_extra={"max-message-size": 2 * cls.POSTFIX_LIMIT})
+        try:
+            cls.daemon.start()
+        except BaseException:
+            cls.daemon.stop()
+            cls.daemon.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        cls.daemon.cleanup()
+
+    def advertised(self):
+        with smtplib.SMTP("127.0.0.1", self.daemon.relay_port, local_hostname="client.example.test", timeout=30) as s:
+            code, _ = s.ehlo()
+            self.assertEqual(code, 250)
+            return int(s.esmtp_features.get("size", "0"))
+
+    def test_size_is_the_servers_when_smaller(self):
+        size = wait_until(lambda: (n := self.advertised()) == self.POSTFIX_LIMIT and n, 30, interval=0.5)
+        self.assertEqual(size or self.advertised(), self.POSTFIX_LIMIT,
+                         "the listener does not advertise Postfix's SIZE although max-message-size is twice as large\n"
+                         + self.daemon.diagnostics())
+        with smtplib.SMTP("127.0.0.1", self.daemon.relay_port, local_hostname="client.example.test", timeout=30) as s:
+            s.ehlo()
+            code, msg = s.mail("big@example.test", options=[f"SIZE={self.POSTFIX_LIMIT + 1}"])
+            self.assertEqual(code, 552, f"MAIL with SIZE over the server's limit answered {code} {msg!r}")
+            code, msg = s.mail("fits@example.test", options=[f"SIZE={self.POSTFIX_LIMIT - 1}"])
+            self.assertEqual(code, 250, f"MAIL with SIZE under the limit answered {code} {msg!r}")
+
+
 if __name__ == "__main__":
     unittest.main()
