@@ -25,8 +25,29 @@ import OutboxOAuth
 /// - **Authentication**: Basic `user:password`, or, with `mail.ews.auth.mechanisms = XOAUTH2`,
 ///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
 ///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
-/// - **Bcc**: the envelope recipients that are in neither To nor Cc are sent as
-///   `t:BccRecipients` after `t:MimeContent`.
+/// - **Exact recipients**: the addresses that receive the message are exactly the envelope
+///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say (Exchange takes
+///   the recipients of MimeContent from its headers).
+///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
+///     CreateItem (SendAndSaveCopy): the envelope recipients that are in neither To nor Cc
+///     (SMTP Bcc) are sent as `t:BccRecipients` after `t:MimeContent`.
+///   - Otherwise (a header recipient outside the envelope, as when a client splits one message
+///     into several transactions; a Bcc field in a relayed message; an address field that
+///     cannot be parsed): CreateItem with `MessageDisposition="SaveOnly"` saves the MIME as a
+///     draft in Drafts (the answer carries its `t:ItemId`), then one UpdateItem with
+///     `MessageDisposition="SendAndSaveCopy"` (copy in Sent Items) sets `message:ToRecipients`
+///     = To ∩ envelope, `message:CcRecipients` = Cc ∩ envelope, `message:BccRecipients` = the
+///     other envelope recipients (`SetItemField`, display names kept; `DeleteItemField` for an
+///     empty one) and sends it. Sources: office-developer-exchange-docs
+///     `web-service-reference/createitem.md` (SaveOnly), `updateitem.md` (MessageDisposition
+///     SendAndSaveCopy: "the item is updated and a copy is saved"; SendOnly: "updated and
+///     sent"), `updateitem-operation.md` (SetItemField, DeleteItemField, "applied in the order
+///     in which they are specified"), `fielduri.md` (message:ToRecipients ...). Two requests
+///     instead of CreateItem + UpdateItem + SendItem. A failure of the UpdateItem leaves the
+///     draft in Drafts.
+///   - So the To and Cc that the recipients see shrink to the recipients of this transaction:
+///     Exchange delivers to every listed recipient, so there is no other way. Envelope-only
+///     recipients are only ever Bcc.
 /// - **Errors**: ResponseClass Error with a throttling or server-side code (ErrorServerBusy,
 ///   ErrorInternalServerError, ...) is transient, any other code permanent; a SOAP fault with
 ///   ErrorServerBusy carries `BackOffMilliseconds` as ``DeliveryError/retryAfter``; 401 with a
