@@ -315,9 +315,9 @@ extension GraphTransport {
         }
     }
 
-    /// A raw message over ``maxMIMEBytes``: split while it is read (`head`, then the rest of
-    /// `stream`), the draft created from what is left, the parts taken out added as attachments.
-    func sendSplit(head: [UInt8], rest stream: inout MessageByteStream.AsyncIterator, plan: RecipientPlan, from: String,
+    /// A raw message over ``maxMIMEBytes``: split while it is read (`head`, emptied once fed,
+    /// then the rest of `stream`), the draft created from what is left, the parts taken out added as attachments.
+    func sendSplit(head: inout [UInt8], rest stream: inout MessageByteStream.AsyncIterator, plan: RecipientPlan, from: String,
                    content: any MailContent, envelope: Envelope,
                    started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
         var splitter = MIMEPartSplitter(draftLimit: Self.maxMIMEBytes)
@@ -325,6 +325,7 @@ extension GraphTransport {
         var total = head.count
         do {
             do throws(MIMEPartSplitter.Failure) { try splitter.feed(head) } catch { throw Self.splitError(error, size: total) }
+            head = []  // the caller's buffer: held no longer than needed
             while let chunk = try await stream.next() {
                 total += chunk.readableBytes
                 do throws(MIMEPartSplitter.Failure) { try splitter.feed(chunk.readableBytesView) } catch { throw Self.splitError(error, size: total) }

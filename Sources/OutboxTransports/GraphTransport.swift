@@ -153,7 +153,7 @@ public final class GraphTransport: MailTransport {
             if let message = content as? Message {
                 return try await sendLarge(message, envelope: envelope, from: from, started: started, clock: clock)
             }
-            return try await sendSplit(head: mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
+            return try await sendSplit(head: &mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
                                        started: started, clock: clock)
         }
         if !plan.headersMatch {
