@@ -25,8 +25,29 @@ import OutboxOAuth
 /// - **Authentication**: Basic `user:password`, or, with `mail.ews.auth.mechanisms = XOAUTH2`,
 ///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
 ///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
-/// - **Bcc**: the envelope recipients that are in neither To nor Cc are sent as
-///   `t:BccRecipients` after `t:MimeContent`.
+/// - **Exact recipients**: the addresses that receive the message are exactly the envelope
+///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say (Exchange takes
+///   the recipients of MimeContent from its headers).
+///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
+///     CreateItem (SendAndSaveCopy): the envelope recipients that are in neither To nor Cc
+///     (SMTP Bcc) are sent as `t:BccRecipients` after `t:MimeContent`.
+///   - Otherwise (a header recipient outside the envelope, as when a client splits one message
+///     into several transactions; a Bcc field in a relayed message; an address field that
+///     cannot be parsed): CreateItem with `MessageDisposition="SaveOnly"` saves the MIME as a
+///     draft in Drafts (the answer carries its `t:ItemId`), then one UpdateItem with
+///     `MessageDisposition="SendAndSaveCopy"` (copy in Sent Items) sets `message:ToRecipients`
+///     = To ∩ envelope, `message:CcRecipients` = Cc ∩ envelope, `message:BccRecipients` = the
+///     other envelope recipients (`SetItemField`, display names kept; `DeleteItemField` for an
+///     empty one) and sends it. Sources: office-developer-exchange-docs
+///     `web-service-reference/createitem.md` (SaveOnly), `updateitem.md` (MessageDisposition
+///     SendAndSaveCopy: "the item is updated and a copy is saved"; SendOnly: "updated and
+///     sent"), `updateitem-operation.md` (SetItemField, DeleteItemField, "applied in the order
+///     in which they are specified"), `fielduri.md` (message:ToRecipients ...). Two requests
+///     instead of CreateItem + UpdateItem + SendItem. A failure of the UpdateItem leaves the
+///     draft in Drafts.
+///   - So the To and Cc that the recipients see shrink to the recipients of this transaction:
+///     Exchange delivers to every listed recipient, so there is no other way. Envelope-only
+///     recipients are only ever Bcc.
 /// - **Errors**: ResponseClass Error with a throttling or server-side code (ErrorServerBusy,
 ///   ErrorInternalServerError, ...) is transient, any other code permanent; a SOAP fault with
 ///   ErrorServerBusy carries `BackOffMilliseconds` as ``DeliveryError/retryAfter``; 401 with a
@@ -122,8 +143,8 @@ public final class EWSTransport: MailTransport {
         return out
     }
 
-    /// Everything before the base64 MIME.
-    func soapHead(impersonate: String?) -> String {
+    /// The SOAP envelope up to and including `<soap:Body>`.
+    func envelopeHead(impersonate: String?) -> String {
         var s = #"<?xml version="1.0" encoding="utf-8"?>"# + "\r\n"
         s += #"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#
         s += "<soap:Header>"
@@ -132,8 +153,22 @@ public final class EWSTransport: MailTransport {
             s += "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>\(Self.xmlEscape(impersonate))</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
         }
         s += "</soap:Header><soap:Body>"
-        s += #"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#
-        s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
+        return s
+    }
+
+    static let envelopeTail = "</soap:Body></soap:Envelope>\r\n"
+
+    /// Everything before the base64 MIME: CreateItem that sends (`SendAndSaveCopy`, a copy in
+    /// Sent Items) or only saves a draft (`SaveOnly`, in Drafts).
+    func soapHead(impersonate: String?, draft: Bool = false) -> String {
+        var s = envelopeHead(impersonate: impersonate)
+        if draft {
+            s += #"<m:CreateItem MessageDisposition="SaveOnly">"#
+            s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="drafts"/></m:SavedItemFolderId>"#
+        } else {
+            s += #"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#
+            s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
+        }
         s += #"<m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">"#
         return s
     }
@@ -146,26 +181,54 @@ public final class EWSTransport: MailTransport {
             for b in bcc { s += "<t:Mailbox><t:EmailAddress>\(xmlEscape(b))</t:EmailAddress></t:Mailbox>" }
             s += "</t:BccRecipients>"
         }
-        s += "</t:Message></m:Items></m:CreateItem></soap:Body></soap:Envelope>\r\n"
+        s += "</t:Message></m:Items></m:CreateItem>" + envelopeTail
         return s
     }
 
-    public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
-        let started = Date()
-        let clock = ContinuousClock.now
-        let envelope: Envelope
-        do throws(MIMEError) {
-            if let given { envelope = given } else { envelope = try content.envelope() }
-        } catch {
-            throw DeliveryError(kind: .permanent, message: "ews: the message's envelope is invalid: \(error.message)")
+    /// UpdateItem that sets the draft's To, Cc and Bcc to the plan (an empty list is deleted:
+    /// DeleteItemField) and sends it, a copy in Sent Items (`MessageDisposition="SendAndSaveCopy"`).
+    func updateAndSend(id: String, changeKey: String?, plan: RecipientPlan, impersonate: String?) -> String {
+        var s = envelopeHead(impersonate: impersonate)
+        s += #"<m:UpdateItem MessageDisposition="SendAndSaveCopy" ConflictResolution="AlwaysOverwrite">"#
+        s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
+        s += "<m:ItemChanges><t:ItemChange>"
+        s += #"<t:ItemId Id="\#(Self.xmlEscape(id))""# + (changeKey.map { #" ChangeKey="\#(Self.xmlEscape($0))""# } ?? "") + "/>"
+        s += "<t:Updates>"
+        for (field, list) in [("ToRecipients", plan.to), ("CcRecipients", plan.cc), ("BccRecipients", plan.bcc)] {
+            if list.isEmpty {
+                s += #"<t:DeleteItemField><t:FieldURI FieldURI="message:\#(field)"/></t:DeleteItemField>"#
+                continue
+            }
+            s += #"<t:SetItemField><t:FieldURI FieldURI="message:\#(field)"/><t:Message><t:\#(field)>"#
+            for r in list {
+                s += "<t:Mailbox>"
+                if let n = r.name { s += "<t:Name>\(Self.xmlEscape(n))</t:Name>" }
+                s += "<t:EmailAddress>\(Self.xmlEscape(r.address))</t:EmailAddress></t:Mailbox>"
+            }
+            s += "</t:\(field)></t:Message></t:SetItemField>"
         }
-        let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
-        let bcc: [String]
-        do {
-            bcc = MIMEHeaderAddresses(header: try await MIMEHead.read(content, options: options)).blindRecipients(of: envelope)
-        } catch {
-            throw DeliveryError(http: error, transport: name, url: url)
+        s += "</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>" + Self.envelopeTail
+        return s
+    }
+
+    /// `Id` and `ChangeKey` of the first `t:ItemId` in an answer.
+    static func itemID(in body: String) -> (id: String, changeKey: String?)? {
+        guard let open = body.range(of: #"<([A-Za-z0-9]+:)?ItemId\s[^>]*>"#, options: .regularExpression) else { return nil }
+        let tag = String(body[open])
+        func attribute(_ name: String) -> String? {
+            guard let r = tag.range(of: #"\s\#(name)="[^"]*""#, options: .regularExpression) else { return nil }
+            let raw = tag[r].drop { $0 != "\"" }.dropFirst().dropLast()
+            return raw.replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&lt;", with: "<")
+                .replacingOccurrences(of: "&gt;", with: ">").replacingOccurrences(of: "&apos;", with: "'")
+                .replacingOccurrences(of: "&amp;", with: "&")
         }
+        guard let id = attribute("Id"), !id.isEmpty else { return nil }
+        return (id, attribute("ChangeKey"))
+    }
+
+    /// One EWS request with this transport's authentication; a 401 with a token refreshes it
+    /// once and sends once more. `body` builds the request body for the impersonated mailbox.
+    func post(operation: String, _ body: (_ impersonate: String?) -> HTTPClientRequest.Body) async throws(DeliveryError) -> (EWSResponse, String, Int) {
         var attempts = 0
         var refreshed = false
         while true {
@@ -190,10 +253,7 @@ public final class EWSTransport: MailTransport {
                 request.headers.add(name: "X-AnchorMailbox", value: anchor)
                 if appOnly { impersonate = anchor }
             }
-            let body = Base64Wrapped(base: content.byteStream(options: options),
-                                     prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
-                                     suffix: ByteBuffer(string: Self.soapTail(bcc: bcc)))
-            request.body = .stream(body, length: .unknown)
+            request.body = body(impersonate)
             let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
                                                        transport: name, url: url)
             let status = answer.status
@@ -209,15 +269,69 @@ public final class EWSTransport: MailTransport {
                 }
                 throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission")
             }
-            let outcome = EWSResponse(status: status, body: String(buffer: answer.body), retryAfter: answer.retryAfter)
-            switch outcome.result {
-            case .success:
-                return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
-                                                    code: status, text: "CreateItem \(outcome.responseCode ?? "NoError")",
-                                                    started: started, clock: clock, attempts: attempts)
-            case .failure(let error):
-                throw error
-            }
+            let text = String(buffer: answer.body)
+            return (EWSResponse(status: status, body: text, retryAfter: answer.retryAfter, operation: operation), text, attempts)
+        }
+    }
+
+    public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+        let started = Date()
+        let clock = ContinuousClock.now
+        let envelope: Envelope
+        do throws(MIMEError) {
+            if let given { envelope = given } else { envelope = try content.envelope() }
+        } catch {
+            throw DeliveryError(kind: .permanent, message: "ews: the message's envelope is invalid: \(error.message)")
+        }
+        let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
+        let plan: RecipientPlan
+        do {
+            plan = RecipientPlan(header: MIMEHeaderAddresses(header: try await MIMEHead.read(content, options: options)), envelope: envelope)
+        } catch {
+            throw DeliveryError(http: error, transport: name, url: url)
+        }
+        guard plan.headersMatch else {
+            return try await sendExact(content, plan: plan, envelope: envelope, options: options, started: started, clock: clock)
+        }
+        let bcc = plan.bcc.map(\.address)
+        let (outcome, _, attempts) = try await post(operation: "CreateItem") { impersonate in
+            .stream(Base64Wrapped(base: content.byteStream(options: options),
+                                  prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
+                                  suffix: ByteBuffer(string: Self.soapTail(bcc: bcc))), length: .unknown)
+        }
+        switch outcome.result {
+        case .success:
+            return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
+                                                code: 200, text: "CreateItem \(outcome.responseCode ?? "NoError")",
+                                                started: started, clock: clock, attempts: attempts)
+        case .failure(let error):
+            throw error
+        }
+    }
+
+    /// The headers name somebody the envelope does not (or have a Bcc field): CreateItem saves
+    /// the MIME as a draft, UpdateItem sets its recipients to exactly the envelope's and sends it.
+    func sendExact(_ content: any MailContent, plan: RecipientPlan, envelope: Envelope, options: MIMEEncodingOptions,
+                   started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+        let (created, createdBody, createAttempts) = try await post(operation: "CreateItem") { impersonate in
+            .stream(Base64Wrapped(base: content.byteStream(options: options),
+                                  prefix: ByteBuffer(string: soapHead(impersonate: impersonate, draft: true)),
+                                  suffix: ByteBuffer(string: Self.soapTail(bcc: []))), length: .unknown)
+        }
+        if case .failure(let error) = created.result { throw error }
+        guard let item = Self.itemID(in: createdBody) else {
+            throw DeliveryError(kind: .permanent, message: "ews: CreateItem (SaveOnly) answered without the draft's ItemId; nothing was sent")
+        }
+        let (updated, _, updateAttempts) = try await post(operation: "UpdateItem") { impersonate in
+            .bytes(ByteBuffer(string: updateAndSend(id: item.id, changeKey: item.changeKey, plan: plan, impersonate: impersonate)))
+        }
+        switch updated.result {
+        case .success:
+            return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
+                                                code: 200, text: "UpdateItem \(updated.responseCode ?? "NoError") (draft sent to the envelope's recipients)",
+                                                started: started, clock: clock, attempts: max(createAttempts, updateAttempts))
+        case .failure(let error):
+            throw error
         }
     }
 }
@@ -252,7 +366,7 @@ struct EWSResponse {
         return Int64(String(digits)).map { .milliseconds($0) }
     }
 
-    init(status: Int, body: String, retryAfter: String?) {
+    init(status: Int, body: String, retryAfter: String?, operation: String = "CreateItem") {
         let code = Self.first("ResponseCode", in: body)
         responseCode = code
         let text = Self.first("MessageText", in: body) ?? Self.first("faultstring", in: body)
@@ -287,7 +401,7 @@ struct EWSResponse {
             return
         }
         guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {
-            result = .failure(DeliveryError(kind: .outcomeUnknown, message: "ews: the answer has no CreateItemResponseMessage; the message may have been sent"))
+            result = .failure(DeliveryError(kind: .outcomeUnknown, message: "ews: the answer has no \(operation)ResponseMessage; the message may have been sent"))
             return
         }
         let responseClass = body[classRange].dropFirst("ResponseClass=\"".count).dropLast()
@@ -297,12 +411,12 @@ struct EWSResponse {
         default:
             let name = code ?? "unknown"
             if Self.transientCodes.contains(name) {
-                result = .failure(DeliveryError(kind: .transient, message: describe("CreateItem failed:"), retryAfter: backOff))
+                result = .failure(DeliveryError(kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff))
             } else if name == "ErrorSendAsDenied" {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("CreateItem failed:")
+                result = .failure(DeliveryError(kind: .permanent, message: describe("\(operation) failed:")
                     + ". The account in user lacks the Send As right on the message's From mailbox: grant it in Exchange, or send from the user's own address"))
             } else {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("CreateItem failed:")))
+                result = .failure(DeliveryError(kind: .permanent, message: describe("\(operation) failed:")))
             }
         }
     }

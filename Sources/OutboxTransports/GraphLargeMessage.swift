@@ -5,36 +5,47 @@ import NIOFoundationCompat
 import OutboxMIME
 import OutboxOAuth
 
-/// Graph's way for messages over the 4 MB request limit (PROTOCOLS.md §4, "Size limits"):
-/// 1. `POST /users/{user}/messages` creates a draft from the message's parts (JSON: subject,
-///    body, To/Cc/Bcc/Reply-To, `from` when it is another mailbox, importance, custom `X-`
-///    headers). A JSON draft, not a MIME one, because a MIME draft would carry the big
-///    attachments inside the same request.
-/// 2. Each attachment under 3 MB: `POST .../messages/{id}/attachments` (a fileAttachment with
-///    `contentBytes`). Each of 3 MB or more: `POST .../attachments/createUploadSession`, then
-///    `PUT uploadUrl` in chunks of at most 4 MiB with `Content-Range`, **without**
-///    Authorization; a file attachment is read chunk by chunk.
-/// 3. `POST .../messages/{id}/send`: 202.
-/// Only a ``Message`` (built from parts) can go this way; a raw .eml over the limit gets a
-/// permanent error. A draft left behind by a failure stays in the mailbox's Drafts.
+/// Graph's ways that go through a draft (PROTOCOLS.md §4 "Size limits" and §9), used for a
+/// message over the 4 MB request limit and for a message whose headers name other recipients
+/// than its envelope.
+///
+/// - **A ``Message`` over the limit**: `POST /users/{user}/messages` creates a JSON draft from
+///   its parts (subject, body, To/Cc/Bcc/Reply-To, `from` when it is another mailbox,
+///   importance, custom `X-` headers): a MIME draft would carry the big attachments inside the
+///   same request.
+/// - **Raw MIME (a relayed or .eml message)**: `POST /users/{user}/messages` with
+///   `Content-Type: text/plain` and the MIME base64-encoded creates the draft from the MIME
+///   (`user-post-messages.md`, example 3: 201 with the draft's `id`). Over the limit, the
+///   message is first split while it is read (``MIMEPartSplitter``): its large attachment
+///   parts are taken out, decoded into temporary files, and the rest is the draft's MIME.
+/// - **Recipients**: `PATCH /users/{user}/messages/{id}` sets `toRecipients`, `ccRecipients` and
+///   `bccRecipients` to the ``RecipientPlan`` (`message-update.md`: all three are updatable;
+///   200), so exactly the envelope recipients receive it.
+/// - **Attachments**: under 3 MB, `POST .../messages/{id}/attachments` (a fileAttachment with
+///   `contentBytes`); from 3 MB, `POST .../attachments/createUploadSession` with an
+///   `AttachmentItem` (name, size, contentType, isInline, contentId), then `PUT uploadUrl` in
+///   chunks of at most 4 MiB (multiples of 320 KiB) with `Content-Range`, **without**
+///   Authorization (`attachment-createuploadsession.md`, `outlook-large-attachments.md`). Each
+///   is read from its source chunk by chunk.
+/// - **Send**: `POST .../messages/{id}/send` with an empty body (`Content-Length: 0`): 202
+///   (`message-send.md`). Exchange builds the sent message from the draft's properties, so
+///   its To and Cc headers are the draft's To and Cc.
+/// A failure before the send deletes the draft (`DELETE .../messages/{id}`, best effort); a
+/// failure of the send itself leaves it (the message may have gone).
+/// Sources: microsoftgraph/microsoft-graph-docs-contrib `api-reference/v1.0/api/`
+/// `user-post-messages.md`, `message-update.md`, `message-send.md`, `message-delete.md`,
+/// `attachment-createuploadsession.md`.
 extension GraphTransport {
     /// Attachments from this size on go through an upload session.
     static let uploadSessionThreshold = 3_000_000
     /// The largest upload chunk (Graph: at most 4 MiB; a multiple of 320 KiB).
     static let uploadChunk = 4 * 1024 * 1024 - (4 * 1024 * 1024) % (320 * 1024)
 
-    /// One authorised Graph POST; a 401 refreshes the token once and sends once more.
-    func graphPost(_ url: String, json: [String: Any]?) async throws(DeliveryError) -> HTTPAnswer {
+    enum Method { case post, patch, delete }
+
+    /// One authorised Graph request; a 401 refreshes the token once and sends once more.
+    func graphRequest(_ url: String, _ method: Method, body: ByteBuffer?, contentType: String?) async throws(DeliveryError) -> HTTPAnswer {
         var refreshed = false
-        let payload: ByteBuffer?
-        if let json {
-            guard let data = try? JSONSerialization.data(withJSONObject: json) else {
-                throw DeliveryError(kind: .permanent, message: "graph: the draft cannot be encoded as JSON")
-            }
-            payload = ByteBuffer(bytes: data)
-        } else {
-            payload = nil
-        }
         while true {
             let token: AccessToken
             do throws(OAuthError) {
@@ -43,11 +54,15 @@ extension GraphTransport {
                 throw DeliveryError(error, transport: name)
             }
             var request = HTTPClientRequest(url: url)
-            request.method = .POST
+            switch method {
+            case .post: request.method = .POST
+            case .patch: request.method = .PATCH
+            case .delete: request.method = .DELETE
+            }
             request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
-            if let payload {
-                request.headers.add(name: "Content-Type", value: "application/json")
-                request.body = .bytes(payload)
+            if let body {
+                if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
+                request.body = .bytes(body)
             }
             let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
                                                        transport: name, url: url)
@@ -60,11 +75,72 @@ extension GraphTransport {
         }
     }
 
+    /// A JSON POST (or, with `json` nil, a POST without a body: `Content-Length: 0`).
+    func graphPost(_ url: String, json: [String: Any]?) async throws(DeliveryError) -> HTTPAnswer {
+        try await graphRequest(url, .post, body: try json.map(Self.encode), contentType: json == nil ? nil : "application/json")
+    }
+
+    static func encode(_ json: [String: Any]) throws(DeliveryError) -> ByteBuffer {
+        guard let data = try? JSONSerialization.data(withJSONObject: json) else {
+            throw DeliveryError(kind: .permanent, message: "graph: the draft cannot be encoded as JSON")
+        }
+        return ByteBuffer(bytes: data)
+    }
+
     static func recipients(_ list: [Address]) -> [[String: Any]] {
-        list.map { a in
-            var e: [String: Any] = ["address": a.mailbox]
-            if let n = a.displayName { e["name"] = n }
+        recipients(list.map { MailRecipient(address: $0.mailbox, name: $0.displayName) })
+    }
+
+    static func recipients(_ list: [MailRecipient]) -> [[String: Any]] {
+        list.map { r in
+            var e: [String: Any] = ["address": r.address]
+            if let n = r.name { e["name"] = n }
             return ["emailAddress": e]
+        }
+    }
+
+    /// The PATCH body that gives a draft exactly the plan's recipients.
+    static func recipientsPatch(_ plan: RecipientPlan) -> [String: Any] {
+        ["toRecipients": recipients(plan.to), "ccRecipients": recipients(plan.cc), "bccRecipients": recipients(plan.bcc)]
+    }
+
+    /// An attachment to add to a draft: a ``Message``'s, or a part taken out of a relayed message.
+    struct DraftAttachment: Sendable {
+        enum Source: Sendable {
+            case attachment(Attachment)
+            case file(path: String)
+        }
+
+        var name: String
+        var contentType: String
+        var contentID: String?
+        var isInline: Bool
+        var size: Int
+        var source: Source
+
+        init(_ attachment: Attachment, size: Int) {
+            name = attachment.filename
+            contentType = attachment.contentType
+            contentID = attachment.contentID
+            isInline = attachment.isInline
+            self.size = size
+            source = .attachment(attachment)
+        }
+
+        init(_ part: SpooledPart) {
+            name = part.name
+            contentType = part.contentType
+            contentID = part.contentID
+            isInline = part.isInline
+            size = part.size
+            source = .file(path: part.path)
+        }
+
+        func read(offset: Int, count: Int) throws -> [UInt8] {
+            switch source {
+            case .attachment(let a): return try GraphTransport.read(a, offset: offset, count: count)
+            case .file(let path): return try GraphTransport.read(.file(path: path, filename: name), offset: offset, count: count)
+            }
         }
     }
 
@@ -89,12 +165,16 @@ extension GraphTransport {
 
     func sendLarge(_ message: Message, envelope: Envelope, from: String, started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
         let base = "\(graphURL)/users/\(Self.pathSegment(user))/messages"
-        // 1. The draft.
+        let plan = RecipientPlan(to: message.to.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+                                 cc: message.cc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+                                 bcc: message.bcc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+                                 envelope: envelope)
+        // 1. The draft, with exactly the envelope's recipients.
         var draft: [String: Any] = [
             "subject": message.subject ?? "",
-            "toRecipients": Self.recipients(message.to),
-            "ccRecipients": Self.recipients(message.cc),
-            "bccRecipients": Self.recipients(message.bcc),
+            "toRecipients": Self.recipients(plan.to),
+            "ccRecipients": Self.recipients(plan.cc),
+            "bccRecipients": Self.recipients(plan.bcc),
         ]
         if let html = message.html {
             draft["body"] = ["contentType": "HTML", "content": html]
@@ -110,46 +190,103 @@ extension GraphTransport {
         }
         let custom = message.headers.filter { $0.name.lowercased().hasPrefix("x-") }
         if !custom.isEmpty { draft["internetMessageHeaders"] = custom.map { ["name": $0.name, "value": $0.value] } }
-        let created = try await graphPost(base, json: draft)
-        guard created.status == 201 || created.status == 200, let id = created.json?["id"] as? String else {
-            throw Self.error(status: created.status, body: created.body, retryAfter: created.retryAfter, user: user, from: from)
-        }
-        let messageURL = "\(base)/\(Self.pathSegment(id))"
-        // 2. The attachments.
+        var attachments: [DraftAttachment] = []
         for attachment in message.attachments {
             guard let size = Self.size(of: attachment) else {
                 throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.filename) cannot be read")
             }
-            if size < Self.uploadSessionThreshold {
-                let bytes: [UInt8]
-                do { bytes = try Self.read(attachment, offset: 0, count: size) } catch {
-                    throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.filename) cannot be read: \(error)")
-                }
-                var item: [String: Any] = ["@odata.type": "#microsoft.graph.fileAttachment", "name": attachment.filename,
-                                           "contentType": attachment.contentType, "contentBytes": Data(bytes).base64EncodedString()]
-                if let cid = attachment.contentID { item["isInline"] = true; item["contentId"] = cid }
-                let answer = try await graphPost("\(messageURL)/attachments", json: item)
-                guard answer.status == 201 || answer.status == 200 else {
-                    throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
-                }
-            } else {
-                try await upload(attachment, size: size, messageURL: messageURL, from: from)
-            }
+            attachments.append(DraftAttachment(attachment, size: size))
         }
-        // 3. Send the draft.
+        let created = try await graphPost(base, json: draft)
+        return try await completeDraft(created, plan: nil, attachments: attachments, from: from, content: message,
+                                       envelope: envelope, way: "large-message way", started: started, clock: clock)
+    }
+
+    /// A draft from raw MIME (at most ``maxMIMEBytes``), its recipients set to the plan, the
+    /// attachments added, then sent.
+    func sendMIMEDraft(_ mime: [UInt8], plan: RecipientPlan, attachments: [DraftAttachment], from: String,
+                       content: any MailContent, envelope: Envelope, way: String,
+                       started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+        let base = "\(graphURL)/users/\(Self.pathSegment(user))/messages"
+        let body = ByteBuffer(string: Data(mime).base64EncodedString())
+        let created = try await graphRequest(base, .post, body: body, contentType: "text/plain")
+        return try await completeDraft(created, plan: plan, attachments: attachments, from: from, content: content,
+                                       envelope: envelope, way: way, started: started, clock: clock)
+    }
+
+    /// Steps 2 to 4 on a created draft: recipients (when `plan` is given), attachments, send.
+    private func completeDraft(_ created: HTTPAnswer, plan: RecipientPlan?, attachments: [DraftAttachment], from: String,
+                               content: any MailContent, envelope: Envelope, way: String,
+                               started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+        guard created.status == 201 || created.status == 200, let id = created.json?["id"] as? String, !id.isEmpty else {
+            throw Self.error(status: created.status, body: created.body, retryAfter: created.retryAfter, user: user, from: from)
+        }
+        let messageURL = "\(graphURL)/users/\(Self.pathSegment(user))/messages/\(Self.pathSegment(id))"
+        do throws(DeliveryError) {
+            if let plan {
+                let patched = try await graphRequest(messageURL, .patch, body: try Self.encode(Self.recipientsPatch(plan)),
+                                                     contentType: "application/json")
+                guard patched.status == 200 || patched.status == 204 else {
+                    throw Self.error(status: patched.status, body: patched.body, retryAfter: patched.retryAfter, user: user, from: from)
+                }
+            }
+            for attachment in attachments {
+                try await add(attachment, messageURL: messageURL, from: from)
+            }
+        } catch {
+            await discardDraft(messageURL)
+            throw error
+        }
         let sent = try await graphPost("\(messageURL)/send", json: nil)
         guard sent.status == 202 || sent.status == 200 else {
-            throw Self.error(status: sent.status, body: sent.body, retryAfter: sent.retryAfter, user: user, from: from)
+            let error = Self.error(status: sent.status, body: sent.body, retryAfter: sent.retryAfter, user: user, from: from)
+            // A refused send (4xx) left the draft unsent: remove it. Otherwise it may have gone.
+            if (400..<500).contains(sent.status) { await discardDraft(messageURL) }
+            throw error
         }
-        return HTTPTransportReport.accepted(transport: name, destination: messageURL, content: message, envelope: envelope,
-                                            code: sent.status, text: "Accepted by Microsoft Graph (draft \(id), large-message way)",
+        return HTTPTransportReport.accepted(transport: name, destination: messageURL, content: content, envelope: envelope,
+                                            code: sent.status, text: "Accepted by Microsoft Graph (draft \(id), \(way))",
                                             started: started, clock: clock, attempts: 1)
     }
 
-    func upload(_ attachment: Attachment, size: Int, messageURL: String, from: String) async throws(DeliveryError) {
-        var item: [String: Any] = ["attachmentType": "file", "name": attachment.filename, "size": size,
+    /// Deletes a draft that will not be sent (best effort: a failure is only logged).
+    func discardDraft(_ messageURL: String) async {
+        do {
+            let answer = try await graphRequest(messageURL, .delete, body: nil, contentType: nil)
+            if answer.status != 204 && answer.status != 200 {
+                logger.notice("graph: the unsent draft could not be deleted", metadata: ["graph.status": "\(answer.status)"])
+            }
+        } catch {
+            logger.notice("graph: the unsent draft could not be deleted: \(error.message)")
+        }
+    }
+
+    /// Adds one attachment to a draft: inline JSON under 3 MB, an upload session from 3 MB.
+    func add(_ attachment: DraftAttachment, messageURL: String, from: String) async throws(DeliveryError) {
+        guard attachment.size >= Self.uploadSessionThreshold else {
+            let bytes: [UInt8]
+            do { bytes = try attachment.read(offset: 0, count: attachment.size) } catch {
+                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.name) cannot be read: \(error)")
+            }
+            var item: [String: Any] = ["@odata.type": "#microsoft.graph.fileAttachment", "name": attachment.name,
+                                       "contentType": attachment.contentType, "contentBytes": Data(bytes).base64EncodedString()]
+            if attachment.isInline { item["isInline"] = true }
+            if let cid = attachment.contentID { item["contentId"] = cid }
+            let answer = try await graphPost("\(messageURL)/attachments", json: item)
+            guard answer.status == 201 || answer.status == 200 else {
+                throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
+            }
+            return
+        }
+        try await upload(attachment, messageURL: messageURL, from: from)
+    }
+
+    func upload(_ attachment: DraftAttachment, messageURL: String, from: String) async throws(DeliveryError) {
+        let size = attachment.size
+        var item: [String: Any] = ["attachmentType": "file", "name": attachment.name, "size": size,
                                    "contentType": attachment.contentType]
-        if let cid = attachment.contentID { item["isInline"] = true; item["contentId"] = cid }
+        if attachment.isInline { item["isInline"] = true }
+        if let cid = attachment.contentID { item["contentId"] = cid }
         let session = try await graphPost("\(messageURL)/attachments/createUploadSession", json: ["AttachmentItem": item])
         guard session.status == 201 || session.status == 200, let uploadURL = session.json?["uploadUrl"] as? String else {
             throw Self.error(status: session.status, body: session.body, retryAfter: session.retryAfter, user: user, from: from)
@@ -157,11 +294,11 @@ extension GraphTransport {
         var offset = 0
         while offset < size {
             let chunk: [UInt8]
-            do { chunk = try Self.read(attachment, offset: offset, count: min(Self.uploadChunk, size - offset)) } catch {
-                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.filename) cannot be read: \(error)")
+            do { chunk = try attachment.read(offset: offset, count: min(Self.uploadChunk, size - offset)) } catch {
+                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.name) cannot be read: \(error)")
             }
             guard !chunk.isEmpty else {
-                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.filename) changed size while it was sent")
+                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.name) changed size while it was sent")
             }
             // The upload URL carries its own authorisation: no Authorization header (PROTOCOLS.md §4).
             var request = HTTPClientRequest(url: uploadURL)
@@ -170,11 +307,52 @@ extension GraphTransport {
             request.headers.add(name: "Content-Range", value: "bytes \(offset)-\(offset + chunk.count - 1)/\(size)")
             request.body = .bytes(ByteBuffer(bytes: chunk))
             let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                                                       transport: name, url: "the upload session of \(attachment.filename)")
+                                                       transport: name, url: "the upload session of \(attachment.name)")
             guard answer.status == 200 || answer.status == 201 || answer.status == 202 else {
                 throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
             }
             offset += chunk.count
+        }
+    }
+
+    /// A raw message over ``maxMIMEBytes``: split while it is read (`head`, emptied once fed,
+    /// then the rest of `stream`), the draft created from what is left, the parts taken out added as attachments.
+    func sendSplit(head: inout [UInt8], rest stream: inout MessageByteStream.AsyncIterator, plan: RecipientPlan, from: String,
+                   content: any MailContent, envelope: Envelope,
+                   started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+        var splitter = MIMEPartSplitter(draftLimit: Self.maxMIMEBytes)
+        defer { splitter.removeFiles() }
+        var total = head.count
+        do {
+            do throws(MIMEPartSplitter.Failure) { try splitter.feed(head) } catch { throw Self.splitError(error, size: total) }
+            head = []  // the caller's buffer: held no longer than needed
+            while let chunk = try await stream.next() {
+                total += chunk.readableBytes
+                do throws(MIMEPartSplitter.Failure) { try splitter.feed(chunk.readableBytesView) } catch { throw Self.splitError(error, size: total) }
+            }
+            do throws(MIMEPartSplitter.Failure) { try splitter.finish() } catch { throw Self.splitError(error, size: total) }
+        } catch let error as DeliveryError {
+            throw error
+        } catch {
+            throw DeliveryError(http: error, transport: name, url: "the message store")
+        }
+        logger.debug("graph: message split for the draft way", metadata: [
+            "graph.size": "\(total)", "graph.draft": "\(splitter.draft.count)", "graph.parts": "\(splitter.parts.count)"])
+        return try await sendMIMEDraft(splitter.draft, plan: plan, attachments: splitter.parts.map(DraftAttachment.init),
+                                       from: from, content: content, envelope: envelope,
+                                       way: "split: \(splitter.parts.count) part(s) by upload", started: started, clock: clock)
+    }
+
+    static func splitError(_ failure: MIMEPartSplitter.Failure, size: Int) -> DeliveryError {
+        switch failure {
+        case .draftTooLarge(let multipart):
+            let why = multipart
+                ? "what is left once its attachments are taken out (text bodies, headers, small parts) is still over \(maxMIMEBytes) bytes"
+                : "it is a single-part message (one body, no attachments to take out)"
+            return DeliveryError(kind: .permanent, message:
+                "graph: the message (\(size)+ bytes) cannot go through Graph: its MIME must fit in a 4 MB request (\(maxMIMEBytes) bytes before base64), and \(why). Send it with server-type = SMTP or EWS, which take messages of any size")
+        case .spool(let why):
+            return DeliveryError(kind: .transient, message: "graph: an attachment could not be set aside: \(why)")
         }
     }
 }

@@ -7,7 +7,8 @@ import OutboxConfig
 import OutboxMIME
 import OutboxOAuth
 
-/// Microsoft Graph `sendMail` with the MIME message (PROTOCOLS.md §4).
+/// Microsoft Graph `sendMail` with the MIME message (PROTOCOLS.md §4), or a draft when the
+/// message needs one.
 ///
 /// `POST {graph-url}/users/{user}/sendMail`, `Content-Type: text/plain`, the RFC 5322 message
 /// base64-encoded; 202 means accepted. The token comes from the client-credentials grant (or
@@ -15,9 +16,24 @@ import OutboxOAuth
 /// sends once more.
 ///
 /// Decisions:
-/// - **Bcc**: Outbox never writes Bcc into the MIME, so the envelope recipients that are in
-///   neither To nor Cc are added as a `Bcc:` header at the top of the MIME sent to Graph
-///   (Exchange takes Bcc recipients from it and does not show it to the other recipients).
+/// - **Exact recipients**: the addresses that receive the message are exactly the envelope
+///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say; Graph, like
+///   Exchange, takes the recipients of a MIME message from its headers.
+///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
+///     `sendMail` request: the envelope recipients that are in neither To nor Cc (SMTP Bcc)
+///     are added as a `Bcc:` line at the top of the MIME sent to Graph (Exchange takes Bcc
+///     recipients from it and does not show it to the other recipients).
+///   - Otherwise (a header recipient outside the envelope, as when a client such as Postfix
+///     splits one message into several transactions above its recipient limit; a Bcc field in
+///     a relayed message; an address field that cannot be parsed): a draft from the MIME
+///     (`POST /users/{user}/messages`, text/plain base64, 201 with `id`), `PATCH` of its
+///     `toRecipients` = To ∩ envelope, `ccRecipients` = Cc ∩ envelope, `bccRecipients` = the
+///     other envelope recipients (display names kept from the header), then
+///     `POST .../messages/{id}/send` (202). See `GraphLargeMessage.swift` for the sources.
+///   - So the To and Cc that the recipients see shrink to the recipients of this transaction:
+///     Graph delivers to every listed recipient, so a header recipient who must not receive
+///     this copy cannot stay listed; there is no other way with Graph. Envelope-only
+///     recipients are only ever Bcc, never in the visible To or Cc.
 /// - **allow-delegate**: the message's From (its MIME From header) is compared with `user`
 ///   (case-insensitive, only when `user` is an address). When it differs and `allow-delegate`
 ///   is true, the message is sent from `user`'s mailbox with its own From, which Graph takes as
@@ -26,8 +42,15 @@ import OutboxOAuth
 ///   request, with a permanent error that names the option.
 /// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
 ///   (base64 adds a third). A larger ``Message`` goes the large-message way (a JSON draft,
-///   attachments, upload sessions: see `GraphLargeMessage.swift`); a larger raw message gets
-///   a permanent error that says so.
+///   attachments, upload sessions). A larger raw message (relayed, .eml) is read as a stream
+///   and split (``MIMEPartSplitter``): its large attachment parts are decoded into temporary
+///   files, the rest becomes a MIME draft, the recipients are set by PATCH, each part is added
+///   (upload session from 3 MB), then the draft is sent. Memory holds the draft (at most
+///   3 MiB) and one line, never the whole message. A message that cannot be split so that the
+///   draft fits (a single-part body over 3 MiB, or text bodies over it) gets a permanent error
+///   that says to use server-type = SMTP or EWS. Such a message reaches its recipients with
+///   Exchange's rebuilt MIME structure (the attachments re-attached), not byte for byte.
+/// Graph needs `Mail.Send` for sendMail and also `Mail.ReadWrite` for the draft ways.
 public final class GraphTransport: MailTransport {
     public let name = "graph"
     /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
@@ -102,9 +125,16 @@ public final class GraphTransport: MailTransport {
         }
         // Exchange Online takes UTF-8 headers (RFC 6532) in MIME; 8-bit bodies are kept as is.
         let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
+        // Read up to the request limit; a larger message goes on from `stream` in sendSplit.
+        var stream = content.byteStream(options: options).makeAsyncIterator()
         var mime: [UInt8] = []
+        var complete = false
         do {
-            for try await chunk in content.byteStream(options: options) {
+            while true {
+                guard let chunk = try await stream.next() else {
+                    complete = true
+                    break
+                }
                 mime += chunk.readableBytesView
                 if mime.count > Self.maxMIMEBytes { break }
             }
@@ -118,17 +148,29 @@ public final class GraphTransport: MailTransport {
             throw DeliveryError(kind: .permanent, message:
                 "graph: the message is from \(from), another mailbox than user = \(user); set allow-delegate = true to send on its behalf (the mailbox needs Send As or Send on Behalf on \(from))")
         }
-        let bcc = addresses.blindRecipients(of: envelope)
-        if !bcc.isEmpty {
-            mime = Array("Bcc: \(bcc.joined(separator: ", "))\r\n".utf8) + mime
-        }
-        guard mime.count <= Self.maxMIMEBytes else {
+        let plan = RecipientPlan(header: addresses, envelope: envelope)
+        guard complete else {
             if let message = content as? Message {
                 return try await sendLarge(message, envelope: envelope, from: from, started: started, clock: clock)
             }
-            throw DeliveryError(kind: .permanent, message:
-                "graph: the message is larger than \(Self.maxMIMEBytes) bytes, so its base64 body would pass Graph's 4 MB request limit, and only a message built from parts (not a raw .eml) can go the large-message way (draft + upload sessions); send it smaller, or use server-type = SMTP or EWS")
+            return try await sendSplit(head: &mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
+                                       started: started, clock: clock)
         }
+        if !plan.headersMatch {
+            // The headers name somebody the envelope does not (or a Bcc field): one sendMail
+            // would deliver to them, so draft, set the recipients, send.
+            return try await sendMIMEDraft(mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
+                                           way: "exact recipients", started: started, clock: clock)
+        }
+        // The common case, one request: the envelope-only recipients go in a Bcc line on top
+        // (Exchange takes Bcc recipients from it and does not show it to the others).
+        let bccLine = plan.bcc.isEmpty ? [] : Array("Bcc: \(plan.bcc.map(\.address).joined(separator: ", "))\r\n".utf8)
+        guard mime.count + bccLine.count <= Self.maxMIMEBytes else {
+            // Only the Bcc line makes it too large: the draft way sets Bcc by PATCH instead.
+            return try await sendMIMEDraft(mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
+                                           way: "exact recipients", started: started, clock: clock)
+        }
+        mime = bccLine + mime
         let body = ByteBuffer(string: Data(mime).base64EncodedString())
         var attempts = 0
         var refreshed = false

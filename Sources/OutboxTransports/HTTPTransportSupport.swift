@@ -8,8 +8,13 @@ import OutboxOAuth
 /// The addresses a message's own header section names (what Graph and EWS read from the MIME).
 struct MIMEHeaderAddresses: Sendable {
     var from: [String] = []
-    var to: [String] = []
-    var cc: [String] = []
+    var to: [MailRecipient] = []
+    var cc: [MailRecipient] = []
+    var bcc: [MailRecipient] = []
+    /// True when the header section has a Bcc field (even an empty one).
+    var hasBcc = false
+    /// True when a To, Cc or Bcc field could not be parsed: its recipients are unknown.
+    var unparsable = false
 
     /// Parses the header section (up to the first empty line) of `bytes`.
     init(header bytes: [UInt8]) {
@@ -20,16 +25,27 @@ struct MIMEHeaderAddresses: Sendable {
             if line.first == " " || line.first == "\t", !fields.isEmpty {
                 fields[fields.count - 1].1 += line
             } else if let colon = line.firstIndex(of: ":") {
-                fields.append((line[..<colon].lowercased(), String(line[line.index(after: colon)...])))
+                fields.append((line[..<colon].lowercased().trimmingCharacters(in: .whitespaces),
+                               String(line[line.index(after: colon)...])))
             }
         }
         for (name, value) in fields {
-            let list = ((try? Address.parseList(value)) ?? []).map(\.mailbox)
+            guard ["from", "to", "cc", "bcc"].contains(name) else { continue }
+            if name == "bcc" { hasBcc = true }
+            let list: [MailRecipient]
+            if value.trimmingCharacters(in: .whitespaces).isEmpty {
+                list = []
+            } else if let parsed = try? Address.parseList(value) {
+                list = parsed.map { MailRecipient(address: $0.mailbox, name: $0.displayName) }
+            } else {
+                if name != "from" { unparsable = true }
+                list = []
+            }
             switch name {
-            case "from": from += list
+            case "from": from += list.map(\.address)
             case "to": to += list
             case "cc": cc += list
-            default: break
+            default: bcc += list
             }
         }
     }
@@ -37,9 +53,48 @@ struct MIMEHeaderAddresses: Sendable {
     /// Envelope recipients that are in neither To nor Cc: the Bcc recipients (Outbox never
     /// writes Bcc into the MIME).
     func blindRecipients(of envelope: Envelope) -> [String] {
-        let visible = Set((to + cc).map { $0.lowercased() })
+        RecipientPlan(header: self, envelope: envelope).bcc.map(\.address)
+    }
+}
+
+/// A recipient as Graph's `emailAddress` and EWS's `t:Mailbox` take it.
+struct MailRecipient: Sendable, Hashable {
+    var address: String
+    var name: String?
+}
+
+/// Who receives a message: exactly the envelope recipients, placed where the message's own
+/// headers put them.
+///
+/// - To = the header's To ∩ envelope, Cc = the header's Cc ∩ envelope (display names kept, each
+///   address once, To first), Bcc = every other envelope recipient.
+/// - ``headersMatch``: true when the headers alone already give exactly that (no Bcc field, every
+///   To and Cc address in the envelope), so the MIME can be sent as it is (plus a `Bcc:` line
+///   for the envelope-only recipients). False when the message names somebody the envelope does
+///   not (a client that split one message into several transactions, a Bcc field left in a
+///   relayed message, an address field that cannot be parsed).
+/// Addresses are compared without regard to case.
+struct RecipientPlan: Sendable, Equatable {
+    var to: [MailRecipient] = []
+    var cc: [MailRecipient] = []
+    var bcc: [MailRecipient] = []
+    var headersMatch: Bool
+
+    init(header: MIMEHeaderAddresses, envelope: Envelope) {
+        self.init(to: header.to, cc: header.cc, bcc: header.bcc, envelope: envelope)
+        headersMatch = headersMatch && !header.hasBcc && !header.unparsable
+    }
+
+    init(to headerTo: [MailRecipient], cc headerCc: [MailRecipient], bcc headerBcc: [MailRecipient], envelope: Envelope) {
+        let wanted = Set(envelope.recipients.map { $0.lowercased() })
         var seen = Set<String>()
-        return envelope.recipients.filter { !visible.contains($0.lowercased()) && seen.insert($0.lowercased()).inserted }
+        to = headerTo.filter { wanted.contains($0.address.lowercased()) && seen.insert($0.address.lowercased()).inserted }
+        cc = headerCc.filter { wanted.contains($0.address.lowercased()) && seen.insert($0.address.lowercased()).inserted }
+        let names = Dictionary(headerBcc.map { ($0.address.lowercased(), $0.name) }, uniquingKeysWith: { a, _ in a })
+        for r in envelope.recipients where seen.insert(r.lowercased()).inserted {
+            bcc.append(MailRecipient(address: r, name: names[r.lowercased()] ?? nil))
+        }
+        headersMatch = (headerTo + headerCc).allSatisfy { wanted.contains($0.address.lowercased()) }
     }
 }
 

@@ -59,11 +59,45 @@ actor EmulatorState {
     var uploadChunkSizes: [Int] = []
     var uploadsWithAuthorization = 0
     var largestGraphRequest = 0
+    /// Every Graph and EWS call, in order: "sendMail", "createDraft/mime", "createDraft/json",
+    /// "patch", "attachment", "createUploadSession", "send", "delete"; "ews/CreateItem/SendAndSaveCopy",
+    /// "ews/CreateItem/SaveOnly", "ews/UpdateItem/SendAndSaveCopy", "ews/SendItem".
+    var calls: [String] = []
+    /// Every message sent, whichever way, with the recipients Exchange would deliver it to.
+    var deliveries: [Delivery] = []
+    /// EWS items saved as drafts, by Id.
+    var ewsDrafts: [String: EWSDraft] = [:]
 
     struct Draft: Sendable {
         var json: [String: String]
         var recipients: [String: [String]]
         var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
+        /// The MIME a draft was created from (POST messages with text/plain).
+        var mime: [UInt8]? = nil
+        /// Display names given with the recipients (address lower-cased → name).
+        var names: [String: String] = [:]
+        var isInline: [String: Bool] = [:]
+        var contentTypes: [String: String] = [:]
+    }
+
+    struct EWSDraft: Sendable {
+        var changeKey: String
+        var mime: [UInt8]
+        var recipients: [String: [String]]
+        var names: [String: String] = [:]
+    }
+
+    /// One message handed to Exchange for delivery.
+    struct Delivery: Sendable {
+        var via: String
+        var to: [String]
+        var cc: [String]
+        var bcc: [String]
+        /// The MIME Outbox gave (sendMail, the MIME draft, EWS MimeContent); nil for a JSON draft.
+        var mime: [UInt8]?
+        var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
+        var names: [String: String] = [:]
+        var everyone: [String] { (to + cc + bcc).map { $0.lowercased() } }
     }
 
     struct UploadSession: Sendable {
@@ -261,7 +295,7 @@ enum Emulator {
         // Graph sendMail with MIME (PROTOCOLS.md §4).
         router.post("/v1.0/users/:user/sendMail") { request, context -> Response in
             var request = request
-            await state.set { $0.graphRequests += 1 }
+            await state.set { $0.graphRequests += 1; $0.calls.append("sendMail") }
             let user = try context.parameters.require("user")
             guard let token = bearer(request), await state.isValid(token) else {
                 return json(.unauthorized, ["error": ["code": "InvalidAuthenticationToken", "message": "Access token has expired or is not yet valid."]])
@@ -280,6 +314,7 @@ enum Emulator {
             } catch {
                 return json(.contentTooLarge, ["error": ["code": "RequestEntityTooLarge", "message": "Maximum request length exceeded."]])
             }
+            await state.set { $0.largestGraphRequest = max($0.largestGraphRequest, body.readableBytes) }
             guard let mime = strictBase64(String(buffer: body)) else {
                 return json(.badRequest, ["error": ["code": "ErrorMimeContentInvalidBase64String", "message": "Invalid base64 string for MIME content."]])
             }
@@ -290,7 +325,12 @@ enum Emulator {
             if from != user.lowercased(), await !state.delegates.contains(from) {
                 return json(.forbidden, ["error": ["code": "ErrorSendAsDenied", "message": "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account. Cannot submit message."]])
             }
-            await state.set { $0.delivered.append(mime) }
+            // Exchange takes the recipients of a MIME message from its To, Cc and Bcc fields.
+            let h = headerRecipients(mime)
+            await state.set {
+                $0.delivered.append(mime)
+                $0.deliveries.append(EmulatorState.Delivery(via: "sendMail", to: h.to, cc: h.cc, bcc: h.bcc, mime: mime, names: h.names))
+            }
             return Response(status: .accepted)
         }
         largeMessageRoutes(router, state)
@@ -333,8 +373,16 @@ enum Emulator {
             }
             let version = String(text[v.upperBound..<vEnd])
             await state.set { $0.lastEWSVersion = version }
-            guard text.contains(#"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#),
-                  let open = text.range(of: #"<t:MimeContent CharacterSet="UTF-8">"#),
+            if text.contains("<m:UpdateItem ") { return await updateItem(text, state) }
+            let disposition: String
+            if text.contains(#"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#) {
+                disposition = "SendAndSaveCopy"
+            } else if text.contains(#"<m:CreateItem MessageDisposition="SaveOnly">"#) {
+                disposition = "SaveOnly"
+            } else {
+                return xml(.internalServerError, fault("ErrorSchemaValidation", "The request failed schema validation."))
+            }
+            guard let open = text.range(of: #"<t:MimeContent CharacterSet="UTF-8">"#),
                   let close = text.range(of: "</t:MimeContent>"), open.upperBound <= close.lowerBound,
                   let mime = strictBase64(String(text[open.upperBound..<close.lowerBound])) else {
                 return xml(.internalServerError, fault("ErrorSchemaValidation", "The request failed schema validation."))
@@ -344,9 +392,103 @@ enum Emulator {
                 return xml(.ok, createItemResponse("Error", "ErrorSendAsDenied",
                     "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account."))
             }
-            await state.set { $0.delivered.append(mime) }
+            // Exchange takes the recipients from the MIME's To, Cc and Bcc, plus t:BccRecipients.
+            let h = headerRecipients(mime)
+            let extraBcc = mailboxes(in: text, element: "BccRecipients").map(\.0)
+            await state.set { $0.calls.append("ews/CreateItem/\(disposition)") }
+            if disposition == "SaveOnly" {
+                let id = "AAMk-\(UUID().uuidString.prefix(12))="
+                let draft = EmulatorState.EWSDraft(changeKey: "CQAAAB-\(UUID().uuidString.prefix(6))", mime: mime,
+                                                   recipients: ["ToRecipients": h.to, "CcRecipients": h.cc, "BccRecipients": h.bcc + extraBcc],
+                                                   names: h.names)
+                await state.set { $0.ewsDrafts[id] = draft }
+                return xml(.ok, createItemResponse("Success", "NoError", nil,
+                                                   items: #"<t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(draft.changeKey)"/></t:Message>"#))
+            }
+            await state.set {
+                $0.delivered.append(mime)
+                $0.deliveries.append(EmulatorState.Delivery(via: "ews/CreateItem", to: h.to, cc: h.cc, bcc: h.bcc + extraBcc, mime: mime, names: h.names))
+            }
             return xml(.ok, createItemResponse("Success", "NoError", nil))
         }
+    }
+
+    /// `(address, name)` of each t:Mailbox inside the first `<t:element>`.
+    static func mailboxes(in text: String, element: String) -> [(String, String?)] {
+        guard let open = text.range(of: "<t:\(element)>"), let close = text.range(of: "</t:\(element)>", range: open.upperBound..<text.endIndex) else { return [] }
+        var out: [(String, String?)] = []
+        var rest = text[open.upperBound..<close.lowerBound]
+        while let m = rest.range(of: "<t:Mailbox>"), let e = rest.range(of: "</t:Mailbox>", range: m.upperBound..<rest.endIndex) {
+            let box = rest[m.upperBound..<e.lowerBound]
+            func inner(_ tag: String) -> String? {
+                guard let a = box.range(of: "<t:\(tag)>"), let b = box.range(of: "</t:\(tag)>") else { return nil }
+                return String(box[a.upperBound..<b.lowerBound]).replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+                    .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'").replacingOccurrences(of: "&amp;", with: "&")
+            }
+            if let address = inner("EmailAddress") { out.append((address, inner("Name"))) }
+            rest = rest[e.upperBound...]
+        }
+        return out
+    }
+
+    /// UpdateItem (updateitem-operation.md): SetItemField / DeleteItemField on the recipient
+    /// collections of a saved draft; MessageDisposition SendAndSaveCopy sends it.
+    static func updateItem(_ text: String, _ state: EmulatorState) async -> Response {
+        guard let d = text.range(of: #"<m:UpdateItem MessageDisposition="([A-Za-z]+)""#, options: .regularExpression) else {
+            return xml(.internalServerError, fault("ErrorSchemaValidation", "UpdateItem needs MessageDisposition for a message."))
+        }
+        let disposition = String(text[d].dropFirst(#"<m:UpdateItem MessageDisposition=""#.count).dropLast())
+        await state.set { $0.calls.append("ews/UpdateItem/\(disposition)") }
+        guard let idRange = text.range(of: #"<t:ItemId Id="[^"]+""#, options: .regularExpression) else {
+            return xml(.internalServerError, fault("ErrorSchemaValidation", "ItemId missing."))
+        }
+        let id = String(text[idRange].dropFirst(#"<t:ItemId Id=""#.count).dropLast())
+        guard var draft = await state.ewsDrafts[id] else {
+            return xml(.ok, updateItemResponse("Error", "ErrorItemNotFound", "The specified object was not found in the store.", id: id, changeKey: ""))
+        }
+        if let ck = text.range(of: #"ChangeKey="[^"]+""#, options: .regularExpression),
+           String(text[ck].dropFirst(#"ChangeKey=""#.count).dropLast()) != draft.changeKey {
+            return xml(.ok, updateItemResponse("Error", "ErrorIrresolvableConflict", "The change key does not match.", id: id, changeKey: ""))
+        }
+        for field in ["ToRecipients", "CcRecipients", "BccRecipients"] {
+            if text.contains(#"<t:DeleteItemField><t:FieldURI FieldURI="message:\#(field)"/></t:DeleteItemField>"#) {
+                draft.recipients[field] = []
+            } else if let set = text.range(of: #"<t:SetItemField><t:FieldURI FieldURI="message:\#(field)"/><t:Message><t:\#(field)>"#) {
+                guard let end = text.range(of: "</t:\(field)></t:Message></t:SetItemField>", range: set.upperBound..<text.endIndex) else {
+                    return xml(.internalServerError, fault("ErrorSchemaValidation", "SetItemField for \(field) must hold a Message with \(field)."))
+                }
+                let list = mailboxes(in: "<t:\(field)>" + text[set.upperBound..<end.lowerBound] + "</t:\(field)>", element: field)
+                draft.recipients[field] = list.map(\.0)
+                for (a, n) in list { draft.names[a.lowercased()] = n }
+            }
+        }
+        draft.changeKey = "CQAAAB-\(UUID().uuidString.prefix(6))"
+        let updated = draft
+        switch disposition {
+        case "SaveOnly":
+            await state.set { $0.ewsDrafts[id] = updated }
+        case "SendAndSaveCopy", "SendOnly":
+            guard disposition == "SendOnly" || text.contains(#"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#) else {
+                return xml(.ok, updateItemResponse("Error", "ErrorInvalidSendItemSaveSettings", "SavedItemFolderId expected.", id: id, changeKey: ""))
+            }
+            await state.set {
+                $0.ewsDrafts[id] = nil
+                $0.deliveries.append(EmulatorState.Delivery(via: "ews/UpdateItem", to: updated.recipients["ToRecipients"] ?? [],
+                                                            cc: updated.recipients["CcRecipients"] ?? [],
+                                                            bcc: updated.recipients["BccRecipients"] ?? [], mime: updated.mime, names: updated.names))
+            }
+        default:
+            return xml(.internalServerError, fault("ErrorSchemaValidation", "MessageDisposition \(disposition) is not valid."))
+        }
+        return xml(.ok, updateItemResponse("Success", "NoError", nil, id: id, changeKey: updated.changeKey))
+    }
+
+    static func updateItemResponse(_ responseClass: String, _ code: String, _ text: String?, id: String, changeKey: String) -> String {
+        #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:UpdateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:UpdateItemResponseMessage ResponseClass="\#(responseClass)">"#
+            + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
+            + "<m:ResponseCode>\(code)</m:ResponseCode>"
+            + (responseClass == "Success" ? #"<m:Items><t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(changeKey)"/></t:Message></m:Items>"# : "<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/>")
+            + "</m:UpdateItemResponseMessage></m:ResponseMessages></m:UpdateItemResponse></s:Body></s:Envelope>"
     }
 
     static func tokenDelaySleep(_ s: EmulatorState) async -> Bool {
@@ -361,10 +503,10 @@ enum Emulator {
 
     static let busyFault = #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
 
-    static func createItemResponse(_ responseClass: String, _ code: String, _ text: String?) -> String {
+    static func createItemResponse(_ responseClass: String, _ code: String, _ text: String?, items: String = "") -> String {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:CreateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:CreateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
-            + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/></m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
+            + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>" + (items.isEmpty ? "<m:Items/>" : "<m:Items>\(items)</m:Items>") + "</m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
     }
 }
 
@@ -397,17 +539,108 @@ extension Emulator {
         return .success(object)
     }
 
+    /// To, Cc and Bcc of a MIME header section, read independently of Outbox's parser:
+    /// unfolded fields, the list split at commas outside quotes and angle brackets, the address
+    /// in `<...>` or the bare item.
+    static func headerRecipients(_ mime: [UInt8]) -> (to: [String], cc: [String], bcc: [String], names: [String: String], hasBcc: Bool) {
+        var fields: [(String, String)] = []
+        for line in String(decoding: mime, as: UTF8.self).components(separatedBy: "\r\n") {
+            if line.isEmpty { break }
+            if line.first == " " || line.first == "\t", !fields.isEmpty {
+                fields[fields.count - 1].1 += line
+            } else if let colon = line.firstIndex(of: ":") {
+                fields.append((line[..<colon].lowercased(), String(line[line.index(after: colon)...])))
+            }
+        }
+        var out: [String: [String]] = ["to": [], "cc": [], "bcc": []]
+        var names: [String: String] = [:]
+        var hasBcc = false
+        for (name, value) in fields where out[name] != nil {
+            if name == "bcc" { hasBcc = true }
+            var items: [String] = []
+            var current = ""
+            var quoted = false
+            var angle = false
+            for c in value {
+                if c == "\"" { quoted.toggle() }
+                if c == "<" && !quoted { angle = true }
+                if c == ">" && !quoted { angle = false }
+                if c == "," && !quoted && !angle {
+                    items.append(current)
+                    current = ""
+                } else {
+                    current.append(c)
+                }
+            }
+            items.append(current)
+            for item in items {
+                let t = item.trimmingCharacters(in: .whitespaces)
+                if t.isEmpty { continue }
+                if let lt = t.lastIndex(of: "<"), let gt = t.lastIndex(of: ">"), lt < gt {
+                    let address = String(t[t.index(after: lt)..<gt])
+                    var display = t[..<lt].trimmingCharacters(in: .whitespaces)
+                    if display.hasPrefix("\""), display.hasSuffix("\""), display.count >= 2 { display = String(display.dropFirst().dropLast()) }
+                    if !display.isEmpty { names[address.lowercased()] = display }
+                    out[name]!.append(address)
+                } else {
+                    out[name]!.append(t)
+                }
+            }
+        }
+        return (out["to"]!, out["cc"]!, out["bcc"]!, names, hasBcc)
+    }
+
+    static func recipientList(_ value: Any?) -> (addresses: [String], names: [String: String])? {
+        guard let list = value as? [[String: Any]] else { return nil }
+        var addresses: [String] = []
+        var names: [String: String] = [:]
+        for item in list {
+            guard let e = item["emailAddress"] as? [String: Any], let a = e["address"] as? String else { return nil }
+            addresses.append(a)
+            if let n = e["name"] as? String { names[a.lowercased()] = n }
+        }
+        return (addresses, names)
+    }
+
     static func largeMessageRoutes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
+        // Create message (user-post-messages.md): JSON, or MIME as base64 with text/plain.
         router.post("/v1.0/users/:user/messages") { request, context -> Response in
             var request = request
+            let id = "draft-\(UUID().uuidString.prefix(8))"
+            if request.headers[.contentType] == "text/plain" {
+                await state.set { $0.calls.append("createDraft/mime") }
+                guard let token = bearer(request), await state.isValid(token) else {
+                    return graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+                }
+                let body: ByteBuffer
+                do { body = try await request.collectBody(upTo: 4 * 1024 * 1024) } catch {
+                    return graphError(.contentTooLarge, "RequestEntityTooLarge", "Maximum request length exceeded.")
+                }
+                await state.set { $0.largestGraphRequest = max($0.largestGraphRequest, body.readableBytes) }
+                guard let mime = strictBase64(String(buffer: body)) else {
+                    return graphError(.badRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+                }
+                let h = headerRecipients(mime)
+                let draft = EmulatorState.Draft(json: ["subject": ""], recipients: ["toRecipients": h.to, "ccRecipients": h.cc, "bccRecipients": h.bcc],
+                                                mime: mime, names: h.names)
+                await state.set { $0.drafts[id] = draft }
+                return json(.created, ["id": id, "isDraft": true,
+                                       "toRecipients": h.to.map { ["emailAddress": ["address": $0]] },
+                                       "ccRecipients": h.cc.map { ["emailAddress": ["address": $0]] },
+                                       "bccRecipients": h.bcc.map { ["emailAddress": ["address": $0]] }])
+            }
+            await state.set { $0.calls.append("createDraft/json") }
             let object: [String: Any]
             switch try await graphJSON(&request, state) {
             case .success(let o): object = o
             case .failure(let r): return r
             }
             var recipients: [String: [String]] = [:]
+            var names: [String: String] = [:]
             for key in ["toRecipients", "ccRecipients", "bccRecipients", "replyTo"] {
-                recipients[key] = (object[key] as? [[String: Any]] ?? []).compactMap { ($0["emailAddress"] as? [String: Any])?["address"] as? String }
+                let list = recipientList(object[key]) ?? ([], [:])
+                recipients[key] = list.addresses
+                if key != "replyTo" { names.merge(list.names) { a, _ in a } }
             }
             var flat: [String: String] = ["subject": object["subject"] as? String ?? ""]
             if let body = object["body"] as? [String: Any] {
@@ -415,13 +648,47 @@ extension Emulator {
                 flat["body.content"] = body["content"] as? String
             }
             flat["from"] = ((object["from"] as? [String: Any])?["emailAddress"] as? [String: Any])?["address"] as? String
-            let id = "draft-\(UUID().uuidString.prefix(8))"
-            let draft = EmulatorState.Draft(json: flat, recipients: recipients)
+            let draft = EmulatorState.Draft(json: flat, recipients: recipients, names: names)
             await state.set { $0.drafts[id] = draft }
             return json(.created, ["id": id, "isDraft": true])
         }
+        // Update message (message-update.md): the recipient collections of a draft.
+        router.patch("/v1.0/users/:user/messages/:id") { request, context -> Response in
+            var request = request
+            await state.set { $0.calls.append("patch") }
+            let id = try context.parameters.require("id")
+            let object: [String: Any]
+            switch try await graphJSON(&request, state) {
+            case .success(let o): object = o
+            case .failure(let r): return r
+            }
+            guard var draft = await state.drafts[id] else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            for key in ["toRecipients", "ccRecipients", "bccRecipients"] where object[key] != nil {
+                guard let list = recipientList(object[key]) else {
+                    return graphError(.badRequest, "ErrorInvalidRecipients", "\(key) must be a collection of recipients with emailAddress.address")
+                }
+                draft.recipients[key] = list.addresses
+                for a in list.addresses { draft.names[a.lowercased()] = list.names[a.lowercased()] }
+            }
+            let unknown = Set(object.keys).subtracting(["toRecipients", "ccRecipients", "bccRecipients", "subject", "body", "importance"])
+            guard unknown.isEmpty else { return graphError(.badRequest, "ErrorInvalidProperty", "unexpected properties \(unknown.sorted())") }
+            let updated = draft
+            await state.set { $0.drafts[id] = updated }
+            return json(.ok, ["id": id, "isDraft": true])
+        }
+        router.delete("/v1.0/users/:user/messages/:id") { request, context -> Response in
+            await state.set { $0.calls.append("delete") }
+            let id = try context.parameters.require("id")
+            guard let token = bearer(request), await state.isValid(token) else {
+                return graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+            }
+            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            await state.set { $0.drafts[id] = nil }
+            return Response(status: .noContent)
+        }
         router.post("/v1.0/users/:user/messages/:id/attachments") { request, context -> Response in
             var request = request
+            await state.set { $0.calls.append("attachment") }
             let id = try context.parameters.require("id")
             let object: [String: Any]
             switch try await graphJSON(&request, state) {
@@ -433,11 +700,18 @@ extension Emulator {
                   let bytes = (object["contentBytes"] as? String).flatMap(strictBase64) else {
                 return graphError(.badRequest, "ErrorInvalidRequest", "fileAttachment with name and base64 contentBytes expected")
             }
-            await state.set { $0.drafts[id]!.attachments.append((name, bytes, false)) }
+            let inline = object["isInline"] as? Bool ?? false
+            let type = object["contentType"] as? String ?? ""
+            await state.set {
+                $0.drafts[id]!.attachments.append((name, bytes, false))
+                $0.drafts[id]!.isInline[name] = inline
+                $0.drafts[id]!.contentTypes[name] = type
+            }
             return json(.created, ["id": "att-\(UUID().uuidString.prefix(6))"])
         }
         router.post("/v1.0/users/:user/messages/:id/attachments/createUploadSession") { request, context -> Response in
             var request = request
+            await state.set { $0.calls.append("createUploadSession") }
             let id = try context.parameters.require("id")
             let object: [String: Any]
             switch try await graphJSON(&request, state) {
@@ -449,8 +723,14 @@ extension Emulator {
                   let name = item["name"] as? String, let size = item["size"] as? Int, size > 0 else {
                 return graphError(.badRequest, "ErrorInvalidRequest", "AttachmentItem with attachmentType file, name and size expected")
             }
+            let inline = item["isInline"] as? Bool ?? false
+            let type = item["contentType"] as? String ?? ""
             let sid = "s\(UUID().uuidString.prefix(8))"
-            await state.set { $0.uploadSessions[sid] = EmulatorState.UploadSession(draft: id, name: name, size: size) }
+            await state.set {
+                $0.uploadSessions[sid] = EmulatorState.UploadSession(draft: id, name: name, size: size)
+                $0.drafts[id]!.isInline[name] = inline
+                $0.drafts[id]!.contentTypes[name] = type
+            }
             return json(.created, ["uploadUrl": "\(await state.baseURL)/upload/\(sid)", "expirationDateTime": "2030-01-01T00:00:00Z",
                                    "nextExpectedRanges": ["0-"]])
         }
@@ -481,13 +761,22 @@ extension Emulator {
             if done { return json(.created, ["id": "att-\(sid)"]) }
             return json(.ok, ["nextExpectedRanges": ["\(finished.received.count)-"]])
         }
+        // Send (message-send.md): no body, Content-Length: 0; 202.
         router.post("/v1.0/users/:user/messages/:id/send") { request, context -> Response in
+            await state.set { $0.calls.append("send") }
             let id = try context.parameters.require("id")
             guard let token = bearer(request), await state.isValid(token) else {
                 return graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
             }
+            guard request.headers[.contentLength] == "0" else {
+                return graphError(.lengthRequired, "LengthRequired", "Content-Length: 0 is required")
+            }
             guard let draft = await state.drafts[id] else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
-            await state.set { $0.sentDrafts.append(draft); $0.drafts[id] = nil }
+            let delivery = EmulatorState.Delivery(via: draft.mime == nil ? "draft/json" : "draft/mime",
+                                                  to: draft.recipients["toRecipients"] ?? [], cc: draft.recipients["ccRecipients"] ?? [],
+                                                  bcc: draft.recipients["bccRecipients"] ?? [], mime: draft.mime,
+                                                  attachments: draft.attachments, names: draft.names)
+            await state.set { $0.sentDrafts.append(draft); $0.drafts[id] = nil; $0.deliveries.append(delivery) }
             return Response(status: .accepted)
         }
     }
