@@ -71,7 +71,7 @@ public struct OutboxConfiguration: Sendable {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read (not UTF-8 text, or no permission)" : "does not exist"
-            throw ConfigurationError(problems: [ConfigurationProblem(code: "unreadable-file", file: path, line: nil, option: nil, value: nil,
+            throw ConfigurationError(problems: [ConfigurationProblem(code: "unreadable_file", file: path, line: nil, option: nil, value: nil,
                                                                      message: "the configuration file \(reason)")])
         }
         return try parse(text: text, fileName: path, overrides: overrides, environment: environment)
@@ -184,7 +184,7 @@ struct ConfigurationReader {
                     if let guess = Suggest.closest(to: name, among: ["smtp-client", "outbox", "secret-smtp", "relay", "client-name"]) {
                         message += "; did you mean [\(guess)]?"
                     }
-                    problem("unknown-section", location, option: "[\(name)]", value: nil, message)
+                    problem("unknown_section", location, option: "[\(name)]", value: nil, message)
                     current = .ignored
                 }
                 continue
@@ -203,40 +203,40 @@ struct ConfigurationReader {
             let entry = RawEntry(key: key, displayName: key, value: value, source: .file(name: fileName, line: lineNumber), location: location)
             switch current {
             case nil:
-                problem("outside-section", location, option: key, value: nil,
+                problem("outside_section", location, option: key, value: nil,
                         "is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it")
             case .ignored:
                 continue
             case .smtpClient:
                 if let previous = smtp[key] {
-                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [smtp-client] (first at line \(previous.location.line ?? 0))")
+                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [smtp-client] (first at line \(previous.location.line ?? 0))")
                 } else {
                     smtp[key] = entry
                     smtpOrder.append(key)
                 }
             case .outbox:
                 if let previous = outbox[key] {
-                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [outbox] (first at line \(previous.location.line ?? 0))")
+                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [outbox] (first at line \(previous.location.line ?? 0))")
                 } else {
                     outbox[key] = entry
                     outboxOrder.append(key)
                 }
             case .relay:
                 if let previous = relay[key] {
-                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [relay] (first at line \(previous.location.line ?? 0))")
+                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [relay] (first at line \(previous.location.line ?? 0))")
                 } else {
                     relay[key] = entry
                     relayOrder.append(key)
                 }
             case .client(let name):
                 if let previous = clients[name]?[key] {
-                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [client-\(name)] (first at line \(previous.location.line ?? 0))")
+                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [client-\(name)] (first at line \(previous.location.line ?? 0))")
                 } else {
                     clients[name, default: [:]][key] = entry
                 }
             case .secret(let name):
                 if let previous = secrets[name]?[key] {
-                    problem("duplicate-option", location, option: key, value: nil, "is set twice in [secret-\(name)] (first at line \(previous.location.line ?? 0))")
+                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [secret-\(name)] (first at line \(previous.location.line ?? 0))")
                 } else {
                     secrets[name, default: [:]][key] = entry
                 }

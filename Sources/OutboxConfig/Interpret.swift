@@ -65,7 +65,7 @@ enum Convert {
 extension ConfigurationReader {
     mutating func invalid(_ entry: RawEntry, secret: Bool = false, _ message: String) {
         failed.insert(entry.key)
-        problem("invalid-value", entry.location, option: entry.displayName, value: secret ? nil : entry.value, message)
+        problem("invalid_value", entry.location, option: entry.displayName, value: secret ? nil : entry.value, message)
     }
 
     /// Converts an entry's value; records its source; reports an invalid or empty value.
@@ -77,7 +77,7 @@ extension ConfigurationReader {
         if entry.value.isEmpty {
             if let defaultValue = descriptor.defaultValue {
                 failed.insert(entry.key)
-                problem("missing-value", entry.location, option: entry.displayName, value: nil,
+                problem("missing_value", entry.location, option: entry.displayName, value: nil,
                         "has no value; valid values: \(descriptor.validValues) (remove the line to use the default, \(defaultValue))")
             }
             return nil
@@ -104,13 +104,13 @@ extension ConfigurationReader {
             let variable = String(value.dropFirst(4))
             guard !variable.isEmpty else {
                 failed.insert(sourceKey)
-                problem("invalid-value", entry.location, option: entry.displayName, value: nil, "= env: names no environment variable (write env:NAME)")
+                problem("invalid_value", entry.location, option: entry.displayName, value: nil, "= env: names no environment variable (write env:NAME)")
                 return nil
             }
             sources[sourceKey] = .environment(variable: variable)
             guard let secret = environment[variable] else {
                 failed.insert(sourceKey)
-                problem("missing-secret", entry.location, option: entry.displayName, value: nil,
+                problem("missing_secret", entry.location, option: entry.displayName, value: nil,
                         "refers to the environment variable \(variable), which is not set")
                 return nil
             }
@@ -121,7 +121,7 @@ extension ConfigurationReader {
             sources[sourceKey] = .secretFile(path: path)
             guard !path.isEmpty, var contents = try? String(contentsOfFile: path, encoding: .utf8) else {
                 failed.insert(sourceKey)
-                problem("missing-secret", entry.location, option: entry.displayName, value: nil,
+                problem("missing_secret", entry.location, option: entry.displayName, value: nil,
                         "refers to the file \(path), which cannot be read (it must exist and hold UTF-8 text)")
                 return nil
             }
@@ -144,7 +144,7 @@ extension ConfigurationReader {
             var message = "is not an option of [smtp-client]"
             if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
             else { message += " (see docs/options.md)" }
-            problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
+            problem("unknown_option", entry.location, option: entry.displayName, value: nil, message)
         }
 
         let timeMessage = Self.timeMessage
@@ -217,7 +217,7 @@ extension ConfigurationReader {
                 configuration.unusedMailProperties.append(key)
                 var message = "\(entry.displayName) is kept but not used by Outbox"
                 if let guess = Suggest.closest(to: key, among: understood) { message += "; did you mean \(guess)?" }
-                warn("unused-mail-property", entry.location, option: entry.displayName, message)
+                warn("unused_mail_property", entry.location, option: entry.displayName, message)
             }
         }
         let mechanisms: (String) -> [String]? = { s in
@@ -291,7 +291,7 @@ extension ConfigurationReader {
             guard let entry = entries[key] else { continue }
             var message = "is not \(what) (valid: \(known.joined(separator: ", ")))"
             if let guess = Suggest.closest(to: key, among: known) { message += "; did you mean \(guess)?" }
-            problem("unknown-option", entry.location, option: entry.displayName, value: nil, message)
+            problem("unknown_option", entry.location, option: entry.displayName, value: nil, message)
         }
     }
 
@@ -300,7 +300,7 @@ extension ConfigurationReader {
             let entries = secrets[name] ?? [:]
             for key in entries.keys.sorted() where key != "password" {
                 guard let entry = entries[key] else { continue }
-                problem("unknown-option", entry.location, option: entry.displayName, value: nil,
+                problem("unknown_option", entry.location, option: entry.displayName, value: nil,
                         "is not a key of [secret-\(name)]; its only key is password (the Google application's client secret)")
             }
             let password = secretValue(entries["password"], sourceKey: "secret-\(name).password")

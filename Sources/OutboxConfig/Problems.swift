@@ -51,7 +51,7 @@ public struct ConfigurationLocation: Sendable, Equatable, CustomStringConvertibl
 /// `value` is nil whenever the value could be secret (passwords, the values of unknown or
 /// misspelt keys, malformed lines), so no description ever contains a secret.
 public struct ConfigurationProblem: Sendable, Equatable, CustomStringConvertible {
-    /// Stable machine-readable code, e.g. `invalid-value`, `unknown-option`, `missing-option`.
+    /// Stable machine-readable code, e.g. `invalid_value`, `unknown_option`, `missing_option`.
     public var code: String
     public var file: String?
     public var line: Int?
@@ -99,7 +99,7 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
 
 /// A legal but suspicious set-up (e.g. `ssl-tls` on port 587). Never contains a secret.
 public struct ConfigurationWarning: Sendable, Equatable, CustomStringConvertible {
-    /// Stable code, e.g. `ssl-tls-on-submission-port`, `unused-mail-property`.
+    /// Stable code, e.g. `ssl_tls_on_submission_port`, `unused_mail_property`.
     public var code: String
     public var file: String?
     public var line: Int?

@@ -322,18 +322,18 @@ extension ConfigurationReader {
                 return !Convert.isLoopback(String(address[..<colon]))
             }
             if !exposed.isEmpty {
-                problem("open-relay", at("allowed-networks"), option: "relay.allowed-networks", value: everyone.description,
+                problem("open_relay", at("allowed-networks"), option: "relay.allowed-networks", value: everyone.description,
                         "covers every address while the relay listens on \(exposed.joined(separator: ", ")), which is not loopback: anyone could send mail through Outbox (an open relay). Name the networks that may send without AUTH (e.g. 192.0.2.0/24), or use [client-NAME] identities")
             }
         }
         let certGiven = relay["tls-certificate-file"] != nil, keyGiven = relay["tls-key-file"] != nil
         if certGiven != keyGiven, !failed.contains("tls-certificate-file"), !failed.contains("tls-key-file") {
             let missing = certGiven ? "tls-key-file" : "tls-certificate-file"
-            problem("relay-tls-incomplete", at(certGiven ? "tls-certificate-file" : "tls-key-file"), option: "relay.\(missing)", value: nil,
+            problem("relay_tls_incomplete", at(certGiven ? "tls-certificate-file" : "tls-key-file"), option: "relay.\(missing)", value: nil,
                     "is not set: the relay's TLS needs both tls-certificate-file and tls-key-file")
         }
         if !r.listenTLS.isEmpty, !r.hasCertificate, !certGiven, !keyGiven {
-            problem("relay-tls-needs-certificate", at("listen-tls"), option: "relay.listen-tls", value: r.listenTLS.joined(separator: ","),
+            problem("relay_tls_needs_certificate", at("listen-tls"), option: "relay.listen-tls", value: r.listenTLS.joined(separator: ","),
                     "needs tls-certificate-file and tls-key-file in [relay] (implicit TLS cannot start without a certificate)")
         }
     }
@@ -357,7 +357,7 @@ extension ConfigurationReader {
                     guard parts.count == 2, !parts[1].isEmpty, !parts[1].contains("*") else { return true }
                     return parts[0].isEmpty || (parts[0].contains("*") && parts[0] != "*")
                 }) {
-                    problem("invalid-value", entry.location, option: entry.displayName, value: entry.value,
+                    problem("invalid_value", entry.location, option: entry.displayName, value: entry.value,
                             "\(bad) is not an address pattern; valid: *@example.com, scanner@example.com, or * (any sender)")
                 } else {
                     senders = list
@@ -368,18 +368,18 @@ extension ConfigurationReader {
             if hash == nil && !failed.contains("client-\(name).password-hash") { missing.append("password-hash") }
             if entries["allowed-senders"] == nil || (senders?.isEmpty ?? false) { missing.append("allowed-senders") }
             if !missing.isEmpty {
-                problem("client-incomplete", header, option: "[client-\(name)]", value: nil,
+                problem("client_incomplete", header, option: "[client-\(name)]", value: nil,
                         "needs \(missing.joined(separator: ", ")) (user and password-hash from `outbox hash-password`, allowed-senders such as *@example.com)")
             }
             if let hash, !ClientIdentity.looksLikeBcrypt(hash.value) {
                 let location = entries["password-hash"]?.location ?? header
-                problem("invalid-value", location, option: "client-\(name).password-hash", value: nil,
+                problem("invalid_value", location, option: "client-\(name).password-hash", value: nil,
                         "is not a bcrypt hash ($2b$12$ followed by 53 characters): make one with `outbox hash-password`")
                 continue
             }
             if let user {
                 if let other = users[user.lowercased()] {
-                    problem("duplicate-client-user", entries["user"]?.location ?? header, option: "client-\(name).user", value: user,
+                    problem("duplicate_client_user", entries["user"]?.location ?? header, option: "client-\(name).user", value: user,
                             "is also the user of [client-\(other)]: each client needs its own user name")
                 }
                 users[user.lowercased()] = name

@@ -6,18 +6,23 @@ import Foundation
 /// The description never contains the client secret, the password, the refresh token or an
 /// access token: only what the token endpoint said about them.
 public struct OAuthError: Error, Sendable, CustomStringConvertible {
-    /// Stable codes for callers and metrics.
-    public enum Code: String, Sendable {
+    /// Stable codes for callers and metrics (snake_case, as every code in Outbox). Extensible:
+    /// new codes are new static values, so a caller's `switch` needs a default.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
         /// The token endpoint refused the request (HTTP 4xx with an OAuth error body).
-        case refused = "oauth.refused"
+        public static let refused = Code(rawValue: "oauth_refused")
         /// The token endpoint failed (5xx) or could not be reached: try again later.
-        case unavailable = "oauth.unavailable"
+        public static let unavailable = Code(rawValue: "oauth_unavailable")
         /// The request timed out (`connect-timeout` / `protocol-timeout`).
-        case timeout = "oauth.timeout"
+        public static let timeout = Code(rawValue: "oauth_timeout")
         /// The answer was not a token response.
-        case badResponse = "oauth.bad_response"
+        public static let badResponse = Code(rawValue: "oauth_bad_response")
         /// The options do not describe a usable credential set.
-        case misconfigured = "oauth.misconfigured"
+        public static let misconfigured = Code(rawValue: "oauth_misconfigured")
     }
 
     public var code: Code

@@ -46,7 +46,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
         let settings = configuration.outbox
         if !APISettings.isLoopback(listen: settings.httpListen) && settings.apiTokenList.isEmpty {
-            throw DaemonError("http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
+            throw DaemonError(.openAPI, "http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
         }
         let store = try await openStore(settings, logger: logger)
         return try Daemon(configuration: configuration, store: store, file: file, overrides: overrides, environment: environment, logger: logger)
@@ -100,7 +100,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
                 runtime = try RelayRuntimeConfiguration.make(settings: relaySettings, clients: configuration.clients,
                                                              transportLimit: Daemon.transportLimit(configuration))
             } catch let error as RelayError {
-                throw DaemonError(error.description)
+                throw DaemonError(.relay, error.description)
             }
             self.relay = RelayServer(
                 configuration: runtime, queue: StoreRelayQueue(store: store),
@@ -171,7 +171,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
             do {
                 relayRuntime = try RelayRuntimeConfiguration.make(settings: new.relay, clients: new.clients, transportLimit: Daemon.transportLimit(new))
             } catch {
-                let problem = ConfigurationProblem(code: "relay-tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
+                let problem = ConfigurationProblem(code: "relay_tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
                 logger.error("the new configuration is invalid; keeping the old one: \(error)")
                 state.withLockedValue {
                     $0.lastReloadError = "\(error)"
@@ -244,7 +244,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         relayListening.withLockedValue { $0 = onRelayListening }
         let listen = configuration.outbox.httpListen
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
-            throw DaemonError("http-listen \(listen) is not host:port")
+            throw DaemonError(.invalidListen, "http-listen \(listen) is not host:port")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         let router = api.makeRouter()
@@ -303,7 +303,26 @@ struct ReloadService: Service {
     }
 }
 
+/// Why the daemon cannot start or reload: a stable code and a message naming the option.
 public struct DaemonError: Error, CustomStringConvertible, Sendable {
+    /// Stable codes (snake_case); extensible.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// `http-listen` is not a loopback address and no API token is set.
+        public static let openAPI = Code(rawValue: "daemon_open_api")
+        /// An address option is not `host:port`.
+        public static let invalidListen = Code(rawValue: "daemon_invalid_listen")
+        /// The `[relay]` section cannot be put in force (certificate files, the open-relay rule).
+        public static let relay = Code(rawValue: "daemon_relay")
+    }
+
+    public var code: Code
     public var description: String
-    public init(_ description: String) { self.description = description }
+    public init(_ code: Code, _ description: String) {
+        self.code = code
+        self.description = description
+    }
 }

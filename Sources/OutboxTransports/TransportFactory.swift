@@ -61,7 +61,11 @@ extension PoolConfiguration {
 
 /// Chooses and builds the transport that `server-type` and `server` call for.
 public enum TransportFactory {
-    public struct Unavailable: Error, CustomStringConvertible {
+    /// The transport cannot be built from the configuration: the code of the error behind it
+    /// (an OAuth or delivery code) and what to fix.
+    public struct Unavailable: Error, CustomStringConvertible, Sendable {
+        /// The underlying error's code, e.g. `oauth_misconfigured`.
+        public var code: String
         public var description: String
     }
 
@@ -94,7 +98,7 @@ public enum TransportFactory {
                                           tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
                                           logger: logger)
             } catch {
-                throw Unavailable(description: "server-type = GRAPH: \(error.description)")
+                throw Unavailable(code: error.code.rawValue, description: "server-type = GRAPH: \(error.description)")
             }
         case .ews:
             do throws(DeliveryError) {
@@ -102,7 +106,7 @@ public enum TransportFactory {
                                         tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
                                         logger: logger)
             } catch {
-                throw Unavailable(description: "server-type = EWS: \(error.message)")
+                throw Unavailable(code: error.kind == .permanent ? "transport_misconfigured" : "transport_unavailable", description: "server-type = EWS: \(error.message)")
             }
         }
     }

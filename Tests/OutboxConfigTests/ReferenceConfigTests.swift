@@ -119,7 +119,7 @@ import Testing
         let options = try #require(object["options"] as? [[String: Any]])
         let port = try #require(options.first { $0["name"] as? String == "port" })
         #expect(port["value"] as? String == "2525" && port["source"] as? String == "outbox.cfg:2" && port["effect"] as? String == "immediately")
-        #expect((object["warnings"] as? [[String: Any]])?.first?["code"] as? String == "trust-all-certificates")
+        #expect((object["warnings"] as? [[String: Any]])?.first?["code"] as? String == "trust_all_certificates")
     }
 
     @Test func runExitCodes() throws {

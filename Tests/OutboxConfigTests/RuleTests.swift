@@ -29,7 +29,7 @@ import Testing
     }
 
     @Test func graphNeedsClientIDDirectoryIDUserPassword() {
-        #expect(problemCodes(smtpClient("server-type = GRAPH")) == ["graph-needs-credentials", "oauth-needs-client-id", "azure-needs-directory-id"])
+        #expect(problemCodes(smtpClient("server-type = GRAPH")) == ["graph_needs_credentials", "oauth_needs_client_id", "azure_needs_directory_id"])
         #expect(problems(smtpClient("server-type = GRAPH")).first ==
             "outbox.cfg:2: server-type = GRAPH needs user (the mailbox that sends) and password (the Azure application's client secret); user and password are not set")
     }
@@ -50,7 +50,7 @@ import Testing
         #expect(problems(base) == [
             "outbox.cfg:11: secret = gmail names the section [secret-gmail], which is missing: Gmail XOAUTH2 (tenant-authority contains \"google\") needs it, with password = the Google application's client secret",
         ])
-        #expect(problemCodes(base + "[secret-gmail]\n") == ["google-secret-missing-password"])
+        #expect(problemCodes(base + "[secret-gmail]\n") == ["google_secret_missing_password"])
         #expect(problems(base + "[secret-gmail]\npassword = cs\n") == [])
         // Google needs no directory-id.
         #expect(try load(base + "[secret-gmail]\npassword = cs\n").smtpClient.isGoogle)
@@ -58,9 +58,9 @@ import Testing
 
     @Test func googleWithGraphOrEWSIsAnError() {
         let graph = smtpClient("server-type = GRAPH\nuser = u\npassword = p\nclient-id = c\ntenant-authority = https://accounts.google.com")
-        #expect(problemCodes(graph) == ["google-with-graph"])
+        #expect(problemCodes(graph) == ["google_with_graph"])
         let ews = smtpClient("server-type = EWS\nserver = https://x.example.com/EWS/Exchange.asmx\nclient-id = c\ntenant-authority = google\nmail.ews.auth.mechanisms = XOAUTH2")
-        #expect(problemCodes(ews) == ["google-with-ews"])
+        #expect(problemCodes(ews) == ["google_with_ews"])
     }
 
     @Test func ewsNeedsURL() {
@@ -103,12 +103,12 @@ import Testing
         let c = try load(Self.graph + "grant-type = client_credentials\n")
         #expect(c.smtpClient.grantType == .clientCredentials)
         let unused = try load(smtpClient("grant-type = password"))
-        #expect(unused.warnings.map(\.code) == ["option-unused"])
+        #expect(unused.warnings.map(\.code) == ["option_unused"])
     }
 
     @Test func invalidOptionsDoNotCascade() {
         // server-type is invalid: no EWS/GRAPH rule fires on top of its own error.
-        #expect(problemCodes(smtpClient("server-type = EWSS")) == ["invalid-value"])
+        #expect(problemCodes(smtpClient("server-type = EWSS")) == ["invalid_value"])
     }
 }
 
@@ -154,9 +154,9 @@ import Testing
     }
 
     @Test func otherWarnings() throws {
-        #expect(try load(smtpClient("mail.smtp.auth.mechanisms = XOAUTH2")).warnings.map(\.code) == ["xoauth2-without-authentication"])
-        #expect(try load(smtpClient("mail.smtp.ssl.trust = *\nmail.smtp.ssl.checkserveridentity = false")).warnings.map(\.code) == ["trust-all-certificates", "no-server-identity-check"])
-        #expect(try load(smtpClient("connect-timeout = 00:00:00")).warnings.map(\.code) == ["no-timeout"])
-        #expect(try load(smtpClient("server-type = EWS\nserver = http://mail.example.com/EWS/Exchange.asmx")).warnings.map(\.code) == ["authentication-in-clear"])
+        #expect(try load(smtpClient("mail.smtp.auth.mechanisms = XOAUTH2")).warnings.map(\.code) == ["xoauth2_without_authentication"])
+        #expect(try load(smtpClient("mail.smtp.ssl.trust = *\nmail.smtp.ssl.checkserveridentity = false")).warnings.map(\.code) == ["trust_all_certificates", "no_server_identity_check"])
+        #expect(try load(smtpClient("connect-timeout = 00:00:00")).warnings.map(\.code) == ["no_timeout"])
+        #expect(try load(smtpClient("server-type = EWS\nserver = http://mail.example.com/EWS/Exchange.asmx")).warnings.map(\.code) == ["authentication_in_clear"])
     }
 }

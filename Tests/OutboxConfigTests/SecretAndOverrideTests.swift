@@ -42,7 +42,7 @@ func dumped(_ value: some Any) -> String {
             "outbox.cfg:2: password refers to the file /nonexistent/pw, which cannot be read (it must exist and hold UTF-8 text)",
         ])
         // Missing password is reported once, not again by the authentication rule.
-        #expect(problemCodes(smtpClient("enable-authentication = true\nuser = u\npassword = env:NOPE_NOT_SET")) == ["missing-secret"])
+        #expect(problemCodes(smtpClient("enable-authentication = true\nuser = u\npassword = env:NOPE_NOT_SET")) == ["missing_secret"])
     }
 
     /// Secrets never appear: not in problems (including misspelt keys and malformed lines),

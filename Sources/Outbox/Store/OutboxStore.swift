@@ -316,10 +316,28 @@ extension OutboxStore {
     }
 }
 
-/// A store error that says what went wrong.
+/// A store error: a stable code and a message that says what went wrong.
 public struct StoreError: Error, CustomStringConvertible, Sendable {
-    public var description: String
-    public init(_ description: String) { self.description = description }
+    /// Stable codes (snake_case); extensible.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The store's address (`store = postgres://...`) cannot be used.
+        public static let invalidURL = Code(rawValue: "store_invalid_url")
+        /// A chunked message's chunks are not all in the store: it was not queued.
+        public static let chunksMissing = Code(rawValue: "store_chunks_missing")
+    }
+
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
 }
 
 enum StoreJSON {

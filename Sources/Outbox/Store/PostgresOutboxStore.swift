@@ -15,7 +15,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Connects with a `postgres://user:password@host:port/database` URL; call `migrate()` next.
     public static func open(url: String, logger: Logger = Logger(label: "outbox.store")) async throws -> PostgresOutboxStore {
         guard let components = URLComponents(string: url), let host = components.host, let user = components.user else {
-            throw StoreError("store \(url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)) is not postgres://user:password@host:port/database")
+            throw StoreError(.invalidURL, "store \(url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)) is not postgres://user:password@host:port/database")
         }
         let database = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         let configuration = PostgresClient.Configuration(host: host, port: components.port ?? 5432, username: user,
@@ -110,7 +110,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         let inserted = try await rows(query)
         if inserted.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
         if inserted.isEmpty {
-            throw StoreError("message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+            throw StoreError(.chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
         }
         return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
     }

@@ -202,7 +202,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             return existing
         }
         if rows.isEmpty {
-            throw StoreError("message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+            throw StoreError(.chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
         }
         return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
     }

@@ -33,11 +33,16 @@ public protocol ConnectionPoolRefusalError: ConnectionPoolDiscardingError {}
 
 /// Errors of the pool itself. The description says what happened and what to do.
 public struct ConnectionPoolError: Error, Sendable, Hashable, CustomStringConvertible {
-    public enum Code: String, Sendable, Hashable {
+    /// Stable codes (snake_case); extensible.
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
         /// The pool is shutting down or shut down; no connection is handed out.
-        case shutdown
+        public static let shutdown = Code(rawValue: "pool_shutdown")
         /// A new connection's credential expires within token-expiry-margin-time.
-        case credentialExpiresTooSoon
+        public static let credentialExpiresTooSoon = Code(rawValue: "credential_expires_too_soon")
     }
 
     public let code: Code
@@ -54,6 +59,8 @@ public struct ConnectionPoolError: Error, Sendable, Hashable, CustomStringConver
         case .credentialExpiresTooSoon:
             "new SMTP connection's access token expires within token-expiry-margin-time: "
                 + "obtain tokens that live longer than the margin, or lower token-expiry-margin-time"
+        default:
+            "SMTP connection pool: \(code)"
         }
     }
 }
