@@ -119,11 +119,10 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     }
 
     public static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
-        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-        return DispatcherSettings(
-            concurrency: s.deliveryConcurrency, leaseSeconds: seconds(s.leaseTime), shutdownDeadline: s.shutdownDeadline,
-            retry: RetryPolicy(initialDelay: seconds(s.retryInitialDelay), maxDelay: seconds(s.retryMaxDelay),
-                               maxAge: seconds(s.retryMaxAge), unknownOutcomeRetries: s.unknownOutcomeRetries),
+        DispatcherSettings(
+            concurrency: s.deliveryConcurrency, lease: s.leaseTime, shutdownDeadline: s.shutdownDeadline,
+            retry: RetryPolicy(initialDelay: s.retryInitialDelay, maxDelay: s.retryMaxDelay,
+                               maxAge: s.retryMaxAge, unknownOutcomeRetries: s.unknownOutcomeRetries),
             ratePerMinute: s.rateLimitPerMinute > 0 ? s.rateLimitPerMinute : nil,
             concurrencyPerMailbox: s.mailboxConcurrency > 0 ? s.mailboxConcurrency : nil)
     }

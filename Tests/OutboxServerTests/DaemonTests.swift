@@ -32,7 +32,7 @@ struct DaemonTests {
         guard case .success(let pending) = daemon.reload() else { Issue.record("reload refused a valid file"); return }
         #expect(daemon.mailer.configuration.smtpClient.port == 2525)
         #expect(daemon.mailer.configuration.smtpClient.enableDebug == true)
-        #expect(daemon.dispatcher.settings.retry.initialDelay == 60)
+        #expect(daemon.dispatcher.settings.retry.initialDelay == .seconds(60))
         #expect(pending == ["outbox.http-listen"])
         let status = await daemon.status()
         #expect(status["pending_restart"] as? [String] == ["outbox.http-listen"])

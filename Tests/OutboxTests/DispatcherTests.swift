@@ -30,11 +30,19 @@ func report(_ outcomes: [RecipientOutcome]) -> DeliveryReport {
                    startedAt: Date(), durationSeconds: 0)
 }
 
-/// A manual clock for the dispatcher.
-final class ManualTime: Sendable {
+/// A manual clock for the dispatcher: `now` moves only when a test advances it; a sleep waits
+/// its duration in real time (the dispatcher's polling goes on).
+final class ManualTime: QueueClock {
     let value = NIOLockedValueBox<Double>(1_000_000)
-    var now: Double { value.withLockedValue { $0 } }
+    var now: QueueInstant { QueueInstant(secondsSince1970: seconds) }
+    /// `now` as the store's seconds since 1970.
+    var seconds: Double { value.withLockedValue { $0 } }
+    var minimumResolution: Duration { .nanoseconds(1) }
     func advance(_ s: Double) { value.withLockedValue { $0 += s } }
+    func sleep(until deadline: QueueInstant, tolerance: Duration?) async throws {
+        let wait = now.duration(to: deadline)
+        if wait > .zero { try await Task.sleep(for: wait) }
+    }
 }
 
 /// Runs the dispatcher until `done` holds (or 30 s), then shuts it down gracefully.
@@ -61,7 +69,7 @@ struct DispatcherTests {
         let time = ManualTime()
         let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test", "b@example.test", "c@example.test"],
                                                     content: Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)),
-                                         now: time.now).id
+                                         now: time.seconds).id
         let sender = ScriptedSender { n, envelope in
             if n == 1 {
                 return .success(report([RecipientOutcome(address: "a@example.test", status: .accepted, code: 250),
@@ -71,8 +79,8 @@ struct DispatcherTests {
             return .success(report(envelope.recipients.map { RecipientOutcome(address: $0, status: .accepted, code: 250) }))
         }
         let settings = DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20),
-                                          retry: RetryPolicy(initialDelay: 10, jitter: 0, maxAge: 1000))
-        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+                                          retry: RetryPolicy(initialDelay: .seconds(10), jitter: 0, maxAge: .seconds(1000)))
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
             if m?.status == .deferred { time.advance(11) }
@@ -92,18 +100,18 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualTime()
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
-        let permanent = try await store.enqueue(NewMessage(from: "p@example.test", recipients: ["a@example.test"], content: content), now: time.now).id
-        let transient = try await store.enqueue(NewMessage(from: "t@example.test", recipients: ["a@example.test"], content: content), now: time.now).id
+        let permanent = try await store.enqueue(NewMessage(from: "p@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
+        let transient = try await store.enqueue(NewMessage(from: "t@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
         let sender = ScriptedSender { _, envelope in
             envelope.from == "p@example.test"
                 ? .failure(DeliveryError(kind: .permanent, message: "554 5.7.1 relay denied"))
                 : .failure(DeliveryError(kind: .transient, message: "421 busy"))
         }
-        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: 10, maxDelay: 40, jitter: 0, maxAge: 100))
-        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(10), maxDelay: .seconds(40), jitter: 0, maxAge: .seconds(100)))
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let t = try await store.get(id: transient)
-            if t?.status == .deferred, let next = t?.nextAttemptAt, next > time.now { time.advance(next - time.now) }
+            if t?.status == .deferred, let next = t?.nextAttemptAt, next > time.seconds { time.advance(next - time.seconds) }
             return t?.status == .failed
         }
         let p = try #require(try await store.get(id: permanent))
@@ -122,10 +130,10 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualTime()
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
-        let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.now).id
+        let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
         let sender = ScriptedSender { _, _ in .failure(DeliveryError(kind: .outcomeUnknown, message: "connection lost after the final dot")) }
-        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: 5, jitter: 0, unknownOutcomeRetries: 1))
-        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(5), jitter: 0, unknownOutcomeRetries: 1))
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
             if m?.status == .deferred { time.advance(6) }
@@ -143,13 +151,13 @@ struct DispatcherTests {
                                     messageID: nil, idempotencyKey: nil, requestHash: nil, size: 10, createdAt: 0, updatedAt: 0, ageBase: 0,
                                     nextAttemptAt: 0, attemptCount: 0, unknownCount: 0, possibleDuplicate: false, attempts: [], lastError: nil,
                                     leaseOwner: "t", leaseUntil: 100)
-        let policy = RetryPolicy(initialDelay: 10, jitter: 0, maxAge: 10_000)
+        let policy = RetryPolicy(initialDelay: .seconds(10), jitter: 0, maxAge: .seconds(10_000))
         let busy = DeliveryError(kind: .transient, message: "429 too many requests", retryAfter: .seconds(120))
         let outcome = Dispatcher.evaluate(message: message, sentTo: ["a@example.test"], result: .failure(busy), policy: policy,
-                                          now: 1000, startedAt: 1000, duration: 0, random: 0.5, instance: "t")
+                                          now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5, instance: "t")
         #expect(outcome.status == .deferred && outcome.nextAttemptAt == 1120)
         let plain = Dispatcher.evaluate(message: message, sentTo: ["a@example.test"], result: .failure(DeliveryError(kind: .transient, message: "421")),
-                                        policy: policy, now: 1000, startedAt: 1000, duration: 0, random: 0.5, instance: "t")
+                                        policy: policy, now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5, instance: "t")
         #expect(plain.nextAttemptAt == 1010)
         #expect(plain.recipients.first?.status == .deferred)
     }
@@ -160,10 +168,10 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualTime()
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
-        for _ in 0..<5 { _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.now) }
+        for _ in 0..<5 { _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds) }
         let sender = ScriptedSender { _, e in .success(report(e.recipients.map { RecipientOutcome(address: $0, status: .accepted) })) }
         let settings = DispatcherSettings(concurrency: 4, pollInterval: .milliseconds(20), ratePerMinute: 3)
-        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let counts = try await store.counts()
             return counts[.delivered] == 3 && counts[.queued] == 2

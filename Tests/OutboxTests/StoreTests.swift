@@ -183,34 +183,37 @@ struct StoreTests {
 
 @Suite("Retry policy")
 struct RetryPolicyTests {
-    let policy = RetryPolicy(initialDelay: 10, maxDelay: 100, multiplier: 2, jitter: 0.2, maxAge: 1000, unknownOutcomeRetries: 1)
+    let policy = RetryPolicy(initialDelay: .seconds(10), maxDelay: .seconds(100), multiplier: 2, jitter: 0.2, maxAge: .seconds(1000),
+                             unknownOutcomeRetries: 1)
+
+    func at(_ s: Double) -> QueueInstant { QueueInstant(secondsSince1970: s) }
 
     @Test("back-off doubles up to the maximum delay")
     func backoff() {
-        #expect((1...6).map { policy.baseDelay(failures: $0) } == [10, 20, 40, 80, 100, 100])
+        #expect((1...6).map { policy.baseDelay(failures: $0) } == [10, 20, 40, 80, 100, 100].map { Duration.seconds($0) })
     }
 
     @Test("jitter spreads the delay by the configured fraction, from the injected draw")
     func jitter() {
-        #expect(policy.decide(failures: 1, now: 0, ageBase: 0, random: 0) == .retry(at: 8))
-        #expect(policy.decide(failures: 1, now: 0, ageBase: 0, random: 0.5) == .retry(at: 10))
-        #expect(policy.decide(failures: 1, now: 0, ageBase: 0, random: 1) == .retry(at: 12))
-        #expect(policy.decide(failures: 3, now: 100, ageBase: 0, random: 0.5) == .retry(at: 140))
+        #expect(policy.decide(failures: 1, now: at(0), ageBase: at(0), random: 0) == .retry(at: at(8)))
+        #expect(policy.decide(failures: 1, now: at(0), ageBase: at(0), random: 0.5) == .retry(at: at(10)))
+        #expect(policy.decide(failures: 1, now: at(0), ageBase: at(0), random: 1) == .retry(at: at(12)))
+        #expect(policy.decide(failures: 3, now: at(100), ageBase: at(0), random: 0.5) == .retry(at: at(140)))
     }
 
     @Test("the server's delay is a floor")
     func serverDelay() {
-        #expect(policy.decide(failures: 1, now: 0, ageBase: 0, serverDelay: 60, random: 0.5) == .retry(at: 60))
-        #expect(policy.decide(failures: 1, now: 0, ageBase: 0, serverDelay: 5, random: 0.5) == .retry(at: 10))
+        #expect(policy.decide(failures: 1, now: at(0), ageBase: at(0), serverDelay: .seconds(60), random: 0.5) == .retry(at: at(60)))
+        #expect(policy.decide(failures: 1, now: at(0), ageBase: at(0), serverDelay: .seconds(5), random: 0.5) == .retry(at: at(10)))
     }
 
     @Test("past the maximum age it gives up")
     func maxAge() {
-        #expect(policy.decide(failures: 9, now: 890, ageBase: 0, random: 0.5) == .retry(at: 990))
-        guard case .giveUp = policy.decide(failures: 9, now: 950, ageBase: 0, random: 0.5) else {
+        #expect(policy.decide(failures: 9, now: at(890), ageBase: at(0), random: 0.5) == .retry(at: at(990)))
+        guard case .giveUp = policy.decide(failures: 9, now: at(950), ageBase: at(0), random: 0.5) else {
             Issue.record("expected give-up"); return
         }
-        #expect(policy.decide(failures: 9, now: 1850, ageBase: 1000, random: 0.5) == .retry(at: 1950))
+        #expect(policy.decide(failures: 9, now: at(1850), ageBase: at(1000), random: 0.5) == .retry(at: at(1950)))
     }
 
     @Test("unknown outcomes are retried once by default")

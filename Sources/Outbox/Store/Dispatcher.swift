@@ -10,7 +10,7 @@ public struct DispatcherSettings: Sendable, Equatable {
     /// Deliveries in flight at once (this instance).
     public var concurrency: Int
     /// How long a claim holds a message; a crashed instance's claims are taken over after it.
-    public var leaseSeconds: Double
+    public var lease: Duration
     /// How often the queue is polled when idle.
     public var pollInterval: Duration
     /// How long a graceful shutdown waits for in-flight deliveries before releasing them.
@@ -23,12 +23,12 @@ public struct DispatcherSettings: Sendable, Equatable {
     /// Delivery status notifications for relayed messages that fail for good (nil: none).
     public var bounce: BounceSettings?
 
-    public init(concurrency: Int = 8, leaseSeconds: Double = 300, pollInterval: Duration = .milliseconds(200),
+    public init(concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
                 shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
                 ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil) {
         self.bounce = bounce
         self.concurrency = concurrency
-        self.leaseSeconds = leaseSeconds
+        self.lease = lease
         self.pollInterval = pollInterval
         self.shutdownDeadline = shutdownDeadline
         self.retry = retry
@@ -52,7 +52,7 @@ public final class Dispatcher: Service, Sendable {
     private let sender: any MessageSender
     public let instanceID: String
     private let logger: Logger
-    private let now: @Sendable () -> Double
+    private let clock: any QueueClock
     private let random: @Sendable () -> Double
     private let state: NIOLockedValueBox<State>
 
@@ -61,20 +61,20 @@ public final class Dispatcher: Service, Sendable {
         var stopping = false
         var inFlight: Set<String> = []
         var perMailbox: [String: Int] = [:]
-        var recentSends: [String: [Double]] = [:]
+        var recentSends: [String: [QueueInstant]] = [:]
         var delivered = 0
         var attempts = 0
     }
 
     public init(store: any OutboxStore, sender: any MessageSender, settings: DispatcherSettings = DispatcherSettings(),
                 instanceID: String = Dispatcher.makeInstanceID(), logger: Logger = Logger(label: "outbox.dispatcher"),
-                now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
+                clock: any QueueClock = SystemQueueClock(),
                 random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
         self.store = store
         self.sender = sender
         self.instanceID = instanceID
         self.logger = logger
-        self.now = now
+        self.clock = clock
         self.random = random
         self.state = NIOLockedValueBox(State(settings: settings))
     }
@@ -99,7 +99,7 @@ public final class Dispatcher: Service, Sendable {
     private enum Event: Sendable {
         case finished
         /// A claim came back (empty after an error, which is logged).
-        case claimed([ClaimedMessage], asked: Int, at: Double, lease: Double)
+        case claimed([ClaimedMessage], asked: Int, at: QueueInstant, lease: Duration)
         case tick
     }
 
@@ -107,8 +107,8 @@ public final class Dispatcher: Service, Sendable {
     private struct Ready {
         var message: ClaimedMessage
         /// When the claim was made, and how long its lease is (the setting then in force).
-        var claimedAt: Double
-        var lease: Double
+        var claimedAt: QueueInstant
+        var lease: Duration
     }
 
     public func run() async throws {
@@ -134,7 +134,7 @@ public final class Dispatcher: Service, Sendable {
             /// Takes a claim's messages in: those taken over past the unknown-outcome allowance
             /// are recorded as not sent again at once (never put back in the queue: a release
             /// would clear the take-over); the others wait for a slot.
-            func accept(_ claimed: [ClaimedMessage], at: Double, lease: Double, settings: DispatcherSettings) -> [Ready] {
+            func accept(_ claimed: [ClaimedMessage], at: QueueInstant, lease: Duration, settings: DispatcherSettings) -> [Ready] {
                 state.withLockedValue { state in
                     for message in claimed { state.inFlight.insert(message.message.id) }
                 }
@@ -162,9 +162,9 @@ public final class Dispatcher: Service, Sendable {
                     group.addTask {
                         // Claimed too long ago (slow deliveries ahead of it): its lease may run
                         // out mid-send, and another instance could take it over; back to the queue.
-                        if self.now() - next.claimedAt > next.lease / 2 {
+                        if next.claimedAt.duration(to: self.clock.now) > next.lease / 2 {
                             try? await self.store.release(id: next.message.message.id, owner: self.instanceID,
-                                                          nextAttemptAt: self.now(), now: self.now())
+                                                          nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
                             self.state.withLockedValue { _ = $0.inFlight.remove(next.message.message.id) }
                         } else {
                             await self.deliver(next.message, settings: settings)
@@ -183,11 +183,12 @@ public final class Dispatcher: Service, Sendable {
                 if !claiming, !drained, room >= max(1, settings.concurrency / 2) {
                     claiming = true
                     let owner = instanceID
-                    let lease = settings.leaseSeconds
+                    let lease = settings.lease
                     group.addTask {
-                        let at = self.now()
+                        let at = self.clock.now
                         do {
-                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at, lease: lease),
+                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at.secondsSince1970,
+                                                                       lease: lease.seconds),
                                             asked: room, at: at, lease: lease)
                         } catch {
                             self.logger.error("claiming messages failed: \(error)")
@@ -199,7 +200,7 @@ public final class Dispatcher: Service, Sendable {
                     ticking = true
                     let interval = settings.pollInterval
                     group.addTask {
-                        try? await Task.sleep(for: interval)
+                        try? await self.clock.sleep(for: interval)
                         return .tick
                     }
                 }
@@ -235,17 +236,17 @@ public final class Dispatcher: Service, Sendable {
                 }
             }
             for id in unstarted {
-                try? await store.release(id: id, owner: instanceID, nextAttemptAt: now(), now: now())
+                try? await store.release(id: id, owner: instanceID, nextAttemptAt: clock.now.secondsSince1970, now: clock.now.secondsSince1970)
                 state.withLockedValue { _ = $0.inFlight.remove(id) }
             }
             // Let in-flight deliveries finish up to the deadline.
-            let deadline = ContinuousClock.now + state.withLockedValue { $0.settings.shutdownDeadline }
+            let deadline = clock.now.advanced(by: state.withLockedValue { $0.settings.shutdownDeadline })
             if inFlight > 0 {
                 group.addTask {
-                    try? await Task.sleep(until: deadline)
+                    try? await self.clock.sleep(until: deadline, tolerance: nil)
                     return .tick
                 }
-                while inFlight > 0, ContinuousClock.now < deadline, let event = await group.next() {
+                while inFlight > 0, clock.now < deadline, let event = await group.next() {
                     if case .finished = event { inFlight -= 1 }
                 }
             }
@@ -255,7 +256,7 @@ public final class Dispatcher: Service, Sendable {
             // duplicates, retried by the policy's unknown-outcome rule).
             let left = state.withLockedValue { Array($0.inFlight) }
             for id in left {
-                try? await store.expireLease(id: id, owner: instanceID, now: now())
+                try? await store.expireLease(id: id, owner: instanceID, now: clock.now.secondsSince1970)
             }
             if !left.isEmpty {
                 logger.notice("\(left.count) deliveries were still running at the shutdown deadline: their leases end and the next claim treats them as unknown outcomes")
@@ -273,22 +274,23 @@ public final class Dispatcher: Service, Sendable {
         if claimed.tookOverExpiredLease, !policy.allowsAnotherTry(unknownCount: message.unknownCount) {
             let outcome = AttemptOutcome(
                 status: .unknown, recipients: message.recipients,
-                attempt: AttemptRecord(number: message.attemptCount + 1, startedAt: now(), durationSeconds: 0, transport: "",
+                attempt: AttemptRecord(number: message.attemptCount + 1, startedAt: clock.now.secondsSince1970, durationSeconds: 0, transport: "",
                                        error: "not sent again: \(message.unknownCount) attempts had an unknown outcome (allowed: \(policy.unknownOutcomeRetries))",
                                        outcome: "unknown", recipients: [], instance: instanceID),
                 nextAttemptAt: nil, lastError: "the outcome of an earlier attempt is unknown; check the recipients' mailboxes", unknown: false)
-            _ = try? await store.record(id: message.id, owner: instanceID, outcome: outcome, now: now())
+            _ = try? await store.record(id: message.id, owner: instanceID, outcome: outcome, now: clock.now.secondsSince1970)
             return
         }
         // Rate limits per sending mailbox: over the limit, the message waits in the queue.
         if let wait = admit(mailbox: message.from.lowercased(), settings: settings) {
-            try? await store.release(id: message.id, owner: instanceID, nextAttemptAt: now() + wait, now: now())
+            let now = clock.now
+            try? await store.release(id: message.id, owner: instanceID, nextAttemptAt: now.advanced(by: wait).secondsSince1970,
+                                     now: now.secondsSince1970)
             return
         }
         defer { finish(mailbox: message.from.lowercased()) }
         let open = message.recipients.filter(\.isOpen).map(\.address)
-        let started = now()
-        let clock = ContinuousClock.now
+        let started = clock.now
         let result: Result<DeliveryReport, DeliveryError>
         if open.isEmpty {
             result = .failure(DeliveryError(kind: .permanent, message: "the message has no recipient left to send to"))
@@ -314,13 +316,13 @@ public final class Dispatcher: Service, Sendable {
                 result = .failure(DeliveryError(kind: .transient, message: "\(error)"))
             }
         }
-        let duration = (ContinuousClock.now - clock) / .seconds(1)
-        let outcome = Dispatcher.evaluate(message: message, sentTo: open, result: result, policy: policy, now: now(),
-                                          startedAt: started, duration: duration, random: random(), instance: instanceID)
+        let ended = clock.now
+        let outcome = Dispatcher.evaluate(message: message, sentTo: open, result: result, policy: policy, now: ended,
+                                          startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
-            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: now())
+            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: clock.now.secondsSince1970)
             if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
             if held, let notification {
                 logger.notice("delivery status notification queued", metadata: [
@@ -362,16 +364,17 @@ public final class Dispatcher: Service, Sendable {
         return EnvelopeDSN(ret: origin.ret, envid: origin.envid, notify: notify, orcpt: orcpt)
     }
 
-    /// nil: go ahead (and counted); otherwise seconds to wait.
-    private func admit(mailbox: String, settings: DispatcherSettings) -> Double? {
-        let t = now()
-        return state.withLockedValue { s -> Double? in
-            if let limit = settings.concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return 1 }
+    /// nil: go ahead (and counted); otherwise how long to wait.
+    private func admit(mailbox: String, settings: DispatcherSettings) -> Duration? {
+        let t = clock.now
+        let minute = Duration.seconds(60)
+        return state.withLockedValue { s -> Duration? in
+            if let limit = settings.concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return .seconds(1) }
             if let rate = settings.ratePerMinute {
-                var recent = s.recentSends[mailbox, default: []].filter { $0 > t - 60 }
+                var recent = s.recentSends[mailbox, default: []].filter { $0 > t.advanced(by: .zero - minute) }
                 if recent.count >= rate {
                     s.recentSends[mailbox] = recent
-                    return max(0.1, (recent.first ?? t) + 60 - t)
+                    return max(.milliseconds(100), t.duration(to: (recent.first ?? t).advanced(by: minute)))
                 }
                 recent.append(t)
                 s.recentSends[mailbox] = recent
@@ -391,7 +394,7 @@ public final class Dispatcher: Service, Sendable {
     /// The outcome of one attempt, from the mailer's report or error: per-recipient states, the
     /// message's new status and, for a retry, when. Pure.
     public static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
-                                policy: RetryPolicy, now: Double, startedAt: Double, duration: Double, random: Double,
+                                policy: RetryPolicy, now: QueueInstant, startedAt: QueueInstant, duration: Duration, random: Double,
                                 instance: String) -> AttemptOutcome {
         var recipients = message.recipients
         let attempted = Set(sentTo.map { $0.lowercased() })
@@ -407,10 +410,10 @@ public final class Dispatcher: Service, Sendable {
                 recipients[i] = RecipientState(address: recipients[i].address, status: status, code: o.code, enhancedCode: o.enhancedCode, text: o.text)
             }
         }
-        var attempt = AttemptRecord(number: message.attemptCount + 1, startedAt: startedAt, durationSeconds: duration,
+        var attempt = AttemptRecord(number: message.attemptCount + 1, startedAt: startedAt.secondsSince1970, durationSeconds: duration.seconds,
                                     transport: "", outcome: "", recipients: sentTo, instance: instance)
         var errorText: String?
-        var serverDelay: Double?
+        var serverDelay: Duration?
         switch result {
         case .success(let report):
             attempt.transport = report.transport
@@ -436,7 +439,7 @@ public final class Dispatcher: Service, Sendable {
             attempt.error = error.message
             errorText = error.message
             if let wait = error.retryAfter {
-                serverDelay = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
+                serverDelay = wait
             }
         }
         let unknown = recipients.contains { $0.status == .unknown && attempted.contains($0.address.lowercased()) }
@@ -458,10 +461,10 @@ public final class Dispatcher: Service, Sendable {
                                   unknown: true)
         }
         let failures = message.attemptCount - message.unknownCount + 1
-        switch policy.decide(failures: unknown ? 1 : max(1, failures), now: now, ageBase: message.ageBase, serverDelay: serverDelay, random: random) {
+        switch policy.decide(failures: unknown ? 1 : max(1, failures), now: now, ageBase: QueueInstant(secondsSince1970: message.ageBase), serverDelay: serverDelay, random: random) {
         case .retry(let at):
             attempt.outcome = unknown ? "unknown" : (accepted ? "partial" : "deferred")
-            return AttemptOutcome(status: .deferred, recipients: recipients, attempt: attempt, nextAttemptAt: at,
+            return AttemptOutcome(status: .deferred, recipients: recipients, attempt: attempt, nextAttemptAt: at.secondsSince1970,
                                   lastError: errorText, unknown: unknown)
         case .giveUp(let reason):
             attempt.outcome = "failed"
