@@ -48,12 +48,12 @@ public final class Mailer: Service, Sendable {
 
     /// The SMTP pool's counters, when the transport is SMTP.
     public var poolStatistics: PoolStatistics? {
-        (state.withLockedValue { $0.transport } as? SMTPTransport)?.statistics
+        state.withLockedValue { $0.transport }.poolStatistics
     }
 
     /// Messages whose SMTP transaction started where a connection became free (pipelined behind
     /// the previous message's final dot, see `SMTPTransport`), when the transport is SMTP.
-    public var smtpStartedAtHandOff: Int? {
+    package var smtpStartedAtHandOff: Int? {
         (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandOff
     }
 
@@ -91,7 +91,7 @@ public final class Mailer: Service, Sendable {
             state.accepting = false
             return state.transport
         }
-        if let smtp = transport as? SMTPTransport { smtp.beginShutdown() }
+        transport.beginShutdown()
     }
 
     /// Sends one message; returns per-recipient results, the final reply, the message id and
@@ -123,11 +123,10 @@ public final class Mailer: Service, Sendable {
         let changes = new.changes(from: old)
         let immediate = changes.filter { $0.effect == .immediately }
         let waiting = changes.filter { $0.effect != .immediately }
-        if !immediate.isEmpty, let smtp = transport as? SMTPTransport {
+        if !immediate.isEmpty {
             var merged = old.smtpClient
             for change in immediate { Mailer.apply(change.name, from: new.smtpClient, to: &merged) }
-            smtp.update(configuration: SMTPClientConfiguration(options: merged, settings: old.outbox, tokenSource: tokenSource),
-                        envelopeFrom: merged.envelopeFrom)
+            transport.update(options: merged, settings: old.outbox, tokenSource: tokenSource)
             state.withLockedValue { state in
                 state.configuration.smtpClient = merged
             }

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxConfig
 import OutboxMIME
 import OutboxSMTP
 
@@ -115,11 +116,22 @@ public protocol MailTransport: Sendable {
     var messageSizeLimit: Int? { get }
     /// Learns the destination's limits before the first message (an SMTP server's EHLO).
     func learnLimits() async
+    /// Starts a graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
+    func beginShutdown()
+    /// Applies the `[smtp-client]` options that take effect immediately (`server`, `port`,
+    /// `user`, the timeouts, `enable-debug`...): new connections use them, idle ones opened
+    /// under the old ones are closed. `options` is the whole section as it now stands.
+    func update(options: SMTPClientOptions, settings: OutboxSettings, tokenSource: (@Sendable () async throws -> SMTPAccessToken)?)
+    /// The connection pool's counters, when the transport keeps one.
+    var poolStatistics: PoolStatistics? { get }
 }
 
 extension MailTransport {
     public var messageSizeLimit: Int? { nil }
     public func learnLimits() async {}
+    public func beginShutdown() {}
+    public func update(options: SMTPClientOptions, settings: OutboxSettings, tokenSource: (@Sendable () async throws -> SMTPAccessToken)?) {}
+    public var poolStatistics: PoolStatistics? { nil }
 
     public func send(_ content: any MailContent) async throws(DeliveryError) -> DeliveryReport {
         try await send(content, envelope: nil)
