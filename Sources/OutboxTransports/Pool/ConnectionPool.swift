@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 
 /// A connection the pool can hold; implemented by the SMTP connection.
 public protocol PoolableConnection: AnyObject, Sendable {
@@ -233,7 +234,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         }
     }
 
-    private let state: PoolLockedState<State>
+    private let state: NIOLockedValueBox<State>
     private let factory: Factory
     private let clock: C
     private let logger: Logger
@@ -245,18 +246,18 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         generation: Int = 0,
         logger: Logger = Logger(label: "outbox.smtp.pool")
     ) {
-        self.state = PoolLockedState(State(machine: Machine(configuration: configuration, generation: generation)))
+        self.state = NIOLockedValueBox(State(machine: Machine(configuration: configuration, generation: generation)))
         self.factory = factory
         self.clock = clock
         self.logger = logger
     }
 
-    public var configuration: PoolConfiguration { state.withLock { $0.machine.configuration } }
-    public var generation: Int { state.withLock { $0.machine.generation } }
-    public var statistics: PoolStatistics { state.withLock { $0.machine.statistics } }
+    public var configuration: PoolConfiguration { state.withLockedValue { $0.machine.configuration } }
+    public var generation: Int { state.withLockedValue { $0.machine.generation } }
+    public var statistics: PoolStatistics { state.withLockedValue { $0.machine.statistics } }
     /// Lease requests parked with their continuation or hand-off (past registering), for tests.
     var parkedRequests: Int {
-        state.withLock { $0.requests.values.count { if case .waiting = $0 { true } else { false } } }
+        state.withLockedValue { $0.requests.values.count { if case .waiting = $0 { true } else { false } } }
     }
 
     // MARK: - Leasing
@@ -326,7 +327,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// due, no waiter ahead), returns it, with no continuation and no cancellation handler.
     private func register() throws -> (Int, Result<Lease, any Error>?) {
         if Task.isCancelled { throw CancellationError() }
-        let (requestID, immediate, effects) = state.withLock { state -> (Int, Result<Lease, any Error>?, Effects) in
+        let (requestID, immediate, effects) = state.withLockedValue { state -> (Int, Result<Lease, any Error>?, Effects) in
             state.nextRequestID += 1
             let requestID = state.nextRequestID
             state.requests[requestID] = .registering
@@ -341,7 +342,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
 
     /// The request waits with `waiter`, unless it was answered meanwhile.
     private func wait(_ requestID: Int, _ waiter: Waiter) {
-        let answer = state.withLock { state -> Result<Lease, any Error>? in
+        let answer = state.withLockedValue { state -> Result<Lease, any Error>? in
             guard case .answered(let result) = state.requests[requestID] else {
                 state.requests[requestID] = .waiting(waiter)
                 return nil
@@ -362,7 +363,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         }
         if disposition == .clean {
             // The hot path under load: straight to the next waiter, no actions, no effects.
-            let handed = state.withLock { state -> HandOff in
+            let handed = state.withLockedValue { state -> HandOff in
                 guard let request = state.machine.releasedCleanToWaiter(lease.connectionID, now: clock.now) else { return .no }
                 return state.answer(request, with: .success(lease)).map { .resume($0) } ?? .kept
             }
@@ -394,7 +395,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// Runs the pool's I/O and timers until shutdown completes. Call once. Cancelling it begins a
     /// graceful shutdown and returns when that completes.
     public func run() async {
-        let first = state.withLock { state in
+        let first = state.withLockedValue { state in
             defer { state.runStarted = true }
             return !state.runStarted
         }
@@ -420,7 +421,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// Returns when every connection is closed (``run()`` must be running).
     public func shutdown() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let effects = state.withLock { state -> Effects in
+            let effects = state.withLockedValue { state -> Effects in
                 if state.shutDown {
                     var effects = Effects()
                     effects.shutdownWaiters.append(continuation)
@@ -441,13 +442,13 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     // MARK: - Internals
 
     private func event(_ body: (inout State) -> [Machine.Action]) {
-        let effects = state.withLock { state in state.apply(body(&state)) }
+        let effects = state.withLockedValue { state in state.apply(body(&state)) }
         effects.resume()
     }
 
     private func nextWork() async -> [Work]? {
         await withCheckedContinuation { (continuation: CheckedContinuation<[Work]?, Never>) in
-            let ready: [Work]?? = state.withLock { state in
+            let ready: [Work]?? = state.withLockedValue { state in
                 if !state.pendingWork.isEmpty {
                     defer { state.pendingWork = [] }
                     return .some(state.pendingWork)
@@ -517,7 +518,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             }
             group.addTask {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let registered = self.state.withLock { state in
+                    let registered = self.state.withLockedValue { state in
                         guard state.timers[timer]?.token == token else { return false }
                         state.timers[timer]!.cancel = continuation
                         return true
@@ -528,7 +529,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
             }
             let fired = await group.next()!
             group.cancelAll()
-            let (cancel, effects) = state.withLock { state -> (CheckedContinuation<Void, Never>?, Effects) in
+            let (cancel, effects) = state.withLockedValue { state -> (CheckedContinuation<Void, Never>?, Effects) in
                 guard state.timers[timer]?.token == token else { return (nil, Effects()) }
                 let entry = state.timers.removeValue(forKey: timer)!
                 guard fired else { return (entry.cancel, Effects()) }

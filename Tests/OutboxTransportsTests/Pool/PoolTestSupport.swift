@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Testing
 @testable import OutboxTransports
 
@@ -23,21 +24,21 @@ final class PoolManualClock: Clock, Sendable {
         var nextID = 0
     }
 
-    private let state = PoolLockedState(State())
+    private let state = NIOLockedValueBox(State())
 
-    var now: Instant { state.withLock { $0.now } }
+    var now: Instant { state.withLockedValue { $0.now } }
     var minimumResolution: Duration { .zero }
-    var sleeperCount: Int { state.withLock { $0.sleepers.count } }
+    var sleeperCount: Int { state.withLockedValue { $0.sleepers.count } }
 
     func sleep(until deadline: Instant, tolerance: Duration?) async throws {
-        let id = state.withLock { state in
+        let id = state.withLockedValue { state in
             state.nextID += 1
             return state.nextID
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 enum Outcome { case wait, wake, cancel }
-                let outcome = state.withLock { state -> Outcome in
+                let outcome = state.withLockedValue { state -> Outcome in
                     if Task.isCancelled { return .cancel }
                     if deadline <= state.now { return .wake }
                     state.sleepers[id] = Sleeper(deadline: deadline, continuation: continuation)
@@ -50,12 +51,12 @@ final class PoolManualClock: Clock, Sendable {
                 }
             }
         } onCancel: {
-            state.withLock { $0.sleepers.removeValue(forKey: id) }?.continuation.resume(throwing: CancellationError())
+            state.withLockedValue { $0.sleepers.removeValue(forKey: id) }?.continuation.resume(throwing: CancellationError())
         }
     }
 
     func advance(by duration: Duration) {
-        let due = state.withLock { state -> [Sleeper] in
+        let due = state.withLockedValue { state -> [Sleeper] in
             state.now = state.now.advanced(by: duration)
             let now = state.now
             let due = state.sleepers.filter { $0.value.deadline <= now }
@@ -77,7 +78,7 @@ final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
     let number: Int
     let generation: Int
     let credentialLifetime: Duration?
-    private let state = PoolLockedState((calls: [Call](), failNoop: false, failReset: false))
+    private let state = NIOLockedValueBox((calls: [Call](), failNoop: false, failReset: false))
 
     init(number: Int, generation: Int, credentialLifetime: Duration?) {
         self.number = number
@@ -86,23 +87,23 @@ final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
     }
 
     var description: String { "fake-\(number)" }
-    var calls: [Call] { state.withLock { $0.calls } }
+    var calls: [Call] { state.withLockedValue { $0.calls } }
     var isClosed: Bool { calls.contains(.close) }
     var noopCount: Int { calls.count(where: { $0 == .noop }) }
-    func failNextChecks() { state.withLock { $0.failNoop = true; $0.failReset = true } }
+    func failNextChecks() { state.withLockedValue { $0.failNoop = true; $0.failReset = true } }
 
     func noop() async throws {
-        let fail = state.withLock { s in s.calls.append(.noop); return s.failNoop }
+        let fail = state.withLockedValue { s in s.calls.append(.noop); return s.failNoop }
         if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
     func reset() async throws {
-        let fail = state.withLock { s in s.calls.append(.reset); return s.failReset }
+        let fail = state.withLockedValue { s in s.calls.append(.reset); return s.failReset }
         if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
     func close() async {
-        state.withLock { $0.calls.append(.close) }
+        state.withLockedValue { $0.calls.append(.close) }
     }
 }
 
@@ -116,22 +117,22 @@ final class FakePoolFactory: PoolConnectionFactory {
         var attempts = 0
         var generations: [Int] = []
     }
-    private let state = PoolLockedState(State())
+    private let state = NIOLockedValueBox(State())
 
     init(credentialLifetime: Duration? = nil) {
-        state.withLock { $0.lifetime = credentialLifetime }
+        state.withLockedValue { $0.lifetime = credentialLifetime }
     }
 
-    var made: [FakePoolConnection] { state.withLock { $0.made } }
-    var attempts: Int { state.withLock { $0.attempts } }
-    var generations: [Int] { state.withLock { $0.generations } }
+    var made: [FakePoolConnection] { state.withLockedValue { $0.made } }
+    var attempts: Int { state.withLockedValue { $0.attempts } }
+    var generations: [Int] { state.withLockedValue { $0.generations } }
     var alive: Int { made.count(where: { !$0.isClosed }) }
-    func failNextAttempts(with errors: [any Error]) { state.withLock { $0.failures += errors } }
-    func setCredentialLifetime(_ lifetime: Duration?) { state.withLock { $0.lifetime = lifetime } }
+    func failNextAttempts(with errors: [any Error]) { state.withLockedValue { $0.failures += errors } }
+    func setCredentialLifetime(_ lifetime: Duration?) { state.withLockedValue { $0.lifetime = lifetime } }
 
     func makeConnection(generation: Int) async throws -> FakePoolConnection {
         await Task.yield()
-        return try state.withLock { state in
+        return try state.withLockedValue { state in
             state.attempts += 1
             state.generations.append(generation)
             if !state.failures.isEmpty { throw state.failures.removeFirst() }
