@@ -7,11 +7,11 @@ import OutboxConfig
 /// HTTP clients for the token endpoints, Graph and EWS: `connect-timeout` bounds the connect,
 /// `protocol-timeout` every read; `[outbox] tls-ca-file` is an additional trust root; TLS 1.2
 /// at least. A timeout of zero means none (as in JavaMail).
-public enum OutboxHTTP {
+package enum OutboxHTTP {
     /// The stand-in for "no timeout".
     static let forever: Duration = .seconds(365 * 24 * 3600)
 
-    public static func tlsConfiguration(caFile: String?) -> TLSConfiguration {
+    package static func tlsConfiguration(caFile: String?) -> TLSConfiguration {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
         if let caFile, !caFile.isEmpty {
@@ -20,7 +20,7 @@ public enum OutboxHTTP {
         return tls
     }
 
-    public static func makeClient(connectTimeout: Duration, protocolTimeout: Duration, caFile: String?) -> HTTPClient {
+    package static func makeClient(connectTimeout: Duration, protocolTimeout: Duration, caFile: String?) -> HTTPClient {
         let timeout = HTTPClient.Configuration.Timeout(
             connect: timeAmount(connectTimeout == .zero ? forever : connectTimeout),
             read: timeAmount(protocolTimeout == .zero ? forever : protocolTimeout))
@@ -36,11 +36,11 @@ public enum OutboxHTTP {
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 
-    public static func makeClient(options: SMTPClientOptions, settings: OutboxSettings) -> HTTPClient {
+    package static func makeClient(options: SMTPClientOptions, settings: OutboxSettings) -> HTTPClient {
         makeClient(connectTimeout: options.connectTimeout, protocolTimeout: options.protocolTimeout, caFile: settings.tlsCAFile)
     }
 
-    public static func timeAmount(_ d: Duration) -> TimeAmount {
+    package static func timeAmount(_ d: Duration) -> TimeAmount {
         let (s, atto) = d.components
         let capped = min(s, 10 * 365 * 24 * 3600)
         return .nanoseconds(capped * 1_000_000_000 + atto / 1_000_000_000)
@@ -48,18 +48,18 @@ public enum OutboxHTTP {
 
     /// `application/x-www-form-urlencoded`: every value percent-encoded (RFC 3986 unreserved
     /// characters stay as they are; space is %20).
-    public static func formEncode(_ pairs: [(String, String)]) -> String {
+    package static func formEncode(_ pairs: [(String, String)]) -> String {
         pairs.map { "\(percentEncode($0.0))=\(percentEncode($0.1))" }.joined(separator: "&")
     }
 
     static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
-    public static func percentEncode(_ s: String) -> String {
+    package static func percentEncode(_ s: String) -> String {
         s.addingPercentEncoding(withAllowedCharacters: unreserved) ?? s
     }
 
     /// Whether an error from AsyncHTTPClient is a timeout.
-    public static func isTimeout(_ error: any Error) -> Bool {
+    package static func isTimeout(_ error: any Error) -> Bool {
         if let e = error as? HTTPClientError {
             return e == .readTimeout || e == .connectTimeout || e == .deadlineExceeded || e == .writeTimeout
         }

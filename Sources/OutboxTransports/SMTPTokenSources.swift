@@ -8,7 +8,7 @@ import OutboxSMTP
 /// whole process (so a reload or a second transport with the same credentials shares the token
 /// and its single refresh), and one HTTP client per timeout/CA combination, kept for the life of
 /// the process (the SMTP pool has no hook to shut one down).
-public enum SMTPTokenSources {
+package enum SMTPTokenSources {
     private struct State {
         var clients: [String: HTTPClient] = [:]
         var caches: [String: TokenCache<ContinuousClock>] = [:]
@@ -28,7 +28,7 @@ public enum SMTPTokenSources {
     }
 
     /// The cache for `provider`'s credential set, with the margin `token-expiry-margin-time`.
-    public static func cache(for provider: any TokenProvider, margin: Duration) -> TokenCache<ContinuousClock> {
+    package static func cache(for provider: any TokenProvider, margin: Duration) -> TokenCache<ContinuousClock> {
         let key = "\(provider.cacheKey)|\(margin)"
         return state.withLockedValue { s in
             if let c = s.caches[key] { return c }
@@ -44,7 +44,7 @@ public enum SMTPTokenSources {
 
     /// The provider and cache the options call for (nil secretSection: the one of the last
     /// configuration given to ``TransportFactory``).
-    public static func tokenSource(options: SMTPClientOptions, settings: OutboxSettings,
+    package static func tokenSource(options: SMTPClientOptions, settings: OutboxSettings,
                                    secretSection: SecretSection?) throws(OAuthError) -> CachedTokenSource {
         let section = secretSection ?? state.withLockedValue { $0.secretSection }
         let provider = try OAuthProviders.make(options: options, secretSection: section, settings: settings,
@@ -53,14 +53,14 @@ public enum SMTPTokenSources {
     }
 
     /// The closure the SMTP engine calls when a connection authenticates with XOAUTH2.
-    public static func smtpTokenSource(options: SMTPClientOptions, settings: OutboxSettings,
+    package static func smtpTokenSource(options: SMTPClientOptions, settings: OutboxSettings,
                                        secretSection: SecretSection?) -> @Sendable () async throws -> SMTPAccessToken {
         smtpTokenSourceWithRefresh(options: options, settings: settings, secretSection: secretSection).token
     }
 
     /// The token closure, and the hook that drops the last token handed out after a 535 (so the
     /// next authentication gets a new one; a newer token already cached is kept).
-    public static func smtpTokenSourceWithRefresh(options: SMTPClientOptions, settings: OutboxSettings, secretSection: SecretSection?)
+    package static func smtpTokenSourceWithRefresh(options: SMTPClientOptions, settings: OutboxSettings, secretSection: SecretSection?)
         -> (token: @Sendable () async throws -> SMTPAccessToken, rejected: @Sendable () async -> Void) {
         let source: CachedTokenSource
         do throws(OAuthError) {
