@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import Outbox
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import ServiceLifecycle
 import Testing
@@ -11,12 +12,12 @@ import Testing
 /// message's lease was left (from the store, by the message's one recipient).
 private final class GatedSender: MessageSender, Sendable {
     let store: any OutboxStore
-    let time: ManualTime
+    let time: ManualClock
     let open = NIOLockedValueBox(false)
     /// Recipient and lease seconds left, per send, in order.
     let sends = NIOLockedValueBox<[(String, Double)]>([])
 
-    init(store: any OutboxStore, time: ManualTime) {
+    init(store: any OutboxStore, time: ManualClock) {
         self.store = store
         self.time = time
     }
@@ -24,7 +25,7 @@ private final class GatedSender: MessageSender, Sendable {
     func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let recipient = envelope!.recipients[0]
         let sending = (try? await store.list(status: .sending, limit: 100, after: nil)) ?? []
-        let leaseLeft = sending.first { $0.recipients.first?.address == recipient }?.leaseUntil.map { $0 - time.now } ?? -1
+        let leaseLeft = sending.first { $0.recipients.first?.address == recipient }?.leaseUntil.map { $0 - time.seconds } ?? -1
         sends.withLockedValue { $0.append((recipient, leaseLeft)) }
         while !open.withLockedValue({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
         return report([RecipientOutcome(address: recipient, status: .accepted)])
@@ -48,12 +49,12 @@ struct DispatcherClaimAheadTests {
     func claimAheadAndShutdown() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
-        _ = try await enqueue(store, count: 10, now: time.now)
+        let time = ManualClock(start: .seconds(1_000_000))
+        _ = try await enqueue(store, count: 10, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
         let dispatcher = Dispatcher(store: store, sender: sender,
                                     settings: DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20)),
-                                    instanceID: "t", now: { time.now }, random: { 0.5 })
+                                    instanceID: "t", now: { time.seconds }, random: { 0.5 })
         let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -79,17 +80,17 @@ struct DispatcherClaimAheadTests {
     func staleClaimIsClaimedAnew() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
-        _ = try await enqueue(store, count: 3, now: time.now)
+        let time = ManualClock(start: .seconds(1_000_000))
+        _ = try await enqueue(store, count: 3, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
         let dispatcher = Dispatcher(store: store, sender: sender,
                                     settings: DispatcherSettings(concurrency: 1, leaseSeconds: 100, pollInterval: .milliseconds(20)),
-                                    instanceID: "t", now: { time.now }, random: { 0.5 })
+                                    instanceID: "t", now: { time.seconds }, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             if sender.sends.withLockedValue({ $0.count }) == 1, !sender.open.withLockedValue({ $0 }),
                (try await store.counts()[.sending]) == 2 {
                 // One sending, one waiting; the first takes 60 s of the 100 s lease.
-                time.advance(60)
+                time.advance(seconds: 60)
                 sender.open.withLockedValue { $0 = true }
             }
             return try await store.counts()[.delivered] == 3
@@ -104,24 +105,24 @@ struct DispatcherClaimAheadTests {
     func takenOverPastTheAllowanceIsRecordedAtOnce() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualClock(start: .seconds(1_000_000))
         // r0: claimed by an instance that crashed, for 10 s.
-        let ids = try await enqueue(store, count: 1, now: time.now)
-        #expect(try await store.claim(limit: 1, owner: "crashed", now: time.now, lease: 10).count == 1)
+        let ids = try await enqueue(store, count: 1, now: time.seconds)
+        #expect(try await store.claim(limit: 1, owner: "crashed", now: time.seconds, lease: 10).count == 1)
         let content = Array("Subject: x\r\n\r\nx\r\n".utf8)
         for r in ["r1@example.test", "r2@example.test"] {
-            _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: [r], content: content), now: time.now)
+            _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: [r], content: content), now: time.seconds)
         }
         let sender = GatedSender(store: store, time: time)
         // No unknown outcome is retried.
         let settings = DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20), retry: RetryPolicy(unknownOutcomeRetries: 0))
-        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.now }, random: { 0.5 })
+        let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", now: { time.seconds }, random: { 0.5 })
         let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             // r1 and r2 take both slots; then r0's lease runs out and a claim ahead takes it over.
             await eventually { sender.sends.withLockedValue { $0.count } == 2 }
-            time.advance(20)
+            time.advance(seconds: 20)
             await eventually { (try? await store.get(id: ids[0]))?.status == .unknown }
             await group.triggerGracefulShutdown()
             sender.open.withLockedValue { $0 = true }
@@ -131,7 +132,7 @@ struct DispatcherClaimAheadTests {
         #expect(r0.status == .unknown && r0.leaseOwner == nil)
         #expect(!sender.sends.withLockedValue { $0.map(\.0) }.contains("r0@example.test"))
         // After the shutdown nothing brings r0 back.
-        #expect(try await store.claim(limit: 10, owner: "later", now: time.now + 1000, lease: 60).allSatisfy { $0.message.id != ids[0] })
+        #expect(try await store.claim(limit: 10, owner: "later", now: time.seconds + 1000, lease: 60).allSatisfy { $0.message.id != ids[0] })
     }
 }
 
