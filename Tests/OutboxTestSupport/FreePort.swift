@@ -1,9 +1,10 @@
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Testing
 
 /// A port for a server under test: below the kernel's ephemeral range (32768-60999 by default),
 /// so that no outgoing connection of the tests can take it between this choice and the server's

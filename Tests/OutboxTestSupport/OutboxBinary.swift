@@ -61,7 +61,8 @@ package enum OutboxBinary {
         process.arguments = arguments
         if let cwd { process.currentDirectoryURL = cwd }
         if let environment { process.environment = environment }
-        let out = Pipe(), err = Pipe()
+        let out = Pipe()
+        let err = Pipe()
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
@@ -71,8 +72,9 @@ package enum OutboxBinary {
             process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
             do { try process.run() } catch { continuation.resume(throwing: error) }
         }
-        return Result(status: status, stdout: String(decoding: await outData.value, as: UTF8.self),
-                      stderr: String(decoding: await errData.value, as: UTF8.self))
+        return Result(
+            status: status, stdout: String(decoding: await outData.value, as: UTF8.self),
+            stderr: String(decoding: await errData.value, as: UTF8.self))
     }
 
     /// A new temporary directory.

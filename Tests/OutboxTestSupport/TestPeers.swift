@@ -49,7 +49,9 @@ package struct TestPeers: Sendable {
 
     package struct Missing: Error, CustomStringConvertible {
         package var variables: [String]
-        package var description: String { "the test peers are not running (\(variables.joined(separator: ", ")) not set): run the tests with scripts/test.sh" }
+        package var description: String {
+            "the test peers are not running (\(variables.joined(separator: ", ")) not set): run the tests with scripts/test.sh"
+        }
     }
 
     /// Reads the peers from the environment; records a test failure naming what is missing and
