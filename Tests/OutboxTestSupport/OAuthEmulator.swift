@@ -10,6 +10,8 @@ import Testing
 /// Local HTTPS stand-ins for Microsoft's identity platform, Google's token endpoint, Graph
 /// sendMail and EWS CreateItem that keep PROTOCOLS.md's contract and refuse what it forbids.
 package actor EmulatorState {
+    package init() {}
+
     // The credential set the emulator accepts.
     package var tenant = "tenant-1"
     package var clientID = "client-1"
