@@ -181,7 +181,6 @@ let package = Package(
             name: "OutboxMIMETests",
             dependencies: [
                 "OutboxMIME",
-                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
@@ -194,7 +193,7 @@ let package = Package(
         .testTarget(
             name: "OutboxServerTests",
             dependencies: [
-                "OutboxServer", "OutboxTestSupport", "Outbox", "OutboxTransports", "OutboxMIME", "OutboxConfig",
+                "OutboxServer", "OutboxTestSupport", "Outbox", "OutboxConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -206,10 +205,8 @@ let package = Package(
         .testTarget(
             name: "OutboxTests",
             dependencies: [
-                "Outbox", "OutboxTestSupport", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                "Outbox", "OutboxTestSupport", "OutboxTransports", "OutboxMIME", "OutboxConfig",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "MetricsTestKit", package: "swift-metrics"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -218,20 +215,14 @@ let package = Package(
         ),
         .testTarget(
             name: "OutboxTransportsTests",
-            dependencies: [
-                "OutboxTransports", "OutboxTestSupport", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            dependencies: ["OutboxTransports", "OutboxTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "OutboxOAuthTests",
             dependencies: [
                 "OutboxOAuth", "OutboxTestSupport", "OutboxTransports", "OutboxMIME", "OutboxConfig",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTLS", package: "hummingbird"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict
@@ -247,9 +238,9 @@ let package = Package(
         .testTarget(
             name: "OutboxSMTPTests",
             dependencies: [
-                "OutboxSMTP", "OutboxMIME", "OutboxTransports", "OutboxConfig",
+                "OutboxSMTP",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
