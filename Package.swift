@@ -153,6 +153,24 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // What the test targets share: the peers' environment (TestPeers), the log recorder, the
+        // maildir reader, the outbox binary's locator and runner, the manual clock, free ports,
+        // built-in test certificates, the store contracts both stores keep, and the HTTPS emulator
+        // of Microsoft's and Google's endpoints. Used by test targets only; not a product.
+        .target(
+            name: "OutboxTestSupport",
+            dependencies: [
+                "Outbox", "OutboxConfig", "OutboxMIME",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/OutboxTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "OutboxConfigTests",
             dependencies: [
@@ -165,20 +183,19 @@ let package = Package(
             name: "OutboxMIMETests",
             dependencies: [
                 "OutboxMIME",
-                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict
         ),
         .testTarget(
             name: "OutboxCLITests",
-            dependencies: ["outbox"],
+            dependencies: ["outbox", "OutboxTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "OutboxServerTests",
             dependencies: [
-                "OutboxServer", "Outbox", "OutboxTransports", "OutboxMIME", "OutboxConfig",
+                "OutboxServer", "OutboxTestSupport", "Outbox", "OutboxConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -190,10 +207,8 @@ let package = Package(
         .testTarget(
             name: "OutboxTests",
             dependencies: [
-                "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                "Outbox", "OutboxTestSupport", "OutboxTransports", "OutboxMIME", "OutboxConfig",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "MetricsTestKit", package: "swift-metrics"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -203,20 +218,16 @@ let package = Package(
         .testTarget(
             name: "OutboxTransportsTests",
             dependencies: [
-                "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
-                .product(name: "NIOCore", package: "swift-nio"),
+                "OutboxTransports", "OutboxTestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
         .testTarget(
             name: "OutboxOAuthTests",
             dependencies: [
-                "OutboxOAuth", "OutboxTransports", "OutboxMIME", "OutboxConfig",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTLS", package: "hummingbird"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "OutboxOAuth", "OutboxTestSupport", "OutboxTransports", "OutboxMIME", "OutboxConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict
@@ -232,11 +243,30 @@ let package = Package(
         .testTarget(
             name: "OutboxSMTPTests",
             dependencies: [
-                "OutboxSMTP", "OutboxMIME", "OutboxTransports", "OutboxConfig",
+                "OutboxSMTP",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // Every test that needs a peer: Postfix, PostgreSQL, or `outbox` processes talking to them
+        // (scripts/test.sh starts the peers). `swift test --skip OutboxIntegrationTests` runs the
+        // unit tests alone, on a machine without peers.
+        .testTarget(
+            name: "OutboxIntegrationTests",
+            dependencies: [
+                "OutboxTestSupport", "outbox",
+                "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import OutboxConfig
 import OutboxMIME
+import OutboxTestSupport
 @testable import OutboxTransports
 import Testing
 

@@ -1,24 +1,10 @@
 import Foundation
 import OutboxConfig
 import OutboxOAuth
+import OutboxTestSupport
 import OutboxTransports
 import Synchronization
 import Testing
-
-/// A clock that only moves when told to.
-final class ManualClock: Clock, @unchecked Sendable {
-    struct Instant: InstantProtocol {
-        var offset: Duration
-        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
-        func duration(to other: Instant) -> Duration { other.offset - offset }
-        static func < (a: Instant, b: Instant) -> Bool { a.offset < b.offset }
-    }
-    private let current = Mutex(Instant(offset: .zero))
-    var now: Instant { current.withLock { $0 } }
-    var minimumResolution: Duration { .nanoseconds(1) }
-    func advance(by d: Duration) { current.withLock { $0 = $0.advanced(by: d) } }
-    func sleep(until deadline: Instant, tolerance: Duration?) async throws {}
-}
 
 /// A provider that counts its requests and hands out numbered tokens.
 final class CountingProvider: TokenProvider, @unchecked Sendable {

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import OutboxConfig
 import OutboxOAuth
+import OutboxTestSupport
 import Testing
 
 @Suite("Token providers against local emulators", .serialized)
@@ -14,7 +15,7 @@ struct TokenProviderTests {
         o.user = "agent@gmail.test"
         var s = OutboxSettings()
         s.googleTokenURL = "\(base)/google/token"
-        s.tlsCAFile = TestEnv.path("OUTBOX_TEST_CA_FILE")
+        s.tlsCAFile = TestCertificates.builtIn.caFile
         return (o, s, SecretSection(name: "smtp", password: Secret("google-secret")))
     }
 

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import NIOCore
 import Outbox
 import OutboxServer
+import OutboxTestSupport
 import Testing
 
 /// An API over a fresh SQLite store in a temporary directory.

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import Outbox
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import ServiceLifecycle
 import Testing
@@ -11,12 +12,12 @@ import Testing
 /// message's lease was left (from the store, by the message's one recipient).
 private final class GatedSender: MessageSender, Sendable {
     let store: any OutboxStore
-    let time: ManualTime
+    let time: ManualQueueClock
     let open = NIOLockedValueBox(false)
     /// Recipient and lease seconds left, per send, in order.
     let sends = NIOLockedValueBox<[(String, Double)]>([])
 
-    init(store: any OutboxStore, time: ManualTime) {
+    init(store: any OutboxStore, time: ManualQueueClock) {
         self.store = store
         self.time = time
     }
@@ -48,7 +49,7 @@ struct DispatcherClaimAheadTests {
     func claimAheadAndShutdown() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         _ = try await enqueue(store, count: 10, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
         let dispatcher = Dispatcher(store: store, sender: sender,
@@ -79,7 +80,7 @@ struct DispatcherClaimAheadTests {
     func staleClaimIsClaimedAnew() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         _ = try await enqueue(store, count: 3, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
         let dispatcher = Dispatcher(store: store, sender: sender,
@@ -89,7 +90,7 @@ struct DispatcherClaimAheadTests {
             if sender.sends.withLockedValue({ $0.count }) == 1, !sender.open.withLockedValue({ $0 }),
                (try await store.counts()[.sending]) == 2 {
                 // One sending, one waiting; the first takes 60 s of the 100 s lease.
-                time.advance(60)
+                time.advance(seconds: 60)
                 sender.open.withLockedValue { $0 = true }
             }
             return try await store.counts()[.delivered] == 3
@@ -104,7 +105,7 @@ struct DispatcherClaimAheadTests {
     func takenOverPastTheAllowanceIsRecordedAtOnce() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         // r0: claimed by an instance that crashed, for 10 s.
         let ids = try await enqueue(store, count: 1, now: time.seconds)
         #expect(try await store.claim(limit: 1, owner: "crashed", now: time.seconds, lease: 10).count == 1)
@@ -121,7 +122,7 @@ struct DispatcherClaimAheadTests {
             tasks.addTask { try await group.run() }
             // r1 and r2 take both slots; then r0's lease runs out and a claim ahead takes it over.
             await eventually { sender.sends.withLockedValue { $0.count } == 2 }
-            time.advance(20)
+            time.advance(seconds: 20)
             await eventually { (try? await store.get(id: ids[0]))?.status == .unknown }
             await group.triggerGracefulShutdown()
             sender.open.withLockedValue { $0 = true }

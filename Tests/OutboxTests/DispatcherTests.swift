@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import Outbox
 import OutboxConfig
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import ServiceLifecycle
 import Testing
@@ -30,21 +31,6 @@ func report(_ outcomes: [RecipientOutcome]) -> DeliveryReport {
                    startedAt: Date(), durationSeconds: 0)
 }
 
-/// A manual clock for the dispatcher: `now` moves only when a test advances it; a sleep waits
-/// its duration in real time (the dispatcher's polling goes on).
-final class ManualTime: QueueClock {
-    let value = NIOLockedValueBox<Double>(1_000_000)
-    var now: QueueInstant { QueueInstant(secondsSince1970: seconds) }
-    /// `now` as the store's seconds since 1970.
-    var seconds: Double { value.withLockedValue { $0 } }
-    var minimumResolution: Duration { .nanoseconds(1) }
-    func advance(_ s: Double) { value.withLockedValue { $0 += s } }
-    func sleep(until deadline: QueueInstant, tolerance: Duration?) async throws {
-        let wait = now.duration(to: deadline)
-        if wait > .zero { try await Task.sleep(for: wait) }
-    }
-}
-
 /// Runs the dispatcher until `done` holds (or 30 s), then shuts it down gracefully.
 func runDispatcher(_ dispatcher: Dispatcher, until done: @escaping @Sendable () async throws -> Bool) async throws {
     let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
@@ -66,7 +52,7 @@ struct DispatcherTests {
     func perRecipientRetry() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test", "b@example.test", "c@example.test"],
                                                     content: Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)),
                                          now: time.seconds).id
@@ -83,7 +69,7 @@ struct DispatcherTests {
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
-            if m?.status == .deferred { time.advance(11) }
+            if m?.status == .deferred { time.advance(seconds: 11) }
             return m?.status == .delivered
         }
         let m = try #require(try await store.get(id: id))
@@ -98,7 +84,7 @@ struct DispatcherTests {
     func failures() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
         let permanent = try await store.enqueue(NewMessage(from: "p@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
         let transient = try await store.enqueue(NewMessage(from: "t@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
@@ -111,7 +97,7 @@ struct DispatcherTests {
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let t = try await store.get(id: transient)
-            if t?.status == .deferred, let next = t?.nextAttemptAt, next > time.seconds { time.advance(next - time.seconds) }
+            if t?.status == .deferred, let next = t?.nextAttemptAt, next > time.seconds { time.advance(seconds: next - time.seconds) }
             return t?.status == .failed
         }
         let p = try #require(try await store.get(id: permanent))
@@ -128,7 +114,7 @@ struct DispatcherTests {
     func unknownOutcome() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
         let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
         let sender = ScriptedSender { _, _ in .failure(DeliveryError(kind: .outcomeUnknown, message: "connection lost after the final dot")) }
@@ -136,7 +122,7 @@ struct DispatcherTests {
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
-            if m?.status == .deferred { time.advance(6) }
+            if m?.status == .deferred { time.advance(seconds: 6) }
             return m?.status == .unknown
         }
         let m = try #require(try await store.get(id: id))
@@ -166,7 +152,7 @@ struct DispatcherTests {
     func rateLimit() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let time = ManualTime()
+        let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
         for _ in 0..<5 { _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds) }
         let sender = ScriptedSender { _, e in .success(report(e.recipients.map { RecipientOutcome(address: $0, status: .accepted) })) }
@@ -180,53 +166,5 @@ struct DispatcherTests {
         #expect(counts[.delivered] == 3)
         #expect(counts[.queued] == 2)
         #expect(sender.calls.withLockedValue { $0.count } == 3)
-    }
-
-    @Test("against the real Postfix: 40 queued messages are each delivered once")
-    func postfix() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let port = env["OUTBOX_TEST_PLAIN_PORT"], let user = env["OUTBOX_TEST_USER"], let password = env["OUTBOX_TEST_PASSWORD"],
-              let maildir = env["OUTBOX_TEST_MAILDIR"]
-        else {
-            Issue.record("the Postfix test peer is not running: run the tests with scripts/test.sh")
-            return
-        }
-        let configuration = try OutboxConfiguration.parse(text: "", fileName: "test.cfg", overrides: [
-            "server=127.0.0.1", "port=\(port)", "enable-authentication=true", "user=\(user)", "password=\(password)",
-            "mail.smtp.auth.mechanisms=PLAIN",
-        ], environment: [:])
-        let mailer = try Mailer(configuration: configuration)
-        let (store, dir) = try await makeTempStore()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let token = "disp-\(UUID().uuidString.prefix(8))"
-        for i in 0..<40 {
-            let m = Message(from: try Address("sender@example.test"), to: [try Address("rcpt@elsewhere.example")], subject: "\(token)-\(i)", text: "body \(i)\r\n")
-            let bytes = try await m.byteStream(options: MIMEEncodingOptions()).collect()
-            _ = try await store.enqueue(NewMessage(from: "sender@example.test", recipients: ["rcpt@elsewhere.example"], content: bytes, messageID: m.messageID), now: Date().timeIntervalSince1970)
-        }
-        let dispatcher = Dispatcher(store: store, sender: mailer, settings: DispatcherSettings(concurrency: 4, pollInterval: .milliseconds(50)))
-        let group = ServiceGroup(configuration: .init(services: [.init(service: mailer, successTerminationBehavior: .ignore), .init(service: dispatcher)], logger: Logger(label: "test")))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            let deadline = ContinuousClock.now + .seconds(40)
-            while ContinuousClock.now < deadline, try await store.counts()[.delivered] != 40 {
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
-        }
-        #expect(try await store.counts()[.delivered] == 40)
-        // Postfix delivers to the maildir shortly after accepting.
-        var subjects: [String: Int] = [:]
-        for _ in 0..<100 {
-            subjects = storedSubjects(in: maildir, prefix: token)
-            if subjects.count == 40 { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        #expect(subjects.count == 40)
-        #expect(subjects.values.allSatisfy { $0 == 1 })
-        let sample = try #require(try await store.list(status: .delivered, limit: 1, after: nil).first)
-        #expect(sample.attempts.first?.transport == "smtp")
-        #expect(sample.attempts.first?.reply?.hasPrefix("250") == true)
     }
 }

@@ -1,20 +1,7 @@
 import Foundation
 import Outbox
+import OutboxTestSupport
 import Testing
-
-/// A fresh SQLite store in a temporary directory.
-func makeTempStore() async throws -> (SQLiteOutboxStore, String) {
-    let dir = NSTemporaryDirectory() + "outbox-store-\(UUID().uuidString)"
-    let store = try await SQLiteOutboxStore.open(path: dir + "/outbox.sqlite")
-    try await store.migrate()
-    return (store, dir)
-}
-
-func sampleNew(_ n: Int = 0, key: String? = nil, recipients: [String] = ["a@example.test", "b@example.test"]) -> NewMessage {
-    NewMessage(from: "sender@example.test", recipients: recipients,
-               content: Array("From: sender@example.test\r\nTo: a@example.test\r\nSubject: m\(n)\r\n\r\nbody\r\n".utf8),
-               messageID: "<m\(n)@example.test>", idempotencyKey: key, requestHash: key.map { "h-\($0)" })
-}
 
 @Suite("SQLite store")
 struct StoreTests {
@@ -222,38 +209,6 @@ struct RetryPolicyTests {
         #expect(policy.allowsAnotherTry(unknownCount: 1))
         #expect(!policy.allowsAnotherTry(unknownCount: 2))
     }
-}
-
-/// Claims take the earliest due messages across queued, deferred and expired leases, in due
-/// order, up to the limit, and nothing that is not due (both stores run it).
-func checkClaimOrder(_ store: any OutboxStore) async throws {
-    func deferred(_ id: String, until next: Double, owner: String, now: Double) async throws {
-        let outcome = AttemptOutcome(status: .deferred, recipients: [RecipientState(address: "a@example.test", status: .deferred, code: 450)],
-                                     attempt: AttemptRecord(number: 1, startedAt: now, durationSeconds: 0, transport: "smtp", outcome: "deferred", recipients: []),
-                                     nextAttemptAt: next, lastError: "450", unknown: false)
-        #expect(try await store.record(id: id, owner: owner, outcome: outcome, now: now))
-    }
-    // Expired lease: due since 5 (enqueued then), claimed at 5 for 10 s and never recorded.
-    let expired = try await store.enqueue(sampleNew(0), now: 5).id
-    #expect(try await store.claim(limit: 1, owner: "crashed", now: 5, lease: 10).map(\.message.id) == [expired])
-    // Deferred to 25 and to 500 (not due at 100).
-    let deferredEarly = try await store.enqueue(sampleNew(1), now: 6).id
-    let deferredLate = try await store.enqueue(sampleNew(2), now: 7).id
-    let both = try await store.claim(limit: 2, owner: "w", now: 8, lease: 60).map(\.message.id)
-    #expect(Set(both) == [deferredEarly, deferredLate])
-    try await deferred(deferredEarly, until: 25, owner: "w", now: 9)
-    try await deferred(deferredLate, until: 500, owner: "w", now: 9)
-    // Queued, due since 20, 30, 40.
-    let q20 = try await store.enqueue(sampleNew(3), now: 20).id
-    let q30 = try await store.enqueue(sampleNew(4), now: 30).id
-    let q40 = try await store.enqueue(sampleNew(5), now: 40).id
-    // Due order at 100: expired (5), q20, deferredEarly (25), q30, q40.
-    let first = try await store.claim(limit: 3, owner: "w2", now: 100, lease: 60)
-    #expect(Set(first.map(\.message.id)) == [expired, q20, deferredEarly])
-    #expect(first.first { $0.message.id == expired }?.tookOverExpiredLease == true)
-    let rest = try await store.claim(limit: 10, owner: "w2", now: 100, lease: 60).map(\.message.id)
-    #expect(Set(rest) == [q30, q40])
-    #expect(try await store.claim(limit: 10, owner: "w3", now: 101, lease: 60).isEmpty)
 }
 
 @Suite("SQLite store: claim order")

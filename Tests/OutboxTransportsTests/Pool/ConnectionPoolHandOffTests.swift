@@ -1,3 +1,4 @@
+import OutboxTestSupport
 import Testing
 @testable import OutboxTransports
 
@@ -118,7 +119,7 @@ struct ConnectionPoolHandOffTests {
     }
 
     @Test func shutdownFailsAWaitingHandOffCallerWithoutCallingIt() async throws {
-        let pool = PoolUnderTest(configuration: config(), factory: FakePoolFactory(), clock: PoolManualClock())
+        let pool = PoolUnderTest(configuration: config(), factory: FakePoolFactory(), clock: ManualClock())
         let runner = Task { await pool.run() }
         let held = try await pool.lease()
         let calls = PoolConcurrencyMeter()

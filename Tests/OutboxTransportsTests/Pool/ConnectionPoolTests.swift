@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import OutboxTestSupport
 import Testing
 @testable import OutboxTransports
 
@@ -296,7 +297,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func gracefulShutdown() async throws {
-        let clock = PoolManualClock()
+        let clock = ManualClock()
         let factory = FakePoolFactory()
         let pool = PoolUnderTest(configuration: config(size: 2), factory: factory, clock: clock)
         let runner = Task { await pool.run() }
@@ -322,7 +323,7 @@ struct ConnectionPoolTests {
     }
 
     @Test func cancellingRunShutsDownGracefully() async throws {
-        let pool = PoolUnderTest(configuration: config(size: 2), factory: FakePoolFactory(), clock: PoolManualClock())
+        let pool = PoolUnderTest(configuration: config(size: 2), factory: FakePoolFactory(), clock: ManualClock())
         let runner = Task { await pool.run() }
         let connection = try await pool.withConnection { $0 }
         runner.cancel()

@@ -1,10 +1,11 @@
+import OutboxTestSupport
 import Testing
 @testable import OutboxTransports
 
-private typealias SM = PoolStateMachine<Int, PoolManualClock.Instant>
+private typealias SM = PoolStateMachine<Int, ManualClock.Instant>
 
 /// Literal instant: `t(30)` is 30 s after the manual clock's origin.
-private func t(_ seconds: Int) -> PoolManualClock.Instant { .init(offset: .seconds(seconds)) }
+private func t(_ seconds: Int) -> ManualClock.Instant { .init(offset: .seconds(seconds)) }
 private let c0 = PoolConnectionID(0)
 private let c1 = PoolConnectionID(1)
 private let c2 = PoolConnectionID(2)
@@ -20,7 +21,7 @@ private func config(
 }
 
 /// Leases `request` on a new connection `id` at `now` (the pool must have room and no idle one).
-private func leaseNew(_ sm: inout SM, _ request: Int, _ id: PoolConnectionID, at now: PoolManualClock.Instant, lifetime: Duration? = nil) {
+private func leaseNew(_ sm: inout SM, _ request: Int, _ id: PoolConnectionID, at now: ManualClock.Instant, lifetime: Duration? = nil) {
     #expect(sm.leaseRequested(request, now: now) == [.makeConnection(id, generation: sm.generation)])
     #expect(sm.connectionEstablished(id, credentialLifetime: lifetime, now: now) == [.lease(id, to: request)])
 }

@@ -1,71 +1,7 @@
 import NIOConcurrencyHelpers
+import OutboxTestSupport
 import Testing
 @testable import OutboxTransports
-
-/// A clock that only moves when the test says so. `sleep(until:)` suspends until `advance`
-/// reaches the deadline, or throws `CancellationError` when the sleeping task is cancelled.
-final class PoolManualClock: Clock, Sendable {
-    struct Instant: InstantProtocol, CustomStringConvertible {
-        var offset: Duration
-        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
-        func duration(to other: Instant) -> Duration { other.offset - offset }
-        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
-        var description: String { "t+\(offset)" }
-    }
-
-    private struct Sleeper {
-        var deadline: Instant
-        var continuation: CheckedContinuation<Void, any Error>
-    }
-
-    private struct State {
-        var now = Instant(offset: .zero)
-        var sleepers: [Int: Sleeper] = [:]
-        var nextID = 0
-    }
-
-    private let state = NIOLockedValueBox(State())
-
-    var now: Instant { state.withLockedValue { $0.now } }
-    var minimumResolution: Duration { .zero }
-    var sleeperCount: Int { state.withLockedValue { $0.sleepers.count } }
-
-    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
-        let id = state.withLockedValue { state in
-            state.nextID += 1
-            return state.nextID
-        }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                enum Outcome { case wait, wake, cancel }
-                let outcome = state.withLockedValue { state -> Outcome in
-                    if Task.isCancelled { return .cancel }
-                    if deadline <= state.now { return .wake }
-                    state.sleepers[id] = Sleeper(deadline: deadline, continuation: continuation)
-                    return .wait
-                }
-                switch outcome {
-                case .wait: break
-                case .wake: continuation.resume()
-                case .cancel: continuation.resume(throwing: CancellationError())
-                }
-            }
-        } onCancel: {
-            state.withLockedValue { $0.sleepers.removeValue(forKey: id) }?.continuation.resume(throwing: CancellationError())
-        }
-    }
-
-    func advance(by duration: Duration) {
-        let due = state.withLockedValue { state -> [Sleeper] in
-            state.now = state.now.advanced(by: duration)
-            let now = state.now
-            let due = state.sleepers.filter { $0.value.deadline <= now }
-            for id in due.keys { state.sleepers[id] = nil }
-            return due.values.sorted { $0.deadline < $1.deadline }
-        }
-        for sleeper in due { sleeper.continuation.resume() }
-    }
-}
 
 struct PoolFakeSMTPError: Error, Equatable { var reply: String }
 struct PoolFakeDiscard: ConnectionPoolDiscardingError {}
@@ -160,14 +96,14 @@ func poolEventually(
     }
 }
 
-typealias PoolUnderTest = ConnectionPool<FakePoolFactory, PoolManualClock>
+typealias PoolUnderTest = ConnectionPool<FakePoolFactory, ManualClock>
 
 /// Runs `body` with a pool whose run() is running; shuts it down afterwards.
 func withPoolUnderTest(
     _ configuration: PoolConfiguration,
     factory: FakePoolFactory = FakePoolFactory(),
-    clock: PoolManualClock = PoolManualClock(),
-    _ body: (PoolUnderTest, FakePoolFactory, PoolManualClock) async throws -> Void
+    clock: ManualClock = ManualClock(),
+    _ body: (PoolUnderTest, FakePoolFactory, ManualClock) async throws -> Void
 ) async throws {
     let pool = PoolUnderTest(configuration: configuration, factory: factory, clock: clock)
     try await withThrowingTaskGroup(of: Void.self) { group in

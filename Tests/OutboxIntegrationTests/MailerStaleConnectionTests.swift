@@ -5,6 +5,7 @@ import MetricsTestKit
 import Outbox
 import OutboxConfig
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import Testing
 
@@ -12,9 +13,8 @@ import Testing
 struct MailerStaleConnectionTests {
     @Test("a pooled connection the server closed while idle is replaced invisibly: the message is delivered once")
     func staleConnectionReplaced() async throws {
-        let peer = try MailerPeer.fromEnvironment()
-        let port = try #require(ProcessInfo.processInfo.environment["OUTBOX_TEST_SHORT_TIMEOUT_PORT"].flatMap(Int.init),
-                                "scripts/test.sh exports OUTBOX_TEST_SHORT_TIMEOUT_PORT")
+        let peer = try TestPeers.fromEnvironment()
+        let port = peer.shortTimeoutPort
         // No NOOP before reuse (check after 10 minutes): the dead connection is only found by using it.
         let mailer = try Mailer(configuration: peer.configuration(port: port, ["cnx-pool-size=1", "cnx-check-idle-time=00:10:00"]))
         let prefix = "stale-\(UUID().uuidString.prefix(8))"
@@ -31,7 +31,7 @@ struct MailerStaleConnectionTests {
         }
         var stored: [String: Int] = [:]
         for _ in 0..<100 {
-            stored = storedSubjects(in: peer.maildir, prefix: prefix)
+            stored = peer.maildir.subjects(prefix: prefix)
             if stored.count == 2 { break }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -40,7 +40,7 @@ struct MailerStaleConnectionTests {
 
     @Test("metrics: messages by result and reply class, send latency, pool gauges")
     func metrics() async throws {
-        let peer = try MailerPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let metrics = TestMetrics()
         MetricsSystem.bootstrap(metrics)
         let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=2"]))

@@ -9,140 +9,133 @@ import Testing
 
 /// Local HTTPS stand-ins for Microsoft's identity platform, Google's token endpoint, Graph
 /// sendMail and EWS CreateItem that keep PROTOCOLS.md's contract and refuse what it forbids.
-actor EmulatorState {
+package actor EmulatorState {
+    package init() {}
+
     // The credential set the emulator accepts.
-    var tenant = "tenant-1"
-    var clientID = "client-1"
-    var clientSecret = "s3cret-value"
-    var secretExpired = false
-    var ropcUser = "agent@contoso.test"
-    var ropcPassword = "user-pass"
-    var expectedScope = "https://graph.microsoft.com/.default"
-    var googleClientSecret = "google-secret"
-    var googleRefreshToken = "refresh-1"
-    var googleRevoked = false
+    package var tenant = "tenant-1"
+    package var clientID = "client-1"
+    package var clientSecret = "s3cret-value"
+    package var secretExpired = false
+    package var ropcUser = "agent@contoso.test"
+    package var ropcPassword = "user-pass"
+    package var expectedScope = "https://graph.microsoft.com/.default"
+    package var googleClientSecret = "google-secret"
+    package var googleRefreshToken = "refresh-1"
+    package var googleRevoked = false
     /// Issued tokens live this long.
-    var expiresIn = 3600
+    package var expiresIn = 3600
     /// Token answers wait this long (so concurrent callers overlap).
-    var tokenDelay: Duration = .zero
+    package var tokenDelay: Duration = .zero
     /// The next token requests answered with 503.
-    var tokenUnavailableNext = 0
+    package var tokenUnavailableNext = 0
     /// When set, every token issued has this value (the Postfix testbed's bearer token).
-    var fixedToken: String?
+    package var fixedToken: String?
     /// Tokens issued first, in order (before ``fixedToken`` or generated ones).
-    var tokenSequence: [String] = []
+    package var tokenSequence: [String] = []
     // Graph / EWS behaviour.
-    var graphMailbox = "agent@contoso.test"
+    package var graphMailbox = "agent@contoso.test"
     /// From addresses the mailbox may send as (Send As / Send on Behalf).
-    var delegates: Set<String> = []
-    var throttleNext = 0
-    var serverBusyNext = 0
-    var ewsBasicUser = "agent@contoso.test"
-    var ewsBasicPassword = "ews-pass"
+    package var delegates: Set<String> = []
+    package var throttleNext = 0
+    package var serverBusyNext = 0
+    package var ewsBasicUser = "agent@contoso.test"
+    package var ewsBasicPassword = "ews-pass"
 
     // What happened.
-    var tokenRequests = 0
-    var issued: [String: ContinuousClock.Instant] = [:]
-    var revoked: Set<String> = []
-    var graphRequests = 0
-    var ewsRequests = 0
-    var delivered: [[UInt8]] = []
-    var lastEWSVersion: String?
-    var lastEWSBody: String?
-    var lastAnchorMailbox: String?
-    var lastForm: [String: String] = [:]
+    package var tokenRequests = 0
+    package var issued: [String: ContinuousClock.Instant] = [:]
+    package var revoked: Set<String> = []
+    package var graphRequests = 0
+    package var ewsRequests = 0
+    package var delivered: [[UInt8]] = []
+    package var lastEWSVersion: String?
+    package var lastEWSBody: String?
+    package var lastAnchorMailbox: String?
+    package var lastForm: [String: String] = [:]
     // The large-message way.
-    var baseURL = ""
-    var drafts: [String: Draft] = [:]
-    var sentDrafts: [Draft] = []
-    var uploadSessions: [String: UploadSession] = [:]
-    var uploadChunkSizes: [Int] = []
-    var uploadsWithAuthorization = 0
-    var largestGraphRequest = 0
+    package var baseURL = ""
+    package var drafts: [String: Draft] = [:]
+    package var sentDrafts: [Draft] = []
+    package var uploadSessions: [String: UploadSession] = [:]
+    package var uploadChunkSizes: [Int] = []
+    package var uploadsWithAuthorization = 0
+    package var largestGraphRequest = 0
     /// Every Graph and EWS call, in order: "sendMail", "createDraft/mime", "createDraft/json",
     /// "patch", "attachment", "createUploadSession", "send", "delete"; "ews/CreateItem/SendAndSaveCopy",
     /// "ews/CreateItem/SaveOnly", "ews/UpdateItem/SendAndSaveCopy", "ews/SendItem".
-    var calls: [String] = []
+    package var calls: [String] = []
     /// Every message sent, whichever way, with the recipients Exchange would deliver it to.
-    var deliveries: [Delivery] = []
+    package var deliveries: [Delivery] = []
     /// EWS items saved as drafts, by Id.
-    var ewsDrafts: [String: EWSDraft] = [:]
+    package var ewsDrafts: [String: EWSDraft] = [:]
 
-    struct Draft: Sendable {
-        var json: [String: String]
-        var recipients: [String: [String]]
-        var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
+    package struct Draft: Sendable {
+        package var json: [String: String]
+        package var recipients: [String: [String]]
+        package var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
         /// The MIME a draft was created from (POST messages with text/plain).
-        var mime: [UInt8]? = nil
+        package var mime: [UInt8]? = nil
         /// Display names given with the recipients (address lower-cased → name).
-        var names: [String: String] = [:]
-        var isInline: [String: Bool] = [:]
-        var contentTypes: [String: String] = [:]
+        package var names: [String: String] = [:]
+        package var isInline: [String: Bool] = [:]
+        package var contentTypes: [String: String] = [:]
     }
 
-    struct EWSDraft: Sendable {
-        var changeKey: String
-        var mime: [UInt8]
-        var recipients: [String: [String]]
-        var names: [String: String] = [:]
+    package struct EWSDraft: Sendable {
+        package var changeKey: String
+        package var mime: [UInt8]
+        package var recipients: [String: [String]]
+        package var names: [String: String] = [:]
     }
 
     /// One message handed to Exchange for delivery.
-    struct Delivery: Sendable {
-        var via: String
-        var to: [String]
-        var cc: [String]
-        var bcc: [String]
+    package struct Delivery: Sendable {
+        package var via: String
+        package var to: [String]
+        package var cc: [String]
+        package var bcc: [String]
         /// The MIME Outbox gave (sendMail, the MIME draft, EWS MimeContent); nil for a JSON draft.
-        var mime: [UInt8]?
-        var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
-        var names: [String: String] = [:]
-        var everyone: [String] { (to + cc + bcc).map { $0.lowercased() } }
+        package var mime: [UInt8]?
+        package var attachments: [(name: String, bytes: [UInt8], viaUploadSession: Bool)] = []
+        package var names: [String: String] = [:]
+        package var everyone: [String] { (to + cc + bcc).map { $0.lowercased() } }
     }
 
-    struct UploadSession: Sendable {
-        var draft: String
-        var name: String
-        var size: Int
-        var received: [UInt8] = []
+    package struct UploadSession: Sendable {
+        package var draft: String
+        package var name: String
+        package var size: Int
+        package var received: [UInt8] = []
     }
 
-    func set(_ update: @Sendable (isolated EmulatorState) -> Void) { update(self) }
+    package func set(_ update: @Sendable (isolated EmulatorState) -> Void) { update(self) }
 
-    func issue() -> String {
+    package func issue() -> String {
         tokenRequests += 1
         let token = tokenSequence.isEmpty ? (fixedToken ?? "tok-\(tokenRequests)-\(UUID().uuidString.prefix(8))") : tokenSequence.removeFirst()
         issued[token] = .now + .seconds(expiresIn)
         return token
     }
 
-    func isValid(_ token: String) -> Bool {
+    package func isValid(_ token: String) -> Bool {
         guard let until = issued[token], !revoked.contains(token) else { return false }
         return ContinuousClock.now < until
     }
 
-    func revokeAll() { revoked.formUnion(issued.keys) }
+    package func revokeAll() { revoked.formUnion(issued.keys) }
 }
 
-enum TestEnv {
-    static func path(_ name: String) -> String? {
-        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
-            Issue.record("\(name) is not set: run the tests through scripts/test.sh (it starts the testbed that writes the test certificates)")
-            return nil
-        }
-        return value
-    }
-}
-
-struct EmulatorMissingEnvironment: Error {}
+package struct EmulatorMissingEnvironment: Error {}
 
 /// Runs the emulator on 127.0.0.1 with an ephemeral port for the duration of `body`.
-func withEmulator<T: Sendable>(_ state: EmulatorState, _ body: @Sendable (_ base: String) async throws -> T) async throws -> T {
-    guard let certPath = TestEnv.path("OUTBOX_TEST_TLS_CERT"), let keyPath = TestEnv.path("OUTBOX_TEST_TLS_KEY") else {
-        throw EmulatorMissingEnvironment()
-    }
-    let chain = try NIOSSLCertificate.fromPEMFile(certPath).map { NIOSSLCertificateSource.certificate($0) }
-    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem)))
+/// Its certificate is the built-in test one unless `certificates` says otherwise (a client
+/// that trusts `certificates.caFile` trusts the emulator).
+package func withEmulator<T: Sendable>(
+    _ state: EmulatorState, certificates: TestCertificates = .builtIn, _ body: @Sendable (_ base: String) async throws -> T
+) async throws -> T {
+    let chain = try NIOSSLCertificate.fromPEMFile(certificates.certificateFile).map { NIOSSLCertificateSource.certificate($0) }
+    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: certificates.keyFile, format: .pem)))
     tls.minimumTLSVersion = .tlsv12
     let router = Router()
     Emulator.routes(router, state)
@@ -176,19 +169,19 @@ func withEmulator<T: Sendable>(_ state: EmulatorState, _ body: @Sendable (_ base
     }
 }
 
-enum Emulator {
-    static func json(_ status: HTTPResponse.Status, _ object: [String: Any], headers: HTTPFields = [:]) -> Response {
+package enum Emulator {
+    package static func json(_ status: HTTPResponse.Status, _ object: [String: Any], headers: HTTPFields = [:]) -> Response {
         let data = try! JSONSerialization.data(withJSONObject: object)
         var h = headers
         h[.contentType] = "application/json"
         return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
-    static func xml(_ status: HTTPResponse.Status, _ text: String) -> Response {
+    package static func xml(_ status: HTTPResponse.Status, _ text: String) -> Response {
         Response(status: status, headers: [.contentType: "text/xml; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
-    static func form(_ body: ByteBuffer) -> [String: String] {
+    package static func form(_ body: ByteBuffer) -> [String: String] {
         var out: [String: String] = [:]
         for pair in String(buffer: body).split(separator: "&") {
             let kv = pair.split(separator: "=", maxSplits: 1).map {
@@ -199,24 +192,24 @@ enum Emulator {
         return out
     }
 
-    static func aad(_ error: String, _ code: Int, _ text: String) -> Response {
+    package static func aad(_ error: String, _ code: Int, _ text: String) -> Response {
         json(error == "invalid_client" ? .unauthorized : .badRequest,
              ["error": error, "error_description": "AADSTS\(code): \(text)\r\nTrace ID: 0000\r\nCorrelation ID: 1111",
               "error_codes": [code], "timestamp": "2026-11-25 00:00:00Z", "trace_id": "0000", "correlation_id": "1111"])
     }
 
     /// Strict base64 (RFC 4648 alphabet, padding, no white space), as Graph requires.
-    static func strictBase64(_ text: String) -> [UInt8]? {
+    package static func strictBase64(_ text: String) -> [UInt8]? {
         guard text.count % 4 == 0, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "+" || $0 == "/" || $0 == "=") }) else { return nil }
         return Data(base64Encoded: text).map { [UInt8]($0) }
     }
 
-    static func bearer(_ request: Request) -> String? {
+    package static func bearer(_ request: Request) -> String? {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else { return nil }
         return String(auth.dropFirst(7))
     }
 
-    static func fromHeader(_ mime: [UInt8]) -> String? {
+    package static func fromHeader(_ mime: [UInt8]) -> String? {
         let text = String(decoding: mime, as: UTF8.self)
         for line in text.components(separatedBy: "\r\n") {
             if line.isEmpty { break }
@@ -229,7 +222,7 @@ enum Emulator {
         return nil
     }
 
-    static func routes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
+    package static func routes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
         // Microsoft identity platform v2 (PROTOCOLS.md §1.1).
         router.post("/:tenant/oauth2/v2.0/token") { request, context -> Response in
             var request = request
@@ -414,7 +407,7 @@ enum Emulator {
     }
 
     /// `(address, name)` of each t:Mailbox inside the first `<t:element>`.
-    static func mailboxes(in text: String, element: String) -> [(String, String?)] {
+    package static func mailboxes(in text: String, element: String) -> [(String, String?)] {
         guard let open = text.range(of: "<t:\(element)>"), let close = text.range(of: "</t:\(element)>", range: open.upperBound..<text.endIndex) else { return [] }
         var out: [(String, String?)] = []
         var rest = text[open.upperBound..<close.lowerBound]
@@ -433,7 +426,7 @@ enum Emulator {
 
     /// UpdateItem (updateitem-operation.md): SetItemField / DeleteItemField on the recipient
     /// collections of a saved draft; MessageDisposition SendAndSaveCopy sends it.
-    static func updateItem(_ text: String, _ state: EmulatorState) async -> Response {
+    package static func updateItem(_ text: String, _ state: EmulatorState) async -> Response {
         guard let d = text.range(of: #"<m:UpdateItem MessageDisposition="([A-Za-z]+)""#, options: .regularExpression) else {
             return xml(.internalServerError, fault("ErrorSchemaValidation", "UpdateItem needs MessageDisposition for a message."))
         }
@@ -483,7 +476,7 @@ enum Emulator {
         return xml(.ok, updateItemResponse("Success", "NoError", nil, id: id, changeKey: updated.changeKey))
     }
 
-    static func updateItemResponse(_ responseClass: String, _ code: String, _ text: String?, id: String, changeKey: String) -> String {
+    package static func updateItemResponse(_ responseClass: String, _ code: String, _ text: String?, id: String, changeKey: String) -> String {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:UpdateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:UpdateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
             + "<m:ResponseCode>\(code)</m:ResponseCode>"
@@ -491,37 +484,37 @@ enum Emulator {
             + "</m:UpdateItemResponseMessage></m:ResponseMessages></m:UpdateItemResponse></s:Body></s:Envelope>"
     }
 
-    static func tokenDelaySleep(_ s: EmulatorState) async -> Bool {
+    package static func tokenDelaySleep(_ s: EmulatorState) async -> Bool {
         let d = await s.tokenDelay
         if d > .zero { try? await Task.sleep(for: d) }
         return true
     }
 
-    static func fault(_ code: String, _ text: String) -> String {
+    package static func fault(_ code: String, _ text: String) -> String {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:\#(code)</faultcode><faultstring xml:lang="en-US">\#(text)</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">\#(code)</e:ResponseCode></detail></s:Fault></s:Body></s:Envelope>"#
     }
 
-    static let busyFault = #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
+    package static let busyFault = #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
 
-    static func createItemResponse(_ responseClass: String, _ code: String, _ text: String?, items: String = "") -> String {
+    package static func createItemResponse(_ responseClass: String, _ code: String, _ text: String?, items: String = "") -> String {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:CreateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:CreateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
             + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>" + (items.isEmpty ? "<m:Items/>" : "<m:Items>\(items)</m:Items>") + "</m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
     }
 }
 
-enum JSONOrResponse {
+package enum JSONOrResponse {
     case success([String: Any])
     case failure(Response)
 }
 
 extension Emulator {
-    static func graphError(_ status: HTTPResponse.Status, _ code: String, _ message: String) -> Response {
+    package static func graphError(_ status: HTTPResponse.Status, _ code: String, _ message: String) -> Response {
         json(status, ["error": ["code": code, "message": message]])
     }
 
     /// Reads a JSON Graph request: a valid token, application/json, at most 4 MiB.
-    static func graphJSON(_ request: inout Request, _ state: EmulatorState) async throws -> JSONOrResponse {
+    package static func graphJSON(_ request: inout Request, _ state: EmulatorState) async throws -> JSONOrResponse {
         guard let token = bearer(request), await state.isValid(token) else {
             return .failure(graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."))
         }
@@ -542,7 +535,7 @@ extension Emulator {
     /// To, Cc and Bcc of a MIME header section, read independently of Outbox's parser:
     /// unfolded fields, the list split at commas outside quotes and angle brackets, the address
     /// in `<...>` or the bare item.
-    static func headerRecipients(_ mime: [UInt8]) -> (to: [String], cc: [String], bcc: [String], names: [String: String], hasBcc: Bool) {
+    package static func headerRecipients(_ mime: [UInt8]) -> (to: [String], cc: [String], bcc: [String], names: [String: String], hasBcc: Bool) {
         var fields: [(String, String)] = []
         for line in String(decoding: mime, as: UTF8.self).components(separatedBy: "\r\n") {
             if line.isEmpty { break }
@@ -590,7 +583,7 @@ extension Emulator {
         return (out["to"]!, out["cc"]!, out["bcc"]!, names, hasBcc)
     }
 
-    static func recipientList(_ value: Any?) -> (addresses: [String], names: [String: String])? {
+    package static func recipientList(_ value: Any?) -> (addresses: [String], names: [String: String])? {
         guard let list = value as? [[String: Any]] else { return nil }
         var addresses: [String] = []
         var names: [String: String] = [:]
@@ -602,7 +595,7 @@ extension Emulator {
         return (addresses, names)
     }
 
-    static func largeMessageRoutes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
+    package static func largeMessageRoutes(_ router: Router<BasicRequestContext>, _ state: EmulatorState) {
         // Create message (user-post-messages.md): JSON, or MIME as base64 with text/plain.
         router.post("/v1.0/users/:user/messages") { request, context -> Response in
             var request = request

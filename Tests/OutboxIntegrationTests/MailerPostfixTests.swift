@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import Outbox
 import OutboxConfig
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import Testing
 
@@ -12,7 +13,7 @@ import Testing
 struct MailerPostfixTests {
     @Test("never more than cnx-pool-size sessions: Postfix allows 2 per client and refuses none")
     func poolLimitHolds() async throws {
-        let peer = try MailerPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let mailer = try Mailer(configuration: peer.configuration(port: peer.limitedPort, ["cnx-pool-size=2"]))
         let prefix = "pool-limit-\(UUID().uuidString.prefix(8))"
         let reports = try await withRunningMailer(mailer) { mailer in
@@ -33,17 +34,12 @@ struct MailerPostfixTests {
     @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once",
           arguments: [false, true])
     func handOffStartsDeliverEachMessageOnce(startTLS: Bool) async throws {
-        let peer = try MailerPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let mailer: Mailer
         if startTLS {
             // Under TLS the body is flushed before the next transaction starts (SMTPClientHandler).
-            let env = ProcessInfo.processInfo.environment
-            guard let port = env["OUTBOX_TEST_SUBMISSION_PORT"].flatMap(Int.init), let ca = env["OUTBOX_TEST_CA_FILE"] else {
-                Issue.record("the Postfix submission port is not set: run the tests with scripts/test.sh")
-                return
-            }
-            mailer = try Mailer(configuration: peer.configuration(port: port, [
-                "cnx-pool-size=1", "smtp-connection-security=start-tls-required", "outbox.tls-ca-file=\(ca)",
+            mailer = try Mailer(configuration: peer.configuration(port: peer.submissionPort, [
+                "cnx-pool-size=1", "smtp-connection-security=start-tls-required", "outbox.tls-ca-file=\(peer.caFile)",
             ]))
         } else {
             mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1"]))
@@ -70,7 +66,7 @@ struct MailerPostfixTests {
         #expect(try #require(mailer.poolStatistics).created == 1)
         var stored: [String: Int] = [:]
         for _ in 0..<100 {
-            stored = storedSubjects(in: peer.maildir, prefix: prefix)
+            stored = peer.maildir.subjects(prefix: prefix)
             if stored.values.reduce(0, +) >= total { break }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -80,7 +76,7 @@ struct MailerPostfixTests {
 
     @Test("a pool larger than the server allows is refused, shrinks, and still delivers everything")
     func poolShrinksOnRefusal() async throws {
-        let peer = try MailerPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let mailer = try Mailer(configuration: peer.configuration(port: peer.limitedPort, ["cnx-pool-size=5"]))
         let prefix = "pool-shrink-\(UUID().uuidString.prefix(8))"
         let results = try await withRunningMailer(mailer) { mailer in
@@ -111,19 +107,20 @@ struct MailerPostfixTests {
 
     @Test("NOOP is sent before reusing a connection idle for cnx-check-idle-time, and not before")
     func noopAfterIdle() async throws {
-        let peer = try MailerPeer.fromEnvironment()
-        let (logger, lines) = CapturingLogHandler.make()
+        let peer = try TestPeers.fromEnvironment()
+        let log = LogRecorder()
+        let logger = log.logger()
         let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1", "cnx-check-idle-time=00:00:01", "enable-debug=true"]), logger: logger)
         try await withRunningMailer(mailer) { mailer in
             let prefix = "noop-\(UUID().uuidString.prefix(8))"
             _ = try await mailer.send(testMessage(subject: "\(prefix)-1"))
             _ = try await mailer.send(testMessage(subject: "\(prefix)-2"))
-            let noopsBefore = lines.withLockedValue { $0 }.filter { $0.hasPrefix("C: NOOP") }.count
+            let noopsBefore = log.messages.filter { $0.hasPrefix("C: NOOP") }.count
             #expect(noopsBefore == 0, "NOOP sent on a connection idle for less than cnx-check-idle-time")
             try await Task.sleep(for: .milliseconds(1500))
             let report = try await mailer.send(testMessage(subject: "\(prefix)-3"))
             #expect(report.allAccepted)
-            let transcript = lines.withLockedValue { $0 }
+            let transcript = log.messages
             let noopIndex = try #require(transcript.firstIndex { $0.hasPrefix("C: NOOP") }, "no NOOP after idling 1.5 s")
             #expect(transcript[(noopIndex + 1)...].contains { $0.hasPrefix("S: 250") })
             #expect(mailer.poolStatistics?.created == 1)
@@ -133,8 +130,9 @@ struct MailerPostfixTests {
 
     @Test("a connection idle for cnx-max-idle-time is closed with QUIT by a timer")
     func idleClose() async throws {
-        let peer = try MailerPeer.fromEnvironment()
-        let (logger, lines) = CapturingLogHandler.make()
+        let peer = try TestPeers.fromEnvironment()
+        let log = LogRecorder()
+        let logger = log.logger()
         let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-max-idle-time=00:00:01", "enable-debug=true"]), logger: logger)
         try await withRunningMailer(mailer) { mailer in
             _ = try await mailer.send(testMessage(subject: "idle-\(UUID().uuidString.prefix(8))"))
@@ -147,13 +145,13 @@ struct MailerPostfixTests {
                 closed = mailer.poolStatistics?.open == 0
             }
             #expect(closed, "the idle connection was not closed within 5 s")
-            #expect(lines.withLockedValue { $0 }.contains { $0.hasPrefix("C: QUIT") })
+            #expect(log.messages.contains { $0.hasPrefix("C: QUIT") })
         }
     }
 
     @Test("a reload changes the port for new connections without a restart")
     func reloadPort() async throws {
-        let peer = try MailerPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort))
         try await withRunningMailer(mailer) { mailer in
             let first = try await mailer.send(testMessage(subject: "reload-a"))
@@ -170,8 +168,8 @@ struct MailerPostfixTests {
 
     @Test("Postfix stopped and restarted during 1,000 messages: none lost, none duplicated")
     func restartMidRun() async throws {
-        let peer = try MailerPeer.fromEnvironment()
-        let maildir = peer.restartDir + "/mail/sink/new"
+        let peer = try TestPeers.fromEnvironment()
+        let maildir = Maildir(peer.restartDirectory + "/mail/sink/new")
         let mailer = try Mailer(configuration: peer.configuration(port: peer.restartPort, ["cnx-pool-size=4", "connect-timeout=00:00:05", "protocol-timeout=00:00:20"]))
         let prefix = "restart-\(UUID().uuidString.prefix(8))"
         let total = 1000
@@ -182,9 +180,9 @@ struct MailerPostfixTests {
                 // The restart, once 150 messages are through.
                 group.addTask {
                     while progress.withLockedValue({ $0 }) < 150 { try? await Task.sleep(for: .milliseconds(20)) }
-                    runPostfix(peer.restartDir, "stop")
+                    runPostfix(peer.restartDirectory, "stop")
                     try? await Task.sleep(for: .seconds(2))
-                    runPostfix(peer.restartDir, "start")
+                    runPostfix(peer.restartDirectory, "start")
                     return []
                 }
                 for _ in 0..<8 {
@@ -230,7 +228,7 @@ struct MailerPostfixTests {
         // Wait for Postfix to store everything it accepted.
         var copies: [String: [String]] = [:]
         for _ in 0..<300 {
-            copies = storedQueueIDs(in: maildir, prefix: prefix)
+            copies = maildir.queueIDs(prefix: prefix)
             if delivered.allSatisfy({ copies["\(prefix)-\($0)"] != nil }) { break }
             try await Task.sleep(for: .milliseconds(100))
         }

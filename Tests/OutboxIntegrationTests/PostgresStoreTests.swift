@@ -1,20 +1,11 @@
 import Foundation
 import Outbox
+import OutboxTestSupport
 import Testing
 
-/// The PostgreSQL store against the real server that scripts/test.sh starts.
-func postgresURL(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
-    guard let url = ProcessInfo.processInfo.environment["OUTBOX_TEST_POSTGRES_URL"], !url.isEmpty else {
-        Issue.record("OUTBOX_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh (it starts PostgreSQL)", sourceLocation: sourceLocation)
-        throw MissingPostgres()
-    }
-    return url
-}
-
-struct MissingPostgres: Error {}
-
+/// A migrated, emptied PostgreSQL store on the cluster that scripts/test.sh starts.
 func makePostgresStore() async throws -> PostgresOutboxStore {
-    let store = try await PostgresOutboxStore.open(url: try postgresURL())
+    let store = try await PostgresOutboxStore.open(url: try TestPeers.fromEnvironment().postgresURL)
     try await store.migrate()
     try await store.deleteAllForTesting()
     return store
@@ -86,6 +77,14 @@ struct PostgresStoreTests {
         #expect(m.recipients.filter(\.isOpen).map(\.address) == ["b@example.test"])
         try await store.release(id: taken[1].message.id, owner: "late", nextAttemptAt: 500, now: 102)
         #expect(try await store.get(id: taken[1].message.id)?.status == .deferred)
+        try await store.close()
+    }
+}
+extension PostgresStoreTests {
+    @Test("chunks: all or refused, read in order, orphans removed; record and its notification commit together")
+    func chunks() async throws {
+        let store = try await makePostgresStore()
+        try await ChunkContract.run(store)
         try await store.close()
     }
 }

@@ -1,22 +1,23 @@
 import Foundation
 import OutboxConfig
 import OutboxMIME
+import OutboxTestSupport
 import OutboxTransports
 import Testing
 
 @Suite("SMTP XOAUTH2 with a token from the Azure emulator, through the Postfix testbed", .serialized)
 struct SMTPXOAUTH2Tests {
     @Test func xoauth2TokenFromROPCGrantIsAcceptedByPostfix() async throws {
-        guard let portText = TestEnv.path("OUTBOX_TEST_SUBMISSION_PORT"), let port = Int(portText),
-              let token = TestEnv.path("OUTBOX_TEST_OAUTH_TOKEN"), let user = TestEnv.path("OUTBOX_TEST_USER") else { return }
+        let peer = try TestPeers.fromEnvironment()
+        let (token, user) = (peer.oauthToken, peer.user)
         let state = EmulatorState()
         await state.set {
             $0.fixedToken = token
             $0.ropcUser = user
             $0.expectedScope = "https://outlook.office.com/.default"
         }
-        try await withEmulator(state) { base in
-            let c = xoauth2Configuration(base, port: port, user: user, password: "user-pass")
+        try await withEmulator(state, certificates: peer.certificates) { base in
+            let c = xoauth2Configuration(base, peer: peer, password: "user-pass")
             let transport = try TransportFactory.make(configuration: c)
             let runner = Task { await transport.run() }
             let (message, _) = try rawMessage(from: user, to: "xoauth2-rcpt@example.test")
@@ -31,8 +32,8 @@ struct SMTPXOAUTH2Tests {
     }
 
     @Test func a535RefreshesTheTokenOnceAndRetriesOnce() async throws {
-        guard let portText = TestEnv.path("OUTBOX_TEST_SUBMISSION_PORT"), let port = Int(portText),
-              let token = TestEnv.path("OUTBOX_TEST_OAUTH_TOKEN"), let user = TestEnv.path("OUTBOX_TEST_USER") else { return }
+        let peer = try TestPeers.fromEnvironment()
+        let (token, user) = (peer.oauthToken, peer.user)
         let state = EmulatorState()
         await state.set {
             $0.tokenSequence = ["revoked-by-the-server"]
@@ -40,9 +41,9 @@ struct SMTPXOAUTH2Tests {
             $0.ropcUser = user
             $0.expectedScope = "https://outlook.office.com/.default"
         }
-        try await withEmulator(state) { base in
+        try await withEmulator(state, certificates: peer.certificates) { base in
             // Another credential set than the test above (the token cache is per credential set).
-            let c = xoauth2Configuration(base, port: port, user: user, password: "user-pass-535")
+            let c = xoauth2Configuration(base, peer: peer, password: "user-pass-535")
             await state.set { $0.ropcPassword = "user-pass-535" }
             let transport = try TransportFactory.make(configuration: c)
             let runner = Task { await transport.run() }
@@ -56,14 +57,15 @@ struct SMTPXOAUTH2Tests {
 
     /// SMTP with STARTTLS and AUTH XOAUTH2 to the Postfix testbed, its token from the emulator's
     /// password grant (tenant-1).
-    private func xoauth2Configuration(_ base: String, port: Int, user: String, password: String) -> OutboxConfiguration {
-        var c = configuration(base, type: .smtp)
-        c.smtpClient.server = ProcessInfo.processInfo.environment["OUTBOX_TEST_SMTP_HOST"] ?? "127.0.0.1"
-        c.smtpClient.port = port
+    /// The emulator runs with the testbed's certificate, so one CA file trusts it and Postfix.
+    private func xoauth2Configuration(_ base: String, peer: TestPeers, password: String) -> OutboxConfiguration {
+        var c = configuration(base, type: .smtp, caFile: peer.caFile)
+        c.smtpClient.server = peer.smtpHost
+        c.smtpClient.port = peer.submissionPort
         c.smtpClient.smtpConnectionSecurity = .startTLSRequired
         c.smtpClient.enableAuthentication = true
         c.smtpClient.authMechanisms = ["XOAUTH2"]
-        c.smtpClient.user = user
+        c.smtpClient.user = peer.user
         c.smtpClient.password = Secret(password)
         c.smtpClient.directoryID = "tenant-1"
         return c

@@ -1,41 +1,21 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Outbox
+import OutboxTestSupport
 import Testing
 
-/// The built `outbox` binary, found from this file: `<package>/.build/debug/outbox`.
-func outboxBinary() -> String {
-    if let path = ProcessInfo.processInfo.environment["OUTBOX_TEST_BINARY"], !path.isEmpty { return path }
-    let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return package.appendingPathComponent(".build/debug/outbox").path
-}
-
-struct PostfixPeer {
-    var port: String
-    var user: String
-    var password: String
-    var maildir: String
-
-    static func fromEnvironment(sourceLocation: SourceLocation = #_sourceLocation) throws -> PostfixPeer {
-        let env = ProcessInfo.processInfo.environment
-        guard let port = env["OUTBOX_TEST_PLAIN_PORT"], let user = env["OUTBOX_TEST_USER"], let password = env["OUTBOX_TEST_PASSWORD"],
-              let maildir = env["OUTBOX_TEST_MAILDIR"]
-        else {
-            Issue.record("the Postfix test peer is not running: run the tests with scripts/test.sh", sourceLocation: sourceLocation)
-            throw Missing()
-        }
-        return PostfixPeer(port: port, user: user, password: password, maildir: maildir)
-    }
-
-    struct Missing: Error {}
-
+extension TestPeers {
+    /// `-o` overrides for the daemon: Postfix's clear-text port with AUTH PLAIN.
     var overrides: [String] {
-        ["server=127.0.0.1", "port=\(port)", "enable-authentication=true", "user=\(user)", "password=\(password)", "mail.smtp.auth.mechanisms=PLAIN"]
+        ["server=\(smtpHost)", "port=\(plainPort)", "enable-authentication=true", "user=\(user)", "password=\(password)",
+         "mail.smtp.auth.mechanisms=PLAIN"]
     }
 }
 
@@ -48,7 +28,7 @@ final class DaemonProcess: @unchecked Sendable {
     init(port: Int, overrides: [String], logPath: String, config: String? = nil) throws {
         self.port = port
         self.logPath = logPath
-        process.executableURL = URL(fileURLWithPath: outboxBinary())
+        process.executableURL = try OutboxBinary.url()
         process.arguments = ["serve"] + (config.map { ["--config", $0] } ?? [])
             + (config == nil ? overrides + ["outbox.http-listen=127.0.0.1:\(port)"] : overrides).flatMap { ["-o", $0] }
         FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -90,53 +70,12 @@ final class DaemonProcess: @unchecked Sendable {
     }
 }
 
-/// Counts the stored messages per subject with the prefix.
-func subjectCounts(_ maildir: String, prefix: String) -> [String: Int] {
-    var counts: [String: Int] = [:]
-    for name in (try? FileManager.default.contentsOfDirectory(atPath: maildir)) ?? [] {
-        guard let data = FileManager.default.contents(atPath: maildir + "/" + name) else { continue }
-        let head = String(decoding: data.prefix(4096), as: UTF8.self)
-        for line in head.split(separator: "\n") where line.hasPrefix("Subject: \(prefix)") {
-            counts[String(line.dropFirst(9)).trimmingCharacters(in: .whitespacesAndNewlines), default: 0] += 1
-        }
-    }
-    return counts
-}
-
-/// A port for a daemon under test: below the kernel's ephemeral range (32768-60999 by default), so
-/// that no outgoing connection of the tests can take it between this choice and the daemon's bind
-/// (which made `outbox serve` exit with "Address already in use"), and free now, with the next three.
-func freePort() -> Int {
-    for _ in 0..<200 {
-        let port = Int.random(in: 20000..<30000)
-        if (port..<port + 4).allSatisfy(canBind) { return port }
-    }
-    Issue.record("no free port found between 20000 and 30000")
-    return 29990
-}
-
-private func canBind(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr = in_addr(s_addr: inet_addr("127.0.0.1"))
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-}
-
 @Suite("Daemon processes", .serialized)
 struct DaemonProcessTests {
     @Test("three daemons on one PostgreSQL deliver 3,000 messages, each exactly once, sharing the work", .timeLimit(.minutes(4)))
     func threeDaemons() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
-        guard let url = ProcessInfo.processInfo.environment["OUTBOX_TEST_POSTGRES_URL"] else {
-            Issue.record("OUTBOX_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
-            return
-        }
+        let peer = try TestPeers.fromEnvironment()
+        let url = peer.postgresURL
         let store = try await PostgresOutboxStore.open(url: url)
         try await store.migrate()
         try await store.deleteAllForTesting()
@@ -180,7 +119,7 @@ struct DaemonProcessTests {
         for d in daemons { d.terminate() }
         var counts: [String: Int] = [:]
         for _ in 0..<100 {
-            counts = subjectCounts(peer.maildir, prefix: token)
+            counts = peer.maildir.subjects(prefix: token)
             if counts.count == total { break }
             try await Task.sleep(for: .milliseconds(200))
         }
@@ -205,7 +144,7 @@ struct DaemonProcessTests {
 
     @Test("crash safety: 2,000 submissions while the daemon is killed with -9 and restarted; every accepted message is delivered", .timeLimit(.minutes(4)))
     func crashSafety() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = "crash-\(UUID().uuidString.prefix(8))"
         let dir = NSTemporaryDirectory() + "outbox-crash-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -275,7 +214,7 @@ struct DaemonProcessTests {
         #expect(messages.allSatisfy { $0.status == .delivered }, "statuses: \(Dictionary(grouping: messages, by: \.status.rawValue).mapValues(\.count))")
         var counts: [String: Int] = [:]
         for _ in 0..<100 {
-            counts = subjectCounts(peer.maildir, prefix: token)
+            counts = peer.maildir.subjects(prefix: token)
             if counts.count == total { break }
             try await Task.sleep(for: .milliseconds(200))
         }
@@ -303,7 +242,7 @@ extension DaemonProcessTests {
 
     @Test("SIGHUP mid-run: port and enable-debug apply at once, http-listen waits for a restart, an invalid file is refused whole", .timeLimit(.minutes(2)))
     func sighupReload() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let dir = NSTemporaryDirectory() + "outbox-hup-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -328,7 +267,7 @@ extension DaemonProcessTests {
             retry-max-delay = 00:00:01
             """.write(toFile: file, atomically: true, encoding: .utf8)
         }
-        try write(smtpPort: peer.port, debug: false, listen: port)
+        try write(smtpPort: String(peer.plainPort), debug: false, listen: port)
         let daemon = try DaemonProcess(port: port, overrides: [], logPath: dir + "/daemon.log", config: file)
         defer { daemon.terminate() }
         try await daemon.waitReady()
@@ -365,7 +304,7 @@ extension DaemonProcessTests {
         #expect(deferred["status"] as? String == "deferred", "the new port is used at once: \(deferred)")
 
         // Back to the real port: the deferred message is delivered on its next attempt.
-        try write(smtpPort: peer.port, debug: true, listen: port + 1)
+        try write(smtpPort: String(peer.plainPort), debug: true, listen: port + 1)
         kill(daemon.pid, SIGHUP)
         #expect(try await waitStatus(second, "delivered")["status"] as? String == "delivered")
         let log = (try? String(contentsOfFile: dir + "/daemon.log", encoding: .utf8)) ?? ""
@@ -380,15 +319,8 @@ extension DaemonProcessTests {
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect((status["last_reload_error"] as? String ?? "").contains("port"))
-        #expect(option(status, "port") == peer.port)
+        #expect(option(status, "port") == String(peer.plainPort))
     }
-}
-
-final class ManagedCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    func set(_ v: Int) { lock.lock(); value = max(value, v); lock.unlock() }
-    var current: Int { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 final class NIOLockedBox<T>: @unchecked Sendable {

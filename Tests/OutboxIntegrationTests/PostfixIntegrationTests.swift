@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import OutboxSMTP
+import OutboxTestSupport
 import Testing
 
 /// Against the real Postfix started by scripts/test.sh (ports, CA and user from the environment).
@@ -9,10 +10,10 @@ import Testing
 struct PostfixIntegrationTests {
     let sender = "sender@example.test"
 
-    func configuration(_ peer: PostfixPeer, port: Int, security: ConnectionSecurity,
+    func configuration(_ peer: TestPeers, port: Int, security: ConnectionSecurity,
                        mechanisms: [String]? = nil, password: String? = nil, debug: Bool = false) -> SMTPClientConfiguration {
         SMTPClientConfiguration(
-            host: peer.host == "127.0.0.1" ? "localhost" : peer.host, port: port, security: security,
+            host: peer.smtpHost == "127.0.0.1" ? "localhost" : peer.smtpHost, port: port, security: security,
             connectTimeout: .seconds(10), protocolTimeout: .seconds(30),
             credentials: .password(user: peer.user, password: SMTPSecret(password ?? peer.password)),
             authMechanisms: mechanisms, tlsCAFile: peer.caFile, enableDebug: debug)
@@ -20,7 +21,7 @@ struct PostfixIntegrationTests {
 
     @Test("plain text, AUTH PLAIN: delivered")
     func plainAuthPlain() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         #expect(connection.authMechanism == .plain)
@@ -31,12 +32,12 @@ struct PostfixIntegrationTests {
         #expect(result.delivered)
         #expect(result.finalReply?.code == 250)
         await connection.quit()
-        #expect(try await peer.waitForMessage(containing: token) != nil)
+        #expect(try await peer.maildir.waitForMessage(containing: token) != nil)
     }
 
     @Test("STARTTLS with the test CA, AUTH LOGIN, two messages on one connection")
     func startTLSLogin() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: ["LOGIN"]))
         let tls = try #require(connection.tlsInfo)
         #expect(tls.version == "TLSv1.3" || tls.version == "TLSv1.2")
@@ -48,14 +49,14 @@ struct PostfixIntegrationTests {
                 envelope: SMTPEnvelope(from: sender, recipients: ["a@elsewhere.example"]),
                 body: ChunkSequence(simpleMessage(from: sender, to: ["a@elsewhere.example"], subject: token, body: "over TLS\r\n")))
             #expect(result.delivered)
-            #expect(try await peer.waitForMessage(containing: token) != nil)
+            #expect(try await peer.maildir.waitForMessage(containing: token) != nil)
         }
         await connection.quit()
     }
 
     @Test("start-tls (optional) upgrades when offered")
     func startTLSOptional() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.submissionPort, security: .startTLS))
         #expect(connection.tlsInfo != nil)
         await connection.quit()
@@ -63,8 +64,9 @@ struct PostfixIntegrationTests {
 
     @Test("start-tls-required against a port without STARTTLS fails and sends nothing")
     func startTLSRequiredRefused() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
-        let (logger, log) = RecordingLogHandler.makeLogger()
+        let peer = try TestPeers.fromEnvironment()
+        let log = LogRecorder()
+        let logger = log.logger()
         var config = configuration(peer, port: peer.plainPort, security: .startTLSRequired, debug: true)
         config.credentials = nil
         do {
@@ -76,13 +78,13 @@ struct PostfixIntegrationTests {
             #expect(!error.isTransient)
             #expect(error.description.contains("start-tls-required"))
         }
-        let sent = log.withLockedValue { $0 }.filter { $0.contains("C: ") }
+        let sent = log.lines.filter { $0.contains("C: ") }
         #expect(sent.allSatisfy { !$0.contains("MAIL") && !$0.contains("AUTH") })
     }
 
     @Test("implicit TLS (ssl-tls), AUTH PLAIN: delivered")
     func implicitTLS() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.smtpsPort, security: .implicitTLS, mechanisms: ["PLAIN"]))
         #expect(connection.tlsInfo != nil)
@@ -91,12 +93,12 @@ struct PostfixIntegrationTests {
             body: ChunkSequence(simpleMessage(from: sender, to: ["b@elsewhere.example"], subject: token, body: "implicit\r\n")))
         #expect(result.delivered)
         await connection.quit()
-        #expect(try await peer.waitForMessage(containing: token) != nil)
+        #expect(try await peer.maildir.waitForMessage(containing: token) != nil)
     }
 
     @Test("a certificate from an unknown CA is refused")
     func untrustedCertificate() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         var config = configuration(peer, port: peer.smtpsPort, security: .implicitTLS)
         config.tlsCAFile = nil
         do {
@@ -110,7 +112,7 @@ struct PostfixIntegrationTests {
 
     @Test("mail.smtp.ssl.trust accepts the host's certificate without its CA")
     func trustedHost() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         var config = configuration(peer, port: peer.smtpsPort, security: .implicitTLS)
         config.tlsCAFile = nil
         config.trustedHosts = [config.host]
@@ -121,8 +123,9 @@ struct PostfixIntegrationTests {
 
     @Test("a wrong password fails with 535, for PLAIN and LOGIN, and never shows the password", arguments: ["PLAIN", "LOGIN"])
     func badPassword(mechanism: String) async throws {
-        let peer = try PostfixPeer.fromEnvironment()
-        let (logger, log) = RecordingLogHandler.makeLogger()
+        let peer = try TestPeers.fromEnvironment()
+        let log = LogRecorder()
+        let logger = log.logger()
         let wrong = "Wr0ng-Secret-\(mechanism)"
         do {
             _ = try await SMTPConnection.connect(
@@ -136,7 +139,7 @@ struct PostfixIntegrationTests {
             #expect(error.description.contains("password"))
             #expect(!error.description.contains(wrong))
         }
-        let lines = log.withLockedValue { $0 }
+        let lines = log.lines
         #expect(lines.contains { $0.contains("AUTH \(mechanism)") })
         for secret in secretForms(user: peer.user, password: wrong) {
             #expect(!lines.contains { $0.contains(secret) }, "the debug log contains a secret form")
@@ -145,14 +148,15 @@ struct PostfixIntegrationTests {
 
     @Test("the debug transcript never contains the password, the token or an AUTH payload")
     func debugLogRedaction() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         for mechanism in ["PLAIN", "LOGIN"] {
-            let (logger, log) = RecordingLogHandler.makeLogger()
+            let log = LogRecorder()
+            let logger = log.logger()
             let connection = try await SMTPConnection.connect(
                 configuration: configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: [mechanism], debug: true),
                 logger: logger)
             await connection.quit()
-            let lines = log.withLockedValue { $0 }
+            let lines = log.lines
             #expect(lines.contains { $0.contains("<redacted>") })
             #expect(lines.contains { $0.contains("S: 235") })
             for secret in secretForms(user: peer.user, password: peer.password) {
@@ -160,20 +164,21 @@ struct PostfixIntegrationTests {
             }
         }
         // XOAUTH2
-        let (logger, log) = RecordingLogHandler.makeLogger()
+        let log = LogRecorder()
+        let logger = log.logger()
         var config = configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: ["XOAUTH2"], debug: true)
         let token = peer.oauthToken
         config.credentials = .oauth2(user: peer.user) { SMTPAccessToken(token: token) }
         let connection = try await SMTPConnection.connect(configuration: config, logger: logger)
         await connection.quit()
-        let lines = log.withLockedValue { $0 }
+        let lines = log.lines
         let payload = Data("user=\(peer.user)\u{01}auth=Bearer \(token)\u{01}\u{01}".utf8).base64EncodedString()
         #expect(!lines.contains { $0.contains(token) || $0.contains(payload) })
     }
 
     @Test("XOAUTH2 with a good token authenticates; a bad token gets the error challenge and 535")
     func xoauth2() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         var config = configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: ["XOAUTH2"])
         let good = peer.oauthToken
         let expiry = ContinuousClock.now + .seconds(3600)
@@ -201,7 +206,7 @@ struct PostfixIntegrationTests {
 
     @Test("a recipient Postfix refuses gets its own result; the others receive the message")
     func partialRecipients() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         let recipients = ["ok1@elsewhere.example", "reject@example.test", "ok2@elsewhere.example", "tempfail@example.test"]
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
@@ -218,17 +223,17 @@ struct PostfixIntegrationTests {
         // The connection stays usable.
         try await connection.noop()
         await connection.quit()
-        let stored = try #require(try await peer.waitForMessage(containing: token))
+        let stored = try #require(try await peer.maildir.waitForMessage(containing: token))
         let text = String(decoding: stored, as: UTF8.self)
         #expect(text.contains("ok1@elsewhere.example") || text.contains("ok2@elsewhere.example"))
         // Postfix stores one file per accepted recipient in the catch-all maildir.
         try await Task.sleep(for: .milliseconds(500))
-        #expect(peer.countMessages(containing: token) == 2)
+        #expect(peer.maildir.countMessages(containing: token) == 2)
     }
 
     @Test("with mail.smtp.sendpartial = false a refused recipient stops the whole message")
     func sendPartialFalse() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         var config = configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"])
         config.sendPartial = false
@@ -241,12 +246,12 @@ struct PostfixIntegrationTests {
         #expect(result.abortedForPartialRefusal)
         await connection.quit()
         try await Task.sleep(for: .seconds(1))
-        #expect(peer.countMessages(containing: token) == 0)
+        #expect(peer.maildir.countMessages(containing: token) == 0)
     }
 
     @Test("a message over Postfix's SIZE limit is refused before DATA")
     func sizeLimit() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         let limit = try #require(connection.capabilities.sizeLimit)
         #expect(limit == 26_214_400)
@@ -267,7 +272,7 @@ struct PostfixIntegrationTests {
 
     @Test("a 10 MiB message arrives byte-exact")
     func tenMiBByteExact() async throws {
-        let peer = try PostfixPeer.fromEnvironment()
+        let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         // A base64 body with lines of 76 characters, some starting with a dot to exercise stuffing.
         var generator = SystemRandomNumberGenerator()
@@ -297,7 +302,7 @@ struct PostfixIntegrationTests {
             body: ChunkSequence(chunks))
         #expect(result.delivered)
         await connection.quit()
-        let stored = try #require(try await peer.waitForMessage(containing: token, timeout: .seconds(30)))
+        let stored = try #require(try await peer.maildir.waitForMessage(containing: token, timeout: .seconds(30)))
         // Postfix prepends its trace headers and stores lines with LF ends.
         let expected = Array(message.replacingOccurrences(of: "\r\n", with: "\n").utf8)
         #expect(stored.count >= expected.count)
