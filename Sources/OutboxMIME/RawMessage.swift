@@ -75,7 +75,7 @@ public struct RawMessage: MailContent {
 
     /// The offset just past the blank line ending the header section (CRLF or bare LF line ends),
     /// or nil when there is none.
-    public static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
+    package static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
         var i = from
         while i < b.count {
             if b[i] == 10 {

@@ -77,7 +77,7 @@ public final class EWSTransport: MailTransport {
     }
 
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
-    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
                             logger: Logger = Logger(label: "outbox.ews")) throws(DeliveryError) {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
@@ -110,7 +110,7 @@ public final class EWSTransport: MailTransport {
                                      "Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019"]
 
     /// `exchange-version` → `RequestServerVersion/@Version` (see the type's documentation).
-    public static func requestServerVersion(_ option: String?) -> String {
+    package static func requestServerVersion(_ option: String?) -> String {
         guard let raw = option?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return "Exchange2016" }
         switch raw.lowercased() {
         case "exchange2010_sp3": return "Exchange2010_SP2"

@@ -65,7 +65,7 @@ public final class GraphTransport: MailTransport {
     let requestTimeout: Duration
     let logger: Logger
 
-    public init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
+    package init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
                 logger: Logger = Logger(label: "outbox.graph")) {
         self.client = client
         self.tokens = tokens
@@ -81,7 +81,7 @@ public final class GraphTransport: MailTransport {
     }
 
     /// Builds the HTTP client and token source from the configuration.
-    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
                             logger: Logger = Logger(label: "outbox.graph")) throws(OAuthError) {
         let options = configuration.smtpClient
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)

@@ -393,7 +393,7 @@ public final class Dispatcher: Service, Sendable {
 
     /// The outcome of one attempt, from the mailer's report or error: per-recipient states, the
     /// message's new status and, for a retry, when. Pure.
-    public static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
+    package static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
                                 policy: RetryPolicy, now: QueueInstant, startedAt: QueueInstant, duration: Duration, random: Double,
                                 instance: String) -> AttemptOutcome {
         var recipients = message.recipients

@@ -316,7 +316,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     /// Empties the queue: for tests against a shared server only.
-    public func deleteAllForTesting() async throws {
+    package func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
     }
