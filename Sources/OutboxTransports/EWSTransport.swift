@@ -53,6 +53,7 @@ import OutboxOAuth
 ///   ErrorServerBusy carries `BackOffMilliseconds` as ``DeliveryError/retryAfter``; 401 with a
 ///   token refreshes it once and sends once more.
 public final class EWSTransport: MailTransport {
+    /// `ews`.
     public let name = "ews"
 
     enum Auth: Sendable {
@@ -122,8 +123,10 @@ public final class EWSTransport: MailTransport {
         return "Exchange2010"
     }
 
+    /// Returns at once: EWS requests need no background work.
     public func run() async {}
 
+    /// Shuts the HTTP client down.
     public func shutdown() async {
         try? await client.shutdown()
     }
@@ -274,6 +277,8 @@ public final class EWSTransport: MailTransport {
         }
     }
 
+    /// Sends with EWS `CreateItem` (SendAndSaveCopy); see the type's documentation for the
+    /// recipients and the errors.
     public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

@@ -52,9 +52,11 @@ import OutboxOAuth
 ///   Exchange's rebuilt MIME structure (the attachments re-attached), not byte for byte.
 /// Graph needs `Mail.Send` for sendMail and also `Mail.ReadWrite` for the draft ways.
 public final class GraphTransport: MailTransport {
+    /// `graph`.
     public let name = "graph"
     /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
     public static let maxRequestBytes = 4 * 1024 * 1024
+    /// The largest raw MIME that fits in one request once base64-encoded (3 MiB).
     public static let maxMIMEBytes = maxRequestBytes / 4 * 3
 
     let client: HTTPClient
@@ -97,8 +99,10 @@ public final class GraphTransport: MailTransport {
                   tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
     }
 
+    /// Returns at once: Graph requests need no background work.
     public func run() async {}
 
+    /// Shuts the HTTP client down.
     public func shutdown() async {
         try? await client.shutdown()
     }
@@ -111,6 +115,8 @@ public final class GraphTransport: MailTransport {
         return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
     }
 
+    /// Sends through Microsoft Graph (`sendMail`, or a draft for a large message); see the type's
+    /// documentation for the ways, the errors and the limits.
     public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

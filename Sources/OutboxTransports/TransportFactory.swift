@@ -66,9 +66,14 @@ public enum TransportFactory {
     public struct Unavailable: Error, CustomStringConvertible, Sendable {
         /// The underlying error's code, e.g. `oauth_misconfigured`.
         public var code: String
+        /// What went wrong and which option to fix.
         public var description: String
     }
 
+    /// The transport for `server-type` and `server`: the file transport for SMTP without a
+    /// server, SMTP through a connection pool, Graph or EWS. `tokenSource` replaces the built-in
+    /// OAuth2 tokens for SMTP's XOAUTH2. Throws ``Unavailable`` when Graph or EWS cannot be set up
+    /// from the configuration (e.g. missing OAuth settings or a wrong EWS URL).
     public static func make(configuration: OutboxConfiguration,
                             eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                             logger: Logger = Logger(label: "outbox"),
