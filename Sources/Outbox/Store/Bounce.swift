@@ -8,6 +8,7 @@ public struct BounceSettings: Sendable, Equatable {
     /// A postmaster copy of every notification.
     public var copyTo: String?
 
+    /// Notifications from MAILER-DAEMON at `hostname`, with a copy to `copyTo` when given.
     public init(hostname: String, copyTo: String? = nil) {
         self.hostname = hostname
         self.copyTo = copyTo
