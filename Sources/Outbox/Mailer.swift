@@ -33,7 +33,7 @@ public final class Mailer: Service, Sendable {
     }
 
     /// A mailer for `configuration`'s transport (SMTP, file, Graph or EWS). `tokenSource` replaces
-    /// the built-in OAuth2 tokens for SMTP's XOAUTH2. Throws ``OutboxTransports/TransportFactory/Unavailable``
+    /// the built-in OAuth2 tokens for SMTP's XOAUTH2. Throws `TransportFactory.Unavailable`
     /// when the transport cannot be built from the configuration.
     public init(configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox.mailer"),
                 tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws {

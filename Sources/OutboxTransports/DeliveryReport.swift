@@ -45,7 +45,7 @@ public struct DeliveryReport: Sendable, Codable {
     public var transport: String
     /// Where it went: `host:port`, a URL or a file path.
     public var destination: String
-    /// The message's Message-ID, when the content is a ``OutboxMIME/Message``; nil otherwise.
+    /// The message's Message-ID, when the content is a `Message`; nil otherwise.
     public var messageID: String?
     /// One outcome per envelope recipient, in envelope order.
     public var recipients: [RecipientOutcome]

@@ -14,7 +14,7 @@ import OutboxOAuth
 /// it is serialised, then the tail; the request uses chunked transfer encoding.
 ///
 /// Decisions:
-/// - **exchange-version → RequestServerVersion** (``requestServerVersion(_:)``): the documented
+/// - **exchange-version → RequestServerVersion** (`requestServerVersion(_:)`): the documented
 ///   values and `Exchange2016`/`Exchange2019` as given; `Exchange2010_SP3` → `Exchange2010_SP2`
 ///   (SP2 covers SP3); `Office365` → `Exchange2013_SP1` (a documented value Exchange Online
 ///   accepts, and CreateItem with MimeContent needs nothing newer); empty → `Exchange2016` (the
@@ -26,7 +26,7 @@ import OutboxOAuth
 ///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
 ///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
-///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say (Exchange takes
+///   recipients (`RecipientPlan`), whatever the MIME's To, Cc and Bcc say (Exchange takes
 ///   the recipients of MimeContent from its headers).
 ///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
 ///     CreateItem (SendAndSaveCopy): the envelope recipients that are in neither To nor Cc

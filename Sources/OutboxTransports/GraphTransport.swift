@@ -12,12 +12,12 @@ import OutboxOAuth
 ///
 /// `POST {graph-url}/users/{user}/sendMail`, `Content-Type: text/plain`, the RFC 5322 message
 /// base64-encoded; 202 means accepted. The token comes from the client-credentials grant (or
-/// the one `grant-type` names) through the shared ``TokenCache``; a 401 refreshes it once and
+/// the one `grant-type` names) through the shared `TokenCache`; a 401 refreshes it once and
 /// sends once more.
 ///
 /// Decisions:
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
-///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say; Graph, like
+///   recipients (`RecipientPlan`), whatever the MIME's To, Cc and Bcc say; Graph, like
 ///   Exchange, takes the recipients of a MIME message from its headers.
 ///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
 ///     `sendMail` request: the envelope recipients that are in neither To nor Cc (SMTP Bcc)
@@ -41,9 +41,9 @@ import OutboxOAuth
 ///   when `user` has neither right). When `allow-delegate` is false it is refused before any
 ///   request, with a permanent error that names the option.
 /// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
-///   (base64 adds a third). A larger ``Message`` goes the large-message way (a JSON draft,
+///   (base64 adds a third). A larger `Message` goes the large-message way (a JSON draft,
 ///   attachments, upload sessions). A larger raw message (relayed, .eml) is read as a stream
-///   and split (``MIMEPartSplitter``): its large attachment parts are decoded into temporary
+///   and split (`MIMEPartSplitter`): its large attachment parts are decoded into temporary
 ///   files, the rest becomes a MIME draft, the recipients are set by PATCH, each part is added
 ///   (upload session from 3 MB), then the draft is sent. Memory holds the draft (at most
 ///   3 MiB) and one line, never the whole message. A message that cannot be split so that the

@@ -8,7 +8,7 @@ import OutboxSMTP
 extension SMTPClientConfiguration {
     /// The SMTP engine's settings from the smtp-client options and `[outbox]`.
     /// `tokenSource` supplies XOAUTH2 access tokens; without one, XOAUTH2 gets them from
-    /// OutboxOAuth (``SMTPTokenSources``: Azure or Google per `tenant-authority`, cached per
+    /// OutboxOAuth (`SMTPTokenSources`: Azure or Google per `tenant-authority`, cached per
     /// credential set).
     public init(options: SMTPClientOptions, settings: OutboxSettings,
                 tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) {

@@ -43,7 +43,7 @@ public struct DispatcherSettings: Sendable, Equatable {
 /// Something that sends a stored message: the `Mailer`, or a stand-in in tests.
 public protocol MessageSender: Sendable {
     /// Sends `content` to `envelope`'s recipients (from the headers when nil); as
-    /// ``OutboxTransports/MailTransport/send(_:envelope:)``.
+    /// `MailTransport.send(_:envelope:)`.
     func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport
 }
 
