@@ -32,6 +32,9 @@ public final class Mailer: Service, Sendable {
         var accepting = true
     }
 
+    /// A mailer for `configuration`'s transport (SMTP, file, Graph or EWS). `tokenSource` replaces
+    /// the built-in OAuth2 tokens for SMTP's XOAUTH2. Throws `TransportFactory.Unavailable`
+    /// when the transport cannot be built from the configuration.
     public init(configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox.mailer"),
                 tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws {
         let transport = try TransportFactory.make(configuration: configuration, logger: logger, tokenSource: tokenSource)
@@ -65,6 +68,8 @@ public final class Mailer: Service, Sendable {
         await state.withLockedValue { $0.transport }.learnLimits()
     }
 
+    /// Runs the transport's background work (the SMTP pool's timers) and samples the metrics'
+    /// gauges until graceful shutdown, then stops taking messages and lets in-flight ones finish.
     public func run() async throws {
         let transport = state.withLockedValue { $0.transport }
         await withGracefulShutdownHandler {

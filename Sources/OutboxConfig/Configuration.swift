@@ -11,17 +11,21 @@ import Foundation
 /// for options without a default (and for `exchange-version`, means "empty"); for the others
 /// it is an error. Booleans and enumerations are matched ignoring case and normalised.
 public struct OutboxConfiguration: Sendable {
+    /// `[smtp-client]`: the reference's options and the understood `mail.*` properties.
     public var smtpClient: SMTPClientOptions
+    /// The `[secret-<name>]` sections, keyed by `<name>`.
     public var secretSections: [String: SecretSection]
+    /// `[outbox]`: Outbox's own settings (data directory, store, HTTP API, queue).
     public var outbox: OutboxSettings
     /// `[relay]`: the SMTP submission listener.
-    public var relay: RelaySettings
+    package var relay: RelaySettings
     /// `[client-NAME]` sections, by name.
-    public var clients: [ClientIdentity]
+    package var clients: [ClientIdentity]
     /// Every `mail.*` key as given (understood or not).
     public var mailProperties: [String: String]
     /// `mail.*` keys that Outbox does not use (kept, and warned about).
     public var unusedMailProperties: [String]
+    /// Legal but suspicious settings, for `check-config` and the log.
     public var warnings: [ConfigurationWarning]
     /// Things `check-config` should say that are not warnings (e.g. the Graph scope substitution).
     public var notes: [String]

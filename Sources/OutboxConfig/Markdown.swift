@@ -1,9 +1,9 @@
 extension OptionTable {
     /// The environment variable that makes the docs test rewrite `docs/options.md`.
-    public static let regenerateVariable = "OUTBOX_REGENERATE_DOCS"
+    package static let regenerateVariable = "OUTBOX_REGENERATE_DOCS"
 
     /// `docs/options.md`: the option reference generated from this table.
-    public static func markdownReference() -> String {
+    package static func markdownReference() -> String {
         func cell(_ s: String?) -> String {
             guard let s, !s.isEmpty else { return "—" }
             return s.replacingOccurrences(of: "|", with: "\\|")

@@ -20,7 +20,7 @@ public enum ChangeEffect: String, Sendable, CaseIterable, Codable {
 }
 
 /// The section an option lives in.
-public enum ConfigSection: String, Sendable, CaseIterable {
+package enum ConfigSection: String, Sendable, CaseIterable {
     case smtpClient = "smtp-client"
     /// `mail.*` JavaMail-style properties inside `[smtp-client]`.
     case mailProperty = "smtp-client mail.*"
@@ -34,29 +34,29 @@ public enum ConfigSection: String, Sendable, CaseIterable {
 }
 
 /// The kind of value an option takes.
-public enum OptionType: String, Sendable {
+package enum OptionType: String, Sendable {
     case boolean, time, integer, port, string, enumeration, secret, url, list
 }
 
 /// One row of the option reference: everything about an option except its parsing code.
-public struct OptionDescriptor: Sendable, Equatable {
-    public var name: String
-    public var section: ConfigSection
-    public var type: OptionType
+package struct OptionDescriptor: Sendable, Equatable {
+    package var name: String
+    package var section: ConfigSection
+    package var type: OptionType
     /// The default as written in a file; nil when there is none.
-    public var defaultValue: String?
+    package var defaultValue: String?
     /// The valid values, as the reference states them.
-    public var validValues: String
-    public var effect: ChangeEffect
+    package var validValues: String
+    package var effect: ChangeEffect
     /// The reference's "Changes Take Effect" text, when the reference has the option.
-    public var referenceEffect: String?
-    public var isSecret: Bool
+    package var referenceEffect: String?
+    package var isSecret: Bool
     /// What the option does (from the reference, or Outbox's own words).
-    public var summary: String
+    package var summary: String
     /// How Outbox reads it, where that needs saying.
-    public var outboxNote: String?
+    package var outboxNote: String?
 
-    public init(name: String, section: ConfigSection, type: OptionType, defaultValue: String?, validValues: String,
+    package init(name: String, section: ConfigSection, type: OptionType, defaultValue: String?, validValues: String,
                 effect: ChangeEffect, referenceEffect: String?, isSecret: Bool = false, summary: String, outboxNote: String? = nil) {
         self.name = name
         self.section = section
@@ -72,15 +72,15 @@ public struct OptionDescriptor: Sendable, Equatable {
 }
 
 /// The one table of every option. The parser, `check-config` and `docs/options.md` all read it.
-public enum OptionTable {
-    public static let defaultOutlookScope = "https://outlook.office.com/.default"
-    public static let graphScope = "https://graph.microsoft.com/.default"
-    public static let defaultTenantAuthority = "https://login.microsoftonline.com"
-    public static let exchangeVersions = ["Exchange2010", "Exchange2010_SP1", "Exchange2010_SP2", "Exchange2010_SP3",
+package enum OptionTable {
+    package static let defaultOutlookScope = "https://outlook.office.com/.default"
+    package static let graphScope = "https://graph.microsoft.com/.default"
+    package static let defaultTenantAuthority = "https://login.microsoftonline.com"
+    package static let exchangeVersions = ["Exchange2010", "Exchange2010_SP1", "Exchange2010_SP2", "Exchange2010_SP3",
                                           "Exchange2013", "Office365", "Exchange2016"]
 
     /// The `[smtp-client]` options of the reference, in its order, then `grant-type`.
-    public static let smtpClient: [OptionDescriptor] = [
+    package static let smtpClient: [OptionDescriptor] = [
         .init(name: "allow-delegate", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
               effect: .atRestart, referenceEffect: "At start/restart",
               summary: "Enables or disables sending emails on behalf of another user account, when the smtp-client is using the Graph API. Ensure that you enable the Send As or/and Send On Behalf permission in the Exchange mailboxes before enabling this feature."),
@@ -167,7 +167,7 @@ public enum OptionTable {
 
     /// The `mail.*` JavaMail-style properties that Outbox understands. Any other `mail.*` key
     /// is kept (``OutboxConfiguration/mailProperties``) and reported as not used.
-    public static let mailProperties: [OptionDescriptor] = [
+    package static let mailProperties: [OptionDescriptor] = [
         .init(name: "mail.smtp.auth.mechanisms", section: .mailProperty, type: .list, defaultValue: nil,
               validValues: "Space-separated SASL mechanisms in order of preference, e.g. XOAUTH2 or PLAIN LOGIN",
               effect: .atRestart, referenceEffect: nil,
@@ -205,7 +205,7 @@ public enum OptionTable {
     ]
 
     /// Outbox's own settings, section `[outbox]` (override with `-o outbox.KEY=VALUE`).
-    public static let outbox: [OptionDescriptor] = [
+    package static let outbox: [OptionDescriptor] = [
         .init(name: "data-directory", section: .outbox, type: .string, defaultValue: "./outbox-data", validValues: "A directory path",
               effect: .atRestart, referenceEffect: nil,
               summary: "Where Outbox keeps its queue store and, with the file transport, the messages it writes."),
@@ -264,7 +264,7 @@ public enum OptionTable {
     ]
 
     /// The one key of a `[secret-<name>]` section.
-    public static let secretSection: [OptionDescriptor] = [
+    package static let secretSection: [OptionDescriptor] = [
         .init(name: "password", section: .secret, type: .secret, defaultValue: nil, validValues: "The Google application's client_secret",
               effect: .atRestart, referenceEffect: "At start/restart (smtp-client)", isSecret: true,
               summary: "The client_secret of the Google application, for Gmail with XOAUTH2. The section is chosen by the smtp-client option secret (default smtp: [secret-smtp]).",
@@ -272,12 +272,12 @@ public enum OptionTable {
     ]
 
     /// Looks up a descriptor of `[smtp-client]` (including understood `mail.*` keys).
-    public static func descriptor(smtpClient name: String) -> OptionDescriptor? {
+    package static func descriptor(smtpClient name: String) -> OptionDescriptor? {
         smtpClient.first { $0.name == name } ?? mailProperties.first { $0.name == name }
     }
 
     /// Looks up a descriptor of `[outbox]`.
-    public static func descriptor(outbox name: String) -> OptionDescriptor? {
+    package static func descriptor(outbox name: String) -> OptionDescriptor? {
         outbox.first { $0.name == name }
     }
 }

@@ -27,31 +27,53 @@ public enum GrantType: String, Sendable, CaseIterable, Codable {
 
 /// The typed values of every `[smtp-client]` option, plus the `mail.*` keys Outbox understands.
 public struct SMTPClientOptions: Sendable, Equatable {
+    /// `allow-delegate`: send on behalf of another mailbox through Graph (the `From` address may
+    /// differ from `user`).
     public var allowDelegate = false
+    /// `client-id`: the Azure or Google application's client ID for OAuth2. nil: not set.
     public var clientID: String?
+    /// `cnx-check-idle-time`: a pooled connection idle for longer than this gets a NOOP before it
+    /// is used; zero checks it before every use.
     public var cnxCheckIdleTime: Duration = .seconds(30)
+    /// `cnx-max-idle-time`: a pooled connection idle for this long is closed; zero closes a
+    /// connection as soon as it is idle.
     public var cnxMaxIdleTime: Duration = .seconds(300)
+    /// `cnx-pool-size`: the most SMTP connections open at once, so the most messages sent in
+    /// parallel.
     public var cnxPoolSize = 10
     /// Zero means no timeout (as in JavaMail).
     public var connectTimeout: Duration = .seconds(300)
+    /// `directory-id`: the Azure Directory (tenant) ID for Microsoft OAuth2. nil: not set.
     public var directoryID: String?
+    /// `enable-authentication`: log in with `user` and `password` (or an OAuth2 token).
     public var enableAuthentication = false
+    /// `enable-debug`: log the protocol transcript; passwords and tokens show as `<redacted>`.
     public var enableDebug = false
     /// nil when the option is set empty ("leave it empty for Exchange 2019").
     public var exchangeVersion: String? = "Exchange2010"
+    /// `password`: the login password, Google refresh token or Azure client secret, depending on
+    /// the server type and grant. nil: not set.
     public var password: Secret?
+    /// `port`: the mail server's TCP port (1-65535).
     public var port = 25
     /// Zero means no timeout (as in JavaMail).
     public var protocolTimeout: Duration = .seconds(300)
     /// The scope as configured; use ``effectiveScope`` for the token request.
     public var scope = OptionTable.defaultOutlookScope
+    /// `secret`: the name of the `[secret-<name>]` section holding the Google client secret.
     public var secret = "smtp"
     /// Host name or IP address (SMTP), or the EWS URL (EWS). nil: not set.
     public var server: String?
+    /// `server-type`: SMTP, EWS or Graph.
     public var serverType: ServerType = .smtp
+    /// `smtp-connection-security`: clear text, STARTTLS (optional or required) or implicit TLS.
     public var smtpConnectionSecurity: SMTPConnectionSecurity = .none
+    /// `tenant-authority`: the OAuth2 authority; any value containing "google" selects Google.
     public var tenantAuthority = OptionTable.defaultTenantAuthority
+    /// `token-expiry-margin-time`: an access token expiring within this margin is renewed, and a
+    /// connection whose token expires within it is not reused.
     public var tokenExpiryMarginTime: Duration = .seconds(10)
+    /// `user`: the login name; for Graph, the mailbox that sends. nil: not set.
     public var user: String?
     /// nil when not set: see ``effectiveGrantType``.
     public var grantType: GrantType?
@@ -77,6 +99,7 @@ public struct SMTPClientOptions: Sendable, Equatable {
     /// `mail.smtp.ssl.checkserveridentity` (Outbox default true).
     public var checkServerIdentity = true
 
+    /// Every option at its default.
     public init() {}
 
     /// `tenant-authority` contains "google" (any case): Gmail.
@@ -120,6 +143,7 @@ public struct SecretSection: Sendable, Equatable {
     /// The Google application's client secret.
     public var password: Secret?
 
+    /// A section named `name` holding `password`.
     public init(name: String, password: Secret?) {
         self.name = name
         self.password = password
@@ -170,5 +194,6 @@ public struct OutboxSettings: Sendable, Equatable {
         (apiTokens?.value ?? "").split(whereSeparator: { $0.isWhitespace || $0 == "," }).map(String.init)
     }
 
+    /// Every setting at its default.
     public init() {}
 }

@@ -11,6 +11,7 @@ public enum ValueSource: Sendable, Equatable, CustomStringConvertible {
     /// A secret given as `file:/path`: read from that file (one trailing newline removed).
     case secretFile(path: String)
 
+    /// `default`, `FILE:LINE`, `-o`, `environment NAME` or `file PATH`.
     public var description: String {
         switch self {
         case .default: "default"
@@ -30,11 +31,13 @@ public struct ConfigurationLocation: Sendable, Equatable, CustomStringConvertibl
     /// The 1-based line number, or nil.
     public var line: Int?
 
+    /// A location at `line` of `file`; either may be nil.
     public init(file: String?, line: Int?) {
         self.file = file
         self.line = line
     }
 
+    /// `FILE:LINE`, `FILE`, `line N`, or `configuration` when neither is known.
     public var description: String {
         switch (file, line) {
         case (let f?, let l?): "\(f):\(l)"
@@ -53,7 +56,9 @@ public struct ConfigurationLocation: Sendable, Equatable, CustomStringConvertibl
 public struct ConfigurationProblem: Sendable, Equatable, CustomStringConvertible {
     /// Stable machine-readable code, e.g. `invalid_value`, `unknown_option`, `missing_option`.
     public var code: String
+    /// The file name as given (`-o` for an override), or nil.
     public var file: String?
+    /// The 1-based line number, or nil.
     public var line: Int?
     /// The option (or section) involved, if any.
     public var option: String?
@@ -62,6 +67,7 @@ public struct ConfigurationProblem: Sendable, Equatable, CustomStringConvertible
     /// What is wrong and what is valid, e.g. `is not a port number (1-65535)`.
     public var message: String
 
+    /// A problem with every field given; pass nil as `value` for anything that could be secret.
     public init(code: String, file: String?, line: Int?, option: String?, value: String?, message: String) {
         self.code = code
         self.file = file
@@ -71,8 +77,10 @@ public struct ConfigurationProblem: Sendable, Equatable, CustomStringConvertible
         self.message = message
     }
 
+    /// ``file`` and ``line`` together.
     public var location: ConfigurationLocation { ConfigurationLocation(file: file, line: line) }
 
+    /// `LOCATION: OPTION = VALUE MESSAGE`, without the parts that are nil.
     public var description: String {
         var text = "\(location): "
         if let option {
@@ -86,12 +94,15 @@ public struct ConfigurationProblem: Sendable, Equatable, CustomStringConvertible
 
 /// Every problem found in a configuration, all at once. `description` has one line per problem.
 public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The problems, in the order they were found.
     public var problems: [ConfigurationProblem]
 
+    /// An error carrying `problems`.
     public init(problems: [ConfigurationProblem]) {
         self.problems = problems
     }
 
+    /// One line per problem.
     public var description: String {
         problems.map(\.description).joined(separator: "\n")
     }
@@ -101,11 +112,16 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
 public struct ConfigurationWarning: Sendable, Equatable, CustomStringConvertible {
     /// Stable code, e.g. `ssl_tls_on_submission_port`, `unused_mail_property`.
     public var code: String
+    /// The file name as given (`-o` for an override), or nil.
     public var file: String?
+    /// The 1-based line number, or nil.
     public var line: Int?
+    /// The option involved, or nil.
     public var option: String?
+    /// What is suspicious and why.
     public var message: String
 
+    /// A warning with every field given.
     public init(code: String, file: String?, line: Int?, option: String?, message: String) {
         self.code = code
         self.file = file
@@ -114,6 +130,7 @@ public struct ConfigurationWarning: Sendable, Equatable, CustomStringConvertible
         self.message = message
     }
 
+    /// `LOCATION: warning: MESSAGE`.
     public var description: String {
         "\(ConfigurationLocation(file: file, line: line)): warning: \(message)"
     }

@@ -1,67 +1,67 @@
 import Foundation
 
 /// `[relay]`: the SMTP submission listener of `outbox serve` (override with `-o relay.KEY=VALUE`).
-public struct RelaySettings: Sendable, Equatable {
+package struct RelaySettings: Sendable, Equatable {
     /// `listen`: host:port addresses for SMTP (STARTTLS offered when a certificate is set). Empty: no listener.
-    public var listen: [String] = ["127.0.0.1:2525"]
+    package var listen: [String] = ["127.0.0.1:2525"]
     /// `listen-tls`: host:port addresses for implicit TLS (RFC 8314).
-    public var listenTLS: [String] = []
+    package var listenTLS: [String] = []
     /// `tls-certificate-file`, `tls-key-file`: PEM files.
-    public var tlsCertificateFile: String?
-    public var tlsKeyFile: String?
+    package var tlsCertificateFile: String?
+    package var tlsKeyFile: String?
     /// `allowed-networks`: who may send without AUTH.
-    public var allowedNetworks: [CIDR] = [CIDR("127.0.0.0/8")!, CIDR("::1")!]
+    package var allowedNetworks: [CIDR] = [CIDR("127.0.0.0/8")!, CIDR("::1")!]
     /// `require-tls-for-auth`.
-    public var requireTLSForAuth = true
+    package var requireTLSForAuth = true
     /// `max-message-size` in bytes (advertised as SIZE).
-    public var maxMessageSize = 26_214_400
+    package var maxMessageSize = 26_214_400
     /// `max-recipients` per message.
-    public var maxRecipients = 100
+    package var maxRecipients = 100
     /// `max-connections`, `max-connections-per-client`.
-    public var maxConnections = 200
-    public var maxConnectionsPerClient = 50
+    package var maxConnections = 200
+    package var maxConnectionsPerClient = 50
     /// `hostname`: for the greeting and the Received header; nil: the machine's host name.
-    public var hostname: String?
+    package var hostname: String?
     /// `command-timeout`, `data-timeout`, `session-timeout`.
-    public var commandTimeout: Duration = .seconds(300)
-    public var dataTimeout: Duration = .seconds(600)
-    public var sessionTimeout: Duration = .seconds(3600)
+    package var commandTimeout: Duration = .seconds(300)
+    package var dataTimeout: Duration = .seconds(600)
+    package var sessionTimeout: Duration = .seconds(3600)
     /// `auth-failure-limit`: failed AUTH attempts (per client address, and per user) within
     /// `auth-lockout-time` before AUTH is refused for `auth-lockout-time`.
-    public var authFailureLimit = 5
-    public var authLockoutTime: Duration = .seconds(300)
+    package var authFailureLimit = 5
+    package var authLockoutTime: Duration = .seconds(300)
     /// `bounce-copy-to`: a postmaster copy of every bounce; nil: none.
-    public var bounceCopyTo: String?
+    package var bounceCopyTo: String?
     /// `add-received-header`, `add-message-id`, `add-date`: the RFC 6409 §8 submission fixes.
-    public var addReceivedHeader = true
-    public var addMessageID = true
-    public var addDate = true
+    package var addReceivedHeader = true
+    package var addMessageID = true
+    package var addDate = true
 
-    public init() {}
+    package init() {}
 
     /// `hostname`, or this machine's host name.
-    public var effectiveHostname: String {
+    package var effectiveHostname: String {
         if let hostname { return hostname }
         let name = ProcessInfo.processInfo.hostName
         return name.isEmpty ? "localhost" : name
     }
 
     /// Whether implicit TLS or STARTTLS can be offered.
-    public var hasCertificate: Bool { tlsCertificateFile != nil && tlsKeyFile != nil }
+    package var hasCertificate: Bool { tlsCertificateFile != nil && tlsKeyFile != nil }
 }
 
 /// A `[client-NAME]` section: an identity that may AUTH to the relay.
-public struct ClientIdentity: Sendable, Equatable {
+package struct ClientIdentity: Sendable, Equatable {
     /// The `NAME` part.
-    public var name: String
+    package var name: String
     /// `user`: the AUTH user name.
-    public var user: String
+    package var user: String
     /// `password-hash`: a bcrypt hash (`$2a$`, `$2b$` or `$2y$`), made by `outbox hash-password`.
-    public var passwordHash: Secret
+    package var passwordHash: Secret
     /// `allowed-senders`: address patterns (`*@example.com`, `scanner@example.com`, `*`).
-    public var allowedSenders: [String]
+    package var allowedSenders: [String]
 
-    public init(name: String, user: String, passwordHash: Secret, allowedSenders: [String]) {
+    package init(name: String, user: String, passwordHash: Secret, allowedSenders: [String]) {
         self.name = name
         self.user = user
         self.passwordHash = passwordHash
@@ -70,11 +70,11 @@ public struct ClientIdentity: Sendable, Equatable {
 
     /// True when `address` (an envelope or header address) matches one of `allowedSenders`:
     /// `*` any, `*@domain` any local part at that domain, else the exact address; ignoring case.
-    public func allows(sender address: String) -> Bool {
+    package func allows(sender address: String) -> Bool {
         ClientIdentity.matches(address, patterns: allowedSenders)
     }
 
-    public static func matches(_ address: String, patterns: [String]) -> Bool {
+    package static func matches(_ address: String, patterns: [String]) -> Bool {
         let a = address.lowercased()
         for p in patterns.map({ $0.lowercased() }) {
             if p == "*" { return true }
@@ -89,12 +89,12 @@ public struct ClientIdentity: Sendable, Equatable {
 }
 
 /// An IPv4 or IPv6 network (`192.0.2.0/24`, `::1`, `10.0.0.1`).
-public struct CIDR: Sendable, Hashable, CustomStringConvertible {
+package struct CIDR: Sendable, Hashable, CustomStringConvertible {
     /// 4 or 16 bytes, masked to the prefix.
-    public let address: [UInt8]
-    public let prefix: Int
+    package let address: [UInt8]
+    package let prefix: Int
 
-    public init?(_ text: String) {
+    package init?(_ text: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2, let bytes = CIDR.parse(address: String(parts[0])) else { return nil }
         let bits = bytes.count * 8
@@ -107,13 +107,13 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         self.address = CIDR.mask(bytes, prefix)
     }
 
-    public var isIPv4: Bool { address.count == 4 }
+    package var isIPv4: Bool { address.count == 4 }
 
     /// True when it covers every address of its family (`0.0.0.0/0`, `::/0`).
-    public var coversEveryone: Bool { prefix == 0 }
+    package var coversEveryone: Bool { prefix == 0 }
 
     /// True when `bytes` (4 or 16; an IPv4-mapped IPv6 address counts as IPv4) is inside.
-    public func contains(_ bytes: [UInt8]) -> Bool {
+    package func contains(_ bytes: [UInt8]) -> Bool {
         var candidate = bytes
         if candidate.count == 16, isIPv4, candidate[0..<10].allSatisfy({ $0 == 0 }), candidate[10] == 0xff, candidate[11] == 0xff {
             candidate = Array(candidate[12...])
@@ -123,7 +123,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Parses an address literal: dotted IPv4 or IPv6 (with `::`, optionally bracketed).
-    public static func parse(address text: String) -> [UInt8]? {
+    package static func parse(address text: String) -> [UInt8]? {
         var s = text
         if s.hasPrefix("[") && s.hasSuffix("]") { s = String(s.dropFirst().dropLast()) }
         if let zone = s.firstIndex(of: "%") { s = String(s[..<zone]) }
@@ -147,7 +147,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         return out
     }
 
-    public var description: String {
+    package var description: String {
         let text: String
         if isIPv4 {
             text = address.map(String.init).joined(separator: ".")
@@ -164,7 +164,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
 
 extension OptionTable {
     /// `[relay]`: the SMTP submission listener (override with `-o relay.KEY=VALUE`).
-    public static let relay: [OptionDescriptor] = [
+    package static let relay: [OptionDescriptor] = [
         .init(name: "listen", section: .relay, type: .list, defaultValue: "127.0.0.1:2525", validValues: "host:port addresses separated by commas or spaces; empty: no SMTP listener",
               effect: .atRestart, referenceEffect: nil,
               summary: "Where `outbox serve` accepts SMTP submissions (RFC 6409). STARTTLS is offered when tls-certificate-file and tls-key-file are set.",
@@ -230,7 +230,7 @@ extension OptionTable {
     ]
 
     /// The keys of a `[client-NAME]` section.
-    public static let clientSection: [OptionDescriptor] = [
+    package static let clientSection: [OptionDescriptor] = [
         .init(name: "user", section: .client, type: .string, defaultValue: nil, validValues: "A user name (often an e-mail address)",
               effect: .immediately, referenceEffect: nil,
               summary: "The name this client gives in AUTH PLAIN or AUTH LOGIN. Required."),
@@ -244,7 +244,7 @@ extension OptionTable {
     ]
 
     /// Looks up a descriptor of `[relay]`.
-    public static func descriptor(relay name: String) -> OptionDescriptor? {
+    package static func descriptor(relay name: String) -> OptionDescriptor? {
         relay.first { $0.name == name }
     }
 }
@@ -393,7 +393,7 @@ extension ConfigurationReader {
 
 extension ClientIdentity {
     /// `$2a$`, `$2b$` or `$2y$`, a two-digit cost, `$`, and 53 characters of bcrypt's base64.
-    public static func looksLikeBcrypt(_ s: String) -> Bool {
+    package static func looksLikeBcrypt(_ s: String) -> Bool {
         let b = Array(s.utf8)
         guard b.count == 60, b[0] == UInt8(ascii: "$"), b[1] == UInt8(ascii: "2"), [UInt8(ascii: "a"), UInt8(ascii: "b"), UInt8(ascii: "y")].contains(b[2]),
               b[3] == UInt8(ascii: "$"), b[6] == UInt8(ascii: "$"),

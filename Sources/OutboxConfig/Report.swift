@@ -1,23 +1,25 @@
 import Foundation
 
 /// One row of the effective configuration, as `check-config` shows it.
-public struct EffectiveOption: Sendable, Equatable {
+package struct EffectiveOption: Sendable, Equatable {
     /// `smtp-client`, `outbox` or `secret-<name>`.
-    public var section: String
+    package var section: String
     /// The name as `-o` takes it: `port`, `mail.smtp.from`, `outbox.store`, `secret-smtp.password`.
-    public var name: String
+    package var name: String
     /// The value for display; secrets are `********` when set. `(not set)` when absent.
-    public var value: String
-    public var source: ValueSource
-    public var effect: ChangeEffect
-    public var isSecret: Bool
+    package var value: String
+    package var source: ValueSource
+    package var effect: ChangeEffect
+    package var isSecret: Bool
     /// For comparing configurations; holds secret values, so never print it.
     var comparable: String
 }
 
 /// A difference between two configurations, for the daemon's reload.
 public struct ConfigurationChange: Sendable, Equatable {
+    /// The option's name as `-o` takes it, e.g. `port` or `outbox.store`.
     public var name: String
+    /// When the new value takes effect.
     public var effect: ChangeEffect
 }
 
@@ -28,7 +30,7 @@ extension OutboxConfiguration {
     /// Every option with its effective value, source and effect: `[smtp-client]` in the
     /// reference's order, the understood `mail.*` keys, other `mail.*` keys given, the secret
     /// sections, then `[outbox]`.
-    public func effectiveOptions() -> [EffectiveOption] {
+    package func effectiveOptions() -> [EffectiveOption] {
         let o = smtpClient
         func time(_ d: Duration) -> String { TimeValue.format(d) }
         func text(_ s: String?) -> String { s ?? Self.notSet }
@@ -181,6 +183,9 @@ extension OutboxConfiguration {
         return String(url[..<url.index(after: colon)]) + masked + String(url[at...])
     }
 
+    /// The options whose effective value differs between `old` and this configuration (secrets
+    /// compared by value, never shown), including options present in only one of them, each with
+    /// when its change takes effect.
     public func changes(from old: OutboxConfiguration) -> [ConfigurationChange] {
         let before = Dictionary(old.effectiveOptions().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let after = effectiveOptions()
@@ -198,17 +203,17 @@ extension OutboxConfiguration {
 }
 
 /// `outbox check-config`: the logic behind the command, so it can be unit-tested.
-public enum CheckConfig {
-    public struct Result: Sendable {
+package enum CheckConfig {
+    package struct Result: Sendable {
         /// Text for standard output.
-        public var output: String
+        package var output: String
         /// 0: valid; 2: invalid.
-        public var exitCode: Int32
+        package var exitCode: Int32
     }
 
     /// Loads the configuration (see ``OutboxConfiguration/load(file:overrides:environment:)``) and
     /// renders the report as a table or as JSON.
-    public static func run(file: String?, overrides: [String], environment: [String: String], json: Bool) -> Result {
+    package static func run(file: String?, overrides: [String], environment: [String: String], json: Bool) -> Result {
         do {
             let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
             return Result(output: json ? renderJSON(configuration) : renderTable(configuration), exitCode: 0)
@@ -219,7 +224,7 @@ public enum CheckConfig {
 
     /// The table: option, value (secrets masked), source, when a change takes effect; then notes
     /// and warnings.
-    public static func renderTable(_ configuration: OutboxConfiguration) -> String {
+    package static func renderTable(_ configuration: OutboxConfiguration) -> String {
         var lines: [String] = []
         if let file = configuration.fileName {
             lines.append("Configuration: \(file)")
@@ -265,7 +270,7 @@ public enum CheckConfig {
     }
 
     /// The problems, one a line, then a summary.
-    public static func renderProblems(_ error: ConfigurationError) -> String {
+    package static func renderProblems(_ error: ConfigurationError) -> String {
         let count = error.problems.count
         return error.problems.map(\.description).joined(separator: "\n")
             + "\nConfiguration is not valid: \(count) problem\(count == 1 ? "" : "s").\n"
@@ -282,7 +287,7 @@ public enum CheckConfig {
         var problems: [Item]
     }
 
-    public static func renderJSON(_ configuration: OutboxConfiguration) -> String {
+    package static func renderJSON(_ configuration: OutboxConfiguration) -> String {
         let report = JSONReport(
             valid: true, file: configuration.fileName,
             options: configuration.effectiveOptions().map {
@@ -296,7 +301,7 @@ public enum CheckConfig {
         return encode(report)
     }
 
-    public static func renderJSON(_ error: ConfigurationError) -> String {
+    package static func renderJSON(_ error: ConfigurationError) -> String {
         let report = JSONReport(
             valid: false, file: nil, options: [], notes: [], warnings: [],
             problems: error.problems.map {
@@ -316,12 +321,15 @@ public enum CheckConfig {
 /// Printing a configuration (or dumping it) shows the effective values with secrets masked,
 /// including `mail.*` keys that look like secrets.
 extension OutboxConfiguration: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    /// `OutboxConfiguration(name=value, ...)` with every effective option; secrets are masked.
     public var description: String {
         "OutboxConfiguration(" + effectiveOptions().map { "\($0.name)=\($0.value)" }.joined(separator: ", ") + ")"
     }
 
+    /// The same text as ``description``: secrets masked.
     public var debugDescription: String { description }
 
+    /// One child per effective option, with secrets masked, so `dump` shows no secret.
     public var customMirror: Mirror {
         Mirror(self, children: effectiveOptions().map { (label: $0.name as String?, value: $0.value as Any) }, displayStyle: .struct)
     }

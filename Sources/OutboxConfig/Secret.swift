@@ -7,11 +7,15 @@ public struct Secret: Sendable, Equatable, CustomStringConvertible, CustomDebugS
     /// The secret itself.
     public let value: String
 
+    /// Wraps `value`.
     public init(_ value: String) {
         self.value = value
     }
 
+    /// Always `<redacted>`.
     public var description: String { "<redacted>" }
+    /// Always `<redacted>`.
     public var debugDescription: String { "<redacted>" }
+    /// A mirror with no children, so `dump` does not show the value.
     public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
 }

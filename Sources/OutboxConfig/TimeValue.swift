@@ -2,12 +2,12 @@
 ///
 /// Strict: exactly two colons; hours are one or more decimal digits (any non-negative number);
 /// minutes and seconds are exactly two digits each, 00-59. No signs, spaces or fractions.
-public enum TimeValue {
+package enum TimeValue {
     /// The human description of the format used in error messages.
-    public static let formatDescription = "hh:mm:ss format (hours any whole number, minutes and seconds 00-59, e.g. 00:05:00)"
+    package static let formatDescription = "hh:mm:ss format (hours any whole number, minutes and seconds 00-59, e.g. 00:05:00)"
 
     /// Parses `hh:mm:ss`; nil when the text is not in that format.
-    public static func parse(_ text: String) -> Duration? {
+    package static func parse(_ text: String) -> Duration? {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 3 else { return nil }
         let digits: (Substring) -> Bool = { !$0.isEmpty && $0.allSatisfy { $0.isASCII && $0.isNumber } }
@@ -24,7 +24,7 @@ public enum TimeValue {
     }
 
     /// Formats a duration (whole seconds, rounded down) as `hh:mm:ss`, hours at least two digits.
-    public static func format(_ duration: Duration) -> String {
+    package static func format(_ duration: Duration) -> String {
         let total = max(0, duration.components.seconds)
         let hours = total / 3600, minutes = (total % 3600) / 60, seconds = total % 60
         func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }

@@ -58,6 +58,7 @@ public struct Address: Sendable, Hashable, CustomStringConvertible {
         return String(localPart) + "@" + (try Punycode.toASCII(domain: String(domain)))
     }
 
+    /// `Display Name <mailbox>`, or the mailbox alone when there is no display name.
     public var description: String {
         displayName.map { "\($0) <\(mailbox)>" } ?? mailbox
     }

@@ -159,6 +159,7 @@ public enum RFC5322Date {
     private static let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
     private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
+    /// `date` as an RFC 5322 date-time in UTC, to the second.
     public static func format(_ date: Date) -> String {
         let t = Int64(date.timeIntervalSince1970.rounded(.down))
         var dayCount = t / 86400

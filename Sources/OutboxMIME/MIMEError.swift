@@ -3,9 +3,13 @@
 /// `code` is stable (safe for metrics and for callers to switch on); `message` says what was
 /// wrong, naming the address or header involved, and what to do about it.
 public struct MIMEError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// A stable, snake_case error code. Extensible: compare with the static members.
     public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The code as text, e.g. `invalid_address`.
         public var rawValue: String
+        /// A code from its text.
         public init(rawValue: String) { self.rawValue = rawValue }
+        /// The code as text (``rawValue``).
         public var description: String { rawValue }
 
         /// An address is not a valid RFC 5322 / RFC 6531 addr-spec.
@@ -30,14 +34,18 @@ public struct MIMEError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let fileUnreadable = Code(rawValue: "file_unreadable")
     }
 
+    /// What kind of error; stable.
     public var code: Code
+    /// What was wrong, naming the address or header involved, and what to do.
     public var message: String
 
+    /// An error with `code` and `message`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// `MIMEError(CODE): MESSAGE`.
     public var description: String { "MIMEError(\(code.rawValue)): \(message)" }
 }
 

@@ -2,10 +2,13 @@ import Foundation
 
 /// The SMTP envelope: the reverse-path and the forward-paths (addr-specs, no display names).
 public struct Envelope: Sendable, Equatable {
+    /// The reverse-path (`MAIL FROM`); empty for the null sender `<>`.
     public var from: String
+    /// The forward-paths (`RCPT TO`), in order, without duplicates.
     public var recipients: [String]
     /// The submitter's DSN parameters (RFC 3461), for a message relayed with them.
     public var dsn: EnvelopeDSN?
+    /// An envelope from `from` to `recipients`, with the submitter's DSN parameters if any.
     public init(from: String, recipients: [String], dsn: EnvelopeDSN? = nil) {
         self.from = from
         self.recipients = recipients
@@ -16,10 +19,15 @@ public struct Envelope: Sendable, Equatable {
 /// RET and ENVID of a message, NOTIFY and ORCPT of its recipients (keyed by address,
 /// lower-cased), as the SMTP client that submitted it gave them.
 public struct EnvelopeDSN: Sendable, Hashable {
+    /// `RET`: `FULL` or `HDRS`, or nil when not given.
     public var ret: String?
+    /// `ENVID` as given (xtext), or nil.
     public var envid: String?
+    /// `NOTIFY` per recipient (lower-cased address), e.g. `SUCCESS,FAILURE` or `NEVER`.
     public var notify: [String: String]
+    /// `ORCPT` per recipient (lower-cased address), e.g. `rfc822;ann@example.com`.
     public var orcpt: [String: String]
+    /// DSN parameters as the submitting client gave them.
     public init(ret: String?, envid: String?, notify: [String: String], orcpt: [String: String]) {
         self.ret = ret
         self.envid = envid
@@ -34,6 +42,7 @@ public struct MIMEEncodingOptions: Sendable, Equatable {
     public var allow8BitMIME: Bool
     /// Write UTF-8 addresses raw in headers (the server offers SMTPUTF8 and it is used).
     public var smtpUTF8: Bool
+    /// Options that default to plain 7-bit MIME with ASCII headers, which any server accepts.
     public init(allow8BitMIME: Bool = false, smtpUTF8: Bool = false) {
         self.allow8BitMIME = allow8BitMIME
         self.smtpUTF8 = smtpUTF8
@@ -54,6 +63,7 @@ public protocol MailContent: Sendable {
 }
 
 extension MailContent {
+    /// nil by default: the size is not known until the bytes are produced.
     public var knownByteCount: Int? { nil }
 
     /// The envelope with IDNA (Punycode) domains, for a server without SMTPUTF8.
@@ -67,8 +77,11 @@ extension MailContent {
 
 /// A custom header written as given (the value is encoded with RFC 2047 when not ASCII).
 public struct MessageHeader: Sendable, Hashable {
+    /// The field name, e.g. `X-Campaign`; printable ASCII without a colon, not one Outbox writes.
     public var name: String
+    /// The value as text; must not contain CR, LF or NUL.
     public var value: String
+    /// A header `name: value`; both are checked by ``Message/validate()``.
     public init(_ name: String, _ value: String) {
         self.name = name
         self.value = value
@@ -83,18 +96,22 @@ public enum Priority: Int, Sendable, Hashable, CaseIterable {
 /// A file attached to a message, from memory or streamed from a file; with a `contentID` it is
 /// an inline part (e.g. an image referenced by the HTML as `cid:...`).
 public struct Attachment: Sendable, Hashable {
+    /// Where an attachment's bytes come from.
     public enum Source: Sendable, Hashable {
         case data([UInt8])
         case file(path: String)
     }
 
+    /// The bytes in memory, or the file they are streamed from.
     public var source: Source
+    /// The file name shown to the recipient (RFC 2231-encoded when not ASCII).
     public var filename: String
     /// `type/subtype`; from the file extension when not given.
     public var contentType: String
     /// Set for inline parts; written as `Content-ID: <contentID>`.
     public var contentID: String?
 
+    /// An attachment; the content type is guessed from `filename`'s extension when nil.
     public init(source: Source, filename: String, contentType: String? = nil, contentID: String? = nil) {
         self.source = source
         self.filename = filename
@@ -102,6 +119,7 @@ public struct Attachment: Sendable, Hashable {
         self.contentID = contentID
     }
 
+    /// True for an inline part (it has a ``contentID``).
     public var isInline: Bool { contentID != nil }
 
     /// An attachment held in memory.
@@ -135,27 +153,40 @@ public struct Attachment: Sendable, Hashable {
 /// A message built from its parts. The MIME structure and transfer encodings are chosen from
 /// the content when it is serialised (`byteStream(options:)`).
 public struct Message: MailContent, Hashable {
+    /// The author (`From`), also the envelope sender.
     public var from: Address
+    /// `Sender`, when someone sends on the author's behalf; nil: not written.
     public var sender: Address?
+    /// `Reply-To` addresses; empty: not written.
     public var replyTo: [Address]
+    /// `To` addresses.
     public var to: [Address]
+    /// `Cc` addresses.
     public var cc: [Address]
     /// In the envelope, never in the headers.
     public var bcc: [Address]
+    /// `Subject`, encoded with RFC 2047 when not ASCII; nil: not written.
     public var subject: String?
+    /// `Date`, written in UTC.
     public var date: Date
     /// `<unique@sender-domain>`; generated by `init`.
     public var messageID: String
+    /// Message-IDs for `In-Reply-To`, each `<id@domain>`.
     public var inReplyTo: [String]
+    /// Message-IDs for `References`, each `<id@domain>`.
     public var references: [String]
     /// Custom headers (not ones Outbox writes itself).
     public var headers: [MessageHeader]
+    /// Written as `X-Priority` and `Importance`; nil: not written.
     public var priority: Priority?
+    /// The plain-text body, or nil.
     public var text: String?
+    /// The HTML body, or nil; with ``text`` too the message is `multipart/alternative`.
     public var html: String?
     /// Attachments and inline parts (those with a `contentID`).
     public var attachments: [Attachment]
 
+    /// A message from `from`; the date is now and the Message-ID is generated when not given.
     public init(
         from: Address, to: [Address] = [], cc: [Address] = [], bcc: [Address] = [], subject: String? = nil,
         text: String? = nil, html: String? = nil, attachments: [Attachment] = [],
@@ -194,10 +225,13 @@ public struct Message: MailContent, Hashable {
         "content-id", "x-priority", "importance",
     ]
 
+    /// True when any address has a non-ASCII local part.
     public var requiresSMTPUTF8: Bool {
         ([from] + (sender.map { [$0] } ?? []) + replyTo + to + cc + bcc).contains(where: \.requiresSMTPUTF8)
     }
 
+    /// From, and To + Cc + Bcc without duplicates (compared ignoring case). Throws
+    /// ``MIMEError/Code/missingField`` when there is no recipient.
     public func envelope() throws(MIMEError) -> Envelope {
         var seen = Set<String>()
         var recipients: [String] = []
@@ -252,6 +286,8 @@ public struct Message: MailContent, Hashable {
         return "<\(core)>"
     }
 
+    /// The serialised message, produced chunk by chunk; validation errors are thrown by the
+    /// stream's first `next()`.
     public func byteStream(options: MIMEEncodingOptions) -> MessageByteStream {
         let message = self
         return MessageByteStream { () throws(MIMEError) -> [Segment] in

@@ -29,7 +29,9 @@ enum Segment: Sendable {
 /// files are read with read(2) in chunks inside `next()`, so memory stays bounded whatever the
 /// size of the attachments.
 public struct MessageByteStream: AsyncSequence, Sendable {
+    /// Each element is one chunk of the message, at most ``chunkSize`` bytes.
     public typealias Element = ByteBuffer
+    /// Reading can fail: a ``MIMEError`` from validation, or an error reading a file.
     public typealias Failure = any Error
 
     /// The size of the chunks produced.
@@ -41,6 +43,7 @@ public struct MessageByteStream: AsyncSequence, Sendable {
         self.build = build
     }
 
+    /// An iterator that produces the message from its start; each iterator serialises it anew.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(build: build) }
 
     /// All the bytes in one array (for dry runs and tests; do not use for large messages).
@@ -60,6 +63,7 @@ public struct MessageByteStream: AsyncSequence, Sendable {
         return n
     }
 
+    /// Produces the chunks one `next()` at a time; the first call validates and lays out the message.
     public struct AsyncIterator: AsyncIteratorProtocol {
         private var build: (@Sendable () throws(MIMEError) -> [Segment])?
         private var segments: [Segment] = []
@@ -75,6 +79,8 @@ public struct MessageByteStream: AsyncSequence, Sendable {
             self.build = build
         }
 
+        /// The next chunk, or nil after the last. Throws the message's ``MIMEError`` (on the first
+        /// call) or an error reading an attachment or `.eml` file.
         public mutating func next() async throws -> ByteBuffer? {
             try await nextChunk()
         }

@@ -35,6 +35,8 @@ public struct RawMessage: MailContent {
     /// The largest header section accepted (1 MiB).
     public static let maxHeaderBytes = 1 << 20
 
+    /// Parses the header section of a message in memory. Throws
+    /// ``MIMEError/Code/invalidRawMessage`` when it has no header section or a malformed line.
     public init(bytes: [UInt8]) throws(MIMEError) {
         let (fields, bodyOffset) = try RawMessage.parseHeader(bytes)
         self.fields = fields
@@ -46,6 +48,9 @@ public struct RawMessage: MailContent {
         (self.parsedEnvelope, self.requiresSMTPUTF8) = RawMessage.envelopeAndUTF8(fields: fields, headerBytes: headerBytes)
     }
 
+    /// Reads the header section of the `.eml` at `filePath` (the body is streamed when sent). Throws
+    /// ``MIMEError/Code/fileUnreadable`` when the file cannot be read and
+    /// ``MIMEError/Code/invalidRawMessage`` when its header section is malformed or over ``maxHeaderBytes``.
     public init(filePath: String) throws(MIMEError) {
         guard FileInfo.isReadableFile(filePath) else {
             throw MIMEError(.fileUnreadable, "the message file \(filePath) does not exist or cannot be read")
@@ -75,7 +80,7 @@ public struct RawMessage: MailContent {
 
     /// The offset just past the blank line ending the header section (CRLF or bare LF line ends),
     /// or nil when there is none.
-    public static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
+    package static func headerEnd(_ b: [UInt8], from: Int) -> Int? {
         var i = from
         while i < b.count {
             if b[i] == 10 {
@@ -170,10 +175,13 @@ public struct RawMessage: MailContent {
         return (envelope, ([e.from] + e.recipients).contains { !Address.localPartIsASCII($0) })
     }
 
+    /// From the `From` header, and `To` + `Cc` + `Bcc`. Throws ``MIMEError/Code/missingField`` when
+    /// there is no From or no recipient.
     public func envelope() throws(MIMEError) -> Envelope {
         try parsedEnvelope.get()
     }
 
+    /// The header section as sent, then the body with CRLF line ends.
     public func byteStream(options: MIMEEncodingOptions) -> MessageByteStream {
         let head = headerBytes
         let body = body

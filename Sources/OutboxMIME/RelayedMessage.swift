@@ -8,25 +8,25 @@ import NIOCore
 ///
 /// A large message is never held whole: its `head` is in memory and the rest is read piece by
 /// piece (the queue's stored chunks) while the transport sends it.
-public struct RelayedMessage: MailContent {
+package struct RelayedMessage: MailContent {
     /// The message's first bytes (all of it when `pieceCount` is 0).
-    public let head: [UInt8]
+    package let head: [UInt8]
     /// How many pieces follow the head.
-    public let pieceCount: Int
+    package let pieceCount: Int
     let readPiece: (@Sendable (Int) async throws -> ByteBuffer?)?
     let storedEnvelope: Envelope
-    public let requiresSMTPUTF8: Bool
-    public let knownByteCount: Int?
+    package let requiresSMTPUTF8: Bool
+    package let knownByteCount: Int?
 
     /// A message held whole.
-    public init(bytes: [UInt8], envelope: Envelope) {
+    package init(bytes: [UInt8], envelope: Envelope) {
         self.init(head: bytes, pieceCount: 0, byteCount: bytes.count, envelope: envelope, readPiece: nil)
     }
 
     /// A message whose bytes after `head` are `pieceCount` pieces, read with `readPiece(0)`,
     /// `readPiece(1)`, ... when the message is streamed (nil: a piece is missing, an error).
     /// `byteCount`: the whole message's size, when known.
-    public init(head: [UInt8], pieceCount: Int, byteCount: Int?, envelope: Envelope,
+    package init(head: [UInt8], pieceCount: Int, byteCount: Int?, envelope: Envelope,
                 readPiece: (@Sendable (Int) async throws -> ByteBuffer?)?) {
         self.knownByteCount = byteCount
         self.head = head
@@ -38,9 +38,9 @@ public struct RelayedMessage: MailContent {
         self.requiresSMTPUTF8 = ([envelope.from] + envelope.recipients).contains { !Address.localPartIsASCII($0) }
     }
 
-    public func envelope() throws(MIMEError) -> Envelope { storedEnvelope }
+    package func envelope() throws(MIMEError) -> Envelope { storedEnvelope }
 
-    public func byteStream(options: MIMEEncodingOptions) -> MessageByteStream {
+    package func byteStream(options: MIMEEncodingOptions) -> MessageByteStream {
         let head = head
         guard pieceCount > 0, let readPiece else {
             return MessageByteStream { () throws(MIMEError) -> [Segment] in [.bytes(head)] }

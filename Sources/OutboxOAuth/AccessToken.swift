@@ -1,25 +1,25 @@
 import OutboxConfig
 
 /// An OAuth 2.0 access token: the value (never printed) and how long it lives.
-public struct AccessToken: Sendable, Equatable {
-    public var value: Secret
+package struct AccessToken: Sendable, Equatable {
+    package var value: Secret
     /// `expires_in` from the token response.
-    public var expiresIn: Duration
+    package var expiresIn: Duration
     /// When the response arrived (the continuous clock, for the SMTP pool's connection retirement).
-    public var receivedAt: ContinuousClock.Instant
+    package var receivedAt: ContinuousClock.Instant
 
-    public init(value: String, expiresIn: Duration, receivedAt: ContinuousClock.Instant = .now) {
+    package init(value: String, expiresIn: Duration, receivedAt: ContinuousClock.Instant = .now) {
         self.value = Secret(value)
         self.expiresIn = expiresIn
         self.receivedAt = receivedAt
     }
 
     /// When the token stops working, on the continuous clock.
-    public var expiresAt: ContinuousClock.Instant { receivedAt + expiresIn }
+    package var expiresAt: ContinuousClock.Instant { receivedAt + expiresIn }
 }
 
 /// Gets a new access token from a token endpoint.
-public protocol TokenProvider: Sendable {
+package protocol TokenProvider: Sendable {
     /// Identifies the credential set (endpoint, client, user, scope and a digest of the secret);
     /// tokens are cached under it.
     var cacheKey: String { get }

@@ -5,43 +5,43 @@ import Foundation
 ///
 /// The description never contains the client secret, the password, the refresh token or an
 /// access token: only what the token endpoint said about them.
-public struct OAuthError: Error, Sendable, CustomStringConvertible {
+package struct OAuthError: Error, Sendable, CustomStringConvertible {
     /// Stable codes for callers and metrics (snake_case, as every code in Outbox). Extensible:
     /// new codes are new static values, so a caller's `switch` needs a default.
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public var description: String { rawValue }
+    package struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        package var rawValue: String
+        package init(rawValue: String) { self.rawValue = rawValue }
+        package var description: String { rawValue }
 
         /// The token endpoint refused the request (HTTP 4xx with an OAuth error body).
-        public static let refused = Code(rawValue: "oauth_refused")
+        package static let refused = Code(rawValue: "oauth_refused")
         /// The token endpoint failed (5xx) or could not be reached: try again later.
-        public static let unavailable = Code(rawValue: "oauth_unavailable")
+        package static let unavailable = Code(rawValue: "oauth_unavailable")
         /// The request timed out (`connect-timeout` / `protocol-timeout`).
-        public static let timeout = Code(rawValue: "oauth_timeout")
+        package static let timeout = Code(rawValue: "oauth_timeout")
         /// The answer was not a token response.
-        public static let badResponse = Code(rawValue: "oauth_bad_response")
+        package static let badResponse = Code(rawValue: "oauth_bad_response")
         /// The options do not describe a usable credential set.
-        public static let misconfigured = Code(rawValue: "oauth_misconfigured")
+        package static let misconfigured = Code(rawValue: "oauth_misconfigured")
     }
 
-    public var code: Code
+    package var code: Code
     /// Which provider: `azure` or `google`.
-    public var provider: String
+    package var provider: String
     /// The HTTP status of the token endpoint's answer, when there was one.
-    public var httpStatus: Int?
+    package var httpStatus: Int?
     /// The OAuth 2.0 `error` (`invalid_grant`, `invalid_client`, ...).
-    public var oauthError: String?
+    package var oauthError: String?
     /// The first AADSTS code (Microsoft), e.g. 7000222 for an expired client secret.
-    public var aadsts: Int?
+    package var aadsts: Int?
     /// The server's `error_description` (Microsoft's starts with `AADSTSnnnn:`).
-    public var errorDescription: String?
+    package var errorDescription: String?
     /// The option that is probably wrong, and what to do, e.g. "password (the client secret): ...".
-    public var likelyCause: String?
+    package var likelyCause: String?
     /// 5xx, timeouts and connection failures: try again later.
-    public var isTransient: Bool
+    package var isTransient: Bool
 
-    public init(code: Code, provider: String, httpStatus: Int? = nil, oauthError: String? = nil, aadsts: Int? = nil,
+    package init(code: Code, provider: String, httpStatus: Int? = nil, oauthError: String? = nil, aadsts: Int? = nil,
                 errorDescription: String? = nil, likelyCause: String? = nil, isTransient: Bool) {
         self.code = code
         self.provider = provider
@@ -53,7 +53,7 @@ public struct OAuthError: Error, Sendable, CustomStringConvertible {
         self.isTransient = isTransient
     }
 
-    public var description: String {
+    package var description: String {
         var parts = ["\(provider == "google" ? "Google" : "Microsoft") token request failed"]
         if let httpStatus { parts.append("HTTP \(httpStatus)") }
         if let oauthError { parts.append("error=\(oauthError)") }

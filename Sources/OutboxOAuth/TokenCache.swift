@@ -7,26 +7,26 @@
 /// still the one that failed, so 50 concurrent failures lead to one refresh, not 50.
 ///
 /// Generic over the clock so that expiry and margin can be tested with a manual clock.
-public actor TokenCache<C: Clock> where C.Duration == Duration {
+package actor TokenCache<C: Clock> where C.Duration == Duration {
     private enum Entry {
         case ready(AccessToken, validUntil: C.Instant)
         case fetching(Task<AccessToken, any Error>, id: Int)
     }
 
     private let clock: C
-    public let margin: Duration
+    package let margin: Duration
     private var entries: [String: Entry] = [:]
     private var nextID = 0
     /// How many token requests were made (for tests and metrics).
-    public private(set) var fetchCount = 0
+    package private(set) var fetchCount = 0
 
-    public init(clock: C, margin: Duration) {
+    package init(clock: C, margin: Duration) {
         self.clock = clock
         self.margin = margin
     }
 
     /// A valid token for `provider`'s credential set: the cached one, or a new one.
-    public func token(for provider: any TokenProvider) async throws(OAuthError) -> AccessToken {
+    package func token(for provider: any TokenProvider) async throws(OAuthError) -> AccessToken {
         let key = provider.cacheKey
         switch entries[key] {
         case .ready(let token, let validUntil) where clock.now < validUntil:
@@ -57,7 +57,7 @@ public actor TokenCache<C: Clock> where C.Duration == Duration {
     }
 
     /// Forgets `token` (it was refused with 401 or 535) unless a newer one replaced it already.
-    public func invalidate(_ provider: any TokenProvider, token: AccessToken) {
+    package func invalidate(_ provider: any TokenProvider, token: AccessToken) {
         let key = provider.cacheKey
         if case .ready(let cached, _) = entries[key], cached.value == token.value {
             entries[key] = nil
@@ -65,7 +65,7 @@ public actor TokenCache<C: Clock> where C.Duration == Duration {
     }
 
     /// Forgets every token (configuration reload).
-    public func removeAll() {
+    package func removeAll() {
         entries.removeAll()
     }
 
@@ -82,20 +82,20 @@ public actor TokenCache<C: Clock> where C.Duration == Duration {
 }
 
 /// A provider bound to a cache: what a transport holds.
-public struct CachedTokenSource: Sendable {
-    public let provider: any TokenProvider
-    public let cache: TokenCache<ContinuousClock>
+package struct CachedTokenSource: Sendable {
+    package let provider: any TokenProvider
+    package let cache: TokenCache<ContinuousClock>
 
-    public init(provider: any TokenProvider, cache: TokenCache<ContinuousClock>) {
+    package init(provider: any TokenProvider, cache: TokenCache<ContinuousClock>) {
         self.provider = provider
         self.cache = cache
     }
 
-    public func token() async throws(OAuthError) -> AccessToken {
+    package func token() async throws(OAuthError) -> AccessToken {
         try await cache.token(for: provider)
     }
 
-    public func invalidate(_ token: AccessToken) async {
+    package func invalidate(_ token: AccessToken) async {
         await cache.invalidate(provider, token: token)
     }
 }

@@ -66,23 +66,23 @@ func secretDigest(_ secret: String) -> String {
 }
 
 /// Microsoft identity platform v2: `POST {tenant-authority}/{directory-id}/oauth2/v2.0/token`.
-public struct AzureTokenProvider: TokenProvider {
-    public enum Grant: Sendable, Equatable {
+package struct AzureTokenProvider: TokenProvider {
+    package enum Grant: Sendable, Equatable {
         /// `grant_type=client_credentials`: the application's own token; `secret` is the client secret.
         case clientCredentials(secret: Secret)
         /// `grant_type=password` (ROPC): the mailbox's user name and password.
         case password(user: String, password: Secret)
     }
 
-    public var tenantAuthority: String
-    public var directoryID: String
-    public var clientID: String
-    public var scope: String
-    public var grant: Grant
-    public var timeout: Duration
+    package var tenantAuthority: String
+    package var directoryID: String
+    package var clientID: String
+    package var scope: String
+    package var grant: Grant
+    package var timeout: Duration
     let client: HTTPClient
 
-    public init(tenantAuthority: String, directoryID: String, clientID: String, scope: String, grant: Grant,
+    package init(tenantAuthority: String, directoryID: String, clientID: String, scope: String, grant: Grant,
                 timeout: Duration, client: HTTPClient) {
         self.tenantAuthority = tenantAuthority
         self.directoryID = directoryID
@@ -93,13 +93,13 @@ public struct AzureTokenProvider: TokenProvider {
         self.client = client
     }
 
-    public var tokenURL: String {
+    package var tokenURL: String {
         var base = tenantAuthority
         while base.hasSuffix("/") { base.removeLast() }
         return "\(base)/\(OutboxHTTP.percentEncode(directoryID))/oauth2/v2.0/token"
     }
 
-    public var cacheKey: String {
+    package var cacheKey: String {
         switch grant {
         case .clientCredentials(let secret):
             return "azure|cc|\(tokenURL)|\(clientID)|\(scope)|\(secretDigest(secret.value))"
@@ -108,7 +108,7 @@ public struct AzureTokenProvider: TokenProvider {
         }
     }
 
-    public func fetchToken() async throws(OAuthError) -> AccessToken {
+    package func fetchToken() async throws(OAuthError) -> AccessToken {
         let form: [(String, String)]
         let grantName: String
         switch grant {
@@ -126,15 +126,15 @@ public struct AzureTokenProvider: TokenProvider {
 }
 
 /// Google: the refresh-token grant at `[outbox] google-token-url`.
-public struct GoogleTokenProvider: TokenProvider {
-    public var tokenURL: String
-    public var clientID: String
-    public var clientSecret: Secret
-    public var refreshToken: Secret
-    public var timeout: Duration
+package struct GoogleTokenProvider: TokenProvider {
+    package var tokenURL: String
+    package var clientID: String
+    package var clientSecret: Secret
+    package var refreshToken: Secret
+    package var timeout: Duration
     let client: HTTPClient
 
-    public init(tokenURL: String, clientID: String, clientSecret: Secret, refreshToken: Secret, timeout: Duration, client: HTTPClient) {
+    package init(tokenURL: String, clientID: String, clientSecret: Secret, refreshToken: Secret, timeout: Duration, client: HTTPClient) {
         self.tokenURL = tokenURL
         self.clientID = clientID
         self.clientSecret = clientSecret
@@ -143,11 +143,11 @@ public struct GoogleTokenProvider: TokenProvider {
         self.client = client
     }
 
-    public var cacheKey: String {
+    package var cacheKey: String {
         "google|\(tokenURL)|\(clientID)|\(secretDigest(clientSecret.value))|\(secretDigest(refreshToken.value))"
     }
 
-    public func fetchToken() async throws(OAuthError) -> AccessToken {
+    package func fetchToken() async throws(OAuthError) -> AccessToken {
         let form = [("client_id", clientID), ("client_secret", clientSecret.value), ("refresh_token", refreshToken.value),
                     ("grant_type", "refresh_token")]
         return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "google", grant: "refresh_token", timeout: timeout)
@@ -162,7 +162,7 @@ extension OAuthProviders {
     /// - otherwise Azure: client credentials for GRAPH or `grant-type = client_credentials`
     ///   (`password` is the client secret), the password grant (`user`, `password`) when the
     ///   grant type is `password` or unset for SMTP/EWS; `scope` from ``SMTPClientOptions/effectiveScope``.
-    public static func make(options: SMTPClientOptions, secretSection: SecretSection?, settings: OutboxSettings,
+    package static func make(options: SMTPClientOptions, secretSection: SecretSection?, settings: OutboxSettings,
                             client: HTTPClient) throws(OAuthError) -> any TokenProvider {
         let timeout = (options.connectTimeout == .zero ? OutboxHTTP.forever : options.connectTimeout)
             + (options.protocolTimeout == .zero ? OutboxHTTP.forever : options.protocolTimeout)
@@ -197,4 +197,4 @@ extension OAuthProviders {
 }
 
 /// Namespace for building providers from options.
-public enum OAuthProviders {}
+package enum OAuthProviders {}

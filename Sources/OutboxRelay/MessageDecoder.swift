@@ -10,7 +10,7 @@ import NIOCore
 ///
 /// What is stored never exceeds `limit` bytes: past it the bytes are counted and dropped, and
 /// `oversized` tells the state machine to refuse the message (552 5.3.4) once it has ended.
-public struct MessageDecoder: Sendable {
+package struct MessageDecoder: Sendable {
     enum Position: Sendable {
         /// After a real CRLF (or at the very start).
         case lineStart
@@ -26,23 +26,23 @@ public struct MessageDecoder: Sendable {
 
     private var position: Position = .lineStart
     /// The decoded bytes not yet taken by `take()`.
-    public private(set) var output: ByteBuffer
+    package private(set) var output: ByteBuffer
     /// Decoded bytes so far (stored or not).
-    public private(set) var decodedCount = 0
-    public let limit: Int
-    public private(set) var oversized = false
+    package private(set) var decodedCount = 0
+    package let limit: Int
+    package private(set) var oversized = false
     /// True once `<CRLF>.<CRLF>` was read (DATA only).
-    public private(set) var ended = false
+    package private(set) var ended = false
     /// Bare CR or LF seen (normalised).
-    public private(set) var sawBareLineEnd = false
+    package private(set) var sawBareLineEnd = false
 
-    public init(limit: Int, allocator: ByteBufferAllocator = ByteBufferAllocator()) {
+    package init(limit: Int, allocator: ByteBufferAllocator = ByteBufferAllocator()) {
         self.limit = limit
         self.output = allocator.buffer(capacity: 4096)
     }
 
     /// The bytes decoded since the last call.
-    public mutating func take() -> ByteBuffer {
+    package mutating func take() -> ByteBuffer {
         let out = output
         output.clear()
         return out
@@ -61,7 +61,7 @@ public struct MessageDecoder: Sendable {
 
     /// DATA: decodes from `buffer` up to and including the end marker; returns true when the
     /// message ended (the rest of `buffer`, pipelined commands, stays unread).
-    public mutating func decodeDotTerminated(_ buffer: inout ByteBuffer) -> Bool {
+    package mutating func decodeDotTerminated(_ buffer: inout ByteBuffer) -> Bool {
         precondition(!ended)
         if decode(&buffer, max: buffer.readableBytes, dotTerminated: true) {
             ended = true
@@ -71,7 +71,7 @@ public struct MessageDecoder: Sendable {
     }
 
     /// BDAT: decodes up to `count` bytes of `buffer` (no dot handling); returns how many were read.
-    public mutating func decodeChunk(_ buffer: inout ByteBuffer, upTo count: Int) -> Int {
+    package mutating func decodeChunk(_ buffer: inout ByteBuffer, upTo count: Int) -> Int {
         let n = min(count, buffer.readableBytes)
         guard n > 0 else { return 0 }
         _ = decode(&buffer, max: n, dotTerminated: false)
@@ -119,7 +119,7 @@ public struct MessageDecoder: Sendable {
     }
 
     /// BDAT LAST: a CR left waiting at the very end is a bare CR.
-    public mutating func finishChunks() {
+    package mutating func finishChunks() {
         if case .cr = position {
             emitCRLF()
             sawBareLineEnd = true

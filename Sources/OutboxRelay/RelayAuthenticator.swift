@@ -13,11 +13,11 @@ import OutboxConfig
 /// that grows without bound. Failures are counted per client address and per user within
 /// `auth-lockout-time`: each one is answered more slowly than the last (up to 4 s), and after
 /// `auth-failure-limit` of them AUTH is refused (454 4.7.0) until the window has passed.
-public final class RelayAuthenticator: Sendable {
+package final class RelayAuthenticator: Sendable {
     private let pool: NIOThreadPool
     private let state = NIOLockedValueBox(Throttle())
     private let pending = NIOLockedValueBox(0)
-    public let maxPending: Int
+    package let maxPending: Int
     private let logger: Logger
     /// A real bcrypt hash to check unknown users against, so a wrong user name costs as much
     /// time as a wrong password (no user enumeration by timing).
@@ -30,7 +30,7 @@ public final class RelayAuthenticator: Sendable {
         var lockedUntil: [String: ContinuousClock.Instant] = [:]
     }
 
-    public init(threads: Int = max(1, System.coreCount / 2), maxPending: Int = 64, failureDelay: Duration = .milliseconds(500),
+    package init(threads: Int = max(1, System.coreCount / 2), maxPending: Int = 64, failureDelay: Duration = .milliseconds(500),
                 logger: Logger) {
         self.pool = NIOThreadPool(numberOfThreads: threads)
         self.pool.start()
@@ -41,12 +41,12 @@ public final class RelayAuthenticator: Sendable {
         self.decoyHash = Bcrypt.hash(UUID().uuidString, cost: 12)
     }
 
-    public func shutdown() async {
+    package func shutdown() async {
         try? await pool.shutdownGracefully()
     }
 
     /// Checks `user`/`password` from `client` against `clients`.
-    public func verify(user: String, password: String, client: String, clients: [ClientIdentity], limit: Int,
+    package func verify(user: String, password: String, client: String, clients: [ClientIdentity], limit: Int,
                        window: Duration) async -> RelayStateMachine.AuthOutcome {
         let keys = ["address:" + client, "user:" + user.lowercased()]
         let now = ContinuousClock.now

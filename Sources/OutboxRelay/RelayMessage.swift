@@ -7,19 +7,19 @@ import OutboxMIME
 /// header on top, Date and Message-ID where missing; every other byte as the client sent it
 /// (bare CR and LF already made CRLF by the decoder). And the one content rule for
 /// authenticated clients: every header From address must be theirs.
-public enum RelayMessage {
+package enum RelayMessage {
     /// The header section's facts the listener needs.
-    public struct HeaderFacts: Sendable, Equatable {
-        public var hasDate = false
-        public var hasMessageID = false
+    package struct HeaderFacts: Sendable, Equatable {
+        package var hasDate = false
+        package var hasMessageID = false
         /// The addresses of every From header (unfolded); nil when there is no From header.
-        public var fromAddresses: [String]?
-        public var messageID: String?
+        package var fromAddresses: [String]?
+        package var messageID: String?
     }
 
     /// Reads the header section: lines up to the first empty line (or the first line that is
     /// neither a header field, a continuation, nor an mbox `From ` line), at most 1 MiB.
-    public static func headerFacts(_ content: ByteBuffer) -> HeaderFacts {
+    package static func headerFacts(_ content: ByteBuffer) -> HeaderFacts {
         var facts = HeaderFacts()
         let view = content.readableBytesView
         let end = min(view.endIndex, view.startIndex + (1 << 20))
@@ -80,7 +80,7 @@ public enum RelayMessage {
     }
 
     /// Checks the header From of an authenticated client's message. Nil: allowed.
-    public static func senderProblem(_ facts: HeaderFacts, identity: ClientIdentityRef?) -> RelayReply? {
+    package static func senderProblem(_ facts: HeaderFacts, identity: ClientIdentityRef?) -> RelayReply? {
         guard let identity, let from = facts.fromAddresses else { return nil }
         for address in from where !ClientIdentity.matches(address, patterns: identity.allowedSenders) {
             let shown = RelayCommand.printable(address)
@@ -90,7 +90,7 @@ public enum RelayMessage {
     }
 
     /// The header lines to put in front of the message.
-    public static func addedHeaders(facts: HeaderFacts, settings: RelaySettings, session: RelaySessionInfo, envelope: RelayEnvelope,
+    package static func addedHeaders(facts: HeaderFacts, settings: RelaySettings, session: RelaySessionInfo, envelope: RelayEnvelope,
                                     client: String, id: String, hostname: String, now: Date) -> String {
         var out = ""
         let date = RFC5322Date.format(now)

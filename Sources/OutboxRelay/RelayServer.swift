@@ -12,20 +12,20 @@ import ServiceLifecycle
 /// The relay's settings in force: `[relay]`, the `[client-NAME]` identities and the TLS context
 /// made from the certificate files. Replaced whole on reload; a session keeps the one it
 /// started with, except for the identities, read at each AUTH.
-public struct RelayRuntimeConfiguration: Sendable {
-    public var settings: RelaySettings
-    public var clients: [ClientIdentity]
-    public var tlsContext: NIOSSLContext?
+package struct RelayRuntimeConfiguration: Sendable {
+    package var settings: RelaySettings
+    package var clients: [ClientIdentity]
+    package var tlsContext: NIOSSLContext?
     /// The most a transport can take (Graph's 150 MB, a server's SIZE); nil: no limit known.
-    public var transportLimit: Int?
+    package var transportLimit: Int?
 
     /// The SIZE advertised: the smaller of `max-message-size` and what the transport takes.
-    public var effectiveMaxMessageSize: Int {
+    package var effectiveMaxMessageSize: Int {
         min(settings.maxMessageSize, transportLimit ?? Int.max)
     }
 
     /// Builds it, loading the certificate and key when set; throws a message that names the file.
-    public static func make(settings: RelaySettings, clients: [ClientIdentity], transportLimit: Int? = nil) throws -> RelayRuntimeConfiguration {
+    package static func make(settings: RelaySettings, clients: [ClientIdentity], transportLimit: Int? = nil) throws -> RelayRuntimeConfiguration {
         var context: NIOSSLContext?
         if let certificateFile = settings.tlsCertificateFile, let keyFile = settings.tlsKeyFile {
             let chain: [NIOSSLCertificate]
@@ -53,13 +53,13 @@ public struct RelayRuntimeConfiguration: Sendable {
     }
 }
 
-public struct RelayError: Error, CustomStringConvertible, Sendable {
-    public var description: String
-    public init(_ description: String) { self.description = description }
+package struct RelayError: Error, CustomStringConvertible, Sendable {
+    package var description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// Where accepted messages go: the durable queue.
-public protocol RelayQueue: Sendable {
+package protocol RelayQueue: Sendable {
     /// Commits the message (fsync'd) and returns its id.
     func enqueue(_ message: NewMessage) async throws -> String
     /// Writes one chunk of a large message's content before its `enqueue` (committed when it
@@ -73,7 +73,7 @@ public protocol RelayQueue: Sendable {
 /// per connection, checks AUTH, and commits each message to the queue before it answers 250.
 /// A `Service`: on graceful shutdown it stops accepting, answers new commands with 421, lets a
 /// message being received finish and be committed (up to `drainDeadline`), then closes.
-public final class RelayServer: Service, Sendable {
+package final class RelayServer: Service, Sendable {
     private let configuration: NIOLockedValueBox<RelayRuntimeConfiguration>
     private let queue: any RelayQueue
     private let authenticator: RelayAuthenticator
@@ -95,7 +95,7 @@ public final class RelayServer: Service, Sendable {
 
     /// `listenDefaulted`: `listen` is the built-in default (a taken default address is a
     /// warning, not an error).
-    public init(configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
+    package init(configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
                 drainDeadline: Duration = .seconds(20), metricsFactory: (any MetricsFactory)? = nil,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "outbox.relay"),
                 authenticator: RelayAuthenticator? = nil, transportSizeLimit: @escaping @Sendable () -> Int? = { nil },
@@ -112,25 +112,25 @@ public final class RelayServer: Service, Sendable {
         self.onListening = onListening
     }
 
-    public var current: RelayRuntimeConfiguration { configuration.withLockedValue { $0 } }
+    package var current: RelayRuntimeConfiguration { configuration.withLockedValue { $0 } }
     /// What the transport's destination takes now (an SMTP server's SIZE, learnt from its
     /// EHLO), asked at each session: SIZE advertises the smaller of it and `max-message-size`,
     /// so that an oversized message is refused at MAIL, not failed after its 250.
     private let transportSizeLimit: @Sendable () -> Int?
 
     /// The addresses bound, as `smtp://host:port` / `smtps://host:port`.
-    public var boundAddresses: [String] { boundBox.withLockedValue { $0 } }
+    package var boundAddresses: [String] { boundBox.withLockedValue { $0 } }
 
     /// Applies a reloaded `[relay]` and `[client-*]` (not the listen addresses): new sessions
     /// use it; open ones keep their TLS context and limits.
-    public func update(_ new: RelayRuntimeConfiguration) {
+    package func update(_ new: RelayRuntimeConfiguration) {
         configuration.withLockedValue { $0 = new }
     }
 
     /// Sessions open now.
-    public var openSessions: Int { connections.withLockedValue { $0.total } }
+    package var openSessions: Int { connections.withLockedValue { $0.total } }
 
-    public func run() async throws {
+    package func run() async throws {
         let settings = current.settings
         var channels: [any Channel] = []
         do {

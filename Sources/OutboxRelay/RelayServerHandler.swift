@@ -5,7 +5,7 @@ import NIOSSL
 import NIOTLS
 
 /// What the handler needs from the rest of the listener (checked credentials, the queue).
-public protocol RelaySessionDelegate: Sendable {
+package protocol RelaySessionDelegate: Sendable {
     /// Checks credentials (bcrypt off the event loops, with failure throttling).
     func verify(user: String, password: String, client: SocketAddress?) async -> RelayStateMachine.AuthOutcome
     /// Checks and commits a complete message; returns its queue id once it is durable.
@@ -24,13 +24,13 @@ public protocol RelaySessionDelegate: Sendable {
 
 /// A message as the handler received it: its first bytes in memory, the rest (a large message)
 /// already written to the queue's store in chunks under `id`.
-public struct ReceivedMessage: Sendable {
-    public var id: String
-    public var head: ByteBuffer
-    public var chunkCount: Int
-    public var chunkedSize: Int
+package struct ReceivedMessage: Sendable {
+    package var id: String
+    package var head: ByteBuffer
+    package var chunkCount: Int
+    package var chunkedSize: Int
 
-    public init(id: String, head: ByteBuffer, chunkCount: Int = 0, chunkedSize: Int = 0) {
+    package init(id: String, head: ByteBuffer, chunkCount: Int = 0, chunkedSize: Int = 0) {
         self.id = id
         self.head = head
         self.chunkCount = chunkCount
@@ -40,19 +40,19 @@ public struct ReceivedMessage: Sendable {
 
 /// The identity a session authenticated as, without its password hash (which stays in the
 /// configuration and never travels with a message).
-public struct ClientIdentityRef: Sendable {
-    public var name: String
-    public var user: String
-    public var allowedSenders: [String]
+package struct ClientIdentityRef: Sendable {
+    package var name: String
+    package var user: String
+    package var allowedSenders: [String]
 }
 
 /// One line in the log per session.
-public struct RelaySessionSummary: Sendable {
-    public var client: String
-    public var user: String?
-    public var tls: Bool
-    public var messages: Int
-    public var reason: String
+package struct RelaySessionSummary: Sendable {
+    package var client: String
+    package var user: String?
+    package var tls: Bool
+    package var messages: Int
+    package var reason: String
 }
 
 /// Runs a `RelayStateMachine` on a channel: frames command lines (at most 512 octets, or

@@ -3,22 +3,22 @@ import OutboxConfig
 
 /// What the listener knows of the current connection's policy (from `[relay]` and the client's
 /// address), fixed when the connection opens; `clients` and limits are re-read on reload.
-public struct RelaySessionPolicy: Sendable {
-    public var hostname: String
+package struct RelaySessionPolicy: Sendable {
+    package var hostname: String
     /// The client's address is in `allowed-networks`: it may send without AUTH.
-    public var trustedNetwork: Bool
+    package var trustedNetwork: Bool
     /// A certificate is configured (STARTTLS can be offered).
-    public var canStartTLS: Bool
+    package var canStartTLS: Bool
     /// The connection arrived on an implicit-TLS port.
-    public var implicitTLS: Bool
-    public var requireTLSForAuth: Bool
+    package var implicitTLS: Bool
+    package var requireTLSForAuth: Bool
     /// The SIZE advertised and enforced.
-    public var maxMessageSize: Int
-    public var maxRecipients: Int
+    package var maxMessageSize: Int
+    package var maxRecipients: Int
     /// Bad commands before the listener hangs up (421).
-    public var maxErrors: Int = 20
+    package var maxErrors: Int = 20
 
-    public init(hostname: String, trustedNetwork: Bool, canStartTLS: Bool, implicitTLS: Bool, requireTLSForAuth: Bool,
+    package init(hostname: String, trustedNetwork: Bool, canStartTLS: Bool, implicitTLS: Bool, requireTLSForAuth: Bool,
                 maxMessageSize: Int, maxRecipients: Int) {
         self.hostname = hostname
         self.trustedNetwork = trustedNetwork
@@ -31,46 +31,46 @@ public struct RelaySessionPolicy: Sendable {
 }
 
 /// The envelope of one message as the client gave it, with its DSN parameters (RFC 3461).
-public struct RelayEnvelope: Sendable, Hashable {
-    public struct Recipient: Sendable, Hashable {
-        public var address: String
+package struct RelayEnvelope: Sendable, Hashable {
+    package struct Recipient: Sendable, Hashable {
+        package var address: String
         /// `NOTIFY=` as given (e.g. `FAILURE,DELAY` or `NEVER`), upper-cased.
-        public var notify: String?
+        package var notify: String?
         /// `ORCPT=` as given (`rfc822;user@example.com`, xtext).
-        public var orcpt: String?
+        package var orcpt: String?
     }
 
     /// Empty for the null sender `<>`.
-    public var sender: String
-    public var recipients: [Recipient] = []
+    package var sender: String
+    package var recipients: [Recipient] = []
     /// `RET=FULL|HDRS`.
-    public var ret: String?
+    package var ret: String?
     /// `ENVID=` (xtext).
-    public var envid: String?
+    package var envid: String?
     /// `BODY=8BITMIME|7BIT|BINARYMIME`, `SMTPUTF8`.
-    public var body: String?
-    public var smtpUTF8 = false
+    package var body: String?
+    package var smtpUTF8 = false
     /// `SIZE=` as declared.
-    public var declaredSize: Int?
+    package var declaredSize: Int?
 }
 
 /// Who the client is, as the listener learned it.
-public struct RelaySessionInfo: Sendable, Hashable {
-    public var heloName: String?
+package struct RelaySessionInfo: Sendable, Hashable {
+    package var heloName: String?
     /// EHLO (not HELO) was used.
-    public var extended = false
-    public var tls = false
+    package var extended = false
+    package var tls = false
     /// TLS version and cipher, for the Received header ("TLSv1.3").
-    public var tlsDescription: String?
+    package var tlsDescription: String?
     /// The `[client-NAME]` it authenticated as.
-    public var authenticatedUser: String?
-    public var clientName: String?
+    package var authenticatedUser: String?
+    package var clientName: String?
 }
 
 /// The listener's SMTP protocol as a value: events in, actions out. No channel, no clock, no
 /// store: the handler (`RelayServerHandler`) carries out the actions and reports back.
-public struct RelayStateMachine: Sendable {
-    public enum AuthMechanism: String, Sendable { case plain = "PLAIN", login = "LOGIN" }
+package struct RelayStateMachine: Sendable {
+    package enum AuthMechanism: String, Sendable { case plain = "PLAIN", login = "LOGIN" }
 
     enum State: Sendable {
         /// Waiting for a command.
@@ -95,7 +95,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// What the handler must do.
-    public enum Action: Sendable, Equatable {
+    package enum Action: Sendable, Equatable {
         case none
         case reply(RelayReply)
         /// Write the reply, then close the connection.
@@ -113,31 +113,31 @@ public struct RelayStateMachine: Sendable {
         case commit(RelayEnvelope)
     }
 
-    public private(set) var policy: RelaySessionPolicy
-    public private(set) var info = RelaySessionInfo()
+    package private(set) var policy: RelaySessionPolicy
+    package private(set) var info = RelaySessionInfo()
     var state: State = .command
     /// The identity the client authenticated as.
-    public private(set) var identity: ClientIdentity?
-    public private(set) var envelope: RelayEnvelope?
+    package private(set) var identity: ClientIdentity?
+    package private(set) var envelope: RelayEnvelope?
     /// The message was larger than the limit (set by the handler's decoder).
     var messageOversized = false
     var errors = 0
-    public private(set) var shuttingDown = false
+    package private(set) var shuttingDown = false
     /// Messages accepted in this session.
-    public private(set) var accepted = 0
+    package private(set) var accepted = 0
 
-    public init(policy: RelaySessionPolicy) {
+    package init(policy: RelaySessionPolicy) {
         self.policy = policy
         self.info.tls = policy.implicitTLS
     }
 
     /// Greeting (RFC 5321 §4.3.1).
-    public func greeting() -> RelayReply {
+    package func greeting() -> RelayReply {
         RelayReply(220, nil, "\(policy.hostname) ESMTP Outbox")
     }
 
     /// True while the handler must read message bytes rather than command lines.
-    public var readsMessage: Bool {
+    package var readsMessage: Bool {
         switch state {
         case .data, .bdat: true
         default: false
@@ -145,7 +145,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// True while a command line may be read and handed to `line(_:)`.
-    public var acceptsLines: Bool {
+    package var acceptsLines: Bool {
         switch state {
         case .command, .authPLAIN, .authLOGINUser, .authLOGINPassword, .bdatIdle: true
         default: false
@@ -153,7 +153,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// True while a message is being received or committed (shutdown lets it finish).
-    public var inMessage: Bool {
+    package var inMessage: Bool {
         switch state {
         case .data, .bdat, .bdatIdle, .committing: true
         default: false
@@ -161,19 +161,19 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// Lines of AUTH exchanges carry credentials.
-    public var expectsSecretLine: Bool {
+    package var expectsSecretLine: Bool {
         switch state {
         case .authPLAIN, .authLOGINUser, .authLOGINPassword: true
         default: false
         }
     }
 
-    public var isClosed: Bool { if case .closed = state { true } else { false } }
+    package var isClosed: Bool { if case .closed = state { true } else { false } }
 
     // MARK: - Events
 
     /// A command line arrived (without CRLF).
-    public mutating func line(_ bytes: [UInt8]) -> Action {
+    package mutating func line(_ bytes: [UInt8]) -> Action {
         switch state {
         case .authPLAIN:
             return authPLAINResponse(bytes)
@@ -190,13 +190,13 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// A command line longer than allowed (RFC 5321 §4.5.3.1.4: 512 octets).
-    public mutating func lineTooLong() -> Action {
+    package mutating func lineTooLong() -> Action {
         if expectsSecretLine { state = .command }
         return error(RelayReply(500, "5.5.2", "Line too long (512 octets at most)"))
     }
 
     /// The TLS handshake after STARTTLS (or on an implicit-TLS port) completed.
-    public mutating func tlsEstablished(description: String?) {
+    package mutating func tlsEstablished(description: String?) {
         info.tls = true
         info.tlsDescription = description
         if case .startingTLS = state {
@@ -209,7 +209,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// The outcome of `verify`.
-    public enum AuthOutcome: Sendable {
+    package enum AuthOutcome: Sendable {
         case success(ClientIdentity)
         case invalid
         /// Too many failures: refused for a while.
@@ -218,7 +218,7 @@ public struct RelayStateMachine: Sendable {
         case temporaryFailure
     }
 
-    public mutating func authVerified(_ outcome: AuthOutcome) -> Action {
+    package mutating func authVerified(_ outcome: AuthOutcome) -> Action {
         guard case .verifying = state else { return .none }
         state = .command
         switch outcome {
@@ -237,7 +237,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// The message's bytes ended (DATA's final dot, or BDAT LAST's chunk read).
-    public mutating func messageEnded(oversized: Bool) -> Action {
+    package mutating func messageEnded(oversized: Bool) -> Action {
         switch state {
         case .data:
             break
@@ -263,7 +263,7 @@ public struct RelayStateMachine: Sendable {
 
     /// A BDAT chunk's bytes were read (not the last one): the next command follows.
     /// The outcome of `commit`: the queue id, or the reply that refuses it.
-    public mutating func committed(_ result: Result<String, RelayReplyError>) -> Action {
+    package mutating func committed(_ result: Result<String, RelayReplyError>) -> Action {
         guard case .committing = state else { return .none }
         envelope = nil
         messageOversized = false
@@ -278,13 +278,13 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// The command timer fired.
-    public mutating func timedOut() -> Action {
+    package mutating func timedOut() -> Action {
         state = .closed
         return .replyAndClose(RelayReply(421, "4.4.2", "\(policy.hostname) Error: timeout exceeded"))
     }
 
     /// The whole session lasted too long.
-    public mutating func sessionExpired() -> Action {
+    package mutating func sessionExpired() -> Action {
         if inMessage { return .none }
         state = .closed
         return .replyAndClose(RelayReply(421, "4.4.2", "\(policy.hostname) Error: session too long"))
@@ -292,7 +292,7 @@ public struct RelayStateMachine: Sendable {
 
     /// The daemon is shutting down: a session waiting for a command is told so at once; one in
     /// the middle of a message finishes it first.
-    public mutating func shutdown() -> Action {
+    package mutating func shutdown() -> Action {
         shuttingDown = true
         switch state {
         case .command, .authPLAIN, .authLOGINUser, .authLOGINPassword:
@@ -308,7 +308,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// The connection closed.
-    public mutating func closed() {
+    package mutating func closed() {
         state = .closed
     }
 
@@ -566,7 +566,7 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// Called by the handler as BDAT chunk bytes are read; true when the chunk is complete.
-    public mutating func chunkBytesRead(_ count: Int) -> Bool {
+    package mutating func chunkBytesRead(_ count: Int) -> Bool {
         guard case .bdat(let remaining, let last) = state else { return false }
         let left = remaining - count
         state = .bdat(remaining: left, last: last)
@@ -574,12 +574,12 @@ public struct RelayStateMachine: Sendable {
     }
 
     /// The bytes a BDAT chunk still needs.
-    public var chunkRemaining: Int? {
+    package var chunkRemaining: Int? {
         if case .bdat(let remaining, _) = state { return remaining }
         return nil
     }
 
-    public var chunkIsLast: Bool {
+    package var chunkIsLast: Bool {
         if case .bdat(_, let last) = state { return last }
         return false
     }

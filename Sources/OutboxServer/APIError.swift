@@ -4,19 +4,19 @@ import NIOCore
 
 /// A 4xx/5xx answer with a JSON body `{"error": {"code": ..., "message": ...}}` that says what is
 /// wrong. Nothing is stored when one is returned.
-public struct APIError: Error, Sendable, CustomStringConvertible {
-    public var status: HTTPResponse.Status
+package struct APIError: Error, Sendable, CustomStringConvertible {
+    package var status: HTTPResponse.Status
     /// Stable, for clients and metrics: `invalid_json`, `invalid_address`, `missing_recipients`...
-    public var code: String
-    public var message: String
+    package var code: String
+    package var message: String
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+    package init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
         self.status = status
         self.code = code
         self.message = message
     }
 
-    public var description: String { "\(status.code) \(code): \(message)" }
+    package var description: String { "\(status.code) \(code): \(message)" }
 
     var response: Response {
         JSON.response(status, ["error": ["code": code, "message": message]])

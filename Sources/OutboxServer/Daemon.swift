@@ -16,13 +16,13 @@ import UnixSignals
 /// `ServiceGroup`. SIGTERM/SIGINT shut down gracefully (the HTTP server stops accepting, the
 /// dispatcher finishes in-flight deliveries up to the deadline and releases the rest, the mailer
 /// QUITs every connection); SIGHUP reloads the configuration file.
-public final class Daemon: DaemonStatusProvider, Sendable {
-    public let store: any OutboxStore
-    public let mailer: Mailer
-    public let dispatcher: Dispatcher
-    public let api: OutboxAPI
+package final class Daemon: DaemonStatusProvider, Sendable {
+    package let store: any OutboxStore
+    package let mailer: Mailer
+    package let dispatcher: Dispatcher
+    package let api: OutboxAPI
     /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
-    public let relay: RelayServer?
+    package let relay: RelayServer?
     private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
     private let logger: Logger
     private let file: String?
@@ -41,7 +41,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     }
 
     /// Opens the store named by `[outbox] store` (running migrations) and builds the services.
-    public static func make(file: String?, overrides: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
+    package static func make(file: String?, overrides: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
                             logger: Logger = Logger(label: "outbox")) async throws -> Daemon {
         let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
         let settings = configuration.outbox
@@ -52,7 +52,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         return try Daemon(configuration: configuration, store: store, file: file, overrides: overrides, environment: environment, logger: logger)
     }
 
-    public static func openStore(_ settings: OutboxSettings, logger: Logger) async throws -> any OutboxStore {
+    package static func openStore(_ settings: OutboxSettings, logger: Logger) async throws -> any OutboxStore {
         let store: any OutboxStore
         let lower = settings.store.lowercased()
         if lower.hasPrefix("postgres://") || lower.hasPrefix("postgresql://") {
@@ -78,7 +78,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         return store
     }
 
-    public init(configuration: OutboxConfiguration, store: any OutboxStore, file: String? = nil, overrides: [String] = [],
+    package init(configuration: OutboxConfiguration, store: any OutboxStore, file: String? = nil, overrides: [String] = [],
                 environment: [String: String] = [:], logger: Logger = Logger(label: "outbox")) throws {
         self.store = store
         self.logger = logger
@@ -118,7 +118,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         c.smtpClient.serverType == .graph && !c.smtpClient.usesFileTransport ? 150 * 1024 * 1024 : nil
     }
 
-    public static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
+    package static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
         DispatcherSettings(
             concurrency: s.deliveryConcurrency, lease: s.leaseTime, shutdownDeadline: s.shutdownDeadline,
             retry: RetryPolicy(initialDelay: s.retryInitialDelay, maxDelay: s.retryMaxDelay,
@@ -128,17 +128,17 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     }
 
     /// The dispatcher's settings, with bounces for relayed messages when the relay is on.
-    public static func dispatcherSettings(_ c: OutboxConfiguration) -> DispatcherSettings {
+    package static func dispatcherSettings(_ c: OutboxConfiguration) -> DispatcherSettings {
         var settings = dispatcherSettings(c.outbox)
         settings.bounce = BounceSettings(hostname: c.relay.effectiveHostname, copyTo: c.relay.bounceCopyTo)
         return settings
     }
 
-    public var configuration: OutboxConfiguration { state.withLockedValue { $0.current } }
-    public var pendingRestart: [String] { state.withLockedValue { $0.pendingRestart } }
+    package var configuration: OutboxConfiguration { state.withLockedValue { $0.current } }
+    package var pendingRestart: [String] { state.withLockedValue { $0.pendingRestart } }
 
     /// What the daemon listens on and sends to, for the start-up line.
-    public var banner: String {
+    package var banner: String {
         let c = configuration
         let target: String
         if c.smtpClient.usesFileTransport {
@@ -152,7 +152,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
     /// Re-reads the configuration file. An invalid file is refused whole (its errors logged);
     /// the old configuration stays. Returns the changes that wait for a restart.
     @discardableResult
-    public func reload() -> Result<[String], ConfigurationError> {
+    package func reload() -> Result<[String], ConfigurationError> {
         let new: OutboxConfiguration
         do {
             new = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
@@ -199,7 +199,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         return .success(pending)
     }
 
-    public func status() async -> [String: any Sendable] {
+    package func status() async -> [String: any Sendable] {
         let s = state.withLockedValue { $0 }
         let options: [[String: String]] = s.current.effectiveOptions().map {
             ["name": $0.name, "value": $0.value, "source": $0.source.description, "effect": $0.effect.rawValue]
@@ -217,7 +217,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
         ]
     }
 
-    public func transportProblem() async -> String? {
+    package func transportProblem() async -> String? {
         let c = mailer.configuration
         guard !c.smtpClient.usesFileTransport, let host = c.smtpClient.server else {
             let dir = c.outbox.dataDirectory + "/sent"
@@ -238,7 +238,7 @@ public final class Daemon: DaemonStatusProvider, Sendable {
 
     /// Runs until SIGTERM/SIGINT; SIGHUP reloads.
     /// `onRelayListening` gets `smtp://host:port` (or `smtps://`) for each relay address bound.
-    public func run(onListening: @escaping @Sendable (String) -> Void = { _ in },
+    package func run(onListening: @escaping @Sendable (String) -> Void = { _ in },
                     onRelayListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
         relayListening.withLockedValue { $0 = onRelayListening }
         let listen = configuration.outbox.httpListen
@@ -303,24 +303,24 @@ struct ReloadService: Service {
 }
 
 /// Why the daemon cannot start or reload: a stable code and a message naming the option.
-public struct DaemonError: Error, CustomStringConvertible, Sendable {
+package struct DaemonError: Error, CustomStringConvertible, Sendable {
     /// Stable codes (snake_case); extensible.
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public var description: String { rawValue }
+    package struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        package var rawValue: String
+        package init(rawValue: String) { self.rawValue = rawValue }
+        package var description: String { rawValue }
 
         /// `http-listen` is not a loopback address and no API token is set.
-        public static let openAPI = Code(rawValue: "daemon_open_api")
+        package static let openAPI = Code(rawValue: "daemon_open_api")
         /// An address option is not `host:port`.
-        public static let invalidListen = Code(rawValue: "daemon_invalid_listen")
+        package static let invalidListen = Code(rawValue: "daemon_invalid_listen")
         /// The `[relay]` section cannot be put in force (certificate files, the open-relay rule).
-        public static let relay = Code(rawValue: "daemon_relay")
+        package static let relay = Code(rawValue: "daemon_relay")
     }
 
-    public var code: Code
-    public var description: String
-    public init(_ code: Code, _ description: String) {
+    package var code: Code
+    package var description: String
+    package init(_ code: Code, _ description: String) {
         self.code = code
         self.description = description
     }

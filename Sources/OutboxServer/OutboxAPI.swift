@@ -8,33 +8,33 @@ import OutboxConfig
 import Prometheus
 
 /// The HTTP API's settings that a reload may change at once.
-public struct APISettings: Sendable, Equatable {
+package struct APISettings: Sendable, Equatable {
     /// Bearer tokens accepted.
-    public var tokens: [String]
+    package var tokens: [String]
     /// Require a token (always true when listening beyond loopback).
-    public var requireToken: Bool
+    package var requireToken: Bool
     /// The largest request body.
-    public var maxRequestSize: Int
+    package var maxRequestSize: Int
 
-    public init(tokens: [String] = [], requireToken: Bool = false, maxRequestSize: Int = 26_214_400) {
+    package init(tokens: [String] = [], requireToken: Bool = false, maxRequestSize: Int = 26_214_400) {
         self.tokens = tokens
         self.requireToken = requireToken
         self.maxRequestSize = maxRequestSize
     }
 
     /// From `[outbox]`; tokens are required when `listen` is not a loopback address.
-    public init(_ settings: OutboxSettings) {
+    package init(_ settings: OutboxSettings) {
         self.init(tokens: settings.apiTokenList,
                   requireToken: settings.requireAPIToken || !APISettings.isLoopback(listen: settings.httpListen),
                   maxRequestSize: settings.maxRequestSize)
     }
 
     /// Defaults, with tokens required unless `listen` is a loopback address.
-    public init(configurationListen listen: String) {
+    package init(configurationListen listen: String) {
         self.init(requireToken: !APISettings.isLoopback(listen: listen))
     }
 
-    public static func isLoopback(listen: String) -> Bool {
+    package static func isLoopback(listen: String) -> Bool {
         guard let colon = listen.lastIndex(of: ":") else { return false }
         let host = listen[..<colon].lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         return host == "localhost" || host.hasPrefix("127.") || host == "::1"
@@ -42,7 +42,7 @@ public struct APISettings: Sendable, Equatable {
 }
 
 /// What `GET /v1/status` and `GET /readyz` need from the daemon.
-public protocol DaemonStatusProvider: Sendable {
+package protocol DaemonStatusProvider: Sendable {
     /// The configuration in force, pending-restart options, instance, transport.
     func status() async -> [String: any Sendable]
     /// nil when the transport is reachable, else why not.
@@ -50,13 +50,13 @@ public protocol DaemonStatusProvider: Sendable {
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
-public final class OutboxAPI: Sendable {
-    public let store: any OutboxStore
+package final class OutboxAPI: Sendable {
+    package let store: any OutboxStore
     private let settingsBox: NIOLockedValueBox<APISettings>
     private let providerBox: NIOLockedValueBox<(any DaemonStatusProvider)?>
     private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
     private let logger: Logger
-    public let registry: PrometheusCollectorRegistry
+    package let registry: PrometheusCollectorRegistry
     private let submitted: Counter
     private let duplicates: Counter
     private let badRequests: Counter
@@ -64,7 +64,7 @@ public final class OutboxAPI: Sendable {
     private let queueGauges: [MessageStatus: Gauge]
     private let now: @Sendable () -> Double
 
-    public init(store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
+    package init(store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
                 registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 logger: Logger = Logger(label: "outbox.http"), now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
         self.store = store
@@ -84,15 +84,15 @@ public final class OutboxAPI: Sendable {
         self.queueGauges = gauges
     }
 
-    public var settings: APISettings { settingsBox.withLockedValue { $0 } }
+    package var settings: APISettings { settingsBox.withLockedValue { $0 } }
 
     /// Connects the daemon that answers `/v1/status` and the transport part of `/readyz`.
-    public func attach(_ provider: any DaemonStatusProvider) { providerBox.withLockedValue { $0 = provider } }
+    package func attach(_ provider: any DaemonStatusProvider) { providerBox.withLockedValue { $0 = provider } }
 
     /// Applies new tokens and limits at once (reload).
-    public func update(_ settings: APISettings) { settingsBox.withLockedValue { $0 = settings } }
+    package func update(_ settings: APISettings) { settingsBox.withLockedValue { $0 = settings } }
 
-    public func makeRouter() -> Router<BasicRequestContext> {
+    package func makeRouter() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.get("/healthz") { _, _ in JSON.response(.ok, ["status": "ok"]) }
         router.get("/readyz") { [self] _, _ in await self.readiness() }

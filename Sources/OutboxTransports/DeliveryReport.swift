@@ -5,6 +5,7 @@ import OutboxSMTP
 
 /// What happened to one recipient.
 public struct RecipientOutcome: Sendable, Hashable, Codable {
+    /// Whether the recipient got the message, will not, may later, or may have.
     public enum Status: String, Sendable, Hashable, Codable {
         /// The server accepted the message for this recipient.
         case accepted
@@ -16,12 +17,19 @@ public struct RecipientOutcome: Sendable, Hashable, Codable {
         case unknown
     }
 
+    /// The recipient's address as sent in the envelope.
     public var address: String
+    /// What happened to it.
     public var status: Status
+    /// The reply code behind the status (SMTP's reply to RCPT, or the HTTP status for Graph and
+    /// EWS); nil when there was none (the file transport).
     public var code: Int?
+    /// The SMTP enhanced status code (RFC 3463), e.g. `5.1.1`; nil when the server gave none.
     public var enhancedCode: String?
+    /// The server's reply text (or, for the file transport, where the file was written).
     public var text: String?
 
+    /// An outcome for `address`.
     public init(address: String, status: Status, code: Int? = nil, enhancedCode: String? = nil, text: String? = nil) {
         self.address = address
         self.status = status
@@ -33,18 +41,24 @@ public struct RecipientOutcome: Sendable, Hashable, Codable {
 
 /// The result of one delivery: per recipient, the server's final reply, timings.
 public struct DeliveryReport: Sendable, Codable {
+    /// The transport's name: `smtp`, `file`, `graph` or `ews`.
     public var transport: String
     /// Where it went: `host:port`, a URL or a file path.
     public var destination: String
+    /// The message's Message-ID, when the content is a `Message`; nil otherwise.
     public var messageID: String?
+    /// One outcome per envelope recipient, in envelope order.
     public var recipients: [RecipientOutcome]
     /// The server's reply to the message (after the final dot), e.g. `250 2.0.0 Ok: queued as 4Xk...`.
     public var finalReply: String?
+    /// When the delivery started (wall clock).
     public var startedAt: Date
+    /// How long the delivery took, in seconds, including any connection set-up and retries.
     public var durationSeconds: Double
     /// How many connection attempts the delivery took (2 when a dead pooled connection was replaced).
     public var attempts: Int
 
+    /// A report with every field given.
     public init(transport: String, destination: String, messageID: String?, recipients: [RecipientOutcome],
                 finalReply: String?, startedAt: Date, durationSeconds: Double, attempts: Int = 1) {
         self.transport = transport
@@ -57,13 +71,17 @@ public struct DeliveryReport: Sendable, Codable {
         self.attempts = attempts
     }
 
+    /// True when there are recipients and every one was accepted.
     public var allAccepted: Bool { !recipients.isEmpty && recipients.allSatisfy { $0.status == .accepted } }
+    /// True when at least one recipient was refused for good.
     public var anyRejected: Bool { recipients.contains { $0.status == .rejected } }
+    /// True when at least one recipient should be tried again (deferred, or outcome unknown).
     public var anyDeferred: Bool { recipients.contains { $0.status == .deferred || $0.status == .unknown } }
 }
 
 /// A delivery that failed as a whole (nothing was accepted, or the outcome is unknown).
 public struct DeliveryError: Error, Sendable, CustomStringConvertible {
+    /// How the caller should treat the failure.
     public enum Kind: String, Sendable, Codable {
         /// Try again later.
         case transient
@@ -73,7 +91,9 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
         case outcomeUnknown
     }
 
+    /// Whether to retry, not to, or to decide knowing the message may have arrived.
     public var kind: Kind
+    /// What failed and, where it helps, what to check; never a secret.
     public var message: String
     /// The SMTP failure behind it, when there is one.
     public var smtp: SMTPError?
@@ -83,6 +103,7 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     /// 503 or 504; EWS's `BackOffMilliseconds` on ErrorServerBusy). nil: the caller's own backoff.
     public var retryAfter: Duration?
 
+    /// An error with every field given.
     public init(kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil,
                 retryAfter: Duration? = nil) {
         self.kind = kind
@@ -97,7 +118,9 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
         self.init(kind: kind, message: error.description, smtp: error, report: report)
     }
 
+    /// True unless the failure is permanent (an unknown outcome counts as transient).
     public var isTransient: Bool { kind != .permanent }
+    /// The ``message``.
     public var description: String { message }
 }
 
@@ -127,12 +150,18 @@ public protocol MailTransport: Sendable {
 }
 
 extension MailTransport {
+    /// nil: no limit known.
     public var messageSizeLimit: Int? { nil }
+    /// Does nothing: the transport has no limits to learn.
     public func learnLimits() async {}
+    /// Does nothing: the transport has nothing to wind down early.
     public func beginShutdown() {}
+    /// Does nothing: the transport reads no option that takes effect immediately.
     public func update(options: SMTPClientOptions, settings: OutboxSettings, tokenSource: (@Sendable () async throws -> SMTPAccessToken)?) {}
+    /// nil: the transport keeps no connection pool.
     public var poolStatistics: PoolStatistics? { nil }
 
+    /// Delivers `content` to the recipients its headers name (To, Cc and Bcc).
     public func send(_ content: any MailContent) async throws(DeliveryError) -> DeliveryReport {
         try await send(content, envelope: nil)
     }

@@ -14,7 +14,7 @@ import OutboxOAuth
 /// it is serialised, then the tail; the request uses chunked transfer encoding.
 ///
 /// Decisions:
-/// - **exchange-version → RequestServerVersion** (``requestServerVersion(_:)``): the documented
+/// - **exchange-version → RequestServerVersion** (`requestServerVersion(_:)`): the documented
 ///   values and `Exchange2016`/`Exchange2019` as given; `Exchange2010_SP3` → `Exchange2010_SP2`
 ///   (SP2 covers SP3); `Office365` → `Exchange2013_SP1` (a documented value Exchange Online
 ///   accepts, and CreateItem with MimeContent needs nothing newer); empty → `Exchange2016` (the
@@ -26,7 +26,7 @@ import OutboxOAuth
 ///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
 ///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
-///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say (Exchange takes
+///   recipients (`RecipientPlan`), whatever the MIME's To, Cc and Bcc say (Exchange takes
 ///   the recipients of MimeContent from its headers).
 ///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
 ///     CreateItem (SendAndSaveCopy): the envelope recipients that are in neither To nor Cc
@@ -53,6 +53,7 @@ import OutboxOAuth
 ///   ErrorServerBusy carries `BackOffMilliseconds` as ``DeliveryError/retryAfter``; 401 with a
 ///   token refreshes it once and sends once more.
 public final class EWSTransport: MailTransport {
+    /// `ews`.
     public let name = "ews"
 
     enum Auth: Sendable {
@@ -77,7 +78,7 @@ public final class EWSTransport: MailTransport {
     }
 
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
-    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
                             logger: Logger = Logger(label: "outbox.ews")) throws(DeliveryError) {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
@@ -110,7 +111,7 @@ public final class EWSTransport: MailTransport {
                                      "Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019"]
 
     /// `exchange-version` → `RequestServerVersion/@Version` (see the type's documentation).
-    public static func requestServerVersion(_ option: String?) -> String {
+    package static func requestServerVersion(_ option: String?) -> String {
         guard let raw = option?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return "Exchange2016" }
         switch raw.lowercased() {
         case "exchange2010_sp3": return "Exchange2010_SP2"
@@ -122,8 +123,10 @@ public final class EWSTransport: MailTransport {
         return "Exchange2010"
     }
 
+    /// Returns at once: EWS requests need no background work.
     public func run() async {}
 
+    /// Shuts the HTTP client down.
     public func shutdown() async {
         try? await client.shutdown()
     }
@@ -274,6 +277,8 @@ public final class EWSTransport: MailTransport {
         }
     }
 
+    /// Sends with EWS `CreateItem` (SendAndSaveCopy); see the type's documentation for the
+    /// recipients and the errors.
     public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

@@ -7,16 +7,24 @@ import OutboxMIME
 /// file under `<data-dir>/sent/` (written to a temporary name, synced, then renamed, so a file
 /// that exists is complete). Every recipient counts as accepted.
 public struct FileTransport: MailTransport {
+    /// `file`.
     public let name = "file"
+    /// Where the `.eml` files are written: `<data-dir>/sent`.
     public let directory: String
 
+    /// Writes under `dataDirectory`/sent (created when the first message is written).
     public init(dataDirectory: String) {
         self.directory = (dataDirectory as NSString).appendingPathComponent("sent")
     }
 
+    /// Returns at once: the file transport has no background work.
     public func run() async {}
+    /// Returns at once: there is nothing to close.
     public func shutdown() async {}
 
+    /// Writes the message to a new `.eml` file; every recipient is reported accepted. Throws a
+    /// permanent ``DeliveryError`` for an invalid envelope or a file that cannot be created, and
+    /// a transient one when writing fails (including a message that cannot be serialised).
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

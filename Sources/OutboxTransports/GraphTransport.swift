@@ -12,12 +12,12 @@ import OutboxOAuth
 ///
 /// `POST {graph-url}/users/{user}/sendMail`, `Content-Type: text/plain`, the RFC 5322 message
 /// base64-encoded; 202 means accepted. The token comes from the client-credentials grant (or
-/// the one `grant-type` names) through the shared ``TokenCache``; a 401 refreshes it once and
+/// the one `grant-type` names) through the shared `TokenCache`; a 401 refreshes it once and
 /// sends once more.
 ///
 /// Decisions:
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
-///   recipients (``RecipientPlan``), whatever the MIME's To, Cc and Bcc say; Graph, like
+///   recipients (`RecipientPlan`), whatever the MIME's To, Cc and Bcc say; Graph, like
 ///   Exchange, takes the recipients of a MIME message from its headers.
 ///   - The common case, every To and Cc address in the envelope and no Bcc field, stays one
 ///     `sendMail` request: the envelope recipients that are in neither To nor Cc (SMTP Bcc)
@@ -41,9 +41,9 @@ import OutboxOAuth
 ///   when `user` has neither right). When `allow-delegate` is false it is refused before any
 ///   request, with a permanent error that names the option.
 /// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
-///   (base64 adds a third). A larger ``Message`` goes the large-message way (a JSON draft,
+///   (base64 adds a third). A larger `Message` goes the large-message way (a JSON draft,
 ///   attachments, upload sessions). A larger raw message (relayed, .eml) is read as a stream
-///   and split (``MIMEPartSplitter``): its large attachment parts are decoded into temporary
+///   and split (`MIMEPartSplitter`): its large attachment parts are decoded into temporary
 ///   files, the rest becomes a MIME draft, the recipients are set by PATCH, each part is added
 ///   (upload session from 3 MB), then the draft is sent. Memory holds the draft (at most
 ///   3 MiB) and one line, never the whole message. A message that cannot be split so that the
@@ -52,9 +52,11 @@ import OutboxOAuth
 ///   Exchange's rebuilt MIME structure (the attachments re-attached), not byte for byte.
 /// Graph needs `Mail.Send` for sendMail and also `Mail.ReadWrite` for the draft ways.
 public final class GraphTransport: MailTransport {
+    /// `graph`.
     public let name = "graph"
     /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
     public static let maxRequestBytes = 4 * 1024 * 1024
+    /// The largest raw MIME that fits in one request once base64-encoded (3 MiB).
     public static let maxMIMEBytes = maxRequestBytes / 4 * 3
 
     let client: HTTPClient
@@ -65,7 +67,7 @@ public final class GraphTransport: MailTransport {
     let requestTimeout: Duration
     let logger: Logger
 
-    public init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
+    package init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
                 logger: Logger = Logger(label: "outbox.graph")) {
         self.client = client
         self.tokens = tokens
@@ -81,7 +83,7 @@ public final class GraphTransport: MailTransport {
     }
 
     /// Builds the HTTP client and token source from the configuration.
-    public convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
                             logger: Logger = Logger(label: "outbox.graph")) throws(OAuthError) {
         let options = configuration.smtpClient
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
@@ -97,8 +99,10 @@ public final class GraphTransport: MailTransport {
                   tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
     }
 
+    /// Returns at once: Graph requests need no background work.
     public func run() async {}
 
+    /// Shuts the HTTP client down.
     public func shutdown() async {
         try? await client.shutdown()
     }
@@ -111,6 +115,8 @@ public final class GraphTransport: MailTransport {
         return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
     }
 
+    /// Sends through Microsoft Graph (`sendMail`, or a draft for a large message); see the type's
+    /// documentation for the ways, the errors and the limits.
     public func send(_ content: any MailContent, envelope given: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

@@ -8,7 +8,7 @@ import OutboxSMTP
 extension SMTPClientConfiguration {
     /// The SMTP engine's settings from the smtp-client options and `[outbox]`.
     /// `tokenSource` supplies XOAUTH2 access tokens; without one, XOAUTH2 gets them from
-    /// OutboxOAuth (``SMTPTokenSources``: Azure or Google per `tenant-authority`, cached per
+    /// OutboxOAuth (`SMTPTokenSources`: Azure or Google per `tenant-authority`, cached per
     /// credential set).
     public init(options: SMTPClientOptions, settings: OutboxSettings,
                 tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) {
@@ -66,9 +66,14 @@ public enum TransportFactory {
     public struct Unavailable: Error, CustomStringConvertible, Sendable {
         /// The underlying error's code, e.g. `oauth_misconfigured`.
         public var code: String
+        /// What went wrong and which option to fix.
         public var description: String
     }
 
+    /// The transport for `server-type` and `server`: the file transport for SMTP without a
+    /// server, SMTP through a connection pool, Graph or EWS. `tokenSource` replaces the built-in
+    /// OAuth2 tokens for SMTP's XOAUTH2. Throws ``Unavailable`` when Graph or EWS cannot be set up
+    /// from the configuration (e.g. missing OAuth settings or a wrong EWS URL).
     public static func make(configuration: OutboxConfiguration,
                             eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                             logger: Logger = Logger(label: "outbox"),

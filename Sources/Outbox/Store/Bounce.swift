@@ -8,6 +8,7 @@ public struct BounceSettings: Sendable, Equatable {
     /// A postmaster copy of every notification.
     public var copyTo: String?
 
+    /// Notifications from MAILER-DAEMON at `hostname`, with a copy to `copyTo` when given.
     public init(hostname: String, copyTo: String? = nil) {
         self.hostname = hostname
         self.copyTo = copyTo
@@ -15,23 +16,23 @@ public struct BounceSettings: Sendable, Equatable {
 }
 
 /// Builds delivery status notifications (RFC 3464, `multipart/report`) for relayed messages.
-public enum Bounce {
+package enum Bounce {
     /// One recipient that failed for good.
-    public struct Failure: Sendable, Hashable {
-        public var recipient: String
+    package struct Failure: Sendable, Hashable {
+        package var recipient: String
         /// `ORCPT=` as the client gave it (`rfc822;user@example.com`, xtext).
-        public var originalRecipient: String?
+        package var originalRecipient: String?
         /// `5.1.1`; `4.4.7` for a message that expired.
-        public var status: String
+        package var status: String
         /// The server's reply or Outbox's reason.
-        public var diagnostic: String
-        public var remoteMTA: String?
+        package var diagnostic: String
+        package var remoteMTA: String?
     }
 
     /// The recipients of `before` -> `after` that a notification must report: refused for good in
     /// this attempt, or still open when the message failed (expired), and whose NOTIFY asks for
     /// failures (absent NOTIFY means FAILURE, RFC 3461 §4.1).
-    public static func failures(message: StoredMessage, outcome: AttemptOutcome) -> [Failure] {
+    package static func failures(message: StoredMessage, outcome: AttemptOutcome) -> [Failure] {
         guard let origin = message.origin, origin.kind == "relay", !message.from.isEmpty else { return [] }
         var out: [Failure] = []
         for (i, after) in outcome.recipients.enumerated() {
@@ -57,7 +58,7 @@ public enum Bounce {
     /// `message/delivery-status` part and the original message (`message/rfc822`), or only its
     /// header (`text/rfc822-headers`) with RET=HDRS, when the original is over `fullLimit`, or
     /// when it was stored in chunks (`original` is then its head).
-    public static func make(message: StoredMessage, original: [UInt8], failures: [Failure], settings: BounceSettings, id: String,
+    package static func make(message: StoredMessage, original: [UInt8], failures: [Failure], settings: BounceSettings, id: String,
                             now: Date = Date(), fullLimit: Int = 10 * 1024 * 1024) -> NewMessage {
         let host = settings.hostname
         let boundary = "=_outbox_dsn_\(id)"

@@ -15,6 +15,7 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var pollInterval: Duration
     /// How long a graceful shutdown waits for in-flight deliveries before releasing them.
     public var shutdownDeadline: Duration
+    /// When to try a message again and when to give up.
     public var retry: RetryPolicy
     /// Messages a minute per sending mailbox (nil: no limit). Exchange Online allows 30.
     public var ratePerMinute: Int?
@@ -23,6 +24,8 @@ public struct DispatcherSettings: Sendable, Equatable {
     /// Delivery status notifications for relayed messages that fail for good (nil: none).
     public var bounce: BounceSettings?
 
+    /// Settings; the defaults are 8 deliveries at once, a 5-minute lease, a 200 ms poll, a 20 s
+    /// shutdown deadline, the default retry policy, no rate limits and no notifications.
     public init(concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
                 shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
                 ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil) {
@@ -39,6 +42,8 @@ public struct DispatcherSettings: Sendable, Equatable {
 
 /// Something that sends a stored message: the `Mailer`, or a stand-in in tests.
 public protocol MessageSender: Sendable {
+    /// Sends `content` to `envelope`'s recipients (from the headers when nil); as
+    /// `MailTransport.send(_:envelope:)`.
     func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport
 }
 
@@ -48,8 +53,10 @@ extension Mailer: MessageSender {}
 /// concurrency, and records each attempt's outcome. A `Service`: on graceful shutdown it stops
 /// claiming, waits for in-flight deliveries up to the deadline, then releases the rest.
 public final class Dispatcher: Service, Sendable {
+    /// The queue the dispatcher claims from and records to.
     public let store: any OutboxStore
     private let sender: any MessageSender
+    /// This instance's name as lease owner (`host-pid-random` by default).
     public let instanceID: String
     private let logger: Logger
     private let clock: any QueueClock
@@ -66,6 +73,8 @@ public final class Dispatcher: Service, Sendable {
         var attempts = 0
     }
 
+    /// A dispatcher for `store` that sends through `sender`. `clock` and `random` (a draw in 0..<1
+    /// for the retry jitter) are for tests.
     public init(store: any OutboxStore, sender: any MessageSender, settings: DispatcherSettings = DispatcherSettings(),
                 instanceID: String = Dispatcher.makeInstanceID(), logger: Logger = Logger(label: "outbox.dispatcher"),
                 clock: any QueueClock = SystemQueueClock(),
@@ -79,10 +88,12 @@ public final class Dispatcher: Service, Sendable {
         self.state = NIOLockedValueBox(State(settings: settings))
     }
 
+    /// A new lease owner name: `host-pid-` and eight random hex digits.
     public static func makeInstanceID() -> String {
         "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString.prefix(8).lowercased())"
     }
 
+    /// The settings in force.
     public var settings: DispatcherSettings { state.withLockedValue { $0.settings } }
 
     /// Applies new settings at the next cycle (the next claim).
@@ -111,6 +122,8 @@ public final class Dispatcher: Service, Sendable {
         var lease: Duration
     }
 
+    /// Claims, sends and records until graceful shutdown; then stops claiming, waits for in-flight
+    /// deliveries up to the shutdown deadline and gives the rest back.
     public func run() async throws {
         await withGracefulShutdownHandler {
             await self.loop()
@@ -393,7 +406,7 @@ public final class Dispatcher: Service, Sendable {
 
     /// The outcome of one attempt, from the mailer's report or error: per-recipient states, the
     /// message's new status and, for a retry, when. Pure.
-    public static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
+    package static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
                                 policy: RetryPolicy, now: QueueInstant, startedAt: QueueInstant, duration: Duration, random: Double,
                                 instance: String) -> AttemptOutcome {
         var recipients = message.recipients

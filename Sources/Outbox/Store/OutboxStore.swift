@@ -31,16 +31,24 @@ public enum MessageStatus: String, Sendable, Codable, CaseIterable {
 /// One recipient's state across attempts: only `pending` and `deferred` (and `unknown`, within
 /// the unknown-outcome allowance) recipients are sent to again.
 public struct RecipientState: Sendable, Codable, Hashable {
+    /// Where one recipient stands: not yet tried, accepted, refused for good, to be retried, or
+    /// sent with an unknown outcome.
     public enum Status: String, Sendable, Codable, Hashable {
         case pending, accepted, rejected, deferred, unknown
     }
 
+    /// The recipient's address as in the envelope.
     public var address: String
+    /// Where the recipient stands after the attempts so far.
     public var status: Status
+    /// The reply code of the last attempt for this recipient, or nil.
     public var code: Int?
+    /// The enhanced status code of that reply (e.g. `4.2.2`), or nil.
     public var enhancedCode: String?
+    /// The text of that reply, or nil.
     public var text: String?
 
+    /// A recipient, by default not yet tried.
     public init(address: String, status: Status = .pending, code: Int? = nil, enhancedCode: String? = nil, text: String? = nil) {
         self.address = address
         self.status = status
@@ -60,21 +68,28 @@ public struct RecipientState: Sendable, Codable, Hashable {
 
 /// One delivery attempt, as shown by `GET /v1/messages/{id}`.
 public struct AttemptRecord: Sendable, Codable, Hashable {
+    /// 1 for the first attempt, then 2, 3, ...
     public var number: Int
     /// Seconds since 1970.
     public var startedAt: Double
+    /// How long the attempt took, in seconds.
     public var durationSeconds: Double
+    /// The transport that made it: `smtp`, `file`, `graph` or `ews`.
     public var transport: String
+    /// Where it went (`host:port`, a URL or a file path), when known.
     public var destination: String?
     /// The server's reply after the final dot, when there was one.
     public var reply: String?
+    /// Why the attempt failed, when it did.
     public var error: String?
     /// delivered, partial, deferred, failed, unknown, abandoned.
     public var outcome: String
+    /// The recipients this attempt was sent to (the open ones at the time).
     public var recipients: [String]
     /// The instance (dispatcher lease owner) that made it.
     public var instance: String?
 
+    /// An attempt record with every field given.
     public init(number: Int, startedAt: Double, durationSeconds: Double, transport: String, destination: String? = nil,
                 reply: String? = nil, error: String? = nil, outcome: String, recipients: [String], instance: String? = nil) {
         self.number = number
@@ -100,11 +115,14 @@ public struct MessageOrigin: Sendable, Codable, Hashable {
     public var client: String?
     /// `RET=FULL|HDRS`, `ENVID=`.
     public var ret: String?
+    /// `ENVID=` as given, or nil.
     public var envid: String?
     /// Per recipient, in order: `NOTIFY=` and `ORCPT=` as given ("" when absent).
     public var notify: [String]
+    /// Per recipient, in order: `ORCPT=` as given ("" when absent).
     public var orcpt: [String]
 
+    /// An origin with every field given.
     public init(kind: String, client: String?, ret: String?, envid: String?, notify: [String], orcpt: [String]) {
         self.kind = kind
         self.client = client
@@ -119,8 +137,11 @@ public struct MessageOrigin: Sendable, Codable, Hashable {
 public struct NewMessage: Sendable {
     /// The id to store it under; nil: the store makes one.
     public var id: String?
+    /// Where it came from (relayed messages), or nil.
     public var origin: MessageOrigin?
+    /// The envelope sender; empty for the null sender `<>`.
     public var from: String
+    /// The envelope recipients.
     public var recipients: [String]
     /// The final RFC 5322 bytes, sent as they are; for a large message, its first part only,
     /// followed by `chunkCount` chunks already written with `OutboxStore.writeChunk` under `id`.
@@ -130,11 +151,14 @@ public struct NewMessage: Sendable {
     public var chunkCount = 0
     /// The octets in those chunks.
     public var chunkedSize = 0
+    /// The message's Message-ID, for display and lookups, or nil.
     public var messageID: String?
+    /// The client's `Idempotency-Key`: a second submission with it returns the first message.
     public var idempotencyKey: String?
     /// A digest of the request, so a reused idempotency key with another body is refused.
     public var requestHash: String?
 
+    /// A message stored whole (no chunks).
     public init(from: String, recipients: [String], content: [UInt8], messageID: String? = nil,
                 idempotencyKey: String? = nil, requestHash: String? = nil) {
         self.from = from
@@ -148,36 +172,53 @@ public struct NewMessage: Sendable {
 
 /// A message as the store holds it (without its content).
 public struct StoredMessage: Sendable, Hashable {
+    /// The message's id in the queue.
     public var id: String
     /// Insertion order; the list cursor.
     public var sequence: Int64
+    /// Where the message is in its life.
     public var status: MessageStatus
+    /// The envelope sender; empty for the null sender `<>`.
     public var from: String
+    /// Each envelope recipient and where it stands.
     public var recipients: [RecipientState]
+    /// The message's Message-ID, or nil.
     public var messageID: String?
+    /// The submission's idempotency key, or nil.
     public var idempotencyKey: String?
+    /// The digest of the submitting request, or nil.
     public var requestHash: String?
+    /// The content's size in octets (head and chunks).
     public var size: Int
+    /// When it was queued, in seconds since 1970.
     public var createdAt: Double
+    /// When it last changed, in seconds since 1970.
     public var updatedAt: Double
     /// When the maximum age starts: submission, or the last manual retry.
     public var ageBase: Double
+    /// When it is due for its next attempt, in seconds since 1970; nil when none is planned.
     public var nextAttemptAt: Double?
+    /// How many attempts were made.
     public var attemptCount: Int
     /// Attempts whose outcome was unknown (connection lost after the final dot, or a lease
     /// that expired while the message was being sent).
     public var unknownCount: Int
     /// An attempt's outcome was unknown: the message may have arrived more than once.
     public var possibleDuplicate: Bool
+    /// The attempts, oldest first.
     public var attempts: [AttemptRecord]
+    /// The last attempt's error, or nil.
     public var lastError: String?
+    /// The dispatcher instance holding the lease while it is being sent, or nil.
     public var leaseOwner: String?
+    /// When that lease ends, in seconds since 1970, or nil.
     public var leaseUntil: Double?
     /// Where it came from (relayed messages).
     public var origin: MessageOrigin?
     /// Content chunks after the stored head (0 for a message stored whole).
     public var chunkCount = 0
 
+    /// A stored message with every field given (stores build it from their rows).
     public init(id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
                 idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
                 nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
@@ -209,6 +250,7 @@ public struct StoredMessage: Sendable, Hashable {
 
 /// A message claimed by a dispatcher, with the bytes to send.
 public struct ClaimedMessage: Sendable {
+    /// The message as stored, now `sending` under the claimer's lease.
     public var message: StoredMessage
     /// The content, or for a chunked message (`message.chunkCount > 0`) its head: the rest is
     /// read chunk by chunk with `OutboxStore.readChunk`, never held whole.
@@ -219,7 +261,9 @@ public struct ClaimedMessage: Sendable {
 
 /// The result of `enqueue`.
 public struct EnqueueResult: Sendable, Hashable {
+    /// The message's id (the earlier one's for a reused idempotency key).
     public var id: String
+    /// Its status now.
     public var status: MessageStatus
     /// False when an earlier submission with the same idempotency key was returned.
     public var created: Bool
@@ -229,14 +273,20 @@ public struct EnqueueResult: Sendable, Hashable {
 
 /// What a dispatcher records after an attempt.
 public struct AttemptOutcome: Sendable {
+    /// The message's status after the attempt.
     public var status: MessageStatus
+    /// Every recipient's state after the attempt.
     public var recipients: [RecipientState]
+    /// The attempt, appended to the message's attempts.
     public var attempt: AttemptRecord
+    /// When to try again, in seconds since 1970; nil when no retry is planned.
     public var nextAttemptAt: Double?
+    /// The attempt's error, or nil.
     public var lastError: String?
     /// The attempt's outcome was unknown.
     public var unknown: Bool
 
+    /// An outcome with every field given.
     public init(status: MessageStatus, recipients: [RecipientState], attempt: AttemptRecord, nextAttemptAt: Double?,
                 lastError: String?, unknown: Bool) {
         self.status = status
@@ -250,7 +300,9 @@ public struct AttemptOutcome: Sendable {
 
 /// The result of `retry` and `cancel`.
 public enum StoreChange: Sendable, Hashable {
+    /// The change was made; the message as it now is.
     case done(StoredMessage)
+    /// No message has that id.
     case notFound
     /// Not allowed in this status (e.g. cancelling a delivered message).
     case conflict(MessageStatus)
@@ -294,6 +346,7 @@ public protocol OutboxStore: Sendable {
     /// Releases every claim (single-instance stores at start: the previous process died).
     /// Counts them as attempts with an unknown outcome. Returns how many.
     func recoverAbandoned(now: Double) async throws -> Int
+    /// The message with that id, or nil.
     func get(id: String) async throws -> StoredMessage?
     /// Messages in insertion order after `cursor` (a `sequence`), optionally of one status.
     func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage]
@@ -305,6 +358,7 @@ public protocol OutboxStore: Sendable {
     func counts() async throws -> [MessageStatus: Int]
     /// Checks the store answers.
     func ping() async throws
+    /// Closes the connection or database; the store cannot be used afterwards.
     func close() async throws
 }
 
@@ -320,8 +374,11 @@ extension OutboxStore {
 public struct StoreError: Error, CustomStringConvertible, Sendable {
     /// Stable codes (snake_case); extensible.
     public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The code as text, e.g. `store_invalid_url`.
         public var rawValue: String
+        /// A code from its text.
         public init(rawValue: String) { self.rawValue = rawValue }
+        /// The code as text (``rawValue``).
         public var description: String { rawValue }
 
         /// The store's address (`store = postgres://...`) cannot be used.
@@ -330,13 +387,17 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         public static let chunksMissing = Code(rawValue: "store_chunks_missing")
     }
 
+    /// What kind of error; stable.
     public var code: Code
+    /// What went wrong.
     public var message: String
+    /// An error with `code` and `message`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// The ``message``.
     public var description: String { message }
 }
 

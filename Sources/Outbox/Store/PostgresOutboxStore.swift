@@ -10,6 +10,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     // @unchecked: the client is Sendable; the run task is set once in `open` and read in `close`.
     private let client: PostgresClient
     private var runTask: Task<Void, Never>?
+    /// `postgres`.
     public var kind: String { "postgres" }
 
     /// Connects with a `postgres://user:password@host:port/database` URL; call `migrate()` next.
@@ -76,6 +77,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         """,
     ]
 
+    /// Creates the tables, or upgrades them to the current schema; safe to run again.
     public func migrate() async throws {
         try await client.withTransaction(logger: Self.logger) { connection in
             // Several instances may start at once: one migrates, the others wait.
@@ -104,6 +106,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         try await client.query(query, logger: Self.logger).collect()
     }
 
+    /// Stores a message, committed before it returns; with an idempotency key already used,
+    /// returns the earlier message. Throws ``StoreError/Code/chunksMissing`` when a chunked
+    /// message's chunks are not all stored.
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
         let (id, query) = Self.insert(message, now: now)
@@ -136,6 +141,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return (id, query)
     }
 
+    /// Writes chunk `index` of a large message's content ahead of `enqueue`, committed when it
+    /// returns.
     public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
         _ = try await rows("""
             INSERT INTO outbox_message_chunks (message_id, n, data, created_at) VALUES (\(messageID), \(index), \(bytes), \(now))
@@ -143,6 +150,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             """)
     }
 
+    /// Reads chunk `index` of a message's content; nil when there is none.
     public func readChunk(messageID: String, index: Int) async throws -> ByteBuffer? {
         guard let row = try await rows("SELECT data FROM outbox_message_chunks WHERE message_id = \(messageID) AND n = \(index)").first else {
             return nil
@@ -150,6 +158,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return try row.makeRandomAccess()["data"].decode(ByteBuffer.self)
     }
 
+    /// Removes the chunks of a message that was not queued.
     public func discardChunks(messageID: String) async throws {
         _ = try await rows("""
             DELETE FROM outbox_message_chunks WHERE message_id = \(messageID)
@@ -157,6 +166,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             """)
     }
 
+    /// Removes chunks written before `before` (seconds since 1970) that belong to no message;
+    /// returns how many.
     @discardableResult
     public func purgeOrphanChunks(before: Double) async throws -> Int {
         try await rows("""
@@ -219,6 +230,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         }
     }
 
+    /// Records an attempt and its outcome, and queues `notification` in the same transaction;
+    /// false (nothing recorded) when `owner` no longer holds the lease.
     @discardableResult
     public func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool {
         let recipients = StoreJSON.encode(outcome.recipients)
@@ -243,6 +256,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         }
     }
 
+    /// Ends `owner`'s lease at once: the next claim takes the message over as an unknown
+    /// outcome.
     public func expireLease(id: String, owner: String, now: Double) async throws {
         _ = try await rows("""
             UPDATE outbox_messages SET lease_until = \(now - 1), updated_at = \(now)
@@ -250,6 +265,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             """)
     }
 
+    /// Gives a claimed message back to the queue, due at `nextAttemptAt`, without counting an
+    /// attempt.
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
         _ = try await rows("""
             UPDATE outbox_messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,
@@ -262,10 +279,13 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// taken over by `claim` instead.
     public func recoverAbandoned(now: Double) async throws -> Int { 0 }
 
+    /// The message with that id (without its content), or nil.
     public func get(id: String) async throws -> StoredMessage? {
         try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE id = \(id)").first.map { try Self.decode($0.makeRandomAccess()) }
     }
 
+    /// Up to `limit` messages in insertion order after `cursor` (a `sequence`), of one status
+    /// when `status` is given.
     public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
         let after = Int(cursor ?? 0)
         let result: [PostgresRow]
@@ -277,6 +297,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return try result.map { try Self.decode($0.makeRandomAccess()) }
     }
 
+    /// Puts a failed, unknown or deferred message back in the queue, due now, and restarts its
+    /// maximum age.
     public func retry(id: String, now: Double) async throws -> StoreChange {
         guard let message = try await get(id: id) else { return .notFound }
         guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
@@ -295,6 +317,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return try await get(id: id).map { .conflict($0.status) } ?? .notFound
     }
 
+    /// Cancels a message that is queued or deferred; ``StoreChange/conflict(_:)`` in any other
+    /// status.
     public func cancel(id: String, now: Double) async throws -> StoreChange {
         let result = try await rows("""
             UPDATE outbox_messages SET status = 'cancelled', updated_at = \(now), next_attempt_at = NULL
@@ -306,6 +330,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return .conflict(message.status)
     }
 
+    /// How many messages are in each status.
     public func counts() async throws -> [MessageStatus: Int] {
         var out: [MessageStatus: Int] = [:]
         for row in try await rows("SELECT status, COUNT(*) AS n FROM outbox_messages GROUP BY status") {
@@ -316,15 +341,17 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     /// Empties the queue: for tests against a shared server only.
-    public func deleteAllForTesting() async throws {
+    package func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
     }
 
+    /// Runs `SELECT 1`: throws when the database does not answer.
     public func ping() async throws {
         _ = try await rows("SELECT 1")
     }
 
+    /// Stops the connection pool's task; the store cannot be used afterwards.
     public func close() async throws {
         runTask?.cancel()
         await runTask?.value

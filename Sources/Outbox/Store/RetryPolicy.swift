@@ -19,6 +19,8 @@ public struct RetryPolicy: Sendable, Equatable {
     /// dot, or a crash while sending) is sent again; it is then marked `unknown`.
     public var unknownOutcomeRetries: Int
 
+    /// A policy; the defaults are 30 s doubling up to an hour, ± 20 %, for at most a day, and one
+    /// more try after an unknown outcome.
     public init(initialDelay: Duration = .seconds(30), maxDelay: Duration = .seconds(3600), multiplier: Double = 2, jitter: Double = 0.2,
                 maxAge: Duration = .seconds(86_400), unknownOutcomeRetries: Int = 1) {
         self.initialDelay = initialDelay

@@ -98,7 +98,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     private let connection: SQLiteConnection
     private let writer: SQLiteGroupCommitter
     private let closed = NIOLockedValueBox(false)
+    /// The database file.
     public let path: String
+    /// `sqlite`.
     public var kind: String { "sqlite" }
 
     /// Opens (creating if needed) the database at `path`; call `migrate()` next.
@@ -169,6 +171,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         ],
     ]
 
+    /// Creates the tables, or upgrades them to the current schema; safe to run again.
     public func migrate() async throws {
         let rows = try await connection.query("PRAGMA user_version")
         let version = Int(rows.first?.columns.first?.data.integer ?? 0)
@@ -192,6 +195,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         chunks
         """
 
+    /// Stores a message, committed before it returns; with an idempotency key already used,
+    /// returns the earlier message. Throws ``StoreError/Code/chunksMissing`` when a chunked
+    /// message's chunks are not all stored.
     public func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult {
         if let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) {
             return existing
@@ -229,21 +235,27 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return (id, (sql, binds))
     }
 
+    /// Writes chunk `index` of a large message's content ahead of `enqueue`, committed when it
+    /// returns.
     public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
         _ = try await writer.write("INSERT OR REPLACE INTO message_chunks (message_id, n, data, created_at) VALUES (?, ?, ?, ?)",
                                    [.text(messageID), .integer(index), .blob(bytes), .float(now)])
     }
 
+    /// Reads chunk `index` of a message's content; nil when there is none.
     public func readChunk(messageID: String, index: Int) async throws -> ByteBuffer? {
         let rows = try await connection.query("SELECT data FROM message_chunks WHERE message_id = ? AND n = ?", [.text(messageID), .integer(index)])
         return rows.first?.column("data")?.blob
     }
 
+    /// Removes the chunks of a message that was not queued.
     public func discardChunks(messageID: String) async throws {
         _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
                                    [.text(messageID)])
     }
 
+    /// Removes chunks written before `before` (seconds since 1970) that belong to no message;
+    /// returns how many.
     @discardableResult
     public func purgeOrphanChunks(before: Double) async throws -> Int {
         let rows = try await writer.write(
@@ -298,6 +310,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         }
     }
 
+    /// Records an attempt and its outcome, and queues `notification` in the same transaction;
+    /// false (nothing recorded) when `owner` no longer holds the lease.
     @discardableResult
     public func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool {
         var statements: [(sql: String, binds: [SQLiteData])] = [(
@@ -318,12 +332,16 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return !rows.isEmpty
     }
 
+    /// Ends `owner`'s lease at once: the next claim takes the message over as an unknown
+    /// outcome.
     public func expireLease(id: String, owner: String, now: Double) async throws {
         _ = try await writer.write(
             "UPDATE messages SET lease_until = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'sending'",
             [.float(now - 1), .float(now), .text(id), .text(owner)])
     }
 
+    /// Gives a claimed message back to the queue, due at `nextAttemptAt`, without counting an
+    /// attempt.
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
         _ = try await writer.write(
             """
@@ -334,6 +352,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             [.float(nextAttemptAt), .float(now), .text(id), .text(owner)])
     }
 
+    /// Releases every claim left by a process that died, counting each as an attempt with an
+    /// unknown outcome; returns how many.
     public func recoverAbandoned(now: Double) async throws -> Int {
         let rows = try await writer.write(
             """
@@ -351,11 +371,14 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return rows.count
     }
 
+    /// The message with that id (without its content), or nil.
     public func get(id: String) async throws -> StoredMessage? {
         let rows = try await connection.query("SELECT \(Self.columns) FROM messages WHERE id = ?", [.text(id)])
         return rows.first.map(Self.decode)
     }
 
+    /// Up to `limit` messages in insertion order after `cursor` (a `sequence`), of one status
+    /// when `status` is given.
     public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
         var sql = "SELECT \(Self.columns) FROM messages WHERE seq > ?"
         var binds: [SQLiteData] = [.integer(SQLiteInt64(cursor ?? 0))]
@@ -368,6 +391,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return try await connection.query(sql, binds).map(Self.decode)
     }
 
+    /// Puts a failed, unknown or deferred message back in the queue, due now, and restarts its
+    /// maximum age.
     public func retry(id: String, now: Double) async throws -> StoreChange {
         guard let message = try await get(id: id) else { return .notFound }
         guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
@@ -390,6 +415,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return .done(updated)
     }
 
+    /// Cancels a message that is queued or deferred; ``StoreChange/conflict(_:)`` in any other
+    /// status.
     public func cancel(id: String, now: Double) async throws -> StoreChange {
         let rows = try await writer.write(
             """
@@ -403,6 +430,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return .conflict(message.status)
     }
 
+    /// How many messages are in each status.
     public func counts() async throws -> [MessageStatus: Int] {
         var result: [MessageStatus: Int] = [:]
         for row in try await connection.query("SELECT status, COUNT(*) AS n FROM messages GROUP BY status") {
@@ -413,10 +441,12 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return result
     }
 
+    /// Runs `SELECT 1`: throws when the database does not answer.
     public func ping() async throws {
         _ = try await connection.query("SELECT 1")
     }
 
+    /// Closes the database; closing it again does nothing.
     public func close() async throws {
         guard closed.withLockedValue({ c in defer { c = true }; return !c }) else { return }
         try await connection.close()
