@@ -1,30 +1,16 @@
 import Foundation
+import OutboxSMTPGrammar
 
 /// The SMTP envelope: the reverse-path and the forward-paths (addr-specs, no display names).
 public struct Envelope: Sendable, Equatable {
     public var from: String
     public var recipients: [String]
     /// The submitter's DSN parameters (RFC 3461), for a message relayed with them.
-    public var dsn: EnvelopeDSN?
-    public init(from: String, recipients: [String], dsn: EnvelopeDSN? = nil) {
+    public var dsn: SMTPDSNParameters?
+    public init(from: String, recipients: [String], dsn: SMTPDSNParameters? = nil) {
         self.from = from
         self.recipients = recipients
         self.dsn = dsn
-    }
-}
-
-/// RET and ENVID of a message, NOTIFY and ORCPT of its recipients (keyed by address,
-/// lower-cased), as the SMTP client that submitted it gave them.
-public struct EnvelopeDSN: Sendable, Hashable {
-    public var ret: String?
-    public var envid: String?
-    public var notify: [String: String]
-    public var orcpt: [String: String]
-    public init(ret: String?, envid: String?, notify: [String: String], orcpt: [String: String]) {
-        self.ret = ret
-        self.envid = envid
-        self.notify = notify
-        self.orcpt = orcpt
     }
 }
 
