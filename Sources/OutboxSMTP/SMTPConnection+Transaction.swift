@@ -41,7 +41,7 @@ extension SMTPConnection {
     }
 
     /// `send` with the start of the body already read (`SMTPBodyStart.read`) from `rest`.
-    public func send<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
+    package func send<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
                                                       handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
     where Iterator.Element == ByteBuffer {
         try acquire()

@@ -3,18 +3,18 @@ import NIOCore
 
 /// The first bytes of a message's DATA stream (line ends repaired, dot-stuffed): the whole
 /// stream, final dot included, when the message is small (`isComplete`).
-public struct SMTPBodyStart: Sendable {
+package struct SMTPBodyStart: Sendable {
     var prefix = ByteBufferAllocator().buffer(capacity: 4096)
     var encoder = SMTPDataEncoder()
     /// True when the whole message (and the final dot) is in the prefix.
-    public private(set) var isComplete = false
+    package private(set) var isComplete = false
     /// Bytes of the message itself read so far (before line-end repair and dot-stuffing): its
     /// size, for SIZE=, when `isComplete`.
-    public private(set) var messageByteCount = 0
+    package private(set) var messageByteCount = 0
 
     /// Reads and encodes chunks from `iterator` until about 64 KiB are ready or the message ends.
     /// Throws what the iterator throws (a message that cannot be produced).
-    public static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
+    package static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
     where Iterator.Element == ByteBuffer {
         var start = SMTPBodyStart()
         try await start.read(from: &iterator, upTo: SMTPConnection.chunkTarget)
@@ -37,7 +37,7 @@ public struct SMTPBodyStart: Sendable {
 
     /// The error a send reports when the message could not be read before anything of it was
     /// sent: the message is unusable (not retried), the connection stays usable.
-    public static func readError(_ error: any Error) -> SMTPError {
+    package static func readError(_ error: any Error) -> SMTPError {
         if let smtp = error as? SMTPError { return smtp }
         return SMTPError(stage: .mail, code: .invalidArgument, message: "reading the message failed: \(error)", isTransient: false)
     }
@@ -46,8 +46,8 @@ public struct SMTPBodyStart: Sendable {
 /// What a transaction's commands depend on: the server's capabilities and the transaction
 /// options of the configuration. Every connection has one; connections to the same server with
 /// the same settings have matching ones.
-public final class SMTPTransactionProfile: Sendable {
-    public let capabilities: SMTPCapabilities
+package final class SMTPTransactionProfile: Sendable {
+    package let capabilities: SMTPCapabilities
     let configuration: SMTPClientConfiguration
 
     init(capabilities: SMTPCapabilities, configuration: SMTPClientConfiguration) {
@@ -56,7 +56,7 @@ public final class SMTPTransactionProfile: Sendable {
     }
 
     /// A transaction prepared for `other` can run on a connection with this profile.
-    public func matches(_ other: SMTPTransactionProfile) -> Bool {
+    package func matches(_ other: SMTPTransactionProfile) -> Bool {
         self === other
             || (capabilities.known == other.capabilities.known
                 && capabilities.isExtended == other.capabilities.isExtended
@@ -68,7 +68,7 @@ public final class SMTPTransactionProfile: Sendable {
 
     /// Transactions can be prepared ahead: the server pipelines, the whole transaction goes in one
     /// exchange (sendpartial), and no debug transcript is written.
-    public var allowsPreparing: Bool {
+    package var allowsPreparing: Bool {
         capabilities.pipelining && configuration.sendPartial && !configuration.enableDebug
     }
 }
@@ -95,7 +95,7 @@ package struct SMTPPreparedOutcome: Sendable {
 
 extension SMTPConnection {
     /// What this connection's transactions depend on.
-    public var transactionProfile: SMTPTransactionProfile { profile }
+    package var transactionProfile: SMTPTransactionProfile { profile }
 
     /// MAIL and one RCPT per recipient for `envelope`, validated; throws what the server's
     /// capabilities rule out (SMTPUTF8 not offered, over the SIZE limit) before anything is sent.
