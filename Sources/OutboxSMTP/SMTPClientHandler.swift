@@ -151,6 +151,8 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer!.writeBuffer(&incoming)
         }
         var acknowledge = false
+        // One instant for every reply of this read (a clock read per reply costs for nothing).
+        let now = NIODeadline.now()
         while machine.failure == nil, var current = buffer {
             let reply: SMTPReply?
             do {
@@ -163,13 +165,13 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer = current
             guard let reply else { break }
             if debug { logger.info("S: \(reply)") }
-            let action = machine.replyReceived(reply, unprocessedBytes: current.readableBytes, now: .now())
+            let action = machine.replyReceived(reply, unprocessedBytes: current.readableBytes, now: now)
             if case .transactionDone(_, _, true) = action { acknowledge = true }
             run(action)
         }
         if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
         if acknowledge { acknowledgeAtOnce(context: context) }
-        while machine.hasDeferredWork { run(machine.startDeferred(now: .now())) }
+        while machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
     }
 
     /// The next transaction's commands went out behind the previous message's dot, before its

@@ -146,9 +146,11 @@ extension SMTPClientStateMachine {
             /// The body and the final dot written.
             case dot
             /// A lone `.` ends a DATA that was accepted but must not go on; RSET follows.
-            case abortingData(Ending)
+            /// (Boxed, as is `resetting`: the phases of the common path stay one word, and a
+            /// transaction moves cheaply in and out of the queue for every reply.)
+            indirect case abortingData(Ending)
             /// RSET sent after a refusal.
-            case resetting(Ending)
+            indirect case resetting(Ending)
         }
 
         var stage: SMTPError.Stage {
