@@ -144,7 +144,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        if machine.failure != nil { return }
+        if machine.hasFailed { return }
         if buffer == nil || buffer!.readableBytes == 0 {
             buffer = incoming
         } else {
@@ -153,7 +153,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         var acknowledge = false
         // One instant for every reply of this read (a clock read per reply costs for nothing).
         let now = NIODeadline.now()
-        while machine.failure == nil, var current = buffer {
+        while !machine.hasFailed, var current = buffer {
             let reply: SMTPReply?
             do {
                 reply = try parser.parse(&current)
@@ -171,7 +171,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
         if acknowledge { acknowledgeAtOnce(context: context) }
-        while machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
+        while !machine.deferred.isEmpty && machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
     }
 
     /// The next transaction's commands went out behind the previous message's dot, before its
@@ -275,10 +275,10 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         // "not sent" (retried: a possible duplicate).
         if encrypted {
             context.writeAndFlush(wrapOutboundOut(body), promise: written)
-            if machine.failure == nil { handBackRun?.run() }
+            if !machine.hasFailed { handBackRun?.run() }
         } else {
             context.write(wrapOutboundOut(body), promise: written)
-            if machine.failure == nil { handBackRun?.run() }
+            if !machine.hasFailed { handBackRun?.run() }
             context.flush()
         }
     }

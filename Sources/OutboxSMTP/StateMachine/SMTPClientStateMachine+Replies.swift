@@ -165,10 +165,8 @@ extension SMTPClientStateMachine {
 
     /// The body (or its end) was written: a failure after it means the outcome is unknown.
     package mutating func bodyWritten(transaction id: Int) {
-        guard let index = operations.firstIndex(where: { if case .transaction(let t) = $0.kind { t.id == id } else { false } }),
-              case .transaction(var t) = operations[index].kind else { return }
-        t.bodyWritten = true
-        operations[index].kind = .transaction(t)
+        guard let index = operations.firstIndex(where: { $0.transactionID == id }) else { return }
+        operations.modify(index) { $0.bodyWritten = true }
     }
 
     /// The sender of a streamed body has a chunk (dot-stuffed) ready.

@@ -53,6 +53,11 @@ extension SMTPClientStateMachine {
         var initialWrite: ByteBuffer
         /// When its wait ends, once it is the first operation.
         var deadline = NIODeadline.distantFuture
+        /// The transaction's number (nil for a simple command).
+        var transactionID: Int?
+        /// The transaction's body (final dot included) was written: a failure now leaves the
+        /// outcome unknown. (Kept here, not in the transaction, so that marking it is cheap.)
+        var bodyWritten = false
 
         enum Kind {
             /// NOOP, RSET or QUIT: one command, one reply.
@@ -97,7 +102,7 @@ extension SMTPClientStateMachine {
                                  isTransient: true)
             }
             if case .dot = t.phase, error.reply == nil {
-                return SMTPClientStateMachine.afterDotError(written: t.bodyWritten, error)
+                return SMTPClientStateMachine.afterDotError(written: bodyWritten, error)
             }
             if case .resetting(.fail(let original)) = t.phase { return original }
             return Self.lost(error, during: t.stage)
@@ -134,7 +139,6 @@ extension SMTPClientStateMachine {
         var body: ByteBuffer?
         var replies: [SMTPReply]
         var phase: Phase
-        var bodyWritten = false
 
         enum Phase {
             /// MAIL, RCPT (and DATA) replies awaited.
@@ -213,7 +217,8 @@ extension SMTPClientStateMachine {
                                       handBack: request.handBack, sender: request.sender, sequential: sequential,
                                       dataIncluded: dataIncluded, unsent: unsent,
                                       body: request.body, replies: replies, phase: .commands)
-        let operation = Operation(completion: completion, kind: .transaction(transaction), initialWrite: first)
+        let operation = Operation(completion: completion, kind: .transaction(transaction), initialWrite: first,
+                                  transactionID: transaction.id)
         let behindDot = request.body != nil && dataIncluded && streaming == nil && deferred.isEmpty
             && !operations.isEmpty && operations.allSatisfy(\.handedBack)
         if behindDot {

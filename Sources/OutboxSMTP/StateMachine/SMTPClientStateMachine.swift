@@ -71,7 +71,9 @@ package struct SMTPClientStateMachine<Completion> {
     let helloName: String
     package internal(set) var state: State = .initialized
     /// When the current wait ends (nil: nothing awaited).
-    var waitDeadline: NIODeadline?
+    var waitDeadline: NIODeadline? {
+        didSet { updateNextDeadline() }
+    }
     /// What the session learnt, as it goes.
     package internal(set) var facts = SMTPSessionFacts()
     var session: Completion?
@@ -82,11 +84,17 @@ package struct SMTPClientStateMachine<Completion> {
     /// Operations waiting until nothing is awaited any more (see `enqueue`).
     var deferred = CircularBuffer<Operation>()
     /// The transaction whose body is being streamed, when one is.
-    var streaming: Streaming?
+    var streaming: Streaming? {
+        didSet { updateNextDeadline() }
+    }
     var nextTransactionID = 0
     var transcriptLines: [String] = []
     /// The first failure; everything after it fails with it.
-    package internal(set) var failure: SMTPError?
+    package internal(set) var failure: SMTPError? {
+        didSet { hasFailed = failure != nil }
+    }
+    /// `failure != nil`, as a flag the runner checks for every reply.
+    package private(set) var hasFailed = false
 
     /// A machine for one connection with `configuration`, saying `EHLO helloName`; `session` is
     /// completed when the session is set up (`sessionReady`) or failed (`close`).
@@ -98,12 +106,17 @@ package struct SMTPClientStateMachine<Completion> {
 
     var protocolTimeout: TimeAmount { configuration.protocolTimeout.timeAmount }
 
-    /// The instant the runner's timer must fire at next, if any.
-    package var nextDeadline: NIODeadline? {
+    /// The instant the runner's timer must fire at next, if any. (Stored, kept up to date as
+    /// the waits change: the runner reads it after every event, and reading a stored property
+    /// of the machine never copies the machine.)
+    package private(set) var nextDeadline: NIODeadline?
+
+    mutating func updateNextDeadline() {
         if let streaming, streaming.writesPending > 0 {
-            return min(streaming.stallDeadline, waitDeadline ?? .distantFuture)
+            nextDeadline = min(streaming.stallDeadline, waitDeadline ?? .distantFuture)
+        } else {
+            nextDeadline = waitDeadline
         }
-        return waitDeadline
     }
 
     // MARK: events every state handles
