@@ -76,6 +76,9 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var timerDeadline = NIODeadline.distantFuture
     /// Set while the handler is in the pipeline.
     private var context: ChannelHandlerContext?
+    /// Set when a reply ended a transaction that another one is pipelined behind (see
+    /// `acknowledgeAtOnce`).
+    private var acknowledgeAfterRead = false
 
     init(configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
          tlsUpgrade: TLSUpgrade?, logger: Logger) {
@@ -150,7 +153,6 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             buffer!.writeBuffer(&incoming)
         }
-        var acknowledge = false
         // One instant for every reply of this read (a clock read per reply costs for nothing).
         let now = NIODeadline.now()
         while !machine.hasFailed, var current = buffer {
@@ -165,12 +167,13 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer = current
             guard let reply else { break }
             if debug { logger.info("S: \(reply)") }
-            let action = machine.replyReceived(reply, unprocessedBytes: current.readableBytes, now: now)
-            if case .transactionDone(_, _, true) = action { acknowledge = true }
-            run(action)
+            run(machine.replyReceived(reply, unprocessedBytes: current.readableBytes, now: now))
         }
         if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
-        if acknowledge { acknowledgeAtOnce(context: context) }
+        if acknowledgeAfterRead {
+            acknowledgeAfterRead = false
+            acknowledgeAtOnce(context: context)
+        }
         while !machine.deferred.isEmpty && machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
     }
 
@@ -234,7 +237,8 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             writeBody(body, id: id, handBack: handBack)
         case .writeBodyChunk(let bytes):
             context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
-        case .transactionDone(let waiter, let replies, _):
+        case .transactionDone(let waiter, let replies, let acknowledge):
+            if acknowledge { acknowledgeAfterRead = true }
             if case .transaction(let w) = waiter { w.resume(.success(.done(replies))) }
         case .sendBody(let waiter, let replies):
             if case .transaction(let w) = waiter { w.resume(.success(.sendBody(replies))) }
