@@ -6,11 +6,12 @@ import NIOCore
 extension SMTPClientStateMachine {
     /// A reply for the first operation (the session is ready).
     mutating func operationAnswered(_ reply: SMTPReply, now: NIODeadline) -> Action {
-        guard var operation = operations.popFirst() else { return closeUnexpected(reply) }
+        guard !operations.isEmpty else { return closeUnexpected(reply) }
+        var operation = operations.removeFirst()
         switch operation.kind {
         case .command(let stage, _):
             if reply.code == 421 {
-                operations.prepend(operation)
+                operations.insert(operation, at: 0)
                 return closeWithFailure(SMTPError.reply(reply, stage: stage, message: "the server is closing the connection: \(reply)"))
             }
             advance(now: now)
@@ -29,8 +30,8 @@ extension SMTPClientStateMachine {
             waitDeadline = nil
             return false
         }
-        let deadline = now + timeout(of: operations[operations.startIndex])
-        operations[operations.startIndex].deadline = deadline
+        let deadline = now + timeout(of: operations[0])
+        operations[0].deadline = deadline
         waitDeadline = deadline
         return true
     }
@@ -43,7 +44,7 @@ extension SMTPClientStateMachine {
             operation.deadline = deadline
             waitDeadline = deadline
         }
-        operations.prepend(operation)
+        operations.insert(operation, at: 0)
     }
 
     mutating func transactionAnswered(_ reply: SMTPReply, _ t: inout Transaction, _ operation: inout Operation,
@@ -166,7 +167,7 @@ extension SMTPClientStateMachine {
     /// The body (or its end) was written: a failure after it means the outcome is unknown.
     package mutating func bodyWritten(transaction id: Int) {
         guard let index = operations.firstIndex(where: { $0.transactionID == id }) else { return }
-        operations.modify(index) { $0.bodyWritten = true }
+        operations[index].bodyWritten = true
     }
 
     /// The sender of a streamed body has a chunk (dot-stuffed) ready.
@@ -189,10 +190,11 @@ extension SMTPClientStateMachine {
     /// The sender wrote the last bytes of a streamed body (the final dot included): the reply
     /// to the dot goes to `completion`.
     package mutating func bodyEnd(_ last: ByteBuffer, completion: Completion, now: NIODeadline) -> Action {
-        guard case .ready = state, streaming != nil, var operation = operations.popFirst(),
-              case .transaction(var t) = operation.kind, case .streaming = t.phase else {
+        guard case .ready = state, streaming != nil, !operations.isEmpty,
+              case .transaction(var t) = operations[0].kind, case .streaming = t.phase else {
             return .fail(completion, SMTPClientStateMachine.afterDotError(written: false, failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed")))
         }
+        var operation = operations.removeFirst()
         streaming = nil
         operation.completion = completion
         t.phase = .dot

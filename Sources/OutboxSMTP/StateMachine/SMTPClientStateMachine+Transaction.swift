@@ -220,7 +220,7 @@ extension SMTPClientStateMachine {
         let operation = Operation(completion: completion, kind: .transaction(transaction), initialWrite: first,
                                   transactionID: transaction.id)
         let behindDot = request.body != nil && dataIncluded && streaming == nil && deferred.isEmpty
-            && !operations.isEmpty && operations.allSatisfy(\.handedBack)
+            && !operations.isEmpty && operations.allSatisfy { $0.handedBack }
         if behindDot {
             // RFC 2920 §3.1: commands may follow the message content in a group. Its wait
             // starts when the server answers it, after the reply to the dot.
@@ -267,7 +267,8 @@ extension SMTPClientStateMachine {
 
     /// Starts the operation that waited for every reply to come in (call when `hasDeferredWork`).
     package mutating func startDeferred(now: NIODeadline) -> Action {
-        guard case .ready = state, operations.isEmpty, streaming == nil, var operation = deferred.popFirst() else { return .none }
+        guard case .ready = state, operations.isEmpty, streaming == nil, !deferred.isEmpty else { return .none }
+        var operation = deferred.removeFirst()
         operation.deadline = now + timeout(of: operation)
         waitDeadline = operation.deadline
         operations.append(operation)

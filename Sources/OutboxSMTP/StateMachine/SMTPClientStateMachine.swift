@@ -80,9 +80,11 @@ package struct SMTPClientStateMachine<Completion> {
     var authentication: Authentication?
     var stepStarted = NIODeadline.uptimeNanoseconds(0)
     /// Transactions and simple commands written or about to be (the first one is answered next).
-    var operations = CircularBuffer<Operation>(initialCapacity: 4)
+    /// Rarely more than two (a message awaiting the reply to its dot and the next one behind it):
+    /// an array, whose elements the standard library moves without generic witnesses.
+    var operations: [Operation] = []
     /// Operations waiting until nothing is awaited any more (see `enqueue`).
-    var deferred = CircularBuffer<Operation>()
+    var deferred: [Operation] = []
     /// The transaction whose body is being streamed, when one is.
     var streaming: Streaming? {
         didSet { updateNextDeadline() }
@@ -100,6 +102,7 @@ package struct SMTPClientStateMachine<Completion> {
     /// completed when the session is set up (`sessionReady`) or failed (`close`).
     package init(configuration: SMTPClientConfiguration, helloName: String, session: Completion) {
         self.configuration = configuration
+        self.operations.reserveCapacity(4)
         self.helloName = helloName
         self.session = session
     }
@@ -232,15 +235,17 @@ package struct SMTPClientStateMachine<Completion> {
             failures.append((session, Self.sessionError(error)))
         }
         var isHead = true
-        while let operation = operations.popFirst() {
+        for operation in operations {
             if let completion = operation.completion {
                 failures.append((completion, operation.error(for: error, isHead: isHead)))
             }
             isHead = false
         }
-        while let operation = deferred.popFirst() {
+        operations = []
+        for operation in deferred {
             if let completion = operation.completion { failures.append((completion, Self.notSent(error))) }
         }
+        deferred = []
         streaming = nil
         return .close(error, failures)
     }
