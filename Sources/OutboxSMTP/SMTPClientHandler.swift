@@ -6,10 +6,12 @@ import NIOTLS
 
 /// Who waits for what the state machine decides: the connect (the session set-up), a simple
 /// command's reply, or a transaction.
-enum SMTPWaiter {
+package enum SMTPWaiter {
     case session(EventLoopPromise<SMTPSessionFacts>)
     case reply(EventLoopPromise<SMTPReply>)
     case transaction(SMTPTransactionWaiter)
+    /// A waiter that is only a name: what the state machine's tests pass (nothing to resume).
+    case named(String)
 }
 
 /// Where a transaction stands when its waiter is resumed.
@@ -23,7 +25,7 @@ package enum SMTPTransactionStep: Sendable {
 /// A transaction's waiter: a task's continuation, or the completion of a transaction started on
 /// the event loop at a hand-back (`SMTPConnection.start`). Resumed exactly once, on the event
 /// loop; created by the sending task and from then on touched only by the event loop.
-final class SMTPTransactionWaiter: @unchecked Sendable {
+package final class SMTPTransactionWaiter: @unchecked Sendable {
     enum Resume {
         case task(UnsafeContinuation<SMTPTransactionStep, any Error>)
         case callback(@Sendable (Result<SMTPTransactionStep, any Error>) -> Void)
@@ -61,7 +63,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         var serverHostname: String?
     }
 
-    private var machine: SMTPClientStateMachine<SMTPWaiter>
+    private var machine: SMTPClientStateMachine
     private var parser = SMTPReplyParser()
     private var buffer: ByteBuffer?
     private let tlsUpgrade: TLSUpgrade?
@@ -219,7 +221,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: running actions
 
-    private func run(_ action: SMTPClientStateMachine<SMTPWaiter>.Action) {
+    private func run(_ action: SMTPClientStateMachine.Action) {
         if debug { for line in machine.takeTranscript() { logger.info("\(line)") } }
         switch action {
         case .none:
@@ -262,6 +264,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .session(let promise): promise.fail(error)
         case .reply(let promise): promise.fail(error)
         case .transaction(let w): w.resume(.failure(error))
+        case .named: break
         }
     }
 

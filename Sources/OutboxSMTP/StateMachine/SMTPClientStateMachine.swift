@@ -10,9 +10,13 @@ import NIOCore
 /// `SMTPClientStateMachine+Session.swift`, AUTH in `+Authentication.swift`, transactions
 /// (pipelined MAIL/RCPT/DATA, the body, the hand-back at the final dot) in `+Transaction.swift`.
 ///
-/// `Completion` is whatever the runner uses to resume a waiter (a promise, a continuation); the
-/// machine only keeps it and hands it back in an action.
-package struct SMTPClientStateMachine<Completion> {
+/// A waiter (`Completion`, the runner's promise or continuation) is only kept and handed back in
+/// an action. (Not a generic parameter: the machine's values then move on every reply through
+/// generic value witnesses, which cost the single-connection path about a tenth of its speed.)
+package struct SMTPClientStateMachine {
+    /// Who waits for an outcome: opaque to the machine.
+    package typealias Completion = SMTPWaiter
+
     /// Where the session stands.
     package enum State {
         /// The channel is not active yet.

@@ -4,7 +4,16 @@ import Testing
 @testable import OutboxSMTPGrammar
 
 /// The machine under test: its waiters are names, its clock is whatever instant a test passes.
-typealias TestMachine = SMTPClientStateMachine<String>
+typealias TestMachine = SMTPClientStateMachine
+
+/// Waiters named by string literals (`completion: "t1"`), compared by name.
+extension SMTPWaiter: ExpressibleByStringLiteral, Equatable {
+    public init(stringLiteral value: String) { self = .named(value) }
+    public static func == (a: SMTPWaiter, b: SMTPWaiter) -> Bool {
+        if case .named(let x) = a, case .named(let y) = b { return x == y }
+        return false
+    }
+}
 typealias TestAction = TestMachine.Action
 
 /// Instants for tests: `at(5)` is five seconds after an arbitrary origin.
@@ -40,8 +49,8 @@ extension TestAction {
     /// The error a `.close` or `.fail` gives the waiter `name`.
     func error(for name: String) -> SMTPError? {
         switch self {
-        case .close(_, let failures): return failures.first { $0.0 == name }?.1
-        case .fail(let waiter, let error) where waiter == name: return error
+        case .close(_, let failures): return failures.first { $0.0 == .named(name) }?.1
+        case .fail(let waiter, let error) where waiter == .named(name): return error
         default: return nil
         }
     }
