@@ -9,6 +9,7 @@ let package = Package(
     name: "Outbox",
     platforms: [.macOS(.v14)],
     products: [
+        .library(name: "OutboxSMTPGrammar", targets: ["OutboxSMTPGrammar"]),
         .library(name: "OutboxSMTP", targets: ["OutboxSMTP"]),
         .library(name: "OutboxMIME", targets: ["OutboxMIME"]),
         .library(name: "OutboxConfig", targets: ["OutboxConfig"]),
@@ -40,13 +41,21 @@ let package = Package(
         // Messages, addresses, header and body encoders, the streaming writer.
         .target(
             name: "OutboxMIME",
+            dependencies: ["OutboxSMTPGrammar", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        // The channel-free SMTP grammar both sides share: replies (parse, encode), commands
+        // (encode for the client, parse for the listener), ESMTP parameters, xtext, DSN, errors.
+        .target(
+            name: "OutboxSMTPGrammar",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
         ),
-        // Reply parser, command encoder, client state machine, SASL, SMTPConnection.
+        // The client state machine, its channel handler, SASL, SMTPConnection (the async front).
         .target(
             name: "OutboxSMTP",
             dependencies: [
+                "OutboxSMTPGrammar",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +112,7 @@ let package = Package(
         .target(
             name: "OutboxRelay",
             dependencies: [
-                "Outbox", "OutboxConfig", "OutboxMIME",
+                "Outbox", "OutboxConfig", "OutboxMIME", "OutboxSMTPGrammar",
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -237,7 +246,7 @@ let package = Package(
         .testTarget(
             name: "OutboxRelayTests",
             dependencies: [
-                "OutboxRelay", "OutboxConfig",
+                "OutboxRelay", "OutboxConfig", "OutboxSMTPGrammar",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict
@@ -245,7 +254,7 @@ let package = Package(
         .testTarget(
             name: "OutboxSMTPTests",
             dependencies: [
-                "OutboxSMTP",
+                "OutboxSMTP", "OutboxSMTPGrammar", "OutboxTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

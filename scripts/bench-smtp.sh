@@ -25,6 +25,9 @@
 #   BENCH_PORT       first port to try for smtp-sink (default 2525; the first free one is used)
 #   BENCH_TIMEOUT    seconds allowed for each single run (default 300)
 #   OUTBOX_BENCH_BIN a prebuilt outbox-bench binary (default: build it here in release mode)
+#   OUTBOX_BENCH_BASELINE another outbox-bench binary (e.g. built from the commit before a
+#                    change): run right after OUTBOX_BENCH_BIN in every round, in the same
+#                    invocation, and shown beside it ("base" columns) with the ratio new/base
 #
 # Installs Postfix (for smtp-sink and smtp-source) when missing. Only 127.0.0.1 is used.
 set -euo pipefail
@@ -57,6 +60,8 @@ else
   BENCH="$(swift build -c release --show-bin-path)/outbox-bench"
 fi
 [ -x "$BENCH" ] || { log "no outbox-bench binary at $BENCH"; exit 1; }
+BASE=${OUTBOX_BENCH_BASELINE:-}
+[ -z "$BASE" ] || [ -x "$BASE" ] || { log "no baseline outbox-bench binary at $BASE"; exit 1; }
 
 # --- smtp-sink -----------------------------------------------------------------------------
 port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
@@ -98,9 +103,9 @@ run_source() { # C SIZE
   awk -v n="$MESSAGES" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", n / (e - s) }'
 }
 
-run_outbox() { # C SIZE EXECUTOR
+run_outbox() { # C SIZE EXECUTOR [BINARY]
   local out last
-  if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" smtp --host "$HOST" --port "$PORT" \
+  if ! out=$(timeout "$RUN_TIMEOUT" "${4:-$BENCH}" smtp --host "$HOST" --port "$PORT" \
       --messages "$MESSAGES" --connections "$1" --size "$2" --executor "$3" 2>&1); then
     log "outbox-bench smtp -c $1 --size $2 failed: $(echo "$out" | tail -3)"; echo fail; return
   fi
@@ -117,29 +122,46 @@ CASES=("1 1024" "10 1024" "1 102400" "10 102400")
 RESULTS=()
 for case in "${CASES[@]}"; do
   read -r C SIZE <<<"$case"
-  src=(); obx_swift=(); obx_nio=()
+  src=(); obx_swift=(); obx_nio=(); base_swift=(); base_nio=()
   for r in $(seq "$REPEATS"); do
     s=$(run_source "$C" "$SIZE"); o=$(run_outbox "$C" "$SIZE" swift); n=$(run_outbox "$C" "$SIZE" nio)
     log "C=$C size=$SIZE run $r: smtp-source $s/s, outbox $o/s, outbox --executor nio $n/s"
     src+=("$s"); obx_swift+=("$o"); obx_nio+=("$n")
+    if [ -n "$BASE" ]; then
+      bo=$(run_outbox "$C" "$SIZE" swift "$BASE"); bn=$(run_outbox "$C" "$SIZE" nio "$BASE")
+      log "C=$C size=$SIZE run $r: baseline $bo/s, baseline --executor nio $bn/s"
+      base_swift+=("$bo"); base_nio+=("$bn")
+    else
+      base_swift+=(fail); base_nio+=(fail)
+    fi
   done
-  RESULTS+=("$C $SIZE $(median "${src[@]}") $(median "${obx_swift[@]}") $(median "${obx_nio[@]}")")
+  RESULTS+=("$C $SIZE $(median "${src[@]}") $(median "${obx_swift[@]}") $(median "${obx_nio[@]}") $(median "${base_swift[@]}") $(median "${base_nio[@]}")")
 done
 
 echo
 echo "SMTP to smtp-sink on $HOST:$PORT, $MESSAGES messages per run, median of $REPEATS (messages/second)"
 echo "outbox: Swift's default executor; outbox-nio: --executor nio (NIO's event loops as the global executor)"
-printf '%-22s %14s %12s %8s %12s %8s\n' "case" "smtp-source" "outbox" "ratio" "outbox-nio" "ratio"
+if [ -n "$BASE" ]; then
+  echo "base: the baseline binary ($BASE), run alternately with the new one; new/base: outbox / base"
+  printf '%-22s %12s %9s %7s %9s %7s %8s %10s %7s %10s %8s\n' "case" "smtp-source" "outbox" "ratio" "base" "ratio" "new/base" "outbox-nio" "ratio" "base-nio" "new/base"
+else
+  printf '%-22s %14s %12s %8s %12s %8s\n' "case" "smtp-source" "outbox" "ratio" "outbox-nio" "ratio"
+fi
 for row in "${RESULTS[@]}"; do
-  read -r C SIZE S O N <<<"$row"
+  read -r C SIZE S O N BO BN <<<"$row"
   label="C=$C size=$((SIZE / 1024))KiB"
-  printf '%-22s %14s %12s %8s %12s %8s\n' "$label" "$S" "$O" "$(ratio "$S" "$O")" "$N" "$(ratio "$S" "$N")"
+  if [ -n "$BASE" ]; then
+    printf '%-22s %12s %9s %7s %9s %7s %8s %10s %7s %10s %8s\n' "$label" "$S" "$O" "$(ratio "$S" "$O")" "$BO" "$(ratio "$S" "$BO")" "$(ratio "$BO" "$O")" \
+      "$N" "$(ratio "$S" "$N")" "$BN" "$(ratio "$BN" "$N")"
+  else
+    printf '%-22s %14s %12s %8s %12s %8s\n' "$label" "$S" "$O" "$(ratio "$S" "$O")" "$N" "$(ratio "$S" "$N")"
+  fi
 done
 
 # Mailer.send through the connection pool, beside smtp-source with as many sessions.
-run_mailer() { # S SIZE EXECUTOR
+run_mailer() { # S SIZE EXECUTOR [BINARY]
   local out last
-  if ! out=$(timeout "$RUN_TIMEOUT" "$BENCH" mailer --host "$HOST" --port "$PORT" \
+  if ! out=$(timeout "$RUN_TIMEOUT" "${4:-$BENCH}" mailer --host "$HOST" --port "$PORT" \
       --messages "$MESSAGES" --pool-size "$1" --size "$2" --executor "$3" 2>&1); then
     log "outbox-bench mailer --pool-size $1 failed: $(echo "$out" | tail -3)"; echo "fail fail fail"; return
   fi
@@ -150,15 +172,23 @@ run_mailer() { # S SIZE EXECUTOR
 
 MAILER_RESULTS=()
 for S in ${BENCH_POOL_SIZES:-1 4 10}; do
-  src=(); obx=(); p50=(); p99=(); nio=(); nio50=(); nio99=()
+  src=(); obx=(); p50=(); p99=(); nio=(); nio50=(); nio99=(); bobx=(); bnio=()
   for r in $(seq "$REPEATS"); do
     s=$(run_source "$S" 1024)
     read -r o a b <<<"$(run_mailer "$S" 1024 swift)"
     read -r n c d <<<"$(run_mailer "$S" 1024 nio)"
     log "mailer pool-size=$S run $r: smtp-source $s/s, outbox mailer $o/s (p50 $a ms, p99 $b ms), --executor nio $n/s (p50 $c ms, p99 $d ms)"
     src+=("$s"); obx+=("$o"); p50+=("$a"); p99+=("$b"); nio+=("$n"); nio50+=("$c"); nio99+=("$d")
+    if [ -n "$BASE" ]; then
+      read -r bo _ _ <<<"$(run_mailer "$S" 1024 swift "$BASE")"
+      read -r bn _ _ <<<"$(run_mailer "$S" 1024 nio "$BASE")"
+      log "mailer pool-size=$S run $r: baseline $bo/s, baseline --executor nio $bn/s"
+      bobx+=("$bo"); bnio+=("$bn")
+    else
+      bobx+=(fail); bnio+=(fail)
+    fi
   done
-  MAILER_RESULTS+=("$S $(median "${src[@]}") $(median "${obx[@]}") $(median "${p50[@]}") $(median "${p99[@]}") $(median "${nio[@]}") $(median "${nio50[@]}") $(median "${nio99[@]}")")
+  MAILER_RESULTS+=("$S $(median "${src[@]}") $(median "${obx[@]}") $(median "${p50[@]}") $(median "${p99[@]}") $(median "${nio[@]}") $(median "${nio50[@]}") $(median "${nio99[@]}") $(median "${bobx[@]}") $(median "${bnio[@]}")")
 done
 
 echo
@@ -166,15 +196,25 @@ echo "Mailer.send through a pool of S connections vs smtp-source -s S -d, 1 KiB,
 echo "outbox: Swift's default executor; outbox-nio: --executor nio (NIO's event loops as the global executor)"
 printf '%-10s %12s %10s %7s %8s %8s %11s %7s %8s %8s\n' "pool-size" "smtp-source" "outbox" "ratio" "p50_ms" "p99_ms" "outbox-nio" "ratio" "p50_ms" "p99_ms"
 for row in "${MAILER_RESULTS[@]}"; do
-  read -r S SRC O A B N C D <<<"$row"
+  read -r S SRC O A B N C D BO BN <<<"$row"
   printf '%-10s %12s %10s %7s %8s %8s %11s %7s %8s %8s\n' "$S" "$SRC" "$O" "$(ratio "$SRC" "$O")" "$A" "$B" "$N" "$(ratio "$SRC" "$N")" "$C" "$D"
 done
+if [ -n "$BASE" ]; then
+  echo "baseline ($BASE), run alternately:"
+  printf '%-10s %12s %10s %7s %9s %11s %7s %9s\n' "pool-size" "smtp-source" "base" "ratio" "new/base" "base-nio" "ratio" "new/base"
+  for row in "${MAILER_RESULTS[@]}"; do
+    read -r S SRC O A B N C D BO BN <<<"$row"
+    printf '%-10s %12s %10s %7s %9s %11s %7s %9s\n' "$S" "$SRC" "$BO" "$(ratio "$SRC" "$BO")" "$(ratio "$BO" "$O")" "$BN" "$(ratio "$SRC" "$BN")" "$(ratio "$BN" "$N")"
+  done
+fi
 
 if [ "$BIG_MIB" -gt 0 ]; then
   echo
-  if out=$(timeout "$RUN_TIMEOUT" "$BENCH" smtp --host "$HOST" --port "$PORT" --big-mib "$BIG_MIB" 2>&1); then
-    echo "$out" | tail -1
-  else
-    log "the $BIG_MIB MiB run failed: $(echo "$out" | tail -3)"
-  fi
+  for bin in "$BENCH" $BASE; do
+    if out=$(timeout "$RUN_TIMEOUT" "$bin" smtp --host "$HOST" --port "$PORT" --big-mib "$BIG_MIB" 2>&1); then
+      if [ -n "$BASE" ]; then echo "$([ "$bin" = "$BASE" ] && echo base || echo new): $(echo "$out" | tail -1)"; else echo "$out" | tail -1; fi
+    else
+      log "the $BIG_MIB MiB run ($bin) failed: $(echo "$out" | tail -3)"
+    fi
+  done
 fi

@@ -56,8 +56,8 @@ public final class Mailer: Service, Sendable {
 
     /// Messages whose SMTP transaction started where a connection became free (pipelined behind
     /// the previous message's final dot, see `SMTPTransport`), when the transport is SMTP.
-    package var smtpStartedAtHandOff: Int? {
-        (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandOff
+    package var smtpStartedAtHandBack: Int? {
+        (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandBack
     }
 
     /// The largest message the transport's destination takes, as far as it knows now.

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 
 /// The SMTP envelope: the reverse-path and the forward-paths (addr-specs, no display names).
 public struct Envelope: Sendable, Equatable {
@@ -7,32 +8,12 @@ public struct Envelope: Sendable, Equatable {
     /// The forward-paths (`RCPT TO`), in order, without duplicates.
     public var recipients: [String]
     /// The submitter's DSN parameters (RFC 3461), for a message relayed with them.
-    public var dsn: EnvelopeDSN?
+    public var dsn: SMTPDSNParameters?
     /// An envelope from `from` to `recipients`, with the submitter's DSN parameters if any.
-    public init(from: String, recipients: [String], dsn: EnvelopeDSN? = nil) {
+    public init(from: String, recipients: [String], dsn: SMTPDSNParameters? = nil) {
         self.from = from
         self.recipients = recipients
         self.dsn = dsn
-    }
-}
-
-/// RET and ENVID of a message, NOTIFY and ORCPT of its recipients (keyed by address,
-/// lower-cased), as the SMTP client that submitted it gave them.
-public struct EnvelopeDSN: Sendable, Hashable {
-    /// `RET`: `FULL` or `HDRS`, or nil when not given.
-    public var ret: String?
-    /// `ENVID` as given (xtext), or nil.
-    public var envid: String?
-    /// `NOTIFY` per recipient (lower-cased address), e.g. `SUCCESS,FAILURE` or `NEVER`.
-    public var notify: [String: String]
-    /// `ORCPT` per recipient (lower-cased address), e.g. `rfc822;ann@example.com`.
-    public var orcpt: [String: String]
-    /// DSN parameters as the submitting client gave them.
-    public init(ret: String?, envid: String?, notify: [String: String], orcpt: [String: String]) {
-        self.ret = ret
-        self.envid = envid
-        self.notify = notify
-        self.orcpt = orcpt
     }
 }
 

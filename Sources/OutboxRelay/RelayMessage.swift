@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 import NIOCore
 import OutboxConfig
 import OutboxMIME
@@ -80,11 +81,11 @@ package enum RelayMessage {
     }
 
     /// Checks the header From of an authenticated client's message. Nil: allowed.
-    package static func senderProblem(_ facts: HeaderFacts, identity: ClientIdentityRef?) -> RelayReply? {
+    package static func senderProblem(_ facts: HeaderFacts, identity: ClientIdentityRef?) -> SMTPServerReply? {
         guard let identity, let from = facts.fromAddresses else { return nil }
         for address in from where !ClientIdentity.matches(address, patterns: identity.allowedSenders) {
-            let shown = RelayCommand.printable(address)
-            return RelayReply(550, "5.7.1", "Header From <\(shown)> is not allowed for user \(identity.user)")
+            let shown = SMTPServerCommand.printable(address)
+            return SMTPServerReply(550, "5.7.1", "Header From <\(shown)> is not allowed for user \(identity.user)")
         }
         return nil
     }
@@ -101,11 +102,11 @@ package enum RelayMessage {
                 if session.tls { with += "S" }
                 if session.authenticatedUser != nil { with += "A" }
             }
-            let helo = session.heloName.map { RelayCommand.printable($0).replacingOccurrences(of: "(", with: "").replacingOccurrences(of: ")", with: "") } ?? "unknown"
+            let helo = session.heloName.map { SMTPServerCommand.printable($0).replacingOccurrences(of: "(", with: "").replacingOccurrences(of: ")", with: "") } ?? "unknown"
             out += "Received: from \(helo) ([\(client)])\r\n\tby \(hostname) (Outbox) with \(with) id \(id)"
             var comments: [String] = []
             if session.tls { comments.append("using \(session.tlsDescription ?? "TLS")") }
-            if let user = session.authenticatedUser { comments.append("authenticated as \(RelayCommand.printable(user).replacingOccurrences(of: ")", with: ""))") }
+            if let user = session.authenticatedUser { comments.append("authenticated as \(SMTPServerCommand.printable(user).replacingOccurrences(of: ")", with: ""))") }
             if !comments.isEmpty { out += "\r\n\t(\(comments.joined(separator: "; ")))" }
             if envelope.recipients.count == 1, let rcpt = envelope.recipients.first, rcpt.address.utf8.allSatisfy({ $0 < 0x80 }) {
                 out += "\r\n\tfor <\(rcpt.address)>"

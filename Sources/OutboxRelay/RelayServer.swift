@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -285,7 +286,7 @@ package final class RelayServer: Service, Sendable {
     }
 
     func commit(envelope: RelayEnvelope, message received: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?, settings: RelaySettings) async -> Result<String, RelayReplyError> {
+                client: SocketAddress?, settings: RelaySettings) async -> Result<String, SMTPServerReplyError> {
         let content = received.head
         let facts = RelayMessage.headerFacts(content)
         let clientText = client?.ipAddress ?? "unknown"
@@ -294,7 +295,7 @@ package final class RelayServer: Service, Sendable {
             metrics.messages(result: "refused", reason: "sender_not_allowed").increment()
             logger.notice("relay message refused", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
                                                                               result: "refused: \(problem.description)"))
-            return .failure(RelayReplyError(problem))
+            return .failure(SMTPServerReplyError(problem))
         }
         let id = received.id
         let hostname = settings.effectiveHostname
@@ -323,7 +324,7 @@ package final class RelayServer: Service, Sendable {
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()
             logger.error("relay message not queued: the queue store failed: \(error)",
                          metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
-            return .failure(RelayReplyError(RelayReply(451, "4.3.0", "Error: queue file write error, try again later")))
+            return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
         }
     }
 
@@ -372,7 +373,7 @@ struct RelaySession: RelaySessionDelegate {
     }
 
     func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?) async -> Result<String, RelayReplyError> {
+                client: SocketAddress?) async -> Result<String, SMTPServerReplyError> {
         await server.commit(envelope: envelope, message: message, session: session, identity: identity, client: client,
                             settings: configuration.settings)
     }

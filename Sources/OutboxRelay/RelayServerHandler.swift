@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 import Logging
 import NIOCore
 import NIOSSL
@@ -12,7 +13,7 @@ package protocol RelaySessionDelegate: Sendable {
     /// `message.head` is its first bytes; `message.chunkCount` chunks written with
     /// `writeChunk` follow.
     func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?) async -> Result<String, RelayReplyError>
+                client: SocketAddress?) async -> Result<String, SMTPServerReplyError>
     /// Writes one chunk of a large message while it arrives (durable when it returns); false
     /// when the store failed.
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool
@@ -456,12 +457,12 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let remote = self.remote
             let info = machine.info
             let identity = machine.identity.map { ClientIdentityRef(name: $0.name, user: $0.user, allowedSenders: $0.allowedSenders) }
-            let committed = writes.flatMap { ok -> EventLoopFuture<Result<String, RelayReplyError>> in
-                let promise = loop.makePromise(of: Result<String, RelayReplyError>.self)
+            let committed = writes.flatMap { ok -> EventLoopFuture<Result<String, SMTPServerReplyError>> in
+                let promise = loop.makePromise(of: Result<String, SMTPServerReplyError>.self)
                 promise.completeWithTask {
                     guard ok else {
                         await delegate.discardChunks(messageID: message.id)
-                        return .failure(RelayReplyError(RelayReply(451, "4.3.0", "Error: queue file write error, try again later")))
+                        return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
                     }
                     return await delegate.commit(envelope: envelope, message: message, session: info, identity: identity, client: remote)
                 }
@@ -517,7 +518,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         close(context: context)
     }
 
-    private func write(_ reply: RelayReply) {
+    private func write(_ reply: SMTPServerReply) {
         out.writeString(reply.wire)
     }
 

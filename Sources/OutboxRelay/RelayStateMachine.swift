@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 import OutboxConfig
 
 /// What the listener knows of the current connection's policy (from `[relay]` and the client's
@@ -97,15 +98,15 @@ package struct RelayStateMachine: Sendable {
     /// What the handler must do.
     package enum Action: Sendable, Equatable {
         case none
-        case reply(RelayReply)
+        case reply(SMTPServerReply)
         /// Write the reply, then close the connection.
-        case replyAndClose(RelayReply)
+        case replyAndClose(SMTPServerReply)
         /// Write the reply (220), drop whatever the client sent after STARTTLS, start TLS.
-        case startTLS(RelayReply)
+        case startTLS(SMTPServerReply)
         /// Check these credentials, then call `authVerified`.
         case verify(user: String, password: String)
         /// Write the reply (354) and read the message (dot-terminated).
-        case receiveData(RelayReply)
+        case receiveData(SMTPServerReply)
         /// Read `size` bytes of a BDAT chunk (nothing is written yet); `first`: the message's
         /// first chunk, so anything left of an earlier one (ended by RSET) is dropped.
         case receiveChunk(size: Int, first: Bool)
@@ -132,8 +133,8 @@ package struct RelayStateMachine: Sendable {
     }
 
     /// Greeting (RFC 5321 §4.3.1).
-    package func greeting() -> RelayReply {
-        RelayReply(220, nil, "\(policy.hostname) ESMTP Outbox")
+    package func greeting() -> SMTPServerReply {
+        SMTPServerReply(220, nil, "\(policy.hostname) ESMTP Outbox")
     }
 
     /// True while the handler must read message bytes rather than command lines.
@@ -182,7 +183,7 @@ package struct RelayStateMachine: Sendable {
         case .authLOGINPassword(let user):
             return authLOGINPassword(user: user, bytes)
         case .command, .bdatIdle:
-            return command(RelayCommand.parse(bytes))
+            return command(SMTPServerCommand.parse(bytes))
         case .verifying, .startingTLS, .data, .bdat, .committing, .closed:
             // The handler never reads lines here; be safe.
             return .none
@@ -192,7 +193,7 @@ package struct RelayStateMachine: Sendable {
     /// A command line longer than allowed (RFC 5321 §4.5.3.1.4: 512 octets).
     package mutating func lineTooLong() -> Action {
         if expectsSecretLine { state = .command }
-        return error(RelayReply(500, "5.5.2", "Line too long (512 octets at most)"))
+        return error(SMTPServerReply(500, "5.5.2", "Line too long (512 octets at most)"))
     }
 
     /// The TLS handshake after STARTTLS (or on an implicit-TLS port) completed.
@@ -226,13 +227,13 @@ package struct RelayStateMachine: Sendable {
             identity = client
             info.authenticatedUser = client.user
             info.clientName = client.name
-            return .reply(RelayReply(235, "2.7.0", "Authentication successful"))
+            return .reply(SMTPServerReply(235, "2.7.0", "Authentication successful"))
         case .invalid:
-            return error(RelayReply(535, "5.7.8", "Authentication credentials invalid"))
+            return error(SMTPServerReply(535, "5.7.8", "Authentication credentials invalid"))
         case .lockedOut:
-            return error(RelayReply(454, "4.7.0", "Too many failed authentications; try again later"))
+            return error(SMTPServerReply(454, "4.7.0", "Too many failed authentications; try again later"))
         case .temporaryFailure:
-            return .reply(RelayReply(454, "4.7.0", "Temporary authentication failure"))
+            return .reply(SMTPServerReply(454, "4.7.0", "Temporary authentication failure"))
         }
     }
 
@@ -245,7 +246,7 @@ package struct RelayStateMachine: Sendable {
             if !last {
                 state = .bdatIdle
                 messageOversized = messageOversized || oversized
-                return .reply(RelayReply(250, "2.0.0", "Chunk received"))
+                return .reply(SMTPServerReply(250, "2.0.0", "Chunk received"))
             }
         default:
             return .none
@@ -255,7 +256,7 @@ package struct RelayStateMachine: Sendable {
             self.envelope = nil
             messageOversized = false
             state = .command
-            return .reply(RelayReply(552, "5.3.4", "Message too big for system (at most \(policy.maxMessageSize) bytes)"))
+            return .reply(SMTPServerReply(552, "5.3.4", "Message too big for system (at most \(policy.maxMessageSize) bytes)"))
         }
         state = .committing
         return .commit(envelope)
@@ -263,7 +264,7 @@ package struct RelayStateMachine: Sendable {
 
     /// A BDAT chunk's bytes were read (not the last one): the next command follows.
     /// The outcome of `commit`: the queue id, or the reply that refuses it.
-    package mutating func committed(_ result: Result<String, RelayReplyError>) -> Action {
+    package mutating func committed(_ result: Result<String, SMTPServerReplyError>) -> Action {
         guard case .committing = state else { return .none }
         envelope = nil
         messageOversized = false
@@ -271,7 +272,7 @@ package struct RelayStateMachine: Sendable {
         switch result {
         case .success(let id):
             accepted += 1
-            return .reply(RelayReply(250, "2.0.0", "Ok: queued as \(id)"))
+            return .reply(SMTPServerReply(250, "2.0.0", "Ok: queued as \(id)"))
         case .failure(let failure):
             return .reply(failure.reply)
         }
@@ -280,14 +281,14 @@ package struct RelayStateMachine: Sendable {
     /// The command timer fired.
     package mutating func timedOut() -> Action {
         state = .closed
-        return .replyAndClose(RelayReply(421, "4.4.2", "\(policy.hostname) Error: timeout exceeded"))
+        return .replyAndClose(SMTPServerReply(421, "4.4.2", "\(policy.hostname) Error: timeout exceeded"))
     }
 
     /// The whole session lasted too long.
     package mutating func sessionExpired() -> Action {
         if inMessage { return .none }
         state = .closed
-        return .replyAndClose(RelayReply(421, "4.4.2", "\(policy.hostname) Error: session too long"))
+        return .replyAndClose(SMTPServerReply(421, "4.4.2", "\(policy.hostname) Error: session too long"))
     }
 
     /// The daemon is shutting down: a session waiting for a command is told so at once; one in
@@ -303,8 +304,8 @@ package struct RelayStateMachine: Sendable {
         }
     }
 
-    static func shuttingDownReply(_ host: String) -> RelayReply {
-        RelayReply(421, "4.3.2", "\(host) Service shutting down, closing transmission channel")
+    static func shuttingDownReply(_ host: String) -> SMTPServerReply {
+        SMTPServerReply(421, "4.3.2", "\(host) Service shutting down, closing transmission channel")
     }
 
     /// The connection closed.
@@ -314,18 +315,18 @@ package struct RelayStateMachine: Sendable {
 
     // MARK: - Commands
 
-    private mutating func error(_ reply: RelayReply) -> Action {
+    private mutating func error(_ reply: SMTPServerReply) -> Action {
         errors += 1
         if errors >= policy.maxErrors {
             state = .closed
-            return .replyAndClose(RelayReply(421, "4.7.0", "\(policy.hostname) Error: too many errors"))
+            return .replyAndClose(SMTPServerReply(421, "4.7.0", "\(policy.hostname) Error: too many errors"))
         }
         return .reply(reply)
     }
 
     private var inTransaction: Bool { envelope != nil }
 
-    private mutating func command(_ command: RelayCommand) -> Action {
+    private mutating func command(_ command: SMTPServerCommand) -> Action {
         if shuttingDown {
             state = .closed
             return .replyAndClose(Self.shuttingDownReply(policy.hostname))
@@ -334,7 +335,7 @@ package struct RelayStateMachine: Sendable {
             switch command {
             case .bdat, .rset, .quit, .noop: break
             default:
-                return error(RelayReply(503, "5.5.1", "Error: only BDAT, RSET, NOOP or QUIT may follow a BDAT chunk"))
+                return error(SMTPServerReply(503, "5.5.1", "Error: only BDAT, RSET, NOOP or QUIT may follow a BDAT chunk"))
             }
         }
         switch command {
@@ -342,18 +343,18 @@ package struct RelayStateMachine: Sendable {
             info.heloName = name
             info.extended = true
             resetTransaction()
-            return .reply(RelayReply(250, nil, ehloLines()))
+            return .reply(SMTPServerReply(250, nil, ehloLines()))
         case .helo(let name):
             info.heloName = name
             info.extended = false
             resetTransaction()
-            return .reply(RelayReply(250, nil, policy.hostname))
+            return .reply(SMTPServerReply(250, nil, policy.hostname))
         case .startTLS:
-            if info.tls { return error(RelayReply(503, "5.5.1", "Error: TLS already active")) }
-            if !policy.canStartTLS { return error(RelayReply(502, "5.5.1", "Error: command not implemented (no certificate is configured)")) }
-            if inTransaction { return error(RelayReply(503, "5.5.1", "Error: STARTTLS in the middle of a mail transaction")) }
+            if info.tls { return error(SMTPServerReply(503, "5.5.1", "Error: TLS already active")) }
+            if !policy.canStartTLS { return error(SMTPServerReply(502, "5.5.1", "Error: command not implemented (no certificate is configured)")) }
+            if inTransaction { return error(SMTPServerReply(503, "5.5.1", "Error: STARTTLS in the middle of a mail transaction")) }
             state = .startingTLS
-            return .startTLS(RelayReply(220, "2.0.0", "Ready to start TLS"))
+            return .startTLS(SMTPServerReply(220, "2.0.0", "Ready to start TLS"))
         case .auth(let mechanism, let initial):
             return auth(mechanism: mechanism, initial: initial)
         case .mail(let path, let parameters):
@@ -361,36 +362,36 @@ package struct RelayStateMachine: Sendable {
         case .rcpt(let path, let parameters):
             return rcpt(path: path, parameters: parameters)
         case .data:
-            guard let envelope else { return error(RelayReply(503, "5.5.1", "Error: need MAIL command")) }
-            if envelope.recipients.isEmpty { return error(RelayReply(554, "5.5.1", "Error: no valid recipients")) }
-            if envelope.body == "BINARYMIME" { return error(RelayReply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA")) }
+            guard let envelope else { return error(SMTPServerReply(503, "5.5.1", "Error: need MAIL command")) }
+            if envelope.recipients.isEmpty { return error(SMTPServerReply(554, "5.5.1", "Error: no valid recipients")) }
+            if envelope.body == "BINARYMIME" { return error(SMTPServerReply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA")) }
             state = .data
-            return .receiveData(RelayReply(354, nil, "End data with <CR><LF>.<CR><LF>"))
+            return .receiveData(SMTPServerReply(354, nil, "End data with <CR><LF>.<CR><LF>"))
         case .bdat(let size, let last):
-            guard let envelope else { return error(RelayReply(503, "5.5.1", "Error: need MAIL command")) }
-            if envelope.recipients.isEmpty { return error(RelayReply(554, "5.5.1", "Error: no valid recipients")) }
+            guard let envelope else { return error(SMTPServerReply(503, "5.5.1", "Error: need MAIL command")) }
+            if envelope.recipients.isEmpty { return error(SMTPServerReply(554, "5.5.1", "Error: no valid recipients")) }
             let first: Bool
             if case .bdatIdle = state { first = false } else { first = true }
             state = .bdat(remaining: size, last: last)
             return .receiveChunk(size: size, first: first)
         case .rset:
             resetTransaction()
-            return .reply(RelayReply(250, "2.0.0", "Ok"))
+            return .reply(SMTPServerReply(250, "2.0.0", "Ok"))
         case .noop:
-            return .reply(RelayReply(250, "2.0.0", "Ok"))
+            return .reply(SMTPServerReply(250, "2.0.0", "Ok"))
         case .quit:
             state = .closed
-            return .replyAndClose(RelayReply(221, "2.0.0", "Bye"))
+            return .replyAndClose(SMTPServerReply(221, "2.0.0", "Bye"))
         case .vrfy:
-            return .reply(RelayReply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"))
+            return .reply(SMTPServerReply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"))
         case .expn:
-            return error(RelayReply(502, "5.5.1", "Error: EXPN is not supported"))
+            return error(SMTPServerReply(502, "5.5.1", "Error: EXPN is not supported"))
         case .help:
-            return .reply(RelayReply(214, "2.0.0", "Outbox: see RFC 5321 and RFC 6409"))
+            return .reply(SMTPServerReply(214, "2.0.0", "Outbox: see RFC 5321 and RFC 6409"))
         case .invalid(let reply):
             return error(reply)
         case .unknown:
-            return error(RelayReply(500, "5.5.2", "Error: command not recognized"))
+            return error(SMTPServerReply(500, "5.5.2", "Error: command not recognized"))
         }
     }
 
@@ -412,32 +413,32 @@ package struct RelayStateMachine: Sendable {
     }
 
     private mutating func auth(mechanism: String, initial: String?) -> Action {
-        if info.heloName == nil { return error(RelayReply(503, "5.5.1", "Error: send EHLO first")) }
-        if identity != nil { return error(RelayReply(503, "5.5.1", "Error: already authenticated")) }
-        if inTransaction { return error(RelayReply(503, "5.5.1", "Error: AUTH is not allowed during a mail transaction")) }
-        if !authAvailable { return error(RelayReply(538, "5.7.11", "Encryption required for requested authentication mechanism")) }
+        if info.heloName == nil { return error(SMTPServerReply(503, "5.5.1", "Error: send EHLO first")) }
+        if identity != nil { return error(SMTPServerReply(503, "5.5.1", "Error: already authenticated")) }
+        if inTransaction { return error(SMTPServerReply(503, "5.5.1", "Error: AUTH is not allowed during a mail transaction")) }
+        if !authAvailable { return error(SMTPServerReply(538, "5.7.11", "Encryption required for requested authentication mechanism")) }
         switch AuthMechanism(rawValue: mechanism) {
         case .plain:
             guard let initial else {
                 state = .authPLAIN
-                return .reply(RelayReply(334, nil, ""))
+                return .reply(SMTPServerReply(334, nil, ""))
             }
             return authPLAINResponse(Array(initial.utf8))
         case .login:
             guard let initial else {
                 state = .authLOGINUser
-                return .reply(RelayReply(334, nil, "VXNlcm5hbWU6"))
+                return .reply(SMTPServerReply(334, nil, "VXNlcm5hbWU6"))
             }
             return authLOGINUser(Array(initial.utf8))
         case nil:
-            return error(RelayReply(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)"))
+            return error(SMTPServerReply(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)"))
         }
     }
 
     private mutating func cancelled(_ bytes: [UInt8]) -> Action? {
         if bytes == [UInt8(ascii: "*")] {
             state = .command
-            return error(RelayReply(501, "5.0.0", "Authentication cancelled"))
+            return error(SMTPServerReply(501, "5.0.0", "Authentication cancelled"))
         }
         return nil
     }
@@ -447,15 +448,15 @@ package struct RelayStateMachine: Sendable {
         state = .command
         // An empty initial response ("=") is an empty message: no credentials.
         guard let decoded = Base64Decoder.decode(bytes == [UInt8(ascii: "=")] ? [] : bytes) else {
-            return error(RelayReply(501, "5.5.2", "Cannot decode the AUTH response (not base64)"))
+            return error(SMTPServerReply(501, "5.5.2", "Cannot decode the AUTH response (not base64)"))
         }
         let parts = decoded.split(separator: 0, maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, let authcid = String(validating: parts[1], as: UTF8.self),
               let password = String(validating: parts[2], as: UTF8.self), !authcid.isEmpty else {
-            return error(RelayReply(501, "5.5.2", "Malformed AUTH PLAIN response (authzid NUL authcid NUL password)"))
+            return error(SMTPServerReply(501, "5.5.2", "Malformed AUTH PLAIN response (authzid NUL authcid NUL password)"))
         }
         if let authzid = String(validating: parts[0], as: UTF8.self), !authzid.isEmpty, authzid != authcid {
-            return error(RelayReply(535, "5.7.8", "Authentication credentials invalid (no authorization identity other than the user)"))
+            return error(SMTPServerReply(535, "5.7.8", "Authentication credentials invalid (no authorization identity other than the user)"))
         }
         state = .verifying
         return .verify(user: authcid, password: password)
@@ -465,82 +466,82 @@ package struct RelayStateMachine: Sendable {
         if let cancelled = cancelled(bytes) { return cancelled }
         guard let decoded = Base64Decoder.decode(bytes), let user = String(validating: decoded, as: UTF8.self), !user.isEmpty else {
             state = .command
-            return error(RelayReply(501, "5.5.2", "Cannot decode the user name (not base64)"))
+            return error(SMTPServerReply(501, "5.5.2", "Cannot decode the user name (not base64)"))
         }
         state = .authLOGINPassword(user: user)
-        return .reply(RelayReply(334, nil, "UGFzc3dvcmQ6"))
+        return .reply(SMTPServerReply(334, nil, "UGFzc3dvcmQ6"))
     }
 
     private mutating func authLOGINPassword(user: String, _ bytes: [UInt8]) -> Action {
         if let cancelled = cancelled(bytes) { return cancelled }
         guard let decoded = Base64Decoder.decode(bytes), let password = String(validating: decoded, as: UTF8.self) else {
             state = .command
-            return error(RelayReply(501, "5.5.2", "Cannot decode the password (not base64)"))
+            return error(SMTPServerReply(501, "5.5.2", "Cannot decode the password (not base64)"))
         }
         state = .verifying
         return .verify(user: user, password: password)
     }
 
     private mutating func mail(path: String, parameters: SMTPParameters) -> Action {
-        if info.heloName == nil { return error(RelayReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
-        if inTransaction { return error(RelayReply(503, "5.5.1", "Error: nested MAIL command")) }
+        if info.heloName == nil { return error(SMTPServerReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        if inTransaction { return error(SMTPServerReply(503, "5.5.1", "Error: nested MAIL command")) }
         // Never an open relay: a client must be in allowed-networks or authenticated.
         if identity == nil && !policy.trustedNetwork {
-            return error(RelayReply(530, "5.7.0", "Authentication required"))
+            return error(SMTPServerReply(530, "5.7.0", "Authentication required"))
         }
         if let identity, !path.isEmpty, !identity.allows(sender: path) {
-            return error(RelayReply(553, "5.7.1", "Sender address rejected: not owned by user \(identity.user)"))
+            return error(SMTPServerReply(553, "5.7.1", "Sender address rejected: not owned by user \(identity.user)"))
         }
         var envelope = RelayEnvelope(sender: path)
         for (key, value) in parameters.items {
             switch key {
             case "SIZE":
                 guard let value, value.count <= 12, let size = Int(value), size >= 0 else {
-                    return error(RelayReply(501, "5.5.4", "Bad SIZE parameter"))
+                    return error(SMTPServerReply(501, "5.5.4", "Bad SIZE parameter"))
                 }
                 if size > policy.maxMessageSize {
-                    return error(RelayReply(552, "5.3.4", "Message size exceeds fixed limit (at most \(policy.maxMessageSize) bytes)"))
+                    return error(SMTPServerReply(552, "5.3.4", "Message size exceeds fixed limit (at most \(policy.maxMessageSize) bytes)"))
                 }
                 envelope.declaredSize = size
             case "BODY":
                 guard let v = value?.uppercased(), ["7BIT", "8BITMIME", "BINARYMIME"].contains(v) else {
-                    return error(RelayReply(501, "5.5.4", "Bad BODY parameter (7BIT, 8BITMIME or BINARYMIME)"))
+                    return error(SMTPServerReply(501, "5.5.4", "Bad BODY parameter (7BIT, 8BITMIME or BINARYMIME)"))
                 }
                 envelope.body = v
             case "SMTPUTF8":
-                guard value == nil else { return error(RelayReply(501, "5.5.4", "SMTPUTF8 takes no value")) }
+                guard value == nil else { return error(SMTPServerReply(501, "5.5.4", "SMTPUTF8 takes no value")) }
                 envelope.smtpUTF8 = true
             case "RET":
                 guard let v = value?.uppercased(), v == "FULL" || v == "HDRS" else {
-                    return error(RelayReply(501, "5.5.4", "Bad RET parameter (FULL or HDRS)"))
+                    return error(SMTPServerReply(501, "5.5.4", "Bad RET parameter (FULL or HDRS)"))
                 }
                 envelope.ret = v
             case "ENVID":
                 guard let v = value, !v.isEmpty, v.utf8.count <= 100, XText.isValid(v) else {
-                    return error(RelayReply(501, "5.5.4", "Bad ENVID parameter (xtext, 100 characters at most)"))
+                    return error(SMTPServerReply(501, "5.5.4", "Bad ENVID parameter (xtext, 100 characters at most)"))
                 }
                 envelope.envid = v
             case "AUTH":
                 // RFC 4954 §5: accepted and not passed on as given.
                 continue
             default:
-                return error(RelayReply(555, "5.5.4", "Unsupported MAIL parameter \(RelayCommand.printable(key))"))
+                return error(SMTPServerReply(555, "5.5.4", "Unsupported MAIL parameter \(SMTPServerCommand.printable(key))"))
             }
         }
         if !envelope.smtpUTF8, path.utf8.contains(where: { $0 >= 0x80 }) {
-            return error(RelayReply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"))
+            return error(SMTPServerReply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"))
         }
         self.envelope = envelope
-        return .reply(RelayReply(250, "2.1.0", "Ok"))
+        return .reply(SMTPServerReply(250, "2.1.0", "Ok"))
     }
 
     private mutating func rcpt(path: String, parameters: SMTPParameters) -> Action {
-        guard var envelope else { return error(RelayReply(503, "5.5.1", "Error: need MAIL command")) }
+        guard var envelope else { return error(SMTPServerReply(503, "5.5.1", "Error: need MAIL command")) }
         if envelope.recipients.count >= policy.maxRecipients {
-            return .reply(RelayReply(452, "4.5.3", "Error: too many recipients (at most \(policy.maxRecipients) per message)"))
+            return .reply(SMTPServerReply(452, "4.5.3", "Error: too many recipients (at most \(policy.maxRecipients) per message)"))
         }
         if !envelope.smtpUTF8, path.utf8.contains(where: { $0 >= 0x80 }) {
-            return error(RelayReply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter at MAIL"))
+            return error(SMTPServerReply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter at MAIL"))
         }
         var recipient = RelayEnvelope.Recipient(address: path)
         for (key, value) in parameters.items {
@@ -548,21 +549,21 @@ package struct RelayStateMachine: Sendable {
             case "NOTIFY":
                 let items = (value ?? "").uppercased().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
                 let valid = items == ["NEVER"] || (!items.isEmpty && Set(items).count == items.count && items.allSatisfy { ["SUCCESS", "FAILURE", "DELAY"].contains($0) })
-                guard valid else { return error(RelayReply(501, "5.5.4", "Bad NOTIFY parameter (NEVER, or SUCCESS, FAILURE, DELAY)")) }
+                guard valid else { return error(SMTPServerReply(501, "5.5.4", "Bad NOTIFY parameter (NEVER, or SUCCESS, FAILURE, DELAY)")) }
                 recipient.notify = items.joined(separator: ",")
             case "ORCPT":
                 guard let v = value, let semicolon = v.firstIndex(of: ";"), v[..<semicolon].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
                       XText.isValid(String(v[v.index(after: semicolon)...])), v.utf8.count <= 500 else {
-                    return error(RelayReply(501, "5.5.4", "Bad ORCPT parameter (addr-type;xtext)"))
+                    return error(SMTPServerReply(501, "5.5.4", "Bad ORCPT parameter (addr-type;xtext)"))
                 }
                 recipient.orcpt = v
             default:
-                return error(RelayReply(555, "5.5.4", "Unsupported RCPT parameter \(RelayCommand.printable(key))"))
+                return error(SMTPServerReply(555, "5.5.4", "Unsupported RCPT parameter \(SMTPServerCommand.printable(key))"))
             }
         }
         envelope.recipients.append(recipient)
         self.envelope = envelope
-        return .reply(RelayReply(250, "2.1.5", "Ok"))
+        return .reply(SMTPServerReply(250, "2.1.5", "Ok"))
     }
 
     /// Called by the handler as BDAT chunk bytes are read; true when the chunk is complete.

@@ -1,12 +1,17 @@
 import NIOCore
 import Foundation
 
-/// The secret part of a credential: never printed.
-public struct SMTPSecret: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+/// The secret part of a credential: never printed. Its `description`, `debugDescription` and
+/// mirror never show the value (so `dump()` and `Mirror` do not either), as the configuration's
+/// `Secret` does.
+public struct SMTPSecret: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    /// The secret itself: read only where it goes on the wire.
     public let value: String
+    /// A secret holding `value`.
     public init(_ value: String) { self.value = value }
     public var description: String { "<redacted>" }
     public var debugDescription: String { "<redacted>" }
+    public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
 }
 
 /// An OAuth 2.0 access token and when it stops working.

@@ -1,24 +1,61 @@
 import Foundation
+import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
 
-/// What the connection writes: bytes already encoded, and optionally the promise of the reply
-/// they will get. Replies are matched to promises in write order (RFC 2920 pipelining).
-struct SMTPOutbound {
-    var bytes: ByteBuffer
-    var reply: EventLoopPromise<SMTPReply>?
-    /// Set on STARTTLS: when its 220 arrives, clear-text bytes after it close the connection and
-    /// the TLS handler is inserted before the reply promise completes; this promise completes
-    /// when the handshake does.
-    var tlsHandshake: EventLoopPromise<Void>? = nil
+/// Who waits for what the state machine decides: the connect (the session set-up), a simple
+/// command's reply, or a transaction.
+package enum SMTPWaiter {
+    case session(EventLoopPromise<SMTPSessionFacts>)
+    case reply(EventLoopPromise<SMTPReply>)
+    case transaction(SMTPTransactionWaiter)
+    /// A waiter that is only a name: what the state machine's tests pass (nothing to resume).
+    case named(String)
 }
 
-/// The thin I/O half of the client: parses replies, completes promises in order, inserts TLS
-/// after STARTTLS, and fails every waiter with a typed error when anything goes wrong.
-final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
+/// Where a transaction stands when its waiter is resumed.
+package enum SMTPTransactionStep: Sendable {
+    /// MAIL, the RCPTs and DATA were accepted: the sender streams the body now.
+    case sendBody(SMTPTransactionReplies)
+    /// The transaction is over (the body sent and answered, or no body to send).
+    case done(SMTPTransactionReplies)
+}
+
+/// A transaction's waiter: a task's continuation, or the completion of a transaction started on
+/// the event loop at a hand-back (`SMTPConnection.start`). Resumed exactly once, on the event
+/// loop; created by the sending task and from then on touched only by the event loop.
+package final class SMTPTransactionWaiter: @unchecked Sendable {
+    enum Resume {
+        case task(UnsafeContinuation<SMTPTransactionStep, any Error>)
+        case callback(@Sendable (Result<SMTPTransactionStep, any Error>) -> Void)
+    }
+    private var resumer: Resume?
+    /// Run once the complete body is written (see `SMTPConnection.send`'s `handBack`).
+    let handBack: SMTPHandBack?
+
+    init(_ resume: Resume?, handBack: SMTPHandBack?) {
+        self.resumer = resume
+        self.handBack = handBack
+    }
+
+    func set(_ resume: Resume) { resumer = resume }
+
+    func resume(_ result: Result<SMTPTransactionStep, any Error>) {
+        guard let resumer else { return }
+        self.resumer = nil
+        switch resumer {
+        case .task(let continuation): continuation.resume(with: result)
+        case .callback(let callback): callback(result)
+        }
+    }
+}
+
+/// The thin I/O half of the client: parses replies, feeds every event to the
+/// `SMTPClientStateMachine` and runs the actions it returns (write, add TLS, fetch a token,
+/// complete or fail a waiter, close). It decides nothing about the protocol.
+final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = SMTPOutbound
     typealias OutboundOut = ByteBuffer
 
     struct TLSUpgrade {
@@ -26,116 +63,121 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var serverHostname: String?
     }
 
+    private var machine: SMTPClientStateMachine
     private var parser = SMTPReplyParser()
     private var buffer: ByteBuffer?
-    private enum Waiter {
-        case reply(EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)
-        case exchange(SMTPPipelinedExchange)
-    }
-    private var waiters = CircularBuffer<Waiter>()
-    /// The one timer that bounds an exchange's waits. It is not re-armed for every message: when
-    /// it fires before the current exchange's deadline it is scheduled again for that deadline.
-    private var watchdog: Scheduled<Void>?
-    private var watchdogDeadline = NIODeadline.distantFuture
     private let tlsUpgrade: TLSUpgrade?
-    private var failure: SMTPError?
-    private let greetingPromise: EventLoopPromise<SMTPReply>
-    /// The handshake in progress, if any (implicit TLS from the start, or after STARTTLS).
-    private var handshakePromise: EventLoopPromise<Void>?
+    private let logger: Logger
+    private let debug: Bool
     /// TLS is (or is being) set up in the pipeline.
     private var encrypted: Bool
-    /// The stage named in a failure nobody waits for (a waiter names its own stage).
-    var currentStage: SMTPError.Stage = .greeting
+    private var tlsInfo: SMTPTLSInfo?
+    /// The one timer: armed for the machine's next deadline, and not moved for a later one
+    /// (when it fires early the machine says so and it is armed again).
+    private var timer: Scheduled<Void>?
+    private var timerDeadline = NIODeadline.distantFuture
+    /// Set while the handler is in the pipeline.
+    private var context: ChannelHandlerContext?
+    /// Set when a reply ended a transaction that another one is pipelined behind (see
+    /// `acknowledgeAtOnce`).
+    private var acknowledgeAfterRead = false
 
-    init(greeting: EventLoopPromise<SMTPReply>, tlsUpgrade: TLSUpgrade?, implicitTLSHandshake: EventLoopPromise<Void>?) {
+    init(configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
+         tlsUpgrade: TLSUpgrade?, logger: Logger) {
+        self.machine = SMTPClientStateMachine(configuration: configuration, helloName: helloName, session: .session(session))
         self.tlsUpgrade = tlsUpgrade
-        self.greetingPromise = greeting
-        self.handshakePromise = implicitTLSHandshake
-        self.encrypted = implicitTLSHandshake != nil
-        self.waiters.append(.reply(greeting, tlsHandshake: nil))
+        self.logger = logger
+        self.debug = configuration.enableDebug
+        self.encrypted = configuration.security == .implicitTLS
     }
 
-    /// Set while the handler is in the pipeline: `startExchange` writes through it.
-    private var context: ChannelHandlerContext?
+    /// The failure that ended the connection, if any.
+    var failure: SMTPError? { machine.failure }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if context.channel.isActive { run(machine.channelActive(now: .now())) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
     }
 
-    /// On the event loop: starts a pipelined exchange, its commands written and flushed at once
-    /// (directly, not as an `SMTPOutbound` boxed in a `NIOAny` and cast back for every message).
-    func startExchange(_ exchange: SMTPPipelinedExchange, commands: ByteBuffer) {
-        guard failure == nil, let context, context.channel.isActive else {
-            // Nothing of this message was written: whatever ended the connection (a 421 while it
-            // sat idle, a reset), the message can go out on a fresh one.
-            let reason = failure.map { ": \($0.message)" } ?? ""
-            exchange.fail(SMTPError(stage: .mail, kind: .connectionClosed,
-                                    message: "the connection had closed before the message was sent\(reason)", isTransient: true))
+    func channelActive(context: ChannelHandlerContext) {
+        run(machine.channelActive(now: .now()))
+        context.fireChannelActive()
+    }
+
+    // MARK: requests from SMTPConnection (on the event loop)
+
+    /// Starts a transaction (see `SMTPClientStateMachine.startTransaction`).
+    func startTransaction(_ request: SMTPTransactionRequest, waiter: SMTPTransactionWaiter) {
+        run(machine.startTransaction(request, completion: .transaction(waiter), now: .now()))
+    }
+
+    /// Sends NOOP, RSET or QUIT once nothing else is awaited.
+    func startCommand(_ command: SMTPCommand, stage: SMTPError.Stage, timeout: Duration, reply: EventLoopPromise<SMTPReply>) {
+        run(machine.startCommand(command, stage: stage, timeout: timeout.timeAmount, completion: .reply(reply), now: .now()))
+    }
+
+    /// Writes a chunk of a streamed body; `written` completes when the write did.
+    func bodyChunk(_ chunk: ByteBuffer, written: EventLoopPromise<Void>) {
+        guard let context, case .writeBodyChunk(let bytes) = machine.bodyChunk(chunk, now: .now()) else {
+            written.fail(machine.failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed"))
             return
         }
-        waiters.append(.exchange(exchange))
-        exchange.deadline = .now() + exchange.protocolTimeout.timeAmount
-        armWatchdog(context: context, deadline: exchange.deadline)
-        context.writeAndFlush(wrapOutboundOut(commands), promise: nil)
-    }
-
-    /// Called once nothing is awaited any more (see `whenAnswered`).
-    private var answeredCallbacks: [() -> Void] = []
-
-    /// On the event loop: runs `callback` when no reply is awaited any more, at once if none is
-    /// (or the connection failed).
-    func whenAnswered(_ callback: @escaping () -> Void) {
-        if waiters.isEmpty || failure != nil {
-            callback()
-        } else {
-            answeredCallbacks.append(callback)
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            switch result {
+            case .success:
+                machine.bodyChunkWritten(now: .now())
+                written.succeed(())
+            case .failure(let error):
+                written.fail(machine.failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection was lost during DATA: \(error)"))
+            }
         }
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: promise)
+        armTimer()
     }
 
-    private func runAnsweredCallbacks() {
-        guard !answeredCallbacks.isEmpty, waiters.isEmpty || failure != nil else { return }
-        let callbacks = answeredCallbacks
-        answeredCallbacks = []
-        for callback in callbacks { callback() }
+    /// Writes the last bytes of a streamed body (the final dot included).
+    func bodyEnd(_ last: ByteBuffer, waiter: SMTPTransactionWaiter) {
+        run(machine.bodyEnd(last, completion: .transaction(waiter), now: .now()))
     }
 
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        if failure != nil { return }
+        if machine.hasFailed { return }
         if buffer == nil || buffer!.readableBytes == 0 {
             buffer = incoming
         } else {
             buffer!.writeBuffer(&incoming)
         }
-        while failure == nil, var current = buffer {
+        // One instant for every reply of this read (a clock read per reply costs for nothing).
+        let now = NIODeadline.now()
+        while !machine.hasFailed, var current = buffer {
             let reply: SMTPReply?
             do {
                 reply = try parser.parse(&current)
             } catch {
                 buffer = current
-                fail(context: context, error)
+                run(machine.errorCaught(error))
                 return
             }
             buffer = current
             guard let reply else { break }
-            deliver(reply, context: context)
+            if debug { logger.info("S: \(reply)") }
+            run(machine.replyReceived(reply, unprocessedBytes: current.readableBytes, now: now))
         }
         if let b = buffer, b.readableBytes == 0 { buffer = nil } else { buffer?.discardReadBytes() }
-        if acknowledgeNow {
-            acknowledgeNow = false
+        if acknowledgeAfterRead {
+            acknowledgeAfterRead = false
             acknowledgeAtOnce(context: context)
         }
-        runAnsweredCallbacks()
+        while !machine.deferred.isEmpty && machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
     }
-
-    /// Set when a read ended an exchange that another one is pipelined behind.
-    private var acknowledgeNow = false
 
     /// The next transaction's commands went out behind the previous message's dot, before its
     /// reply came: the server's replies to them are its second write in a row, which a server
@@ -153,196 +195,146 @@ final class SMTPClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
                                                                     name: .init(rawValue: CInt(TCP_QUICKACK)))
     #endif
 
-    /// Set by the first reply (the greeting).
-    private var greeted = false
-
-    private func deliver(_ reply: SMTPReply, context: ChannelHandlerContext) {
-        greeted = true
-        guard let head = waiters.first else {
-            // A reply nobody asked for: a 421 shutdown notice, or a broken server.
-            let error = reply.code == 421
-                ? SMTPError(stage: currentStage, kind: .reply, reply: reply, message: "the server is closing the connection: \(reply)")
-                : SMTPError(stage: .protocol, kind: .protocolViolation, reply: reply,
-                            message: "the server sent a reply nobody asked for: \(reply)")
-            fail(context: context, error)
-            return
-        }
-        let waiter: (promise: EventLoopPromise<SMTPReply>, tlsHandshake: EventLoopPromise<Void>?)
-        switch head {
-        case .exchange(let exchange):
-            switch exchange.receive(reply) {
-            case .needMore:
-                break
-            case .done:
-                waiters.removeFirst()
-                // A transaction pipelined behind this one (see SMTPConnection.send's whenFree)
-                // is answered from now on: its protocol-timeout starts now.
-                if case .exchange(let next)? = waiters.first {
-                    next.becameFirst()
-                    armWatchdog(context: context, deadline: next.deadline)
-                    acknowledgeNow = true
-                }
-            case .sendBody(let body):
-                armWatchdog(context: context, deadline: exchange.deadline)
-                let written = context.eventLoop.makePromise(of: Void.self)
-                written.futureResult.assumeIsolated().whenSuccess { exchange.bodyWritten = true }
-                // The hand-back may start the next transaction right here (a prepared one, see
-                // SMTPConnection.start). In clear text its commands then leave in the same write
-                // as this body. Under TLS the body is flushed alone first: NIOSSL completes all
-                // writes of one flush with one promise, so the body's `written` would wait for
-                // the next message's commands, and a connection lost in between would call a
-                // message whose dot had left "not sent" (retried: a possible duplicate).
-                if encrypted {
-                    context.writeAndFlush(wrapOutboundOut(body), promise: written)
-                    if failure == nil { exchange.didWriteBody() }
-                } else {
-                    context.write(wrapOutboundOut(body), promise: written)
-                    if failure == nil { exchange.didWriteBody() }
-                    context.flush()
-                }
-            }
-            return
-        case .reply(let promise, let tlsHandshake):
-            waiters.removeFirst()
-            waiter = (promise, tlsHandshake)
-        }
-        if let handshake = waiter.tlsHandshake, reply.code == 220 {
-            if let rest = buffer, rest.readableBytes > 0 {
-                let error = SMTPError(stage: .starttls, kind: .startTLSInjection,
-                                      message: "the server sent \(rest.readableBytes) bytes of clear text after agreeing to STARTTLS (possible command injection); the connection was closed")
-                waiter.promise.fail(error)
-                handshake.fail(error)
-                fail(context: context, error)
-                return
-            }
-            guard let tlsUpgrade else {
-                let error = SMTPError(stage: .starttls, kind: .tlsHandshake, message: "no TLS configuration")
-                waiter.promise.fail(error)
-                handshake.fail(error)
-                return
-            }
-            do {
-                let tls = try NIOSSLClientHandler(context: tlsUpgrade.context, serverHostname: tlsUpgrade.serverHostname)
-                handshakePromise = handshake
-                try context.pipeline.syncOperations.addHandler(tls, position: .first)
-                encrypted = true
-            } catch {
-                let smtpError = SMTPError(stage: .tls, kind: .tlsHandshake, message: "TLS could not start: \(error)")
-                waiter.promise.fail(smtpError)
-                fail(context: context, smtpError)
-                return
-            }
-        }
-        if let handshake = waiter.tlsHandshake, reply.code != 220 {
-            handshake.fail(SMTPError.reply(reply, stage: .starttls))
-        }
-        waiter.promise.succeed(reply)
-    }
-
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted = event, let handshake = handshakePromise {
-            handshakePromise = nil
-            handshake.succeed(())
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            tlsInfo = Self.readTLSInfo(context.pipeline)
+            if debug { logger.info("TLS established: \(tlsInfo?.version ?? "?")") }
+            run(machine.tlsHandshakeCompleted(now: .now()))
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let smtp = error as? SMTPError {
-            fail(context: context, smtp)
-        } else if handshakePromise != nil || error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
-            fail(context: context, SMTPError(stage: .tls, kind: .tlsHandshake,
-                                             message: "the TLS handshake failed: \(Self.describeTLS(error))"))
+            run(machine.errorCaught(smtp))
+        } else if encrypted && machine.facts.tlsEstablished == false || Self.isTLSError(error) {
+            run(machine.tlsFailed("the TLS handshake failed: \(Self.describeTLS(error))"))
         } else {
-            fail(context: context, SMTPError(stage: currentStage, kind: .connectionClosed,
-                                             message: "the connection failed: \(error)"))
+            run(machine.errorCaught(SMTPError(stage: machine.currentStage, code: .connectionClosed, message: "the connection failed: \(error)")))
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // (Whoever waits names its own stage; before the greeting there is only one.)
-        let stage = currentStage
-        failAll(failure ?? SMTPError(stage: stage, kind: .connectionClosed,
-                                     message: greeted ? "the server closed the connection" : "the server closed the connection before its greeting"))
+        run(machine.channelInactive())
         context.fireChannelInactive()
     }
 
-    // MARK: outbound
+    // MARK: running actions
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let request = unwrapOutboundIn(data)
-        if let failure {
-            request.reply?.fail(failure)
-            request.tlsHandshake?.fail(failure)
-            promise?.fail(failure)
+    private func run(_ action: SMTPClientStateMachine.Action) {
+        if debug { for line in machine.takeTranscript() { logger.info("\(line)") } }
+        switch action {
+        case .none:
+            break
+        case .write(let bytes):
+            context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        case .addTLSHandler:
+            addTLSHandler()
+        case .fetchToken:
+            fetchToken()
+        case .sessionReady(let waiter, var facts):
+            facts.tlsInfo = tlsInfo
+            if case .session(let promise) = waiter { promise.succeed(facts) }
+        case .writeBody(let body, let id, let handBack):
+            writeBody(body, id: id, handBack: handBack)
+        case .writeBodyChunk(let bytes):
+            context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        case .transactionDone(let waiter, let replies, let acknowledge):
+            if acknowledge { acknowledgeAfterRead = true }
+            if case .transaction(let w) = waiter { w.resume(.success(.done(replies))) }
+        case .sendBody(let waiter, let replies):
+            if case .transaction(let w) = waiter { w.resume(.success(.sendBody(replies))) }
+        case .commandDone(let waiter, let reply):
+            if case .reply(let promise) = waiter { promise.succeed(reply) }
+        case .fail(let waiter, let error):
+            Self.fail(waiter, error)
+        case .close(_, let failures):
+            timer?.cancel()
+            timer = nil
+            timerDeadline = .distantFuture
+            // Closed first: a waiter resumed below finds the connection closed.
+            context?.close(promise: nil)
+            for (waiter, error) in failures { Self.fail(waiter, error) }
+        }
+        armTimer()
+    }
+
+    private static func fail(_ waiter: SMTPWaiter, _ error: SMTPError) {
+        switch waiter {
+        case .session(let promise): promise.fail(error)
+        case .reply(let promise): promise.fail(error)
+        case .transaction(let w): w.resume(.failure(error))
+        case .named: break
+        }
+    }
+
+    private func writeBody(_ body: ByteBuffer, id: Int, handBack: SMTPWaiter?) {
+        guard let context else { return }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenSuccess { [self] in machine.bodyWritten(transaction: id) }
+        var handBackRun: SMTPHandBack?
+        if case .transaction(let waiter)? = handBack { handBackRun = waiter.handBack }
+        // The hand-back may start the next transaction right here (a prepared one, see
+        // SMTPConnection.start). In clear text its commands then leave in the same write as this
+        // body. Under TLS the body is flushed alone first: NIOSSL completes all writes of one
+        // flush with one promise, so the body's `written` would wait for the next message's
+        // commands, and a connection lost in between would call a message whose dot had left
+        // "not sent" (retried: a possible duplicate).
+        if encrypted {
+            context.writeAndFlush(wrapOutboundOut(body), promise: written)
+            if !machine.hasFailed { handBackRun?.run() }
+        } else {
+            context.write(wrapOutboundOut(body), promise: written)
+            if !machine.hasFailed { handBackRun?.run() }
+            context.flush()
+        }
+    }
+
+    private func addTLSHandler() {
+        guard let context, let tlsUpgrade else {
+            run(machine.tlsFailed("no TLS configuration"))
             return
         }
-        if let reply = request.reply {
-            waiters.append(.reply(reply, tlsHandshake: request.tlsHandshake))
-        }
-        context.write(wrapOutboundOut(request.bytes), promise: promise)
-    }
-
-    // MARK: the exchange's timer
-
-    private func armWatchdog(context: ChannelHandlerContext, deadline: NIODeadline) {
-        if watchdog != nil && watchdogDeadline <= deadline { return }
-        watchdog?.cancel()
-        watchdogDeadline = deadline
-        watchdog = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            self.watchdogFired(context: context)
+        do {
+            let tls = try NIOSSLClientHandler(context: tlsUpgrade.context, serverHostname: tlsUpgrade.serverHostname)
+            try context.pipeline.syncOperations.addHandler(tls, position: .first)
+            encrypted = true
+        } catch {
+            run(machine.tlsFailed("TLS could not start: \(error)"))
         }
     }
 
-    private func watchdogFired(context: ChannelHandlerContext) {
-        watchdog = nil
-        watchdogDeadline = .distantFuture
-        guard failure == nil, case .exchange(let exchange)? = waiters.first else { return }
-        if NIODeadline.now() < exchange.deadline {
-            armWatchdog(context: context, deadline: exchange.deadline)
+    private func fetchToken() {
+        guard let context, case .oauth2(_, let source)? = machine.configuration.credentials else {
+            run(machine.tokenFailed(SMTPError(stage: .auth, code: .credentialsUnavailable, message: "no OAuth 2.0 token source")))
             return
         }
-        let error = exchange.timedOut()
-        waiters.removeFirst()
-        fail(context: context, error)
-    }
-
-    // MARK: failure
-
-    private func fail(context: ChannelHandlerContext, _ error: SMTPError) {
-        if failure == nil { failure = error }
-        failAll(error)
-        context.close(promise: nil)
-    }
-
-    private func failAll(_ error: SMTPError) {
-        if failure == nil { failure = error }
-        while let waiter = waiters.popFirst() {
-            switch waiter {
-            case .reply(let promise, let tlsHandshake):
-                promise.fail(error)
-                tlsHandshake?.fail(error)
-            case .exchange(let exchange):
-                exchange.fail(error)
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        Task {
+            let result: Result<SMTPAccessToken, any Error>
+            do { result = .success(try await source()) } catch { result = .failure(error) }
+            loop.execute {
+                let handler = handler.value
+                switch result {
+                case .success(let token): handler.run(handler.machine.tokenReceived(token, now: .now()))
+                case .failure(let error): handler.run(handler.machine.tokenFailed(error))
+                }
             }
         }
-        watchdog?.cancel()
-        watchdog = nil
-        runAnsweredCallbacks()
-        if let handshake = handshakePromise {
-            handshakePromise = nil
-            handshake.fail(error)
-        }
     }
 
-    static func describeTLS(_ error: any Error) -> String {
-        let text = String(describing: error)
-        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
-            return "the server's certificate is not trusted (\(text)); add its CA with [outbox] tls-ca-file"
+    // MARK: the timer
+
+    private func armTimer() {
+        guard let context, let deadline = machine.nextDeadline else { return }
+        if timer != nil && timerDeadline <= deadline { return }
+        timer?.cancel()
+        timerDeadline = deadline
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
+            timerDeadline = .distantFuture
+            run(machine.timerFired(now: .now()))
         }
-        if text.contains("failedToValidateHostname") {
-            return "the server's certificate does not match the host name (\(text))"
-        }
-        return text
     }
 }

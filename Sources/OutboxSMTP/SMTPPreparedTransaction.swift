@@ -3,21 +3,21 @@ import NIOCore
 
 /// The first bytes of a message's DATA stream (line ends repaired, dot-stuffed): the whole
 /// stream, final dot included, when the message is small (`isComplete`).
-public struct SMTPBodyStart: Sendable {
+package struct SMTPBodyStart: Sendable {
     var prefix = ByteBufferAllocator().buffer(capacity: 4096)
     var encoder = SMTPDataEncoder()
     /// True when the whole message (and the final dot) is in the prefix.
-    public private(set) var isComplete = false
+    package private(set) var isComplete = false
     /// Bytes of the message itself read so far (before line-end repair and dot-stuffing): its
     /// size, for SIZE=, when `isComplete`.
-    public private(set) var messageByteCount = 0
+    package private(set) var messageByteCount = 0
 
     /// Reads and encodes chunks from `iterator` until about 64 KiB are ready or the message ends.
     /// Throws what the iterator throws (a message that cannot be produced).
-    public static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
+    package static func read<Iterator: AsyncIteratorProtocol>(from iterator: inout Iterator) async throws -> SMTPBodyStart
     where Iterator.Element == ByteBuffer {
         var start = SMTPBodyStart()
-        try await start.read(from: &iterator, upTo: SMTPConnection.Session.chunkTarget)
+        try await start.read(from: &iterator, upTo: SMTPConnection.chunkTarget)
         return start
     }
 
@@ -37,17 +37,17 @@ public struct SMTPBodyStart: Sendable {
 
     /// The error a send reports when the message could not be read before anything of it was
     /// sent: the message is unusable (not retried), the connection stays usable.
-    public static func readError(_ error: any Error) -> SMTPError {
+    package static func readError(_ error: any Error) -> SMTPError {
         if let smtp = error as? SMTPError { return smtp }
-        return SMTPError(stage: .mail, kind: .invalidArgument, message: "reading the message failed: \(error)", isTransient: false)
+        return SMTPError(stage: .mail, code: .invalidArgument, message: "reading the message failed: \(error)", isTransient: false)
     }
 }
 
 /// What a transaction's commands depend on: the server's capabilities and the transaction
 /// options of the configuration. Every connection has one; connections to the same server with
 /// the same settings have matching ones.
-public final class SMTPTransactionProfile: Sendable {
-    public let capabilities: SMTPCapabilities
+package final class SMTPTransactionProfile: Sendable {
+    package let capabilities: SMTPCapabilities
     let configuration: SMTPClientConfiguration
 
     init(capabilities: SMTPCapabilities, configuration: SMTPClientConfiguration) {
@@ -56,7 +56,7 @@ public final class SMTPTransactionProfile: Sendable {
     }
 
     /// A transaction prepared for `other` can run on a connection with this profile.
-    public func matches(_ other: SMTPTransactionProfile) -> Bool {
+    package func matches(_ other: SMTPTransactionProfile) -> Bool {
         self === other
             || (capabilities.known == other.capabilities.known
                 && capabilities.isExtended == other.capabilities.isExtended
@@ -68,7 +68,7 @@ public final class SMTPTransactionProfile: Sendable {
 
     /// Transactions can be prepared ahead: the server pipelines, the whole transaction goes in one
     /// exchange (sendpartial), and no debug transcript is written.
-    public var allowsPreparing: Bool {
+    package var allowsPreparing: Bool {
         capabilities.pipelining && configuration.sendPartial && !configuration.enableDebug
     }
 }
@@ -76,9 +76,9 @@ public final class SMTPTransactionProfile: Sendable {
 /// A small message's whole pipelined transaction, made ready before a connection is at hand:
 /// MAIL, the RCPTs and DATA encoded and validated, the complete DATA stream. A connection
 /// whose profile matches runs it as one exchange (`SMTPConnection.start` on its event loop, or
-/// `send(_:whenFree:)` from a task).
-public struct SMTPPreparedTransaction: Sendable {
-    public let profile: SMTPTransactionProfile
+/// `send(_:handBack:)` from a task).
+package struct SMTPPreparedTransaction: Sendable {
+    package let profile: SMTPTransactionProfile
     let from: String
     let recipients: [String]
     let commands: ByteBuffer
@@ -88,28 +88,28 @@ public struct SMTPPreparedTransaction: Sendable {
 
 /// What became of a prepared transaction started on an event loop; `SMTPConnection.finish`
 /// turns it into the transaction's result.
-public struct SMTPPreparedOutcome: Sendable {
-    let result: Result<SMTPPipelinedOutcome, any Error>
+package struct SMTPPreparedOutcome: Sendable {
+    let result: Result<SMTPTransactionStep, any Error>
     let handBack: SMTPHandBack
 }
 
 extension SMTPConnection {
     /// What this connection's transactions depend on.
-    public var transactionProfile: SMTPTransactionProfile { profile }
+    package var transactionProfile: SMTPTransactionProfile { profile }
 
     /// MAIL and one RCPT per recipient for `envelope`, validated; throws what the server's
     /// capabilities rule out (SMTPUTF8 not offered, over the SIZE limit) before anything is sent.
     static func plan(envelope: SMTPEnvelope, capabilities: SMTPCapabilities,
                      configuration: SMTPClientConfiguration) throws(SMTPError) -> (mail: SMTPCommand, rcpts: [SMTPCommand]) {
         guard !envelope.recipients.isEmpty else {
-            throw SMTPError(stage: .rcpt, kind: .invalidArgument, message: "the message has no recipients")
+            throw SMTPError(stage: .rcpt, code: .invalidArgument, message: "the message has no recipients")
         }
         if envelope.requiresSMTPUTF8 && !capabilities.smtpUTF8 {
-            throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+            throw SMTPError(stage: .mail, code: .unsupportedByServer,
                             message: "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
         }
         if let size = envelope.size, let limit = capabilities.sizeLimit, limit > 0, size > limit {
-            throw SMTPError(stage: .mail, kind: .unsupportedByServer,
+            throw SMTPError(stage: .mail, code: .unsupportedByServer,
                             message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
         }
         var mailParameters: [String] = []
@@ -145,7 +145,7 @@ extension SMTPConnection {
     /// transaction cannot go as one prepared exchange (the server does not pipeline, the body is
     /// larger than one chunk, debug transcripts are on) or is invalid: `send` then runs it, and
     /// reports what is wrong.
-    public static func prepare(envelope: SMTPEnvelope, start: SMTPBodyStart, for profile: SMTPTransactionProfile) -> SMTPPreparedTransaction? {
+    package static func prepare(envelope: SMTPEnvelope, start: SMTPBodyStart, for profile: SMTPTransactionProfile) -> SMTPPreparedTransaction? {
         guard start.isComplete, profile.allowsPreparing,
               let (mail, rcpts) = try? plan(envelope: envelope, capabilities: profile.capabilities, configuration: profile.configuration)
         else { return nil }
@@ -157,51 +157,66 @@ extension SMTPConnection {
                                        commands: wire, body: start.prefix, bytes: start.encoder.bytesWritten)
     }
 
+    func request(_ prepared: SMTPPreparedTransaction, handBack: Bool) -> SMTPTransactionRequest {
+        SMTPTransactionRequest(commands: .pipelined(prepared.commands, dataIncluded: true), sender: prepared.from,
+                               rcptCount: prepared.recipients.count, body: prepared.body, sendPartial: true, handBack: handBack)
+    }
+
     /// On the connection's event loop: starts `prepared` when the connection is free and its
-    /// profile matches; returns false (and changes nothing) otherwise. `whenFree` runs as in
+    /// profile matches; returns false (and changes nothing) otherwise. `handBack` runs as in
     /// `send`; `completion` runs on the event loop when the exchange ended (give what it gets to
-    /// `finish`). A connection pool calls this where a connection is given back, so the next
+    /// `finish`). A connection pool calls this where a connection is handed back, so the next
     /// transaction's commands leave with the previous message's body, with no task woken first.
-    public func start(_ prepared: SMTPPreparedTransaction, whenFree: @escaping @Sendable () -> Void,
-                      completion: @escaping @Sendable (SMTPPreparedOutcome) -> Void) -> Bool {
+    package func start(_ prepared: SMTPPreparedTransaction, handBack: @escaping @Sendable () -> Void,
+                       completion: @escaping @Sendable (SMTPPreparedOutcome) -> Void) -> Bool {
         guard channel.eventLoop.inEventLoop, profile.matches(prepared.profile), (try? acquire()) != nil else { return false }
-        let handBack = makeHandBack(whenFree)
-        let exchange = SMTPPipelinedExchange(rcptCount: prepared.recipients.count, body: prepared.body,
-                                             protocolTimeout: configuration.protocolTimeout,
-                                             terminationTimeout: configuration.dataTerminationTimeout,
-                                             handBack: handBack)
-        exchange.start(.callback { result in completion(SMTPPreparedOutcome(result: result, handBack: handBack)) })
-        handler.value.startExchange(exchange, commands: prepared.commands)
+        let token = makeHandBack(handBack)
+        let waiter = SMTPTransactionWaiter(.callback { result in completion(SMTPPreparedOutcome(result: result, handBack: token)) },
+                                           handBack: token)
+        handler.value.startTransaction(request(prepared, handBack: true), waiter: waiter)
         return true
     }
 
     /// The result of a prepared transaction started with `start`: as `send` reports it (a
-    /// refused MAIL or message throws, refused recipients are listed, RSET or close after a
-    /// failure).
-    public func finish(_ prepared: SMTPPreparedTransaction, _ outcome: SMTPPreparedOutcome) async throws(SMTPError) -> SMTPTransactionResult {
-        try await transact(whenFree: nil, handBack: outcome.handBack, started: true) { session throws in
-            let exchanged: SMTPPipelinedOutcome
+    /// refused MAIL or message throws, refused recipients are listed).
+    package func finish(_ prepared: SMTPPreparedTransaction, _ outcome: SMTPPreparedOutcome) async throws(SMTPError) -> SMTPTransactionResult {
+        do throws(SMTPError) {
+            let step: SMTPTransactionStep
             do {
-                exchanged = try outcome.result.get()
+                step = try outcome.result.get()
             } catch {
-                throw Session.exchangeError(error)
+                throw error as? SMTPError ?? SMTPError(stage: .mail, code: .connectionClosed, message: "\(error)")
             }
-            return try await session.conclude(exchanged, recipients: prepared.recipients, from: prepared.from, bytes: prepared.bytes)
+            guard case .done(let replies) = step else {
+                throw SMTPError(stage: .data, code: .protocolViolation, message: "a prepared transaction asked for its body")
+            }
+            var result = try Self.conclude(replies, recipients: prepared.recipients, bytes: prepared.bytes)
+            if outcome.handBack.done { result.handedBack = true } else { release() }
+            return result
+        } catch {
+            if !outcome.handBack.done { settle() }
+            throw error
         }
     }
 
     /// Runs a prepared transaction from a task (the connection was leased the usual way). Nil,
     /// with nothing sent, when the connection's profile does not match the one it was prepared
     /// for: `send` it the usual way then.
-    public func send(_ prepared: SMTPPreparedTransaction, whenFree: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult? {
+    package func send(_ prepared: SMTPPreparedTransaction, handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult? {
         guard profile.matches(prepared.profile) else { return nil }
         try acquire()
-        return try await transact(whenFree: whenFree) { session throws in
-            session.stage = .mail
-            session.transactionStarted = true
-            let exchanged = try await session.pipelinedTransaction(wire: prepared.commands, rcptCount: prepared.recipients.count,
-                                                                   body: prepared.body)
-            return try await session.conclude(exchanged, recipients: prepared.recipients, from: prepared.from, bytes: prepared.bytes)
+        let token = handBack.map { makeHandBack($0) }
+        do throws(SMTPError) {
+            let step = try await run(request(prepared, handBack: token != nil), waiter: SMTPTransactionWaiter(nil, handBack: token))
+            guard case .done(let replies) = step else {
+                throw SMTPError(stage: .data, code: .protocolViolation, message: "a prepared transaction asked for its body")
+            }
+            var result = try Self.conclude(replies, recipients: prepared.recipients, bytes: prepared.bytes)
+            if token?.done == true { result.handedBack = true } else { release() }
+            return result
+        } catch {
+            if token?.done != true { settle() }
+            throw error
         }
     }
 }

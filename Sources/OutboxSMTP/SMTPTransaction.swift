@@ -26,24 +26,6 @@ public struct SMTPEnvelope: Sendable, Hashable {
     }
 }
 
-/// A message's DSN parameters as its submitter gave them (RFC 3461): RET and ENVID for the
-/// message, NOTIFY and ORCPT per recipient (keyed by the recipient's address, lower-cased).
-public struct SMTPDSNParameters: Sendable, Hashable {
-    public var ret: String?
-    /// xtext, as received.
-    public var envid: String?
-    public var notify: [String: String]
-    /// `addr-type;xtext`, as received.
-    public var orcpt: [String: String]
-
-    public init(ret: String? = nil, envid: String? = nil, notify: [String: String] = [:], orcpt: [String: String] = [:]) {
-        self.ret = ret
-        self.envid = envid
-        self.notify = notify
-        self.orcpt = orcpt
-    }
-}
-
 /// What the server said about one recipient.
 public struct RecipientResult: Sendable, Hashable {
     public var address: String
@@ -70,9 +52,9 @@ public struct SMTPTransactionResult: Sendable {
     public var abortedForPartialRefusal: Bool
     /// Bytes of message data sent (after dot-stuffing).
     public var bytesSent: Int
-    /// True when the connection was already handed back (see `SMTPConnection.send`'s
-    /// `whenFree`): the caller must not use or release it any more.
-    public internal(set) var connectionHandedBack = false
+    /// True when the connection was already handed back at the final dot (see
+    /// `SMTPConnection.send`'s `handBack`): the caller must not use or release it any more.
+    public internal(set) var handedBack = false
 
     public var acceptedRecipients: [RecipientResult] { recipients.filter(\.accepted) }
     public var refusedRecipients: [RecipientResult] { recipients.filter { !$0.accepted } }

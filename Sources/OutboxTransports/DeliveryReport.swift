@@ -114,7 +114,7 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     }
 
     public init(_ error: SMTPError, report: DeliveryReport? = nil) {
-        let kind: Kind = error.kind == .outcomeUnknown ? .outcomeUnknown : (error.isTransient ? .transient : .permanent)
+        let kind: Kind = error.code == .outcomeUnknown ? .outcomeUnknown : (error.isTransient ? .transient : .permanent)
         self.init(kind: kind, message: error.description, smtp: error, report: report)
     }
 

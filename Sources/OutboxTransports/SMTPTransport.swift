@@ -18,11 +18,6 @@ extension SMTPConnection: PoolableConnection {
     }
 }
 
-/// Pool errors that carry an SMTP failure.
-struct SMTPConnectionDiscarded: ConnectionPoolDiscardingError {
-    var error: SMTPError
-}
-
 struct SMTPServerRefusedConnection: ConnectionPoolRefusalError {
     var error: SMTPError
 }
@@ -35,9 +30,9 @@ extension SMTPError {
     }
 }
 
-/// A lease given back exactly once, whichever comes first: the event loop once the message's
-/// body is on its way, or the sending task.
-private final class LeaseOnce: Sendable {
+/// A lease handed back exactly once, whichever comes first: the event loop at the hand-back
+/// (the message's body is on its way), or the sending task.
+private final class HandBackLease: Sendable {
     let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
     let lease: ConnectionPoolLease<SMTPConnection>
     private let released = NIOLockedValueBox(false)
@@ -132,8 +127,8 @@ public final class SMTPTransport: MailTransport {
     public var configuration: SMTPClientConfiguration { current.withLockedValue { $0.configuration } }
     /// Messages whose transaction started where a connection became free: pipelined behind the
     /// previous message's final dot by the connection's event loop, no task woken first.
-    public var startedAtHandOff: Int { handOffStarts.load(ordering: .relaxed) }
-    private let handOffStarts = Atomic<Int>(0)
+    public var startedAtHandBack: Int { handBackStarts.load(ordering: .relaxed) }
+    private let handBackStarts = Atomic<Int>(0)
     public var statistics: PoolStatistics { pool.statistics }
 
     /// Applies options that take effect immediately (server, port, user, timeouts, debug...):
@@ -167,18 +162,18 @@ public final class SMTPTransport: MailTransport {
         var tokenRefreshed = false
         while true {
             attempts += 1
-            let lease: LeaseOnce
+            let lease: HandBackLease
             var startedOutcome: SMTPPreparedOutcome?
             do {
                 if let prepared = outgoing?.prepared {
                     switch try await leaseStarting(prepared) {
-                    case .leased(let leased): lease = LeaseOnce(pool: pool, lease: leased)
+                    case .leased(let leased): lease = HandBackLease(pool: pool, lease: leased)
                     case .started(let once, let outcome):
                         lease = once
                         startedOutcome = outcome
                     }
                 } else {
-                    lease = LeaseOnce(pool: pool, lease: try await pool.lease())
+                    lease = HandBackLease(pool: pool, lease: try await pool.lease())
                 }
             } catch let error as SMTPServerRefusedConnection {
                 throw DeliveryError(error.error)
@@ -199,7 +194,7 @@ public final class SMTPTransport: MailTransport {
             do {
                 // Once the body is on its way the connection goes back to the pool, from the event
                 // loop: the next sender's commands follow this message's final dot.
-                let whenFree: @Sendable () -> Void = { lease.release(.clean) }
+                let handBack: @Sendable () -> Void = { lease.release(.clean) }
                 let result: SMTPTransactionResult
                 if let startedOutcome, let prepared = outgoing?.prepared {
                     result = try await connection.finish(prepared, startedOutcome)
@@ -209,12 +204,12 @@ public final class SMTPTransport: MailTransport {
                         outgoing = try await Outgoing(content, envelope: envelope, envelopeFrom: envelopeFrom, profile: profile)
                         remember(profile)
                     }
-                    if let prepared = outgoing!.prepared, let sent = try await connection.send(prepared, whenFree: whenFree) {
+                    if let prepared = outgoing!.prepared, let sent = try await connection.send(prepared, handBack: handBack) {
                         result = sent
                     } else {
                         outgoing!.bodyConsumed = true
                         result = try await connection.send(envelope: outgoing!.envelope, start: outgoing!.start,
-                                                           rest: &outgoing!.rest, whenFree: whenFree)
+                                                           rest: &outgoing!.rest, handBack: handBack)
                     }
                 }
                 lease.release(.clean)
@@ -233,7 +228,7 @@ public final class SMTPTransport: MailTransport {
                     pool.reportServerRefusal()
                 }
                 // Died before the final dot on a reused connection: once more on a fresh one.
-                if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.kind), error.reply == nil, error.isTransient {
+                if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.code), error.reply == nil, error.isTransient {
                     logger.notice("the connection failed before the message was sent; retrying once on a new connection",
                                   metadata: ["smtp.error": "\(error.message)"])
                     continue
@@ -254,7 +249,7 @@ public final class SMTPTransport: MailTransport {
         /// The usual way: the sending task runs the transaction.
         case leased(ConnectionPoolLease<SMTPConnection>)
         /// The transaction was started where the connection became free, and has ended.
-        case started(LeaseOnce, SMTPPreparedOutcome)
+        case started(HandBackLease, SMTPPreparedOutcome)
     }
 
     /// Leases a connection for a prepared transaction: when the sender has to wait, the
@@ -263,12 +258,12 @@ public final class SMTPTransport: MailTransport {
     /// server has answered.
     private func leaseStarting(_ prepared: SMTPPreparedTransaction) async throws -> Leased {
         let pool = self.pool
-        return try await pool.lease(immediate: { .leased($0) }, handOff: { [self] lease, continuation in
-            let once = LeaseOnce(pool: pool, lease: lease)
-            let started = lease.connection.start(prepared, whenFree: { once.release(.clean) },
+        return try await pool.lease(immediate: { .leased($0) }, handBack: { [self] lease, continuation in
+            let once = HandBackLease(pool: pool, lease: lease)
+            let started = lease.connection.start(prepared, handBack: { once.release(.clean) },
                                                  completion: { continuation.resume(returning: .started(once, $0)) })
             if started {
-                handOffStarts.add(1, ordering: .relaxed)
+                handBackStarts.add(1, ordering: .relaxed)
             } else {
                 continuation.resume(returning: .leased(lease))
             }
@@ -285,7 +280,7 @@ public final class SMTPTransport: MailTransport {
     /// the pool; a failure is left to the first delivery to report.
     public func learnLimits() async {
         do {
-            let lease = LeaseOnce(pool: pool, lease: try await pool.lease())
+            let lease = HandBackLease(pool: pool, lease: try await pool.lease())
             remember(lease.lease.connection.transactionProfile)
             lease.release(.clean)
         } catch {
@@ -383,7 +378,7 @@ public final class SMTPTransport: MailTransport {
             }
             let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
             let sizeNeeded = (caps.sizeLimit ?? 0) > 0
-            let dsn = given?.dsn.map { SMTPDSNParameters(ret: $0.ret, envid: $0.envid, notify: $0.notify, orcpt: $0.orcpt) }
+            let dsn = given?.dsn
             return (SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: needsUTF8,
                                  eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil, dsn: dsn),
                     content.byteStream(options: options))

@@ -111,7 +111,7 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
 
     /// One connection, driven as a client of the engine drives it for throughput: two lanes
     /// take turns, and a lane starts its next message as soon as the other lane's message is on
-    /// its way (`whenFree`), so the next MAIL/RCPT/DATA follow the final dot on the wire instead
+    /// its way (`handBack`), so the next MAIL/RCPT/DATA follow the final dot on the wire instead
     /// of waiting for its reply. A connection that cannot be opened ends this worker (the others
     /// take the remaining messages); a broken one is replaced.
     private static func worker(
@@ -145,7 +145,7 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
                             let handedOn = PassedOn()
                             do {
                                 let result = try await current.send(envelope: envelope, body: SingleChunk(buffer: message),
-                                                                    whenFree: { handedOn.mark(); turn.pass() })
+                                                                    handBack: { handedOn.mark(); turn.pass() })
                                 if result.delivered {
                                     lane.delivered += 1
                                 } else {
@@ -231,7 +231,7 @@ private final class Turn: @unchecked Sendable {
     }
 }
 
-/// Set from `whenFree` (on the event loop), read by the lane after its send returned.
+/// Set from `handBack` (on the event loop), read by the lane after its send returned.
 private final class PassedOn: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false

@@ -33,7 +33,7 @@ struct MailerPostfixTests {
 
     @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once",
           arguments: [false, true])
-    func handOffStartsDeliverEachMessageOnce(startTLS: Bool) async throws {
+    func handBackStartsDeliverEachMessageOnce(startTLS: Bool) async throws {
         let peer = try TestPeers.fromEnvironment()
         let mailer: Mailer
         if startTLS {
@@ -60,8 +60,8 @@ struct MailerPostfixTests {
         }
         #expect(reports.count == total)
         #expect(reports.allSatisfy { $0.allAccepted && $0.attempts == 1 })
-        let started = try #require(mailer.smtpStartedAtHandOff)
-        #expect(started >= 1, "no transaction started at a hand-off: the test did not exercise it")
+        let started = try #require(mailer.smtpStartedAtHandBack)
+        #expect(started >= 1, "no transaction started at a hand-back: the test did not exercise it")
         #expect(started <= total - 1)
         #expect(try #require(mailer.poolStatistics).created == 1)
         var stored: [String: Int] = [:]

@@ -73,7 +73,7 @@ struct PostfixIntegrationTests {
             _ = try await SMTPConnection.connect(configuration: config, logger: logger)
             Issue.record("connected in clear text although STARTTLS was required")
         } catch {
-            #expect(error.kind == .tlsRequired)
+            #expect(error.code == .tlsRequired)
             #expect(error.stage == .starttls)
             #expect(!error.isTransient)
             #expect(error.description.contains("start-tls-required"))
@@ -105,7 +105,7 @@ struct PostfixIntegrationTests {
             _ = try await SMTPConnection.connect(configuration: config)
             Issue.record("connected to a server whose certificate nobody trusts")
         } catch {
-            #expect(error.kind == .tlsHandshake)
+            #expect(error.code == .tlsHandshake)
             #expect(error.stage == .tls)
         }
     }
@@ -262,7 +262,7 @@ struct PostfixIntegrationTests {
             Issue.record("a message over SIZE was sent")
         } catch {
             #expect(error.stage == .mail)
-            #expect(error.kind == .unsupportedByServer)
+            #expect(error.code == .unsupportedByServer)
             #expect(!error.isTransient)
         }
         // Unchanged connection: still usable.

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxSMTPGrammar
 import NIOCore
 import OutboxConfig
 import Testing
@@ -17,7 +18,7 @@ extension RelayStateMachine {
     mutating func send(_ line: String) -> Action { self.line(Array(line.utf8)) }
 
     /// The reply of an action (nil when it has none).
-    static func reply(_ action: Action) -> RelayReply? {
+    static func reply(_ action: Action) -> SMTPServerReply? {
         switch action {
         case .reply(let r), .replyAndClose(let r), .startTLS(let r), .receiveData(let r): r
         default: nil
@@ -39,7 +40,7 @@ struct RelayStateMachineTests {
         }
         #expect(!lines.contains { $0.hasPrefix("AUTH") })
         #expect(m.code("AUTH PLAIN AHNjYW5uZXIAcGFzcw==") == 538)
-        #expect(m.send("STARTTLS") == .startTLS(RelayReply(220, "2.0.0", "Ready to start TLS")))
+        #expect(m.send("STARTTLS") == .startTLS(SMTPServerReply(220, "2.0.0", "Ready to start TLS")))
         m.tlsEstablished(description: "TLSv1.3")
         // RFC 3207: after TLS the client starts again with EHLO.
         #expect(m.code("MAIL FROM:<a@example.test>") == 503)
@@ -61,7 +62,7 @@ struct RelayStateMachineTests {
         #expect(m.code("RCPT TO:<b1@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b1@example.test") == 250)
         #expect(m.code("RCPT TO:<b2@example.test>") == 250)
         #expect(m.code("RCPT TO:<b3@example.test>") == 250)
-        #expect(RelayStateMachine.reply(m.send("RCPT TO:<b4@example.test>")) == RelayReply(452, "4.5.3", "Error: too many recipients (at most 3 per message)"))
+        #expect(RelayStateMachine.reply(m.send("RCPT TO:<b4@example.test>")) == SMTPServerReply(452, "4.5.3", "Error: too many recipients (at most 3 per message)"))
         #expect(m.code("DATA") == 354)
         #expect(m.readsMessage)
         guard case .commit(let envelope) = m.messageEnded(oversized: false) else { Issue.record("no commit"); return }
@@ -79,7 +80,7 @@ struct RelayStateMachineTests {
     func openRelay() {
         var m = RelayStateMachine(policy: policy(trusted: false))
         _ = m.send("EHLO c")
-        #expect(RelayStateMachine.reply(m.send("MAIL FROM:<a@example.test>")) == RelayReply(530, "5.7.0", "Authentication required"))
+        #expect(RelayStateMachine.reply(m.send("MAIL FROM:<a@example.test>")) == SMTPServerReply(530, "5.7.0", "Authentication required"))
     }
 
     @Test("AUTH PLAIN and LOGIN, then the sender rules")
@@ -89,7 +90,7 @@ struct RelayStateMachineTests {
         // PLAIN with an initial response: \0scanner\0secret
         #expect(m.send("AUTH PLAIN AHNjYW5uZXIAc2VjcmV0") == .verify(user: "scanner", password: "secret"))
         #expect(m.acceptsLines == false)
-        #expect(RelayStateMachine.reply(m.authVerified(.invalid)) == RelayReply(535, "5.7.8", "Authentication credentials invalid"))
+        #expect(RelayStateMachine.reply(m.authVerified(.invalid)) == SMTPServerReply(535, "5.7.8", "Authentication credentials invalid"))
         // LOGIN in three steps.
         #expect(RelayStateMachine.reply(m.send("AUTH LOGIN"))?.code == 334)
         #expect(m.expectsSecretLine)
@@ -97,7 +98,7 @@ struct RelayStateMachineTests {
         #expect(m.send("c2VjcmV0") == .verify(user: "scanner", password: "secret"))
         #expect(RelayStateMachine.reply(m.authVerified(.success(scanner)))?.code == 235)
         #expect(m.code("AUTH PLAIN AHNjYW5uZXIAc2VjcmV0") == 503)
-        #expect(RelayStateMachine.reply(m.send("MAIL FROM:<x@other.test>")) == RelayReply(553, "5.7.1", "Sender address rejected: not owned by user scanner"))
+        #expect(RelayStateMachine.reply(m.send("MAIL FROM:<x@other.test>")) == SMTPServerReply(553, "5.7.1", "Sender address rejected: not owned by user scanner"))
         #expect(m.code("MAIL FROM:<>") == 250)
         #expect(m.code("RSET") == 250)
         #expect(m.code("MAIL FROM:<Printer@EXAMPLE.test>") == 250)
@@ -171,7 +172,7 @@ struct RelayStateMachineTests {
         #expect(m.code("RCPT TO:<>") == 501)
         #expect(m.code("VRFY bob") == 252)
         #expect(m.code("FOO") == 500)
-        #expect(RelayStateMachine.reply(m.lineTooLong()) == RelayReply(500, "5.5.2", "Line too long (512 octets at most)"))
+        #expect(RelayStateMachine.reply(m.lineTooLong()) == SMTPServerReply(500, "5.5.2", "Line too long (512 octets at most)"))
         var last: RelayStateMachine.Action = .none
         for _ in 0..<30 { last = m.send("BAD") ; if m.isClosed { break } }
         #expect(RelayStateMachine.reply(last)?.code == 421)
@@ -197,7 +198,7 @@ struct RelayStateMachineTests {
     @Test("timeouts close with 421 4.4.2")
     func timeouts() {
         var m = RelayStateMachine(policy: policy())
-        #expect(m.timedOut() == .replyAndClose(RelayReply(421, "4.4.2", "relay.test Error: timeout exceeded")))
+        #expect(m.timedOut() == .replyAndClose(SMTPServerReply(421, "4.4.2", "relay.test Error: timeout exceeded")))
     }
 
     @Test("non-ASCII addresses need SMTPUTF8")

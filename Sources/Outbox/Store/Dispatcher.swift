@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import OutboxMIME
+import OutboxSMTPGrammar
 import OutboxTransports
 import ServiceLifecycle
 
@@ -367,14 +368,14 @@ public final class Dispatcher: Service, Sendable {
 
     /// A relayed message's DSN parameters, for the transport to pass on; nil when it had none.
     /// `recipients`: the message's, in the order they were stored (the order of the lists).
-    static func dsn(_ origin: MessageOrigin, recipients: [String]) -> EnvelopeDSN? {
+    static func dsn(_ origin: MessageOrigin, recipients: [String]) -> SMTPDSNParameters? {
         var notify: [String: String] = [:], orcpt: [String: String] = [:]
         for (i, address) in recipients.enumerated() {
             if i < origin.notify.count, !origin.notify[i].isEmpty { notify[address.lowercased()] = origin.notify[i] }
             if i < origin.orcpt.count, !origin.orcpt[i].isEmpty { orcpt[address.lowercased()] = origin.orcpt[i] }
         }
         if origin.ret == nil && origin.envid == nil && notify.isEmpty && orcpt.isEmpty { return nil }
-        return EnvelopeDSN(ret: origin.ret, envid: origin.envid, notify: notify, orcpt: orcpt)
+        return SMTPDSNParameters(ret: origin.ret, envid: origin.envid, notify: notify, orcpt: orcpt)
     }
 
     /// nil: go ahead (and counted); otherwise how long to wait.

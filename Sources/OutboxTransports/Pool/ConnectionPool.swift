@@ -88,7 +88,7 @@ extension PoolReleaseDisposition {
     }
 }
 
-/// The SMTP connection pool: runs ``PoolStateMachine``'s actions. State changes happen under a
+/// The SMTP connection pool: runs `PoolStateMachine`'s actions. State changes happen under a
 /// lock; I/O (open, RSET/NOOP, QUIT) and timers run as child tasks of ``run()``, which must be
 /// running for the pool to make progress.
 public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sendable where C.Duration == Duration {
@@ -109,18 +109,18 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// What a release on the hot path did.
-    private enum HandOff { case no, kept, resume(Waiter) }
+    private enum HandBack { case no, kept, resume(Waiter) }
 
-    /// Who learns a lease request's answer: a task waiting in `lease()`, or the hand-off of
-    /// `lease(_:handOff:)`, called where the connection is given.
+    /// Who learns a lease request's answer: a task waiting in `lease()`, or the hand-back of
+    /// `lease(_:handBack:)`, called where the connection is given.
     enum Waiter {
         case task(UnsafeContinuation<Lease, any Error>)
-        case handOff(@Sendable (Result<Lease, any Error>) -> Void)
+        case handBack(@Sendable (Result<Lease, any Error>) -> Void)
 
         func resume(with result: Result<Lease, any Error>) {
             switch self {
             case .task(let continuation): continuation.resume(with: result)
-            case .handOff(let handOff): handOff(result)
+            case .handBack(let handBack): handBack(result)
             }
         }
     }
@@ -255,7 +255,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     public var configuration: PoolConfiguration { state.withLockedValue { $0.machine.configuration } }
     public var generation: Int { state.withLockedValue { $0.machine.generation } }
     public var statistics: PoolStatistics { state.withLockedValue { $0.machine.statistics } }
-    /// Lease requests parked with their continuation or hand-off (past registering), for tests.
+    /// Lease requests parked with their continuation or hand-back (past registering), for tests.
     var parkedRequests: Int {
         state.withLockedValue { $0.requests.values.count { if case .waiting = $0 { true } else { false } } }
     }
@@ -299,21 +299,21 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// Like ``lease()``, for a caller that has its work ready before it has a connection: when it
-    /// has to wait, the connection is given to `handOff` right where it becomes free (the thread
+    /// has to wait, the connection is given to `handBack` right where it becomes free (the thread
     /// that releases it: for SMTP the connection's event loop, at the previous message's final
-    /// dot), so that work can start there, with no task woken first. `handOff` gets the lease and
+    /// dot), so that work can start there, with no task woken first. `handBack` gets the lease and
     /// the caller's continuation, and must resume the continuation exactly once (at once, or when
     /// the work it started ends). When a connection is free at once, `immediate` makes the
     /// result without suspending. Waiting is FIFO and cancellable as in ``lease()``.
     public func lease<T>(immediate: (Lease) -> T,
-                         handOff: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void) async throws -> T {
+                         handBack: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void) async throws -> T {
         let (requestID, answer) = try register()
         if let answer { return immediate(try answer.get()) }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
-                wait(requestID, .handOff({ result in
+                wait(requestID, .handBack({ result in
                     switch result {
-                    case .success(let lease): handOff(lease, continuation)
+                    case .success(let lease): handBack(lease, continuation)
                     case .failure(let error): continuation.resume(throwing: error)
                     }
                 }))
@@ -363,7 +363,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         }
         if disposition == .clean {
             // The hot path under load: straight to the next waiter, no actions, no effects.
-            let handed = state.withLockedValue { state -> HandOff in
+            let handed = state.withLockedValue { state -> HandBack in
                 guard let request = state.machine.releasedCleanToWaiter(lease.connectionID, now: clock.now) else { return .no }
                 return state.answer(request, with: .success(lease)).map { .resume($0) } ?? .kept
             }

@@ -1,4 +1,4 @@
-/// Identifies one connection of the pool. Assigned by ``PoolStateMachine`` in increasing order.
+/// Identifies one connection of the pool. Assigned by `PoolStateMachine` in increasing order.
 public struct PoolConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let rawValue: Int
     public init(_ rawValue: Int) { self.rawValue = rawValue }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 private let user = "joe@x.test"
 private let password = "s3cr3t-Pa55"
@@ -113,7 +114,7 @@ struct WireAuthTests {
                 logger: log.logger())
         }
         let e = try #require(error)
-        #expect(e.stage == .auth && e.kind == .reply && e.replyCode == 535 && e.enhancedCode?.description == "5.7.8")
+        #expect(e.stage == .auth && e.code == .reply && e.replyCode == 535 && e.enhancedCode?.description == "5.7.8")
         #expect(e.description.contains("OAuth 2.0 token"))
         #expect(e.description.contains("\"status\":\"401\""))
         #expect(leaks(e.description).isEmpty)
@@ -169,7 +170,7 @@ struct WireAuthTests {
         let error = await wireCatch {
             try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
         }
-        #expect(error?.kind == .noCommonAuthMechanism && error?.stage == .auth)
+        #expect(error?.code == .noCommonAuthMechanism && error?.stage == .auth)
         #expect(error?.description.contains("CRAM-MD5") == true)
         await server.finished()
         #expect(server.transcript == ["EHLO client.test"])
@@ -181,7 +182,7 @@ struct WireAuthTests {
         let error = await wireCatch {
             try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
         }
-        #expect(error?.kind == .noCommonAuthMechanism)
+        #expect(error?.code == .noCommonAuthMechanism)
         #expect(error?.description.contains("smtp-connection-security") == true)
         await server.finished()
     }

@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 struct WireCommandFixture: Sendable, CustomTestStringConvertible {
     var command: SMTPCommand
@@ -81,7 +82,7 @@ struct WireCommandTests {
             try command.encode(into: &buffer)
             Issue.record("encoded \(command.redactedText)")
         } catch {
-            #expect(error.kind == .invalidArgument)
+            #expect(error.code == .invalidArgument)
             #expect(error.stage == stage)
             #expect(!error.isTransient)
             #expect(!error.description.contains(Self.secret), "an AUTH payload leaked into \(error)")

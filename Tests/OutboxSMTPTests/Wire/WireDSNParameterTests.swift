@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 @Suite("Wire: a message's own DSN parameters")
 struct WireDSNParameterTests {

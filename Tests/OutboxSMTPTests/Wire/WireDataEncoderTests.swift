@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 struct WireDataFixture: Sendable, CustomTestStringConvertible {
     var name: String

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 
 /// The pipelined fast path (`SMTPPipelinedExchange`): a small message against a server with
@@ -36,7 +37,7 @@ struct WirePipelinedExchangeTests {
         #expect(server.dataStrings == Array(repeating: message + ".\r\n", count: 5))
     }
 
-    @Test("whenFree runs once the body is on its way, refused or not; the connection is left free")
+    @Test("handBack runs once the body is on its way, refused or not; the connection is left free")
     func handBack() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
             .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
@@ -51,23 +52,23 @@ struct WirePipelinedExchangeTests {
         ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let calls = NIOLockedValueBox(0)
-        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
-        #expect(first.delivered && first.connectionHandedBack)
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { calls.withLockedValue { $0 += 1 } })
+        #expect(first.delivered && first.handedBack)
         #expect(calls.withLockedValue { $0 } == 1)
         // Refused after the dot: the body had gone out, so the connection was handed back.
         let refused = await wireCatch {
-            try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
+            try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { calls.withLockedValue { $0 += 1 } })
         }
         #expect(refused?.replyCode == 554 && refused?.stage == .data)
         #expect(calls.withLockedValue { $0 } == 2)
         // Refused before any body: not handed back; this call itself sends RSET.
         let noBody = await wireCatch {
-            try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { calls.withLockedValue { $0 += 1 } })
+            try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { calls.withLockedValue { $0 += 1 } })
         }
         #expect(noBody?.replyCode == 550 && noBody?.stage == .mail)
         #expect(calls.withLockedValue { $0 } == 2)
         let last = try await conn.send(envelope: envelope1, body: WireBody(message))
-        #expect(last.delivered && !last.connectionHandedBack)
+        #expect(last.delivered && !last.handedBack)
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
@@ -85,9 +86,9 @@ struct WirePipelinedExchangeTests {
         ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
-        // The second send starts from whenFree, while the first still waits for its reply.
+        // The second send starts from handBack, while the first still waits for its reply.
         let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
-        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() })
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() })
         let next = try await nextTask.value
         #expect(first.delivered && first.finalReply?.text == "first queued")
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -106,10 +107,10 @@ struct WirePipelinedExchangeTests {
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
         let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
-        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() }) }
+        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
         let nextError = await wireCatch { try await nextTask.value }
-        #expect(firstError?.kind == .outcomeUnknown, "\(String(describing: firstError))")
-        #expect(nextError?.kind == .connectionClosed && nextError?.isTransient == true && nextError?.stage == .mail, "\(String(describing: nextError))")
+        #expect(firstError?.code == .outcomeUnknown, "\(String(describing: firstError))")
+        #expect(nextError?.code == .connectionClosed && nextError?.isTransient == true && nextError?.stage == .mail, "\(String(describing: nextError))")
         await server.finished()
     }
 
@@ -125,7 +126,7 @@ struct WirePipelinedExchangeTests {
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
         let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
-        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { second.start() }) }
+        let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
         let next = try await nextTask.value
         #expect(firstError?.replyCode == 554 && firstError?.stage == .data && firstError?.isTransient == false)
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -151,7 +152,7 @@ struct WirePipelinedExchangeTests {
             try await Task.sleep(for: .milliseconds(900))  // over twice protocol-timeout
             server.mark("filtered")
         }
-        let result = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: { check.start() })
+        let result = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { check.start() })
         #expect(result.delivered && result.finalReply?.text == "queued after filtering")
         try await noop.value
         try await release.value
@@ -169,7 +170,7 @@ struct WirePipelinedExchangeTests {
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(300)))
         let start = ContinuousClock.now
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .timeout && error?.stage == .mail && error?.isTransient == true, "\(String(describing: error))")
+        #expect(error?.code == .timeout && error?.stage == .mail && error?.isTransient == true, "\(String(describing: error))")
         #expect(ContinuousClock.now - start < .seconds(3))
         #expect(!conn.isOpen)
         await server.finished()
@@ -189,7 +190,7 @@ struct WirePipelinedExchangeTests {
         let start = ContinuousClock.now
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         let waited = ContinuousClock.now - start
-        #expect(error?.kind == .timeout && error?.stage == .rcpt, "\(String(describing: error))")
+        #expect(error?.code == .timeout && error?.stage == .rcpt, "\(String(describing: error))")
         // The whole protocol-timeout of the second message, not what was left of the first one's.
         #expect(waited >= .milliseconds(380), "\(waited)")
         #expect(waited < .seconds(3))
@@ -222,7 +223,7 @@ struct WirePipelinedExchangeTests {
         ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .outcomeUnknown && error?.stage == .data && error?.isTransient == true, "\(String(describing: error))")
+        #expect(error?.code == .outcomeUnknown && error?.stage == .data && error?.isTransient == true, "\(String(describing: error))")
         #expect(!conn.isOpen)
         await server.finished()
         #expect(server.dataStrings == [message + ".\r\n"])
@@ -236,7 +237,7 @@ struct WirePipelinedExchangeTests {
         ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .connectionClosed && error?.stage == .rcpt && error?.isTransient == true, "\(String(describing: error))")
+        #expect(error?.code == .connectionClosed && error?.stage == .rcpt && error?.isTransient == true, "\(String(describing: error))")
         #expect(!conn.isOpen)
         await server.finished()
     }
@@ -274,7 +275,7 @@ struct WirePipelinedExchangeTests {
     }
 }
 
-/// A task body started from a callback (here: `whenFree`, on the event loop), awaited later.
+/// A task body started from a callback (here: `handBack`, on the event loop), awaited later.
 final class WaitingStart<Success: Sendable>: @unchecked Sendable {
     private let lock = NIOLock()
     private var started = false

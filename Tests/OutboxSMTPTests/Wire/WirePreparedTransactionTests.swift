@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 /// A transaction prepared before a connection is at hand (`SMTPConnection.prepare`), started by
 /// the event loop where the connection becomes free (`start`), concluded by `finish`.
@@ -24,10 +25,10 @@ struct WirePreparedTransactionTests {
 
     /// Starts `prepared` on the connection's event loop and waits for its outcome.
     static func startOnLoop(_ conn: SMTPConnection, _ prepared: SMTPPreparedTransaction,
-                            whenFree: @escaping @Sendable () -> Void = {}) async throws -> SMTPPreparedOutcome {
+                            handBack: @escaping @Sendable () -> Void = {}) async throws -> SMTPPreparedOutcome {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SMTPPreparedOutcome, any Error>) in
             conn.channel.eventLoop.execute {
-                let started = conn.start(prepared, whenFree: whenFree, completion: { continuation.resume(returning: $0) })
+                let started = conn.start(prepared, handBack: handBack, completion: { continuation.resume(returning: $0) })
                 if !started { continuation.resume(throwing: Declined()) }
             }
         }
@@ -70,19 +71,19 @@ struct WirePreparedTransactionTests {
         let started = NIOLockedValueBox<Bool?>(nil)
         let outcome = NIOLockedValueBox<SMTPPreparedOutcome?>(nil)
         let freed = NIOLockedValueBox(0)
-        let first = try await conn.send(envelope: envelope1, body: WireBody(message), whenFree: {
+        let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: {
             started.withLockedValue {
-                $0 = conn.start(next, whenFree: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.withLockedValue { $0 = result } })
+                $0 = conn.start(next, handBack: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.withLockedValue { $0 = result } })
             }
         })
-        #expect(first.delivered && first.connectionHandedBack && first.finalReply?.text == "first queued")
+        #expect(first.delivered && first.handedBack && first.finalReply?.text == "first queued")
         #expect(started.withLockedValue { $0 } == true)
         await wireWait { outcome.withLockedValue { $0 } != nil }
         let result = try await conn.finish(next, try #require(outcome.withLockedValue { $0 }))
         #expect(result.delivered && result.finalReply?.text == "second queued")
         #expect(result.recipients.map(\.accepted) == [true, false])
         #expect(result.recipients[1].reply?.enhancedCode?.description == "5.1.1")
-        #expect(result.connectionHandedBack && freed.withLockedValue { $0 } == 1)
+        #expect(result.handedBack && freed.withLockedValue { $0 } == 1)
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
@@ -98,7 +99,7 @@ struct WirePreparedTransactionTests {
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
         // Off the event loop.
-        let offLoop = conn.start(ready, whenFree: {}, completion: { _ in Issue.record("declined start completed") })
+        let offLoop = conn.start(ready, handBack: {}, completion: { _ in Issue.record("declined start completed") })
         #expect(!offLoop)
         // Another profile: prepared for a server with 8BITMIME.
         let other = try #require(try await Self.prepared(for: Self.profile(["PIPELINING": [], "8BITMIME": []])))
@@ -107,7 +108,7 @@ struct WirePreparedTransactionTests {
         let outcomes = NIOLockedValueBox<[SMTPPreparedOutcome]>([])
         let both = try await conn.channel.eventLoop.submit { () -> [Bool] in
             let record: @Sendable (SMTPPreparedOutcome) -> Void = { outcome in outcomes.withLockedValue { $0.append(outcome) } }
-            return [conn.start(ready, whenFree: {}, completion: record), conn.start(ready, whenFree: {}, completion: record)]
+            return [conn.start(ready, handBack: {}, completion: record), conn.start(ready, handBack: {}, completion: record)]
         }.get()
         #expect(both == [true, false])
         await wireWait { outcomes.withLockedValue { $0.count } == 1 }
@@ -143,7 +144,7 @@ struct WirePreparedTransactionTests {
         #expect(noRecipient.recipients.map { $0.reply?.code } == [550])
 
         let lost = await wireCatch { try await conn.finish(ready, try await Self.startOnLoop(conn, ready)) }
-        #expect(lost?.kind == .outcomeUnknown, "\(String(describing: lost))")
+        #expect(lost?.code == .outcomeUnknown, "\(String(describing: lost))")
         #expect(!conn.isOpen)
         await server.finished()
         #expect(server.problems.isEmpty)
@@ -160,7 +161,7 @@ struct WirePreparedTransactionTests {
         #expect(try await conn.send(other) == nil)
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
         let result = try #require(try await conn.send(ready))
-        #expect(result.delivered && result.finalReply?.text == "queued" && !result.connectionHandedBack)
+        #expect(result.delivered && result.finalReply?.text == "queued" && !result.handedBack)
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)

@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 /// One parser fixture: the wire text and the replies it must give.
 struct WireReplyFixture: Sendable, CustomTestStringConvertible {
@@ -105,7 +106,7 @@ struct WireReplyParserTests {
             while try parser.parse(&buffer) != nil {}
         } throws: { error in
             guard let error = error as? SMTPError else { return false }
-            return error.kind == .protocolViolation && error.stage == .protocol && !error.isTransient
+            return error.code == .protocolViolation && error.stage == .protocol && !error.isTransient
         }
         // After the error the parser holds no half reply.
         #expect(!parser.isInsideReply)
@@ -128,7 +129,7 @@ struct WireReplyParserTests {
                 break
             }
         }
-        #expect(failure?.kind == .protocolViolation)
+        #expect(failure?.code == .protocolViolation)
         #expect(fed <= 2048)
         #expect(failure?.description.contains("longer than 1024") == true)
     }

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 
 @Suite("Wire: whole sessions against a scripted server", .timeLimit(.minutes(1)))
@@ -37,7 +38,7 @@ struct WireSessionTests {
                                       "DATA", "NOOP", "RSET", "QUIT"])
         #expect(server.dataStrings == [message + ".\r\n"])
         // A closed connection refuses further use.
-        #expect(await wireCatch { try await conn.noop() }?.kind == .connectionUnusable)
+        #expect(await wireCatch { try await conn.noop() }?.code == .connectionUnusable)
     }
 
     @Test("PIPELINING: MAIL, RCPT, RCPT and DATA all arrive before any reply is sent")
@@ -146,7 +147,7 @@ struct WireSessionTests {
         ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.stage == .mail && error?.kind == .reply && error?.replyCode == 553 && error?.isTransient == false)
+        #expect(error?.stage == .mail && error?.code == .reply && error?.replyCode == 553 && error?.isTransient == false)
         try await conn.noop()
         await conn.quit()
         await server.finished()
@@ -164,7 +165,7 @@ struct WireSessionTests {
         ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.stage == .data && error?.kind == .reply && error?.replyCode == 552)
+        #expect(error?.stage == .data && error?.code == .reply && error?.replyCode == 552)
         // The reply to the dot ends the transaction: no RSET is needed, the connection goes on.
         try await conn.noop()
         await conn.quit()
@@ -220,11 +221,11 @@ struct WireSessionTests {
         let chunks = stride(from: 0, to: bytes.count, by: 10_007).map { ByteBuffer(bytes: bytes[$0..<min($0 + 10_007, bytes.count)]) }
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let freed = NIOLockedValueBox(0)
-        let result = try await conn.send(envelope: envelope1, body: WireBody(chunks), whenFree: { freed.withLockedValue { $0 += 1 } })
+        let result = try await conn.send(envelope: envelope1, body: WireBody(chunks), handBack: { freed.withLockedValue { $0 += 1 } })
         let expected = String(repeating: "." + line.dropLast() + "\r\n", count: lines) + ".\r\n"
         #expect(result.delivered && result.bytesSent == expected.utf8.count)
-        #expect((expected.utf8.count <= SMTPConnection.Session.exchangeLimit) == oneExchange)
-        #expect(result.connectionHandedBack == oneExchange)
+        #expect((expected.utf8.count <= SMTPConnection.exchangeLimit) == oneExchange)
+        #expect(result.handedBack == oneExchange)
         #expect(freed.withLockedValue { $0 } == (oneExchange ? 1 : 0))
         await conn.quit()
         await server.finished()
@@ -270,7 +271,7 @@ struct WireSessionTests {
         let error = await wireCatch {
             try await conn.send(envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"], size: 5000), body: WireBody(message))
         }
-        #expect(error?.kind == .unsupportedByServer && error?.stage == .mail && error?.isTransient == false)
+        #expect(error?.code == .unsupportedByServer && error?.stage == .mail && error?.isTransient == false)
         #expect(error?.description.contains("1000") == true)
         try await conn.noop()
         await conn.quit()
@@ -290,7 +291,7 @@ struct WireSessionTests {
         let utf8Envelope = SMTPEnvelope(from: "jörg@x.test", recipients: ["b@x.test"], requiresSMTPUTF8: true)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: utf8Envelope, body: WireBody(message)) }
-        #expect(error?.kind == .unsupportedByServer && error?.stage == .mail)
+        #expect(error?.code == .unsupportedByServer && error?.stage == .mail)
         await conn.quit()
         let conn2 = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         #expect(try await conn2.send(envelope: utf8Envelope, body: WireBody(message)).delivered)
@@ -308,9 +309,9 @@ struct WireSessionTests {
             try await conn.send(envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test", "c@x.test>\r\nRCPT TO:<evil@x.test"]),
                                 body: WireBody(message))
         }
-        #expect(error?.kind == .invalidArgument && error?.stage == .rcpt)
+        #expect(error?.code == .invalidArgument && error?.stage == .rcpt)
         let none = await wireCatch { try await conn.send(envelope: SMTPEnvelope(from: "a@x.test", recipients: []), body: WireBody(message)) }
-        #expect(none?.kind == .invalidArgument)
+        #expect(none?.code == .invalidArgument)
         await conn.quit()
         await server.finished()
         #expect(server.transcript == ["EHLO client.test", "QUIT"])
@@ -356,7 +357,7 @@ struct WireSessionTests {
     func greeting554() async throws {
         let server = try ScriptedSMTPServer([.send("554 5.7.1 no SMTP service here\r\n")])
         let error = await wireCatch { try await SMTPConnection.connect(configuration: .wire(port: server.port)) }
-        #expect(error?.stage == .greeting && error?.kind == .reply && error?.replyCode == 554 && error?.isTransient == false)
+        #expect(error?.stage == .greeting && error?.code == .reply && error?.replyCode == 554 && error?.isTransient == false)
         await server.finished()
         #expect(server.transcript.isEmpty)
     }
@@ -368,7 +369,7 @@ struct WireSessionTests {
             try await SMTPConnection.connect(configuration: .wire(port: server.port, security: .startTLSRequired,
                                                                   credentials: .password(user: "joe", password: SMTPSecret("s3cr3t"))))
         }
-        #expect(error?.kind == .tlsRequired && error?.stage == .starttls)
+        #expect(error?.code == .tlsRequired && error?.stage == .starttls)
         await server.finished()
         #expect(server.transcript == ["EHLO client.test"])
     }
@@ -386,7 +387,7 @@ struct WireSessionTests {
     func startTLSInjection() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["STARTTLS"]) + [.expect("STARTTLS"), .send("220 go ahead\r\n250 injected\r\n")])
         let error = await wireCatch { try await SMTPConnection.connect(configuration: .wire(port: server.port, security: .startTLSRequired)) }
-        #expect(error?.kind == .startTLSInjection && error?.stage == .starttls)
+        #expect(error?.code == .startTLSInjection && error?.stage == .starttls)
         await server.finished()
         #expect(server.transcript == ["EHLO client.test", "STARTTLS"], "no TLS bytes and no command followed")
         #expect(server.data.isEmpty)
@@ -397,7 +398,7 @@ struct WireSessionTests {
         let server = try ScriptedSMTPServer([WireStep]())
         let start = ContinuousClock.now
         let error = await wireCatch { try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(300))) }
-        #expect(error?.kind == .timeout && error?.stage == .greeting && error?.isTransient == true, "\(String(describing: error))")
+        #expect(error?.code == .timeout && error?.stage == .greeting && error?.isTransient == true, "\(String(describing: error))")
         #expect(ContinuousClock.now - start < .seconds(3))
         await server.finished()
     }
@@ -407,7 +408,7 @@ struct WireSessionTests {
         let server = try ScriptedSMTPServer(WireScript.hello([]) + [.expect("MAIL FROM:<a@x.test>")])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(300)))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .timeout && error?.stage == .mail)
+        #expect(error?.code == .timeout && error?.stage == .mail)
         #expect(!conn.isOpen)
         await server.finished()
         #expect(server.transcript == ["EHLO client.test", "MAIL FROM:<a@x.test>"])
@@ -420,7 +421,7 @@ struct WireSessionTests {
         ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .protocolViolation)
+        #expect(error?.code == .protocolViolation)
         #expect(!conn.isOpen)
         await server.finished()
     }
@@ -429,7 +430,7 @@ struct WireSessionTests {
     func garbage() async throws {
         let server = try ScriptedSMTPServer([.send("SSH-2.0-OpenSSH_9.6\r\n")])
         let error = await wireCatch { try await SMTPConnection.connect(configuration: .wire(port: server.port)) }
-        #expect(error?.kind == .protocolViolation && error?.stage == .protocol && error?.isTransient == false)
+        #expect(error?.code == .protocolViolation && error?.stage == .protocol && error?.isTransient == false)
         await server.finished()
         #expect(server.transcript.isEmpty)
     }
@@ -481,7 +482,7 @@ struct WireSessionTests {
             await wireWait { !conn.isOpen }
         }
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: body) }
-        #expect(error?.kind == .connectionClosed && error?.stage == .data && error?.isTransient == true)
+        #expect(error?.code == .connectionClosed && error?.stage == .data && error?.isTransient == true)
         await server.finished()
     }
 
@@ -494,7 +495,7 @@ struct WireSessionTests {
         ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        #expect(error?.kind == .outcomeUnknown && error?.stage == .data)
+        #expect(error?.code == .outcomeUnknown && error?.stage == .data)
         #expect(!conn.isOpen)
         await server.finished()
         #expect(server.dataStrings == [message + ".\r\n"])

@@ -3,6 +3,7 @@ import Logging
 import Testing
 import NIOCore
 @testable import OutboxSMTP
+@testable import OutboxSMTPGrammar
 
 #if canImport(Glibc)
 import Glibc

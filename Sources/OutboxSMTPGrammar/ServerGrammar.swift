@@ -1,11 +1,11 @@
 import Foundation
 
-/// The listener's side of the SMTP grammar: command lines as clients send them (RFC 5321 §4.1,
+/// The server side of the SMTP grammar: command lines as clients send them (RFC 5321 §4.1,
 /// RFC 3207, RFC 4954, RFC 3030, RFC 3461) and the replies it writes. Channel-free: bytes in,
 /// values out.
 
 /// A reply the listener sends: a code, an enhanced status code (RFC 3463) and text lines.
-public struct RelayReply: Sendable, Hashable, CustomStringConvertible {
+public struct SMTPServerReply: Sendable, Hashable, CustomStringConvertible {
     public var code: Int
     /// `x.y.z`, written after the code on every line; nil for 220 greetings, 334 and 354.
     public var enhanced: String?
@@ -63,7 +63,7 @@ public struct SMTPParameters: Sendable, Hashable {
 }
 
 /// A command line from a client, parsed.
-public enum RelayCommand: Sendable, Hashable {
+public enum SMTPServerCommand: Sendable, Hashable {
     case ehlo(String)
     case helo(String)
     case startTLS
@@ -81,7 +81,7 @@ public enum RelayCommand: Sendable, Hashable {
     case expn
     case help
     /// A verb the listener knows but whose arguments are wrong; the reply says why.
-    case invalid(RelayReply)
+    case invalid(SMTPServerReply)
     /// A verb the listener does not know.
     case unknown(verb: String)
 
@@ -109,9 +109,9 @@ public enum RelayCommand: Sendable, Hashable {
 
     /// Parses one command line (without its CRLF). Lenient where RFC 5321 allows it (case of
     /// verbs and keys, a space after `FROM:`), strict where a mistake would change meaning.
-    public static func parse(_ line: [UInt8]) -> RelayCommand {
+    public static func parse(_ line: [UInt8]) -> SMTPServerCommand {
         guard line.allSatisfy({ $0 != 0 }), let text = String(validating: line, as: UTF8.self) else {
-            return .invalid(RelayReply(500, "5.5.2", "Syntax error: the command is not UTF-8 text"))
+            return .invalid(SMTPServerReply(500, "5.5.2", "Syntax error: the command is not UTF-8 text"))
         }
         let verbEnd = text.firstIndex(of: " ") ?? text.endIndex
         let verb = text[..<verbEnd].uppercased()
@@ -120,18 +120,18 @@ public enum RelayCommand: Sendable, Hashable {
         switch verb {
         case "EHLO", "HELO":
             guard let name = argument.split(separator: " ").first.map(String.init), !name.isEmpty else {
-                return .invalid(RelayReply(501, "5.5.4", "Syntax: \(verb) hostname"))
+                return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: \(verb) hostname"))
             }
             return verb == "EHLO" ? .ehlo(name) : .helo(name)
         case "STARTTLS":
-            return argument.isEmpty ? .startTLS : .invalid(RelayReply(501, "5.5.4", "Syntax: STARTTLS (no parameters)"))
+            return argument.isEmpty ? .startTLS : .invalid(SMTPServerReply(501, "5.5.4", "Syntax: STARTTLS (no parameters)"))
         case "AUTH":
             let parts = argument.split(separator: " ", omittingEmptySubsequences: true)
-            guard parts.count == 1 || parts.count == 2 else { return .invalid(RelayReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")) }
+            guard parts.count == 1 || parts.count == 2 else { return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")) }
             return .auth(mechanism: parts[0].uppercased(), initialResponse: parts.count == 2 ? String(parts[1]) : nil)
         case "MAIL":
             guard let (path, parameters) = parsePath(argument, keyword: "FROM:") else {
-                return .invalid(RelayReply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]"))
+                return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]"))
             }
             switch path {
             case .failure(let failure): return .invalid(failure.reply)
@@ -139,21 +139,21 @@ public enum RelayCommand: Sendable, Hashable {
             }
         case "RCPT":
             guard let (path, parameters) = parsePath(argument, keyword: "TO:") else {
-                return .invalid(RelayReply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]"))
+                return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]"))
             }
             switch path {
             case .failure(let failure): return .invalid(failure.reply)
             case .success(let p):
-                if p.isEmpty { return .invalid(RelayReply(501, "5.1.3", "Syntax: RCPT TO:<address> needs an address")) }
+                if p.isEmpty { return .invalid(SMTPServerReply(501, "5.1.3", "Syntax: RCPT TO:<address> needs an address")) }
                 return .rcpt(path: p, parameters: parameters)
             }
         case "DATA":
-            return argument.isEmpty ? .data : .invalid(RelayReply(501, "5.5.4", "Syntax: DATA (no parameters)"))
+            return argument.isEmpty ? .data : .invalid(SMTPServerReply(501, "5.5.4", "Syntax: DATA (no parameters)"))
         case "BDAT":
             let parts = argument.split(separator: " ", omittingEmptySubsequences: true)
             guard (1...2).contains(parts.count), parts[0].count <= 10, parts[0].allSatisfy({ $0.isASCII && $0.isNumber }), let size = Int(parts[0]), size >= 0,
                   parts.count == 1 || parts[1].uppercased() == "LAST" else {
-                return .invalid(RelayReply(501, "5.5.4", "Syntax: BDAT size [LAST]"))
+                return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: BDAT size [LAST]"))
             }
             return .bdat(size: size, last: parts.count == 2)
         case "RSET": return .rset
@@ -167,11 +167,11 @@ public enum RelayCommand: Sendable, Hashable {
     }
 
     /// `FROM:<path> params` / `TO:<path> params`. Nil when the keyword is missing.
-    static func parsePath(_ argument: String, keyword: String) -> (Result<String, RelayReplyError>, SMTPParameters)? {
+    package static func parsePath(_ argument: String, keyword: String) -> (Result<String, SMTPServerReplyError>, SMTPParameters)? {
         guard argument.uppercased().hasPrefix(keyword) else { return nil }
         var rest = argument.dropFirst(keyword.count).drop(while: { $0 == " " })
         guard rest.first == "<" else {
-            return (.failure(RelayReplyError(RelayReply(501, "5.1.7", "Syntax: the address must be in angle brackets, e.g. <user@example.com>"))), SMTPParameters(items: []))
+            return (.failure(SMTPServerReplyError(SMTPServerReply(501, "5.1.7", "Syntax: the address must be in angle brackets, e.g. <user@example.com>"))), SMTPParameters(items: []))
         }
         // A quoted local part may hold '>'; find the closing bracket outside quotes.
         var inQuotes = false
@@ -184,7 +184,7 @@ public enum RelayCommand: Sendable, Hashable {
             i = rest.index(after: i)
         }
         guard let end else {
-            return (.failure(RelayReplyError(RelayReply(501, "5.1.7", "Syntax: the address has no closing >"))), SMTPParameters(items: []))
+            return (.failure(SMTPServerReplyError(SMTPServerReply(501, "5.1.7", "Syntax: the address has no closing >"))), SMTPParameters(items: []))
         }
         var path = String(rest[rest.index(after: rest.startIndex)..<end])
         // A source route (@a,@b:user@c) is accepted and ignored (RFC 5321 §4.1.1.3).
@@ -199,14 +199,14 @@ public enum RelayCommand: Sendable, Hashable {
             }
         }
         if !path.isEmpty, let problem = addressProblem(path) {
-            return (.failure(RelayReplyError(RelayReply(501, keyword == "FROM:" ? "5.1.7" : "5.1.3", problem))), SMTPParameters(items: items))
+            return (.failure(SMTPServerReplyError(SMTPServerReply(501, keyword == "FROM:" ? "5.1.7" : "5.1.3", problem))), SMTPParameters(items: items))
         }
         return (.success(path), SMTPParameters(items: items))
     }
 
     /// Why an envelope address is unusable, or nil. `local@domain`, the domain not empty,
     /// no control characters or spaces outside quotes.
-    static func addressProblem(_ path: String) -> String? {
+    package static func addressProblem(_ path: String) -> String? {
         guard path.utf8.count <= 320 else { return "Syntax: the address is longer than 320 octets" }
         guard let at = path.lastIndex(of: "@"), at != path.startIndex, path.index(after: at) != path.endIndex else {
             return "Syntax: <\(printable(path))> is not local@domain"
@@ -219,20 +219,20 @@ public enum RelayCommand: Sendable, Hashable {
         return nil
     }
 
-    static func printable(_ s: String) -> String {
+    package static func printable(_ s: String) -> String {
         String(s.unicodeScalars.prefix(100).map { $0.value < 32 || $0.value == 127 ? "?" : Character($0) })
     }
 }
 
 /// A reply carried as an error (for `Result`).
-public struct RelayReplyError: Error, Sendable, Hashable {
-    public var reply: RelayReply
-    public init(_ reply: RelayReply) { self.reply = reply }
+public struct SMTPServerReplyError: Error, Sendable, Hashable {
+    public var reply: SMTPServerReply
+    public init(_ reply: SMTPServerReply) { self.reply = reply }
 }
 
 /// RFC 3461 `xtext` (ENVID, ORCPT): `+XX` hex escapes; the decoded text must be printable ASCII.
-enum XText {
-    static func isValid(_ s: String) -> Bool {
+package enum XText {
+    package static func isValid(_ s: String) -> Bool {
         let b = Array(s.utf8)
         var i = 0
         while i < b.count {
@@ -248,7 +248,7 @@ enum XText {
         return true
     }
 
-    static func isHex(_ c: UInt8) -> Bool {
+    package static func isHex(_ c: UInt8) -> Bool {
         (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46)
     }
 }

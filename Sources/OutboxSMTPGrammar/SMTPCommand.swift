@@ -18,8 +18,11 @@ public enum SMTPCommand: Sendable, Hashable {
     case rcptTo(String, parameters: [String])
     /// `DATA`. S: `354 End data with <CR><LF>.<CR><LF>`
     case data
+    /// `NOOP`. S: `250 2.0.0 Ok`
     case noop
+    /// `RSET`: abandons the transaction. S: `250 2.0.0 Ok`
     case rset
+    /// `QUIT`. S: `221 2.0.0 Bye`
     case quit
 
     /// Whether the command's arguments carry credentials that must never be logged.
@@ -48,18 +51,18 @@ public enum SMTPCommand: Sendable, Hashable {
     public func validate() throws(SMTPError) {
         switch self {
         case .ehlo(let domain), .helo(let domain):
-            try Self.check(domain, what: "EHLO name", allowEmpty: false, forbidSpace: true)
+            try Self.check(domain, what: "EHLO name", stage: .ehlo, allowEmpty: false, forbidSpace: true)
         case .auth(let mechanism, let initialResponse):
-            try Self.check(mechanism, what: "AUTH mechanism", allowEmpty: false, forbidSpace: true)
-            if let initialResponse { try Self.check(initialResponse, what: "AUTH response", allowEmpty: true, forbidSpace: true, secret: true) }
+            try Self.check(mechanism, what: "AUTH mechanism", stage: .auth, allowEmpty: false, forbidSpace: true)
+            if let initialResponse { try Self.check(initialResponse, what: "AUTH response", stage: .auth, allowEmpty: true, forbidSpace: true, secret: true) }
         case .authResponse(let line):
-            try Self.check(line, what: "AUTH response", allowEmpty: true, forbidSpace: true, secret: true)
+            try Self.check(line, what: "AUTH response", stage: .auth, allowEmpty: true, forbidSpace: true, secret: true)
         case .mailFrom(let path, let parameters):
-            try Self.checkPath(path, what: "sender address", allowEmpty: true)
-            for p in parameters { try Self.check(p, what: "MAIL parameter", allowEmpty: false, forbidSpace: true) }
+            try Self.checkPath(path, what: "sender address", stage: .mail, allowEmpty: true)
+            for p in parameters { try Self.check(p, what: "MAIL parameter", stage: .mail, allowEmpty: false, forbidSpace: true) }
         case .rcptTo(let path, let parameters):
-            try Self.checkPath(path, what: "recipient address", allowEmpty: false)
-            for p in parameters { try Self.check(p, what: "RCPT parameter", allowEmpty: false, forbidSpace: true) }
+            try Self.checkPath(path, what: "recipient address", stage: .rcpt, allowEmpty: false)
+            for p in parameters { try Self.check(p, what: "RCPT parameter", stage: .rcpt, allowEmpty: false, forbidSpace: true) }
         case .startTLS, .data, .noop, .rset, .quit:
             break
         }
@@ -75,7 +78,7 @@ public enum SMTPCommand: Sendable, Hashable {
     }
 
     /// Writes the command line, CRLF included, for a command `validate()` accepted.
-    func writeValidated(into buffer: inout ByteBuffer) {
+    package func writeValidated(into buffer: inout ByteBuffer) {
         switch self {
         case .ehlo(let domain):
             buffer.writeStaticString("EHLO ")
@@ -116,29 +119,28 @@ public enum SMTPCommand: Sendable, Hashable {
         buffer.writeStaticString("\r\n")
     }
 
-    private static func checkPath(_ value: String, what: String, allowEmpty: Bool) throws(SMTPError) {
-        try check(value, what: what, allowEmpty: allowEmpty, forbidSpace: false)
+    private static func checkPath(_ value: String, what: String, stage: SMTPError.Stage, allowEmpty: Bool) throws(SMTPError) {
+        try check(value, what: what, stage: stage, allowEmpty: allowEmpty, forbidSpace: false)
         if value.utf8.contains(where: { $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") }) {
-            throw SMTPError(stage: what == "sender address" ? .mail : .rcpt, kind: .invalidArgument,
+            throw SMTPError(stage: stage, code: .invalidArgument,
                             message: "the \(what) \(SMTPReplyParser.printable(value)) contains '<' or '>'")
         }
     }
 
-    private static func check(_ value: String, what: String, allowEmpty: Bool, forbidSpace: Bool, secret: Bool = false) throws(SMTPError) {
-        // Computed only on failure: this runs for every command sent.
-        var stage: SMTPError.Stage { what.hasPrefix("AUTH") ? .auth : what.hasPrefix("RCPT") || what == "recipient address" ? .rcpt : what == "EHLO name" ? .ehlo : .mail }
+    private static func check(_ value: String, what: String, stage: SMTPError.Stage, allowEmpty: Bool, forbidSpace: Bool,
+                              secret: Bool = false) throws(SMTPError) {
         var shown: String { secret ? "" : " \(SMTPReplyParser.printable(value))" }
         if value.isEmpty && !allowEmpty {
-            throw SMTPError(stage: stage, kind: .invalidArgument, message: "the \(what) is empty")
+            throw SMTPError(stage: stage, code: .invalidArgument, message: "the \(what) is empty")
         }
         // Every character checked is ASCII, and in UTF-8 an ASCII byte is always a character of its own.
         for byte in value.utf8 {
             if byte == 0x0D || byte == 0x0A || byte == 0x00 {
-                throw SMTPError(stage: stage, kind: .invalidArgument,
+                throw SMTPError(stage: stage, code: .invalidArgument,
                                 message: "the \(what)\(shown) contains CR, LF or NUL; nothing was sent")
             }
             if byte < 0x20 || byte == 0x7F || (forbidSpace && byte == 0x20) {
-                throw SMTPError(stage: stage, kind: .invalidArgument,
+                throw SMTPError(stage: stage, code: .invalidArgument,
                                 message: "the \(what)\(shown) contains a control character or space; nothing was sent")
             }
         }
@@ -146,7 +148,7 @@ public enum SMTPCommand: Sendable, Hashable {
 }
 
 extension String {
-    func trimmingCRLF() -> String {
+    package func trimmingCRLF() -> String {
         var s = Substring(self)
         while let last = s.last, last == "\r" || last == "\n" || last == "\r\n" { s = s.dropLast() }
         return String(s)

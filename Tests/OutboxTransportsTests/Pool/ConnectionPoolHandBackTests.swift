@@ -7,14 +7,14 @@ private func config(size: Int = 1) -> PoolConfiguration {
                       tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
 }
 
-/// What a `lease(immediate:handOff:)` caller got in these tests.
+/// What a `lease(immediate:handBack:)` caller got in these tests.
 private enum Got: Sendable, Equatable {
     case immediate(PoolConnectionID)
     /// Handed off; `duringRelease` says whether it happened inside the `release` call.
     case handedOff(PoolConnectionID, duringRelease: Bool)
 }
 
-/// Set around a `release` call, to see where a hand-off runs: a task-local value, so only code
+/// Set around a `release` call, to see where a hand-back runs: a task-local value, so only code
 /// running inside that call (in the releasing task) sees it, not the pool's own tasks meanwhile.
 private final class ReleaseMarker: Sendable {
     @TaskLocal static var releasing = false
@@ -24,47 +24,47 @@ private final class ReleaseMarker: Sendable {
     }
 }
 
-/// `ConnectionPool.lease(immediate:handOff:)`: a waiting caller's connection is handed to its
-/// hand-off where the connection is released (for SMTP: on the event loop, at the previous
+/// `ConnectionPool.lease(immediate:handBack:)`: a waiting caller's connection is handed to its
+/// hand-back where the connection is released (for SMTP: on the event loop, at the previous
 /// message's dot), with the same order, limits and cancellation as `lease()`.
-@Suite("ConnectionPool: hand-off leases")
-struct ConnectionPoolHandOffTests {
-    private func leaseWithHandOff(_ pool: PoolUnderTest, marker: ReleaseMarker,
+@Suite("ConnectionPool: hand-back leases")
+struct ConnectionPoolHandBackTests {
+    private func leaseWithHandBack(_ pool: PoolUnderTest, marker: ReleaseMarker,
                                   order: PoolConcurrencyMeter? = nil, tag: Int = 0) async throws -> (Got, ConnectionPoolLease<FakePoolConnection>) {
-        try await pool.lease(immediate: { lease in (Got.immediate(lease.connectionID), lease) }, handOff: { lease, continuation in
+        try await pool.lease(immediate: { lease in (Got.immediate(lease.connectionID), lease) }, handBack: { lease, continuation in
             order?.record(tag)
             continuation.resume(returning: (.handedOff(lease.connectionID, duringRelease: marker.inRelease), lease))
         })
     }
 
-    /// Holds the pool's one connection, queues a hand-off caller, releases the connection and
+    /// Holds the pool's one connection, queues a hand-back caller, releases the connection and
     /// returns what the caller got.
-    private func handOffOfTheOnlyConnection(_ pool: PoolUnderTest) async throws
+    private func handBackOfTheOnlyConnection(_ pool: PoolUnderTest) async throws
         -> (held: ConnectionPoolLease<FakePoolConnection>, got: Got, lease: ConnectionPoolLease<FakePoolConnection>) {
         let held = try await pool.lease()
         let marker = ReleaseMarker()
-        let waiter = Task { try await leaseWithHandOff(pool, marker: marker) }
+        let waiter = Task { try await leaseWithHandBack(pool, marker: marker) }
         // Parked, not only queued: a release while the request is still registering answers it
-        // there, and the caller runs the hand-off itself (right, but not what is tested here).
+        // there, and the caller runs the hand-back itself (right, but not what is tested here).
         await poolEventually("waiter parked") { pool.parkedRequests == 1 }
         marker.around { pool.release(held) }
         let (got, lease) = try await waiter.value
         return (held, got, lease)
     }
 
-    @Test func anIdleConnectionComesAtOnceWithoutTheHandOff() async throws {
+    @Test func anIdleConnectionComesAtOnceWithoutTheHandBack() async throws {
         try await withPoolUnderTest(config()) { pool, _, _ in
             let first = try await pool.lease()
             pool.release(first)
-            let (got, lease) = try await leaseWithHandOff(pool, marker: ReleaseMarker())
+            let (got, lease) = try await leaseWithHandBack(pool, marker: ReleaseMarker())
             #expect(got == .immediate(first.connectionID))
             pool.release(lease)
         }
     }
 
-    @Test func aWaitingCallersHandOffRunsInsideTheRelease() async throws {
+    @Test func aWaitingCallersHandBackRunsInsideTheRelease() async throws {
         try await withPoolUnderTest(config()) { pool, factory, _ in
-            let (held, got, lease) = try await handOffOfTheOnlyConnection(pool)
+            let (held, got, lease) = try await handBackOfTheOnlyConnection(pool)
             #expect(got == .handedOff(held.connectionID, duringRelease: true))
             #expect(pool.statistics.leased == 1 && pool.statistics.waiting == 0)
             pool.release(lease)
@@ -72,7 +72,7 @@ struct ConnectionPoolHandOffTests {
         }
     }
 
-    @Test func handOffAndTaskWaitersAreServedInArrivalOrder() async throws {
+    @Test func handBackAndTaskWaitersAreServedInArrivalOrder() async throws {
         try await withPoolUnderTest(config()) { pool, _, _ in
             let held = try await pool.lease()
             let meter = PoolConcurrencyMeter()
@@ -81,7 +81,7 @@ struct ConnectionPoolHandOffTests {
                 for i in 1...6 {
                     group.addTask {
                         if i % 2 == 0 {
-                            let (_, lease) = try await leaseWithHandOff(pool, marker: marker, order: meter, tag: i)
+                            let (_, lease) = try await leaseWithHandBack(pool, marker: marker, order: meter, tag: i)
                             pool.release(lease)
                         } else {
                             try await pool.withConnection { _ in meter.record(i) }
@@ -96,12 +96,12 @@ struct ConnectionPoolHandOffTests {
         }
     }
 
-    @Test func aCancelledHandOffWaiterThrowsAndItsHandOffNeverRuns() async throws {
+    @Test func aCancelledHandBackWaiterThrowsAndItsHandBackNeverRuns() async throws {
         try await withPoolUnderTest(config()) { pool, factory, _ in
             let held = try await pool.lease()
             let calls = PoolConcurrencyMeter()
             let waiter = Task {
-                try await pool.lease(immediate: { _ in 0 }, handOff: { lease, continuation in
+                try await pool.lease(immediate: { _ in 0 }, handBack: { lease, continuation in
                     calls.record(1)
                     pool.release(lease)
                     continuation.resume(returning: 1)
@@ -118,13 +118,13 @@ struct ConnectionPoolHandOffTests {
         }
     }
 
-    @Test func shutdownFailsAWaitingHandOffCallerWithoutCallingIt() async throws {
+    @Test func shutdownFailsAWaitingHandBackCallerWithoutCallingIt() async throws {
         let pool = PoolUnderTest(configuration: config(), factory: FakePoolFactory(), clock: ManualClock())
         let runner = Task { await pool.run() }
         let held = try await pool.lease()
         let calls = PoolConcurrencyMeter()
         let waiter = Task {
-            try await pool.lease(immediate: { _ in 0 }, handOff: { _, continuation in
+            try await pool.lease(immediate: { _ in 0 }, handBack: { _, continuation in
                 calls.record(1)
                 continuation.resume(returning: 1)
             })
@@ -138,13 +138,13 @@ struct ConnectionPoolHandOffTests {
         await runner.value
     }
 
-    @Test func aHandOffAfterANoopCheckRunsOffTheReleasingCall() async throws {
-        // The connection needs a NOOP first (check-idle-time 0): the hand-off comes from the
+    @Test func aHandBackAfterANoopCheckRunsOffTheReleasingCall() async throws {
+        // The connection needs a NOOP first (check-idle-time 0): the hand-back comes from the
         // pool's own task after the check, not from inside release.
         let configuration = PoolConfiguration(size: 1, checkIdleTime: .zero, maxIdleTime: .seconds(300),
                                               tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
         try await withPoolUnderTest(configuration) { pool, _, _ in
-            let (held, got, lease) = try await handOffOfTheOnlyConnection(pool)
+            let (held, got, lease) = try await handBackOfTheOnlyConnection(pool)
             #expect(got == .handedOff(held.connectionID, duringRelease: false))
             #expect(held.connection.calls.contains(.noop))
             pool.release(lease)

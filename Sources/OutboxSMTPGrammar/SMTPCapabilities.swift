@@ -8,13 +8,13 @@ public struct SMTPCapabilities: Sendable, Hashable {
     public var isExtended: Bool
     /// What every transaction asks about, read once from `extensions` (not looked up by name,
     /// with a string upper-cased and hashed, several times per message).
-    private(set) var known: Known
+    package private(set) var known: Known
 
-    struct Known: Sendable, Hashable {
+    package struct Known: Sendable, Hashable {
         var startTLS, pipelining, eightBitMIME, smtpUTF8, enhancedStatusCodes, chunking, dsn: Bool
         var sizeLimit: Int?
 
-        init(_ extensions: [String: [String]]) {
+        package init(_ extensions: [String: [String]]) {
             startTLS = extensions["STARTTLS"] != nil
             pipelining = extensions["PIPELINING"] != nil
             eightBitMIME = extensions["8BITMIME"] != nil

@@ -87,7 +87,7 @@ public struct SMTPReplyParser: Sendable {
         if !pendingLines.isEmpty, pendingCode != code {
             let first = pendingCode
             pendingLines.removeAll()
-            throw SMTPError(stage: .protocol, kind: .protocolViolation,
+            throw SMTPError(stage: .protocol, code: .protocolViolation,
                             message: "the server changed the reply code inside a multi-line reply (\(first), then \(code))")
         }
         if isLast && pendingLines.isEmpty {
@@ -97,7 +97,7 @@ public struct SMTPReplyParser: Sendable {
         }
         if pendingLines.count + 1 > maximumLines {
             pendingLines.removeAll()
-            throw SMTPError(stage: .protocol, kind: .protocolViolation,
+            throw SMTPError(stage: .protocol, code: .protocolViolation,
                             message: "the server sent a reply of more than \(maximumLines) lines")
         }
         pendingCode = code
@@ -108,13 +108,13 @@ public struct SMTPReplyParser: Sendable {
     }
 
     private func tooLong() -> SMTPError {
-        SMTPError(stage: .protocol, kind: .protocolViolation,
+        SMTPError(stage: .protocol, code: .protocolViolation,
                   message: "the server sent a reply line longer than \(maximumLineLength) bytes")
     }
 
     private mutating func malformed(_ line: UnsafeRawBufferPointer) -> SMTPError {
         pendingLines.removeAll()
-        return SMTPError(stage: .protocol, kind: .protocolViolation,
+        return SMTPError(stage: .protocol, code: .protocolViolation,
                          message: "the server sent a malformed reply line: \(Self.printable(String(decoding: line, as: UTF8.self)))")
     }
 
@@ -150,7 +150,7 @@ public struct SMTPReplyParser: Sendable {
         return SMTPReply(code: code, enhancedCode: enhanced, lines: lines)
     }
 
-    static func printable(_ line: String) -> String {
+    package static func printable(_ line: String) -> String {
         let clipped = line.count > 80 ? String(line.prefix(80)) + "..." : line
         return String(clipped.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : Character($0) })
     }
