@@ -13,9 +13,9 @@ if [ "${1:-}" = "--start-peers" ]; then START_ONLY=1; shift; fi
 
 # Lint first (swift-format with the checked-in .swift-format; --strict: any finding fails the
 # run). OUTBOX_LINT_PATHS names what is linted; by default the paths listed in
-# .swift-format-paths, one a line, or the whole tree when that file is absent. The tree is not
-# formatted yet: .swift-format-paths lists the files that are, until one
-# `swift-format format --in-place --recursive Sources Tests Package.swift` lets it go.
+# .swift-format-paths, one a line, or the whole tree (Sources, Tests, Package.swift) when that
+# file is absent, as it is now. Fix findings with
+# `swift-format format --in-place --recursive Sources Tests Package.swift`.
 if [ "$START_ONLY" = 0 ]; then
   if [ -z "${OUTBOX_LINT_PATHS:-}" ]; then
     if [ -f .swift-format-paths ]; then

@@ -35,8 +35,10 @@ public final class Mailer: Service, Sendable {
     /// A mailer for `configuration`'s transport (SMTP, file, Graph or EWS). `tokenSource` replaces
     /// the built-in OAuth2 tokens for SMTP's XOAUTH2. Throws `TransportFactory.Unavailable`
     /// when the transport cannot be built from the configuration.
-    public init(configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox.mailer"),
-                tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws {
+    public init(
+        configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox.mailer"),
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+    ) throws {
         let transport = try TransportFactory.make(configuration: configuration, logger: logger, tokenSource: tokenSource)
         self.state = NIOLockedValueBox(State(configuration: configuration, transport: transport))
         self.logger = logger
@@ -122,8 +124,10 @@ public final class Mailer: Service, Sendable {
     /// connections opened under the old values are closed. Returns the changes that must wait
     /// for a restart (or the next cycle), for the caller to report.
     @discardableResult
-    public func reload(_ new: OutboxConfiguration,
-                       tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) -> [ConfigurationChange] {
+    public func reload(
+        _ new: OutboxConfiguration,
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+    ) -> [ConfigurationChange] {
         let (old, transport) = state.withLockedValue { ($0.configuration, $0.transport) }
         let changes = new.changes(from: old)
         let immediate = changes.filter { $0.effect == .immediately }

@@ -75,14 +75,19 @@ public struct OutboxConfiguration: Sendable {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read (not UTF-8 text, or no permission)" : "does not exist"
-            throw ConfigurationError(problems: [ConfigurationProblem(code: "unreadable_file", file: path, line: nil, option: nil, value: nil,
-                                                                     message: "the configuration file \(reason)")])
+            throw ConfigurationError(problems: [
+                ConfigurationProblem(
+                    code: "unreadable_file", file: path, line: nil, option: nil, value: nil,
+                    message: "the configuration file \(reason)")
+            ])
         }
         return try parse(text: text, fileName: path, overrides: overrides, environment: environment)
     }
 
     /// Parses and validates configuration text. `fileName` is used in messages.
-    public static func parse(text: String, fileName: String, overrides: [String], environment: [String: String]) throws(ConfigurationError) -> OutboxConfiguration {
+    public static func parse(text: String, fileName: String, overrides: [String], environment: [String: String]) throws(ConfigurationError)
+        -> OutboxConfiguration
+    {
         var reader = ConfigurationReader(fileName: fileName, environment: environment)
         reader.readFile(text)
         reader.readOverrides(overrides)
@@ -116,7 +121,10 @@ struct RawEntry {
 }
 
 private enum CurrentSection {
-    case smtpClient, outbox, relay, client(String), secret(String), ignored
+    case smtpClient, outbox, relay
+    case client(String)
+    case secret(String)
+    case ignored
 }
 
 struct ConfigurationReader {
@@ -207,40 +215,51 @@ struct ConfigurationReader {
             let entry = RawEntry(key: key, displayName: key, value: value, source: .file(name: fileName, line: lineNumber), location: location)
             switch current {
             case nil:
-                problem("outside_section", location, option: key, value: nil,
-                        "is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it")
+                problem(
+                    "outside_section", location, option: key, value: nil,
+                    "is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it")
             case .ignored:
                 continue
             case .smtpClient:
                 if let previous = smtp[key] {
-                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [smtp-client] (first at line \(previous.location.line ?? 0))")
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [smtp-client] (first at line \(previous.location.line ?? 0))")
                 } else {
                     smtp[key] = entry
                     smtpOrder.append(key)
                 }
             case .outbox:
                 if let previous = outbox[key] {
-                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [outbox] (first at line \(previous.location.line ?? 0))")
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [outbox] (first at line \(previous.location.line ?? 0))")
                 } else {
                     outbox[key] = entry
                     outboxOrder.append(key)
                 }
             case .relay:
                 if let previous = relay[key] {
-                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [relay] (first at line \(previous.location.line ?? 0))")
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [relay] (first at line \(previous.location.line ?? 0))")
                 } else {
                     relay[key] = entry
                     relayOrder.append(key)
                 }
             case .client(let name):
                 if let previous = clients[name]?[key] {
-                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [client-\(name)] (first at line \(previous.location.line ?? 0))")
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [client-\(name)] (first at line \(previous.location.line ?? 0))")
                 } else {
                     clients[name, default: [:]][key] = entry
                 }
             case .secret(let name):
                 if let previous = secrets[name]?[key] {
-                    problem("duplicate_option", location, option: key, value: nil, "is set twice in [secret-\(name)] (first at line \(previous.location.line ?? 0))")
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [secret-\(name)] (first at line \(previous.location.line ?? 0))")
                 } else {
                     secrets[name, default: [:]][key] = entry
                 }
@@ -255,7 +274,9 @@ struct ConfigurationReader {
         let location = ConfigurationLocation(file: "-o", line: nil)
         for text in overrides {
             guard let equals = text.firstIndex(of: "=") else {
-                problem("syntax", location, option: nil, value: nil, "an override must be NAME=VALUE (e.g. -o port=587 or -o outbox.http-listen=127.0.0.1:8025)")
+                problem(
+                    "syntax", location, option: nil, value: nil,
+                    "an override must be NAME=VALUE (e.g. -o port=587 or -o outbox.http-listen=127.0.0.1:8025)")
                 continue
             }
             let name = text[..<equals].trimmingCharacters(in: .whitespaces)

@@ -15,7 +15,8 @@ extension OptionTable {
         func table(_ rows: [OptionDescriptor]) -> [String] {
             var out = ["| Option | Type | Default | Valid values | Takes effect |", "|---|---|---|---|---|"]
             for d in rows {
-                out.append("| [`\(d.name)`](#\(anchor(d))) | \(d.type.rawValue) | \(code(d.defaultValue)) | \(cell(d.validValues)) | \(d.effect.rawValue) |")
+                out.append(
+                    "| [`\(d.name)`](#\(anchor(d))) | \(d.type.rawValue) | \(code(d.defaultValue)) | \(cell(d.validValues)) | \(d.effect.rawValue) |")
             }
             return out
         }
@@ -96,31 +97,36 @@ extension OptionTable {
         lines += ["", "## [outbox]", "", "Outbox's own settings; override with `-o outbox.KEY=VALUE`.", ""]
         lines += table(outbox)
         lines += details(outbox, prefix: "outbox.")
-        lines += ["", "## [relay]", "",
-                  "The SMTP submission listener of `outbox serve` (RFC 6409): applications, printers and other devices hand it mail",
-                  "over SMTP, and it goes into the same durable queue as the HTTP API's. Override with `-o relay.KEY=VALUE`.",
-                  "SIGHUP re-reads `[relay]` (except the listen addresses) and every `[client-NAME]`; a reload that would make an",
-                  "open relay is refused and the running configuration stays.", ""]
+        lines += [
+            "", "## [relay]", "",
+            "The SMTP submission listener of `outbox serve` (RFC 6409): applications, printers and other devices hand it mail",
+            "over SMTP, and it goes into the same durable queue as the HTTP API's. Override with `-o relay.KEY=VALUE`.",
+            "SIGHUP re-reads `[relay]` (except the listen addresses) and every `[client-NAME]`; a reload that would make an",
+            "open relay is refused and the running configuration stays.", "",
+        ]
         lines += table(relay)
         lines += details(relay, prefix: "relay.")
-        lines += ["", "## [client-\\<name\\>]", "",
-                  "An identity that may authenticate to the relay (AUTH PLAIN or LOGIN, over TLS). One section per client;",
-                  "`outbox hash-password` makes the hash. Override with `-o client-NAME.KEY=VALUE`.", "",
-                  "```ini", "[client-scanner]", "user = scanner@example.com",
-                  "password-hash = $2b$12$...   # outbox hash-password < password.txt", "allowed-senders = *@example.com", "```", ""]
+        lines += [
+            "", "## [client-\\<name\\>]", "",
+            "An identity that may authenticate to the relay (AUTH PLAIN or LOGIN, over TLS). One section per client;",
+            "`outbox hash-password` makes the hash. Override with `-o client-NAME.KEY=VALUE`.", "",
+            "```ini", "[client-scanner]", "user = scanner@example.com",
+            "password-hash = $2b$12$...   # outbox hash-password < password.txt", "allowed-senders = *@example.com", "```", "",
+        ]
         lines += table(clientSection)
         lines += details(clientSection, prefix: "client-NAME.")
         return lines.joined(separator: "\n") + "\n"
     }
 
     static func anchor(_ d: OptionDescriptor) -> String {
-        let prefix: String = switch d.section {
-        case .outbox: "outbox"
-        case .secret: "secret-name"
-        case .relay: "relay"
-        case .client: "client-name"
-        case .smtpClient, .mailProperty: ""
-        }
+        let prefix: String =
+            switch d.section {
+            case .outbox: "outbox"
+            case .secret: "secret-name"
+            case .relay: "relay"
+            case .client: "client-name"
+            case .smtpClient, .mailProperty: ""
+            }
         return prefix + d.name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
     }
 }

@@ -165,82 +165,129 @@ package struct CIDR: Sendable, Hashable, CustomStringConvertible {
 extension OptionTable {
     /// `[relay]`: the SMTP submission listener (override with `-o relay.KEY=VALUE`).
     package static let relay: [OptionDescriptor] = [
-        .init(name: "listen", section: .relay, type: .list, defaultValue: "127.0.0.1:2525", validValues: "host:port addresses separated by commas or spaces; empty: no SMTP listener",
-              effect: .atRestart, referenceEffect: nil,
-              summary: "Where `outbox serve` accepts SMTP submissions (RFC 6409). STARTTLS is offered when tls-certificate-file and tls-key-file are set.",
-              outboxNote: "When the default address is already taken (a second instance on one host), Outbox warns and runs without the listener; an address the configuration names must be free."),
-        .init(name: "listen-tls", section: .relay, type: .list, defaultValue: nil, validValues: "host:port addresses separated by commas or spaces",
-              effect: .atRestart, referenceEffect: nil,
-              summary: "Addresses for SMTP submission over implicit TLS (RFC 8314, usually port 465). Needs tls-certificate-file and tls-key-file."),
-        .init(name: "tls-certificate-file", section: .relay, type: .string, defaultValue: nil, validValues: "Path of a PEM file (the certificate chain)",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The listener's certificate. Re-read on SIGHUP; connections already open keep theirs."),
-        .init(name: "tls-key-file", section: .relay, type: .string, defaultValue: nil, validValues: "Path of a PEM file (the private key)",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The private key of tls-certificate-file. Re-read on SIGHUP."),
-        .init(name: "allowed-networks", section: .relay, type: .list, defaultValue: "127.0.0.0/8 ::1", validValues: "CIDRs (192.0.2.0/24, 2001:db8::/32) or addresses, separated by spaces or commas; empty: none",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Clients from these networks may send without AUTH. Every other client must authenticate as a [client-NAME].",
-              outboxNote: "Outbox refuses to start (and refuses a reload) when a listen address is not loopback and allowed-networks covers everyone (0.0.0.0/0 or ::/0): that would be an open relay."),
-        .init(name: "require-tls-for-auth", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
-              effect: .immediately, referenceEffect: nil,
-              summary: "AUTH is neither offered nor accepted before TLS (STARTTLS or implicit TLS)."),
-        .init(name: "max-message-size", section: .relay, type: .integer, defaultValue: "26214400", validValues: "Bytes, from 1024 to 2147483647",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The largest message accepted, advertised as SIZE (the smaller of this and what the transport takes). A larger one gets 552 5.3.4 and is not queued."),
-        .init(name: "max-recipients", section: .relay, type: .integer, defaultValue: "100", validValues: "An integer from 1 to 100000",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Recipients per message; beyond it RCPT gets 452 4.5.3 (the client sends the rest in another transaction)."),
-        .init(name: "max-connections", section: .relay, type: .integer, defaultValue: "200", validValues: "An integer from 1 to 100000",
-              effect: .immediately, referenceEffect: nil,
-              summary: "SMTP sessions open at once; a connection beyond it gets 421 4.7.0 and is closed."),
-        .init(name: "max-connections-per-client", section: .relay, type: .integer, defaultValue: "50", validValues: "An integer from 1 to 100000",
-              effect: .immediately, referenceEffect: nil,
-              summary: "SMTP sessions open at once from one client address outside allowed-networks; beyond it, 421 4.7.0. Clients in allowed-networks are not limited per address (as Postfix exempts $mynetworks); max-connections still applies."),
-        .init(name: "hostname", section: .relay, type: .string, defaultValue: nil, validValues: "A host name",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The name in the greeting, the EHLO reply and the Received header. Unset: the machine's host name."),
-        .init(name: "command-timeout", section: .relay, type: .time, defaultValue: "00:05:00", validValues: TimeValue.formatDescription + "; more than 00:00:00",
-              effect: .immediately, referenceEffect: nil,
-              summary: "How long the listener waits for the next command (RFC 5321 §4.5.3.2: at least 5 minutes); then 421 4.4.2 and the connection is closed."),
-        .init(name: "data-timeout", section: .relay, type: .time, defaultValue: "00:10:00", validValues: TimeValue.formatDescription + "; more than 00:00:00",
-              effect: .immediately, referenceEffect: nil,
-              summary: "How long the listener waits for the next bytes of a message (DATA or BDAT; RFC 5321 §4.5.3.2.6: 10 minutes)."),
-        .init(name: "session-timeout", section: .relay, type: .time, defaultValue: "01:00:00", validValues: TimeValue.formatDescription + "; more than 00:00:00",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The longest a whole SMTP session may last; then 421 4.4.2 (a message being received finishes first, up to data-timeout per read)."),
-        .init(name: "auth-failure-limit", section: .relay, type: .integer, defaultValue: "5", validValues: "An integer from 1 to 1000",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Failed AUTH attempts from one client address, or for one user, within auth-lockout-time before AUTH is refused (454 4.7.0) for auth-lockout-time. Each failure is answered more slowly than the last."),
-        .init(name: "auth-lockout-time", section: .relay, type: .time, defaultValue: "00:05:00", validValues: TimeValue.formatDescription,
-              effect: .immediately, referenceEffect: nil,
-              summary: "The window in which AUTH failures are counted, and how long AUTH is refused after auth-failure-limit of them."),
-        .init(name: "bounce-copy-to", section: .relay, type: .string, defaultValue: nil, validValues: "An e-mail address",
-              effect: .immediately, referenceEffect: nil,
-              summary: "A postmaster copy of every delivery status notification (bounce) Outbox sends for a relayed message."),
-        .init(name: "add-received-header", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Add a Received header that records the client, TLS and authentication (RFC 5321 §4.4, RFC 3848)."),
-        .init(name: "add-message-id", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Add a Message-ID header to a message that has none (RFC 6409 §8.3)."),
-        .init(name: "add-date", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
-              effect: .immediately, referenceEffect: nil,
-              summary: "Add a Date header to a message that has none (RFC 6409 §8.2)."),
+        .init(
+            name: "listen", section: .relay, type: .list, defaultValue: "127.0.0.1:2525",
+            validValues: "host:port addresses separated by commas or spaces; empty: no SMTP listener",
+            effect: .atRestart, referenceEffect: nil,
+            summary:
+                "Where `outbox serve` accepts SMTP submissions (RFC 6409). STARTTLS is offered when tls-certificate-file and tls-key-file are set.",
+            outboxNote:
+                "When the default address is already taken (a second instance on one host), Outbox warns and runs without the listener; an address the configuration names must be free."
+        ),
+        .init(
+            name: "listen-tls", section: .relay, type: .list, defaultValue: nil, validValues: "host:port addresses separated by commas or spaces",
+            effect: .atRestart, referenceEffect: nil,
+            summary: "Addresses for SMTP submission over implicit TLS (RFC 8314, usually port 465). Needs tls-certificate-file and tls-key-file."),
+        .init(
+            name: "tls-certificate-file", section: .relay, type: .string, defaultValue: nil,
+            validValues: "Path of a PEM file (the certificate chain)",
+            effect: .immediately, referenceEffect: nil,
+            summary: "The listener's certificate. Re-read on SIGHUP; connections already open keep theirs."),
+        .init(
+            name: "tls-key-file", section: .relay, type: .string, defaultValue: nil, validValues: "Path of a PEM file (the private key)",
+            effect: .immediately, referenceEffect: nil,
+            summary: "The private key of tls-certificate-file. Re-read on SIGHUP."),
+        .init(
+            name: "allowed-networks", section: .relay, type: .list, defaultValue: "127.0.0.0/8 ::1",
+            validValues: "CIDRs (192.0.2.0/24, 2001:db8::/32) or addresses, separated by spaces or commas; empty: none",
+            effect: .immediately, referenceEffect: nil,
+            summary: "Clients from these networks may send without AUTH. Every other client must authenticate as a [client-NAME].",
+            outboxNote:
+                "Outbox refuses to start (and refuses a reload) when a listen address is not loopback and allowed-networks covers everyone (0.0.0.0/0 or ::/0): that would be an open relay."
+        ),
+        .init(
+            name: "require-tls-for-auth", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
+            effect: .immediately, referenceEffect: nil,
+            summary: "AUTH is neither offered nor accepted before TLS (STARTTLS or implicit TLS)."),
+        .init(
+            name: "max-message-size", section: .relay, type: .integer, defaultValue: "26214400", validValues: "Bytes, from 1024 to 2147483647",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The largest message accepted, advertised as SIZE (the smaller of this and what the transport takes). A larger one gets 552 5.3.4 and is not queued."
+        ),
+        .init(
+            name: "max-recipients", section: .relay, type: .integer, defaultValue: "100", validValues: "An integer from 1 to 100000",
+            effect: .immediately, referenceEffect: nil,
+            summary: "Recipients per message; beyond it RCPT gets 452 4.5.3 (the client sends the rest in another transaction)."),
+        .init(
+            name: "max-connections", section: .relay, type: .integer, defaultValue: "200", validValues: "An integer from 1 to 100000",
+            effect: .immediately, referenceEffect: nil,
+            summary: "SMTP sessions open at once; a connection beyond it gets 421 4.7.0 and is closed."),
+        .init(
+            name: "max-connections-per-client", section: .relay, type: .integer, defaultValue: "50", validValues: "An integer from 1 to 100000",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "SMTP sessions open at once from one client address outside allowed-networks; beyond it, 421 4.7.0. Clients in allowed-networks are not limited per address (as Postfix exempts $mynetworks); max-connections still applies."
+        ),
+        .init(
+            name: "hostname", section: .relay, type: .string, defaultValue: nil, validValues: "A host name",
+            effect: .immediately, referenceEffect: nil,
+            summary: "The name in the greeting, the EHLO reply and the Received header. Unset: the machine's host name."),
+        .init(
+            name: "command-timeout", section: .relay, type: .time, defaultValue: "00:05:00",
+            validValues: TimeValue.formatDescription + "; more than 00:00:00",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "How long the listener waits for the next command (RFC 5321 §4.5.3.2: at least 5 minutes); then 421 4.4.2 and the connection is closed."
+        ),
+        .init(
+            name: "data-timeout", section: .relay, type: .time, defaultValue: "00:10:00",
+            validValues: TimeValue.formatDescription + "; more than 00:00:00",
+            effect: .immediately, referenceEffect: nil,
+            summary: "How long the listener waits for the next bytes of a message (DATA or BDAT; RFC 5321 §4.5.3.2.6: 10 minutes)."),
+        .init(
+            name: "session-timeout", section: .relay, type: .time, defaultValue: "01:00:00",
+            validValues: TimeValue.formatDescription + "; more than 00:00:00",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The longest a whole SMTP session may last; then 421 4.4.2 (a message being received finishes first, up to data-timeout per read)."),
+        .init(
+            name: "auth-failure-limit", section: .relay, type: .integer, defaultValue: "5", validValues: "An integer from 1 to 1000",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "Failed AUTH attempts from one client address, or for one user, within auth-lockout-time before AUTH is refused (454 4.7.0) for auth-lockout-time. Each failure is answered more slowly than the last."
+        ),
+        .init(
+            name: "auth-lockout-time", section: .relay, type: .time, defaultValue: "00:05:00", validValues: TimeValue.formatDescription,
+            effect: .immediately, referenceEffect: nil,
+            summary: "The window in which AUTH failures are counted, and how long AUTH is refused after auth-failure-limit of them."),
+        .init(
+            name: "bounce-copy-to", section: .relay, type: .string, defaultValue: nil, validValues: "An e-mail address",
+            effect: .immediately, referenceEffect: nil,
+            summary: "A postmaster copy of every delivery status notification (bounce) Outbox sends for a relayed message."),
+        .init(
+            name: "add-received-header", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
+            effect: .immediately, referenceEffect: nil,
+            summary: "Add a Received header that records the client, TLS and authentication (RFC 5321 §4.4, RFC 3848)."),
+        .init(
+            name: "add-message-id", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
+            effect: .immediately, referenceEffect: nil,
+            summary: "Add a Message-ID header to a message that has none (RFC 6409 §8.3)."),
+        .init(
+            name: "add-date", section: .relay, type: .boolean, defaultValue: "true", validValues: "true, false",
+            effect: .immediately, referenceEffect: nil,
+            summary: "Add a Date header to a message that has none (RFC 6409 §8.2)."),
     ]
 
     /// The keys of a `[client-NAME]` section.
     package static let clientSection: [OptionDescriptor] = [
-        .init(name: "user", section: .client, type: .string, defaultValue: nil, validValues: "A user name (often an e-mail address)",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The name this client gives in AUTH PLAIN or AUTH LOGIN. Required."),
-        .init(name: "password-hash", section: .client, type: .secret, defaultValue: nil, validValues: "A bcrypt hash ($2a$, $2b$ or $2y$), from `outbox hash-password`; or env:NAME, file:/path",
-              effect: .immediately, referenceEffect: nil, isSecret: true,
-              summary: "The bcrypt hash of this client's password. Required. Outbox never stores or prints the password itself.",
-              outboxNote: "Never printed."),
-        .init(name: "allowed-senders", section: .client, type: .list, defaultValue: nil, validValues: "Address patterns separated by commas or spaces: *@example.com, scanner@example.com, or *",
-              effect: .immediately, referenceEffect: nil,
-              summary: "The envelope senders and header From addresses this client may use (both must match; 553 5.7.1 / 550 5.7.1 otherwise). The null sender <> is always allowed. Required."),
+        .init(
+            name: "user", section: .client, type: .string, defaultValue: nil, validValues: "A user name (often an e-mail address)",
+            effect: .immediately, referenceEffect: nil,
+            summary: "The name this client gives in AUTH PLAIN or AUTH LOGIN. Required."),
+        .init(
+            name: "password-hash", section: .client, type: .secret, defaultValue: nil,
+            validValues: "A bcrypt hash ($2a$, $2b$ or $2y$), from `outbox hash-password`; or env:NAME, file:/path",
+            effect: .immediately, referenceEffect: nil, isSecret: true,
+            summary: "The bcrypt hash of this client's password. Required. Outbox never stores or prints the password itself.",
+            outboxNote: "Never printed."),
+        .init(
+            name: "allowed-senders", section: .client, type: .list, defaultValue: nil,
+            validValues: "Address patterns separated by commas or spaces: *@example.com, scanner@example.com, or *",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The envelope senders and header From addresses this client may use (both must match; 553 5.7.1 / 550 5.7.1 otherwise). The null sender <> is always allowed. Required."
+        ),
     ]
 
     /// Looks up a descriptor of `[relay]`.
@@ -254,7 +301,8 @@ extension ConfigurationReader {
         var r = RelaySettings()
         reportUnknownKeys(relayOrder, in: relay, known: OptionTable.relay.map(\.name), what: "a setting of [relay]")
         func d(_ name: String) -> OptionDescriptor { OptionTable.descriptor(relay: name)! }
-        let integer = Convert.integer, positiveTime = Convert.positiveTime
+        let integer = Convert.integer
+        let positiveTime = Convert.positiveTime
         func listenList(_ v: String) -> [String]? {
             let list = Convert.list(v)
             return list.allSatisfy(Convert.isListenAddress) ? list : nil
@@ -276,9 +324,15 @@ extension ConfigurationReader {
                 invalid(entry, listenMessage)
             }
         }
-        if let v = typed(relay["listen-tls"], sourceKey: "relay.listen-tls", descriptor: d("listen-tls"), listenList, invalid: listenMessage) { r.listenTLS = v }
-        r.tlsCertificateFile = typed(relay["tls-certificate-file"], sourceKey: "relay.tls-certificate-file", descriptor: d("tls-certificate-file"), file, invalid: "is not an existing file (a PEM certificate chain)")
-        r.tlsKeyFile = typed(relay["tls-key-file"], sourceKey: "relay.tls-key-file", descriptor: d("tls-key-file"), file, invalid: "is not an existing file (a PEM private key)")
+        if let v = typed(relay["listen-tls"], sourceKey: "relay.listen-tls", descriptor: d("listen-tls"), listenList, invalid: listenMessage) {
+            r.listenTLS = v
+        }
+        r.tlsCertificateFile = typed(
+            relay["tls-certificate-file"], sourceKey: "relay.tls-certificate-file", descriptor: d("tls-certificate-file"), file,
+            invalid: "is not an existing file (a PEM certificate chain)")
+        r.tlsKeyFile = typed(
+            relay["tls-key-file"], sourceKey: "relay.tls-key-file", descriptor: d("tls-key-file"), file,
+            invalid: "is not an existing file (a PEM private key)")
         if let entry = relay["allowed-networks"] {
             sources["relay.allowed-networks"] = entry.source
             let items = Convert.list(entry.value)
@@ -289,24 +343,85 @@ extension ConfigurationReader {
                 r.allowedNetworks = parsed.compactMap { $0 }
             }
         }
-        if let v = typed(relay["require-tls-for-auth"], sourceKey: "relay.require-tls-for-auth", descriptor: d("require-tls-for-auth"), Convert.bool, invalid: "is not true or false") { r.requireTLSForAuth = v }
-        if let v = typed(relay["max-message-size"], sourceKey: "relay.max-message-size", descriptor: d("max-message-size"), integer(1024...Int(Int32.max)), invalid: "is not a number of bytes from 1024 to 2147483647") { r.maxMessageSize = v }
-        if let v = typed(relay["max-recipients"], sourceKey: "relay.max-recipients", descriptor: d("max-recipients"), integer(1...100_000), invalid: "is not an integer from 1 to 100000") { r.maxRecipients = v }
-        if let v = typed(relay["max-connections"], sourceKey: "relay.max-connections", descriptor: d("max-connections"), integer(1...100_000), invalid: "is not an integer from 1 to 100000") { r.maxConnections = v }
-        if let v = typed(relay["max-connections-per-client"], sourceKey: "relay.max-connections-per-client", descriptor: d("max-connections-per-client"), integer(1...100_000), invalid: "is not an integer from 1 to 100000") { r.maxConnectionsPerClient = v }
-        r.hostname = typed(relay["hostname"], sourceKey: "relay.hostname", descriptor: d("hostname"), { Convert.isHost($0) && !$0.contains(":") ? $0 : nil }, invalid: "is not a host name (letters, digits, dots and hyphens)")
-        if let v = typed(relay["command-timeout"], sourceKey: "relay.command-timeout", descriptor: d("command-timeout"), positiveTime, invalid: timeMessage) { r.commandTimeout = v }
-        if let v = typed(relay["data-timeout"], sourceKey: "relay.data-timeout", descriptor: d("data-timeout"), positiveTime, invalid: timeMessage) { r.dataTimeout = v }
-        if let v = typed(relay["session-timeout"], sourceKey: "relay.session-timeout", descriptor: d("session-timeout"), positiveTime, invalid: timeMessage) { r.sessionTimeout = v }
-        if let v = typed(relay["auth-failure-limit"], sourceKey: "relay.auth-failure-limit", descriptor: d("auth-failure-limit"), integer(1...1000), invalid: "is not an integer from 1 to 1000") { r.authFailureLimit = v }
-        if let v = typed(relay["auth-lockout-time"], sourceKey: "relay.auth-lockout-time", descriptor: d("auth-lockout-time"), { TimeValue.parse($0) }, invalid: Self.timeMessage) { r.authLockoutTime = v }
-        r.bounceCopyTo = typed(relay["bounce-copy-to"], sourceKey: "relay.bounce-copy-to", descriptor: d("bounce-copy-to"), { s in
-            let parts = s.split(separator: "@", omittingEmptySubsequences: false)
-            return parts.count == 2 && !parts[0].isEmpty && !parts[1].isEmpty && !s.contains(where: { $0.isWhitespace || $0 == "<" || $0 == ">" }) ? s : nil
-        }, invalid: "is not an e-mail address (local@domain, without <>)")
-        if let v = typed(relay["add-received-header"], sourceKey: "relay.add-received-header", descriptor: d("add-received-header"), Convert.bool, invalid: "is not true or false") { r.addReceivedHeader = v }
-        if let v = typed(relay["add-message-id"], sourceKey: "relay.add-message-id", descriptor: d("add-message-id"), Convert.bool, invalid: "is not true or false") { r.addMessageID = v }
-        if let v = typed(relay["add-date"], sourceKey: "relay.add-date", descriptor: d("add-date"), Convert.bool, invalid: "is not true or false") { r.addDate = v }
+        if let v = typed(
+            relay["require-tls-for-auth"], sourceKey: "relay.require-tls-for-auth", descriptor: d("require-tls-for-auth"), Convert.bool,
+            invalid: "is not true or false")
+        {
+            r.requireTLSForAuth = v
+        }
+        if let v = typed(
+            relay["max-message-size"], sourceKey: "relay.max-message-size", descriptor: d("max-message-size"), integer(1024...Int(Int32.max)),
+            invalid: "is not a number of bytes from 1024 to 2147483647")
+        {
+            r.maxMessageSize = v
+        }
+        if let v = typed(
+            relay["max-recipients"], sourceKey: "relay.max-recipients", descriptor: d("max-recipients"), integer(1...100_000),
+            invalid: "is not an integer from 1 to 100000")
+        {
+            r.maxRecipients = v
+        }
+        if let v = typed(
+            relay["max-connections"], sourceKey: "relay.max-connections", descriptor: d("max-connections"), integer(1...100_000),
+            invalid: "is not an integer from 1 to 100000")
+        {
+            r.maxConnections = v
+        }
+        if let v = typed(
+            relay["max-connections-per-client"], sourceKey: "relay.max-connections-per-client", descriptor: d("max-connections-per-client"),
+            integer(1...100_000), invalid: "is not an integer from 1 to 100000")
+        {
+            r.maxConnectionsPerClient = v
+        }
+        r.hostname = typed(
+            relay["hostname"], sourceKey: "relay.hostname", descriptor: d("hostname"), { Convert.isHost($0) && !$0.contains(":") ? $0 : nil },
+            invalid: "is not a host name (letters, digits, dots and hyphens)")
+        if let v = typed(
+            relay["command-timeout"], sourceKey: "relay.command-timeout", descriptor: d("command-timeout"), positiveTime, invalid: timeMessage)
+        {
+            r.commandTimeout = v
+        }
+        if let v = typed(relay["data-timeout"], sourceKey: "relay.data-timeout", descriptor: d("data-timeout"), positiveTime, invalid: timeMessage) {
+            r.dataTimeout = v
+        }
+        if let v = typed(
+            relay["session-timeout"], sourceKey: "relay.session-timeout", descriptor: d("session-timeout"), positiveTime, invalid: timeMessage)
+        {
+            r.sessionTimeout = v
+        }
+        if let v = typed(
+            relay["auth-failure-limit"], sourceKey: "relay.auth-failure-limit", descriptor: d("auth-failure-limit"), integer(1...1000),
+            invalid: "is not an integer from 1 to 1000")
+        {
+            r.authFailureLimit = v
+        }
+        if let v = typed(
+            relay["auth-lockout-time"], sourceKey: "relay.auth-lockout-time", descriptor: d("auth-lockout-time"), { TimeValue.parse($0) },
+            invalid: Self.timeMessage)
+        {
+            r.authLockoutTime = v
+        }
+        r.bounceCopyTo = typed(
+            relay["bounce-copy-to"], sourceKey: "relay.bounce-copy-to", descriptor: d("bounce-copy-to"),
+            { s in
+                let parts = s.split(separator: "@", omittingEmptySubsequences: false)
+                return parts.count == 2 && !parts[0].isEmpty && !parts[1].isEmpty && !s.contains(where: { $0.isWhitespace || $0 == "<" || $0 == ">" })
+                    ? s : nil
+            }, invalid: "is not an e-mail address (local@domain, without <>)")
+        if let v = typed(
+            relay["add-received-header"], sourceKey: "relay.add-received-header", descriptor: d("add-received-header"), Convert.bool,
+            invalid: "is not true or false")
+        {
+            r.addReceivedHeader = v
+        }
+        if let v = typed(
+            relay["add-message-id"], sourceKey: "relay.add-message-id", descriptor: d("add-message-id"), Convert.bool, invalid: "is not true or false"
+        ) {
+            r.addMessageID = v
+        }
+        if let v = typed(relay["add-date"], sourceKey: "relay.add-date", descriptor: d("add-date"), Convert.bool, invalid: "is not true or false") {
+            r.addDate = v
+        }
         configuration.relay = r
         checkRelayRules(r)
     }
@@ -322,19 +437,24 @@ extension ConfigurationReader {
                 return !Convert.isLoopback(String(address[..<colon]))
             }
             if !exposed.isEmpty {
-                problem("open_relay", at("allowed-networks"), option: "relay.allowed-networks", value: everyone.description,
-                        "covers every address while the relay listens on \(exposed.joined(separator: ", ")), which is not loopback: anyone could send mail through Outbox (an open relay). Name the networks that may send without AUTH (e.g. 192.0.2.0/24), or use [client-NAME] identities")
+                problem(
+                    "open_relay", at("allowed-networks"), option: "relay.allowed-networks", value: everyone.description,
+                    "covers every address while the relay listens on \(exposed.joined(separator: ", ")), which is not loopback: anyone could send mail through Outbox (an open relay). Name the networks that may send without AUTH (e.g. 192.0.2.0/24), or use [client-NAME] identities"
+                )
             }
         }
-        let certGiven = relay["tls-certificate-file"] != nil, keyGiven = relay["tls-key-file"] != nil
+        let certGiven = relay["tls-certificate-file"] != nil
+        let keyGiven = relay["tls-key-file"] != nil
         if certGiven != keyGiven, !failed.contains("tls-certificate-file"), !failed.contains("tls-key-file") {
             let missing = certGiven ? "tls-key-file" : "tls-certificate-file"
-            problem("relay_tls_incomplete", at(certGiven ? "tls-certificate-file" : "tls-key-file"), option: "relay.\(missing)", value: nil,
-                    "is not set: the relay's TLS needs both tls-certificate-file and tls-key-file")
+            problem(
+                "relay_tls_incomplete", at(certGiven ? "tls-certificate-file" : "tls-key-file"), option: "relay.\(missing)", value: nil,
+                "is not set: the relay's TLS needs both tls-certificate-file and tls-key-file")
         }
         if !r.listenTLS.isEmpty, !r.hasCertificate, !certGiven, !keyGiven {
-            problem("relay_tls_needs_certificate", at("listen-tls"), option: "relay.listen-tls", value: r.listenTLS.joined(separator: ","),
-                    "needs tls-certificate-file and tls-key-file in [relay] (implicit TLS cannot start without a certificate)")
+            problem(
+                "relay_tls_needs_certificate", at("listen-tls"), option: "relay.listen-tls", value: r.listenTLS.joined(separator: ","),
+                "needs tls-certificate-file and tls-key-file in [relay] (implicit TLS cannot start without a certificate)")
         }
     }
 
@@ -357,8 +477,9 @@ extension ConfigurationReader {
                     guard parts.count == 2, !parts[1].isEmpty, !parts[1].contains("*") else { return true }
                     return parts[0].isEmpty || (parts[0].contains("*") && parts[0] != "*")
                 }) {
-                    problem("invalid_value", entry.location, option: entry.displayName, value: entry.value,
-                            "\(bad) is not an address pattern; valid: *@example.com, scanner@example.com, or * (any sender)")
+                    problem(
+                        "invalid_value", entry.location, option: entry.displayName, value: entry.value,
+                        "\(bad) is not an address pattern; valid: *@example.com, scanner@example.com, or * (any sender)")
                 } else {
                     senders = list
                 }
@@ -368,19 +489,23 @@ extension ConfigurationReader {
             if hash == nil && !failed.contains("client-\(name).password-hash") { missing.append("password-hash") }
             if entries["allowed-senders"] == nil || (senders?.isEmpty ?? false) { missing.append("allowed-senders") }
             if !missing.isEmpty {
-                problem("client_incomplete", header, option: "[client-\(name)]", value: nil,
-                        "needs \(missing.joined(separator: ", ")) (user and password-hash from `outbox hash-password`, allowed-senders such as *@example.com)")
+                problem(
+                    "client_incomplete", header, option: "[client-\(name)]", value: nil,
+                    "needs \(missing.joined(separator: ", ")) (user and password-hash from `outbox hash-password`, allowed-senders such as *@example.com)"
+                )
             }
             if let hash, !ClientIdentity.looksLikeBcrypt(hash.value) {
                 let location = entries["password-hash"]?.location ?? header
-                problem("invalid_value", location, option: "client-\(name).password-hash", value: nil,
-                        "is not a bcrypt hash ($2b$12$ followed by 53 characters): make one with `outbox hash-password`")
+                problem(
+                    "invalid_value", location, option: "client-\(name).password-hash", value: nil,
+                    "is not a bcrypt hash ($2b$12$ followed by 53 characters): make one with `outbox hash-password`")
                 continue
             }
             if let user {
                 if let other = users[user.lowercased()] {
-                    problem("duplicate_client_user", entries["user"]?.location ?? header, option: "client-\(name).user", value: user,
-                            "is also the user of [client-\(other)]: each client needs its own user name")
+                    problem(
+                        "duplicate_client_user", entries["user"]?.location ?? header, option: "client-\(name).user", value: user,
+                        "is also the user of [client-\(other)]: each client needs its own user name")
                 }
                 users[user.lowercased()] = name
             }
@@ -395,9 +520,13 @@ extension ClientIdentity {
     /// `$2a$`, `$2b$` or `$2y$`, a two-digit cost, `$`, and 53 characters of bcrypt's base64.
     package static func looksLikeBcrypt(_ s: String) -> Bool {
         let b = Array(s.utf8)
-        guard b.count == 60, b[0] == UInt8(ascii: "$"), b[1] == UInt8(ascii: "2"), [UInt8(ascii: "a"), UInt8(ascii: "b"), UInt8(ascii: "y")].contains(b[2]),
-              b[3] == UInt8(ascii: "$"), b[6] == UInt8(ascii: "$"),
-              let cost = Int(String(decoding: b[4..<6], as: UTF8.self)), (4...31).contains(cost) else { return false }
-        return b[7...].allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2e || $0 == 0x2f }
+        guard b.count == 60, b[0] == UInt8(ascii: "$"), b[1] == UInt8(ascii: "2"),
+            [UInt8(ascii: "a"), UInt8(ascii: "b"), UInt8(ascii: "y")].contains(b[2]),
+            b[3] == UInt8(ascii: "$"), b[6] == UInt8(ascii: "$"),
+            let cost = Int(String(decoding: b[4..<6], as: UTF8.self)), (4...31).contains(cost)
+        else { return false }
+        return b[7...].allSatisfy {
+            ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2e || $0 == 0x2f
+        }
     }
 }

@@ -38,9 +38,15 @@ extension OutboxConfiguration {
         func add(_ section: String, _ name: String, _ value: String, effect: ChangeEffect, sourceKey: String? = nil, secret: Secret?? = nil) {
             if let secret {
                 let shown = secret == nil ? Self.notSet : Self.masked
-                rows.append(EffectiveOption(section: section, name: name, value: shown, source: source(of: sourceKey ?? name), effect: effect, isSecret: true, comparable: secret?.value ?? "\u{0}"))
+                rows.append(
+                    EffectiveOption(
+                        section: section, name: name, value: shown, source: source(of: sourceKey ?? name), effect: effect, isSecret: true,
+                        comparable: secret?.value ?? "\u{0}"))
             } else {
-                rows.append(EffectiveOption(section: section, name: name, value: value, source: source(of: sourceKey ?? name), effect: effect, isSecret: false, comparable: value))
+                rows.append(
+                    EffectiveOption(
+                        section: section, name: name, value: value, source: source(of: sourceKey ?? name), effect: effect, isSecret: false,
+                        comparable: value))
             }
         }
         for d in OptionTable.smtpClient {
@@ -112,8 +118,10 @@ extension OutboxConfiguration {
                 // postgres://user:password@host/db: the password is a secret like any other.
                 let masked = Self.maskingURLPassword(s.store)
                 if masked != s.store {
-                    rows.append(EffectiveOption(section: "outbox", name: "outbox.store", value: masked, source: source(of: "outbox.store"),
-                                                effect: d.effect, isSecret: true, comparable: s.store))
+                    rows.append(
+                        EffectiveOption(
+                            section: "outbox", name: "outbox.store", value: masked, source: source(of: "outbox.store"),
+                            effect: d.effect, isSecret: true, comparable: s.store))
                     continue
                 }
                 value = s.store
@@ -278,7 +286,9 @@ package enum CheckConfig {
 
     struct JSONReport: Encodable {
         struct Option: Encodable { var section, name, value, source, effect: String; var secret: Bool }
-        struct Item: Encodable { var code: String; var file: String?; var line: Int?; var option: String?; var value: String?; var message: String; var text: String }
+        struct Item: Encodable {
+            var code: String; var file: String?; var line: Int?; var option: String?; var value: String?; var message: String; var text: String
+        }
         var valid: Bool
         var file: String?
         var options: [Option]
@@ -291,7 +301,9 @@ package enum CheckConfig {
         let report = JSONReport(
             valid: true, file: configuration.fileName,
             options: configuration.effectiveOptions().map {
-                .init(section: $0.section, name: $0.name, value: $0.value, source: $0.source.description, effect: $0.effect.rawValue, secret: $0.isSecret)
+                .init(
+                    section: $0.section, name: $0.name, value: $0.value, source: $0.source.description, effect: $0.effect.rawValue,
+                    secret: $0.isSecret)
             },
             notes: configuration.notes,
             warnings: configuration.warnings.map {

@@ -12,9 +12,9 @@ package enum TimeValue {
         guard parts.count == 3 else { return nil }
         let digits: (Substring) -> Bool = { !$0.isEmpty && $0.allSatisfy { $0.isASCII && $0.isNumber } }
         guard digits(parts[0]), digits(parts[1]), digits(parts[2]),
-              parts[1].count == 2, parts[2].count == 2,
-              let hours = Int64(parts[0]), let minutes = Int64(parts[1]), let seconds = Int64(parts[2]),
-              minutes < 60, seconds < 60
+            parts[1].count == 2, parts[2].count == 2,
+            let hours = Int64(parts[0]), let minutes = Int64(parts[1]), let seconds = Int64(parts[2]),
+            minutes < 60, seconds < 60
         else { return nil }
         let (hourSeconds, overflow1) = hours.multipliedReportingOverflow(by: 3600)
         guard !overflow1 else { return nil }
@@ -26,7 +26,9 @@ package enum TimeValue {
     /// Formats a duration (whole seconds, rounded down) as `hh:mm:ss`, hours at least two digits.
     package static func format(_ duration: Duration) -> String {
         let total = max(0, duration.components.seconds)
-        let hours = total / 3600, minutes = (total % 3600) / 60, seconds = total % 60
+        let hours = total / 3600
+        let minutes = (total % 3600) / 60
+        let seconds = total % 60
         func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
         return "\(two(hours)):\(two(minutes)):\(two(seconds))"
     }

@@ -71,7 +71,11 @@ public struct MessageHeader: Sendable, Hashable {
 
 /// Message priority, written as `X-Priority` and `Importance`.
 public enum Priority: Int, Sendable, Hashable, CaseIterable {
-    case highest = 1, high = 2, normal = 3, low = 4, lowest = 5
+    case highest = 1
+    case high = 2
+    case normal = 3
+    case low = 4
+    case lowest = 5
 }
 
 /// A file attached to a message, from memory or streamed from a file; with a `contentID` it is
@@ -237,7 +241,8 @@ public struct Message: MailContent, Hashable {
         for h in headers {
             let nameOK = !h.name.isEmpty && h.name.utf8.allSatisfy { $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }
             guard nameOK else {
-                throw MIMEError(.invalidHeaderName, "the header name \"\(h.name.debugEscaped)\" is invalid: use printable ASCII without \":\" or spaces")
+                throw MIMEError(
+                    .invalidHeaderName, "the header name \"\(h.name.debugEscaped)\" is invalid: use printable ASCII without \":\" or spaces")
             }
             guard !Message.reservedHeaders.contains(h.name.lowercased()) else {
                 throw MIMEError(.invalidHeaderName, "the header \(h.name) is written by Outbox; use the Message property instead")
@@ -262,7 +267,8 @@ public struct Message: MailContent, Hashable {
         if core.hasPrefix("<") && core.hasSuffix(">") && core.count >= 2 { core = core.dropFirst().dropLast() }
         guard !core.isEmpty, core.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "<") && $0 != UInt8(ascii: ">") })
         else {
-            throw MIMEError(.invalidHeaderValue, "the \(what) \"\(id.debugEscaped)\" is invalid: use printable ASCII without spaces, like <id@domain>")
+            throw MIMEError(
+                .invalidHeaderValue, "the \(what) \"\(id.debugEscaped)\" is invalid: use printable ASCII without spaces, like <id@domain>")
         }
         return "<\(core)>"
     }

@@ -27,7 +27,9 @@ enum Punycode {
         let basicCount = output.count
         var handled = basicCount
         if basicCount > 0 { output.append(UInt8(ascii: "-")) }
-        var n = initialN, delta = 0, bias = initialBias
+        var n = initialN
+        var delta = 0
+        var bias = initialBias
         while handled < scalars.count {
             guard let m = scalars.filter({ $0 >= n }).min() else { break }
             let (mul, o1) = (m - n).multipliedReportingOverflow(by: handled + 1)

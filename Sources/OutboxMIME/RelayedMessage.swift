@@ -26,8 +26,10 @@ package struct RelayedMessage: MailContent {
     /// A message whose bytes after `head` are `pieceCount` pieces, read with `readPiece(0)`,
     /// `readPiece(1)`, ... when the message is streamed (nil: a piece is missing, an error).
     /// `byteCount`: the whole message's size, when known.
-    package init(head: [UInt8], pieceCount: Int, byteCount: Int?, envelope: Envelope,
-                readPiece: (@Sendable (Int) async throws -> ByteBuffer?)?) {
+    package init(
+        head: [UInt8], pieceCount: Int, byteCount: Int?, envelope: Envelope,
+        readPiece: (@Sendable (Int) async throws -> ByteBuffer?)?
+    ) {
         self.knownByteCount = byteCount
         self.head = head
         self.pieceCount = readPiece == nil ? 0 : pieceCount

@@ -41,8 +41,10 @@ package struct OAuthError: Error, Sendable, CustomStringConvertible {
     /// 5xx, timeouts and connection failures: try again later.
     package var isTransient: Bool
 
-    package init(code: Code, provider: String, httpStatus: Int? = nil, oauthError: String? = nil, aadsts: Int? = nil,
-                errorDescription: String? = nil, likelyCause: String? = nil, isTransient: Bool) {
+    package init(
+        code: Code, provider: String, httpStatus: Int? = nil, oauthError: String? = nil, aadsts: Int? = nil,
+        errorDescription: String? = nil, likelyCause: String? = nil, isTransient: Bool
+    ) {
         self.code = code
         self.provider = provider
         self.httpStatus = httpStatus
@@ -106,7 +108,8 @@ package struct OAuthError: Error, Sendable, CustomStringConvertible {
     /// The option behind a Google error.
     static func googleCause(oauthError: String?) -> String? {
         switch oauthError {
-        case "invalid_grant": return "password (the refresh token has expired or was revoked: authorise the account again and set the new refresh token)"
+        case "invalid_grant":
+            return "password (the refresh token has expired or was revoked: authorise the account again and set the new refresh token)"
         case "invalid_client", "unauthorized_client": return "client-id, or the password in [secret-<secret>] (the client secret)"
         case "invalid_scope": return "the scope the refresh token was created with (https://mail.google.com/)"
         case "invalid_request": return "client-id or password (the refresh token)"

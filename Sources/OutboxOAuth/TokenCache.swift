@@ -75,8 +75,9 @@ package actor TokenCache<C: Clock> where C.Duration == Duration {
         } catch let error as OAuthError {
             throw error
         } catch {
-            throw OAuthError(code: .unavailable, provider: provider.cacheKey.hasPrefix("google") ? "google" : "azure",
-                             errorDescription: "\(error)", isTransient: true)
+            throw OAuthError(
+                code: .unavailable, provider: provider.cacheKey.hasPrefix("google") ? "google" : "azure",
+                errorDescription: "\(error)", isTransient: true)
         }
     }
 }

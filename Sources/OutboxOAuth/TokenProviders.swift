@@ -26,15 +26,18 @@ struct TokenEndpointRequest: Sendable {
             body = try await response.body.collect(upTo: 1 << 20)
         } catch {
             if OutboxHTTP.isTimeout(error) {
-                throw OAuthError(code: .timeout, provider: provider, errorDescription: "no answer from \(url) in time (connect-timeout / protocol-timeout)", isTransient: true)
+                throw OAuthError(
+                    code: .timeout, provider: provider, errorDescription: "no answer from \(url) in time (connect-timeout / protocol-timeout)",
+                    isTransient: true)
             }
             throw OAuthError(code: .unavailable, provider: provider, errorDescription: "\(url) could not be reached: \(error)", isTransient: true)
         }
         let json = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any]
         if (200..<300).contains(status) {
             guard let json, let token = json["access_token"] as? String, !token.isEmpty else {
-                throw OAuthError(code: .badResponse, provider: provider, httpStatus: status,
-                                 errorDescription: "the answer from \(url) has no access_token", isTransient: true)
+                throw OAuthError(
+                    code: .badResponse, provider: provider, httpStatus: status,
+                    errorDescription: "the answer from \(url) has no access_token", isTransient: true)
             }
             let raw = json["expires_in"]
             let seconds = (raw as? Int).map(Double.init) ?? (raw as? Double) ?? (raw as? String).flatMap(Double.init) ?? 3600
@@ -44,13 +47,15 @@ struct TokenEndpointRequest: Sendable {
         let description = json?["error_description"] as? String
         let aadsts = (json?["error_codes"] as? [Int])?.first ?? OAuthError.aadstsCode(in: description)
         let transient = status >= 500 || status == 429 || oauthError == "temporarily_unavailable"
-        let cause = provider == "google"
+        let cause =
+            provider == "google"
             ? OAuthError.googleCause(oauthError: oauthError)
             : OAuthError.azureCause(oauthError: oauthError, aadsts: aadsts, grant: grant)
-        throw OAuthError(code: transient ? .unavailable : .refused, provider: provider, httpStatus: status,
-                         oauthError: oauthError, aadsts: aadsts,
-                         errorDescription: description ?? (json == nil ? "HTTP \(status) from \(url)" : nil),
-                         likelyCause: transient ? nil : cause, isTransient: transient)
+        throw OAuthError(
+            code: transient ? .unavailable : .refused, provider: provider, httpStatus: status,
+            oauthError: oauthError, aadsts: aadsts,
+            errorDescription: description ?? (json == nil ? "HTTP \(status) from \(url)" : nil),
+            likelyCause: transient ? nil : cause, isTransient: transient)
     }
 }
 
@@ -82,8 +87,10 @@ package struct AzureTokenProvider: TokenProvider {
     package var timeout: Duration
     let client: HTTPClient
 
-    package init(tenantAuthority: String, directoryID: String, clientID: String, scope: String, grant: Grant,
-                timeout: Duration, client: HTTPClient) {
+    package init(
+        tenantAuthority: String, directoryID: String, clientID: String, scope: String, grant: Grant,
+        timeout: Duration, client: HTTPClient
+    ) {
         self.tenantAuthority = tenantAuthority
         self.directoryID = directoryID
         self.clientID = clientID
@@ -117,8 +124,10 @@ package struct AzureTokenProvider: TokenProvider {
             form = [("client_id", clientID), ("client_secret", secret.value), ("scope", scope), ("grant_type", grantName)]
         case .password(let user, let password):
             grantName = "password"
-            form = [("client_id", clientID), ("scope", scope), ("username", user), ("password", password.value),
-                    ("grant_type", grantName)]
+            form = [
+                ("client_id", clientID), ("scope", scope), ("username", user), ("password", password.value),
+                ("grant_type", grantName),
+            ]
         }
         return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "azure", grant: grantName, timeout: timeout)
             .run(client: client)
@@ -148,8 +157,10 @@ package struct GoogleTokenProvider: TokenProvider {
     }
 
     package func fetchToken() async throws(OAuthError) -> AccessToken {
-        let form = [("client_id", clientID), ("client_secret", clientSecret.value), ("refresh_token", refreshToken.value),
-                    ("grant_type", "refresh_token")]
+        let form = [
+            ("client_id", clientID), ("client_secret", clientSecret.value), ("refresh_token", refreshToken.value),
+            ("grant_type", "refresh_token"),
+        ]
         return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "google", grant: "refresh_token", timeout: timeout)
             .run(client: client)
     }
@@ -162,9 +173,12 @@ extension OAuthProviders {
     /// - otherwise Azure: client credentials for GRAPH or `grant-type = client_credentials`
     ///   (`password` is the client secret), the password grant (`user`, `password`) when the
     ///   grant type is `password` or unset for SMTP/EWS; `scope` from ``SMTPClientOptions/effectiveScope``.
-    package static func make(options: SMTPClientOptions, secretSection: SecretSection?, settings: OutboxSettings,
-                            client: HTTPClient) throws(OAuthError) -> any TokenProvider {
-        let timeout = (options.connectTimeout == .zero ? OutboxHTTP.forever : options.connectTimeout)
+    package static func make(
+        options: SMTPClientOptions, secretSection: SecretSection?, settings: OutboxSettings,
+        client: HTTPClient
+    ) throws(OAuthError) -> any TokenProvider {
+        let timeout =
+            (options.connectTimeout == .zero ? OutboxHTTP.forever : options.connectTimeout)
             + (options.protocolTimeout == .zero ? OutboxHTTP.forever : options.protocolTimeout)
         let provider = options.isGoogle ? "google" : "azure"
         func missing(_ what: String) -> OAuthError {
@@ -176,8 +190,9 @@ extension OAuthProviders {
                 throw missing("password in [secret-\(options.secret)] (the Google client secret)")
             }
             guard let refresh = options.password, !refresh.value.isEmpty else { throw missing("password (the refresh token)") }
-            return GoogleTokenProvider(tokenURL: settings.googleTokenURL, clientID: clientID, clientSecret: secret,
-                                       refreshToken: refresh, timeout: timeout, client: client)
+            return GoogleTokenProvider(
+                tokenURL: settings.googleTokenURL, clientID: clientID, clientSecret: secret,
+                refreshToken: refresh, timeout: timeout, client: client)
         }
         guard let directory = options.directoryID, !directory.isEmpty else { throw missing("directory-id") }
         guard let password = options.password, !password.value.isEmpty else {
@@ -191,8 +206,9 @@ extension OAuthProviders {
             guard let user = options.user, !user.isEmpty else { throw missing("user") }
             grant = .password(user: user, password: password)
         }
-        return AzureTokenProvider(tenantAuthority: options.tenantAuthority, directoryID: directory, clientID: clientID,
-                                  scope: options.effectiveScope, grant: grant, timeout: timeout, client: client)
+        return AzureTokenProvider(
+            tenantAuthority: options.tenantAuthority, directoryID: directory, clientID: clientID,
+            scope: options.effectiveScope, grant: grant, timeout: timeout, client: client)
     }
 }
 

@@ -30,8 +30,10 @@ package final class RelayAuthenticator: Sendable {
         var lockedUntil: [String: ContinuousClock.Instant] = [:]
     }
 
-    package init(threads: Int = max(1, System.coreCount / 2), maxPending: Int = 64, failureDelay: Duration = .milliseconds(500),
-                logger: Logger) {
+    package init(
+        threads: Int = max(1, System.coreCount / 2), maxPending: Int = 64, failureDelay: Duration = .milliseconds(500),
+        logger: Logger
+    ) {
         self.pool = NIOThreadPool(numberOfThreads: threads)
         self.pool.start()
         self.maxPending = maxPending
@@ -46,8 +48,10 @@ package final class RelayAuthenticator: Sendable {
     }
 
     /// Checks `user`/`password` from `client` against `clients`.
-    package func verify(user: String, password: String, client: String, clients: [ClientIdentity], limit: Int,
-                       window: Duration) async -> RelayStateMachine.AuthOutcome {
+    package func verify(
+        user: String, password: String, client: String, clients: [ClientIdentity], limit: Int,
+        window: Duration
+    ) async -> RelayStateMachine.AuthOutcome {
         let keys = ["address:" + client, "user:" + user.lowercased()]
         let now = ContinuousClock.now
         let locked = state.withLockedValue { s -> Bool in

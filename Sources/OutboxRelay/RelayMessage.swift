@@ -1,8 +1,8 @@
 import Foundation
-import OutboxSMTPGrammar
 import NIOCore
 import OutboxConfig
 import OutboxMIME
+import OutboxSMTPGrammar
 
 /// What the listener does to a received message before it is queued (RFC 6409 §8): a Received
 /// header on top, Date and Message-ID where missing; every other byte as the client sent it
@@ -41,7 +41,8 @@ package enum RelayMessage {
             if first && line.starts(with: Array("From ".utf8)) { first = false; continue }
             first = false
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0,
-                  line[..<colon].allSatisfy({ $0 > 32 && $0 < 127 }) else { break }
+                line[..<colon].allSatisfy({ $0 > 32 && $0 < 127 })
+            else { break }
             let name = String(decoding: line[..<colon], as: UTF8.self).lowercased()
             fields.append((name, Array(line[(colon + 1)...])))
         }
@@ -91,8 +92,10 @@ package enum RelayMessage {
     }
 
     /// The header lines to put in front of the message.
-    package static func addedHeaders(facts: HeaderFacts, settings: RelaySettings, session: RelaySessionInfo, envelope: RelayEnvelope,
-                                    client: String, id: String, hostname: String, now: Date) -> String {
+    package static func addedHeaders(
+        facts: HeaderFacts, settings: RelaySettings, session: RelaySessionInfo, envelope: RelayEnvelope,
+        client: String, id: String, hostname: String, now: Date
+    ) -> String {
         var out = ""
         let date = RFC5322Date.format(now)
         if settings.addReceivedHeader {
@@ -102,11 +105,16 @@ package enum RelayMessage {
                 if session.tls { with += "S" }
                 if session.authenticatedUser != nil { with += "A" }
             }
-            let helo = session.heloName.map { SMTPServerCommand.printable($0).replacingOccurrences(of: "(", with: "").replacingOccurrences(of: ")", with: "") } ?? "unknown"
+            let helo =
+                session.heloName.map {
+                    SMTPServerCommand.printable($0).replacingOccurrences(of: "(", with: "").replacingOccurrences(of: ")", with: "")
+                } ?? "unknown"
             out += "Received: from \(helo) ([\(client)])\r\n\tby \(hostname) (Outbox) with \(with) id \(id)"
             var comments: [String] = []
             if session.tls { comments.append("using \(session.tlsDescription ?? "TLS")") }
-            if let user = session.authenticatedUser { comments.append("authenticated as \(SMTPServerCommand.printable(user).replacingOccurrences(of: ")", with: ""))") }
+            if let user = session.authenticatedUser {
+                comments.append("authenticated as \(SMTPServerCommand.printable(user).replacingOccurrences(of: ")", with: ""))")
+            }
             if !comments.isEmpty { out += "\r\n\t(\(comments.joined(separator: "; ")))" }
             if envelope.recipients.count == 1, let rcpt = envelope.recipients.first, rcpt.address.utf8.allSatisfy({ $0 < 0x80 }) {
                 out += "\r\n\tfor <\(rcpt.address)>"

@@ -1,5 +1,4 @@
 import Foundation
-import OutboxSMTPGrammar
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -8,6 +7,7 @@ import NIOPosix
 import NIOSSL
 import Outbox
 import OutboxConfig
+import OutboxSMTPGrammar
 import ServiceLifecycle
 
 /// The relay's settings in force: `[relay]`, the `[client-NAME]` identities and the TLS context
@@ -47,7 +47,8 @@ package struct RelayRuntimeConfiguration: Sendable {
             do {
                 context = try NIOSSLContext(configuration: tls)
             } catch {
-                throw RelayError("relay.tls-certificate-file and relay.tls-key-file do not make a TLS context (does the key belong to the certificate?): \(error)")
+                throw RelayError(
+                    "relay.tls-certificate-file and relay.tls-key-file do not make a TLS context (does the key belong to the certificate?): \(error)")
             }
         }
         return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context, transportLimit: transportLimit)
@@ -96,11 +97,13 @@ package final class RelayServer: Service, Sendable {
 
     /// `listenDefaulted`: `listen` is the built-in default (a taken default address is a
     /// warning, not an error).
-    package init(configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
-                drainDeadline: Duration = .seconds(20), metricsFactory: (any MetricsFactory)? = nil,
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "outbox.relay"),
-                authenticator: RelayAuthenticator? = nil, transportSizeLimit: @escaping @Sendable () -> Int? = { nil },
-                onListening: @escaping @Sendable (String) -> Void = { _ in }) {
+    package init(
+        configuration: RelayRuntimeConfiguration, queue: any RelayQueue, listenDefaulted: Bool = false,
+        drainDeadline: Duration = .seconds(20), metricsFactory: (any MetricsFactory)? = nil,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "outbox.relay"),
+        authenticator: RelayAuthenticator? = nil, transportSizeLimit: @escaping @Sendable () -> Int? = { nil },
+        onListening: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.transportSizeLimit = transportSizeLimit
         self.configuration = NIOLockedValueBox(configuration)
         self.queue = queue
@@ -192,7 +195,9 @@ package final class RelayServer: Service, Sendable {
         } catch {
             let name = implicitTLS ? "relay.listen-tls" : "relay.listen"
             if listenDefaulted && !implicitTLS {
-                logger.warning("\(name) \(address) cannot be bound (\(error)); running without the SMTP listener (set [relay] listen to another address, or empty to silence this)")
+                logger.warning(
+                    "\(name) \(address) cannot be bound (\(error)); running without the SMTP listener (set [relay] listen to another address, or empty to silence this)"
+                )
                 return nil
             }
             throw RelayError("\(name) \(address) cannot be bound: \(error)")
@@ -235,10 +240,11 @@ package final class RelayServer: Service, Sendable {
             return
         }
         metrics.sessions.increment()
-        let policy = RelaySessionPolicy(hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
-                                        implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
-                                        maxMessageSize: min(config.effectiveMaxMessageSize, transportSizeLimit() ?? Int.max),
-                                        maxRecipients: settings.maxRecipients)
+        let policy = RelaySessionPolicy(
+            hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
+            implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
+            maxMessageSize: min(config.effectiveMaxMessageSize, transportSizeLimit() ?? Int.max),
+            maxRecipients: settings.maxRecipients)
         if implicitTLS {
             guard let context = config.tlsContext else { throw RelayError("no TLS context") }
             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
@@ -274,8 +280,9 @@ package final class RelayServer: Service, Sendable {
 
     func verify(user: String, password: String, client: SocketAddress?) async -> RelayStateMachine.AuthOutcome {
         let config = current
-        let outcome = await authenticator.verify(user: user, password: password, client: client?.ipAddress ?? "?", clients: config.clients,
-                                                 limit: config.settings.authFailureLimit, window: config.settings.authLockoutTime)
+        let outcome = await authenticator.verify(
+            user: user, password: password, client: client?.ipAddress ?? "?", clients: config.clients,
+            limit: config.settings.authFailureLimit, window: config.settings.authLockoutTime)
         switch outcome {
         case .success: metrics.authSuccesses.increment()
         case .invalid: metrics.authFailures(reason: "invalid").increment()
@@ -285,22 +292,28 @@ package final class RelayServer: Service, Sendable {
         return outcome
     }
 
-    func commit(envelope: RelayEnvelope, message received: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?, settings: RelaySettings) async -> Result<String, SMTPServerReplyError> {
+    func commit(
+        envelope: RelayEnvelope, message received: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
+        client: SocketAddress?, settings: RelaySettings
+    ) async -> Result<String, SMTPServerReplyError> {
         let content = received.head
         let facts = RelayMessage.headerFacts(content)
         let clientText = client?.ipAddress ?? "unknown"
         if let problem = RelayMessage.senderProblem(facts, identity: identity) {
             await discardChunks(messageID: received.id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "sender_not_allowed").increment()
-            logger.notice("relay message refused", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
-                                                                              result: "refused: \(problem.description)"))
+            logger.notice(
+                "relay message refused",
+                metadata: messageMetadata(
+                    client: clientText, session: session, envelope: envelope,
+                    result: "refused: \(problem.description)"))
             return .failure(SMTPServerReplyError(problem))
         }
         let id = received.id
         let hostname = settings.effectiveHostname
-        let added = RelayMessage.addedHeaders(facts: facts, settings: settings, session: session, envelope: envelope, client: clientText,
-                                              id: id, hostname: hostname, now: Date())
+        let added = RelayMessage.addedHeaders(
+            facts: facts, settings: settings, session: session, envelope: envelope, client: clientText,
+            id: id, hostname: hostname, now: Date())
         var bytes = [UInt8]()
         bytes.reserveCapacity(added.utf8.count + content.readableBytes)
         bytes.append(contentsOf: added.utf8)
@@ -311,19 +324,24 @@ package final class RelayServer: Service, Sendable {
         message.chunkCount = received.chunkCount
         message.chunkedSize = received.chunkedSize
         let size = bytes.count + received.chunkedSize
-        message.origin = MessageOrigin(kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
-                                       notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
+        message.origin = MessageOrigin(
+            kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
+            notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
         do {
             let stored = try await queue.enqueue(message)
             metrics.messages(result: "accepted", reason: "ok").increment()
-            logger.info("relay message queued", metadata: messageMetadata(client: clientText, session: session, envelope: envelope,
-                                                                          result: "queued as \(stored)", size: size))
+            logger.info(
+                "relay message queued",
+                metadata: messageMetadata(
+                    client: clientText, session: session, envelope: envelope,
+                    result: "queued as \(stored)", size: size))
             return .success(stored)
         } catch {
             await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()
-            logger.error("relay message not queued: the queue store failed: \(error)",
-                         metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
+            logger.error(
+                "relay message not queued: the queue store failed: \(error)",
+                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
             return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
         }
     }
@@ -341,11 +359,14 @@ package final class RelayServer: Service, Sendable {
     func discardChunks(messageID: String, count: Int = 1) async {
         guard count > 0 else { return }
         do { try await queue.discardChunks(messageID: messageID) } catch {
-            logger.warning("relay: the chunks of message \(messageID), which was not queued, could not be removed now (they go at the next start): \(error)")
+            logger.warning(
+                "relay: the chunks of message \(messageID), which was not queued, could not be removed now (they go at the next start): \(error)")
         }
     }
 
-    private func messageMetadata(client: String, session: RelaySessionInfo, envelope: RelayEnvelope, result: String, size: Int? = nil) -> Logger.Metadata {
+    private func messageMetadata(client: String, session: RelaySessionInfo, envelope: RelayEnvelope, result: String, size: Int? = nil)
+        -> Logger.Metadata
+    {
         var m: Logger.Metadata = [
             "relay.client": "\(client)", "relay.tls": "\(session.tls)", "relay.from": "\(envelope.sender.isEmpty ? "<>" : envelope.sender)",
             "relay.recipients": "\(envelope.recipients.count)", "relay.result": "\(result)",
@@ -356,10 +377,12 @@ package final class RelayServer: Service, Sendable {
     }
 
     func sessionEnded(_ summary: RelaySessionSummary) {
-        logger.info("relay session ended", metadata: [
-            "relay.client": "\(summary.client)", "relay.user": "\(summary.user ?? "-")", "relay.tls": "\(summary.tls)",
-            "relay.messages": "\(summary.messages)", "relay.reason": "\(summary.reason)",
-        ])
+        logger.info(
+            "relay session ended",
+            metadata: [
+                "relay.client": "\(summary.client)", "relay.user": "\(summary.user ?? "-")", "relay.tls": "\(summary.tls)",
+                "relay.messages": "\(summary.messages)", "relay.reason": "\(summary.reason)",
+            ])
     }
 }
 
@@ -372,10 +395,13 @@ struct RelaySession: RelaySessionDelegate {
         await server.verify(user: user, password: password, client: client)
     }
 
-    func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?) async -> Result<String, SMTPServerReplyError> {
-        await server.commit(envelope: envelope, message: message, session: session, identity: identity, client: client,
-                            settings: configuration.settings)
+    func commit(
+        envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
+        client: SocketAddress?
+    ) async -> Result<String, SMTPServerReplyError> {
+        await server.commit(
+            envelope: envelope, message: message, session: session, identity: identity, client: client,
+            settings: configuration.settings)
     }
 
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool {

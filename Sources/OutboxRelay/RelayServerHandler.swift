@@ -1,9 +1,9 @@
 import Foundation
-import OutboxSMTPGrammar
 import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
+import OutboxSMTPGrammar
 
 /// What the handler needs from the rest of the listener (checked credentials, the queue).
 package protocol RelaySessionDelegate: Sendable {
@@ -12,8 +12,10 @@ package protocol RelaySessionDelegate: Sendable {
     /// Checks and commits a complete message; returns its queue id once it is durable.
     /// `message.head` is its first bytes; `message.chunkCount` chunks written with
     /// `writeChunk` follow.
-    func commit(envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
-                client: SocketAddress?) async -> Result<String, SMTPServerReplyError>
+    func commit(
+        envelope: RelayEnvelope, message: ReceivedMessage, session: RelaySessionInfo, identity: ClientIdentityRef?,
+        client: SocketAddress?
+    ) async -> Result<String, SMTPServerReplyError>
     /// Writes one chunk of a large message while it arrives (durable when it returns); false
     /// when the store failed.
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool
@@ -108,8 +110,10 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var ended = false
     private var context: ChannelHandlerContext?
 
-    init(policy: RelaySessionPolicy, delegate: any RelaySessionDelegate, tlsContext: NIOSSLContext?, commandTimeout: TimeAmount,
-         dataTimeout: TimeAmount, sessionTimeout: TimeAmount, logger: Logger) {
+    init(
+        policy: RelaySessionPolicy, delegate: any RelaySessionDelegate, tlsContext: NIOSSLContext?, commandTimeout: TimeAmount,
+        dataTimeout: TimeAmount, sessionTimeout: TimeAmount, logger: Logger
+    ) {
         self.machine = RelayStateMachine(policy: policy)
         self.delegate = delegate
         self.tlsContext = tlsContext
@@ -173,8 +177,10 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         machine.closed()
         abandonMessage()
         decoder = nil
-        delegate.sessionEnded(RelaySessionSummary(client: remote.map(Self.describe) ?? "?", user: machine.info.authenticatedUser,
-                                                  tls: machine.info.tls, messages: machine.accepted, reason: closeReason))
+        delegate.sessionEnded(
+            RelaySessionSummary(
+                client: remote.map(Self.describe) ?? "?", user: machine.info.authenticatedUser,
+                tls: machine.info.tls, messages: machine.accepted, reason: closeReason))
     }
 
     static func describe(_ address: SocketAddress) -> String {
@@ -444,8 +450,9 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // The last bytes past the head go as the last chunk; the commit waits for every write.
             writeTail()
             let loop = context.eventLoop
-            let message = ReceivedMessage(id: messageID ?? Self.newMessageID(), head: body ?? ByteBuffer(),
-                                          chunkCount: chunksWritten, chunkedSize: chunkedBytes)
+            let message = ReceivedMessage(
+                id: messageID ?? Self.newMessageID(), head: body ?? ByteBuffer(),
+                chunkCount: chunksWritten, chunkedSize: chunkedBytes)
             let writes = chunkWrites ?? loop.makeSucceededFuture(true)
             body = nil
             tail = nil

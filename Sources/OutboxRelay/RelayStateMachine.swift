@@ -1,6 +1,6 @@
 import Foundation
-import OutboxSMTPGrammar
 import OutboxConfig
+import OutboxSMTPGrammar
 
 /// What the listener knows of the current connection's policy (from `[relay]` and the client's
 /// address), fixed when the connection opens; `clients` and limits are re-read on reload.
@@ -19,8 +19,10 @@ package struct RelaySessionPolicy: Sendable {
     /// Bad commands before the listener hangs up (421).
     package var maxErrors: Int = 20
 
-    package init(hostname: String, trustedNetwork: Bool, canStartTLS: Bool, implicitTLS: Bool, requireTLSForAuth: Bool,
-                maxMessageSize: Int, maxRecipients: Int) {
+    package init(
+        hostname: String, trustedNetwork: Bool, canStartTLS: Bool, implicitTLS: Bool, requireTLSForAuth: Bool,
+        maxMessageSize: Int, maxRecipients: Int
+    ) {
         self.hostname = hostname
         self.trustedNetwork = trustedNetwork
         self.canStartTLS = canStartTLS
@@ -71,7 +73,10 @@ package struct RelaySessionInfo: Sendable, Hashable {
 /// The listener's SMTP protocol as a value: events in, actions out. No channel, no clock, no
 /// store: the handler (`RelayServerHandler`) carries out the actions and reports back.
 package struct RelayStateMachine: Sendable {
-    package enum AuthMechanism: String, Sendable { case plain = "PLAIN", login = "LOGIN" }
+    package enum AuthMechanism: String, Sendable {
+        case plain = "PLAIN"
+        case login = "LOGIN"
+    }
 
     enum State: Sendable {
         /// Waiting for a command.
@@ -405,8 +410,10 @@ package struct RelayStateMachine: Sendable {
     private var authAvailable: Bool { !policy.requireTLSForAuth || info.tls }
 
     func ehloLines() -> [String] {
-        var lines = [policy.hostname, "PIPELINING", "SIZE \(policy.maxMessageSize)", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8",
-                     "CHUNKING", "DSN"]
+        var lines = [
+            policy.hostname, "PIPELINING", "SIZE \(policy.maxMessageSize)", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8",
+            "CHUNKING", "DSN",
+        ]
         if policy.canStartTLS && !info.tls { lines.append("STARTTLS") }
         if authAvailable { lines.append("AUTH PLAIN LOGIN") }
         return lines
@@ -452,7 +459,8 @@ package struct RelayStateMachine: Sendable {
         }
         let parts = decoded.split(separator: 0, maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, let authcid = String(validating: parts[1], as: UTF8.self),
-              let password = String(validating: parts[2], as: UTF8.self), !authcid.isEmpty else {
+            let password = String(validating: parts[2], as: UTF8.self), !authcid.isEmpty
+        else {
             return error(SMTPServerReply(501, "5.5.2", "Malformed AUTH PLAIN response (authzid NUL authcid NUL password)"))
         }
         if let authzid = String(validating: parts[0], as: UTF8.self), !authzid.isEmpty, authzid != authcid {
@@ -548,12 +556,15 @@ package struct RelayStateMachine: Sendable {
             switch key {
             case "NOTIFY":
                 let items = (value ?? "").uppercased().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-                let valid = items == ["NEVER"] || (!items.isEmpty && Set(items).count == items.count && items.allSatisfy { ["SUCCESS", "FAILURE", "DELAY"].contains($0) })
+                let valid =
+                    items == ["NEVER"]
+                    || (!items.isEmpty && Set(items).count == items.count && items.allSatisfy { ["SUCCESS", "FAILURE", "DELAY"].contains($0) })
                 guard valid else { return error(SMTPServerReply(501, "5.5.4", "Bad NOTIFY parameter (NEVER, or SUCCESS, FAILURE, DELAY)")) }
                 recipient.notify = items.joined(separator: ",")
             case "ORCPT":
                 guard let v = value, let semicolon = v.firstIndex(of: ";"), v[..<semicolon].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
-                      XText.isValid(String(v[v.index(after: semicolon)...])), v.utf8.count <= 500 else {
+                    XText.isValid(String(v[v.index(after: semicolon)...])), v.utf8.count <= 500
+                else {
                     return error(SMTPServerReply(501, "5.5.4", "Bad ORCPT parameter (addr-type;xtext)"))
                 }
                 recipient.orcpt = v

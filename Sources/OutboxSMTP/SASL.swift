@@ -1,5 +1,5 @@
-import NIOCore
 import Foundation
+import NIOCore
 
 /// The secret part of a credential: never printed. Its `description`, `debugDescription` and
 /// mirror never show the value (so `dump()` and `Mirror` do not either), as the configuration's
@@ -75,7 +75,8 @@ public enum SASLMechanism: String, Sendable, CaseIterable {
     /// Decodes the JSON of an XOAUTH2 error challenge (`334 eyJzdGF0dXMiOi...`) to show its status.
     static func decodeXOAUTH2Challenge(_ text: String) -> String? {
         guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespaces)),
-              let json = String(data: data, encoding: .utf8) else { return nil }
+            let json = String(data: data, encoding: .utf8)
+        else { return nil }
         return json
     }
 }

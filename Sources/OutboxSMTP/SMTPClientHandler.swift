@@ -82,8 +82,10 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// `acknowledgeAtOnce`).
     private var acknowledgeAfterRead = false
 
-    init(configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
-         tlsUpgrade: TLSUpgrade?, logger: Logger) {
+    init(
+        configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
+        tlsUpgrade: TLSUpgrade?, logger: Logger
+    ) {
         self.machine = SMTPClientStateMachine(configuration: configuration, helloName: helloName, session: .session(session))
         self.tlsUpgrade = tlsUpgrade
         self.logger = logger
@@ -133,7 +135,8 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 machine.bodyChunkWritten(now: .now())
                 written.succeed(())
             case .failure(let error):
-                written.fail(machine.failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection was lost during DATA: \(error)"))
+                written.fail(
+                    machine.failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection was lost during DATA: \(error)"))
             }
         }
         context.writeAndFlush(wrapOutboundOut(bytes), promise: promise)
@@ -191,8 +194,9 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     #if os(Linux)
-    private static let quickAck = ChannelOptions.Types.SocketOption(level: .init(rawValue: CInt(IPPROTO_TCP)),
-                                                                    name: .init(rawValue: CInt(TCP_QUICKACK)))
+    private static let quickAck = ChannelOptions.Types.SocketOption(
+        level: .init(rawValue: CInt(IPPROTO_TCP)),
+        name: .init(rawValue: CInt(TCP_QUICKACK)))
     #endif
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -25,8 +25,10 @@ extension SMTPConnection {
     /// The result then says `handedBack`: the caller must not touch the connection again, and
     /// on a failure it is not reset or closed here (the next user meets a dead connection as a
     /// failure before its own body was sent: safe to retry).
-    public func send<Body: AsyncSequence>(envelope: SMTPEnvelope, body: Body,
-                                          handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
+    public func send<Body: AsyncSequence>(
+        envelope: SMTPEnvelope, body: Body,
+        handBack: (@Sendable () -> Void)? = nil
+    ) async throws(SMTPError) -> SMTPTransactionResult
     where Body.Element == ByteBuffer {
         var iterator = body.makeAsyncIterator()
         let start: SMTPBodyStart
@@ -41,8 +43,10 @@ extension SMTPConnection {
     }
 
     /// `send` with the start of the body already read (`SMTPBodyStart.read`) from `rest`.
-    package func send<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
-                                                      handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult
+    package func send<Iterator: AsyncIteratorProtocol>(
+        envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
+        handBack: (@Sendable () -> Void)? = nil
+    ) async throws(SMTPError) -> SMTPTransactionResult
     where Iterator.Element == ByteBuffer {
         try acquire()
         let token = handBack.map { makeHandBack($0) }
@@ -59,8 +63,10 @@ extension SMTPConnection {
 
     /// One transaction; `start` holds the body's first bytes (the whole body when it is
     /// small), `rest` the rest.
-    func transaction<Iterator: AsyncIteratorProtocol>(envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
-                                                      handBack: SMTPHandBack?) async throws(SMTPError) -> SMTPTransactionResult
+    func transaction<Iterator: AsyncIteratorProtocol>(
+        envelope: SMTPEnvelope, start: SMTPBodyStart, rest: inout Iterator,
+        handBack: SMTPHandBack?
+    ) async throws(SMTPError) -> SMTPTransactionResult
     where Iterator.Element == ByteBuffer {
         let (mail, rcpts) = try Self.plan(envelope: envelope, capabilities: capabilities, configuration: configuration)
         var start = start
@@ -89,9 +95,10 @@ extension SMTPConnection {
             for command in [mail] + rcpts + (pipelineData ? [.data] : []) { logger.info("C: \(command.redactedText)") }
         }
         let oneExchange = pipelineData && start.isComplete
-        let request = SMTPTransactionRequest(commands: commands, sender: envelope.from, rcptCount: rcpts.count,
-                                             body: oneExchange ? start.prefix : nil, sendPartial: configuration.sendPartial,
-                                             handBack: oneExchange && handBack != nil)
+        let request = SMTPTransactionRequest(
+            commands: commands, sender: envelope.from, rcptCount: rcpts.count,
+            body: oneExchange ? start.prefix : nil, sendPartial: configuration.sendPartial,
+            handBack: oneExchange && handBack != nil)
         let waiter = SMTPTransactionWaiter(nil, handBack: oneExchange ? handBack : nil)
         switch try await run(request, waiter: waiter) {
         case .done(let replies):
@@ -146,7 +153,9 @@ extension SMTPConnection {
     /// Streams the body from `start` on: at most two chunks in flight (a stalled write fails
     /// the connection after protocol-timeout), then the final dot, whose reply is awaited with
     /// the DATA termination timeout.
-    func sendBody<Iterator: AsyncIteratorProtocol>(_ start: SMTPBodyStart, rest: inout Iterator) async throws(SMTPError) -> (SMTPTransactionReplies, Int)
+    func sendBody<Iterator: AsyncIteratorProtocol>(_ start: SMTPBodyStart, rest: inout Iterator) async throws(SMTPError) -> (
+        SMTPTransactionReplies, Int
+    )
     where Iterator.Element == ByteBuffer {
         var encoder = start.encoder
         var out = start.prefix

@@ -47,8 +47,10 @@ public final class SMTPConnection: Sendable {
     /// What its transactions depend on (see `SMTPPreparedTransaction`).
     let profile: SMTPTransactionProfile
 
-    private init(channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, facts: SMTPSessionFacts,
-                 configuration: SMTPClientConfiguration, logger: Logger, id: Int, timings: [(step: String, duration: Duration)]) {
+    private init(
+        channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, facts: SMTPSessionFacts,
+        configuration: SMTPClientConfiguration, logger: Logger, id: Int, timings: [(step: String, duration: Duration)]
+    ) {
         self.channel = channel
         self.handler = handler
         self.configuration = configuration
@@ -77,7 +79,9 @@ public final class SMTPConnection: Sendable {
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger baseLogger: Logger = Logger(label: "outbox.smtp")
     ) async throws(SMTPError) -> SMTPConnection {
-        let id = ids.withLockedValue { $0 += 1; return $0 }
+        let id = ids.withLockedValue {
+            $0 += 1; return $0
+        }
         var logger = baseLogger
         logger[metadataKey: "smtp.connection_id"] = "\(id)"
         logger[metadataKey: "smtp.server"] = "\(configuration.host):\(configuration.port)"
@@ -90,8 +94,9 @@ public final class SMTPConnection: Sendable {
             do {
                 sslContext = try NIOSSLContext(configuration: configuration.makeTLSConfiguration())
             } catch {
-                throw SMTPError(stage: .tls, code: .tlsHandshake,
-                                message: "the TLS configuration is unusable (tls-ca-file \(configuration.tlsCAFile ?? "unset")): \(error)")
+                throw SMTPError(
+                    stage: .tls, code: .tlsHandshake,
+                    message: "the TLS configuration is unusable (tls-ca-file \(configuration.tlsCAFile ?? "unset")): \(error)")
             }
         }
         let serverHostname: String? = (configuration.hostIsTrustedWithoutCA || isIPAddress(configuration.host)) ? nil : configuration.host
@@ -117,8 +122,9 @@ public final class SMTPConnection: Sendable {
                         let tls = try NIOSSLClientHandler(context: upgrade.context, serverHostname: upgrade.serverHostname)
                         try channel.pipeline.syncOperations.addHandler(tls)
                     }
-                    let handler = SMTPClientHandler(configuration: configuration, helloName: helloName, session: session,
-                                                    tlsUpgrade: upgrade, logger: handlerLogger)
+                    let handler = SMTPClientHandler(
+                        configuration: configuration, helloName: helloName, session: session,
+                        tlsUpgrade: upgrade, logger: handlerLogger)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     handlerBox.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
                 }
@@ -130,8 +136,9 @@ public final class SMTPConnection: Sendable {
             session.fail(SMTPError(stage: .connect, code: .connectionClosed, message: "not connected"))
             let timedOut: Bool
             if case ChannelError.connectTimeout = error { timedOut = true } else { timedOut = false }
-            throw SMTPError(stage: .connect, code: timedOut ? .timeout : .connectionClosed,
-                            message: "could not connect to \(configuration.host):\(configuration.port): \(error)", isTransient: true)
+            throw SMTPError(
+                stage: .connect, code: timedOut ? .timeout : .connectionClosed,
+                message: "could not connect to \(configuration.host):\(configuration.port): \(error)", isTransient: true)
         }
         let connected = clock.now - start
         if configuration.enableDebug {
@@ -151,8 +158,9 @@ public final class SMTPConnection: Sendable {
             throw error as? SMTPError ?? SMTPError(stage: .greeting, code: .connectionClosed, message: "\(error)")
         }
         for notice in facts.notices { logger.notice("\(notice)") }
-        return SMTPConnection(channel: channel, handler: handler, facts: facts, configuration: configuration, logger: logger, id: id,
-                              timings: [("connect", connected)] + facts.stepTimings)
+        return SMTPConnection(
+            channel: channel, handler: handler, facts: facts, configuration: configuration, logger: logger, id: id,
+            timings: [("connect", connected)] + facts.stepTimings)
     }
 
     /// A duration as the configuration writes it, `hh:mm:ss`.

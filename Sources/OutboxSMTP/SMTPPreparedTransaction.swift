@@ -99,18 +99,23 @@ extension SMTPConnection {
 
     /// MAIL and one RCPT per recipient for `envelope`, validated; throws what the server's
     /// capabilities rule out (SMTPUTF8 not offered, over the SIZE limit) before anything is sent.
-    static func plan(envelope: SMTPEnvelope, capabilities: SMTPCapabilities,
-                     configuration: SMTPClientConfiguration) throws(SMTPError) -> (mail: SMTPCommand, rcpts: [SMTPCommand]) {
+    static func plan(
+        envelope: SMTPEnvelope, capabilities: SMTPCapabilities,
+        configuration: SMTPClientConfiguration
+    ) throws(SMTPError) -> (mail: SMTPCommand, rcpts: [SMTPCommand]) {
         guard !envelope.recipients.isEmpty else {
             throw SMTPError(stage: .rcpt, code: .invalidArgument, message: "the message has no recipients")
         }
         if envelope.requiresSMTPUTF8 && !capabilities.smtpUTF8 {
-            throw SMTPError(stage: .mail, code: .unsupportedByServer,
-                            message: "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
+            throw SMTPError(
+                stage: .mail, code: .unsupportedByServer,
+                message:
+                    "the message has non-ASCII addresses or headers that need SMTPUTF8, which \(configuration.host) does not offer; nothing was sent")
         }
         if let size = envelope.size, let limit = capabilities.sizeLimit, limit > 0, size > limit {
-            throw SMTPError(stage: .mail, code: .unsupportedByServer,
-                            message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
+            throw SMTPError(
+                stage: .mail, code: .unsupportedByServer,
+                message: "the message is \(size) bytes, over the server's SIZE limit of \(limit) bytes; nothing was sent")
         }
         var mailParameters: [String] = []
         if let size = envelope.size, capabilities.sizeLimit != nil { mailParameters.append("SIZE=\(size)") }
@@ -147,19 +152,21 @@ extension SMTPConnection {
     /// reports what is wrong.
     package static func prepare(envelope: SMTPEnvelope, start: SMTPBodyStart, for profile: SMTPTransactionProfile) -> SMTPPreparedTransaction? {
         guard start.isComplete, profile.allowsPreparing,
-              let (mail, rcpts) = try? plan(envelope: envelope, capabilities: profile.capabilities, configuration: profile.configuration)
+            let (mail, rcpts) = try? plan(envelope: envelope, capabilities: profile.capabilities, configuration: profile.configuration)
         else { return nil }
         var wire = ByteBufferAllocator().buffer(capacity: 128 * (rcpts.count + 2))
         mail.writeValidated(into: &wire)
         for rcpt in rcpts { rcpt.writeValidated(into: &wire) }
         SMTPCommand.data.writeValidated(into: &wire)
-        return SMTPPreparedTransaction(profile: profile, from: envelope.from, recipients: envelope.recipients,
-                                       commands: wire, body: start.prefix, bytes: start.encoder.bytesWritten)
+        return SMTPPreparedTransaction(
+            profile: profile, from: envelope.from, recipients: envelope.recipients,
+            commands: wire, body: start.prefix, bytes: start.encoder.bytesWritten)
     }
 
     func request(_ prepared: SMTPPreparedTransaction, handBack: Bool) -> SMTPTransactionRequest {
-        SMTPTransactionRequest(commands: .pipelined(prepared.commands, dataIncluded: true), sender: prepared.from,
-                               rcptCount: prepared.recipients.count, body: prepared.body, sendPartial: true, handBack: handBack)
+        SMTPTransactionRequest(
+            commands: .pipelined(prepared.commands, dataIncluded: true), sender: prepared.from,
+            rcptCount: prepared.recipients.count, body: prepared.body, sendPartial: true, handBack: handBack)
     }
 
     /// On the connection's event loop: starts `prepared` when the connection is free and its
@@ -167,12 +174,15 @@ extension SMTPConnection {
     /// `send`; `completion` runs on the event loop when the exchange ended (give what it gets to
     /// `finish`). A connection pool calls this where a connection is handed back, so the next
     /// transaction's commands leave with the previous message's body, with no task woken first.
-    package func start(_ prepared: SMTPPreparedTransaction, handBack: @escaping @Sendable () -> Void,
-                       completion: @escaping @Sendable (SMTPPreparedOutcome) -> Void) -> Bool {
+    package func start(
+        _ prepared: SMTPPreparedTransaction, handBack: @escaping @Sendable () -> Void,
+        completion: @escaping @Sendable (SMTPPreparedOutcome) -> Void
+    ) -> Bool {
         guard channel.eventLoop.inEventLoop, profile.matches(prepared.profile), (try? acquire()) != nil else { return false }
         let token = makeHandBack(handBack)
-        let waiter = SMTPTransactionWaiter(.callback { result in completion(SMTPPreparedOutcome(result: result, handBack: token)) },
-                                           handBack: token)
+        let waiter = SMTPTransactionWaiter(
+            .callback { result in completion(SMTPPreparedOutcome(result: result, handBack: token)) },
+            handBack: token)
         handler.value.startTransaction(request(prepared, handBack: true), waiter: waiter)
         return true
     }
@@ -202,7 +212,8 @@ extension SMTPConnection {
     /// Runs a prepared transaction from a task (the connection was leased the usual way). Nil,
     /// with nothing sent, when the connection's profile does not match the one it was prepared
     /// for: `send` it the usual way then.
-    package func send(_ prepared: SMTPPreparedTransaction, handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult? {
+    package func send(_ prepared: SMTPPreparedTransaction, handBack: (@Sendable () -> Void)? = nil) async throws(SMTPError) -> SMTPTransactionResult?
+    {
         guard profile.matches(prepared.profile) else { return nil }
         try acquire()
         let token = handBack.map { makeHandBack($0) }

@@ -25,8 +25,9 @@ extension SMTPClientHandler {
         case .none: version = "unknown"
         }
         let cert = handler.peerCertificate
-        return SMTPTLSInfo(version: version, peerSubject: cert.map { commonName(of: $0) },
-                           peerNotValidAfter: cert.map { Date(timeIntervalSince1970: TimeInterval($0.notValidAfter)) })
+        return SMTPTLSInfo(
+            version: version, peerSubject: cert.map { commonName(of: $0) },
+            peerNotValidAfter: cert.map { Date(timeIntervalSince1970: TimeInterval($0.notValidAfter)) })
     }
 
     /// `CN=... SAN=...` from a certificate, for the operator's eyes.

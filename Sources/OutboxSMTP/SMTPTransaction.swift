@@ -15,8 +15,10 @@ public struct SMTPEnvelope: Sendable, Hashable {
     /// take the place of `mail.smtp.dsn.ret` / `mail.smtp.dsn.notify`.
     public var dsn: SMTPDSNParameters?
 
-    public init(from: String, recipients: [String], requiresSMTPUTF8: Bool = false, eightBitMIME: Bool = false, size: Int? = nil,
-                dsn: SMTPDSNParameters? = nil) {
+    public init(
+        from: String, recipients: [String], requiresSMTPUTF8: Bool = false, eightBitMIME: Bool = false, size: Int? = nil,
+        dsn: SMTPDSNParameters? = nil
+    ) {
         self.dsn = dsn
         self.from = from
         self.recipients = recipients

@@ -54,7 +54,9 @@ public enum SMTPCommand: Sendable, Hashable {
             try Self.check(domain, what: "EHLO name", stage: .ehlo, allowEmpty: false, forbidSpace: true)
         case .auth(let mechanism, let initialResponse):
             try Self.check(mechanism, what: "AUTH mechanism", stage: .auth, allowEmpty: false, forbidSpace: true)
-            if let initialResponse { try Self.check(initialResponse, what: "AUTH response", stage: .auth, allowEmpty: true, forbidSpace: true, secret: true) }
+            if let initialResponse {
+                try Self.check(initialResponse, what: "AUTH response", stage: .auth, allowEmpty: true, forbidSpace: true, secret: true)
+            }
         case .authResponse(let line):
             try Self.check(line, what: "AUTH response", stage: .auth, allowEmpty: true, forbidSpace: true, secret: true)
         case .mailFrom(let path, let parameters):
@@ -122,13 +124,16 @@ public enum SMTPCommand: Sendable, Hashable {
     private static func checkPath(_ value: String, what: String, stage: SMTPError.Stage, allowEmpty: Bool) throws(SMTPError) {
         try check(value, what: what, stage: stage, allowEmpty: allowEmpty, forbidSpace: false)
         if value.utf8.contains(where: { $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") }) {
-            throw SMTPError(stage: stage, code: .invalidArgument,
-                            message: "the \(what) \(SMTPReplyParser.printable(value)) contains '<' or '>'")
+            throw SMTPError(
+                stage: stage, code: .invalidArgument,
+                message: "the \(what) \(SMTPReplyParser.printable(value)) contains '<' or '>'")
         }
     }
 
-    private static func check(_ value: String, what: String, stage: SMTPError.Stage, allowEmpty: Bool, forbidSpace: Bool,
-                              secret: Bool = false) throws(SMTPError) {
+    private static func check(
+        _ value: String, what: String, stage: SMTPError.Stage, allowEmpty: Bool, forbidSpace: Bool,
+        secret: Bool = false
+    ) throws(SMTPError) {
         var shown: String { secret ? "" : " \(SMTPReplyParser.printable(value))" }
         if value.isEmpty && !allowEmpty {
             throw SMTPError(stage: stage, code: .invalidArgument, message: "the \(what) is empty")
@@ -136,12 +141,14 @@ public enum SMTPCommand: Sendable, Hashable {
         // Every character checked is ASCII, and in UTF-8 an ASCII byte is always a character of its own.
         for byte in value.utf8 {
             if byte == 0x0D || byte == 0x0A || byte == 0x00 {
-                throw SMTPError(stage: stage, code: .invalidArgument,
-                                message: "the \(what)\(shown) contains CR, LF or NUL; nothing was sent")
+                throw SMTPError(
+                    stage: stage, code: .invalidArgument,
+                    message: "the \(what)\(shown) contains CR, LF or NUL; nothing was sent")
             }
             if byte < 0x20 || byte == 0x7F || (forbidSpace && byte == 0x20) {
-                throw SMTPError(stage: stage, code: .invalidArgument,
-                                message: "the \(what)\(shown) contains a control character or space; nothing was sent")
+                throw SMTPError(
+                    stage: stage, code: .invalidArgument,
+                    message: "the \(what)\(shown) contains a control character or space; nothing was sent")
             }
         }
     }

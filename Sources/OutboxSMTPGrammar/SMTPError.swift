@@ -67,8 +67,10 @@ public struct SMTPError: Error, Sendable, CustomStringConvertible {
     public var underlying: (any Error)?
 
     /// A failure at `stage`; `isTransient` defaults from the reply's class, else from the code.
-    public init(stage: Stage, code: Code, reply: SMTPReply? = nil, message: String, isTransient: Bool? = nil,
-                underlying: (any Error)? = nil) {
+    public init(
+        stage: Stage, code: Code, reply: SMTPReply? = nil, message: String, isTransient: Bool? = nil,
+        underlying: (any Error)? = nil
+    ) {
         self.stage = stage
         self.code = code
         self.reply = reply
@@ -85,8 +87,9 @@ public struct SMTPError: Error, Sendable, CustomStringConvertible {
 
     /// A failure reply from the server at `stage`.
     public static func reply(_ reply: SMTPReply, stage: Stage, message: String? = nil) -> SMTPError {
-        SMTPError(stage: stage, code: .reply, reply: reply,
-                  message: message ?? "the server refused \(stage.rawValue.uppercased()): \(reply)")
+        SMTPError(
+            stage: stage, code: .reply, reply: reply,
+            message: message ?? "the server refused \(stage.rawValue.uppercased()): \(reply)")
     }
 
     /// The enhanced status code of the server's reply, when it gave one.

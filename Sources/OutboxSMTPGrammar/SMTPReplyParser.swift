@@ -57,7 +57,7 @@ public struct SMTPReplyParser: Sendable {
     /// Reads the first line in `bytes`, if it is complete.
     private mutating func step(_ bytes: UnsafeRawBufferPointer) throws(SMTPError) -> Step {
         guard let base = bytes.baseAddress, bytes.count > 0,
-              let lf = memchr(base, 0x0A, bytes.count)
+            let lf = memchr(base, 0x0A, bytes.count)
         else {
             if bytes.count > maximumLineLength { throw tooLong() }
             return .needMore
@@ -70,9 +70,9 @@ public struct SMTPReplyParser: Sendable {
         let consumed = lfIndex + 1
 
         guard line.count >= 3,
-              (UInt8(ascii: "2")...UInt8(ascii: "5")).contains(line[0]),
-              (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(line[1]),
-              (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(line[2])
+            (UInt8(ascii: "2")...UInt8(ascii: "5")).contains(line[0]),
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(line[1]),
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(line[2])
         else { throw malformed(line) }
         let code = Int(line[0] &- 48) * 100 + Int(line[1] &- 48) * 10 + Int(line[2] &- 48)
         let isLast: Bool
@@ -87,8 +87,9 @@ public struct SMTPReplyParser: Sendable {
         if !pendingLines.isEmpty, pendingCode != code {
             let first = pendingCode
             pendingLines.removeAll()
-            throw SMTPError(stage: .protocol, code: .protocolViolation,
-                            message: "the server changed the reply code inside a multi-line reply (\(first), then \(code))")
+            throw SMTPError(
+                stage: .protocol, code: .protocolViolation,
+                message: "the server changed the reply code inside a multi-line reply (\(first), then \(code))")
         }
         if isLast && pendingLines.isEmpty {
             // The common case: a one-line reply, parsed without an intermediate copy.
@@ -97,8 +98,9 @@ public struct SMTPReplyParser: Sendable {
         }
         if pendingLines.count + 1 > maximumLines {
             pendingLines.removeAll()
-            throw SMTPError(stage: .protocol, code: .protocolViolation,
-                            message: "the server sent a reply of more than \(maximumLines) lines")
+            throw SMTPError(
+                stage: .protocol, code: .protocolViolation,
+                message: "the server sent a reply of more than \(maximumLines) lines")
         }
         pendingCode = code
         pendingLines.append(String(decoding: line[textStart...], as: UTF8.self))
@@ -108,14 +110,16 @@ public struct SMTPReplyParser: Sendable {
     }
 
     private func tooLong() -> SMTPError {
-        SMTPError(stage: .protocol, code: .protocolViolation,
-                  message: "the server sent a reply line longer than \(maximumLineLength) bytes")
+        SMTPError(
+            stage: .protocol, code: .protocolViolation,
+            message: "the server sent a reply line longer than \(maximumLineLength) bytes")
     }
 
     private mutating func malformed(_ line: UnsafeRawBufferPointer) -> SMTPError {
         pendingLines.removeAll()
-        return SMTPError(stage: .protocol, code: .protocolViolation,
-                         message: "the server sent a malformed reply line: \(Self.printable(String(decoding: line, as: UTF8.self)))")
+        return SMTPError(
+            stage: .protocol, code: .protocolViolation,
+            message: "the server sent a malformed reply line: \(Self.printable(String(decoding: line, as: UTF8.self)))")
     }
 
     /// A one-line reply: the enhanced code (when its class matches the reply's) and the text after it.

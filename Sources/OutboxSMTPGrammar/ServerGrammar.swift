@@ -127,7 +127,9 @@ public enum SMTPServerCommand: Sendable, Hashable {
             return argument.isEmpty ? .startTLS : .invalid(SMTPServerReply(501, "5.5.4", "Syntax: STARTTLS (no parameters)"))
         case "AUTH":
             let parts = argument.split(separator: " ", omittingEmptySubsequences: true)
-            guard parts.count == 1 || parts.count == 2 else { return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")) }
+            guard parts.count == 1 || parts.count == 2 else {
+                return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+            }
             return .auth(mechanism: parts[0].uppercased(), initialResponse: parts.count == 2 ? String(parts[1]) : nil)
         case "MAIL":
             guard let (path, parameters) = parsePath(argument, keyword: "FROM:") else {
@@ -151,8 +153,10 @@ public enum SMTPServerCommand: Sendable, Hashable {
             return argument.isEmpty ? .data : .invalid(SMTPServerReply(501, "5.5.4", "Syntax: DATA (no parameters)"))
         case "BDAT":
             let parts = argument.split(separator: " ", omittingEmptySubsequences: true)
-            guard (1...2).contains(parts.count), parts[0].count <= 10, parts[0].allSatisfy({ $0.isASCII && $0.isNumber }), let size = Int(parts[0]), size >= 0,
-                  parts.count == 1 || parts[1].uppercased() == "LAST" else {
+            guard (1...2).contains(parts.count), parts[0].count <= 10, parts[0].allSatisfy({ $0.isASCII && $0.isNumber }), let size = Int(parts[0]),
+                size >= 0,
+                parts.count == 1 || parts[1].uppercased() == "LAST"
+            else {
                 return .invalid(SMTPServerReply(501, "5.5.4", "Syntax: BDAT size [LAST]"))
             }
             return .bdat(size: size, last: parts.count == 2)
@@ -171,7 +175,11 @@ public enum SMTPServerCommand: Sendable, Hashable {
         guard argument.uppercased().hasPrefix(keyword) else { return nil }
         var rest = argument.dropFirst(keyword.count).drop(while: { $0 == " " })
         guard rest.first == "<" else {
-            return (.failure(SMTPServerReplyError(SMTPServerReply(501, "5.1.7", "Syntax: the address must be in angle brackets, e.g. <user@example.com>"))), SMTPParameters(items: []))
+            return (
+                .failure(
+                    SMTPServerReplyError(SMTPServerReply(501, "5.1.7", "Syntax: the address must be in angle brackets, e.g. <user@example.com>"))),
+                SMTPParameters(items: [])
+            )
         }
         // A quoted local part may hold '>'; find the closing bracket outside quotes.
         var inQuotes = false
@@ -180,7 +188,15 @@ public enum SMTPServerCommand: Sendable, Hashable {
         var i = rest.index(after: rest.startIndex)
         while i < rest.endIndex {
             let c = rest[i]
-            if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { inQuotes.toggle() } else if c == ">" && !inQuotes { end = i; break }
+            if escaped {
+                escaped = false
+            } else if c == "\\" {
+                escaped = true
+            } else if c == "\"" {
+                inQuotes.toggle()
+            } else if c == ">" && !inQuotes {
+                end = i; break
+            }
             i = rest.index(after: i)
         }
         guard let end else {
@@ -199,7 +215,9 @@ public enum SMTPServerCommand: Sendable, Hashable {
             }
         }
         if !path.isEmpty, let problem = addressProblem(path) {
-            return (.failure(SMTPServerReplyError(SMTPServerReply(501, keyword == "FROM:" ? "5.1.7" : "5.1.3", problem))), SMTPParameters(items: items))
+            return (
+                .failure(SMTPServerReplyError(SMTPServerReply(501, keyword == "FROM:" ? "5.1.7" : "5.1.3", problem))), SMTPParameters(items: items)
+            )
         }
         return (.success(path), SMTPParameters(items: items))
     }
@@ -213,7 +231,9 @@ public enum SMTPServerCommand: Sendable, Hashable {
         }
         if path.unicodeScalars.contains(where: { $0.value < 32 || $0.value == 127 }) { return "Syntax: the address holds control characters" }
         let domain = path[path.index(after: at)...]
-        if domain.contains(where: { $0 == " " || $0 == "\"" || $0 == "<" || $0 == ">" }) { return "Syntax: \(printable(String(domain))) is not a domain" }
+        if domain.contains(where: { $0 == " " || $0 == "\"" || $0 == "<" || $0 == ">" }) {
+            return "Syntax: \(printable(String(domain))) is not a domain"
+        }
         let local = path[..<at]
         if !local.hasPrefix("\"") && local.contains(where: { $0 == " " }) { return "Syntax: the local part holds a space outside quotes" }
         return nil

@@ -41,12 +41,15 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     }
 
     /// Opens the store named by `[outbox] store` (running migrations) and builds the services.
-    package static func make(file: String?, overrides: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
-                            logger: Logger = Logger(label: "outbox")) async throws -> Daemon {
+    package static func make(
+        file: String?, overrides: [String] = [], environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger = Logger(label: "outbox")
+    ) async throws -> Daemon {
         let configuration = try OutboxConfiguration.load(file: file, overrides: overrides, environment: environment)
         let settings = configuration.outbox
         if !APISettings.isLoopback(listen: settings.httpListen) && settings.apiTokenList.isEmpty {
-            throw DaemonError(.openAPI, "http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
+            throw DaemonError(
+                .openAPI, "http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
         }
         let store = try await openStore(settings, logger: logger)
         return try Daemon(configuration: configuration, store: store, file: file, overrides: overrides, environment: environment, logger: logger)
@@ -67,7 +70,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             // One process per SQLite file: claims left in it belong to a process that died.
             let recovered = try await sqlite.recoverAbandoned(now: Date().timeIntervalSince1970)
             if recovered > 0 {
-                logger.warning("\(recovered) messages were being sent when Outbox last stopped; they will be sent again and are marked as possible duplicates")
+                logger.warning(
+                    "\(recovered) messages were being sent when Outbox last stopped; they will be sent again and are marked as possible duplicates")
             }
         }
         // Chunks of large messages whose sessions died with a process. SQLite has one process;
@@ -78,8 +82,10 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         return store
     }
 
-    package init(configuration: OutboxConfiguration, store: any OutboxStore, file: String? = nil, overrides: [String] = [],
-                environment: [String: String] = [:], logger: Logger = Logger(label: "outbox")) throws {
+    package init(
+        configuration: OutboxConfiguration, store: any OutboxStore, file: String? = nil, overrides: [String] = [],
+        environment: [String: String] = [:], logger: Logger = Logger(label: "outbox")
+    ) throws {
         self.store = store
         self.logger = logger
         self.file = file
@@ -97,8 +103,9 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         } else {
             let runtime: RelayRuntimeConfiguration
             do {
-                runtime = try RelayRuntimeConfiguration.make(settings: relaySettings, clients: configuration.clients,
-                                                             transportLimit: Daemon.transportLimit(configuration))
+                runtime = try RelayRuntimeConfiguration.make(
+                    settings: relaySettings, clients: configuration.clients,
+                    transportLimit: Daemon.transportLimit(configuration))
             } catch let error as RelayError {
                 throw DaemonError(.relay, error.description)
             }
@@ -121,8 +128,9 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     package static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
         DispatcherSettings(
             concurrency: s.deliveryConcurrency, lease: s.leaseTime, shutdownDeadline: s.shutdownDeadline,
-            retry: RetryPolicy(initialDelay: s.retryInitialDelay, maxDelay: s.retryMaxDelay,
-                               maxAge: s.retryMaxAge, unknownOutcomeRetries: s.unknownOutcomeRetries),
+            retry: RetryPolicy(
+                initialDelay: s.retryInitialDelay, maxDelay: s.retryMaxDelay,
+                maxAge: s.retryMaxAge, unknownOutcomeRetries: s.unknownOutcomeRetries),
             ratePerMinute: s.rateLimitPerMinute > 0 ? s.rateLimitPerMinute : nil,
             concurrencyPerMailbox: s.mailboxConcurrency > 0 ? s.mailboxConcurrency : nil)
     }
@@ -146,7 +154,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         } else {
             target = "\(mailer.transportName) \(c.smtpClient.server ?? ""):\(c.smtpClient.port)"
         }
-        return "outbox: listening on http://\(c.outbox.httpListen), queue \(store.kind) (\(c.outbox.store == "sqlite" ? c.outbox.dataDirectory + "/outbox.sqlite" : c.outbox.store.hasPrefix("postgres") ? "postgres" : c.outbox.store)), sending through \(target)"
+        return
+            "outbox: listening on http://\(c.outbox.httpListen), queue \(store.kind) (\(c.outbox.store == "sqlite" ? c.outbox.dataDirectory + "/outbox.sqlite" : c.outbox.store.hasPrefix("postgres") ? "postgres" : c.outbox.store)), sending through \(target)"
     }
 
     /// Re-reads the configuration file. An invalid file is refused whole (its errors logged);
@@ -168,9 +177,11 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         var relayRuntime: RelayRuntimeConfiguration?
         if relay != nil {
             do {
-                relayRuntime = try RelayRuntimeConfiguration.make(settings: new.relay, clients: new.clients, transportLimit: Daemon.transportLimit(new))
+                relayRuntime = try RelayRuntimeConfiguration.make(
+                    settings: new.relay, clients: new.clients, transportLimit: Daemon.transportLimit(new))
             } catch {
-                let problem = ConfigurationProblem(code: "relay_tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
+                let problem = ConfigurationProblem(
+                    code: "relay_tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
                 logger.error("the new configuration is invalid; keeping the old one: \(error)")
                 state.withLockedValue {
                     $0.lastReloadError = "\(error)"
@@ -238,8 +249,10 @@ package final class Daemon: DaemonStatusProvider, Sendable {
 
     /// Runs until SIGTERM/SIGINT; SIGHUP reloads.
     /// `onRelayListening` gets `smtp://host:port` (or `smtps://`) for each relay address bound.
-    package func run(onListening: @escaping @Sendable (String) -> Void = { _ in },
-                    onRelayListening: @escaping @Sendable (String) -> Void = { _ in }) async throws {
+    package func run(
+        onListening: @escaping @Sendable (String) -> Void = { _ in },
+        onRelayListening: @escaping @Sendable (String) -> Void = { _ in }
+    ) async throws {
         relayListening.withLockedValue { $0 = onRelayListening }
         let listen = configuration.outbox.httpListen
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
@@ -247,9 +260,10 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         let router = api.makeRouter()
-        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
-                              onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },
-                              logger: logger)
+        let app = Application(
+            router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
+            onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },
+            logger: logger)
         let reloader = ReloadService(daemon: self)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: mailer, successTerminationBehavior: .ignore),
@@ -260,10 +274,11 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         // The relay stops accepting first and lets a message being received be committed
         // before the dispatcher and the store go.
         if let relay { services.append(.init(service: relay, successTerminationBehavior: .ignore)) }
-        let group = ServiceGroup(configuration: .init(
-            services: services,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
         // The relay advertises the SMTP server's SIZE when it is smaller than max-message-size:
         // one connection is opened at start to read it (and stays in the pool).
         let learner = relay == nil ? nil : Task { [mailer] in await mailer.learnLimits() }

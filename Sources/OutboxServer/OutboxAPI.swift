@@ -24,9 +24,10 @@ package struct APISettings: Sendable, Equatable {
 
     /// From `[outbox]`; tokens are required when `listen` is not a loopback address.
     package init(_ settings: OutboxSettings) {
-        self.init(tokens: settings.apiTokenList,
-                  requireToken: settings.requireAPIToken || !APISettings.isLoopback(listen: settings.httpListen),
-                  maxRequestSize: settings.maxRequestSize)
+        self.init(
+            tokens: settings.apiTokenList,
+            requireToken: settings.requireAPIToken || !APISettings.isLoopback(listen: settings.httpListen),
+            maxRequestSize: settings.maxRequestSize)
     }
 
     /// Defaults, with tokens required unless `listen` is a loopback address.
@@ -64,22 +65,37 @@ package final class OutboxAPI: Sendable {
     private let queueGauges: [MessageStatus: Gauge]
     private let now: @Sendable () -> Double
 
-    package init(store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
-                registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
-                logger: Logger = Logger(label: "outbox.http"), now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
+    package init(
+        store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+        logger: Logger = Logger(label: "outbox.http"), now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
+    ) {
         self.store = store
         self.settingsBox = NIOLockedValueBox(settings)
         self.providerBox = NIOLockedValueBox(provider)
         self.logger = logger
         self.registry = registry
         self.now = now
-        self.submitted = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "messages_submitted", unitName: "total", helpText: "Messages accepted by POST /v1/messages"))
-        self.duplicates = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "idempotent_replays", unitName: "total", helpText: "Submissions answered from an earlier one with the same Idempotency-Key"))
-        self.badRequests = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "http_bad_requests", unitName: "total", helpText: "Requests refused with a 4xx answer"))
-        self.unauthorized = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "http_unauthorized", unitName: "total", helpText: "Requests refused for a missing or wrong API token"))
+        self.submitted = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "outbox", metricName: "messages_submitted", unitName: "total", helpText: "Messages accepted by POST /v1/messages"))
+        self.duplicates = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "outbox", metricName: "idempotent_replays", unitName: "total",
+                helpText: "Submissions answered from an earlier one with the same Idempotency-Key"))
+        self.badRequests = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "outbox", metricName: "http_bad_requests", unitName: "total", helpText: "Requests refused with a 4xx answer"))
+        self.unauthorized = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "outbox", metricName: "http_unauthorized", unitName: "total", helpText: "Requests refused for a missing or wrong API token"
+            ))
         var gauges: [MessageStatus: Gauge] = [:]
         for status in MessageStatus.allCases {
-            gauges[status] = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "outbox", metricName: "queue_messages", unitName: "count", helpText: "Messages in the store by status"), labels: [("status", status.rawValue)])
+            gauges[status] = registry.makeGauge(
+                descriptor: MetricNameDescriptor(
+                    namespace: "outbox", metricName: "queue_messages", unitName: "count", helpText: "Messages in the store by status"),
+                labels: [("status", status.rawValue)])
         }
         self.queueGauges = gauges
     }
@@ -135,8 +151,12 @@ package final class OutboxAPI: Sendable {
             }
             guard !token.isEmpty, settings.tokens.contains(where: { Self.constantTimeEqual($0, token) }) else {
                 unauthorized.increment()
-                var r = APIError(.unauthorized, token.isEmpty ? "missing_token" : "invalid_token",
-                                 token.isEmpty ? "send an API token from [outbox] api-tokens as Authorization: Bearer TOKEN" : "the API token is not one of [outbox] api-tokens").response
+                var r = APIError(
+                    .unauthorized, token.isEmpty ? "missing_token" : "invalid_token",
+                    token.isEmpty
+                        ? "send an API token from [outbox] api-tokens as Authorization: Bearer TOKEN"
+                        : "the API token is not one of [outbox] api-tokens"
+                ).response
                 r.headers[.wwwAuthenticate] = "Bearer"
                 return r
             }
@@ -154,7 +174,8 @@ package final class OutboxAPI: Sendable {
     }
 
     static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
         guard x.count == y.count else { return false }
         var diff: UInt8 = 0
         for i in x.indices { diff |= x[i] ^ y[i] }
@@ -177,8 +198,9 @@ package final class OutboxAPI: Sendable {
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
-        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                        body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
     }
 
     private func statusResponse() async throws -> Response {
@@ -210,7 +232,8 @@ package final class OutboxAPI: Sendable {
         switch mediaType {
         case "application/json":
             if let unexpected = ["from", "to"].first(where: { query.get($0) != nil }) {
-                throw APIError(.badRequest, "unexpected_parameter", "the query parameter \(unexpected) is only for message/rfc822 bodies; put it in the JSON")
+                throw APIError(
+                    .badRequest, "unexpected_parameter", "the query parameter \(unexpected) is only for message/rfc822 bodies; put it in the JSON")
             }
             message = try await Submission.fromJSON(body)
         case "message/rfc822":
@@ -219,7 +242,9 @@ package final class OutboxAPI: Sendable {
         case "":
             throw APIError(.unsupportedMediaType, "missing_content_type", "set Content-Type: application/json or message/rfc822")
         default:
-            throw APIError(.unsupportedMediaType, "unsupported_content_type", "Content-Type \(mediaType) is not accepted: use application/json or message/rfc822")
+            throw APIError(
+                .unsupportedMediaType, "unsupported_content_type", "Content-Type \(mediaType) is not accepted: use application/json or message/rfc822"
+            )
         }
         if let key = request.headers[HTTPFields.Element.Name("Idempotency-Key")!] {
             guard !key.isEmpty, key.count <= 255, key.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) else {
@@ -229,7 +254,8 @@ package final class OutboxAPI: Sendable {
             // JSON is compared by content, so a retry that orders its keys differently is the same request.
             var canonical = body
             if mediaType == "application/json", let object = try? JSONSerialization.jsonObject(with: Data(body)),
-               let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+                let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            {
                 canonical = Array(data)
             }
             message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
@@ -240,8 +266,9 @@ package final class OutboxAPI: Sendable {
                 throw APIError(.conflict, "idempotency_key_reused", "the Idempotency-Key was used for a different request (message \(result.id))")
             }
             duplicates.increment()
-            return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue, "idempotent_replay": true],
-                                 headers: [HTTPFields.Element.Name("Idempotent-Replayed")!: "true", .location: "/v1/messages/\(result.id)"])
+            return JSON.response(
+                .accepted, ["id": result.id, "status": result.status.rawValue, "idempotent_replay": true],
+                headers: [HTTPFields.Element.Name("Idempotent-Replayed")!: "true", .location: "/v1/messages/\(result.id)"])
         }
         submitted.increment()
         return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue], headers: [.location: "/v1/messages/\(result.id)"])
@@ -252,7 +279,8 @@ package final class OutboxAPI: Sendable {
         var status: MessageStatus?
         if let s = query.get("status") {
             guard let parsed = MessageStatus(rawValue: s) else {
-                throw APIError(.badRequest, "invalid_status", "status \"\(s)\" is not one of \(MessageStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw APIError(
+                    .badRequest, "invalid_status", "status \"\(s)\" is not one of \(MessageStatus.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             status = parsed
         }
@@ -290,9 +318,11 @@ package final class OutboxAPI: Sendable {
         case .notFound:
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         case .conflict(let status):
-            throw APIError(.conflict, "invalid_state", retry
-                ? "message \(id) is \(status.rawValue); only failed, unknown or deferred messages can be retried"
-                : "message \(id) is \(status.rawValue); only queued or deferred messages can be cancelled")
+            throw APIError(
+                .conflict, "invalid_state",
+                retry
+                    ? "message \(id) is \(status.rawValue); only failed, unknown or deferred messages can be retried"
+                    : "message \(id) is \(status.rawValue); only queued or deferred messages can be cancelled")
         }
     }
 
@@ -309,7 +339,10 @@ package final class OutboxAPI: Sendable {
     static func detail(_ m: StoredMessage) -> [String: Any] {
         var d = summary(m)
         d["recipients"] = m.recipients.map { r -> [String: Any] in
-            ["address": r.address, "status": r.status.rawValue, "code": r.code ?? NSNull(), "enhanced_code": r.enhancedCode ?? NSNull(), "text": r.text ?? NSNull()]
+            [
+                "address": r.address, "status": r.status.rawValue, "code": r.code ?? NSNull(), "enhanced_code": r.enhancedCode ?? NSNull(),
+                "text": r.text ?? NSNull(),
+            ]
         }
         d["updated_at"] = JSON.iso(m.updatedAt)
         d["next_attempt_at"] = m.status.isFinal ? NSNull() : JSON.iso(m.nextAttemptAt)
@@ -318,9 +351,11 @@ package final class OutboxAPI: Sendable {
         d["size"] = m.size
         d["idempotency_key"] = m.idempotencyKey ?? NSNull()
         d["attempts"] = m.attempts.map { a -> [String: Any] in
-            ["number": a.number, "time": JSON.iso(a.startedAt), "duration_seconds": a.durationSeconds, "transport": a.transport,
-             "destination": a.destination ?? NSNull(), "reply": a.reply ?? NSNull(), "error": a.error ?? NSNull(),
-             "outcome": a.outcome, "recipients": a.recipients, "instance": a.instance ?? NSNull()]
+            [
+                "number": a.number, "time": JSON.iso(a.startedAt), "duration_seconds": a.durationSeconds, "transport": a.transport,
+                "destination": a.destination ?? NSNull(), "reply": a.reply ?? NSNull(), "error": a.error ?? NSNull(),
+                "outcome": a.outcome, "recipients": a.recipients, "instance": a.instance ?? NSNull(),
+            ]
         }
         return d
     }

@@ -20,7 +20,8 @@ enum Submission {
             throw APIError(.badRequest, "invalid_json", "the body must be a JSON object with from, to, subject, text...")
         }
         if let unknown = fields.keys.sorted().first(where: { !jsonKeys.contains($0) }) {
-            throw APIError(.badRequest, "unknown_field", "\"\(unknown)\" is not a field of a message (valid: \(jsonKeys.sorted().joined(separator: ", ")))")
+            throw APIError(
+                .badRequest, "unknown_field", "\"\(unknown)\" is not a field of a message (valid: \(jsonKeys.sorted().joined(separator: ", ")))")
         }
         guard let fromValue = fields["from"] else {
             throw APIError(.badRequest, "missing_from", "\"from\" is required (the sender's address)")
@@ -147,7 +148,10 @@ enum Submission {
 
     static func address(_ text: String, field: String) throws(APIError) -> Address {
         if let bad = text.unicodeScalars.first(where: { $0.value < 32 || $0.value == 127 }) {
-            throw APIError(.badRequest, "invalid_address", "\(field): the address contains a control character (U+\(String(format: "%04X", bad.value))); CR, LF and other control characters are not allowed")
+            throw APIError(
+                .badRequest, "invalid_address",
+                "\(field): the address contains a control character (U+\(String(format: "%04X", bad.value))); CR, LF and other control characters are not allowed"
+            )
         }
         do {
             return try Address(parsing: text)

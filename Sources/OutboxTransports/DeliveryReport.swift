@@ -59,8 +59,10 @@ public struct DeliveryReport: Sendable, Codable {
     public var attempts: Int
 
     /// A report with every field given.
-    public init(transport: String, destination: String, messageID: String?, recipients: [RecipientOutcome],
-                finalReply: String?, startedAt: Date, durationSeconds: Double, attempts: Int = 1) {
+    public init(
+        transport: String, destination: String, messageID: String?, recipients: [RecipientOutcome],
+        finalReply: String?, startedAt: Date, durationSeconds: Double, attempts: Int = 1
+    ) {
         self.transport = transport
         self.destination = destination
         self.messageID = messageID
@@ -104,8 +106,10 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     public var retryAfter: Duration?
 
     /// An error with every field given.
-    public init(kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil,
-                retryAfter: Duration? = nil) {
+    public init(
+        kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil,
+        retryAfter: Duration? = nil
+    ) {
         self.kind = kind
         self.message = message
         self.smtp = smtp

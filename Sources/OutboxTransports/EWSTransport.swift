@@ -78,22 +78,28 @@ public final class EWSTransport: MailTransport {
     }
 
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
-    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
-                            logger: Logger = Logger(label: "outbox.ews")) throws(DeliveryError) {
+    package convenience init(
+        configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+        logger: Logger = Logger(label: "outbox.ews")
+    ) throws(DeliveryError) {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
-            throw DeliveryError(kind: .permanent, message:
-                "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
+            throw DeliveryError(
+                kind: .permanent,
+                message:
+                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
         }
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
         let auth: Auth
         if options.usesXOAUTH2 {
             do throws(OAuthError) {
-                let provider = try OAuthProviders.make(options: options, secretSection: configuration.chosenSecretSection,
-                                                       settings: configuration.outbox, client: client)
-                auth = .bearer(CachedTokenSource(provider: provider, cache: tokenCache), anchorMailbox: user,
-                               impersonate: !options.isGoogle && options.effectiveGrantType == .clientCredentials)
+                let provider = try OAuthProviders.make(
+                    options: options, secretSection: configuration.chosenSecretSection,
+                    settings: configuration.outbox, client: client)
+                auth = .bearer(
+                    CachedTokenSource(provider: provider, cache: tokenCache), anchorMailbox: user,
+                    impersonate: !options.isGoogle && options.effectiveGrantType == .clientCredentials)
             } catch {
                 try? client.syncShutdown()
                 throw DeliveryError(error, transport: "ews")
@@ -103,12 +109,15 @@ public final class EWSTransport: MailTransport {
         }
         let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
         let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
-        self.init(url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
-                  requestTimeout: connect + read * 20, logger: logger)
+        self.init(
+            url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
+            requestTimeout: connect + read * 20, logger: logger)
     }
 
-    static let documentedVersions = ["Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2010_SP1", "Exchange2010_SP2",
-                                     "Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019"]
+    static let documentedVersions = [
+        "Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2010_SP1", "Exchange2010_SP2",
+        "Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019",
+    ]
 
     /// `exchange-version` → `RequestServerVersion/@Version` (see the type's documentation).
     package static func requestServerVersion(_ option: String?) -> String {
@@ -149,11 +158,13 @@ public final class EWSTransport: MailTransport {
     /// The SOAP envelope up to and including `<soap:Body>`.
     func envelopeHead(impersonate: String?) -> String {
         var s = #"<?xml version="1.0" encoding="utf-8"?>"# + "\r\n"
-        s += #"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#
+        s +=
+            #"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#
         s += "<soap:Header>"
         s += #"<t:RequestServerVersion Version="\#(Self.xmlEscape(version))"/>"#
         if let impersonate {
-            s += "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>\(Self.xmlEscape(impersonate))</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+            s +=
+                "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>\(Self.xmlEscape(impersonate))</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
         }
         s += "</soap:Header><soap:Body>"
         return s
@@ -231,7 +242,8 @@ public final class EWSTransport: MailTransport {
 
     /// One EWS request with this transport's authentication; a 401 with a token refreshes it
     /// once and sends once more. `body` builds the request body for the impersonated mailbox.
-    func post(operation: String, _ body: (_ impersonate: String?) -> HTTPClientRequest.Body) async throws(DeliveryError) -> (EWSResponse, String, Int) {
+    func post(operation: String, _ body: (_ impersonate: String?) -> HTTPClientRequest.Body) async throws(DeliveryError) -> (EWSResponse, String, Int)
+    {
         var attempts = 0
         var refreshed = false
         while true {
@@ -257,8 +269,9 @@ public final class EWSTransport: MailTransport {
                 if appOnly { impersonate = anchor }
             }
             request.body = body(impersonate)
-            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
-                                                       transport: name, url: url)
+            let answer = try await HTTPAnswer.exchange(
+                request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
+                transport: name, url: url)
             let status = answer.status
             if status == 401 {
                 if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
@@ -268,9 +281,15 @@ public final class EWSTransport: MailTransport {
                     continue
                 }
                 if case .basic = auth {
-                    throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
+                    throw DeliveryError(
+                        kind: .permanent,
+                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
                 }
-                throw DeliveryError(kind: .permanent, message: "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission")
+                throw DeliveryError(
+                    kind: .permanent,
+                    message:
+                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission"
+                )
             }
             let text = String(buffer: answer.body)
             return (EWSResponse(status: status, body: text, retryAfter: answer.retryAfter, operation: operation), text, attempts)
@@ -300,15 +319,18 @@ public final class EWSTransport: MailTransport {
         }
         let bcc = plan.bcc.map(\.address)
         let (outcome, _, attempts) = try await post(operation: "CreateItem") { impersonate in
-            .stream(Base64Wrapped(base: content.byteStream(options: options),
-                                  prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
-                                  suffix: ByteBuffer(string: Self.soapTail(bcc: bcc))), length: .unknown)
+            .stream(
+                Base64Wrapped(
+                    base: content.byteStream(options: options),
+                    prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
+                    suffix: ByteBuffer(string: Self.soapTail(bcc: bcc))), length: .unknown)
         }
         switch outcome.result {
         case .success:
-            return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
-                                                code: 200, text: "CreateItem \(outcome.responseCode ?? "NoError")",
-                                                started: started, clock: clock, attempts: attempts)
+            return HTTPTransportReport.accepted(
+                transport: name, destination: url, content: content, envelope: envelope,
+                code: 200, text: "CreateItem \(outcome.responseCode ?? "NoError")",
+                started: started, clock: clock, attempts: attempts)
         case .failure(let error):
             throw error
         }
@@ -316,12 +338,16 @@ public final class EWSTransport: MailTransport {
 
     /// The headers name somebody the envelope does not (or have a Bcc field): CreateItem saves
     /// the MIME as a draft, UpdateItem sets its recipients to exactly the envelope's and sends it.
-    func sendExact(_ content: any MailContent, plan: RecipientPlan, envelope: Envelope, options: MIMEEncodingOptions,
-                   started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+    func sendExact(
+        _ content: any MailContent, plan: RecipientPlan, envelope: Envelope, options: MIMEEncodingOptions,
+        started: Date, clock: ContinuousClock.Instant
+    ) async throws(DeliveryError) -> DeliveryReport {
         let (created, createdBody, createAttempts) = try await post(operation: "CreateItem") { impersonate in
-            .stream(Base64Wrapped(base: content.byteStream(options: options),
-                                  prefix: ByteBuffer(string: soapHead(impersonate: impersonate, draft: true)),
-                                  suffix: ByteBuffer(string: Self.soapTail(bcc: []))), length: .unknown)
+            .stream(
+                Base64Wrapped(
+                    base: content.byteStream(options: options),
+                    prefix: ByteBuffer(string: soapHead(impersonate: impersonate, draft: true)),
+                    suffix: ByteBuffer(string: Self.soapTail(bcc: []))), length: .unknown)
         }
         if case .failure(let error) = created.result { throw error }
         guard let item = Self.itemID(in: createdBody) else {
@@ -332,9 +358,10 @@ public final class EWSTransport: MailTransport {
         }
         switch updated.result {
         case .success:
-            return HTTPTransportReport.accepted(transport: name, destination: url, content: content, envelope: envelope,
-                                                code: 200, text: "UpdateItem \(updated.responseCode ?? "NoError") (draft sent to the envelope's recipients)",
-                                                started: started, clock: clock, attempts: max(createAttempts, updateAttempts))
+            return HTTPTransportReport.accepted(
+                transport: name, destination: url, content: content, envelope: envelope,
+                code: 200, text: "UpdateItem \(updated.responseCode ?? "NoError") (draft sent to the envelope's recipients)",
+                started: started, clock: clock, attempts: max(createAttempts, updateAttempts))
         case .failure(let error):
             throw error
         }
@@ -381,32 +408,41 @@ struct EWSResponse {
             "ews: \(what)\(code.map { " \($0)" } ?? "")\(text.map { ": \($0.prefix(400))" } ?? "")"
         }
         if status == 503 {
-            result = .failure(DeliveryError(kind: .transient, message: "ews: the server answered 503 (requests queuing): retry later",
-                                            retryAfter: HTTPTransportReport.retryAfter(retryAfter) ?? backOff))
+            result = .failure(
+                DeliveryError(
+                    kind: .transient, message: "ews: the server answered 503 (requests queuing): retry later",
+                    retryAfter: HTTPTransportReport.retryAfter(retryAfter) ?? backOff))
             return
         }
         if let faultcode {
             let faultName = faultcode.split(separator: ":").last.map(String.init) ?? faultcode
             let name = code ?? faultName
             if Self.transientCodes.contains(name) || Self.transientCodes.contains(faultName) {
-                result = .failure(DeliveryError(kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
-                                                retryAfter: backOff))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
+                        retryAfter: backOff))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
                 result = .failure(DeliveryError(kind: .permanent, message: describe("SOAP fault \(faultName);") + ". Check exchange-version"))
             } else {
-                result = .failure(DeliveryError(kind: status >= 500 && code == nil ? .transient : .permanent,
-                                                message: describe("SOAP fault \(faultName);")))
+                result = .failure(
+                    DeliveryError(
+                        kind: status >= 500 && code == nil ? .transient : .permanent,
+                        message: describe("SOAP fault \(faultName);")))
             }
             return
         }
         guard status == 200 else {
-            result = .failure(DeliveryError(kind: status >= 500 ? .transient : .permanent,
-                                            message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
-                                            retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
+            result = .failure(
+                DeliveryError(
+                    kind: status >= 500 ? .transient : .permanent,
+                    message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
+                    retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
             return
         }
         guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {
-            result = .failure(DeliveryError(kind: .outcomeUnknown, message: "ews: the answer has no \(operation)ResponseMessage; the message may have been sent"))
+            result = .failure(
+                DeliveryError(kind: .outcomeUnknown, message: "ews: the answer has no \(operation)ResponseMessage; the message may have been sent"))
             return
         }
         let responseClass = body[classRange].dropFirst("ResponseClass=\"".count).dropLast()
@@ -418,8 +454,12 @@ struct EWSResponse {
             if Self.transientCodes.contains(name) {
                 result = .failure(DeliveryError(kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff))
             } else if name == "ErrorSendAsDenied" {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("\(operation) failed:")
-                    + ". The account in user lacks the Send As right on the message's From mailbox: grant it in Exchange, or send from the user's own address"))
+                result = .failure(
+                    DeliveryError(
+                        kind: .permanent,
+                        message: describe("\(operation) failed:")
+                            + ". The account in user lacks the Send As right on the message's From mailbox: grant it in Exchange, or send from the user's own address"
+                    ))
             } else {
                 result = .failure(DeliveryError(kind: .permanent, message: describe("\(operation) failed:")))
             }

@@ -64,8 +64,9 @@ extension GraphTransport {
                 if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
                 request.body = .bytes(body)
             }
-            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                                                       transport: name, url: url)
+            let answer = try await HTTPAnswer.exchange(
+                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                transport: name, url: url)
             if answer.status == 401 && !refreshed {
                 refreshed = true
                 await tokens.invalidate(token)
@@ -163,12 +164,15 @@ extension GraphTransport {
         }
     }
 
-    func sendLarge(_ message: Message, envelope: Envelope, from: String, started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+    func sendLarge(_ message: Message, envelope: Envelope, from: String, started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError)
+        -> DeliveryReport
+    {
         let base = "\(graphURL)/users/\(Self.pathSegment(user))/messages"
-        let plan = RecipientPlan(to: message.to.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-                                 cc: message.cc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-                                 bcc: message.bcc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-                                 envelope: envelope)
+        let plan = RecipientPlan(
+            to: message.to.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+            cc: message.cc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+            bcc: message.bcc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
+            envelope: envelope)
         // 1. The draft, with exactly the envelope's recipients.
         var draft: [String: Any] = [
             "subject": message.subject ?? "",
@@ -198,34 +202,41 @@ extension GraphTransport {
             attachments.append(DraftAttachment(attachment, size: size))
         }
         let created = try await graphPost(base, json: draft)
-        return try await completeDraft(created, plan: nil, attachments: attachments, from: from, content: message,
-                                       envelope: envelope, way: "large-message way", started: started, clock: clock)
+        return try await completeDraft(
+            created, plan: nil, attachments: attachments, from: from, content: message,
+            envelope: envelope, way: "large-message way", started: started, clock: clock)
     }
 
     /// A draft from raw MIME (at most ``maxMIMEBytes``), its recipients set to the plan, the
     /// attachments added, then sent.
-    func sendMIMEDraft(_ mime: [UInt8], plan: RecipientPlan, attachments: [DraftAttachment], from: String,
-                       content: any MailContent, envelope: Envelope, way: String,
-                       started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+    func sendMIMEDraft(
+        _ mime: [UInt8], plan: RecipientPlan, attachments: [DraftAttachment], from: String,
+        content: any MailContent, envelope: Envelope, way: String,
+        started: Date, clock: ContinuousClock.Instant
+    ) async throws(DeliveryError) -> DeliveryReport {
         let base = "\(graphURL)/users/\(Self.pathSegment(user))/messages"
         let body = ByteBuffer(string: Data(mime).base64EncodedString())
         let created = try await graphRequest(base, .post, body: body, contentType: "text/plain")
-        return try await completeDraft(created, plan: plan, attachments: attachments, from: from, content: content,
-                                       envelope: envelope, way: way, started: started, clock: clock)
+        return try await completeDraft(
+            created, plan: plan, attachments: attachments, from: from, content: content,
+            envelope: envelope, way: way, started: started, clock: clock)
     }
 
     /// Steps 2 to 4 on a created draft: recipients (when `plan` is given), attachments, send.
-    private func completeDraft(_ created: HTTPAnswer, plan: RecipientPlan?, attachments: [DraftAttachment], from: String,
-                               content: any MailContent, envelope: Envelope, way: String,
-                               started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+    private func completeDraft(
+        _ created: HTTPAnswer, plan: RecipientPlan?, attachments: [DraftAttachment], from: String,
+        content: any MailContent, envelope: Envelope, way: String,
+        started: Date, clock: ContinuousClock.Instant
+    ) async throws(DeliveryError) -> DeliveryReport {
         guard created.status == 201 || created.status == 200, let id = created.json?["id"] as? String, !id.isEmpty else {
             throw Self.error(status: created.status, body: created.body, retryAfter: created.retryAfter, user: user, from: from)
         }
         let messageURL = "\(graphURL)/users/\(Self.pathSegment(user))/messages/\(Self.pathSegment(id))"
         do throws(DeliveryError) {
             if let plan {
-                let patched = try await graphRequest(messageURL, .patch, body: try Self.encode(Self.recipientsPatch(plan)),
-                                                     contentType: "application/json")
+                let patched = try await graphRequest(
+                    messageURL, .patch, body: try Self.encode(Self.recipientsPatch(plan)),
+                    contentType: "application/json")
                 guard patched.status == 200 || patched.status == 204 else {
                     throw Self.error(status: patched.status, body: patched.body, retryAfter: patched.retryAfter, user: user, from: from)
                 }
@@ -244,9 +255,10 @@ extension GraphTransport {
             if (400..<500).contains(sent.status) { await discardDraft(messageURL) }
             throw error
         }
-        return HTTPTransportReport.accepted(transport: name, destination: messageURL, content: content, envelope: envelope,
-                                            code: sent.status, text: "Accepted by Microsoft Graph (draft \(id), \(way))",
-                                            started: started, clock: clock, attempts: 1)
+        return HTTPTransportReport.accepted(
+            transport: name, destination: messageURL, content: content, envelope: envelope,
+            code: sent.status, text: "Accepted by Microsoft Graph (draft \(id), \(way))",
+            started: started, clock: clock, attempts: 1)
     }
 
     /// Deletes a draft that will not be sent (best effort: a failure is only logged).
@@ -268,8 +280,10 @@ extension GraphTransport {
             do { bytes = try attachment.read(offset: 0, count: attachment.size) } catch {
                 throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.name) cannot be read: \(error)")
             }
-            var item: [String: Any] = ["@odata.type": "#microsoft.graph.fileAttachment", "name": attachment.name,
-                                       "contentType": attachment.contentType, "contentBytes": Data(bytes).base64EncodedString()]
+            var item: [String: Any] = [
+                "@odata.type": "#microsoft.graph.fileAttachment", "name": attachment.name,
+                "contentType": attachment.contentType, "contentBytes": Data(bytes).base64EncodedString(),
+            ]
             if attachment.isInline { item["isInline"] = true }
             if let cid = attachment.contentID { item["contentId"] = cid }
             let answer = try await graphPost("\(messageURL)/attachments", json: item)
@@ -283,8 +297,10 @@ extension GraphTransport {
 
     func upload(_ attachment: DraftAttachment, messageURL: String, from: String) async throws(DeliveryError) {
         let size = attachment.size
-        var item: [String: Any] = ["attachmentType": "file", "name": attachment.name, "size": size,
-                                   "contentType": attachment.contentType]
+        var item: [String: Any] = [
+            "attachmentType": "file", "name": attachment.name, "size": size,
+            "contentType": attachment.contentType,
+        ]
         if attachment.isInline { item["isInline"] = true }
         if let cid = attachment.contentID { item["contentId"] = cid }
         let session = try await graphPost("\(messageURL)/attachments/createUploadSession", json: ["AttachmentItem": item])
@@ -306,8 +322,9 @@ extension GraphTransport {
             request.headers.add(name: "Content-Type", value: "application/octet-stream")
             request.headers.add(name: "Content-Range", value: "bytes \(offset)-\(offset + chunk.count - 1)/\(size)")
             request.body = .bytes(ByteBuffer(bytes: chunk))
-            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                                                       transport: name, url: "the upload session of \(attachment.name)")
+            let answer = try await HTTPAnswer.exchange(
+                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                transport: name, url: "the upload session of \(attachment.name)")
             guard answer.status == 200 || answer.status == 201 || answer.status == 202 else {
                 throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
             }
@@ -317,9 +334,11 @@ extension GraphTransport {
 
     /// A raw message over ``maxMIMEBytes``: split while it is read (`head`, emptied once fed,
     /// then the rest of `stream`), the draft created from what is left, the parts taken out added as attachments.
-    func sendSplit(head: inout [UInt8], rest stream: inout MessageByteStream.AsyncIterator, plan: RecipientPlan, from: String,
-                   content: any MailContent, envelope: Envelope,
-                   started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError) -> DeliveryReport {
+    func sendSplit(
+        head: inout [UInt8], rest stream: inout MessageByteStream.AsyncIterator, plan: RecipientPlan, from: String,
+        content: any MailContent, envelope: Envelope,
+        started: Date, clock: ContinuousClock.Instant
+    ) async throws(DeliveryError) -> DeliveryReport {
         var splitter = MIMEPartSplitter(draftLimit: Self.maxMIMEBytes)
         defer { splitter.removeFiles() }
         var total = head.count
@@ -336,21 +355,29 @@ extension GraphTransport {
         } catch {
             throw DeliveryError(http: error, transport: name, url: "the message store")
         }
-        logger.debug("graph: message split for the draft way", metadata: [
-            "graph.size": "\(total)", "graph.draft": "\(splitter.draft.count)", "graph.parts": "\(splitter.parts.count)"])
-        return try await sendMIMEDraft(splitter.draft, plan: plan, attachments: splitter.parts.map(DraftAttachment.init),
-                                       from: from, content: content, envelope: envelope,
-                                       way: "split: \(splitter.parts.count) part(s) by upload", started: started, clock: clock)
+        logger.debug(
+            "graph: message split for the draft way",
+            metadata: [
+                "graph.size": "\(total)", "graph.draft": "\(splitter.draft.count)", "graph.parts": "\(splitter.parts.count)",
+            ])
+        return try await sendMIMEDraft(
+            splitter.draft, plan: plan, attachments: splitter.parts.map(DraftAttachment.init),
+            from: from, content: content, envelope: envelope,
+            way: "split: \(splitter.parts.count) part(s) by upload", started: started, clock: clock)
     }
 
     static func splitError(_ failure: MIMEPartSplitter.Failure, size: Int) -> DeliveryError {
         switch failure {
         case .draftTooLarge(let multipart):
-            let why = multipart
+            let why =
+                multipart
                 ? "what is left once its attachments are taken out (text bodies, headers, small parts) is still over \(maxMIMEBytes) bytes"
                 : "it is a single-part message (one body, no attachments to take out)"
-            return DeliveryError(kind: .permanent, message:
-                "graph: the message (\(size)+ bytes) cannot go through Graph: its MIME must fit in a 4 MB request (\(maxMIMEBytes) bytes before base64), and \(why). Send it with server-type = SMTP or EWS, which take messages of any size")
+            return DeliveryError(
+                kind: .permanent,
+                message:
+                    "graph: the message (\(size)+ bytes) cannot go through Graph: its MIME must fit in a 4 MB request (\(maxMIMEBytes) bytes before base64), and \(why). Send it with server-type = SMTP or EWS, which take messages of any size"
+            )
         case .spool(let why):
             return DeliveryError(kind: .transient, message: "graph: an attachment could not be set aside: \(why)")
         }

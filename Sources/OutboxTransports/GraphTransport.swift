@@ -67,8 +67,10 @@ public final class GraphTransport: MailTransport {
     let requestTimeout: Duration
     let logger: Logger
 
-    package init(options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
-                logger: Logger = Logger(label: "outbox.graph")) {
+    package init(
+        options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
+        logger: Logger = Logger(label: "outbox.graph")
+    ) {
         self.client = client
         self.tokens = tokens
         var base = settings.graphURL
@@ -83,20 +85,24 @@ public final class GraphTransport: MailTransport {
     }
 
     /// Builds the HTTP client and token source from the configuration.
-    package convenience init(configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
-                            logger: Logger = Logger(label: "outbox.graph")) throws(OAuthError) {
+    package convenience init(
+        configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
+        logger: Logger = Logger(label: "outbox.graph")
+    ) throws(OAuthError) {
         let options = configuration.smtpClient
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
         let provider: any TokenProvider
         do {
-            provider = try OAuthProviders.make(options: options, secretSection: configuration.chosenSecretSection,
-                                               settings: configuration.outbox, client: client)
+            provider = try OAuthProviders.make(
+                options: options, secretSection: configuration.chosenSecretSection,
+                settings: configuration.outbox, client: client)
         } catch {
             try? client.syncShutdown()
             throw error
         }
-        self.init(options: options, settings: configuration.outbox,
-                  tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
+        self.init(
+            options: options, settings: configuration.outbox,
+            tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
     }
 
     /// Returns at once: Graph requests need no background work.
@@ -151,30 +157,36 @@ public final class GraphTransport: MailTransport {
         let addresses = MIMEHeaderAddresses(header: Array(mime[..<headerEnd]))
         let from = addresses.from.first ?? envelope.from
         if user.contains("@"), from.lowercased() != user.lowercased(), !allowDelegate {
-            throw DeliveryError(kind: .permanent, message:
-                "graph: the message is from \(from), another mailbox than user = \(user); set allow-delegate = true to send on its behalf (the mailbox needs Send As or Send on Behalf on \(from))")
+            throw DeliveryError(
+                kind: .permanent,
+                message:
+                    "graph: the message is from \(from), another mailbox than user = \(user); set allow-delegate = true to send on its behalf (the mailbox needs Send As or Send on Behalf on \(from))"
+            )
         }
         let plan = RecipientPlan(header: addresses, envelope: envelope)
         guard complete else {
             if let message = content as? Message {
                 return try await sendLarge(message, envelope: envelope, from: from, started: started, clock: clock)
             }
-            return try await sendSplit(head: &mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
-                                       started: started, clock: clock)
+            return try await sendSplit(
+                head: &mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
+                started: started, clock: clock)
         }
         if !plan.headersMatch {
             // The headers name somebody the envelope does not (or a Bcc field): one sendMail
             // would deliver to them, so draft, set the recipients, send.
-            return try await sendMIMEDraft(mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
-                                           way: "exact recipients", started: started, clock: clock)
+            return try await sendMIMEDraft(
+                mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
+                way: "exact recipients", started: started, clock: clock)
         }
         // The common case, one request: the envelope-only recipients go in a Bcc line on top
         // (Exchange takes Bcc recipients from it and does not show it to the others).
         let bccLine = plan.bcc.isEmpty ? [] : Array("Bcc: \(plan.bcc.map(\.address).joined(separator: ", "))\r\n".utf8)
         guard mime.count + bccLine.count <= Self.maxMIMEBytes else {
             // Only the Bcc line makes it too large: the draft way sets Bcc by PATCH instead.
-            return try await sendMIMEDraft(mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
-                                           way: "exact recipients", started: started, clock: clock)
+            return try await sendMIMEDraft(
+                mime, plan: plan, attachments: [], from: from, content: content, envelope: envelope,
+                way: "exact recipients", started: started, clock: clock)
         }
         mime = bccLine + mime
         let body = ByteBuffer(string: Data(mime).base64EncodedString())
@@ -193,14 +205,16 @@ public final class GraphTransport: MailTransport {
             request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
             request.headers.add(name: "Content-Type", value: "text/plain")
             request.body = .bytes(body)
-            let answer = try await HTTPAnswer.exchange(request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                                                       transport: name, url: sendMailURL)
+            let answer = try await HTTPAnswer.exchange(
+                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                transport: name, url: sendMailURL)
             let status = answer.status
             if status == 202 || status == 200 {
                 logger.debug("graph accepted the message", metadata: ["graph.status": "\(status)", "graph.user": "\(user)"])
-                return HTTPTransportReport.accepted(transport: name, destination: sendMailURL, content: content, envelope: envelope,
-                                                    code: status, text: "Accepted by Microsoft Graph", started: started,
-                                                    clock: clock, attempts: attempts)
+                return HTTPTransportReport.accepted(
+                    transport: name, destination: sendMailURL, content: content, envelope: envelope,
+                    code: status, text: "Accepted by Microsoft Graph", started: started,
+                    clock: clock, attempts: attempts)
             }
             if status == 401 && !refreshed {
                 refreshed = true
@@ -222,17 +236,26 @@ public final class GraphTransport: MailTransport {
         switch status {
         case 429, 503, 504:
             let after = HTTPTransportReport.retryAfter(retryAfter)
-            return DeliveryError(kind: .transient, message: "graph: \(said) (retry\(after.map { " after \($0.seconds) s" } ?? " later"))",
-                                 retryAfter: after)
+            return DeliveryError(
+                kind: .transient, message: "graph: \(said) (retry\(after.map { " after \($0.seconds) s" } ?? " later"))",
+                retryAfter: after)
         case 401:
-            return DeliveryError(kind: .permanent, message:
-                "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id")
+            return DeliveryError(
+                kind: .permanent,
+                message:
+                    "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id")
         case 403 where code == "ErrorSendAsDenied":
-            return DeliveryError(kind: .permanent, message:
-                "graph: \(said). The mailbox \(user) lacks the Send As or Send on Behalf permission on \(from): grant it in Exchange (Add-RecipientPermission / GrantSendOnBehalfTo), or send from \(user)")
+            return DeliveryError(
+                kind: .permanent,
+                message:
+                    "graph: \(said). The mailbox \(user) lacks the Send As or Send on Behalf permission on \(from): grant it in Exchange (Add-RecipientPermission / GrantSendOnBehalfTo), or send from \(user)"
+            )
         case 403:
-            return DeliveryError(kind: .permanent, message:
-                "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)")
+            return DeliveryError(
+                kind: .permanent,
+                message:
+                    "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)"
+            )
         case 404:
             return DeliveryError(kind: .permanent, message: "graph: \(said). Check user: no mailbox \(user) in the tenant")
         case 413:

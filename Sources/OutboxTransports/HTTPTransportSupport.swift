@@ -25,8 +25,11 @@ struct MIMEHeaderAddresses: Sendable {
             if line.first == " " || line.first == "\t", !fields.isEmpty {
                 fields[fields.count - 1].1 += line
             } else if let colon = line.firstIndex(of: ":") {
-                fields.append((line[..<colon].lowercased().trimmingCharacters(in: .whitespaces),
-                               String(line[line.index(after: colon)...])))
+                fields.append(
+                    (
+                        line[..<colon].lowercased().trimmingCharacters(in: .whitespaces),
+                        String(line[line.index(after: colon)...])
+                    ))
             }
         }
         for (name, value) in fields {
@@ -205,12 +208,15 @@ struct HTTPAnswer {
 
     /// Sends `request` within `timeout` and collects at most `bodyLimit` bytes of the answer; a
     /// failure of the exchange itself becomes the transport's error naming `url`.
-    static func exchange(_ request: HTTPClientRequest, client: HTTPClient, timeout: Duration, bodyLimit: Int,
-                         transport: String, url: String) async throws(DeliveryError) -> HTTPAnswer {
+    static func exchange(
+        _ request: HTTPClientRequest, client: HTTPClient, timeout: Duration, bodyLimit: Int,
+        transport: String, url: String
+    ) async throws(DeliveryError) -> HTTPAnswer {
         do {
             let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
-            return HTTPAnswer(status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
-                              retryAfter: response.headers.first(name: "Retry-After"))
+            return HTTPAnswer(
+                status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
+                retryAfter: response.headers.first(name: "Retry-After"))
         } catch {
             throw DeliveryError(http: error, transport: transport, url: url)
         }
@@ -218,12 +224,15 @@ struct HTTPAnswer {
 }
 
 enum HTTPTransportReport {
-    static func accepted(transport: String, destination: String, content: any MailContent, envelope: Envelope,
-                         code: Int, text: String, started: Date, clock: ContinuousClock.Instant, attempts: Int) -> DeliveryReport {
-        DeliveryReport(transport: transport, destination: destination, messageID: content.outboxMessageID,
-                       recipients: envelope.recipients.map { RecipientOutcome(address: $0, status: .accepted, code: code, text: text) },
-                       finalReply: "\(code) \(text)", startedAt: started,
-                       durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+    static func accepted(
+        transport: String, destination: String, content: any MailContent, envelope: Envelope,
+        code: Int, text: String, started: Date, clock: ContinuousClock.Instant, attempts: Int
+    ) -> DeliveryReport {
+        DeliveryReport(
+            transport: transport, destination: destination, messageID: content.outboxMessageID,
+            recipients: envelope.recipients.map { RecipientOutcome(address: $0, status: .accepted, code: code, text: text) },
+            finalReply: "\(code) \(text)", startedAt: started,
+            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
     }
 
     /// `Retry-After` in seconds (the HTTP-date form is read too).

@@ -169,7 +169,8 @@ struct MIMEPartSplitter {
             } else {
                 write(line, end)
                 if leaf.delimiterStart != nil, leaf.headers.looksLikeAttachment,
-                   draft.count - leaf.bodyStart > Self.removalThreshold {
+                    draft.count - leaf.bodyStart > Self.removalThreshold
+                {
                     try spoolOut(&leaf)
                 }
             }
@@ -254,10 +255,12 @@ struct MIMEPartSplitter {
         guard let spool = leaf.spool else { return }
         let size = try spool.finish()
         let h = leaf.headers
-        parts.append(SpooledPart(name: h.filename ?? "attachment-\(parts.count + 1)\(h.defaultExtension)",
-                                 contentType: h.mediaType, contentID: h.contentID,
-                                 isInline: h.disposition == "inline" || (h.disposition == nil && h.contentID != nil),
-                                 path: spool.path, size: size))
+        parts.append(
+            SpooledPart(
+                name: h.filename ?? "attachment-\(parts.count + 1)\(h.defaultExtension)",
+                contentType: h.mediaType, contentID: h.contentID,
+                isInline: h.disposition == "inline" || (h.disposition == nil && h.contentID != nil),
+                path: spool.path, size: size))
     }
 }
 
@@ -282,7 +285,8 @@ final class Spool {
 
     init(path: String, encoding: String) throws(MIMEPartSplitter.Failure) {
         guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]),
-              let handle = FileHandle(forWritingAtPath: path) else {
+            let handle = FileHandle(forWritingAtPath: path)
+        else {
             throw .spool("cannot create the temporary file \(path)")
         }
         self.path = path

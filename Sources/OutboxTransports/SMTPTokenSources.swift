@@ -44,24 +44,30 @@ package enum SMTPTokenSources {
 
     /// The provider and cache the options call for (nil secretSection: the one of the last
     /// configuration given to ``TransportFactory``).
-    package static func tokenSource(options: SMTPClientOptions, settings: OutboxSettings,
-                                   secretSection: SecretSection?) throws(OAuthError) -> CachedTokenSource {
+    package static func tokenSource(
+        options: SMTPClientOptions, settings: OutboxSettings,
+        secretSection: SecretSection?
+    ) throws(OAuthError) -> CachedTokenSource {
         let section = secretSection ?? state.withLockedValue { $0.secretSection }
-        let provider = try OAuthProviders.make(options: options, secretSection: section, settings: settings,
-                                               client: client(options: options, settings: settings))
+        let provider = try OAuthProviders.make(
+            options: options, secretSection: section, settings: settings,
+            client: client(options: options, settings: settings))
         return CachedTokenSource(provider: provider, cache: cache(for: provider, margin: options.tokenExpiryMarginTime))
     }
 
     /// The closure the SMTP engine calls when a connection authenticates with XOAUTH2.
-    package static func smtpTokenSource(options: SMTPClientOptions, settings: OutboxSettings,
-                                       secretSection: SecretSection?) -> @Sendable () async throws -> SMTPAccessToken {
+    package static func smtpTokenSource(
+        options: SMTPClientOptions, settings: OutboxSettings,
+        secretSection: SecretSection?
+    ) -> @Sendable () async throws -> SMTPAccessToken {
         smtpTokenSourceWithRefresh(options: options, settings: settings, secretSection: secretSection).token
     }
 
     /// The token closure, and the hook that drops the last token handed out after a 535 (so the
     /// next authentication gets a new one; a newer token already cached is kept).
     package static func smtpTokenSourceWithRefresh(options: SMTPClientOptions, settings: OutboxSettings, secretSection: SecretSection?)
-        -> (token: @Sendable () async throws -> SMTPAccessToken, rejected: @Sendable () async -> Void) {
+        -> (token: @Sendable () async throws -> SMTPAccessToken, rejected: @Sendable () async -> Void)
+    {
         let source: CachedTokenSource
         do throws(OAuthError) {
             source = try tokenSource(options: options, settings: settings, secretSection: secretSection)
@@ -69,12 +75,15 @@ package enum SMTPTokenSources {
             return ({ throw error }, {})
         }
         let last = NIOLockedValueBox<AccessToken?>(nil)
-        return ({
-            let token = try await source.token()
-            last.withLockedValue { $0 = token }
-            return SMTPAccessToken(token: token.value.value, expiresAt: token.expiresAt)
-        }, {
-            if let token = last.withLockedValue({ $0 }) { await source.invalidate(token) }
-        })
+        return (
+            {
+                let token = try await source.token()
+                last.withLockedValue { $0 = token }
+                return SMTPAccessToken(token: token.value.value, expiresAt: token.expiresAt)
+            },
+            {
+                if let token = last.withLockedValue({ $0 }) { await source.invalidate(token) }
+            }
+        )
     }
 }

@@ -108,11 +108,13 @@ public final class SMTPTransport: MailTransport {
     /// delivery is tried once more with a new one (PROTOCOLS.md §1.3).
     private let authenticationRejected: (@Sendable () async -> Void)?
 
-    public init(configuration: SMTPClientConfiguration, pool poolConfiguration: PoolConfiguration,
-                envelopeFrom: String? = nil,
-                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                logger: Logger = Logger(label: "outbox.smtp"),
-                onAuthenticationRejected: (@Sendable () async -> Void)? = nil) {
+    public init(
+        configuration: SMTPClientConfiguration, pool poolConfiguration: PoolConfiguration,
+        envelopeFrom: String? = nil,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "outbox.smtp"),
+        onAuthenticationRejected: (@Sendable () async -> Void)? = nil
+    ) {
         self.authenticationRejected = onAuthenticationRejected
         let configurations = NIOLockedValueBox([0: configuration])
         self.configurations = configurations
@@ -208,8 +210,9 @@ public final class SMTPTransport: MailTransport {
                         result = sent
                     } else {
                         outgoing!.bodyConsumed = true
-                        result = try await connection.send(envelope: outgoing!.envelope, start: outgoing!.start,
-                                                           rest: &outgoing!.rest, handBack: handBack)
+                        result = try await connection.send(
+                            envelope: outgoing!.envelope, start: outgoing!.start,
+                            rest: &outgoing!.rest, handBack: handBack)
                     }
                 }
                 lease.release(.clean)
@@ -229,8 +232,9 @@ public final class SMTPTransport: MailTransport {
                 }
                 // Died before the final dot on a reused connection: once more on a fresh one.
                 if attempts == 1, [.connectionClosed, .timeout, .connectionUnusable].contains(error.code), error.reply == nil, error.isTransient {
-                    logger.notice("the connection failed before the message was sent; retrying once on a new connection",
-                                  metadata: ["smtp.error": "\(error.message)"])
+                    logger.notice(
+                        "the connection failed before the message was sent; retrying once on a new connection",
+                        metadata: ["smtp.error": "\(error.message)"])
                     continue
                 }
                 throw DeliveryError(error)
@@ -258,16 +262,19 @@ public final class SMTPTransport: MailTransport {
     /// server has answered.
     private func leaseStarting(_ prepared: SMTPPreparedTransaction) async throws -> Leased {
         let pool = self.pool
-        return try await pool.lease(immediate: { .leased($0) }, handBack: { [self] lease, continuation in
-            let once = HandBackLease(pool: pool, lease: lease)
-            let started = lease.connection.start(prepared, handBack: { once.release(.clean) },
-                                                 completion: { continuation.resume(returning: .started(once, $0)) })
-            if started {
-                handBackStarts.add(1, ordering: .relaxed)
-            } else {
-                continuation.resume(returning: .leased(lease))
-            }
-        })
+        return try await pool.lease(
+            immediate: { .leased($0) },
+            handBack: { [self] lease, continuation in
+                let once = HandBackLease(pool: pool, lease: lease)
+                let started = lease.connection.start(
+                    prepared, handBack: { once.release(.clean) },
+                    completion: { continuation.resume(returning: .started(once, $0)) })
+                if started {
+                    handBackStarts.add(1, ordering: .relaxed)
+                } else {
+                    continuation.resume(returning: .leased(lease))
+                }
+            })
     }
 
     /// The server's SIZE (RFC 1870) from the EHLO of the connections so far; nil when it gave
@@ -308,8 +315,10 @@ public final class SMTPTransport: MailTransport {
         var bodyConsumed = false
 
         /// For a connection at hand with `profile`; throws what makes the message unsendable there.
-        init(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
-             profile: SMTPTransactionProfile) async throws(DeliveryError) {
+        init(
+            _ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
+            profile: SMTPTransactionProfile
+        ) async throws(DeliveryError) {
             let (envelope, stream) = try Self.envelope(content, given: given, envelopeFrom: envelopeFrom, capabilities: profile.capabilities)
             var size: Int?
             var rest = stream.makeAsyncIterator()
@@ -323,8 +332,9 @@ public final class SMTPTransport: MailTransport {
                 throw DeliveryError(SMTPBodyStart.readError(error))
             }
             self.profile = profile
-            self.envelope = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
-                                         eightBitMIME: envelope.eightBitMIME, size: size, dsn: envelope.dsn)
+            self.envelope = SMTPEnvelope(
+                from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
+                eightBitMIME: envelope.eightBitMIME, size: size, dsn: envelope.dsn)
             self.start = start
             self.rest = rest
             self.prepared = SMTPConnection.prepare(envelope: self.envelope, start: start, for: profile)
@@ -334,22 +344,27 @@ public final class SMTPTransport: MailTransport {
         /// message that goes as one prepared exchange (one chunk, read once, its SIZE from that
         /// chunk). Nil otherwise, and for anything wrong: the leased connection's own profile
         /// then decides (and reports), and a waiting sender holds nothing but its message.
-        static func prepared(_ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
-                             profile: SMTPTransactionProfile) async -> Outgoing? {
+        static func prepared(
+            _ content: any MailContent, envelope given: Envelope?, envelopeFrom: String?,
+            profile: SMTPTransactionProfile
+        ) async -> Outgoing? {
             guard profile.allowsPreparing,
-                  let (envelope, stream) = try? Self.envelope(content, given: given, envelopeFrom: envelopeFrom, capabilities: profile.capabilities)
+                let (envelope, stream) = try? Self.envelope(content, given: given, envelopeFrom: envelopeFrom, capabilities: profile.capabilities)
             else { return nil }
             var rest = stream.makeAsyncIterator()
             guard let start = try? await SMTPBodyStart.read(from: &rest), start.isComplete else { return nil }
-            let sized = SMTPEnvelope(from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
-                                     eightBitMIME: envelope.eightBitMIME, size: envelope.size.map { _ in start.messageByteCount },
-                                     dsn: envelope.dsn)
+            let sized = SMTPEnvelope(
+                from: envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: envelope.requiresSMTPUTF8,
+                eightBitMIME: envelope.eightBitMIME, size: envelope.size.map { _ in start.messageByteCount },
+                dsn: envelope.dsn)
             guard let prepared = SMTPConnection.prepare(envelope: sized, start: start, for: profile) else { return nil }
             return Outgoing(profile: profile, envelope: sized, start: start, rest: rest, prepared: prepared)
         }
 
-        private init(profile: SMTPTransactionProfile, envelope: SMTPEnvelope, start: SMTPBodyStart,
-                     rest: MessageByteStream.AsyncIterator, prepared: SMTPPreparedTransaction) {
+        private init(
+            profile: SMTPTransactionProfile, envelope: SMTPEnvelope, start: SMTPBodyStart,
+            rest: MessageByteStream.AsyncIterator, prepared: SMTPPreparedTransaction
+        ) {
             self.profile = profile
             self.envelope = envelope
             self.start = start
@@ -359,8 +374,10 @@ public final class SMTPTransport: MailTransport {
 
         /// The envelope for a server with `capabilities` (its `size` is 0 when SIZE must be
         /// given, nil otherwise) and the message's bytes as that server takes them.
-        static func envelope(_ content: any MailContent, given: Envelope?, envelopeFrom: String?,
-                             capabilities caps: SMTPCapabilities) throws(DeliveryError) -> (SMTPEnvelope, MessageByteStream) {
+        static func envelope(
+            _ content: any MailContent, given: Envelope?, envelopeFrom: String?,
+            capabilities caps: SMTPCapabilities
+        ) throws(DeliveryError) -> (SMTPEnvelope, MessageByteStream) {
             let needsUTF8 = content.requiresSMTPUTF8
             let envelope: Envelope
             do throws(MIMEError) {
@@ -372,21 +389,28 @@ public final class SMTPTransport: MailTransport {
                     envelope = try content.asciiEnvelope()
                 }
             } catch {
-                throw DeliveryError(kind: .permanent, message: needsUTF8 && !caps.smtpUTF8
-                    ? "the message has non-ASCII addresses and the server does not offer SMTPUTF8: \(error.message)"
-                    : "the message's envelope is invalid: \(error.message)")
+                throw DeliveryError(
+                    kind: .permanent,
+                    message: needsUTF8 && !caps.smtpUTF8
+                        ? "the message has non-ASCII addresses and the server does not offer SMTPUTF8: \(error.message)"
+                        : "the message's envelope is invalid: \(error.message)")
             }
             let options = MIMEEncodingOptions(allow8BitMIME: caps.eightBitMIME, smtpUTF8: caps.smtpUTF8 && needsUTF8)
             let sizeNeeded = (caps.sizeLimit ?? 0) > 0
             let dsn = given?.dsn
-            return (SMTPEnvelope(from: envelopeFrom ?? envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: needsUTF8,
-                                 eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil, dsn: dsn),
-                    content.byteStream(options: options))
+            return (
+                SMTPEnvelope(
+                    from: envelopeFrom ?? envelope.from, recipients: envelope.recipients, requiresSMTPUTF8: needsUTF8,
+                    eightBitMIME: options.allow8BitMIME, size: sizeNeeded ? 0 : nil, dsn: dsn),
+                content.byteStream(options: options)
+            )
         }
     }
 
-    static func report(_ result: SMTPTransactionResult, destination: String, content: any MailContent,
-                       started: Date, clock: ContinuousClock.Instant, attempts: Int) -> DeliveryReport {
+    static func report(
+        _ result: SMTPTransactionResult, destination: String, content: any MailContent,
+        started: Date, clock: ContinuousClock.Instant, attempts: Int
+    ) -> DeliveryReport {
         let recipients = result.recipients.map { r -> RecipientOutcome in
             let status: RecipientOutcome.Status
             if r.accepted {
@@ -394,8 +418,9 @@ public final class SMTPTransport: MailTransport {
             } else {
                 status = r.isTransientFailure ? .deferred : .rejected
             }
-            return RecipientOutcome(address: r.address, status: status, code: r.reply?.code,
-                                    enhancedCode: r.reply?.enhancedCode?.description, text: r.reply?.text)
+            return RecipientOutcome(
+                address: r.address, status: status, code: r.reply?.code,
+                enhancedCode: r.reply?.enhancedCode?.description, text: r.reply?.text)
         }
         var final = recipients
         if result.abortedForPartialRefusal {
@@ -409,8 +434,9 @@ public final class SMTPTransport: MailTransport {
                 return r
             }
         }
-        return DeliveryReport(transport: "smtp", destination: destination, messageID: content.outboxMessageID,
-                              recipients: final, finalReply: result.finalReply?.description, startedAt: started,
-                              durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+        return DeliveryReport(
+            transport: "smtp", destination: destination, messageID: content.outboxMessageID,
+            recipients: final, finalReply: result.finalReply?.description, startedAt: started,
+            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
     }
 }

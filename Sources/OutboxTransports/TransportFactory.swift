@@ -10,8 +10,10 @@ extension SMTPClientConfiguration {
     /// `tokenSource` supplies XOAUTH2 access tokens; without one, XOAUTH2 gets them from
     /// OutboxOAuth (`SMTPTokenSources`: Azure or Google per `tenant-authority`, cached per
     /// credential set).
-    public init(options: SMTPClientOptions, settings: OutboxSettings,
-                tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) {
+    public init(
+        options: SMTPClientOptions, settings: OutboxSettings,
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+    ) {
         let security: ConnectionSecurity
         switch options.smtpConnectionSecurity {
         case .none: security = .none
@@ -54,8 +56,9 @@ extension SMTPClientConfiguration {
 extension PoolConfiguration {
     /// `cnx-pool-size`, `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
     public init(options: SMTPClientOptions) {
-        self.init(size: options.cnxPoolSize, checkIdleTime: options.cnxCheckIdleTime,
-                  maxIdleTime: options.cnxMaxIdleTime, tokenExpiryMargin: options.tokenExpiryMarginTime)
+        self.init(
+            size: options.cnxPoolSize, checkIdleTime: options.cnxCheckIdleTime,
+            maxIdleTime: options.cnxMaxIdleTime, tokenExpiryMargin: options.tokenExpiryMarginTime)
     }
 }
 
@@ -74,10 +77,12 @@ public enum TransportFactory {
     /// server, SMTP through a connection pool, Graph or EWS. `tokenSource` replaces the built-in
     /// OAuth2 tokens for SMTP's XOAUTH2. Throws ``Unavailable`` when Graph or EWS cannot be set up
     /// from the configuration (e.g. missing OAuth settings or a wrong EWS URL).
-    public static func make(configuration: OutboxConfiguration,
-                            eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                            logger: Logger = Logger(label: "outbox"),
-                            tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil) throws -> any MailTransport {
+    public static func make(
+        configuration: OutboxConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "outbox"),
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+    ) throws -> any MailTransport {
         let options = configuration.smtpClient
         SMTPTokenSources.remember(secretSection: configuration.chosenSecretSection)
         switch options.serverType {
@@ -88,30 +93,36 @@ public enum TransportFactory {
             var source = tokenSource
             var rejected: (@Sendable () async -> Void)?
             if source == nil, options.usesXOAUTH2 {
-                let oauth = SMTPTokenSources.smtpTokenSourceWithRefresh(options: options, settings: configuration.outbox,
-                                                                        secretSection: configuration.chosenSecretSection)
+                let oauth = SMTPTokenSources.smtpTokenSourceWithRefresh(
+                    options: options, settings: configuration.outbox,
+                    secretSection: configuration.chosenSecretSection)
                 source = oauth.token
                 rejected = oauth.rejected
             }
             let smtp = SMTPClientConfiguration(options: options, settings: configuration.outbox, tokenSource: source)
-            return SMTPTransport(configuration: smtp, pool: PoolConfiguration(options: options),
-                                 envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger,
-                                 onAuthenticationRejected: rejected)
+            return SMTPTransport(
+                configuration: smtp, pool: PoolConfiguration(options: options),
+                envelopeFrom: options.envelopeFrom, eventLoopGroup: eventLoopGroup, logger: logger,
+                onAuthenticationRejected: rejected)
         case .graph:
             do throws(OAuthError) {
-                return try GraphTransport(configuration: configuration,
-                                          tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                                          logger: logger)
+                return try GraphTransport(
+                    configuration: configuration,
+                    tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
+                    logger: logger)
             } catch {
                 throw Unavailable(code: error.code.rawValue, description: "server-type = GRAPH: \(error.description)")
             }
         case .ews:
             do throws(DeliveryError) {
-                return try EWSTransport(configuration: configuration,
-                                        tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                                        logger: logger)
+                return try EWSTransport(
+                    configuration: configuration,
+                    tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
+                    logger: logger)
             } catch {
-                throw Unavailable(code: error.kind == .permanent ? "transport_misconfigured" : "transport_unavailable", description: "server-type = EWS: \(error.message)")
+                throw Unavailable(
+                    code: error.kind == .permanent ? "transport_misconfigured" : "transport_unavailable",
+                    description: "server-type = EWS: \(error.message)")
             }
         }
     }

@@ -63,7 +63,9 @@ struct MIMEBenchCommand: AsyncParsableCommand {
         let seconds = Date().timeIntervalSince(start)
         precondition(total > messages * 50 * 1024)
         let rate = Double(messages) / max(seconds, 1e-9)
-        print("outbox-bench mime: messages=\(messages) seconds=\(Self.fmt(seconds)) msgs_per_sec=\(Self.fmt(rate)) peak_rss_mib=\(Self.fmt(Self.peakMiB()))")
+        print(
+            "outbox-bench mime: messages=\(messages) seconds=\(Self.fmt(seconds)) msgs_per_sec=\(Self.fmt(rate)) peak_rss_mib=\(Self.fmt(Self.peakMiB()))"
+        )
     }
 
     /// Writes `mib` MiB of varied (incompressible enough) bytes without holding them.

@@ -69,7 +69,9 @@ struct MailerBenchCommand: AsyncParsableCommand, ExecutorChoosing {
                     var latencies: [Double] = []
                     var failures = 0
                     while true {
-                        let i = next.withLockedValue { n -> Int in defer { n += 1 }; return n }
+                        let i = next.withLockedValue { n -> Int in
+                            defer { n += 1 }; return n
+                        }
                         guard i < total else { break }
                         let t0 = clock.now
                         do {
@@ -100,7 +102,9 @@ struct MailerBenchCommand: AsyncParsableCommand, ExecutorChoosing {
         }
         if failures > 0 { print("outbox-bench mailer: \(failures) of \(total) messages failed") }
         let rate = Double(total - failures) / seconds
-        print(String(format: "outbox-bench mailer: messages=%d pool-size=%d size=%d seconds=%.3f msgs_per_sec=%.1f p50_ms=%.3f p99_ms=%.3f",
-                     total, poolSize, size, seconds, rate, percentile(0.50), percentile(0.99)))
+        print(
+            String(
+                format: "outbox-bench mailer: messages=%d pool-size=%d size=%d seconds=%.3f msgs_per_sec=%.1f p50_ms=%.3f p99_ms=%.3f",
+                total, poolSize, size, seconds, rate, percentile(0.50), percentile(0.99)))
     }
 }

@@ -81,8 +81,9 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
         let outcomes = await withTaskGroup(of: WorkerOutcome.self, returning: [WorkerOutcome].self) { group in
             for _ in 0..<connections {
                 group.addTask {
-                    await Self.worker(configuration: configuration, logger: logger, envelope: envelope,
-                                      message: message, total: total, counter: counter, clock: clock)
+                    await Self.worker(
+                        configuration: configuration, logger: logger, envelope: envelope,
+                        message: message, total: total, counter: counter, clock: clock)
                 }
             }
             var all: [WorkerOutcome] = []
@@ -100,7 +101,9 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
             }
         }
         let rate = seconds > 0 ? Double(delivered) / seconds : 0
-        print("outbox-bench smtp: messages=\(total) connections=\(connections) size=\(size) seconds=\(String(format: "%.3f", seconds)) msgs_per_sec=\(String(format: "%.1f", rate))")
+        print(
+            "outbox-bench smtp: messages=\(total) connections=\(connections) size=\(size) seconds=\(String(format: "%.3f", seconds)) msgs_per_sec=\(String(format: "%.1f", rate))"
+        )
     }
 
     private struct WorkerOutcome: Sendable {
@@ -144,12 +147,16 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
                             }
                             let handedOn = PassedOn()
                             do {
-                                let result = try await current.send(envelope: envelope, body: SingleChunk(buffer: message),
-                                                                    handBack: { handedOn.mark(); turn.pass() })
+                                let result = try await current.send(
+                                    envelope: envelope, body: SingleChunk(buffer: message),
+                                    handBack: {
+                                        handedOn.mark(); turn.pass()
+                                    })
                                 if result.delivered {
                                     lane.delivered += 1
                                 } else {
-                                    lane.errors.append("not delivered: \(result.recipients.map { "\($0.address) \($0.reply.map { "\($0)" } ?? "-")" })")
+                                    lane.errors.append(
+                                        "not delivered: \(result.recipients.map { "\($0.address) \($0.reply.map { "\($0)" } ?? "-")" })")
                                 }
                             } catch {
                                 lane.errors.append("\(error)")
@@ -192,7 +199,9 @@ struct SMTPBenchCommand: AsyncParsableCommand, ExecutorChoosing {
         }
         let seconds = Double((end - start).components.seconds) + Double((end - start).components.attoseconds) / 1e18
         print("outbox-bench smtp-big: bytes_sent=\(result.bytesSent) peak_rss_before_send_mib=\(String(format: "%.1f", Double(before) / 1024))")
-        print("outbox-bench smtp-big: size_mib=\(mebibytes) seconds=\(String(format: "%.3f", seconds)) peak_rss_mib=\(String(format: "%.1f", Double(peak) / 1024))")
+        print(
+            "outbox-bench smtp-big: size_mib=\(mebibytes) seconds=\(String(format: "%.3f", seconds)) peak_rss_mib=\(String(format: "%.1f", Double(peak) / 1024))"
+        )
     }
 }
 

@@ -23,9 +23,11 @@ struct CheckConfigCommand: ParsableCommand {
     @Flag(name: .long, help: "Print JSON instead of a table.")
     var json = false
 
-    @Option(name: .customShort("o"), help: ArgumentHelp(
-        "Override an option: NAME=VALUE sets an [smtp-client] option or mail.* key; outbox.KEY=VALUE an [outbox] setting; secret-NAME.password=VALUE a secret. Repeatable.",
-        valueName: "NAME=VALUE"))
+    @Option(
+        name: .customShort("o"),
+        help: ArgumentHelp(
+            "Override an option: NAME=VALUE sets an [smtp-client] option or mail.* key; outbox.KEY=VALUE an [outbox] setting; secret-NAME.password=VALUE a secret. Repeatable.",
+            valueName: "NAME=VALUE"))
     var overrides: [String] = []
 
     func run() throws {

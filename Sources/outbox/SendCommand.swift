@@ -23,7 +23,9 @@ struct SendCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The configuration file (default: ./outbox.cfg when it exists).")
     var config: String?
 
-    @Option(name: .customShort("o"), help: ArgumentHelp("Set an option by its reference name, overriding the file (e.g. -o port=2525). Repeatable.", valueName: "NAME=VALUE"))
+    @Option(
+        name: .customShort("o"),
+        help: ArgumentHelp("Set an option by its reference name, overriding the file (e.g. -o port=2525). Repeatable.", valueName: "NAME=VALUE"))
     var overrides: [String] = []
 
     @Option(name: .long, help: "The sender (From and envelope sender).")
@@ -67,7 +69,8 @@ struct SendCommand: AsyncParsableCommand {
             throw ValidationError("use --text or --text-file, not both")
         }
         if eml != nil && (subject != nil || text != nil || textFile != nil || htmlFile != nil || !attach.isEmpty) {
-            throw ValidationError("--eml sends a prepared message as it is: it cannot be combined with --subject, --text, --text-file, --html-file or --attach")
+            throw ValidationError(
+                "--eml sends a prepared message as it is: it cannot be combined with --subject, --text, --text-file, --html-file or --attach")
         }
         if eml == nil {
             if from == nil { throw ValidationError("--from is required (or use --eml)") }
@@ -95,7 +98,10 @@ struct SendCommand: AsyncParsableCommand {
         if dryRun {
             let bytes = try await content.byteStream(options: MIMEEncodingOptions()).collect()
             let env = try envelope ?? content.envelope()
-            FileHandle.standardError.write(Data("outbox: dry run: MAIL FROM:<\(configuration.smtpClient.envelopeFrom ?? env.from)> RCPT TO:\(env.recipients.map { "<\($0)>" }.joined(separator: ","))\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "outbox: dry run: MAIL FROM:<\(configuration.smtpClient.envelopeFrom ?? env.from)> RCPT TO:\(env.recipients.map { "<\($0)>" }.joined(separator: ","))\n"
+                        .utf8))
             FileHandle.standardOutput.write(Data(bytes))
             return
         }
@@ -170,7 +176,8 @@ struct SendCommand: AsyncParsableCommand {
             if from != nil || !to.isEmpty || !cc.isEmpty || !bcc.isEmpty {
                 let headerEnvelope = try? raw.envelope()
                 let sender = try from.map { try parseAddresses([$0], option: "--from").first!.mailbox } ?? headerEnvelope?.from
-                let recipients = try (parseAddresses(to, option: "--to") + parseAddresses(cc, option: "--cc") + parseAddresses(bcc, option: "--bcc")).map(\.mailbox)
+                let recipients = try (parseAddresses(to, option: "--to") + parseAddresses(cc, option: "--cc") + parseAddresses(bcc, option: "--bcc"))
+                    .map(\.mailbox)
                 guard let sender else { throw UsageError(description: "--eml \(eml) has no From header: give --from") }
                 let finalRecipients = recipients.isEmpty ? (headerEnvelope?.recipients ?? []) : recipients
                 guard !finalRecipients.isEmpty else { throw UsageError(description: "--eml \(eml) has no recipients: give --to") }
@@ -189,12 +196,16 @@ struct SendCommand: AsyncParsableCommand {
         }
         var body = text
         if let textFile {
-            guard let data = FileManager.default.contents(atPath: textFile) else { throw UsageError(description: "--text-file \(textFile): cannot read the file") }
+            guard let data = FileManager.default.contents(atPath: textFile) else {
+                throw UsageError(description: "--text-file \(textFile): cannot read the file")
+            }
             body = String(decoding: data, as: UTF8.self)
         }
         var html: String?
         if let htmlFile {
-            guard let data = FileManager.default.contents(atPath: htmlFile) else { throw UsageError(description: "--html-file \(htmlFile): cannot read the file") }
+            guard let data = FileManager.default.contents(atPath: htmlFile) else {
+                throw UsageError(description: "--html-file \(htmlFile): cannot read the file")
+            }
             html = String(decoding: data, as: UTF8.self)
         }
         if body == nil && html == nil { body = "" }
@@ -203,11 +214,12 @@ struct SendCommand: AsyncParsableCommand {
             guard FileManager.default.isReadableFile(atPath: path) else { throw UsageError(description: "--attach \(path): cannot read the file") }
             attachments.append(.file(path: path))
         }
-        let message = Message(from: sender,
-                              to: try parseAddresses(to, option: "--to"),
-                              cc: try parseAddresses(cc, option: "--cc"),
-                              bcc: try parseAddresses(bcc, option: "--bcc"),
-                              subject: subject, text: body, html: html, attachments: attachments)
+        let message = Message(
+            from: sender,
+            to: try parseAddresses(to, option: "--to"),
+            cc: try parseAddresses(cc, option: "--cc"),
+            bcc: try parseAddresses(bcc, option: "--bcc"),
+            subject: subject, text: body, html: html, attachments: attachments)
         do {
             try message.validate()
         } catch {
@@ -220,8 +232,9 @@ struct SendCommand: AsyncParsableCommand {
 enum ReportPrinter {
     static func text(_ report: DeliveryReport) -> String {
         var lines: [String] = []
-        lines.append("\(report.transport) -> \(report.destination)" + (report.messageID.map { " message \($0)" } ?? "")
-                     + String(format: " (%.3f s%@)", report.durationSeconds, report.attempts > 1 ? ", \(report.attempts) attempts" : ""))
+        lines.append(
+            "\(report.transport) -> \(report.destination)" + (report.messageID.map { " message \($0)" } ?? "")
+                + String(format: " (%.3f s%@)", report.durationSeconds, report.attempts > 1 ? ", \(report.attempts) attempts" : ""))
         for r in report.recipients {
             let reply = [r.code.map(String.init), r.enhancedCode, r.text].compactMap { $0 }.joined(separator: " ")
             lines.append("  \(r.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(r.address)  \(reply)")
@@ -253,9 +266,11 @@ enum ReportPrinter {
             var error: Body
             var report: DeliveryReport?
         }
-        let body = Wrapped(error: .init(kind: error.kind.rawValue, message: error.message, stage: error.smtp?.stage.rawValue,
-                                        code: error.smtp?.replyCode, enhancedCode: error.smtp?.enhancedCode?.description),
-                           report: error.report)
+        let body = Wrapped(
+            error: .init(
+                kind: error.kind.rawValue, message: error.message, stage: error.smtp?.stage.rawValue,
+                code: error.smtp?.replyCode, enhancedCode: error.smtp?.enhancedCode?.description),
+            report: error.report)
         return (try? String(decoding: encoder().encode(body), as: UTF8.self)) ?? "{}"
     }
 }

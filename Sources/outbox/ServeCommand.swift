@@ -39,10 +39,12 @@ struct ServeCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         FileHandle.standardOutput.write(Data((daemon.banner + "\n").utf8))
-        try await daemon.run(onListening: { address in
-            FileHandle.standardOutput.write(Data("outbox: ready on \(address)\n".utf8))
-        }, onRelayListening: { address in
-            FileHandle.standardOutput.write(Data("outbox: relay listening on \(address)\n".utf8))
-        })
+        try await daemon.run(
+            onListening: { address in
+                FileHandle.standardOutput.write(Data("outbox: ready on \(address)\n".utf8))
+            },
+            onRelayListening: { address in
+                FileHandle.standardOutput.write(Data("outbox: relay listening on \(address)\n".utf8))
+            })
     }
 }

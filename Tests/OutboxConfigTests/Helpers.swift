@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import OutboxConfig
 
 /// Parses `text` as `outbox.cfg`.

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OutboxConfig
 
 @Suite struct DefaultTests {
@@ -145,7 +146,8 @@ struct ValidCase: Sendable, CustomTestStringConvertible {
 
     @Test func outboxSettings() throws {
         let ca = temporaryFile("-----BEGIN CERTIFICATE-----\n", name: "ca.pem")
-        let c = try load("""
+        let c = try load(
+            """
             [outbox]
             data-directory = /var/lib/outbox
             http-listen = [::1]:9000
@@ -164,12 +166,15 @@ struct ValidCase: Sendable, CustomTestStringConvertible {
     }
 
     @Test func typedMailProperties() throws {
-        let o = try load(smtpClient("""
-            mail.smtp.auth.mechanisms = xoauth2 plain
-            mail.smtp.ssl.trust = *
-            mail.smtp.ssl.checkserveridentity = false
-            mail.smtp.sendpartial = false
-            """)).smtpClient
+        let o = try load(
+            smtpClient(
+                """
+                mail.smtp.auth.mechanisms = xoauth2 plain
+                mail.smtp.ssl.trust = *
+                mail.smtp.ssl.checkserveridentity = false
+                mail.smtp.sendpartial = false
+                """)
+        ).smtpClient
         #expect(o.authMechanisms == ["XOAUTH2", "PLAIN"])
         #expect(o.sslTrust == ["*"])
         #expect(o.checkServerIdentity == false)
@@ -177,7 +182,8 @@ struct ValidCase: Sendable, CustomTestStringConvertible {
     }
 
     @Test func fileSyntax() throws {
-        let c = try load("""
+        let c = try load(
+            """
             # a comment
             ; another
 
@@ -214,31 +220,55 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
         .init("connect-timeout = 00:00:-1", "outbox.cfg:2: connect-timeout = 00:00:-1 \(time)"),
         .init("enable-authentication = 1", "outbox.cfg:2: enable-authentication = 1 is not true or false"),
         .init("enable-debug = on", "outbox.cfg:2: enable-debug = on is not true or false"),
-        .init("exchange-version = Exchange2019", "outbox.cfg:2: exchange-version = Exchange2019 is not one of Exchange2010, Exchange2010_SP1, Exchange2010_SP2, Exchange2010_SP3, Exchange2013, Office365, Exchange2016; did you mean Exchange2010? (or empty, for Exchange 2019)"),
+        .init(
+            "exchange-version = Exchange2019",
+            "outbox.cfg:2: exchange-version = Exchange2019 is not one of Exchange2010, Exchange2010_SP1, Exchange2010_SP2, Exchange2010_SP3, Exchange2013, Office365, Exchange2016; did you mean Exchange2010? (or empty, for Exchange 2019)"
+        ),
         .init("port = 70000", "outbox.cfg:2: port = 70000 is not a port number (1-65535)"),
         .init("port = 0", "outbox.cfg:2: port = 0 is not a port number (1-65535)"),
         .init("port = smtp", "outbox.cfg:2: port = smtp is not a port number (1-65535)"),
         .init("port =", "outbox.cfg:2: port has no value; valid values: Any valid port number (1-65535) (remove the line to use the default, 25)"),
         .init("protocol-timeout = 1:00:00:00", "outbox.cfg:2: protocol-timeout = 1:00:00:00 \(time)"),
         .init("secret = my secret", "outbox.cfg:2: secret = my secret contains white space; the secret name must not"),
-        .init("server = smtp example.com", "outbox.cfg:2: server = smtp example.com contains white space; give a host name, an IP address, or (for EWS) a URL"),
-        .init("server = smtp://mail.example.com", "outbox.cfg:2: server = smtp://mail.example.com is a URL, but server-type = SMTP needs a host name or IP address (a URL is for server-type = EWS)"),
+        .init(
+            "server = smtp example.com",
+            "outbox.cfg:2: server = smtp example.com contains white space; give a host name, an IP address, or (for EWS) a URL"),
+        .init(
+            "server = smtp://mail.example.com",
+            "outbox.cfg:2: server = smtp://mail.example.com is a URL, but server-type = SMTP needs a host name or IP address (a URL is for server-type = EWS)"
+        ),
         .init("server-type = IMAP", "outbox.cfg:2: server-type = IMAP is not one of SMTP, EWS, GRAPH"),
         .init("server-type = GRAPHS", "outbox.cfg:2: server-type = GRAPHS is not one of SMTP, EWS, GRAPH; did you mean GRAPH?"),
-        .init("smtp-connection-security = starttls", "outbox.cfg:2: smtp-connection-security = starttls is not one of none, start-tls, start-tls-required, ssl-tls; did you mean start-tls?"),
-        .init("smtp-connection-security = tls", "outbox.cfg:2: smtp-connection-security = tls is not one of none, start-tls, start-tls-required, ssl-tls"),
-        .init("tenant-authority = login.microsoftonline.com", "outbox.cfg:2: tenant-authority = login.microsoftonline.com is neither a Microsoft authority URL (such as https://login.microsoftonline.com) nor a Google authority (a string containing \"google\")"),
-        .init("token-expiry-margin-time = 01:00:00", "outbox.cfg:2: token-expiry-margin-time = 01:00:00 is not less than one hour (at most 00:59:59)"),
+        .init(
+            "smtp-connection-security = starttls",
+            "outbox.cfg:2: smtp-connection-security = starttls is not one of none, start-tls, start-tls-required, ssl-tls; did you mean start-tls?"),
+        .init(
+            "smtp-connection-security = tls",
+            "outbox.cfg:2: smtp-connection-security = tls is not one of none, start-tls, start-tls-required, ssl-tls"),
+        .init(
+            "tenant-authority = login.microsoftonline.com",
+            "outbox.cfg:2: tenant-authority = login.microsoftonline.com is neither a Microsoft authority URL (such as https://login.microsoftonline.com) nor a Google authority (a string containing \"google\")"
+        ),
+        .init(
+            "token-expiry-margin-time = 01:00:00", "outbox.cfg:2: token-expiry-margin-time = 01:00:00 is not less than one hour (at most 00:59:59)"),
         .init("token-expiry-margin-time = 10", "outbox.cfg:2: token-expiry-margin-time = 10 \(time)"),
         .init("grant-type = refresh_token", "outbox.cfg:2: grant-type = refresh_token is not one of password, client_credentials"),
         .init("cnx-pool-sise = 3", "outbox.cfg:2: cnx-pool-sise is not an option of [smtp-client]; did you mean cnx-pool-size?"),
         .init("frobnicate = 3", "outbox.cfg:2: frobnicate is not an option of [smtp-client] (see docs/options.md)"),
-        .init("mail.smtp.dsn.notify = ALWAYS", "outbox.cfg:2: mail.smtp.dsn.notify = ALWAYS is not NEVER or a comma-separated combination of SUCCESS, FAILURE, DELAY"),
-        .init("mail.smtp.dsn.notify = NEVER,SUCCESS", "outbox.cfg:2: mail.smtp.dsn.notify = NEVER,SUCCESS is not NEVER or a comma-separated combination of SUCCESS, FAILURE, DELAY"),
+        .init(
+            "mail.smtp.dsn.notify = ALWAYS",
+            "outbox.cfg:2: mail.smtp.dsn.notify = ALWAYS is not NEVER or a comma-separated combination of SUCCESS, FAILURE, DELAY"),
+        .init(
+            "mail.smtp.dsn.notify = NEVER,SUCCESS",
+            "outbox.cfg:2: mail.smtp.dsn.notify = NEVER,SUCCESS is not NEVER or a comma-separated combination of SUCCESS, FAILURE, DELAY"),
         .init("mail.smtp.dsn.ret = ALL", "outbox.cfg:2: mail.smtp.dsn.ret = ALL is not one of FULL, HDRS"),
-        .init("mail.smtp.from = Mailer <m@example.com>", "outbox.cfg:2: mail.smtp.from = Mailer <m@example.com> is not an e-mail address (local@domain, without <>)"),
+        .init(
+            "mail.smtp.from = Mailer <m@example.com>",
+            "outbox.cfg:2: mail.smtp.from = Mailer <m@example.com> is not an e-mail address (local@domain, without <>)"),
         .init("mail.smtp.sendpartial = maybe", "outbox.cfg:2: mail.smtp.sendpartial = maybe is not true or false"),
-        .init("mail.smtp.localhost = my host", "outbox.cfg:2: mail.smtp.localhost = my host is not a host name or address literal (e.g. mail.example.com or [192.0.2.1])"),
+        .init(
+            "mail.smtp.localhost = my host",
+            "outbox.cfg:2: mail.smtp.localhost = my host is not a host name or address literal (e.g. mail.example.com or [192.0.2.1])"),
     ]
 
     @Test(arguments: cases)
@@ -247,44 +277,48 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
     }
 
     @Test func outboxSectionErrors() {
-        #expect(problems("""
-            [outbox]
-            http-listen = localhost
-            store = postgres
-            graph-url = graph.microsoft.com
-            tls-ca-file = /nonexistent/ca.pem
-            data-dir = /tmp
-            """) == [
-            "outbox.cfg:2: http-listen = localhost is not host:port with a port 1-65535 (e.g. 127.0.0.1:8025 or [::1]:8025)",
-            "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
-            "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
-            "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
-            "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline); did you mean data-directory?",
-        ])
+        #expect(
+            problems(
+                """
+                [outbox]
+                http-listen = localhost
+                store = postgres
+                graph-url = graph.microsoft.com
+                tls-ca-file = /nonexistent/ca.pem
+                data-dir = /tmp
+                """) == [
+                    "outbox.cfg:2: http-listen = localhost is not host:port with a port 1-65535 (e.g. 127.0.0.1:8025 or [::1]:8025)",
+                    "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
+                    "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
+                    "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
+                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline); did you mean data-directory?",
+                ])
     }
 
     @Test func fileStructureErrors() {
-        #expect(problems("""
-            port = 25
-            [smtp-clinet]
-            user = x
-            [smtp-client]
-            just some words
-            = value
-            port = 26
-            port = 27
-            [secret-smtp]
-            pasword = x
-            [secret-smtp
-            """) == [
-            "outbox.cfg:1: port is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it",
-            "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
-            "outbox.cfg:5: is not `key = value`, a [section] header or a comment (starting with # or ;)",
-            "outbox.cfg:6: has a value but no key before the =",
-            "outbox.cfg:8: port is set twice in [smtp-client] (first at line 7)",
-            "outbox.cfg:10: pasword is not a key of [secret-smtp]; its only key is password (the Google application's client secret)",
-            "outbox.cfg:11: a section header must look like [smtp-client]",
-        ])
+        #expect(
+            problems(
+                """
+                port = 25
+                [smtp-clinet]
+                user = x
+                [smtp-client]
+                just some words
+                = value
+                port = 26
+                port = 27
+                [secret-smtp]
+                pasword = x
+                [secret-smtp
+                """) == [
+                    "outbox.cfg:1: port is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it",
+                    "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
+                    "outbox.cfg:5: is not `key = value`, a [section] header or a comment (starting with # or ;)",
+                    "outbox.cfg:6: has a value but no key before the =",
+                    "outbox.cfg:8: port is set twice in [smtp-client] (first at line 7)",
+                    "outbox.cfg:10: pasword is not a key of [secret-smtp]; its only key is password (the Google application's client secret)",
+                    "outbox.cfg:11: a section header must look like [smtp-client]",
+                ])
     }
 
     @Test func allProblemsAtOnce() {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OutboxConfig
 
 extension OptionDescriptor: CustomTestStringConvertible {
@@ -22,8 +23,10 @@ extension OptionDescriptor: CustomTestStringConvertible {
             try generated.write(toFile: path, atomically: true, encoding: .utf8)
         }
         let committed = try? String(contentsOfFile: path, encoding: .utf8)
-        #expect(committed == generated,
-                "docs/options.md differs from OptionTable.markdownReference(); regenerate it with `\(OptionTable.regenerateVariable)=1 swift test --filter OptionsDocTests` and commit it")
+        #expect(
+            committed == generated,
+            "docs/options.md differs from OptionTable.markdownReference(); regenerate it with `\(OptionTable.regenerateVariable)=1 swift test --filter OptionsDocTests` and commit it"
+        )
     }
 
     @Test func referenceMentionsEveryOption() {

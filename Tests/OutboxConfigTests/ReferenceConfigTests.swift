@@ -1,11 +1,13 @@
 import Foundation
 import Testing
+
 @testable import OutboxConfig
 
 /// Configurations written for the reference's product load unchanged.
 @Suite struct ReferenceConfigTests {
     @Test func gmailXOAUTH2() throws {
-        let c = try load("""
+        let c = try load(
+            """
             [smtp-client]
             server = smtp.gmail.com
             port = 465
@@ -37,7 +39,8 @@ import Testing
     }
 
     @Test func office365Graph() throws {
-        let c = try load("""
+        let c = try load(
+            """
             [smtp-client]
             server-type = GRAPH
             user = sender@contoso.onmicrosoft.com
@@ -57,7 +60,8 @@ import Testing
     }
 
     @Test func office365SMTPWithXOAUTH2() throws {
-        let c = try load("""
+        let c = try load(
+            """
             [smtp-client]
             server = smtp.office365.com
             port = 587
@@ -75,7 +79,8 @@ import Testing
     }
 
     @Test func exchangeEWS() throws {
-        let c = try load("""
+        let c = try load(
+            """
             [smtp-client]
             server-type = EWS
             server = https://mail.contoso.com/EWS/Exchange.asmx
@@ -148,11 +153,12 @@ import Testing
         let old = try load(smtpClient("server = a.example.com\nport = 25\npassword = one"))
         let new = try load(smtpClient("server = b.example.com\nport = 25\npassword = two\nserver-type = SMTP\nmail.x.y = 1"))
         let changes = new.changes(from: old)
-        #expect(changes == [
-            ConfigurationChange(name: "password", effect: .atRestart),
-            ConfigurationChange(name: "server", effect: .immediately),
-            ConfigurationChange(name: "mail.x.y", effect: .atRestart),
-        ])
+        #expect(
+            changes == [
+                ConfigurationChange(name: "password", effect: .atRestart),
+                ConfigurationChange(name: "server", effect: .immediately),
+                ConfigurationChange(name: "mail.x.y", effect: .atRestart),
+            ])
         #expect(old.changes(from: old).isEmpty)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OutboxConfig
 
 @Suite("Configuration: [relay] and [client-NAME]")
@@ -20,7 +21,9 @@ struct RelayConfigTests {
 
     @Test("an empty listen turns the listener off; overrides with -o relay.KEY and -o client-NAME.KEY")
     func overrides() throws {
-        let c = try load("[relay]\nlisten =\n", ["relay.max-recipients=7", "client-a.user=a", "client-a.password-hash=\(hash)", "client-a.allowed-senders=*@x.test"])
+        let c = try load(
+            "[relay]\nlisten =\n",
+            ["relay.max-recipients=7", "client-a.user=a", "client-a.password-hash=\(hash)", "client-a.allowed-senders=*@x.test"])
         #expect(c.relay.listen.isEmpty)
         #expect(c.relay.maxRecipients == 7)
         #expect(c.clients.map(\.user) == ["a"])
@@ -29,11 +32,12 @@ struct RelayConfigTests {
 
     @Test("a wrong value names the option, the value and what is valid")
     func wrongValues() {
-        #expect(problems("[relay]\nmax-recipients = lots\nlisten = localhost\nallowed-networks = 10.0.0.0/33\n") == [
-            "outbox.cfg:2: max-recipients = lots is not an integer from 1 to 100000",
-            "outbox.cfg:3: listen = localhost is not a list of host:port addresses with ports 1-65535 (e.g. 127.0.0.1:2525, [::1]:2525 or 0.0.0.0:587)",
-            "outbox.cfg:4: allowed-networks = 10.0.0.0/33 is not a list of networks: 10.0.0.0/33 is not an address or CIDR (e.g. 127.0.0.0/8, 192.0.2.10, 2001:db8::/32)",
-        ])
+        #expect(
+            problems("[relay]\nmax-recipients = lots\nlisten = localhost\nallowed-networks = 10.0.0.0/33\n") == [
+                "outbox.cfg:2: max-recipients = lots is not an integer from 1 to 100000",
+                "outbox.cfg:3: listen = localhost is not a list of host:port addresses with ports 1-65535 (e.g. 127.0.0.1:2525, [::1]:2525 or 0.0.0.0:587)",
+                "outbox.cfg:4: allowed-networks = 10.0.0.0/33 is not a list of networks: 10.0.0.0/33 is not an address or CIDR (e.g. 127.0.0.0/8, 192.0.2.10, 2001:db8::/32)",
+            ])
         #expect(problemCodes("[relay]\nmax-recipent = 3\n") == ["unknown_option"])
     }
 
@@ -67,7 +71,10 @@ struct RelayConfigTests {
         let wrongHash = problems("[client-a]\nuser = a\npassword-hash = hunter2\nallowed-senders = *\n").joined()
         #expect(!wrongHash.contains("hunter2"))
         #expect(problemCodes("[client-a]\nuser = a\npassword-hash = \(hash)\nallowed-senders = a*b@x\n") == ["invalid_value"])
-        #expect(problemCodes("[client-a]\nuser = u\npassword-hash = \(hash)\nallowed-senders = *\n[client-b]\nuser = U\npassword-hash = \(hash)\nallowed-senders = *\n") == ["duplicate_client_user"])
+        #expect(
+            problemCodes(
+                "[client-a]\nuser = u\npassword-hash = \(hash)\nallowed-senders = *\n[client-b]\nuser = U\npassword-hash = \(hash)\nallowed-senders = *\n"
+            ) == ["duplicate_client_user"])
     }
 
     @Test("CIDR matching, IPv4-mapped IPv6 included")

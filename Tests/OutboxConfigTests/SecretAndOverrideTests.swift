@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import OutboxConfig
 
 func dumped(_ value: some Any) -> String {
@@ -24,8 +25,9 @@ func dumped(_ value: some Any) -> String {
 
     @Test func envAndFileSecrets() throws {
         let path = temporaryFile("from-file-SECRET\n")
-        let c = try load(smtpClient("password = env:OUTBOX_TEST_PW") + "[secret-smtp]\npassword = file:\(path)\n",
-                         env: ["OUTBOX_TEST_PW": "from-env-SECRET"])
+        let c = try load(
+            smtpClient("password = env:OUTBOX_TEST_PW") + "[secret-smtp]\npassword = file:\(path)\n",
+            env: ["OUTBOX_TEST_PW": "from-env-SECRET"])
         #expect(c.smtpClient.password?.value == "from-env-SECRET")
         #expect(c.secretSections["smtp"]?.password?.value == "from-file-SECRET")
         #expect(c.source(of: "password") == .environment(variable: "OUTBOX_TEST_PW"))
@@ -35,12 +37,14 @@ func dumped(_ value: some Any) -> String {
     }
 
     @Test func missingSecretSources() {
-        #expect(problems(smtpClient("password = env:NOPE_NOT_SET")) == [
-            "outbox.cfg:2: password refers to the environment variable NOPE_NOT_SET, which is not set",
-        ])
-        #expect(problems(smtpClient("password = file:/nonexistent/pw")) == [
-            "outbox.cfg:2: password refers to the file /nonexistent/pw, which cannot be read (it must exist and hold UTF-8 text)",
-        ])
+        #expect(
+            problems(smtpClient("password = env:NOPE_NOT_SET")) == [
+                "outbox.cfg:2: password refers to the environment variable NOPE_NOT_SET, which is not set"
+            ])
+        #expect(
+            problems(smtpClient("password = file:/nonexistent/pw")) == [
+                "outbox.cfg:2: password refers to the file /nonexistent/pw, which cannot be read (it must exist and hold UTF-8 text)"
+            ])
         // Missing password is reported once, not again by the authentication rule.
         #expect(problemCodes(smtpClient("enable-authentication = true\nuser = u\npassword = env:NOPE_NOT_SET")) == ["missing_secret"])
     }
@@ -60,7 +64,9 @@ func dumped(_ value: some Any) -> String {
             password = refresh-token-QQQ
             """
         let error = try #require(throws: ConfigurationError.self) { try load(bad, ["passwd=refresh-token-QQQ", "refresh-token-QQQ"]) }
-        let texts = [error.description, CheckConfig.renderProblems(error), CheckConfig.renderJSON(error), String(describing: error), String(reflecting: error)]
+        let texts = [
+            error.description, CheckConfig.renderProblems(error), CheckConfig.renderJSON(error), String(describing: error), String(reflecting: error),
+        ]
         for text in texts {
             for secret in Self.secretValues { #expect(!text.contains(secret), "\(text)") }
         }
@@ -77,7 +83,10 @@ func dumped(_ value: some Any) -> String {
             password = client-secret-XYZ
             """
         let c = try load(good)
-        let outputs = [CheckConfig.renderTable(c), CheckConfig.renderJSON(c), c.warnings.map(\.description).joined(), String(describing: c.smtpClient), String(reflecting: c), String(describing: c), dumped(c)]
+        let outputs = [
+            CheckConfig.renderTable(c), CheckConfig.renderJSON(c), c.warnings.map(\.description).joined(), String(describing: c.smtpClient),
+            String(reflecting: c), String(describing: c), dumped(c),
+        ]
         for text in outputs {
             for secret in Self.secretValues { #expect(!text.contains(secret), "\(text)") }
         }
@@ -89,8 +98,9 @@ func dumped(_ value: some Any) -> String {
 
 @Suite struct OverrideTests {
     @Test func overridesReplaceFileValuesAndRecordProvenance() throws {
-        let c = try load(smtpClient("port = 25\nserver = a.example.com"),
-                         ["port=587", "mail.smtp.from=b@example.com", "outbox.http-listen=0.0.0.0:9000", "secret-smtp.password=x", "user = spaced@example.com"])
+        let c = try load(
+            smtpClient("port = 25\nserver = a.example.com"),
+            ["port=587", "mail.smtp.from=b@example.com", "outbox.http-listen=0.0.0.0:9000", "secret-smtp.password=x", "user = spaced@example.com"])
         #expect(c.smtpClient.port == 587)
         #expect(c.source(of: "port") == .commandLine)
         #expect(c.source(of: "server") == .file(name: "outbox.cfg", line: 3))
@@ -104,12 +114,13 @@ func dumped(_ value: some Any) -> String {
     }
 
     @Test func overrideErrors() {
-        #expect(problems("", ["port=70000", "cnx-pool-sise=3", "outbox.nope=1", "nonsense"]) == [
-            "-o: an override must be NAME=VALUE (e.g. -o port=587 or -o outbox.http-listen=127.0.0.1:8025)",
-            "-o: cnx-pool-sise is not an option of [smtp-client]; did you mean cnx-pool-size?",
-            "-o: port = 70000 is not a port number (1-65535)",
-            "-o: outbox.nope is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline)",
-        ])
+        #expect(
+            problems("", ["port=70000", "cnx-pool-sise=3", "outbox.nope=1", "nonsense"]) == [
+                "-o: an override must be NAME=VALUE (e.g. -o port=587 or -o outbox.http-listen=127.0.0.1:8025)",
+                "-o: cnx-pool-sise is not an option of [smtp-client]; did you mean cnx-pool-size?",
+                "-o: port = 70000 is not a port number (1-65535)",
+                "-o: outbox.nope is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline)",
+            ])
     }
 
     @Test func provenanceDescriptions() {

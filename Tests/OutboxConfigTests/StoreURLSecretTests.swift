@@ -14,8 +14,9 @@ import Testing
             #expect(!output.contains("Pg-S3cret-pass"))
             #expect(output.contains("db.example.com"))
         }
-        let changed = try OutboxConfiguration.parse(text: text.replacingOccurrences(of: "Pg-S3cret-pass", with: "other"),
-                                                    fileName: "outbox.cfg", overrides: [], environment: [:])
+        let changed = try OutboxConfiguration.parse(
+            text: text.replacingOccurrences(of: "Pg-S3cret-pass", with: "other"),
+            fileName: "outbox.cfg", overrides: [], environment: [:])
         #expect(changed.changes(from: config).map(\.name) == ["outbox.store"])
     }
 }

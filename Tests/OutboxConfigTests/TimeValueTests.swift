@@ -1,5 +1,6 @@
 import PropertyBased
 import Testing
+
 @testable import OutboxConfig
 
 @Suite struct TimeValueTests {
@@ -23,12 +24,12 @@ import Testing
 
     @Test func wrongShapesAreRejected() async {
         await propertyCheck(input: Gen.int(in: 0...99), Gen.int(in: 0...59), Gen.int(in: 0...59)) { h, m, s in
-            #expect(TimeValue.parse("\(two(h)):\(two(m))") == nil)                  // one colon
-            #expect(TimeValue.parse("\(two(h)):\(two(m)):\(two(s)):00") == nil)     // three colons
-            #expect(TimeValue.parse("\(h * 3600 + m * 60 + s)") == nil)             // plain seconds
-            #expect(TimeValue.parse("-\(two(h)):\(two(m)):\(two(s))") == nil)       // sign
-            #expect(TimeValue.parse(" \(two(h)):\(two(m)):\(two(s))") == nil)       // space (trimmed by the file reader, not here)
-            #expect(TimeValue.parse("\(two(h)):\(m):\(two(s))") == (m < 10 ? nil : .seconds(h * 3600 + m * 60 + s))) // one-digit minutes
+            #expect(TimeValue.parse("\(two(h)):\(two(m))") == nil)  // one colon
+            #expect(TimeValue.parse("\(two(h)):\(two(m)):\(two(s)):00") == nil)  // three colons
+            #expect(TimeValue.parse("\(h * 3600 + m * 60 + s)") == nil)  // plain seconds
+            #expect(TimeValue.parse("-\(two(h)):\(two(m)):\(two(s))") == nil)  // sign
+            #expect(TimeValue.parse(" \(two(h)):\(two(m)):\(two(s))") == nil)  // space (trimmed by the file reader, not here)
+            #expect(TimeValue.parse("\(two(h)):\(m):\(two(s))") == (m < 10 ? nil : .seconds(h * 3600 + m * 60 + s)))  // one-digit minutes
         }
     }
 
@@ -48,8 +49,8 @@ import Testing
     @Test func edgeCases() {
         #expect(TimeValue.parse("0:00:00") == .zero)
         #expect(TimeValue.parse("00:59:59") == .seconds(3599))
-        #expect(TimeValue.parse("99999999999999999999:00:00") == nil) // overflow, not a crash
-        #expect(TimeValue.parse("１２:00:00") == nil) // non-ASCII digits
+        #expect(TimeValue.parse("99999999999999999999:00:00") == nil)  // overflow, not a crash
+        #expect(TimeValue.parse("１２:00:00") == nil)  // non-ASCII digits
         #expect(TimeValue.format(.seconds(3600 * 123 + 61)) == "123:01:01")
     }
 }

@@ -1,9 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
@@ -11,11 +6,19 @@ import Outbox
 import OutboxTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 extension TestPeers {
     /// `-o` overrides for the daemon: Postfix's clear-text port with AUTH PLAIN.
     var overrides: [String] {
-        ["server=\(smtpHost)", "port=\(plainPort)", "enable-authentication=true", "user=\(user)", "password=\(password)",
-         "mail.smtp.auth.mechanisms=PLAIN"]
+        [
+            "server=\(smtpHost)", "port=\(plainPort)", "enable-authentication=true", "user=\(user)", "password=\(password)",
+            "mail.smtp.auth.mechanisms=PLAIN",
+        ]
     }
 }
 
@@ -29,7 +32,8 @@ final class DaemonProcess: @unchecked Sendable {
         self.port = port
         self.logPath = logPath
         process.executableURL = try OutboxBinary.url()
-        process.arguments = ["serve"] + (config.map { ["--config", $0] } ?? [])
+        process.arguments =
+            ["serve"] + (config.map { ["--config", $0] } ?? [])
             + (config == nil ? overrides + ["outbox.http-listen=127.0.0.1:\(port)"] : overrides).flatMap { ["-o", $0] }
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -48,7 +52,9 @@ final class DaemonProcess: @unchecked Sendable {
             guard process.isRunning else { throw DaemonFailed(log: (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "") }
             if (try? await TestClient.withClient(host: "127.0.0.1", port: port) { client in
                 try await client.execute(TestClient.Request("/healthz", method: .get)).status.code
-            }) == 200 { return }
+            }) == 200 {
+                return
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         throw DaemonFailed(log: "not ready in time")
@@ -88,9 +94,12 @@ struct DaemonProcessTests {
         var daemons: [DaemonProcess] = []
         defer { for d in daemons { d.terminate() } }
         for i in 0..<3 {
-            daemons.append(try DaemonProcess(port: base + i, overrides: peer.overrides + [
-                "outbox.store=\(url)", "outbox.data-directory=\(dir)/d\(i)", "outbox.delivery-concurrency=6", "cnx-pool-size=6",
-            ], logPath: "\(dir)/d\(i).log"))
+            daemons.append(
+                try DaemonProcess(
+                    port: base + i,
+                    overrides: peer.overrides + [
+                        "outbox.store=\(url)", "outbox.data-directory=\(dir)/d\(i)", "outbox.delivery-concurrency=6", "cnx-pool-size=6",
+                    ], logPath: "\(dir)/d\(i).log"))
         }
         for d in daemons { try await d.waitReady() }
         // Submissions over HTTP, spread over the three daemons.
@@ -100,7 +109,9 @@ struct DaemonProcessTests {
                     try await TestClient.withClient(host: "127.0.0.1", port: base + worker % 3) { client in
                         for n in stride(from: worker, to: total, by: 6) {
                             let body = #"{"from":"sender@example.test","to":"rcpt@elsewhere.example","subject":"\#(token)-\#(n)","text":"n \#(n)"}"#
-                            let r = try await client.execute(TestClient.Request("/v1/messages", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body)))
+                            let r = try await client.execute(
+                                TestClient.Request(
+                                    "/v1/messages", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: body)))
                             guard r.status == .accepted else { throw DaemonProcess.DaemonFailed(log: "submission \(n): \(r.status)") }
                         }
                     }
@@ -142,7 +153,9 @@ struct DaemonProcessTests {
         try await store.close()
     }
 
-    @Test("crash safety: 2,000 submissions while the daemon is killed with -9 and restarted; every accepted message is delivered", .timeLimit(.minutes(4)))
+    @Test(
+        "crash safety: 2,000 submissions while the daemon is killed with -9 and restarted; every accepted message is delivered",
+        .timeLimit(.minutes(4)))
     func crashSafety() async throws {
         let peer = try TestPeers.fromEnvironment()
         let token = "crash-\(UUID().uuidString.prefix(8))"
@@ -151,8 +164,11 @@ struct DaemonProcessTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let total = 2000
         let port = freePort()
-        let overrides = peer.overrides + ["outbox.data-directory=\(dir)/data", "outbox.delivery-concurrency=4", "cnx-pool-size=4",
-                                          "outbox.unknown-outcome-retries=10", "outbox.retry-initial-delay=00:00:01", "outbox.retry-max-delay=00:00:02"]
+        let overrides =
+            peer.overrides + [
+                "outbox.data-directory=\(dir)/data", "outbox.delivery-concurrency=4", "cnx-pool-size=4",
+                "outbox.unknown-outcome-retries=10", "outbox.retry-initial-delay=00:00:01", "outbox.retry-max-delay=00:00:02",
+            ]
         let current = NIOLockedBox(try DaemonProcess(port: port, overrides: overrides, logPath: "\(dir)/daemon.log"))
         defer { current.value.terminate() }
         try await current.value.waitReady()
@@ -164,10 +180,14 @@ struct DaemonProcessTests {
                 for n in 0..<total {
                     let body = #"{"from":"sender@example.test","to":"rcpt@elsewhere.example","subject":"\#(token)-\#(n)","text":"n \#(n)"}"#
                     while true {
-                        let status = try? await TestClient.withClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(5))) { client in
-                            try await client.execute(TestClient.Request("/v1/messages", method: .post,
-                                                                        headers: [.contentType: "application/json", HTTPFields.Element.Name("Idempotency-Key")!: "\(token)-\(n)"],
-                                                                        body: ByteBuffer(string: body))).status
+                        let status = try? await TestClient.withClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(5))) {
+                            client in
+                            try await client.execute(
+                                TestClient.Request(
+                                    "/v1/messages", method: .post,
+                                    headers: [.contentType: "application/json", HTTPFields.Element.Name("Idempotency-Key")!: "\(token)-\(n)"],
+                                    body: ByteBuffer(string: body))
+                            ).status
                         }
                         if status == .accepted { break }
                         try await Task.sleep(for: .milliseconds(50))
@@ -211,7 +231,8 @@ struct DaemonProcessTests {
         }
         try await store.close()
         #expect(messages.count == total, "one stored message per accepted submission")
-        #expect(messages.allSatisfy { $0.status == .delivered }, "statuses: \(Dictionary(grouping: messages, by: \.status.rawValue).mapValues(\.count))")
+        #expect(
+            messages.allSatisfy { $0.status == .delivered }, "statuses: \(Dictionary(grouping: messages, by: \.status.rawValue).mapValues(\.count))")
         var counts: [String: Int] = [:]
         for _ in 0..<100 {
             counts = peer.maildir.subjects(prefix: token)
@@ -222,15 +243,19 @@ struct DaemonProcessTests {
         let possible = Set(messages.filter(\.possibleDuplicate).compactMap(\.idempotencyKey))
         let duplicated = counts.filter { $0.value > 1 }.map(\.key)
         #expect(duplicated.allSatisfy { possible.contains($0) }, "duplicates only where the outcome was unknown")
-        print("crash test: \(kills.value) kill -9s, \(total) accepted, \(counts.count) delivered, \(duplicated.count) duplicates (\(possible.count) marked possible duplicates)")
+        print(
+            "crash test: \(kills.value) kill -9s, \(total) accepted, \(counts.count) delivered, \(duplicated.count) duplicates (\(possible.count) marked possible duplicates)"
+        )
     }
 }
 
 extension DaemonProcessTests {
     func http(_ port: Int, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil) async throws -> (HTTPResponse.Status, [String: Any]) {
         try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
-            let r = try await client.execute(TestClient.Request(uri, method: method, headers: body == nil ? [:] : [.contentType: "application/json"],
-                                                                body: body.map { ByteBuffer(string: $0) }))
+            let r = try await client.execute(
+                TestClient.Request(
+                    uri, method: method, headers: body == nil ? [:] : [.contentType: "application/json"],
+                    body: body.map { ByteBuffer(string: $0) }))
             let j = (try? JSONSerialization.jsonObject(with: Data((r.body ?? ByteBuffer()).readableBytesView))) as? [String: Any] ?? [:]
             return (r.status, j)
         }
@@ -240,7 +265,9 @@ extension DaemonProcessTests {
         (status["configuration"] as? [[String: Any]])?.first { $0["name"] as? String == name }?["value"] as? String
     }
 
-    @Test("SIGHUP mid-run: port and enable-debug apply at once, http-listen waits for a restart, an invalid file is refused whole", .timeLimit(.minutes(2)))
+    @Test(
+        "SIGHUP mid-run: port and enable-debug apply at once, http-listen waits for a restart, an invalid file is refused whole",
+        .timeLimit(.minutes(2)))
     func sighupReload() async throws {
         let peer = try TestPeers.fromEnvironment()
         let dir = NSTemporaryDirectory() + "outbox-hup-\(UUID().uuidString)"

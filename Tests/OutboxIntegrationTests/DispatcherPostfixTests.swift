@@ -16,12 +16,18 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let token = "disp-\(UUID().uuidString.prefix(8))"
         for i in 0..<40 {
-            let m = Message(from: try Address("sender@example.test"), to: [try Address("rcpt@elsewhere.example")], subject: "\(token)-\(i)", text: "body \(i)\r\n")
+            let m = Message(
+                from: try Address("sender@example.test"), to: [try Address("rcpt@elsewhere.example")], subject: "\(token)-\(i)", text: "body \(i)\r\n"
+            )
             let bytes = try await m.byteStream(options: MIMEEncodingOptions()).collect()
-            _ = try await store.enqueue(NewMessage(from: "sender@example.test", recipients: ["rcpt@elsewhere.example"], content: bytes, messageID: m.messageID), now: Date().timeIntervalSince1970)
+            _ = try await store.enqueue(
+                NewMessage(from: "sender@example.test", recipients: ["rcpt@elsewhere.example"], content: bytes, messageID: m.messageID),
+                now: Date().timeIntervalSince1970)
         }
         let dispatcher = Dispatcher(store: store, sender: mailer, settings: DispatcherSettings(concurrency: 4, pollInterval: .milliseconds(50)))
-        let group = ServiceGroup(configuration: .init(services: [.init(service: mailer, successTerminationBehavior: .ignore), .init(service: dispatcher)], logger: Logger(label: "test")))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: mailer, successTerminationBehavior: .ignore), .init(service: dispatcher)], logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             let deadline = ContinuousClock.now + .seconds(40)

@@ -31,16 +31,20 @@ struct MailerPostfixTests {
         #expect(stats.created <= 2)
     }
 
-    @Test("senders waiting for the one connection start at the previous message's dot: every message stored exactly once",
-          arguments: [false, true])
+    @Test(
+        "senders waiting for the one connection start at the previous message's dot: every message stored exactly once",
+        arguments: [false, true])
     func handBackStartsDeliverEachMessageOnce(startTLS: Bool) async throws {
         let peer = try TestPeers.fromEnvironment()
         let mailer: Mailer
         if startTLS {
             // Under TLS the body is flushed before the next transaction starts (SMTPClientHandler).
-            mailer = try Mailer(configuration: peer.configuration(port: peer.submissionPort, [
-                "cnx-pool-size=1", "smtp-connection-security=start-tls-required", "outbox.tls-ca-file=\(peer.caFile)",
-            ]))
+            mailer = try Mailer(
+                configuration: peer.configuration(
+                    port: peer.submissionPort,
+                    [
+                        "cnx-pool-size=1", "smtp-connection-security=start-tls-required", "outbox.tls-ca-file=\(peer.caFile)",
+                    ]))
         } else {
             mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1"]))
         }
@@ -110,7 +114,9 @@ struct MailerPostfixTests {
         let peer = try TestPeers.fromEnvironment()
         let log = LogRecorder()
         let logger = log.logger()
-        let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1", "cnx-check-idle-time=00:00:01", "enable-debug=true"]), logger: logger)
+        let mailer = try Mailer(
+            configuration: peer.configuration(port: peer.plainPort, ["cnx-pool-size=1", "cnx-check-idle-time=00:00:01", "enable-debug=true"]),
+            logger: logger)
         try await withRunningMailer(mailer) { mailer in
             let prefix = "noop-\(UUID().uuidString.prefix(8))"
             _ = try await mailer.send(testMessage(subject: "\(prefix)-1"))
@@ -133,7 +139,8 @@ struct MailerPostfixTests {
         let peer = try TestPeers.fromEnvironment()
         let log = LogRecorder()
         let logger = log.logger()
-        let mailer = try Mailer(configuration: peer.configuration(port: peer.plainPort, ["cnx-max-idle-time=00:00:01", "enable-debug=true"]), logger: logger)
+        let mailer = try Mailer(
+            configuration: peer.configuration(port: peer.plainPort, ["cnx-max-idle-time=00:00:01", "enable-debug=true"]), logger: logger)
         try await withRunningMailer(mailer) { mailer in
             _ = try await mailer.send(testMessage(subject: "idle-\(UUID().uuidString.prefix(8))"))
             #expect(mailer.poolStatistics?.open == 1)
@@ -164,13 +171,17 @@ struct MailerPostfixTests {
         }
     }
 
-    enum Outcome: Sendable { case delivered, unknown, failed(String) }
+    enum Outcome: Sendable {
+        case delivered, unknown
+        case failed(String)
+    }
 
     @Test("Postfix stopped and restarted during 1,000 messages: none lost, none duplicated")
     func restartMidRun() async throws {
         let peer = try TestPeers.fromEnvironment()
         let maildir = Maildir(peer.restartDirectory + "/mail/sink/new")
-        let mailer = try Mailer(configuration: peer.configuration(port: peer.restartPort, ["cnx-pool-size=4", "connect-timeout=00:00:05", "protocol-timeout=00:00:20"]))
+        let mailer = try Mailer(
+            configuration: peer.configuration(port: peer.restartPort, ["cnx-pool-size=4", "connect-timeout=00:00:05", "protocol-timeout=00:00:20"]))
         let prefix = "restart-\(UUID().uuidString.prefix(8))"
         let total = 1000
         let progress = NIOLockedValueBox(0)
@@ -189,7 +200,9 @@ struct MailerPostfixTests {
                     group.addTask {
                         var mine: [(Int, Outcome)] = []
                         while true {
-                            let i = next.withLockedValue { n -> Int in defer { n += 1 }; return n }
+                            let i = next.withLockedValue { n -> Int in
+                                defer { n += 1 }; return n
+                            }
                             guard i < total else { return mine }
                             var outcome: Outcome = .failed("not tried")
                             attempts: for _ in 0..<150 {
@@ -241,6 +254,8 @@ struct MailerPostfixTests {
         #expect(lost.isEmpty, "reported delivered but not stored: \(lost.prefix(5))")
         #expect(duplicated.isEmpty, "submitted more than once: \(duplicated.prefix(5)) \(copies.filter { duplicated[$0.key] != nil }.prefix(5))")
         #expect(submissions.count <= total)
-        print("restart test: delivered \(delivered.count), outcome unknown \(unknown.count), stored \(submissions.count) of \(total); copies Postfix itself delivered twice: \(redelivered)")
+        print(
+            "restart test: delivered \(delivered.count), outcome unknown \(unknown.count), stored \(submissions.count) of \(total); copies Postfix itself delivered twice: \(redelivered)"
+        )
     }
 }

@@ -8,10 +8,12 @@ import Testing
 extension TestPeers {
     /// An smtp-client configuration for a clear-text port with AUTH PLAIN.
     func configuration(port: Int, _ extra: [String] = []) throws -> OutboxConfiguration {
-        try OutboxConfiguration.parse(text: "", fileName: "test.cfg", overrides: [
-            "server=\(smtpHost)", "port=\(port)", "enable-authentication=true", "user=\(user)", "password=\(password)",
-            "mail.smtp.auth.mechanisms=PLAIN",
-        ] + extra, environment: [:])
+        try OutboxConfiguration.parse(
+            text: "", fileName: "test.cfg",
+            overrides: [
+                "server=\(smtpHost)", "port=\(port)", "enable-authentication=true", "user=\(user)", "password=\(password)",
+                "mail.smtp.auth.mechanisms=PLAIN",
+            ] + extra, environment: [:])
     }
 }
 

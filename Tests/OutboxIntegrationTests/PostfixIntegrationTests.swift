@@ -10,8 +10,10 @@ import Testing
 struct PostfixIntegrationTests {
     let sender = "sender@example.test"
 
-    func configuration(_ peer: TestPeers, port: Int, security: ConnectionSecurity,
-                       mechanisms: [String]? = nil, password: String? = nil, debug: Bool = false) -> SMTPClientConfiguration {
+    func configuration(
+        _ peer: TestPeers, port: Int, security: ConnectionSecurity,
+        mechanisms: [String]? = nil, password: String? = nil, debug: Bool = false
+    ) -> SMTPClientConfiguration {
         SMTPClientConfiguration(
             host: peer.smtpHost == "127.0.0.1" ? "localhost" : peer.smtpHost, port: port, security: security,
             connectTimeout: .seconds(10), protocolTimeout: .seconds(30),
@@ -23,7 +25,8 @@ struct PostfixIntegrationTests {
     func plainAuthPlain() async throws {
         let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         #expect(connection.authMechanism == .plain)
         #expect(connection.tlsInfo == nil)
         let result = try await connection.send(
@@ -38,7 +41,8 @@ struct PostfixIntegrationTests {
     @Test("STARTTLS with the test CA, AUTH LOGIN, two messages on one connection")
     func startTLSLogin() async throws {
         let peer = try TestPeers.fromEnvironment()
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: ["LOGIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: ["LOGIN"]))
         let tls = try #require(connection.tlsInfo)
         #expect(tls.version == "TLSv1.3" || tls.version == "TLSv1.2")
         #expect(connection.authMechanism == .login)
@@ -86,7 +90,8 @@ struct PostfixIntegrationTests {
     func implicitTLS() async throws {
         let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.smtpsPort, security: .implicitTLS, mechanisms: ["PLAIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.smtpsPort, security: .implicitTLS, mechanisms: ["PLAIN"]))
         #expect(connection.tlsInfo != nil)
         let result = try await connection.send(
             envelope: SMTPEnvelope(from: sender, recipients: ["b@elsewhere.example"]),
@@ -129,7 +134,8 @@ struct PostfixIntegrationTests {
         let wrong = "Wr0ng-Secret-\(mechanism)"
         do {
             _ = try await SMTPConnection.connect(
-                configuration: configuration(peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: [mechanism], password: wrong, debug: true),
+                configuration: configuration(
+                    peer, port: peer.submissionPort, security: .startTLSRequired, mechanisms: [mechanism], password: wrong, debug: true),
                 logger: logger)
             Issue.record("authenticated with a wrong password")
         } catch {
@@ -209,7 +215,8 @@ struct PostfixIntegrationTests {
         let peer = try TestPeers.fromEnvironment()
         let token = uniqueToken()
         let recipients = ["ok1@elsewhere.example", "reject@example.test", "ok2@elsewhere.example", "tempfail@example.test"]
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         let result = try await connection.send(
             envelope: SMTPEnvelope(from: sender, recipients: recipients),
             body: ChunkSequence(simpleMessage(from: sender, to: recipients, subject: token, body: "partial\r\n")))
@@ -252,7 +259,8 @@ struct PostfixIntegrationTests {
     @Test("a message over Postfix's SIZE limit is refused before DATA")
     func sizeLimit() async throws {
         let peer = try TestPeers.fromEnvironment()
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         let limit = try #require(connection.capabilities.sizeLimit)
         #expect(limit == 26_214_400)
         do {
@@ -296,7 +304,8 @@ struct PostfixIntegrationTests {
             size = size * 3 + 7
             if size > 300_000 { size = 65_537 }
         }
-        let connection = try await SMTPConnection.connect(configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
+        let connection = try await SMTPConnection.connect(
+            configuration: configuration(peer, port: peer.plainPort, security: .none, mechanisms: ["PLAIN"]))
         let result = try await connection.send(
             envelope: SMTPEnvelope(from: sender, recipients: ["big@elsewhere.example"], size: bytes.count),
             body: ChunkSequence(chunks))
@@ -313,7 +322,9 @@ struct PostfixIntegrationTests {
 
 /// The forms a password can take on the wire: itself, and the base64 payloads of PLAIN and LOGIN.
 func secretForms(user: String, password: String) -> [String] {
-    [password,
-     Data("\0\(user)\0\(password)".utf8).base64EncodedString(),
-     Data(password.utf8).base64EncodedString()]
+    [
+        password,
+        Data("\0\(user)\0\(password)".utf8).base64EncodedString(),
+        Data(password.utf8).base64EncodedString(),
+    ]
 }

@@ -67,9 +67,15 @@ struct PostgresStoreTests {
         #expect(taken.count == 200)
         #expect(taken.allSatisfy { $0.tookOverExpiredLease && $0.message.possibleDuplicate && $0.message.unknownCount == 1 })
         let id = taken[0].message.id
-        let outcome = AttemptOutcome(status: .deferred, recipients: [RecipientState(address: "a@example.test", status: .accepted), RecipientState(address: "b@example.test", status: .deferred, code: 450)],
-                                     attempt: AttemptRecord(number: 2, startedAt: 100, durationSeconds: 0.5, transport: "smtp", reply: "250 ok", outcome: "partial", recipients: ["a@example.test", "b@example.test"]),
-                                     nextAttemptAt: 130, lastError: "450", unknown: false)
+        let outcome = AttemptOutcome(
+            status: .deferred,
+            recipients: [
+                RecipientState(address: "a@example.test", status: .accepted), RecipientState(address: "b@example.test", status: .deferred, code: 450),
+            ],
+            attempt: AttemptRecord(
+                number: 2, startedAt: 100, durationSeconds: 0.5, transport: "smtp", reply: "250 ok", outcome: "partial",
+                recipients: ["a@example.test", "b@example.test"]),
+            nextAttemptAt: 130, lastError: "450", unknown: false)
         #expect(try await store.record(id: id, owner: "w0", outcome: outcome, now: 101) == false)
         #expect(try await store.record(id: id, owner: "late", outcome: outcome, now: 101))
         let m = try #require(try await store.get(id: id))

@@ -8,13 +8,17 @@ struct SendCommandTests {
     func postfixExitCodes() async throws {
         let peer = try TestPeers.fromEnvironment()
         let token = "cli-\(UUID().uuidString)"
-        let ok = try await OutboxBinary.run(["send"] + peer.tlsOptions + ["--from", "app@example.test", "--to", "ops@elsewhere.example", "--subject", token, "--text", "hi"])
+        let ok = try await OutboxBinary.run(
+            ["send"] + peer.tlsOptions + ["--from", "app@example.test", "--to", "ops@elsewhere.example", "--subject", token, "--text", "hi"])
         #expect(ok.status == 0, "\(ok.stderr)")
         #expect(ok.stdout.contains("final reply: 250"))
         #expect(try await peer.maildir.waitForMessages(containing: token, count: 1).count == 1)
 
-        let partial = try await OutboxBinary.run(["send"] + peer.plainOptions + ["--json", "--from", "app@example.test", "--to", "ok@elsewhere.example",
-                                                                        "--to", "reject@example.test", "--subject", "\(token)-p", "--text", "hi"])
+        let partial = try await OutboxBinary.run(
+            ["send"] + peer.plainOptions + [
+                "--json", "--from", "app@example.test", "--to", "ok@elsewhere.example",
+                "--to", "reject@example.test", "--subject", "\(token)-p", "--text", "hi",
+            ])
         #expect(partial.status == 1)
         let json = try #require(try JSONSerialization.jsonObject(with: Data(partial.stdout.utf8)) as? [String: Any])
         let recipients = try #require(json["recipients"] as? [[String: Any]])
@@ -24,7 +28,8 @@ struct SendCommandTests {
         #expect(byAddress["reject@example.test"]?["code"] as? Int == 554)
         #expect(try await peer.maildir.waitForMessages(containing: "\(token)-p", count: 1).count == 1)
 
-        let deferred = try await OutboxBinary.run(["send"] + peer.plainOptions + ["--from", "app@example.test", "--to", "tempfail@example.test", "--subject", "\(token)-t", "--text", "hi"])
+        let deferred = try await OutboxBinary.run(
+            ["send"] + peer.plainOptions + ["--from", "app@example.test", "--to", "tempfail@example.test", "--subject", "\(token)-t", "--text", "hi"])
         #expect(deferred.status == 75)
         #expect(deferred.stdout.contains("deferred  tempfail@example.test  450 4.2.0"))
     }
@@ -35,8 +40,11 @@ struct SendCommandTests {
         let wrong = "Sup3r-Secret-\(UUID().uuidString.prefix(6))"
         var options = peer.tlsOptions
         options[options.count - 1] = "password=\(wrong)"
-        let r = try await OutboxBinary.run(["send"] + options + ["-o", "enable-debug=true", "-o", "mail.smtp.auth.mechanisms=PLAIN",
-                                                        "--from", "app@example.test", "--to", "ops@elsewhere.example", "--text", "x"])
+        let r = try await OutboxBinary.run(
+            ["send"] + options + [
+                "-o", "enable-debug=true", "-o", "mail.smtp.auth.mechanisms=PLAIN",
+                "--from", "app@example.test", "--to", "ops@elsewhere.example", "--text", "x",
+            ])
         #expect(r.status == 1)
         let all = r.stdout + r.stderr
         #expect(all.contains("AUTH PLAIN <redacted>"))
@@ -44,8 +52,11 @@ struct SendCommandTests {
         #expect(!all.contains(wrong))
         #expect(!all.contains(Data("\0\(peer.user)\0\(wrong)".utf8).base64EncodedString()))
         // A good login with the debug transcript: no password either.
-        let good = try await OutboxBinary.run(["send"] + peer.tlsOptions + ["-o", "enable-debug=true", "--from", "app@example.test",
-                                                                   "--to", "ops@elsewhere.example", "--text", "x"])
+        let good = try await OutboxBinary.run(
+            ["send"] + peer.tlsOptions + [
+                "-o", "enable-debug=true", "--from", "app@example.test",
+                "--to", "ops@elsewhere.example", "--text", "x",
+            ])
         #expect(good.status == 0)
         #expect(good.stderr.contains("C: AUTH LOGIN"))
         #expect(!(good.stdout + good.stderr).contains(peer.password))
@@ -58,7 +69,8 @@ struct SendCommandTests {
         let token = "eml-\(UUID().uuidString)"
         let dir = try OutboxBinary.temporaryDirectory()
         let eml = dir.appendingPathComponent("m.eml")
-        try Data("""
+        try Data(
+            """
             From: App <app@example.test>\r
             To: first@elsewhere.example\r
             Bcc: secret-bcc@elsewhere.example\r
@@ -66,7 +78,8 @@ struct SendCommandTests {
             \r
             prepared body\r
 
-            """.utf8).write(to: eml)
+            """.utf8
+        ).write(to: eml)
         let r = try await OutboxBinary.run(["send"] + peer.plainOptions + ["--eml", eml.path])
         #expect(r.status == 0, "\(r.stderr)")
         let stored = try await peer.maildir.waitForMessages(containing: token, count: 2)
@@ -74,7 +87,9 @@ struct SendCommandTests {
         for data in stored {
             let text = String(decoding: data, as: UTF8.self)
             #expect(!text.contains("Bcc:"))
-            #expect(!text.contains("secret-bcc@elsewhere.example") || text.contains("Delivered-To: secret-bcc@elsewhere.example") || text.contains("for <secret-bcc@elsewhere.example>"))
+            #expect(
+                !text.contains("secret-bcc@elsewhere.example") || text.contains("Delivered-To: secret-bcc@elsewhere.example")
+                    || text.contains("for <secret-bcc@elsewhere.example>"))
             #expect(text.contains("Message-ID:"))
         }
     }
@@ -92,8 +107,11 @@ struct SendCommandTests {
             for j in 0..<8 where i + j < bytes.count { bytes[i + j] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(j))) }
         }
         try Data(bytes).write(to: file)
-        let r = try await OutboxBinary.run(["send"] + peer.plainOptions + ["--from", "app@example.test", "--to", "big@elsewhere.example",
-                                                                  "--subject", token, "--text", "see attachment", "--attach", file.path])
+        let r = try await OutboxBinary.run(
+            ["send"] + peer.plainOptions + [
+                "--from", "app@example.test", "--to", "big@elsewhere.example",
+                "--subject", token, "--text", "see attachment", "--attach", file.path,
+            ])
         #expect(r.status == 0, "\(r.stderr)")
         let stored = try #require(try await peer.maildir.waitForMessages(containing: token, count: 1, timeout: .seconds(40)).first)
         let storedFile = dir.appendingPathComponent("stored.eml")
@@ -107,7 +125,8 @@ struct SendCommandTests {
             assert parts[0].get_filename() == 'payload.bin', parts[0].get_filename()
             open(sys.argv[2], 'wb').write(parts[0].get_content())
             """
-        let py = try await OutboxBinary.run(["python3", "-c", script, storedFile.path, extracted.path], executable: URL(fileURLWithPath: "/usr/bin/env"))
+        let py = try await OutboxBinary.run(
+            ["python3", "-c", script, storedFile.path, extracted.path], executable: URL(fileURLWithPath: "/usr/bin/env"))
         #expect(py.status == 0, "\(py.stderr)")
         let back = try Data(contentsOf: extracted)
         #expect(back.count == bytes.count)

@@ -50,13 +50,15 @@ struct AddressTests {
                 + "undisclosed-recipients:;, \"Giant; \\\"Big\\\" Box\" <sysservices@example.net>, "
                 + "Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>, <@route.test:routed@example.com>, "
                 + "John Q. Public <jqp@example.com>, \r\n folded@example.com")
-        #expect(list.map(\.mailbox) == [
-            "c@a.test", "joe@where.test", "jdoe@one.test", "mary@x.test", "sysservices@example.net",
-            "pete@silly.test", "routed@example.com", "jqp@example.com", "folded@example.com",
-        ])
-        #expect(list.map { $0.displayName ?? "" } == [
-            "Ed Jones", "", "John", "Mary Smith", "Giant; \"Big\" Box", "Pete", "", "John Q. Public", "",
-        ])
+        #expect(
+            list.map(\.mailbox) == [
+                "c@a.test", "joe@where.test", "jdoe@one.test", "mary@x.test", "sysservices@example.net",
+                "pete@silly.test", "routed@example.com", "jqp@example.com", "folded@example.com",
+            ])
+        #expect(
+            list.map { $0.displayName ?? "" } == [
+                "Ed Jones", "", "John", "Mary Smith", "Giant; \"Big\" Box", "Pete", "", "John Q. Public", "",
+            ])
         #expect(try Address.parseList("").isEmpty)
         #expect(throws: MIMEError.self) { try Address.parseList("Name <a@b.c") }
         #expect(throws: MIMEError.self) { try Address.parseList("\"unterminated <a@b.c>") }
@@ -93,7 +95,8 @@ struct AddressTests {
 
     @Test func envelopeIncludesBccAndDeduplicates() throws {
         let from = try Address("me@example.com")
-        var m = Message(from: from, to: [try Address("a@x.test"), try Address("B@x.test")], cc: [try Address("b@x.test")], bcc: [try Address("hidden@x.test")])
+        var m = Message(
+            from: from, to: [try Address("a@x.test"), try Address("B@x.test")], cc: [try Address("b@x.test")], bcc: [try Address("hidden@x.test")])
         #expect(try m.envelope() == Envelope(from: "me@example.com", recipients: ["a@x.test", "B@x.test", "hidden@x.test"]))
         m.to = []; m.cc = []; m.bcc = []
         #expect { try m.envelope() } throws: { ($0 as! MIMEError).code == .missingField }

@@ -6,10 +6,11 @@ import Testing
 
 @Suite("Property-based: random Unicode messages")
 struct PropertyTests {
-    static let pool: [String] = "abcxyzABCXYZ0189 ".map(String.init) + [
-        " ", " ", "\t", "\"", "\\", "(", ")", "<", ">", ",", ";", ":", "@", ".", "[", "]", "=", "?", "_", "-", "'",
-        "é", "ß", "ñ", "Ω", "中", "文", "字", "ع", "ب", "ي", "😀", "👨‍👩‍👧", "🇯🇵", "e\u{301}", "\u{301}", "\u{200D}", "ǅ",
-    ]
+    static let pool: [String] =
+        "abcxyzABCXYZ0189 ".map(String.init) + [
+            " ", " ", "\t", "\"", "\\", "(", ")", "<", ">", ",", ";", ":", "@", ".", "[", "]", "=", "?", "_", "-", "'",
+            "é", "ß", "ñ", "Ω", "中", "文", "字", "ع", "ب", "ي", "😀", "👨‍👩‍👧", "🇯🇵", "e\u{301}", "\u{301}", "\u{200D}", "ǅ",
+        ]
     static let bodyPool: [String] = pool + ["\n", "\n", "\r\n", ".", "From ", "\n.\n", "=", "=?"]
 
     static let textPiece = Gen<String?>.element(of: pool).map { $0! }
@@ -42,7 +43,8 @@ struct PropertyTests {
     @Test func randomMessagesRoundTrip() async throws {
         let collected = Collected()
         await propertyCheck(
-            count: 100, input: Self.textPiece.array(of: 0...120).map { $0.joined() }, Self.textPiece.array(of: 0...40).map { $0.joined() }, Self.bodyPiece.array(of: 0...400).map { $0.joined() },
+            count: 100, input: Self.textPiece.array(of: 0...120).map { $0.joined() }, Self.textPiece.array(of: 0...40).map { $0.joined() },
+            Self.bodyPiece.array(of: 0...400).map { $0.joined() },
             Self.textPiece.array(of: 0...40).map { $0.joined() }, Gen<UInt8>.value(in: 0...255).array(of: 0...300), Gen.bool
         ) { subject, name, body, file, bytes, html in
             let m = try Self.message(subject, name, body, file, bytes, html: html)
@@ -59,7 +61,9 @@ struct PropertyTests {
 
     @Test func longRandomSubjectsAndNamesFold() async throws {
         let collected = Collected()
-        await propertyCheck(count: 30, input: Self.textPiece.array(of: 200...1200).map { $0.joined() }, Self.textPiece.array(of: 80...300).map { $0.joined() }) { subject, name in
+        await propertyCheck(
+            count: 30, input: Self.textPiece.array(of: 200...1200).map { $0.joined() }, Self.textPiece.array(of: 80...300).map { $0.joined() }
+        ) { subject, name in
             let m = try Self.message(subject, name, "body", "attachment " + name + ".txt", [1, 2, 3], html: false)
             let wire = try await RoundTrip.serialize(m)
             Self.checkWire(wire, smtpUTF8: false)

@@ -191,7 +191,9 @@ enum WireCheck {
             if b == 13, i + 1 < bytes.count, bytes[i + 1] == 10 {
                 r.longestLine = max(r.longestLine, line)
                 if inHeader {
-                    if line == 0 { inHeader = false } else {
+                    if line == 0 {
+                        inHeader = false
+                    } else {
                         r.longestHeaderLine = max(r.longestHeaderLine, line)
                         if lineHasNonASCII { r.nonASCIIHeader = true }
                         if bytes[i - line] != 32 && bytes[i - line] != 9 { r.headerCount += 1 }

@@ -30,9 +30,11 @@ struct RawMessageTests {
         #expect(out.contains("\r\nMessage-ID: <"))
         #expect(out.contains("@example.com>\r\nFrom: =?utf-8?Q?Zo=C3=AB?= <zoe@example.com>\r\nTo: Team:"))
         #expect(out.hasSuffix("Content-Type: text/plain; charset=utf-8\r\n\r\nBody line 1\r\n.leading dot\r\nFrom the body\r\n"))
-        #expect(try raw.envelope() == Envelope(
-            from: "zoe@example.com",
-            recipients: ["bob@example.org", "carol@example.net", "dave@example.com", "hidden@example.com", "also-hidden@example.com"]))
+        #expect(
+            try raw.envelope()
+                == Envelope(
+                    from: "zoe@example.com",
+                    recipients: ["bob@example.org", "carol@example.net", "dave@example.com", "hidden@example.com", "also-hidden@example.com"]))
         #expect(!raw.requiresSMTPUTF8)
         let p = try PythonParser.parse([Array(out.utf8)])
         #expect(p[0].defects.isEmpty)

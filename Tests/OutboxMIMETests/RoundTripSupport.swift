@@ -50,7 +50,8 @@ enum RoundTrip {
 
     static func firstDifference(_ a: String?, _ b: String) -> String {
         guard let a else { return "missing" }
-        let x = Array(a.unicodeScalars), y = Array(b.unicodeScalars)
+        let x = Array(a.unicodeScalars)
+        let y = Array(b.unicodeScalars)
         var i = 0
         while i < min(x.count, y.count), x[i] == y[i] { i += 1 }
         func around(_ s: [Unicode.Scalar]) -> String {
@@ -88,7 +89,9 @@ enum RoundTrip {
         let bodies = p.parts.filter { $0.filename == nil }
         if let text = m.text {
             let got = bodies.first { $0.contentType == "text/plain" }?.text
-            #expect(got == WireCheck.normalizedText(text), "text body differs: \(firstDifference(got, WireCheck.normalizedText(text)))", sourceLocation: sourceLocation)
+            #expect(
+                got == WireCheck.normalizedText(text), "text body differs: \(firstDifference(got, WireCheck.normalizedText(text)))",
+                sourceLocation: sourceLocation)
         }
         if let html = m.html {
             let got = bodies.first { $0.contentType == "text/html" }?.text

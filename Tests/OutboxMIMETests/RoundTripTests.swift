@@ -36,7 +36,10 @@ struct RoundTripTests {
         var messages: [Message] = []
         for (i, s) in Self.subjects.enumerated() {
             let name = ["李小龙", "محمد بن راشد", "Zoë 😀 Müller", "Ge\u{301}rard, \"Boss\" \\ O'Brien", "Plain Name", "x", "a.b (c)", "🇯🇵"][i % 8]
-            let file = ["报告.pdf", "تقرير.docx", "😀 photo.png", "Re\u{301}sume\u{301}.txt", "plain.csv", "a \"q\" b.zip", "long-" + String(repeating: "ñ", count: 80) + ".bin", "x.unknownext"][i % 8]
+            let file = [
+                "报告.pdf", "تقرير.docx", "😀 photo.png", "Re\u{301}sume\u{301}.txt", "plain.csv", "a \"q\" b.zip",
+                "long-" + String(repeating: "ñ", count: 80) + ".bin", "x.unknownext",
+            ][i % 8]
             var m = Message(
                 from: try Address("sender@example.com", displayName: name), to: [try Address("rcpt@example.org", displayName: name)],
                 subject: s, text: "Body \(s)\n", attachments: [.data(Array("data \(i)".utf8), filename: file)])

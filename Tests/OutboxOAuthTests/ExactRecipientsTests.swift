@@ -3,13 +3,18 @@ import NIOCore
 import OutboxConfig
 import OutboxMIME
 import OutboxTestSupport
-@testable import OutboxTransports
 import Testing
 
+@testable import OutboxTransports
+
 /// A relayed message: the header section given, then a plain body; CRLF line ends.
-func relayed(headers: String, body: String = "Hello from the relay.\r\n", envelope: [String],
-             from: String = "agent@contoso.test") -> (RelayedMessage, [UInt8]) {
-    let text = "From: Agent <\(from)>\r\n\(headers)Subject: relayed\r\nDate: Wed, 25 Nov 2026 21:00:00 +0000\r\nMessage-ID: <relay.\(UUID().uuidString)@contoso.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body
+func relayed(
+    headers: String, body: String = "Hello from the relay.\r\n", envelope: [String],
+    from: String = "agent@contoso.test"
+) -> (RelayedMessage, [UInt8]) {
+    let text =
+        "From: Agent <\(from)>\r\n\(headers)Subject: relayed\r\nDate: Wed, 25 Nov 2026 21:00:00 +0000\r\nMessage-ID: <relay.\(UUID().uuidString)@contoso.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + body
     let bytes = Array(text.utf8)
     return (RelayedMessage(bytes: bytes, envelope: Envelope(from: from, recipients: envelope)), bytes)
 }
@@ -77,8 +82,10 @@ func quotedPrintable(_ text: [UInt8]) -> String {
 @Suite("Exact recipients and large relayed messages through Graph and EWS", .serialized)
 struct ExactRecipientsTests {
     /// To: a, b; Cc: c; envelope a, c, x.
-    static let scenario = (headers: "To: Alice <a@example.test>, b@example.test\r\nCc: \"Carol C.\" <c@example.test>\r\n",
-                           envelope: ["a@example.test", "c@example.test", "x@example.test"])
+    static let scenario = (
+        headers: "To: Alice <a@example.test>, b@example.test\r\nCc: \"Carol C.\" <c@example.test>\r\n",
+        envelope: ["a@example.test", "c@example.test", "x@example.test"]
+    )
 
     @Test func graphDeliversToExactlyTheEnvelopeAndHidesEnvelopeOnlyRecipients() async throws {
         let state = EmulatorState()
@@ -145,8 +152,9 @@ struct ExactRecipientsTests {
                 let transport = try TransportFactory.make(configuration: configuration(base, type: type))
                 // The relayed MIME keeps a Bcc field: secret@ is not in the envelope, y@ is, and
                 // a@ (in To) is too.
-                let (message, _) = relayed(headers: "To: a@example.test\r\nBcc: secret@example.test, Yvonne <y@example.test>\r\n",
-                                           envelope: ["a@example.test", "y@example.test"])
+                let (message, _) = relayed(
+                    headers: "To: a@example.test\r\nBcc: secret@example.test, Yvonne <y@example.test>\r\n",
+                    envelope: ["a@example.test", "y@example.test"])
                 _ = try await transport.send(message)
                 await transport.shutdown()
                 let deliveries = await state.deliveries
@@ -309,9 +317,11 @@ struct MIMEPartSplitterTests {
         let binary = randomBytes(300 * 1024)
         var text: [UInt8] = []
         for i in 0..<9000 { text += Array("Zeile \(i): Grüße = \t\r\n".utf8) }
-        let mime = "Content-Type: multipart/mixed; boundary=XyZ\r\n\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+        let mime =
+            "Content-Type: multipart/mixed; boundary=XyZ\r\n\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
             + "--XyZ\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64Lines(binary) + "\r\n"
-            + "--XyZ\r\nContent-Type: text/csv; name=\"a.csv\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + quotedPrintable(text) + "\r\n"
+            + "--XyZ\r\nContent-Type: text/csv; name=\"a.csv\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + quotedPrintable(text)
+            + "\r\n"
             + "--XyZ--\r\n"
         for size in [7, 4096, 1 << 20] {
             let s = try split(Array(mime.utf8), piece: size)
@@ -325,19 +335,22 @@ struct MIMEPartSplitterTests {
             #expect(csv.name == "a.csv")
             #expect(csv.contentType == "text/csv")
             #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: csv.path))) == text)
-            #expect(String(decoding: s.draft, as: UTF8.self)
-                == "Content-Type: multipart/mixed; boundary=XyZ\r\n\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\nbody\r\n--XyZ--\r\n")
+            #expect(
+                String(decoding: s.draft, as: UTF8.self)
+                    == "Content-Type: multipart/mixed; boundary=XyZ\r\n\r\n--XyZ\r\nContent-Type: text/plain\r\n\r\nbody\r\n--XyZ--\r\n")
         }
     }
 
     @Test func aMultipartLeftEmptyGetsAnEmptyTextPartAndFilesAreRemoved() throws {
         let data = randomBytes(200 * 1024)
-        let mime = "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        let mime =
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             + base64Lines(data) + "\r\n--b--\r\n"
         let s = try split(Array(mime.utf8), piece: 65536)
         #expect(s.parts.count == 1)
-        #expect(String(decoding: s.draft, as: UTF8.self)
-            == "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\r\n--b--\r\n")
+        #expect(
+            String(decoding: s.draft, as: UTF8.self)
+                == "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\r\n--b--\r\n")
         let path = s.parts[0].path
         #expect(FileManager.default.fileExists(atPath: path))
         s.removeFiles()

@@ -17,7 +17,9 @@ final class CountingProvider: TokenProvider, @unchecked Sendable {
     }
     var cacheKey: String { "test|counting" }
     func fetchToken() async throws(OAuthError) -> AccessToken {
-        let n = count.withLock { $0 += 1; return $0 }
+        let n = count.withLock {
+            $0 += 1; return $0
+        }
         if delay > .zero { try? await Task.sleep(for: delay) }
         return AccessToken(value: "t\(n)", expiresIn: expiresIn)
     }
@@ -75,9 +77,10 @@ struct TokenCacheTests {
         let state = EmulatorState()
         await state.set { $0.tokenDelay = .milliseconds(1500) }
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .graph) {
-                $0.smtpClient.protocolTimeout = .milliseconds(300)
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .graph) {
+                    $0.smtpClient.protocolTimeout = .milliseconds(300)
+                })
             let started = ContinuousClock.now
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             let elapsed = ContinuousClock.now - started
@@ -92,12 +95,13 @@ struct TokenCacheTests {
         let state = EmulatorState()
         await state.set { $0.expectedScope = "https://outlook.office365.com/.default" }
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .ews) {
-                $0.smtpClient.ewsAuthMechanisms = ["XOAUTH2"]
-                $0.smtpClient.scope = "https://outlook.office365.com/.default"
-                $0.smtpClient.grantType = .clientCredentials
-                $0.smtpClient.password = Secret("s3cret-value")
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .ews) {
+                    $0.smtpClient.ewsAuthMechanisms = ["XOAUTH2"]
+                    $0.smtpClient.scope = "https://outlook.office365.com/.default"
+                    $0.smtpClient.grantType = .clientCredentials
+                    $0.smtpClient.password = Secret("s3cret-value")
+                })
             _ = try await transport.send(try rawMessage().0)
             await state.revokeAll()
             let report = try await transport.send(try rawMessage().0)

@@ -28,8 +28,11 @@ struct TokenProviderTests {
             let cache = TokenCache(clock: ContinuousClock(), margin: .seconds(10))
             let token = try await cache.token(for: provider)
             #expect(await state.isValid(token.value.value))
-            #expect(await state.lastForm == ["client_id": "client-1", "client_secret": "google-secret",
-                                              "refresh_token": "refresh-1", "grant_type": "refresh_token"])
+            #expect(
+                await state.lastForm == [
+                    "client_id": "client-1", "client_secret": "google-secret",
+                    "refresh_token": "refresh-1", "grant_type": "refresh_token",
+                ])
             try await client.shutdown()
         }
     }

@@ -57,9 +57,10 @@ struct EmulatorTransportTests {
     @Test func ewsDeliversTheSameMIMEBytesWithBasicAuth() async throws {
         let state = EmulatorState()
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .ews) {
-                $0.smtpClient.exchangeVersion = "Exchange2010_SP3"
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .ews) {
+                    $0.smtpClient.exchangeVersion = "Exchange2010_SP3"
+                })
             let (message, bytes) = try rawMessage(extra: "Bcc: hidden@example.test\r\n")
             let report = try await transport.send(message)
             await transport.shutdown()
@@ -68,7 +69,9 @@ struct EmulatorTransportTests {
             let withoutBcc = String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "Bcc: hidden@example.test\r\n", with: "")
             #expect(await state.delivered == [Array(withoutBcc.utf8)])
             #expect(await state.lastEWSVersion == "Exchange2010_SP2")
-            #expect(await state.lastEWSBody?.contains("<t:BccRecipients><t:Mailbox><t:EmailAddress>hidden@example.test</t:EmailAddress></t:Mailbox></t:BccRecipients>") == true)
+            #expect(
+                await state.lastEWSBody?.contains(
+                    "<t:BccRecipients><t:Mailbox><t:EmailAddress>hidden@example.test</t:EmailAddress></t:Mailbox></t:BccRecipients>") == true)
             #expect(await state.tokenRequests == 0)
         }
     }
@@ -89,12 +92,13 @@ struct EmulatorTransportTests {
         let state = EmulatorState()
         await state.set { $0.expectedScope = "https://outlook.office365.com/.default" }
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .ews) {
-                $0.smtpClient.ewsAuthMechanisms = ["XOAUTH2"]
-                $0.smtpClient.scope = "https://outlook.office365.com/.default"
-                $0.smtpClient.password = Secret("user-pass")
-                $0.smtpClient.exchangeVersion = nil
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .ews) {
+                    $0.smtpClient.ewsAuthMechanisms = ["XOAUTH2"]
+                    $0.smtpClient.scope = "https://outlook.office365.com/.default"
+                    $0.smtpClient.password = Secret("user-pass")
+                    $0.smtpClient.exchangeVersion = nil
+                })
             let (message, bytes) = try rawMessage()
             _ = try await transport.send(message)
             await transport.shutdown()
@@ -119,9 +123,10 @@ struct EmulatorTransportTests {
         let state = EmulatorState()
         await state.set { $0.expiresIn = 2 }
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .graph) {
-                $0.smtpClient.tokenExpiryMarginTime = .seconds(1)
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .graph) {
+                    $0.smtpClient.tokenExpiryMarginTime = .seconds(1)
+                })
             _ = try await transport.send(try rawMessage().0)
             _ = try await transport.send(try rawMessage().0)
             #expect(await state.tokenRequests == 1)
@@ -162,7 +167,9 @@ struct EmulatorTransportTests {
             #expect(await state.tokenRequests == 2)
             #expect(await state.graphRequests == 3)
             // A token that is refused again: one refresh only, then a permanent error.
-            await state.set { $0.fixedToken = "always-revoked"; $0.revoked.insert("always-revoked") }
+            await state.set {
+                $0.fixedToken = "always-revoked"; $0.revoked.insert("always-revoked")
+            }
             await state.revokeAll()
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             await transport.shutdown()
@@ -264,9 +271,10 @@ struct EmulatorTransportTests {
     @Test func wrongScopeNamesTheScopeOption() async throws {
         let state = EmulatorState()
         try await withEmulator(state) { base in
-            let transport = try TransportFactory.make(configuration: configuration(base, type: .graph) {
-                $0.smtpClient.scope = "https://graph.microsoft.com/Mail.Send"
-            })
+            let transport = try TransportFactory.make(
+                configuration: configuration(base, type: .graph) {
+                    $0.smtpClient.scope = "https://graph.microsoft.com/Mail.Send"
+                })
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             await transport.shutdown()
             #expect(error?.kind == .permanent)
@@ -289,10 +297,11 @@ struct EmulatorTransportTests {
             for _ in 0..<144 { big += block }
             big += block[0..<12345]
             let small = Array("a small attachment\r\n".utf8)
-            let message = Message(from: try Address("agent@contoso.test", displayName: "Agent"),
-                                  to: [try Address("rcpt@example.test")], bcc: [try Address("hidden@example.test")],
-                                  subject: "big one", text: "see attached",
-                                  attachments: [.data(big, filename: "big.bin"), .data(small, filename: "small.txt")])
+            let message = Message(
+                from: try Address("agent@contoso.test", displayName: "Agent"),
+                to: [try Address("rcpt@example.test")], bcc: [try Address("hidden@example.test")],
+                subject: "big one", text: "see attached",
+                attachments: [.data(big, filename: "big.bin"), .data(small, filename: "small.txt")])
             let report = try await transport.send(message)
             await transport.shutdown()
             #expect(report.allAccepted)

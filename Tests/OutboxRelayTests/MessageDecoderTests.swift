@@ -1,10 +1,13 @@
 import NIOCore
 import Testing
+
 @testable import OutboxRelay
 
 /// Feeds `input` to a DATA decoder in pieces of `piece` bytes; returns what it stored, whether
 /// it ended, and what is left after the end marker.
-private func decode(_ input: String, piece: Int = 1_000_000, limit: Int = 1 << 20) -> (stored: String, ended: Bool, rest: String, decoder: MessageDecoder) {
+private func decode(_ input: String, piece: Int = 1_000_000, limit: Int = 1 << 20) -> (
+    stored: String, ended: Bool, rest: String, decoder: MessageDecoder
+) {
     var decoder = MessageDecoder(limit: limit)
     var stored = ByteBuffer()
     var rest = ByteBuffer()

@@ -1,18 +1,23 @@
 import Foundation
-import OutboxSMTPGrammar
 import NIOCore
 import OutboxConfig
+import OutboxSMTPGrammar
 import Testing
+
 @testable import OutboxRelay
 
-private func policy(trusted: Bool = true, tls: Bool = false, canStartTLS: Bool = true, requireTLS: Bool = true,
-                    maxSize: Int = 1000, maxRecipients: Int = 3) -> RelaySessionPolicy {
-    RelaySessionPolicy(hostname: "relay.test", trustedNetwork: trusted, canStartTLS: canStartTLS, implicitTLS: tls,
-                       requireTLSForAuth: requireTLS, maxMessageSize: maxSize, maxRecipients: maxRecipients)
+private func policy(
+    trusted: Bool = true, tls: Bool = false, canStartTLS: Bool = true, requireTLS: Bool = true,
+    maxSize: Int = 1000, maxRecipients: Int = 3
+) -> RelaySessionPolicy {
+    RelaySessionPolicy(
+        hostname: "relay.test", trustedNetwork: trusted, canStartTLS: canStartTLS, implicitTLS: tls,
+        requireTLSForAuth: requireTLS, maxMessageSize: maxSize, maxRecipients: maxRecipients)
 }
 
-private let scanner = ClientIdentity(name: "scanner", user: "scanner", passwordHash: Secret("$2b$04$" + String(repeating: "a", count: 53)),
-                                     allowedSenders: ["*@example.test"])
+private let scanner = ClientIdentity(
+    name: "scanner", user: "scanner", passwordHash: Secret("$2b$04$" + String(repeating: "a", count: 53)),
+    allowedSenders: ["*@example.test"])
 
 extension RelayStateMachine {
     mutating func send(_ line: String) -> Action { self.line(Array(line.utf8)) }
@@ -62,7 +67,9 @@ struct RelayStateMachineTests {
         #expect(m.code("RCPT TO:<b1@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b1@example.test") == 250)
         #expect(m.code("RCPT TO:<b2@example.test>") == 250)
         #expect(m.code("RCPT TO:<b3@example.test>") == 250)
-        #expect(RelayStateMachine.reply(m.send("RCPT TO:<b4@example.test>")) == SMTPServerReply(452, "4.5.3", "Error: too many recipients (at most 3 per message)"))
+        #expect(
+            RelayStateMachine.reply(m.send("RCPT TO:<b4@example.test>"))
+                == SMTPServerReply(452, "4.5.3", "Error: too many recipients (at most 3 per message)"))
         #expect(m.code("DATA") == 354)
         #expect(m.readsMessage)
         guard case .commit(let envelope) = m.messageEnded(oversized: false) else { Issue.record("no commit"); return }
@@ -98,7 +105,9 @@ struct RelayStateMachineTests {
         #expect(m.send("c2VjcmV0") == .verify(user: "scanner", password: "secret"))
         #expect(RelayStateMachine.reply(m.authVerified(.success(scanner)))?.code == 235)
         #expect(m.code("AUTH PLAIN AHNjYW5uZXIAc2VjcmV0") == 503)
-        #expect(RelayStateMachine.reply(m.send("MAIL FROM:<x@other.test>")) == SMTPServerReply(553, "5.7.1", "Sender address rejected: not owned by user scanner"))
+        #expect(
+            RelayStateMachine.reply(m.send("MAIL FROM:<x@other.test>"))
+                == SMTPServerReply(553, "5.7.1", "Sender address rejected: not owned by user scanner"))
         #expect(m.code("MAIL FROM:<>") == 250)
         #expect(m.code("RSET") == 250)
         #expect(m.code("MAIL FROM:<Printer@EXAMPLE.test>") == 250)
@@ -174,7 +183,7 @@ struct RelayStateMachineTests {
         #expect(m.code("FOO") == 500)
         #expect(RelayStateMachine.reply(m.lineTooLong()) == SMTPServerReply(500, "5.5.2", "Line too long (512 octets at most)"))
         var last: RelayStateMachine.Action = .none
-        for _ in 0..<30 { last = m.send("BAD") ; if m.isClosed { break } }
+        for _ in 0..<30 { last = m.send("BAD"); if m.isClosed { break } }
         #expect(RelayStateMachine.reply(last)?.code == 421)
         #expect(m.isClosed)
     }
@@ -214,7 +223,8 @@ struct RelayStateMachineTests {
 struct RelayMessageTests {
     @Test("From addresses, malformed ones, mbox From line")
     func facts() {
-        let facts = RelayMessage.headerFacts(ByteBuffer(string: "From x@y Mon\r\nFrom: \"A\" <a@example.test>,\r\n b@other.test\r\nDate: now\r\n\r\nFrom: body@x\r\n"))
+        let facts = RelayMessage.headerFacts(
+            ByteBuffer(string: "From x@y Mon\r\nFrom: \"A\" <a@example.test>,\r\n b@other.test\r\nDate: now\r\n\r\nFrom: body@x\r\n"))
         #expect(facts.fromAddresses == ["a@example.test", "b@other.test"])
         #expect(facts.hasDate)
         #expect(!facts.hasMessageID)
@@ -235,9 +245,13 @@ struct RelayMessageTests {
         info.tlsDescription = "TLSv1.3"
         info.authenticatedUser = "scanner"
         let envelope = RelayEnvelope(sender: "a@example.test", recipients: [.init(address: "b@example.test")])
-        let text = RelayMessage.addedHeaders(facts: RelayMessage.HeaderFacts(), settings: RelaySettings(), session: info, envelope: envelope,
-                                             client: "192.0.2.1", id: "ID1", hostname: "relay.test", now: Date(timeIntervalSince1970: 0))
-        #expect(text.hasPrefix("Received: from printer ([192.0.2.1])\r\n\tby relay.test (Outbox) with ESMTPSA id ID1\r\n\t(using TLSv1.3; authenticated as scanner)\r\n\tfor <b@example.test>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"))
+        let text = RelayMessage.addedHeaders(
+            facts: RelayMessage.HeaderFacts(), settings: RelaySettings(), session: info, envelope: envelope,
+            client: "192.0.2.1", id: "ID1", hostname: "relay.test", now: Date(timeIntervalSince1970: 0))
+        #expect(
+            text.hasPrefix(
+                "Received: from printer ([192.0.2.1])\r\n\tby relay.test (Outbox) with ESMTPSA id ID1\r\n\t(using TLSv1.3; authenticated as scanner)\r\n\tfor <b@example.test>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+            ))
         #expect(text.contains("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"))
         #expect(text.contains("Message-ID: <ID1@relay.test>\r\n"))
         var facts = RelayMessage.HeaderFacts()
@@ -245,7 +259,9 @@ struct RelayMessageTests {
         facts.hasMessageID = true
         var settings = RelaySettings()
         settings.addReceivedHeader = false
-        #expect(RelayMessage.addedHeaders(facts: facts, settings: settings, session: info, envelope: envelope, client: "c", id: "i",
-                                          hostname: "h", now: Date()) == "")
+        #expect(
+            RelayMessage.addedHeaders(
+                facts: facts, settings: settings, session: info, envelope: envelope, client: "c", id: "i",
+                hostname: "h", now: Date()) == "")
     }
 }

@@ -104,8 +104,10 @@ struct APITests {
         let f = try await APIFixture.make()
         try await f.test { client in
             let raw = "From: a@example.test\r\nTo: b@example.test\r\nSubject: raw\r\n\r\nhello\r\n"
-            let id = try await client.execute(uri: "/v1/messages?from=bounce@example.test&to=x@example.test,y@example.test", method: .post,
-                                              headers: [.contentType: "message/rfc822"], body: ByteBuffer(string: raw)) { r -> String in
+            let id = try await client.execute(
+                uri: "/v1/messages?from=bounce@example.test&to=x@example.test,y@example.test", method: .post,
+                headers: [.contentType: "message/rfc822"], body: ByteBuffer(string: raw)
+            ) { r -> String in
                 #expect(r.status == .accepted)
                 return try #require(json(r)["id"] as? String)
             }
@@ -113,11 +115,14 @@ struct APITests {
             #expect(m.from == "bounce@example.test")
             #expect(m.recipients.map(\.address) == ["x@example.test", "y@example.test"])
             // Without parameters the envelope comes from the headers.
-            try await client.execute(uri: "/v1/messages", method: .post, headers: [.contentType: "message/rfc822"], body: ByteBuffer(string: raw)) { r in
+            try await client.execute(uri: "/v1/messages", method: .post, headers: [.contentType: "message/rfc822"], body: ByteBuffer(string: raw)) {
+                r in
                 #expect(r.status == .accepted)
             }
-            try await client.execute(uri: "/v1/messages", method: .post, headers: [.contentType: "message/rfc822"],
-                                     body: ByteBuffer(string: "From: a@example.test\r\nSubject: none\r\n\r\nx\r\n")) { r in
+            try await client.execute(
+                uri: "/v1/messages", method: .post, headers: [.contentType: "message/rfc822"],
+                body: ByteBuffer(string: "From: a@example.test\r\nSubject: none\r\n\r\nx\r\n")
+            ) { r in
                 #expect(r.status == .badRequest)
                 #expect(errorCode(r) == "missing_recipients")
             }
@@ -160,22 +165,56 @@ struct APITests {
     }
 
     static let badCases: [BadCase] = [
-        .init(name: "malformed JSON", contentType: "application/json", body: "{\"from\": \"a@example.test\", \"to\": [", status: .badRequest, code: "invalid_json"),
+        .init(
+            name: "malformed JSON", contentType: "application/json", body: "{\"from\": \"a@example.test\", \"to\": [", status: .badRequest,
+            code: "invalid_json"),
         .init(name: "not an object", contentType: "application/json", body: "[1,2]", status: .badRequest, code: "invalid_json"),
-        .init(name: "missing recipients", contentType: "application/json", body: #"{"from":"a@example.test","subject":"x","text":"y"}"#, status: .badRequest, code: "missing_recipients"),
-        .init(name: "empty recipient list", contentType: "application/json", body: #"{"from":"a@example.test","to":[],"text":"y"}"#, status: .badRequest, code: "missing_recipients"),
-        .init(name: "missing from", contentType: "application/json", body: #"{"to":"b@example.test","text":"y"}"#, status: .badRequest, code: "missing_from"),
-        .init(name: "invalid to address", contentType: "application/json", body: #"{"from":"a@example.test","to":["not an address"],"text":"y"}"#, status: .badRequest, code: "invalid_address"),
-        .init(name: "invalid from address", contentType: "application/json", body: #"{"from":"a@@b","to":"b@example.test"}"#, status: .badRequest, code: "invalid_address"),
-        .init(name: "CR LF in an address", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test\r\nBcc: x@example.test"}"#, status: .badRequest, code: "invalid_address"),
-        .init(name: "header injection in subject", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","subject":"x\r\nBcc: c@example.test"}"#, status: .badRequest, code: "invalid_message"),
-        .init(name: "reserved custom header", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","headers":{"From":"x@example.test"}}"#, status: .badRequest, code: "invalid_message"),
-        .init(name: "unknown field", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","subjet":"typo"}"#, status: .badRequest, code: "unknown_field"),
-        .init(name: "wrong type", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","subject":5}"#, status: .badRequest, code: "invalid_field"),
-        .init(name: "bad base64 attachment", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","attachments":[{"name":"a.bin","content":"%%%"}]}"#, status: .badRequest, code: "invalid_attachment"),
-        .init(name: "attachment without a name", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","attachments":[{"content":"QQ=="}]}"#, status: .badRequest, code: "invalid_attachment"),
-        .init(name: "no content type", contentType: nil, body: #"{"from":"a@example.test","to":"b@example.test"}"#, status: .unsupportedMediaType, code: "missing_content_type"),
-        .init(name: "form content type", contentType: "application/x-www-form-urlencoded", body: "from=a", status: .unsupportedMediaType, code: "unsupported_content_type"),
+        .init(
+            name: "missing recipients", contentType: "application/json", body: #"{"from":"a@example.test","subject":"x","text":"y"}"#,
+            status: .badRequest, code: "missing_recipients"),
+        .init(
+            name: "empty recipient list", contentType: "application/json", body: #"{"from":"a@example.test","to":[],"text":"y"}"#,
+            status: .badRequest, code: "missing_recipients"),
+        .init(
+            name: "missing from", contentType: "application/json", body: #"{"to":"b@example.test","text":"y"}"#, status: .badRequest,
+            code: "missing_from"),
+        .init(
+            name: "invalid to address", contentType: "application/json", body: #"{"from":"a@example.test","to":["not an address"],"text":"y"}"#,
+            status: .badRequest, code: "invalid_address"),
+        .init(
+            name: "invalid from address", contentType: "application/json", body: #"{"from":"a@@b","to":"b@example.test"}"#, status: .badRequest,
+            code: "invalid_address"),
+        .init(
+            name: "CR LF in an address", contentType: "application/json",
+            body: #"{"from":"a@example.test","to":"b@example.test\r\nBcc: x@example.test"}"#, status: .badRequest, code: "invalid_address"),
+        .init(
+            name: "header injection in subject", contentType: "application/json",
+            body: #"{"from":"a@example.test","to":"b@example.test","subject":"x\r\nBcc: c@example.test"}"#, status: .badRequest,
+            code: "invalid_message"),
+        .init(
+            name: "reserved custom header", contentType: "application/json",
+            body: #"{"from":"a@example.test","to":"b@example.test","headers":{"From":"x@example.test"}}"#, status: .badRequest,
+            code: "invalid_message"),
+        .init(
+            name: "unknown field", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","subjet":"typo"}"#,
+            status: .badRequest, code: "unknown_field"),
+        .init(
+            name: "wrong type", contentType: "application/json", body: #"{"from":"a@example.test","to":"b@example.test","subject":5}"#,
+            status: .badRequest, code: "invalid_field"),
+        .init(
+            name: "bad base64 attachment", contentType: "application/json",
+            body: #"{"from":"a@example.test","to":"b@example.test","attachments":[{"name":"a.bin","content":"%%%"}]}"#, status: .badRequest,
+            code: "invalid_attachment"),
+        .init(
+            name: "attachment without a name", contentType: "application/json",
+            body: #"{"from":"a@example.test","to":"b@example.test","attachments":[{"content":"QQ=="}]}"#, status: .badRequest,
+            code: "invalid_attachment"),
+        .init(
+            name: "no content type", contentType: nil, body: #"{"from":"a@example.test","to":"b@example.test"}"#, status: .unsupportedMediaType,
+            code: "missing_content_type"),
+        .init(
+            name: "form content type", contentType: "application/x-www-form-urlencoded", body: "from=a", status: .unsupportedMediaType,
+            code: "unsupported_content_type"),
         .init(name: "empty rfc822", contentType: "message/rfc822", body: "", status: .badRequest, code: "empty_message"),
     ]
 
@@ -206,7 +245,9 @@ struct APITests {
             group.addTask { try await app.runService() }
             var answer = ""
             for _ in 0..<50 {
-                answer = RawHTTP.exchange(port: port, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n{\"from\":")
+                answer = RawHTTP.exchange(
+                    port: port,
+                    "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n{\"from\":")
                 if !answer.isEmpty { break }
                 try await Task.sleep(for: .milliseconds(100))
             }
@@ -266,9 +307,10 @@ struct APITests {
             for i in 0..<5 {
                 var m = goodMessage
                 m["subject"] = "m\(i)"
-                ids.append(try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: body(m)) { r in
-                    try #require(json(r)["id"] as? String)
-                })
+                ids.append(
+                    try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: body(m)) { r in
+                        try #require(json(r)["id"] as? String)
+                    })
             }
             let cursor = try await client.execute(uri: "/v1/messages?limit=3", method: .get) { r -> String in
                 #expect(r.status == .ok)
@@ -285,7 +327,9 @@ struct APITests {
             try await client.execute(uri: "/v1/messages?status=cancelled", method: .get) { r in
                 #expect((json(r)["messages"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [ids[0]])
             }
-            for (query, code) in [("status=lost", "invalid_status"), ("limit=0", "invalid_limit"), ("limit=abc", "invalid_limit"), ("cursor=-4", "invalid_cursor")] {
+            for (query, code) in [
+                ("status=lost", "invalid_status"), ("limit=0", "invalid_limit"), ("limit=abc", "invalid_limit"), ("cursor=-4", "invalid_cursor"),
+            ] {
                 try await client.execute(uri: "/v1/messages?\(query)", method: .get) { r in
                     #expect(r.status == .badRequest, "\(query)")
                     #expect(errorCode(r) == code)
@@ -321,9 +365,12 @@ struct APITests {
                 try #require(json(r)["id"] as? String)
             }
             _ = try await f.store.claim(limit: 5, owner: "t", now: Date().timeIntervalSince1970 + 1, lease: 60)
-            let failed = AttemptOutcome(status: .failed, recipients: [RecipientState(address: "one@example.test", status: .rejected, code: 550)],
-                                        attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 0, transport: "smtp", error: "550 no", outcome: "failed", recipients: ["one@example.test"]),
-                                        nextAttemptAt: nil, lastError: "550 no", unknown: false)
+            let failed = AttemptOutcome(
+                status: .failed, recipients: [RecipientState(address: "one@example.test", status: .rejected, code: 550)],
+                attempt: AttemptRecord(
+                    number: 1, startedAt: 0, durationSeconds: 0, transport: "smtp", error: "550 no", outcome: "failed",
+                    recipients: ["one@example.test"]),
+                nextAttemptAt: nil, lastError: "550 no", unknown: false)
             try await f.store.record(id: other, owner: "t", outcome: failed, now: Date().timeIntervalSince1970)
             try await client.execute(uri: "/v1/messages/\(other)", method: .get) { r in
                 let j = json(r)
@@ -343,8 +390,12 @@ struct APITests {
     func metrics() async throws {
         let f = try await APIFixture.make()
         try await f.test { client in
-            try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: body(goodMessage)) { #expect($0.status == .accepted) }
-            try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: ByteBuffer(string: "{")) { #expect($0.status == .badRequest) }
+            try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: body(goodMessage)) {
+                #expect($0.status == .accepted)
+            }
+            try await client.execute(uri: "/v1/messages", method: .post, headers: jsonHeaders, body: ByteBuffer(string: "{")) {
+                #expect($0.status == .badRequest)
+            }
             try await client.execute(uri: "/metrics", method: .get) { r in
                 #expect(r.status == .ok)
                 let text = String(buffer: r.body)

@@ -23,12 +23,16 @@ struct DaemonTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let file = dir + "/outbox.cfg"
         func write(_ text: String) throws { try text.write(toFile: file, atomically: true, encoding: .utf8) }
-        try write("[smtp-client]\nserver = 127.0.0.1\nport = 2588\n\n[outbox]\ndata-directory = \(dir)/data\nhttp-listen = 127.0.0.1:18025\nretry-initial-delay = 00:00:30\n")
+        try write(
+            "[smtp-client]\nserver = 127.0.0.1\nport = 2588\n\n[outbox]\ndata-directory = \(dir)/data\nhttp-listen = 127.0.0.1:18025\nretry-initial-delay = 00:00:30\n"
+        )
         let daemon = try await Daemon.make(file: file, environment: [:])
         #expect(daemon.mailer.configuration.smtpClient.port == 2588)
         #expect(daemon.mailer.configuration.smtpClient.enableDebug == false)
 
-        try write("[smtp-client]\nserver = 127.0.0.1\nport = 2525\nenable-debug = true\n\n[outbox]\ndata-directory = \(dir)/data\nhttp-listen = 127.0.0.1:19025\nretry-initial-delay = 00:01:00\n")
+        try write(
+            "[smtp-client]\nserver = 127.0.0.1\nport = 2525\nenable-debug = true\n\n[outbox]\ndata-directory = \(dir)/data\nhttp-listen = 127.0.0.1:19025\nretry-initial-delay = 00:01:00\n"
+        )
         guard case .success(let pending) = daemon.reload() else { Issue.record("reload refused a valid file"); return }
         #expect(daemon.mailer.configuration.smtpClient.port == 2525)
         #expect(daemon.mailer.configuration.smtpClient.enableDebug == true)
@@ -69,15 +73,21 @@ struct DaemonTests {
     func fileTransportEndToEnd() async throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let daemon = try await Daemon.make(file: nil, overrides: ["outbox.data-directory=\(dir)", "outbox.http-listen=127.0.0.1:18027"], environment: [:])
+        let daemon = try await Daemon.make(
+            file: nil, overrides: ["outbox.data-directory=\(dir)", "outbox.http-listen=127.0.0.1:18027"], environment: [:])
         #expect(daemon.banner.contains("file transport"))
         let app = Application(router: daemon.api.makeRouter())
-        let group = ServiceGroup(configuration: .init(services: [.init(service: daemon.mailer, successTerminationBehavior: .ignore), .init(service: daemon.dispatcher)], logger: Logger(label: "test")))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: daemon.mailer, successTerminationBehavior: .ignore), .init(service: daemon.dispatcher)],
+                logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             try await app.test(.router) { client in
-                let id = try await client.execute(uri: "/v1/messages", method: .post, headers: [.contentType: "application/json"],
-                                                  body: ByteBuffer(string: #"{"from":"a@example.test","to":"b@example.test","subject":"file me","text":"hi"}"#)) { r in
+                let id = try await client.execute(
+                    uri: "/v1/messages", method: .post, headers: [.contentType: "application/json"],
+                    body: ByteBuffer(string: #"{"from":"a@example.test","to":"b@example.test","subject":"file me","text":"hi"}"#)
+                ) { r in
                     #expect(r.status == .accepted)
                     return try #require(try JSONSerialization.jsonObject(with: Data(r.body.readableBytesView)) as? [String: Any])["id"] as? String
                 }

@@ -135,19 +135,21 @@ package func withEmulator<T: Sendable>(
     _ state: EmulatorState, certificates: TestCertificates = .builtIn, _ body: @Sendable (_ base: String) async throws -> T
 ) async throws -> T {
     let chain = try NIOSSLCertificate.fromPEMFile(certificates.certificateFile).map { NIOSSLCertificateSource.certificate($0) }
-    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: certificates.keyFile, format: .pem)))
+    var tls = TLSConfiguration.makeServerConfiguration(
+        certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: certificates.keyFile, format: .pem)))
     tls.minimumTLSVersion = .tlsv12
     let router = Router()
     Emulator.routes(router, state)
     let port = AsyncStream<Int>.makeStream()
     var logger = Logger(label: "emulator")
     logger.logLevel = .critical
-    let app = Application(router: router, server: try .tls(.http1(), tlsConfiguration: tls),
-                          configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "emulator"),
-                          onServerRunning: { channel in
-                              port.continuation.yield(channel.localAddress?.port ?? 0)
-                              port.continuation.finish()
-                          }, logger: logger)
+    let app = Application(
+        router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+        configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "emulator"),
+        onServerRunning: { channel in
+            port.continuation.yield(channel.localAddress?.port ?? 0)
+            port.continuation.finish()
+        }, logger: logger)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             do {
@@ -193,14 +195,19 @@ package enum Emulator {
     }
 
     package static func aad(_ error: String, _ code: Int, _ text: String) -> Response {
-        json(error == "invalid_client" ? .unauthorized : .badRequest,
-             ["error": error, "error_description": "AADSTS\(code): \(text)\r\nTrace ID: 0000\r\nCorrelation ID: 1111",
-              "error_codes": [code], "timestamp": "2026-11-25 00:00:00Z", "trace_id": "0000", "correlation_id": "1111"])
+        json(
+            error == "invalid_client" ? .unauthorized : .badRequest,
+            [
+                "error": error, "error_description": "AADSTS\(code): \(text)\r\nTrace ID: 0000\r\nCorrelation ID: 1111",
+                "error_codes": [code], "timestamp": "2026-11-25 00:00:00Z", "trace_id": "0000", "correlation_id": "1111",
+            ])
     }
 
     /// Strict base64 (RFC 4648 alphabet, padding, no white space), as Graph requires.
     package static func strictBase64(_ text: String) -> [UInt8]? {
-        guard text.count % 4 == 0, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "+" || $0 == "/" || $0 == "=") }) else { return nil }
+        guard text.count % 4 == 0, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "+" || $0 == "/" || $0 == "=") }) else {
+            return nil
+        }
         return Data(base64Encoded: text).map { [UInt8]($0) }
     }
 
@@ -237,7 +244,9 @@ package enum Emulator {
             if await tokenDelaySleep(s) {}
             if await s.tokenUnavailableNext > 0 {
                 await state.set { $0.tokenUnavailableNext -= 1 }
-                return json(.serviceUnavailable, ["error": "temporarily_unavailable", "error_description": "AADSTS90033: A transient error has occurred. Please try again."])
+                return json(
+                    .serviceUnavailable,
+                    ["error": "temporarily_unavailable", "error_description": "AADSTS90033: A transient error has occurred. Please try again."])
             }
             guard await f["client_id"] == s.clientID else {
                 return aad("unauthorized_client", 700016, "Application with identifier '\(f["client_id"] ?? "")' was not found in the directory.")
@@ -288,15 +297,19 @@ package enum Emulator {
         // Graph sendMail with MIME (PROTOCOLS.md §4).
         router.post("/v1.0/users/:user/sendMail") { request, context -> Response in
             var request = request
-            await state.set { $0.graphRequests += 1; $0.calls.append("sendMail") }
+            await state.set {
+                $0.graphRequests += 1; $0.calls.append("sendMail")
+            }
             let user = try context.parameters.require("user")
             guard let token = bearer(request), await state.isValid(token) else {
-                return json(.unauthorized, ["error": ["code": "InvalidAuthenticationToken", "message": "Access token has expired or is not yet valid."]])
+                return json(
+                    .unauthorized, ["error": ["code": "InvalidAuthenticationToken", "message": "Access token has expired or is not yet valid."]])
             }
             if await state.throttleNext > 0 {
                 await state.set { $0.throttleNext -= 1 }
-                return json(.tooManyRequests, ["error": ["code": "ApplicationThrottled", "message": "Application is over its MailboxConcurrency limit."]],
-                            headers: [.retryAfter: "7"])
+                return json(
+                    .tooManyRequests, ["error": ["code": "ApplicationThrottled", "message": "Application is over its MailboxConcurrency limit."]],
+                    headers: [.retryAfter: "7"])
             }
             guard request.headers[.contentType] == "text/plain" else {
                 return json(.unsupportedMediaType, ["error": ["code": "RequestBodyRead", "message": "Content-Type must be text/plain for MIME"]])
@@ -309,14 +322,23 @@ package enum Emulator {
             }
             await state.set { $0.largestGraphRequest = max($0.largestGraphRequest, body.readableBytes) }
             guard let mime = strictBase64(String(buffer: body)) else {
-                return json(.badRequest, ["error": ["code": "ErrorMimeContentInvalidBase64String", "message": "Invalid base64 string for MIME content."]])
+                return json(
+                    .badRequest, ["error": ["code": "ErrorMimeContentInvalidBase64String", "message": "Invalid base64 string for MIME content."]])
             }
             guard await user.lowercased() == state.graphMailbox.lowercased() else {
                 return json(.notFound, ["error": ["code": "ErrorInvalidUser", "message": "The requested user '\(user)' is invalid."]])
             }
             let from = fromHeader(mime)?.lowercased() ?? ""
             if from != user.lowercased(), await !state.delegates.contains(from) {
-                return json(.forbidden, ["error": ["code": "ErrorSendAsDenied", "message": "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account. Cannot submit message."]])
+                return json(
+                    .forbidden,
+                    [
+                        "error": [
+                            "code": "ErrorSendAsDenied",
+                            "message":
+                                "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account. Cannot submit message.",
+                        ]
+                    ])
             }
             // Exchange takes the recipients of a MIME message from its To, Cc and Bcc fields.
             let h = headerRecipients(mime)
@@ -355,13 +377,16 @@ package enum Emulator {
             }
             let text = String(buffer: try await request.collectBody(upTo: 64 << 20))
             await state.set { $0.lastEWSBody = text }
-            for ns in [#"xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/""#,
-                       #"xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types""#,
-                       #"xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages""#] where !text.contains(ns) {
+            for ns in [
+                #"xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/""#,
+                #"xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types""#,
+                #"xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages""#,
+            ] where !text.contains(ns) {
                 return xml(.internalServerError, fault("ErrorSchemaValidation", "The request failed schema validation: namespace \(ns) missing."))
             }
             guard let v = text.range(of: #"<t:RequestServerVersion Version=""#),
-                  let vEnd = text[v.upperBound...].firstIndex(of: "\"") else {
+                let vEnd = text[v.upperBound...].firstIndex(of: "\"")
+            else {
                 return xml(.internalServerError, fault("ErrorSchemaValidation", "RequestServerVersion missing."))
             }
             let version = String(text[v.upperBound..<vEnd])
@@ -376,14 +401,19 @@ package enum Emulator {
                 return xml(.internalServerError, fault("ErrorSchemaValidation", "The request failed schema validation."))
             }
             guard let open = text.range(of: #"<t:MimeContent CharacterSet="UTF-8">"#),
-                  let close = text.range(of: "</t:MimeContent>"), open.upperBound <= close.lowerBound,
-                  let mime = strictBase64(String(text[open.upperBound..<close.lowerBound])) else {
+                let close = text.range(of: "</t:MimeContent>"), open.upperBound <= close.lowerBound,
+                let mime = strictBase64(String(text[open.upperBound..<close.lowerBound]))
+            else {
                 return xml(.internalServerError, fault("ErrorSchemaValidation", "The request failed schema validation."))
             }
             let from = fromHeader(mime)?.lowercased() ?? ""
             if from != mailbox.lowercased(), await !state.delegates.contains(from) {
-                return xml(.ok, createItemResponse("Error", "ErrorSendAsDenied",
-                    "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account."))
+                return xml(
+                    .ok,
+                    createItemResponse(
+                        "Error", "ErrorSendAsDenied",
+                        "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account."
+                    ))
             }
             // Exchange takes the recipients from the MIME's To, Cc and Bcc, plus t:BccRecipients.
             let h = headerRecipients(mime)
@@ -391,16 +421,21 @@ package enum Emulator {
             await state.set { $0.calls.append("ews/CreateItem/\(disposition)") }
             if disposition == "SaveOnly" {
                 let id = "AAMk-\(UUID().uuidString.prefix(12))="
-                let draft = EmulatorState.EWSDraft(changeKey: "CQAAAB-\(UUID().uuidString.prefix(6))", mime: mime,
-                                                   recipients: ["ToRecipients": h.to, "CcRecipients": h.cc, "BccRecipients": h.bcc + extraBcc],
-                                                   names: h.names)
+                let draft = EmulatorState.EWSDraft(
+                    changeKey: "CQAAAB-\(UUID().uuidString.prefix(6))", mime: mime,
+                    recipients: ["ToRecipients": h.to, "CcRecipients": h.cc, "BccRecipients": h.bcc + extraBcc],
+                    names: h.names)
                 await state.set { $0.ewsDrafts[id] = draft }
-                return xml(.ok, createItemResponse("Success", "NoError", nil,
-                                                   items: #"<t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(draft.changeKey)"/></t:Message>"#))
+                return xml(
+                    .ok,
+                    createItemResponse(
+                        "Success", "NoError", nil,
+                        items: #"<t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(draft.changeKey)"/></t:Message>"#))
             }
             await state.set {
                 $0.delivered.append(mime)
-                $0.deliveries.append(EmulatorState.Delivery(via: "ews/CreateItem", to: h.to, cc: h.cc, bcc: h.bcc + extraBcc, mime: mime, names: h.names))
+                $0.deliveries.append(
+                    EmulatorState.Delivery(via: "ews/CreateItem", to: h.to, cc: h.cc, bcc: h.bcc + extraBcc, mime: mime, names: h.names))
             }
             return xml(.ok, createItemResponse("Success", "NoError", nil))
         }
@@ -408,15 +443,19 @@ package enum Emulator {
 
     /// `(address, name)` of each t:Mailbox inside the first `<t:element>`.
     package static func mailboxes(in text: String, element: String) -> [(String, String?)] {
-        guard let open = text.range(of: "<t:\(element)>"), let close = text.range(of: "</t:\(element)>", range: open.upperBound..<text.endIndex) else { return [] }
+        guard let open = text.range(of: "<t:\(element)>"), let close = text.range(of: "</t:\(element)>", range: open.upperBound..<text.endIndex)
+        else { return [] }
         var out: [(String, String?)] = []
         var rest = text[open.upperBound..<close.lowerBound]
         while let m = rest.range(of: "<t:Mailbox>"), let e = rest.range(of: "</t:Mailbox>", range: m.upperBound..<rest.endIndex) {
             let box = rest[m.upperBound..<e.lowerBound]
             func inner(_ tag: String) -> String? {
                 guard let a = box.range(of: "<t:\(tag)>"), let b = box.range(of: "</t:\(tag)>") else { return nil }
-                return String(box[a.upperBound..<b.lowerBound]).replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
-                    .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'").replacingOccurrences(of: "&amp;", with: "&")
+                return String(box[a.upperBound..<b.lowerBound]).replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(
+                    of: "&gt;", with: ">"
+                )
+                .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'").replacingOccurrences(
+                    of: "&amp;", with: "&")
             }
             if let address = inner("EmailAddress") { out.append((address, inner("Name"))) }
             rest = rest[e.upperBound...]
@@ -437,10 +476,12 @@ package enum Emulator {
         }
         let id = String(text[idRange].dropFirst(#"<t:ItemId Id=""#.count).dropLast())
         guard var draft = await state.ewsDrafts[id] else {
-            return xml(.ok, updateItemResponse("Error", "ErrorItemNotFound", "The specified object was not found in the store.", id: id, changeKey: ""))
+            return xml(
+                .ok, updateItemResponse("Error", "ErrorItemNotFound", "The specified object was not found in the store.", id: id, changeKey: ""))
         }
         if let ck = text.range(of: #"ChangeKey="[^"]+""#, options: .regularExpression),
-           String(text[ck].dropFirst(#"ChangeKey=""#.count).dropLast()) != draft.changeKey {
+            String(text[ck].dropFirst(#"ChangeKey=""#.count).dropLast()) != draft.changeKey
+        {
             return xml(.ok, updateItemResponse("Error", "ErrorIrresolvableConflict", "The change key does not match.", id: id, changeKey: ""))
         }
         for field in ["ToRecipients", "CcRecipients", "BccRecipients"] {
@@ -461,14 +502,17 @@ package enum Emulator {
         case "SaveOnly":
             await state.set { $0.ewsDrafts[id] = updated }
         case "SendAndSaveCopy", "SendOnly":
-            guard disposition == "SendOnly" || text.contains(#"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#) else {
+            guard disposition == "SendOnly" || text.contains(#"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#)
+            else {
                 return xml(.ok, updateItemResponse("Error", "ErrorInvalidSendItemSaveSettings", "SavedItemFolderId expected.", id: id, changeKey: ""))
             }
             await state.set {
                 $0.ewsDrafts[id] = nil
-                $0.deliveries.append(EmulatorState.Delivery(via: "ews/UpdateItem", to: updated.recipients["ToRecipients"] ?? [],
-                                                            cc: updated.recipients["CcRecipients"] ?? [],
-                                                            bcc: updated.recipients["BccRecipients"] ?? [], mime: updated.mime, names: updated.names))
+                $0.deliveries.append(
+                    EmulatorState.Delivery(
+                        via: "ews/UpdateItem", to: updated.recipients["ToRecipients"] ?? [],
+                        cc: updated.recipients["CcRecipients"] ?? [],
+                        bcc: updated.recipients["BccRecipients"] ?? [], mime: updated.mime, names: updated.names))
             }
         default:
             return xml(.internalServerError, fault("ErrorSchemaValidation", "MessageDisposition \(disposition) is not valid."))
@@ -480,7 +524,9 @@ package enum Emulator {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:UpdateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:UpdateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
             + "<m:ResponseCode>\(code)</m:ResponseCode>"
-            + (responseClass == "Success" ? #"<m:Items><t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(changeKey)"/></t:Message></m:Items>"# : "<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/>")
+            + (responseClass == "Success"
+                ? #"<m:Items><t:Message><t:ItemId Id="\#(id)" ChangeKey="\#(changeKey)"/></t:Message></m:Items>"#
+                : "<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/>")
             + "</m:UpdateItemResponseMessage></m:ResponseMessages></m:UpdateItemResponse></s:Body></s:Envelope>"
     }
 
@@ -494,12 +540,15 @@ package enum Emulator {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:\#(code)</faultcode><faultstring xml:lang="en-US">\#(text)</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">\#(code)</e:ResponseCode></detail></s:Fault></s:Body></s:Envelope>"#
     }
 
-    package static let busyFault = #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
+    package static let busyFault =
+        #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
 
     package static func createItemResponse(_ responseClass: String, _ code: String, _ text: String?, items: String = "") -> String {
         #"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:CreateItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:CreateItemResponseMessage ResponseClass="\#(responseClass)">"#
             + (text.map { "<m:MessageText>\($0)</m:MessageText>" } ?? "")
-            + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>" + (items.isEmpty ? "<m:Items/>" : "<m:Items>\(items)</m:Items>") + "</m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
+            + "<m:ResponseCode>\(code)</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>"
+            + (items.isEmpty ? "<m:Items/>" : "<m:Items>\(items)</m:Items>")
+            + "</m:CreateItemResponseMessage></m:ResponseMessages></m:CreateItemResponse></s:Body></s:Envelope>"
     }
 }
 
@@ -614,13 +663,18 @@ extension Emulator {
                     return graphError(.badRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
                 }
                 let h = headerRecipients(mime)
-                let draft = EmulatorState.Draft(json: ["subject": ""], recipients: ["toRecipients": h.to, "ccRecipients": h.cc, "bccRecipients": h.bcc],
-                                                mime: mime, names: h.names)
+                let draft = EmulatorState.Draft(
+                    json: ["subject": ""], recipients: ["toRecipients": h.to, "ccRecipients": h.cc, "bccRecipients": h.bcc],
+                    mime: mime, names: h.names)
                 await state.set { $0.drafts[id] = draft }
-                return json(.created, ["id": id, "isDraft": true,
-                                       "toRecipients": h.to.map { ["emailAddress": ["address": $0]] },
-                                       "ccRecipients": h.cc.map { ["emailAddress": ["address": $0]] },
-                                       "bccRecipients": h.bcc.map { ["emailAddress": ["address": $0]] }])
+                return json(
+                    .created,
+                    [
+                        "id": id, "isDraft": true,
+                        "toRecipients": h.to.map { ["emailAddress": ["address": $0]] },
+                        "ccRecipients": h.cc.map { ["emailAddress": ["address": $0]] },
+                        "bccRecipients": h.bcc.map { ["emailAddress": ["address": $0]] },
+                    ])
             }
             await state.set { $0.calls.append("createDraft/json") }
             let object: [String: Any]
@@ -655,7 +709,9 @@ extension Emulator {
             case .success(let o): object = o
             case .failure(let r): return r
             }
-            guard var draft = await state.drafts[id] else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard var draft = await state.drafts[id] else {
+                return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+            }
             for key in ["toRecipients", "ccRecipients", "bccRecipients"] where object[key] != nil {
                 guard let list = recipientList(object[key]) else {
                     return graphError(.badRequest, "ErrorInvalidRecipients", "\(key) must be a collection of recipients with emailAddress.address")
@@ -675,7 +731,9 @@ extension Emulator {
             guard let token = bearer(request), await state.isValid(token) else {
                 return graphError(.unauthorized, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
             }
-            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard await state.drafts[id] != nil else {
+                return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+            }
             await state.set { $0.drafts[id] = nil }
             return Response(status: .noContent)
         }
@@ -688,9 +746,12 @@ extension Emulator {
             case .success(let o): object = o
             case .failure(let r): return r
             }
-            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard await state.drafts[id] != nil else {
+                return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+            }
             guard object["@odata.type"] as? String == "#microsoft.graph.fileAttachment", let name = object["name"] as? String,
-                  let bytes = (object["contentBytes"] as? String).flatMap(strictBase64) else {
+                let bytes = (object["contentBytes"] as? String).flatMap(strictBase64)
+            else {
                 return graphError(.badRequest, "ErrorInvalidRequest", "fileAttachment with name and base64 contentBytes expected")
             }
             let inline = object["isInline"] as? Bool ?? false
@@ -711,9 +772,12 @@ extension Emulator {
             case .success(let o): object = o
             case .failure(let r): return r
             }
-            guard await state.drafts[id] != nil else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
+            guard await state.drafts[id] != nil else {
+                return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+            }
             guard let item = object["AttachmentItem"] as? [String: Any], item["attachmentType"] as? String == "file",
-                  let name = item["name"] as? String, let size = item["size"] as? Int, size > 0 else {
+                let name = item["name"] as? String, let size = item["size"] as? Int, size > 0
+            else {
                 return graphError(.badRequest, "ErrorInvalidRequest", "AttachmentItem with attachmentType file, name and size expected")
             }
             let inline = item["isInline"] as? Bool ?? false
@@ -724,8 +788,12 @@ extension Emulator {
                 $0.drafts[id]!.isInline[name] = inline
                 $0.drafts[id]!.contentTypes[name] = type
             }
-            return json(.created, ["uploadUrl": "\(await state.baseURL)/upload/\(sid)", "expirationDateTime": "2030-01-01T00:00:00Z",
-                                   "nextExpectedRanges": ["0-"]])
+            return json(
+                .created,
+                [
+                    "uploadUrl": "\(await state.baseURL)/upload/\(sid)", "expirationDateTime": "2030-01-01T00:00:00Z",
+                    "nextExpectedRanges": ["0-"],
+                ])
         }
         router.put("/upload/:sid") { request, context -> Response in
             var request = request
@@ -764,12 +832,17 @@ extension Emulator {
             guard request.headers[.contentLength] == "0" else {
                 return graphError(.lengthRequired, "LengthRequired", "Content-Length: 0 is required")
             }
-            guard let draft = await state.drafts[id] else { return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.") }
-            let delivery = EmulatorState.Delivery(via: draft.mime == nil ? "draft/json" : "draft/mime",
-                                                  to: draft.recipients["toRecipients"] ?? [], cc: draft.recipients["ccRecipients"] ?? [],
-                                                  bcc: draft.recipients["bccRecipients"] ?? [], mime: draft.mime,
-                                                  attachments: draft.attachments, names: draft.names)
-            await state.set { $0.sentDrafts.append(draft); $0.drafts[id] = nil; $0.deliveries.append(delivery) }
+            guard let draft = await state.drafts[id] else {
+                return graphError(.notFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+            }
+            let delivery = EmulatorState.Delivery(
+                via: draft.mime == nil ? "draft/json" : "draft/mime",
+                to: draft.recipients["toRecipients"] ?? [], cc: draft.recipients["ccRecipients"] ?? [],
+                bcc: draft.recipients["bccRecipients"] ?? [], mime: draft.mime,
+                attachments: draft.attachments, names: draft.names)
+            await state.set {
+                $0.sentDrafts.append(draft); $0.drafts[id] = nil; $0.deliveries.append(delivery)
+            }
             return Response(status: .accepted)
         }
     }

@@ -3,8 +3,12 @@ import OutboxConfig
 import OutboxMIME
 
 /// A fixed RFC 5322 message: its bytes are exactly what the transports must deliver.
-package func rawMessage(from: String = "agent@contoso.test", to: String = "rcpt@example.test", extra: String = "", body: String = "Hello from Outbox.\r\n") throws -> (RawMessage, [UInt8]) {
-    let text = "From: Agent <\(from)>\r\nTo: <\(to)>\r\n\(extra)Subject: emulator round trip\r\nDate: Wed, 25 Nov 2026 21:00:00 +0000\r\nMessage-ID: <rt.\(UUID().uuidString)@contoso.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body
+package func rawMessage(
+    from: String = "agent@contoso.test", to: String = "rcpt@example.test", extra: String = "", body: String = "Hello from Outbox.\r\n"
+) throws -> (RawMessage, [UInt8]) {
+    let text =
+        "From: Agent <\(from)>\r\nTo: <\(to)>\r\n\(extra)Subject: emulator round trip\r\nDate: Wed, 25 Nov 2026 21:00:00 +0000\r\nMessage-ID: <rt.\(UUID().uuidString)@contoso.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + body
     let bytes = Array(text.utf8)
     let message = try RawMessage(bytes: bytes)
     return (message, bytes)
@@ -12,7 +16,9 @@ package func rawMessage(from: String = "agent@contoso.test", to: String = "rcpt@
 
 /// The emulator's CA is `caFile` (the built-in test CA unless the emulator runs with other
 /// certificates).
-package func configuration(_ base: String, type: ServerType, caFile: String = TestCertificates.builtIn.caFile, _ edit: (inout OutboxConfiguration) -> Void = { _ in }) -> OutboxConfiguration {
+package func configuration(
+    _ base: String, type: ServerType, caFile: String = TestCertificates.builtIn.caFile, _ edit: (inout OutboxConfiguration) -> Void = { _ in }
+) -> OutboxConfiguration {
     var c = OutboxConfiguration()
     c.smtpClient.serverType = type
     c.smtpClient.clientID = "client-1"

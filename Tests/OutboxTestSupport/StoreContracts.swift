@@ -13,18 +13,20 @@ package func makeTempStore() async throws -> (SQLiteOutboxStore, String) {
 }
 
 package func sampleNew(_ n: Int = 0, key: String? = nil, recipients: [String] = ["a@example.test", "b@example.test"]) -> NewMessage {
-    NewMessage(from: "sender@example.test", recipients: recipients,
-               content: Array("From: sender@example.test\r\nTo: a@example.test\r\nSubject: m\(n)\r\n\r\nbody\r\n".utf8),
-               messageID: "<m\(n)@example.test>", idempotencyKey: key, requestHash: key.map { "h-\($0)" })
+    NewMessage(
+        from: "sender@example.test", recipients: recipients,
+        content: Array("From: sender@example.test\r\nTo: a@example.test\r\nSubject: m\(n)\r\n\r\nbody\r\n".utf8),
+        messageID: "<m\(n)@example.test>", idempotencyKey: key, requestHash: key.map { "h-\($0)" })
 }
 
 /// Claims take the earliest due messages across queued, deferred and expired leases, in due
 /// order, up to the limit, and nothing that is not due (both stores run it).
 package func checkClaimOrder(_ store: any OutboxStore) async throws {
     func deferred(_ id: String, until next: Double, owner: String, now: Double) async throws {
-        let outcome = AttemptOutcome(status: .deferred, recipients: [RecipientState(address: "a@example.test", status: .deferred, code: 450)],
-                                     attempt: AttemptRecord(number: 1, startedAt: now, durationSeconds: 0, transport: "smtp", outcome: "deferred", recipients: []),
-                                     nextAttemptAt: next, lastError: "450", unknown: false)
+        let outcome = AttemptOutcome(
+            status: .deferred, recipients: [RecipientState(address: "a@example.test", status: .deferred, code: 450)],
+            attempt: AttemptRecord(number: 1, startedAt: now, durationSeconds: 0, transport: "smtp", outcome: "deferred", recipients: []),
+            nextAttemptAt: next, lastError: "450", unknown: false)
         #expect(try await store.record(id: id, owner: owner, outcome: outcome, now: now))
     }
     // Expired lease: due since 5 (enqueued then), claimed at 5 for 10 s and never recorded.
@@ -81,8 +83,10 @@ package enum ChunkContract {
         #expect(mine.content == head)
 
         // The stream of the relayed message reads them in order: head + pieces, byte for byte.
-        let relayed = RelayedMessage(head: mine.content, pieceCount: mine.message.chunkCount, byteCount: mine.message.size,
-                                     envelope: Envelope(from: "a@example.test", recipients: ["b@example.test"])) { index in
+        let relayed = RelayedMessage(
+            head: mine.content, pieceCount: mine.message.chunkCount, byteCount: mine.message.size,
+            envelope: Envelope(from: "a@example.test", recipients: ["b@example.test"])
+        ) { index in
             try await store.readChunk(messageID: id, index: index)
         }
         let all = try await relayed.byteStream(options: MIMEEncodingOptions()).collect()

@@ -52,9 +52,10 @@ struct DispatcherClaimAheadTests {
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
         _ = try await enqueue(store, count: 10, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
-        let dispatcher = Dispatcher(store: store, sender: sender,
-                                    settings: DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20)),
-                                    instanceID: "t", clock: time, random: { 0.5 })
+        let dispatcher = Dispatcher(
+            store: store, sender: sender,
+            settings: DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20)),
+            instanceID: "t", clock: time, random: { 0.5 })
         let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
@@ -83,12 +84,14 @@ struct DispatcherClaimAheadTests {
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
         _ = try await enqueue(store, count: 3, now: time.seconds)
         let sender = GatedSender(store: store, time: time)
-        let dispatcher = Dispatcher(store: store, sender: sender,
-                                    settings: DispatcherSettings(concurrency: 1, lease: .seconds(100), pollInterval: .milliseconds(20)),
-                                    instanceID: "t", clock: time, random: { 0.5 })
+        let dispatcher = Dispatcher(
+            store: store, sender: sender,
+            settings: DispatcherSettings(concurrency: 1, lease: .seconds(100), pollInterval: .milliseconds(20)),
+            instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             if sender.sends.withLockedValue({ $0.count }) == 1, !sender.open.withLockedValue({ $0 }),
-               (try await store.counts()[.sending]) == 2 {
+                (try await store.counts()[.sending]) == 2
+            {
                 // One sending, one waiting; the first takes 60 s of the 100 s lease.
                 time.advance(seconds: 60)
                 sender.open.withLockedValue { $0 = true }
@@ -101,7 +104,9 @@ struct DispatcherClaimAheadTests {
         #expect(sends.allSatisfy { $0.1 >= 50 }, "a send started with less than half its lease left: \(sends)")
     }
 
-    @Test("a message taken over past its unknown-outcome allowance is recorded at once, not left waiting (a shutdown release would clear the take-over)")
+    @Test(
+        "a message taken over past its unknown-outcome allowance is recorded at once, not left waiting (a shutdown release would clear the take-over)"
+    )
     func takenOverPastTheAllowanceIsRecordedAtOnce() async throws {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -18,7 +18,9 @@ final class ScriptedSender: MessageSender, Sendable {
 
     func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let envelope = envelope!
-        let n = calls.withLockedValue { $0.append(envelope.recipients); return $0.count }
+        let n = calls.withLockedValue {
+            $0.append(envelope.recipients); return $0.count
+        }
         switch answer(n, envelope) {
         case .success(let r): return r
         case .failure(let e): throw e
@@ -27,8 +29,9 @@ final class ScriptedSender: MessageSender, Sendable {
 }
 
 func report(_ outcomes: [RecipientOutcome]) -> DeliveryReport {
-    DeliveryReport(transport: "test", destination: "test:25", messageID: nil, recipients: outcomes, finalReply: "250 ok",
-                   startedAt: Date(), durationSeconds: 0)
+    DeliveryReport(
+        transport: "test", destination: "test:25", messageID: nil, recipients: outcomes, finalReply: "250 ok",
+        startedAt: Date(), durationSeconds: 0)
 }
 
 /// Runs the dispatcher until `done` holds (or 30 s), then shuts it down gracefully.
@@ -53,19 +56,26 @@ struct DispatcherTests {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
-        let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test", "b@example.test", "c@example.test"],
-                                                    content: Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)),
-                                         now: time.seconds).id
+        let id = try await store.enqueue(
+            NewMessage(
+                from: "s@example.test", recipients: ["a@example.test", "b@example.test", "c@example.test"],
+                content: Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)),
+            now: time.seconds
+        ).id
         let sender = ScriptedSender { n, envelope in
             if n == 1 {
-                return .success(report([RecipientOutcome(address: "a@example.test", status: .accepted, code: 250),
-                                        RecipientOutcome(address: "b@example.test", status: .deferred, code: 451, text: "greylisted"),
-                                        RecipientOutcome(address: "c@example.test", status: .rejected, code: 550, text: "no such user")]))
+                return .success(
+                    report([
+                        RecipientOutcome(address: "a@example.test", status: .accepted, code: 250),
+                        RecipientOutcome(address: "b@example.test", status: .deferred, code: 451, text: "greylisted"),
+                        RecipientOutcome(address: "c@example.test", status: .rejected, code: 550, text: "no such user"),
+                    ]))
             }
             return .success(report(envelope.recipients.map { RecipientOutcome(address: $0, status: .accepted, code: 250) }))
         }
-        let settings = DispatcherSettings(concurrency: 2, pollInterval: .milliseconds(20),
-                                          retry: RetryPolicy(initialDelay: .seconds(10), jitter: 0, maxAge: .seconds(1000)))
+        let settings = DispatcherSettings(
+            concurrency: 2, pollInterval: .milliseconds(20),
+            retry: RetryPolicy(initialDelay: .seconds(10), jitter: 0, maxAge: .seconds(1000)))
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
@@ -86,14 +96,19 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
-        let permanent = try await store.enqueue(NewMessage(from: "p@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
-        let transient = try await store.enqueue(NewMessage(from: "t@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
+        let permanent = try await store.enqueue(
+            NewMessage(from: "p@example.test", recipients: ["a@example.test"], content: content), now: time.seconds
+        ).id
+        let transient = try await store.enqueue(
+            NewMessage(from: "t@example.test", recipients: ["a@example.test"], content: content), now: time.seconds
+        ).id
         let sender = ScriptedSender { _, envelope in
             envelope.from == "p@example.test"
                 ? .failure(DeliveryError(kind: .permanent, message: "554 5.7.1 relay denied"))
                 : .failure(DeliveryError(kind: .transient, message: "421 busy"))
         }
-        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(10), maxDelay: .seconds(40), jitter: 0, maxAge: .seconds(100)))
+        let settings = DispatcherSettings(
+            pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(10), maxDelay: .seconds(40), jitter: 0, maxAge: .seconds(100)))
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let t = try await store.get(id: transient)
@@ -118,7 +133,8 @@ struct DispatcherTests {
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
         let id = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds).id
         let sender = ScriptedSender { _, _ in .failure(DeliveryError(kind: .outcomeUnknown, message: "connection lost after the final dot")) }
-        let settings = DispatcherSettings(pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(5), jitter: 0, unknownOutcomeRetries: 1))
+        let settings = DispatcherSettings(
+            pollInterval: .milliseconds(20), retry: RetryPolicy(initialDelay: .seconds(5), jitter: 0, unknownOutcomeRetries: 1))
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await runDispatcher(dispatcher) {
             let m = try await store.get(id: id)
@@ -133,17 +149,21 @@ struct DispatcherTests {
 
     @Test("a server's requested delay (429 / ServerBusy) is a floor for the next attempt")
     func serverDelayFloor() {
-        let message = StoredMessage(id: "m", sequence: 1, status: .sending, from: "s@example.test", recipients: [RecipientState(address: "a@example.test")],
-                                    messageID: nil, idempotencyKey: nil, requestHash: nil, size: 10, createdAt: 0, updatedAt: 0, ageBase: 0,
-                                    nextAttemptAt: 0, attemptCount: 0, unknownCount: 0, possibleDuplicate: false, attempts: [], lastError: nil,
-                                    leaseOwner: "t", leaseUntil: 100)
+        let message = StoredMessage(
+            id: "m", sequence: 1, status: .sending, from: "s@example.test", recipients: [RecipientState(address: "a@example.test")],
+            messageID: nil, idempotencyKey: nil, requestHash: nil, size: 10, createdAt: 0, updatedAt: 0, ageBase: 0,
+            nextAttemptAt: 0, attemptCount: 0, unknownCount: 0, possibleDuplicate: false, attempts: [], lastError: nil,
+            leaseOwner: "t", leaseUntil: 100)
         let policy = RetryPolicy(initialDelay: .seconds(10), jitter: 0, maxAge: .seconds(10_000))
         let busy = DeliveryError(kind: .transient, message: "429 too many requests", retryAfter: .seconds(120))
-        let outcome = Dispatcher.evaluate(message: message, sentTo: ["a@example.test"], result: .failure(busy), policy: policy,
-                                          now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5, instance: "t")
+        let outcome = Dispatcher.evaluate(
+            message: message, sentTo: ["a@example.test"], result: .failure(busy), policy: policy,
+            now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5, instance: "t")
         #expect(outcome.status == .deferred && outcome.nextAttemptAt == 1120)
-        let plain = Dispatcher.evaluate(message: message, sentTo: ["a@example.test"], result: .failure(DeliveryError(kind: .transient, message: "421")),
-                                        policy: policy, now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5, instance: "t")
+        let plain = Dispatcher.evaluate(
+            message: message, sentTo: ["a@example.test"], result: .failure(DeliveryError(kind: .transient, message: "421")),
+            policy: policy, now: QueueInstant(secondsSince1970: 1000), startedAt: QueueInstant(secondsSince1970: 1000), duration: .zero, random: 0.5,
+            instance: "t")
         #expect(plain.nextAttemptAt == 1010)
         #expect(plain.recipients.first?.status == .deferred)
     }
@@ -154,7 +174,9 @@ struct DispatcherTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
         let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
-        for _ in 0..<5 { _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds) }
+        for _ in 0..<5 {
+            _ = try await store.enqueue(NewMessage(from: "s@example.test", recipients: ["a@example.test"], content: content), now: time.seconds)
+        }
         let sender = ScriptedSender { _, e in .success(report(e.recipients.map { RecipientOutcome(address: $0, status: .accepted) })) }
         let settings = DispatcherSettings(concurrency: 4, pollInterval: .milliseconds(20), ratePerMinute: 3)
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })

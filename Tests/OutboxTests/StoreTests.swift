@@ -57,7 +57,10 @@ struct StoreTests {
         #expect(taken.allSatisfy { $0.tookOverExpiredLease && $0.message.unknownCount == 1 && $0.message.possibleDuplicate })
         #expect(taken.allSatisfy { $0.message.attempts.last?.outcome == "unknown" })
         // w1 lost its lease: its record is refused.
-        let stale = AttemptOutcome(status: .delivered, recipients: [], attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 0, transport: "smtp", outcome: "delivered", recipients: []), nextAttemptAt: nil, lastError: nil, unknown: false)
+        let stale = AttemptOutcome(
+            status: .delivered, recipients: [],
+            attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 0, transport: "smtp", outcome: "delivered", recipients: []),
+            nextAttemptAt: nil, lastError: nil, unknown: false)
         #expect(try await store.record(id: first[0].message.id, owner: "w1", outcome: stale, now: 171) == false)
         #expect(try await store.record(id: first[0].message.id, owner: "w3", outcome: stale, now: 171) == true)
         #expect(try await store.get(id: first[0].message.id)?.status == .delivered)
@@ -71,11 +74,16 @@ struct StoreTests {
         let id = try await store.enqueue(sampleNew(1), now: 0).id
         let claimed = try await store.claim(limit: 1, owner: "w", now: 0, lease: 60)
         #expect(claimed.count == 1)
-        let recipients = [RecipientState(address: "a@example.test", status: .accepted, code: 250),
-                          RecipientState(address: "b@example.test", status: .deferred, code: 450, text: "try later")]
-        let outcome = AttemptOutcome(status: .deferred, recipients: recipients,
-                                     attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 0.1, transport: "smtp", reply: "250 ok", outcome: "partial", recipients: ["a@example.test", "b@example.test"]),
-                                     nextAttemptAt: 30, lastError: "450 try later", unknown: false)
+        let recipients = [
+            RecipientState(address: "a@example.test", status: .accepted, code: 250),
+            RecipientState(address: "b@example.test", status: .deferred, code: 450, text: "try later"),
+        ]
+        let outcome = AttemptOutcome(
+            status: .deferred, recipients: recipients,
+            attempt: AttemptRecord(
+                number: 1, startedAt: 0, durationSeconds: 0.1, transport: "smtp", reply: "250 ok", outcome: "partial",
+                recipients: ["a@example.test", "b@example.test"]),
+            nextAttemptAt: 30, lastError: "450 try later", unknown: false)
         #expect(try await store.record(id: id, owner: "w", outcome: outcome, now: 1))
         let m = try #require(try await store.get(id: id))
         #expect(m.status == .deferred && m.attemptCount == 1 && m.nextAttemptAt == 30)
@@ -117,8 +125,13 @@ struct StoreTests {
         #expect(try await store.cancel(id: "missing", now: 1) == .notFound)
         #expect(try await store.claim(limit: 5, owner: "w", now: 2, lease: 60).map(\.message.id) == [b])
         #expect(try await store.cancel(id: b, now: 2) == .conflict(.sending))
-        let failed = AttemptOutcome(status: .failed, recipients: [RecipientState(address: "a@example.test", status: .accepted), RecipientState(address: "b@example.test", status: .rejected, code: 550)],
-                                    attempt: AttemptRecord(number: 1, startedAt: 2, durationSeconds: 0, transport: "smtp", outcome: "failed", recipients: []), nextAttemptAt: nil, lastError: "550", unknown: false)
+        let failed = AttemptOutcome(
+            status: .failed,
+            recipients: [
+                RecipientState(address: "a@example.test", status: .accepted), RecipientState(address: "b@example.test", status: .rejected, code: 550),
+            ],
+            attempt: AttemptRecord(number: 1, startedAt: 2, durationSeconds: 0, transport: "smtp", outcome: "failed", recipients: []),
+            nextAttemptAt: nil, lastError: "550", unknown: false)
         try await store.record(id: b, owner: "w", outcome: failed, now: 3)
         guard case .done(let retried) = try await store.retry(id: b, now: 50) else { Issue.record("not retried"); return }
         #expect(retried.status == .queued && retried.ageBase == 50)
@@ -152,9 +165,13 @@ struct StoreTests {
         try await store.expireLease(id: claimed[0].message.id, owner: "stopping", now: 10)
         try await store.expireLease(id: claimed[1].message.id, owner: "stopping", now: 10)
         // The second delivery finished after the deadline but before anyone took it over.
-        let done = AttemptOutcome(status: .delivered, recipients: claimed[1].message.recipients.map { r in var r = r; r.status = .accepted; return r },
-                                  attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 1, transport: "smtp", outcome: "delivered", recipients: []),
-                                  nextAttemptAt: nil, lastError: nil, unknown: false)
+        let done = AttemptOutcome(
+            status: .delivered,
+            recipients: claimed[1].message.recipients.map { r in
+                var r = r; r.status = .accepted; return r
+            },
+            attempt: AttemptRecord(number: 1, startedAt: 0, durationSeconds: 1, transport: "smtp", outcome: "delivered", recipients: []),
+            nextAttemptAt: nil, lastError: nil, unknown: false)
         #expect(try await store.record(id: claimed[1].message.id, owner: "stopping", outcome: done, now: 11))
         let taken = try await store.claim(limit: 5, owner: "next", now: 12, lease: 600)
         #expect(taken.map(\.message.id) == [claimed[0].message.id])
@@ -170,8 +187,9 @@ struct StoreTests {
 
 @Suite("Retry policy")
 struct RetryPolicyTests {
-    let policy = RetryPolicy(initialDelay: .seconds(10), maxDelay: .seconds(100), multiplier: 2, jitter: 0.2, maxAge: .seconds(1000),
-                             unknownOutcomeRetries: 1)
+    let policy = RetryPolicy(
+        initialDelay: .seconds(10), maxDelay: .seconds(100), multiplier: 2, jitter: 0.2, maxAge: .seconds(1000),
+        unknownOutcomeRetries: 1)
 
     func at(_ s: Double) -> QueueInstant { QueueInstant(secondsSince1970: s) }
 

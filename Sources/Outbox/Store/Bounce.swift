@@ -44,11 +44,15 @@ package enum Bounce {
                 let code = after.code.map(String.init) ?? ""
                 let enhanced = after.enhancedCode ?? "5.0.0"
                 let text = [code, after.enhancedCode ?? "", after.text ?? ""].filter { !$0.isEmpty }.joined(separator: " ")
-                out.append(Failure(recipient: after.address, originalRecipient: orcpt, status: enhanced.hasPrefix("5") ? enhanced : "5.0.0",
-                                   diagnostic: text.isEmpty ? (outcome.lastError ?? "refused") : text, remoteMTA: outcome.attempt.destination))
+                out.append(
+                    Failure(
+                        recipient: after.address, originalRecipient: orcpt, status: enhanced.hasPrefix("5") ? enhanced : "5.0.0",
+                        diagnostic: text.isEmpty ? (outcome.lastError ?? "refused") : text, remoteMTA: outcome.attempt.destination))
             } else if outcome.status == .failed && after.isOpen {
-                out.append(Failure(recipient: after.address, originalRecipient: orcpt, status: "4.4.7",
-                                   diagnostic: outcome.lastError ?? "delivery time expired", remoteMTA: outcome.attempt.destination))
+                out.append(
+                    Failure(
+                        recipient: after.address, originalRecipient: orcpt, status: "4.4.7",
+                        diagnostic: outcome.lastError ?? "delivery time expired", remoteMTA: outcome.attempt.destination))
             }
         }
         return out
@@ -58,8 +62,10 @@ package enum Bounce {
     /// `message/delivery-status` part and the original message (`message/rfc822`), or only its
     /// header (`text/rfc822-headers`) with RET=HDRS, when the original is over `fullLimit`, or
     /// when it was stored in chunks (`original` is then its head).
-    package static func make(message: StoredMessage, original: [UInt8], failures: [Failure], settings: BounceSettings, id: String,
-                            now: Date = Date(), fullLimit: Int = 10 * 1024 * 1024) -> NewMessage {
+    package static func make(
+        message: StoredMessage, original: [UInt8], failures: [Failure], settings: BounceSettings, id: String,
+        now: Date = Date(), fullLimit: Int = 10 * 1024 * 1024
+    ) -> NewMessage {
         let host = settings.hostname
         let boundary = "=_outbox_dsn_\(id)"
         let date = RFC5322Date.format(now)

@@ -27,9 +27,11 @@ public struct DispatcherSettings: Sendable, Equatable {
 
     /// Settings; the defaults are 8 deliveries at once, a 5-minute lease, a 200 ms poll, a 20 s
     /// shutdown deadline, the default retry policy, no rate limits and no notifications.
-    public init(concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
-                shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
-                ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil) {
+    public init(
+        concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
+        shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
+        ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil
+    ) {
         self.bounce = bounce
         self.concurrency = concurrency
         self.lease = lease
@@ -76,10 +78,12 @@ public final class Dispatcher: Service, Sendable {
 
     /// A dispatcher for `store` that sends through `sender`. `clock` and `random` (a draw in 0..<1
     /// for the retry jitter) are for tests.
-    public init(store: any OutboxStore, sender: any MessageSender, settings: DispatcherSettings = DispatcherSettings(),
-                instanceID: String = Dispatcher.makeInstanceID(), logger: Logger = Logger(label: "outbox.dispatcher"),
-                clock: any QueueClock = SystemQueueClock(),
-                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
+    public init(
+        store: any OutboxStore, sender: any MessageSender, settings: DispatcherSettings = DispatcherSettings(),
+        instanceID: String = Dispatcher.makeInstanceID(), logger: Logger = Logger(label: "outbox.dispatcher"),
+        clock: any QueueClock = SystemQueueClock(),
+        random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
+    ) {
         self.store = store
         self.sender = sender
         self.instanceID = instanceID
@@ -177,8 +181,9 @@ public final class Dispatcher: Service, Sendable {
                         // Claimed too long ago (slow deliveries ahead of it): its lease may run
                         // out mid-send, and another instance could take it over; back to the queue.
                         if next.claimedAt.duration(to: self.clock.now) > next.lease / 2 {
-                            try? await self.store.release(id: next.message.message.id, owner: self.instanceID,
-                                                          nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
+                            try? await self.store.release(
+                                id: next.message.message.id, owner: self.instanceID,
+                                nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
                             self.state.withLockedValue { _ = $0.inFlight.remove(next.message.message.id) }
                         } else {
                             await self.deliver(next.message, settings: settings)
@@ -201,9 +206,11 @@ public final class Dispatcher: Service, Sendable {
                     group.addTask {
                         let at = self.clock.now
                         do {
-                            return .claimed(try await self.store.claim(limit: room, owner: owner, now: at.secondsSince1970,
-                                                                       lease: lease.seconds),
-                                            asked: room, at: at, lease: lease)
+                            return .claimed(
+                                try await self.store.claim(
+                                    limit: room, owner: owner, now: at.secondsSince1970,
+                                    lease: lease.seconds),
+                                asked: room, at: at, lease: lease)
                         } catch {
                             self.logger.error("claiming messages failed: \(error)")
                             return .claimed([], asked: room, at: at, lease: lease)
@@ -273,7 +280,9 @@ public final class Dispatcher: Service, Sendable {
                 try? await store.expireLease(id: id, owner: instanceID, now: clock.now.secondsSince1970)
             }
             if !left.isEmpty {
-                logger.notice("\(left.count) deliveries were still running at the shutdown deadline: their leases end and the next claim treats them as unknown outcomes")
+                logger.notice(
+                    "\(left.count) deliveries were still running at the shutdown deadline: their leases end and the next claim treats them as unknown outcomes"
+                )
             }
             group.cancelAll()
         }
@@ -288,9 +297,10 @@ public final class Dispatcher: Service, Sendable {
         if claimed.tookOverExpiredLease, !policy.allowsAnotherTry(unknownCount: message.unknownCount) {
             let outcome = AttemptOutcome(
                 status: .unknown, recipients: message.recipients,
-                attempt: AttemptRecord(number: message.attemptCount + 1, startedAt: clock.now.secondsSince1970, durationSeconds: 0, transport: "",
-                                       error: "not sent again: \(message.unknownCount) attempts had an unknown outcome (allowed: \(policy.unknownOutcomeRetries))",
-                                       outcome: "unknown", recipients: [], instance: instanceID),
+                attempt: AttemptRecord(
+                    number: message.attemptCount + 1, startedAt: clock.now.secondsSince1970, durationSeconds: 0, transport: "",
+                    error: "not sent again: \(message.unknownCount) attempts had an unknown outcome (allowed: \(policy.unknownOutcomeRetries))",
+                    outcome: "unknown", recipients: [], instance: instanceID),
                 nextAttemptAt: nil, lastError: "the outcome of an earlier attempt is unknown; check the recipients' mailboxes", unknown: false)
             _ = try? await store.record(id: message.id, owner: instanceID, outcome: outcome, now: clock.now.secondsSince1970)
             return
@@ -298,8 +308,9 @@ public final class Dispatcher: Service, Sendable {
         // Rate limits per sending mailbox: over the limit, the message waits in the queue.
         if let wait = admit(mailbox: message.from.lowercased(), settings: settings) {
             let now = clock.now
-            try? await store.release(id: message.id, owner: instanceID, nextAttemptAt: now.advanced(by: wait).secondsSince1970,
-                                     now: now.secondsSince1970)
+            try? await store.release(
+                id: message.id, owner: instanceID, nextAttemptAt: now.advanced(by: wait).secondsSince1970,
+                now: now.secondsSince1970)
             return
         }
         defer { finish(mailbox: message.from.lowercased()) }
@@ -310,14 +321,19 @@ public final class Dispatcher: Service, Sendable {
             result = .failure(DeliveryError(kind: .permanent, message: "the message has no recipient left to send to"))
         } else {
             do {
-                let envelope = Envelope(from: message.from, recipients: open, dsn: message.origin.flatMap { Dispatcher.dsn($0, recipients: message.recipients.map(\.address)) })
+                let envelope = Envelope(
+                    from: message.from, recipients: open,
+                    dsn: message.origin.flatMap { Dispatcher.dsn($0, recipients: message.recipients.map(\.address)) })
                 // A relayed message goes on as it was received (malformed headers included).
                 let content: any MailContent
                 if message.origin != nil {
                     // Chunks are read from the store while the transport sends: never whole.
-                    let store = self.store, id = message.id
-                    content = RelayedMessage(head: claimed.content, pieceCount: message.chunkCount, byteCount: message.size,
-                                             envelope: envelope) { index in try await store.readChunk(messageID: id, index: index) }
+                    let store = self.store
+                    let id = message.id
+                    content = RelayedMessage(
+                        head: claimed.content, pieceCount: message.chunkCount, byteCount: message.size,
+                        envelope: envelope
+                    ) { index in try await store.readChunk(messageID: id, index: index) }
                 } else {
                     content = try RawMessage(bytes: claimed.content)
                 }
@@ -331,18 +347,22 @@ public final class Dispatcher: Service, Sendable {
             }
         }
         let ended = clock.now
-        let outcome = Dispatcher.evaluate(message: message, sentTo: open, result: result, policy: policy, now: ended,
-                                          startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
+        let outcome = Dispatcher.evaluate(
+            message: message, sentTo: open, result: result, policy: policy, now: ended,
+            startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
-            let held = try await store.record(id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: clock.now.secondsSince1970)
+            let held = try await store.record(
+                id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: clock.now.secondsSince1970)
             if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
             if held, let notification {
-                logger.notice("delivery status notification queued", metadata: [
-                    "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(notification.id ?? "?")",
-                    "outbox.recipients": "\(Bounce.failures(message: message, outcome: outcome).count)",
-                ])
+                logger.notice(
+                    "delivery status notification queued",
+                    metadata: [
+                        "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(notification.id ?? "?")",
+                        "outbox.recipients": "\(Bounce.failures(message: message, outcome: outcome).count)",
+                    ])
             }
         } catch {
             logger.error("recording the outcome of \(message.id) failed: \(error); its lease will expire and it will be retried")
@@ -369,7 +389,8 @@ public final class Dispatcher: Service, Sendable {
     /// A relayed message's DSN parameters, for the transport to pass on; nil when it had none.
     /// `recipients`: the message's, in the order they were stored (the order of the lists).
     static func dsn(_ origin: MessageOrigin, recipients: [String]) -> SMTPDSNParameters? {
-        var notify: [String: String] = [:], orcpt: [String: String] = [:]
+        var notify: [String: String] = [:]
+        var orcpt: [String: String] = [:]
         for (i, address) in recipients.enumerated() {
             if i < origin.notify.count, !origin.notify[i].isEmpty { notify[address.lowercased()] = origin.notify[i] }
             if i < origin.orcpt.count, !origin.orcpt[i].isEmpty { orcpt[address.lowercased()] = origin.orcpt[i] }
@@ -407,25 +428,30 @@ public final class Dispatcher: Service, Sendable {
 
     /// The outcome of one attempt, from the mailer's report or error: per-recipient states, the
     /// message's new status and, for a retry, when. Pure.
-    package static func evaluate(message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
-                                policy: RetryPolicy, now: QueueInstant, startedAt: QueueInstant, duration: Duration, random: Double,
-                                instance: String) -> AttemptOutcome {
+    package static func evaluate(
+        message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>,
+        policy: RetryPolicy, now: QueueInstant, startedAt: QueueInstant, duration: Duration, random: Double,
+        instance: String
+    ) -> AttemptOutcome {
         var recipients = message.recipients
         let attempted = Set(sentTo.map { $0.lowercased() })
         func apply(_ outcomes: [RecipientOutcome]) {
             for o in outcomes {
                 guard let i = recipients.firstIndex(where: { $0.address.lowercased() == o.address.lowercased() }) else { continue }
-                let status: RecipientState.Status = switch o.status {
-                case .accepted: .accepted
-                case .rejected: .rejected
-                case .deferred: .deferred
-                case .unknown: .unknown
-                }
-                recipients[i] = RecipientState(address: recipients[i].address, status: status, code: o.code, enhancedCode: o.enhancedCode, text: o.text)
+                let status: RecipientState.Status =
+                    switch o.status {
+                    case .accepted: .accepted
+                    case .rejected: .rejected
+                    case .deferred: .deferred
+                    case .unknown: .unknown
+                    }
+                recipients[i] = RecipientState(
+                    address: recipients[i].address, status: status, code: o.code, enhancedCode: o.enhancedCode, text: o.text)
             }
         }
-        var attempt = AttemptRecord(number: message.attemptCount + 1, startedAt: startedAt.secondsSince1970, durationSeconds: duration.seconds,
-                                    transport: "", outcome: "", recipients: sentTo, instance: instance)
+        var attempt = AttemptRecord(
+            number: message.attemptCount + 1, startedAt: startedAt.secondsSince1970, durationSeconds: duration.seconds,
+            transport: "", outcome: "", recipients: sentTo, instance: instance)
         var errorText: String?
         var serverDelay: Duration?
         switch result {
@@ -435,14 +461,16 @@ public final class Dispatcher: Service, Sendable {
             attempt.reply = report.finalReply
             apply(report.recipients)
         case .failure(let error):
-            let status: RecipientState.Status = switch error.kind {
-            case .transient: .deferred
-            case .permanent: .rejected
-            case .outcomeUnknown: .unknown
-            }
+            let status: RecipientState.Status =
+                switch error.kind {
+                case .transient: .deferred
+                case .permanent: .rejected
+                case .outcomeUnknown: .unknown
+                }
             for i in recipients.indices where attempted.contains(recipients[i].address.lowercased()) {
-                recipients[i] = RecipientState(address: recipients[i].address, status: status,
-                                               code: error.smtp?.reply.map { $0.code }, text: error.message)
+                recipients[i] = RecipientState(
+                    address: recipients[i].address, status: status,
+                    code: error.smtp?.reply.map { $0.code }, text: error.message)
             }
             if let report = error.report {
                 attempt.transport = report.transport
@@ -465,25 +493,32 @@ public final class Dispatcher: Service, Sendable {
         }
         if open.isEmpty {
             attempt.outcome = accepted ? (rejected.isEmpty ? "delivered" : "partial") : "failed"
-            return AttemptOutcome(status: accepted ? .delivered : .failed, recipients: recipients, attempt: attempt,
-                                  nextAttemptAt: nil, lastError: errorText, unknown: unknown)
+            return AttemptOutcome(
+                status: accepted ? .delivered : .failed, recipients: recipients, attempt: attempt,
+                nextAttemptAt: nil, lastError: errorText, unknown: unknown)
         }
         if unknown, !policy.allowsAnotherTry(unknownCount: message.unknownCount + 1) {
             attempt.outcome = "unknown"
-            return AttemptOutcome(status: .unknown, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
-                                  lastError: (errorText ?? "") + " (the outcome is unknown; not retried: check the recipients' mailboxes)",
-                                  unknown: true)
+            return AttemptOutcome(
+                status: .unknown, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
+                lastError: (errorText ?? "") + " (the outcome is unknown; not retried: check the recipients' mailboxes)",
+                unknown: true)
         }
         let failures = message.attemptCount - message.unknownCount + 1
-        switch policy.decide(failures: unknown ? 1 : max(1, failures), now: now, ageBase: QueueInstant(secondsSince1970: message.ageBase), serverDelay: serverDelay, random: random) {
+        switch policy.decide(
+            failures: unknown ? 1 : max(1, failures), now: now, ageBase: QueueInstant(secondsSince1970: message.ageBase), serverDelay: serverDelay,
+            random: random)
+        {
         case .retry(let at):
             attempt.outcome = unknown ? "unknown" : (accepted ? "partial" : "deferred")
-            return AttemptOutcome(status: .deferred, recipients: recipients, attempt: attempt, nextAttemptAt: at.secondsSince1970,
-                                  lastError: errorText, unknown: unknown)
+            return AttemptOutcome(
+                status: .deferred, recipients: recipients, attempt: attempt, nextAttemptAt: at.secondsSince1970,
+                lastError: errorText, unknown: unknown)
         case .giveUp(let reason):
             attempt.outcome = "failed"
-            return AttemptOutcome(status: .failed, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
-                                  lastError: (errorText.map { $0 + "; " } ?? "") + "gave up: " + reason, unknown: unknown)
+            return AttemptOutcome(
+                status: .failed, recipients: recipients, attempt: attempt, nextAttemptAt: nil,
+                lastError: (errorText.map { $0 + "; " } ?? "") + "gave up: " + reason, unknown: unknown)
         }
     }
 }

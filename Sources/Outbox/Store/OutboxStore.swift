@@ -90,8 +90,10 @@ public struct AttemptRecord: Sendable, Codable, Hashable {
     public var instance: String?
 
     /// An attempt record with every field given.
-    public init(number: Int, startedAt: Double, durationSeconds: Double, transport: String, destination: String? = nil,
-                reply: String? = nil, error: String? = nil, outcome: String, recipients: [String], instance: String? = nil) {
+    public init(
+        number: Int, startedAt: Double, durationSeconds: Double, transport: String, destination: String? = nil,
+        reply: String? = nil, error: String? = nil, outcome: String, recipients: [String], instance: String? = nil
+    ) {
         self.number = number
         self.startedAt = startedAt
         self.durationSeconds = durationSeconds
@@ -159,8 +161,10 @@ public struct NewMessage: Sendable {
     public var requestHash: String?
 
     /// A message stored whole (no chunks).
-    public init(from: String, recipients: [String], content: [UInt8], messageID: String? = nil,
-                idempotencyKey: String? = nil, requestHash: String? = nil) {
+    public init(
+        from: String, recipients: [String], content: [UInt8], messageID: String? = nil,
+        idempotencyKey: String? = nil, requestHash: String? = nil
+    ) {
         self.from = from
         self.recipients = recipients
         self.content = content
@@ -219,10 +223,12 @@ public struct StoredMessage: Sendable, Hashable {
     public var chunkCount = 0
 
     /// A stored message with every field given (stores build it from their rows).
-    public init(id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
-                idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
-                nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
-                lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0) {
+    public init(
+        id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
+        idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
+        nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
+        lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0
+    ) {
         self.origin = origin
         self.chunkCount = chunkCount
         self.id = id
@@ -287,8 +293,10 @@ public struct AttemptOutcome: Sendable {
     public var unknown: Bool
 
     /// An outcome with every field given.
-    public init(status: MessageStatus, recipients: [RecipientState], attempt: AttemptRecord, nextAttemptAt: Double?,
-                lastError: String?, unknown: Bool) {
+    public init(
+        status: MessageStatus, recipients: [RecipientState], attempt: AttemptRecord, nextAttemptAt: Double?,
+        lastError: String?, unknown: Bool
+    ) {
         self.status = status
         self.recipients = recipients
         self.attempt = attempt

@@ -16,12 +16,16 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Connects with a `postgres://user:password@host:port/database` URL; call `migrate()` next.
     public static func open(url: String, logger: Logger = Logger(label: "outbox.store")) async throws -> PostgresOutboxStore {
         guard let components = URLComponents(string: url), let host = components.host, let user = components.user else {
-            throw StoreError(.invalidURL, "store \(url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)) is not postgres://user:password@host:port/database")
+            throw StoreError(
+                .invalidURL,
+                "store \(url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)) is not postgres://user:password@host:port/database"
+            )
         }
         let database = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
-        let configuration = PostgresClient.Configuration(host: host, port: components.port ?? 5432, username: user,
-                                                         password: components.password, database: database.isEmpty ? nil : database,
-                                                         tls: .disable)
+        let configuration = PostgresClient.Configuration(
+            host: host, port: components.port ?? 5432, username: user,
+            password: components.password, database: database.isEmpty ? nil : database,
+            tls: .disable)
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let store = PostgresOutboxStore(client: client)
         store.runTask = Task { await client.run() }
@@ -115,7 +119,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         let inserted = try await rows(query)
         if inserted.isEmpty, let key = message.idempotencyKey, let existing = try await byIdempotencyKey(key) { return existing }
         if inserted.isEmpty {
-            throw StoreError(.chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+            throw StoreError(
+                .chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
         }
         return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
     }
@@ -144,7 +149,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Writes chunk `index` of a large message's content ahead of `enqueue`, committed when it
     /// returns.
     public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
-        _ = try await rows("""
+        _ = try await rows(
+            """
             INSERT INTO outbox_message_chunks (message_id, n, data, created_at) VALUES (\(messageID), \(index), \(bytes), \(now))
             ON CONFLICT (message_id, n) DO UPDATE SET data = EXCLUDED.data, created_at = EXCLUDED.created_at
             """)
@@ -160,7 +166,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Removes the chunks of a message that was not queued.
     public func discardChunks(messageID: String) async throws {
-        _ = try await rows("""
+        _ = try await rows(
+            """
             DELETE FROM outbox_message_chunks WHERE message_id = \(messageID)
             AND NOT EXISTS (SELECT 1 FROM outbox_messages WHERE id = \(messageID))
             """)
@@ -170,19 +177,23 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// returns how many.
     @discardableResult
     public func purgeOrphanChunks(before: Double) async throws -> Int {
-        try await rows("""
+        try await rows(
+            """
             DELETE FROM outbox_message_chunks c WHERE c.created_at < \(before)
             AND NOT EXISTS (SELECT 1 FROM outbox_messages m WHERE m.id = c.message_id)
             RETURNING n
-            """).count
+            """
+        ).count
     }
 
     private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
-        guard let row = try await rows("SELECT id, status, request_hash FROM outbox_messages WHERE idempotency_key = \(key)").first?.makeRandomAccess()
+        guard
+            let row = try await rows("SELECT id, status, request_hash FROM outbox_messages WHERE idempotency_key = \(key)").first?.makeRandomAccess()
         else { return nil }
-        return EnqueueResult(id: try row["id"].decode(String.self),
-                             status: MessageStatus(rawValue: try row["status"].decode(String.self)) ?? .queued,
-                             created: false, requestHash: try row["request_hash"].decode(String?.self))
+        return EnqueueResult(
+            id: try row["id"].decode(String.self),
+            status: MessageStatus(rawValue: try row["status"].decode(String.self)) ?? .queued,
+            created: false, requestHash: try row["request_hash"].decode(String?.self))
     }
 
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
@@ -190,7 +201,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// locked by a branch and not taken stays locked only until this statement commits.
     public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
         let until = now + lease
-        let result = try await rows("""
+        let result = try await rows(
+            """
             UPDATE outbox_messages m SET
                 status = 'sending', lease_owner = \(owner), lease_until = \(until), updated_at = \(now),
                 took_over = CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END,
@@ -225,8 +237,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             let r = row.makeRandomAccess()
             var blob = try r["content"].decode(ByteBuffer.self)
             let message = try Self.decode(r)
-            return ClaimedMessage(message: message, content: blob.readBytes(length: blob.readableBytes) ?? [],
-                                  tookOverExpiredLease: try r["took_over"].decode(Int.self) == 1)
+            return ClaimedMessage(
+                message: message, content: blob.readBytes(length: blob.readableBytes) ?? [],
+                tookOverExpiredLease: try r["took_over"].decode(Int.self) == 1)
         }
     }
 
@@ -259,7 +272,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Ends `owner`'s lease at once: the next claim takes the message over as an unknown
     /// outcome.
     public func expireLease(id: String, owner: String, now: Double) async throws {
-        _ = try await rows("""
+        _ = try await rows(
+            """
             UPDATE outbox_messages SET lease_until = \(now - 1), updated_at = \(now)
             WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
             """)
@@ -268,7 +282,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Gives a claimed message back to the queue, due at `nextAttemptAt`, without counting an
     /// attempt.
     public func release(id: String, owner: String, nextAttemptAt: Double, now: Double) async throws {
-        _ = try await rows("""
+        _ = try await rows(
+            """
             UPDATE outbox_messages SET status = CASE WHEN attempt_count = 0 THEN 'queued' ELSE 'deferred' END,
                 next_attempt_at = \(nextAttemptAt), lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = \(now)
             WHERE id = \(id) AND lease_owner = \(owner) AND status = 'sending'
@@ -281,7 +296,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// The message with that id (without its content), or nil.
     public func get(id: String) async throws -> StoredMessage? {
-        try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE id = \(id)").first.map { try Self.decode($0.makeRandomAccess()) }
+        try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE id = \(id)").first.map {
+            try Self.decode($0.makeRandomAccess())
+        }
     }
 
     /// Up to `limit` messages in insertion order after `cursor` (a `sequence`), of one status
@@ -290,7 +307,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         let after = Int(cursor ?? 0)
         let result: [PostgresRow]
         if let status {
-            result = try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) AND status = \(status.rawValue) ORDER BY seq LIMIT \(limit)")
+            result = try await rows(
+                "SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) AND status = \(status.rawValue) ORDER BY seq LIMIT \(limit)"
+            )
         } else {
             result = try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) ORDER BY seq LIMIT \(limit)")
         }
@@ -302,12 +321,14 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     public func retry(id: String, now: Double) async throws -> StoreChange {
         guard let message = try await get(id: id) else { return .notFound }
         guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
-        let recipients = StoreJSON.encode(message.recipients.map { r -> RecipientState in
-            var r = r
-            if r.status != .accepted { r.status = .pending }
-            return r
-        })
-        let result = try await rows("""
+        let recipients = StoreJSON.encode(
+            message.recipients.map { r -> RecipientState in
+                var r = r
+                if r.status != .accepted { r.status = .pending }
+                return r
+            })
+        let result = try await rows(
+            """
             UPDATE outbox_messages SET status = 'queued', recipients = \(recipients), next_attempt_at = \(now), age_base = \(now),
                 unknown_count = 0, updated_at = \(now), last_error = NULL
             WHERE id = \(id) AND status IN ('failed', 'unknown', 'deferred')
@@ -320,7 +341,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// Cancels a message that is queued or deferred; ``StoreChange/conflict(_:)`` in any other
     /// status.
     public func cancel(id: String, now: Double) async throws -> StoreChange {
-        let result = try await rows("""
+        let result = try await rows(
+            """
             UPDATE outbox_messages SET status = 'cancelled', updated_at = \(now), next_attempt_at = NULL
             WHERE id = \(id) AND status IN ('queued', 'deferred')
             RETURNING \(unescaped: Self.columns())

@@ -21,8 +21,10 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// A policy; the defaults are 30 s doubling up to an hour, ± 20 %, for at most a day, and one
     /// more try after an unknown outcome.
-    public init(initialDelay: Duration = .seconds(30), maxDelay: Duration = .seconds(3600), multiplier: Double = 2, jitter: Double = 0.2,
-                maxAge: Duration = .seconds(86_400), unknownOutcomeRetries: Int = 1) {
+    public init(
+        initialDelay: Duration = .seconds(30), maxDelay: Duration = .seconds(3600), multiplier: Double = 2, jitter: Double = 0.2,
+        maxAge: Duration = .seconds(86_400), unknownOutcomeRetries: Int = 1
+    ) {
         self.initialDelay = initialDelay
         self.maxDelay = maxDelay
         self.multiplier = multiplier

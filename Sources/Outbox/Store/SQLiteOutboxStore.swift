@@ -208,7 +208,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             return existing
         }
         if rows.isEmpty {
-            throw StoreError(.chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
+            throw StoreError(
+                .chunksMissing, "message \(id) was not queued: \(message.chunkCount) content chunks were expected and are not all in the store")
         }
         return EnqueueResult(id: id, status: .queued, created: true, requestHash: message.requestHash)
     }
@@ -238,8 +239,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     /// Writes chunk `index` of a large message's content ahead of `enqueue`, committed when it
     /// returns.
     public func writeChunk(messageID: String, index: Int, bytes: ByteBuffer, now: Double) async throws {
-        _ = try await writer.write("INSERT OR REPLACE INTO message_chunks (message_id, n, data, created_at) VALUES (?, ?, ?, ?)",
-                                   [.text(messageID), .integer(index), .blob(bytes), .float(now)])
+        _ = try await writer.write(
+            "INSERT OR REPLACE INTO message_chunks (message_id, n, data, created_at) VALUES (?, ?, ?, ?)",
+            [.text(messageID), .integer(index), .blob(bytes), .float(now)])
     }
 
     /// Reads chunk `index` of a message's content; nil when there is none.
@@ -250,8 +252,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Removes the chunks of a message that was not queued.
     public func discardChunks(messageID: String) async throws {
-        _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-                                   [.text(messageID)])
+        _ = try await writer.write(
+            "DELETE FROM message_chunks WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+            [.text(messageID)])
     }
 
     /// Removes chunks written before `before` (seconds since 1970) that belong to no message;
@@ -269,8 +272,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     private func byIdempotencyKey(_ key: String) async throws -> EnqueueResult? {
         let rows = try await connection.query("SELECT id, status, request_hash FROM messages WHERE idempotency_key = ?", [.text(key)])
         guard let row = rows.first, let id = row.column("id")?.string else { return nil }
-        return EnqueueResult(id: id, status: MessageStatus(rawValue: row.column("status")?.string ?? "") ?? .queued,
-                             created: false, requestHash: row.column("request_hash")?.string)
+        return EnqueueResult(
+            id: id, status: MessageStatus(rawValue: row.column("status")?.string ?? "") ?? .queued,
+            created: false, requestHash: row.column("request_hash")?.string)
     }
 
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
@@ -314,19 +318,24 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     /// false (nothing recorded) when `owner` no longer holds the lease.
     @discardableResult
     public func record(id: String, owner: String, outcome: AttemptOutcome, notification: NewMessage?, now: Double) async throws -> Bool {
-        var statements: [(sql: String, binds: [SQLiteData])] = [(
-            """
-            UPDATE messages SET status = ?, recipients = ?, attempts = json_insert(attempts, '$[#]', json(?)),
-                attempt_count = attempt_count + 1, unknown_count = unknown_count + ?,
-                possible_duplicate = MAX(possible_duplicate, ?), next_attempt_at = ?, last_error = ?,
-                lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = ?
-            WHERE id = ? AND lease_owner = ? AND status = 'sending'
-            RETURNING seq
-            """,
-            [.text(outcome.status.rawValue), .text(StoreJSON.encode(outcome.recipients)), .text(StoreJSON.encode(outcome.attempt)),
-             .integer(outcome.unknown ? 1 : 0), .integer(outcome.unknown ? 1 : 0),
-             outcome.nextAttemptAt.map(SQLiteData.float) ?? .null, outcome.lastError.map(SQLiteData.text) ?? .null,
-             .float(now), .text(id), .text(owner)])]
+        var statements: [(sql: String, binds: [SQLiteData])] = [
+            (
+                """
+                UPDATE messages SET status = ?, recipients = ?, attempts = json_insert(attempts, '$[#]', json(?)),
+                    attempt_count = attempt_count + 1, unknown_count = unknown_count + ?,
+                    possible_duplicate = MAX(possible_duplicate, ?), next_attempt_at = ?, last_error = ?,
+                    lease_owner = NULL, lease_until = NULL, took_over = 0, updated_at = ?
+                WHERE id = ? AND lease_owner = ? AND status = 'sending'
+                RETURNING seq
+                """,
+                [
+                    .text(outcome.status.rawValue), .text(StoreJSON.encode(outcome.recipients)), .text(StoreJSON.encode(outcome.attempt)),
+                    .integer(outcome.unknown ? 1 : 0), .integer(outcome.unknown ? 1 : 0),
+                    outcome.nextAttemptAt.map(SQLiteData.float) ?? .null, outcome.lastError.map(SQLiteData.text) ?? .null,
+                    .float(now), .text(id), .text(owner),
+                ]
+            )
+        ]
         if let notification { statements.append(Self.insert(notification, now: now).1) }
         let rows = try await writer.write(statements)
         return !rows.isEmpty
@@ -448,7 +457,11 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Closes the database; closing it again does nothing.
     public func close() async throws {
-        guard closed.withLockedValue({ c in defer { c = true }; return !c }) else { return }
+        guard
+            closed.withLockedValue({ c in
+                defer { c = true }; return !c
+            })
+        else { return }
         try await connection.close()
     }
 

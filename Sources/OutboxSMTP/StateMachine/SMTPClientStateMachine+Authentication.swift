@@ -30,13 +30,19 @@ extension SMTPClientStateMachine {
         guard let credentials = configuration.credentials else { return sessionReady(now: now) }
         let offered = facts.capabilities.authMechanisms
         guard !offered.isEmpty else {
-            return closeWithFailure(SMTPError(stage: .auth, code: .noCommonAuthMechanism,
-                                              message: "enable-authentication = true, but \(configuration.host):\(configuration.port) offers no AUTH"
-                                                  + (facts.tlsEstablished ? "" : " in clear text (many servers offer it only after STARTTLS: set smtp-connection-security)")))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .auth, code: .noCommonAuthMechanism,
+                    message: "enable-authentication = true, but \(configuration.host):\(configuration.port) offers no AUTH"
+                        + (facts.tlsEstablished ? "" : " in clear text (many servers offer it only after STARTTLS: set smtp-connection-security)")))
         }
         guard let mechanism = SASLMechanism.choose(preference: configuration.authMechanisms, serverOffers: offered) else {
-            return closeWithFailure(SMTPError(stage: .auth, code: .noCommonAuthMechanism,
-                                              message: "No authentication mechanisms supported by both server and client: the server offers \(offered.joined(separator: " ")), mail.smtp.auth.mechanisms allows \(configuration.authMechanisms.joined(separator: " "))"))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .auth, code: .noCommonAuthMechanism,
+                    message:
+                        "No authentication mechanisms supported by both server and client: the server offers \(offered.joined(separator: " ")), mail.smtp.auth.mechanisms allows \(configuration.authMechanisms.joined(separator: " "))"
+                ))
         }
         facts.authMechanism = mechanism
         let user = credentials.user
@@ -52,11 +58,15 @@ extension SMTPClientStateMachine {
             waitDeadline = nil
             return .fetchToken
         case (.plain, .oauth2), (.login, .oauth2):
-            return closeWithFailure(SMTPError(stage: .auth, code: .noCommonAuthMechanism,
-                                              message: "mail.smtp.auth.mechanisms chose \(mechanism.rawValue), but the credentials are an OAuth 2.0 token: list XOAUTH2"))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .auth, code: .noCommonAuthMechanism,
+                    message: "mail.smtp.auth.mechanisms chose \(mechanism.rawValue), but the credentials are an OAuth 2.0 token: list XOAUTH2"))
         case (.xoauth2, .password):
-            return closeWithFailure(SMTPError(stage: .auth, code: .noCommonAuthMechanism,
-                                              message: "mail.smtp.auth.mechanisms chose XOAUTH2, but no OAuth 2.0 token source is configured"))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .auth, code: .noCommonAuthMechanism,
+                    message: "mail.smtp.auth.mechanisms chose XOAUTH2, but no OAuth 2.0 token source is configured"))
         }
     }
 
@@ -71,9 +81,11 @@ extension SMTPClientStateMachine {
     /// The token source failed: the session fails with its error inside (its own code kept).
     package mutating func tokenFailed(_ error: any Error) -> Action {
         guard case .fetchingToken = state else { return .none }
-        return closeWithFailure(SMTPError(stage: .auth, code: .credentialsUnavailable,
-                                          message: "could not obtain an OAuth 2.0 access token: \(error)", isTransient: true,
-                                          underlying: error))
+        return closeWithFailure(
+            SMTPError(
+                stage: .auth, code: .credentialsUnavailable,
+                message: "could not obtain an OAuth 2.0 access token: \(error)", isTransient: true,
+                underlying: error))
     }
 
     /// RFC 4954 §4: the initial response goes on the AUTH line unless the line would pass 512
@@ -140,8 +152,11 @@ extension SMTPClientStateMachine {
         }
         if reply.code == 334 {
             // A challenge we cannot answer: cancel the exchange (the server answers 501).
-            state = .authenticating(.cancelled(SMTPError.reply(reply, stage: .auth,
-                message: "the server sent an unexpected AUTH \(mechanism.rawValue) challenge; the exchange was cancelled")))
+            state = .authenticating(
+                .cancelled(
+                    SMTPError.reply(
+                        reply, stage: .auth,
+                        message: "the server sent an unexpected AUTH \(mechanism.rawValue) challenge; the exchange was cancelled")))
             return .write(encode(.authResponse("*")))
         }
         return closeWithFailure(Self.authError(reply, mechanism: mechanism))
@@ -151,11 +166,13 @@ extension SMTPClientStateMachine {
         let hint: String
         switch reply.code {
         case 535:
-            hint = mechanism == .xoauth2
+            hint =
+                mechanism == .xoauth2
                 ? "the server rejected the OAuth 2.0 token (check client-id, scope and the grant)"
                 : "the server rejected the user name or password (check user and password)"
         case 534: hint = "the server considers AUTH \(mechanism.rawValue) too weak for this account (list another in mail.smtp.auth.mechanisms)"
-        case 538: hint = "the server requires encryption for AUTH \(mechanism.rawValue) (set smtp-connection-security to start-tls-required or ssl-tls)"
+        case 538:
+            hint = "the server requires encryption for AUTH \(mechanism.rawValue) (set smtp-connection-security to start-tls-required or ssl-tls)"
         case 454: hint = "the server could not authenticate now (temporary failure)"
         case 530: hint = "the server requires authentication"
         default: hint = "authentication failed"

@@ -47,8 +47,10 @@ extension SMTPClientStateMachine {
         operations.insert(operation, at: 0)
     }
 
-    mutating func transactionAnswered(_ reply: SMTPReply, _ t: inout Transaction, _ operation: inout Operation,
-                                      now: NIODeadline) -> Action {
+    mutating func transactionAnswered(
+        _ reply: SMTPReply, _ t: inout Transaction, _ operation: inout Operation,
+        now: NIODeadline
+    ) -> Action {
         if reply.code == 421 {
             // The server is closing: report its 421, not the closed connection after it.
             let stage = t.stage
@@ -107,8 +109,9 @@ extension SMTPClientStateMachine {
         let mail = t.replies[0]
         let dataReply: SMTPReply? = t.dataIncluded && t.replies.count == t.rcptCount + 2 ? t.replies.last : nil
         guard mail.isPositiveCompletion else {
-            return end(&t, operation, .fail(SMTPError.reply(mail, stage: .mail, message: "the server refused the sender <\(t.sender)>: \(mail)")),
-                       dataAccepted: dataReply?.code == 354, now: now)
+            return end(
+                &t, operation, .fail(SMTPError.reply(mail, stage: .mail, message: "the server refused the sender <\(t.sender)>: \(mail)")),
+                dataAccepted: dataReply?.code == 354, now: now)
         }
         var accepted = 0
         for index in 1...t.rcptCount where t.replies[index].isPositiveCompletion { accepted += 1 }
@@ -118,7 +121,8 @@ extension SMTPClientStateMachine {
         }
         if let dataReply {
             guard dataReply.code == 354 else {
-                return reset(&t, operation, .fail(SMTPError.reply(dataReply, stage: .data, message: "the server refused DATA: \(dataReply)")), now: now)
+                return reset(
+                    &t, operation, .fail(SMTPError.reply(dataReply, stage: .data, message: "the server refused DATA: \(dataReply)")), now: now)
             }
             return startBody(&t, operation, now: now)
         }
@@ -191,8 +195,12 @@ extension SMTPClientStateMachine {
     /// to the dot goes to `completion`.
     package mutating func bodyEnd(_ last: ByteBuffer, completion: Completion, now: NIODeadline) -> Action {
         guard case .ready = state, streaming != nil, !operations.isEmpty,
-              case .transaction(var t) = operations[0].kind, case .streaming = t.phase else {
-            return .fail(completion, SMTPClientStateMachine.afterDotError(written: false, failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed")))
+            case .transaction(var t) = operations[0].kind, case .streaming = t.phase
+        else {
+            return .fail(
+                completion,
+                SMTPClientStateMachine.afterDotError(
+                    written: false, failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed")))
         }
         var operation = operations.removeFirst()
         streaming = nil

@@ -7,8 +7,10 @@ extension SMTPClientStateMachine {
         facts.greeting = reply
         mark("greeting", now: now)
         guard reply.code == 220 else {
-            return closeWithFailure(SMTPError.reply(reply, stage: .greeting,
-                                                    message: "the server refused the session in its greeting: \(reply)"))
+            return closeWithFailure(
+                SMTPError.reply(
+                    reply, stage: .greeting,
+                    message: "the server refused the session in its greeting: \(reply)"))
         }
         return sendHello(ehlo: true, now: now)
     }
@@ -54,8 +56,12 @@ extension SMTPClientStateMachine {
     mutating func sendStartTLS(required: Bool, now: NIODeadline) -> Action {
         guard facts.capabilities.startTLS else {
             if required {
-                return closeWithFailure(SMTPError(stage: .starttls, code: .tlsRequired,
-                                                  message: "smtp-connection-security = start-tls-required, but \(configuration.host):\(configuration.port) does not offer STARTTLS; nothing was sent in clear text"))
+                return closeWithFailure(
+                    SMTPError(
+                        stage: .starttls, code: .tlsRequired,
+                        message:
+                            "smtp-connection-security = start-tls-required, but \(configuration.host):\(configuration.port) does not offer STARTTLS; nothing was sent in clear text"
+                    ))
             }
             facts.notices.append("the server does not offer STARTTLS: continuing in clear text (smtp-connection-security = start-tls)")
             return startAuthentication(now: now)
@@ -69,8 +75,12 @@ extension SMTPClientStateMachine {
         guard reply.code == 220 else {
             if reply.code == 421 { return closeClosing(reply, stage: .starttls) }
             if configuration.security == .startTLSRequired {
-                return closeWithFailure(SMTPError.reply(reply, stage: .starttls,
-                                                        message: "the server refused STARTTLS (\(reply)) and smtp-connection-security = start-tls-required; nothing was sent in clear text"))
+                return closeWithFailure(
+                    SMTPError.reply(
+                        reply, stage: .starttls,
+                        message:
+                            "the server refused STARTTLS (\(reply)) and smtp-connection-security = start-tls-required; nothing was sent in clear text"
+                    ))
             }
             facts.notices.append("the server refused STARTTLS (\(reply)): continuing in clear text (smtp-connection-security = start-tls)")
             return startAuthentication(now: now)
@@ -78,8 +88,12 @@ extension SMTPClientStateMachine {
         // RFC 3207 §5, CVE-2011-0411: whatever came after the 220 in clear text would be read
         // as if it came under TLS. Close.
         guard unprocessedBytes == 0 else {
-            return closeWithFailure(SMTPError(stage: .starttls, code: .startTLSInjection,
-                                              message: "the server sent \(unprocessedBytes) bytes of clear text after agreeing to STARTTLS (possible command injection); the connection was closed"))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .starttls, code: .startTLSInjection,
+                    message:
+                        "the server sent \(unprocessedBytes) bytes of clear text after agreeing to STARTTLS (possible command injection); the connection was closed"
+                ))
         }
         state = .tlsHandshake(afterStartTLS: true)
         waitDeadline = now + configuration.connectTimeout.timeAmount

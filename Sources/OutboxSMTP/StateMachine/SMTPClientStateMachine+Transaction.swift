@@ -97,9 +97,10 @@ extension SMTPClientStateMachine {
                     e.stage = .mail
                     return e
                 }
-                return SMTPError(stage: .mail, code: .connectionClosed,
-                                 message: "the connection was lost before the message's commands were answered (\(error.message))",
-                                 isTransient: true)
+                return SMTPError(
+                    stage: .mail, code: .connectionClosed,
+                    message: "the connection was lost before the message's commands were answered (\(error.message))",
+                    isTransient: true)
             }
             if case .dot = t.phase, error.reply == nil {
                 return SMTPClientStateMachine.afterDotError(written: bodyWritten, error)
@@ -176,12 +177,15 @@ extension SMTPClientStateMachine {
 
     static func afterDotError(written: Bool, _ error: SMTPError) -> SMTPError {
         if !written {
-            return SMTPError(stage: .data, code: .connectionClosed,
-                             message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
+            return SMTPError(
+                stage: .data, code: .connectionClosed,
+                message: "the connection was lost before the end of the message was sent (\(error.message)); the message was not accepted")
         }
-        return SMTPError(stage: .data, code: .outcomeUnknown,
-                         message: "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
-                         isTransient: true)
+        return SMTPError(
+            stage: .data, code: .outcomeUnknown,
+            message:
+                "the connection failed after the whole message was sent and before the server confirmed it (\(error.message)): the message may or may not have been accepted",
+            isTransient: true)
     }
 
     static var dataCommand: ByteBuffer { ByteBuffer(staticString: "DATA\r\n") }
@@ -192,7 +196,8 @@ extension SMTPClientStateMachine {
     /// at its dot when it is pipelined with its body, else once every reply is in.
     package mutating func startTransaction(_ request: SMTPTransactionRequest, completion: Completion, now: NIODeadline) -> Action {
         guard case .ready = state else {
-            return .fail(completion, Self.notSent(failure ?? SMTPError(stage: .mail, code: .connectionClosed, message: "the connection is not ready")))
+            return .fail(
+                completion, Self.notSent(failure ?? SMTPError(stage: .mail, code: .connectionClosed, message: "the connection is not ready")))
         }
         nextTransactionID += 1
         let dataIncluded: Bool
@@ -213,13 +218,16 @@ extension SMTPClientStateMachine {
         }
         var replies: [SMTPReply] = []
         replies.reserveCapacity(request.rcptCount + 2)
-        let transaction = Transaction(id: nextTransactionID, rcptCount: request.rcptCount, sendPartial: request.sendPartial,
-                                      handBack: request.handBack, sender: request.sender, sequential: sequential,
-                                      dataIncluded: dataIncluded, unsent: unsent,
-                                      body: request.body, replies: replies, phase: .commands)
-        let operation = Operation(completion: completion, kind: .transaction(transaction), initialWrite: first,
-                                  transactionID: transaction.id)
-        let behindDot = request.body != nil && dataIncluded && streaming == nil && deferred.isEmpty
+        let transaction = Transaction(
+            id: nextTransactionID, rcptCount: request.rcptCount, sendPartial: request.sendPartial,
+            handBack: request.handBack, sender: request.sender, sequential: sequential,
+            dataIncluded: dataIncluded, unsent: unsent,
+            body: request.body, replies: replies, phase: .commands)
+        let operation = Operation(
+            completion: completion, kind: .transaction(transaction), initialWrite: first,
+            transactionID: transaction.id)
+        let behindDot =
+            request.body != nil && dataIncluded && streaming == nil && deferred.isEmpty
             && !operations.isEmpty && operations.allSatisfy { $0.handedBack }
         if behindDot {
             // RFC 2920 §3.1: commands may follow the message content in a group. Its wait
@@ -231,12 +239,17 @@ extension SMTPClientStateMachine {
     }
 
     /// Sends NOOP, RSET or QUIT once nothing else is awaited.
-    package mutating func startCommand(_ command: SMTPCommand, stage: SMTPError.Stage, timeout: TimeAmount,
-                                       completion: Completion, now: NIODeadline) -> Action {
+    package mutating func startCommand(
+        _ command: SMTPCommand, stage: SMTPError.Stage, timeout: TimeAmount,
+        completion: Completion, now: NIODeadline
+    ) -> Action {
         guard case .ready = state else {
-            return .fail(completion, SMTPError(stage: stage, code: .connectionClosed,
-                                               message: "the connection is closed" + (failure.map { ": \($0.message)" } ?? ""),
-                                               isTransient: true))
+            return .fail(
+                completion,
+                SMTPError(
+                    stage: stage, code: .connectionClosed,
+                    message: "the connection is closed" + (failure.map { ": \($0.message)" } ?? ""),
+                    isTransient: true))
         }
         transcript(command)
         var wire = ByteBufferAllocator().buffer(capacity: 8)

@@ -166,11 +166,15 @@ package struct SMTPClientStateMachine {
     /// A reply nobody asked for: a 421 shutdown notice, or a broken server.
     mutating func closeUnexpected(_ reply: SMTPReply) -> Action {
         if reply.code == 421 {
-            return closeWithFailure(SMTPError(stage: currentStage, code: .reply, reply: reply,
-                                              message: "the server is closing the connection: \(reply)"))
+            return closeWithFailure(
+                SMTPError(
+                    stage: currentStage, code: .reply, reply: reply,
+                    message: "the server is closing the connection: \(reply)"))
         }
-        return closeWithFailure(SMTPError(stage: .protocol, code: .protocolViolation, reply: reply,
-                                          message: "the server sent a reply nobody asked for: \(reply)"))
+        return closeWithFailure(
+            SMTPError(
+                stage: .protocol, code: .protocolViolation, reply: reply,
+                message: "the server sent a reply nobody asked for: \(reply)"))
     }
 
     /// The server's bytes could not be parsed, or the pipeline failed.
@@ -183,17 +187,21 @@ package struct SMTPClientStateMachine {
     package mutating func channelInactive() -> Action {
         if case .closed = state { return .none }
         let greeted = facts.greeting != nil
-        return closeWithFailure(SMTPError(stage: currentStage, code: .connectionClosed,
-                                          message: greeted ? "the server closed the connection" : "the server closed the connection before its greeting"))
+        return closeWithFailure(
+            SMTPError(
+                stage: currentStage, code: .connectionClosed,
+                message: greeted ? "the server closed the connection" : "the server closed the connection before its greeting"))
     }
 
     /// The runner's timer fired at `now`: a wait whose deadline passed fails the connection.
     package mutating func timerFired(now: NIODeadline) -> Action {
         if case .closed = state { return .none }
         if let streaming, streaming.writesPending > 0, streaming.stallDeadline <= now {
-            return closeWithFailure(SMTPError(stage: .data, code: .timeout,
-                                              message: "no answer from the server within \(SMTPConnection.format(configuration.protocolTimeout)) during DATA",
-                                              isTransient: true))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .data, code: .timeout,
+                    message: "no answer from the server within \(SMTPConnection.format(configuration.protocolTimeout)) during DATA",
+                    isTransient: true))
         }
         guard let deadline = waitDeadline, deadline <= now else { return .none }
         let stage = currentStage
@@ -204,13 +212,17 @@ package struct SMTPClientStateMachine {
         default: timeout = configuration.protocolTimeout
         }
         if case .ready = state, let head = operations.first, head.awaitsDot {
-            return closeWithFailure(SMTPError(stage: .data, code: .timeout,
-                                              message: "no answer within \(SMTPConnection.format(timeout)) after the end of the message",
-                                              isTransient: true))
+            return closeWithFailure(
+                SMTPError(
+                    stage: .data, code: .timeout,
+                    message: "no answer within \(SMTPConnection.format(timeout)) after the end of the message",
+                    isTransient: true))
         }
-        return closeWithFailure(SMTPError(stage: stage, code: .timeout,
-                                          message: "no answer from the server within \(SMTPConnection.format(timeout)) during \(stage.rawValue.uppercased())",
-                                          isTransient: true))
+        return closeWithFailure(
+            SMTPError(
+                stage: stage, code: .timeout,
+                message: "no answer from the server within \(SMTPConnection.format(timeout)) during \(stage.rawValue.uppercased())",
+                isTransient: true))
     }
 
     /// The step a failure nobody else names happened at.
@@ -260,8 +272,9 @@ package struct SMTPClientStateMachine {
     /// Nothing of an operation was written before the connection ended: it can go out on a
     /// fresh connection.
     static func notSent(_ error: SMTPError) -> SMTPError {
-        SMTPError(stage: .mail, code: .connectionClosed,
-                  message: "the connection had closed before the message was sent: \(error.message)", isTransient: true)
+        SMTPError(
+            stage: .mail, code: .connectionClosed,
+            message: "the connection had closed before the message was sent: \(error.message)", isTransient: true)
     }
 
     /// `state` after the set-up: ready, with the session's waiter completed.

@@ -109,7 +109,10 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// What a release on the hot path did.
-    private enum HandBack { case no, kept, resume(Waiter) }
+    private enum HandBack {
+        case no, kept
+        case resume(Waiter)
+    }
 
     /// Who learns a lease request's answer: a task waiting in `lease()`, or the hand-back of
     /// `lease(_:handBack:)`, called where the connection is given.
@@ -305,18 +308,22 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// the caller's continuation, and must resume the continuation exactly once (at once, or when
     /// the work it started ends). When a connection is free at once, `immediate` makes the
     /// result without suspending. Waiting is FIFO and cancellable as in ``lease()``.
-    public func lease<T>(immediate: (Lease) -> T,
-                         handBack: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void) async throws -> T {
+    public func lease<T>(
+        immediate: (Lease) -> T,
+        handBack: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void
+    ) async throws -> T {
         let (requestID, answer) = try register()
         if let answer { return immediate(try answer.get()) }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
-                wait(requestID, .handBack({ result in
-                    switch result {
-                    case .success(let lease): handBack(lease, continuation)
-                    case .failure(let error): continuation.resume(throwing: error)
-                    }
-                }))
+                wait(
+                    requestID,
+                    .handBack({ result in
+                        switch result {
+                        case .success(let lease): handBack(lease, continuation)
+                        case .failure(let error): continuation.resume(throwing: error)
+                        }
+                    }))
             }
         } onCancel: {
             self.event { $0.machine.cancelled(requestID) }
@@ -357,9 +364,11 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// is a programming error and traps).
     public func release(_ lease: Lease, _ disposition: PoolReleaseDisposition = .clean) {
         if disposition != .clean {
-            logger.debug("smtp pool release", metadata: [
-                "smtp.connection_id": "\(lease.connectionID.rawValue)", "smtp.pool.disposition": "\(disposition)",
-            ])
+            logger.debug(
+                "smtp pool release",
+                metadata: [
+                    "smtp.connection_id": "\(lease.connectionID.rawValue)", "smtp.pool.disposition": "\(disposition)",
+                ])
         }
         if disposition == .clean {
             // The hot path under load: straight to the next waiter, no actions, no effects.
@@ -473,9 +482,11 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                 }
             } catch {
                 let refused = error is any ConnectionPoolRefusalError
-                logger.debug("smtp pool connect failed", metadata: [
-                    "smtp.connection_id": "\(id.rawValue)", "smtp.pool.refused": "\(refused)",
-                ])
+                logger.debug(
+                    "smtp pool connect failed",
+                    metadata: [
+                        "smtp.connection_id": "\(id.rawValue)", "smtp.pool.refused": "\(refused)",
+                    ])
                 event { state in
                     state.connectErrors[id] = error
                     return state.machine.connectionFailed(id, refused: refused, now: clock.now)
@@ -491,9 +502,11 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
                 event { $0.machine.checkFailed(id, now: clock.now) }
             }
         case .close(let id, let connection, let reason):
-            logger.debug("smtp pool close", metadata: [
-                "smtp.connection_id": "\(id.rawValue)", "smtp.pool.close_reason": "\(reason)",
-            ])
+            logger.debug(
+                "smtp pool close",
+                metadata: [
+                    "smtp.connection_id": "\(id.rawValue)", "smtp.pool.close_reason": "\(reason)",
+                ])
             await connection.close()
             event { state in
                 state.connections[id] = nil

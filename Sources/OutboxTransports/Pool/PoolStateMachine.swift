@@ -365,10 +365,10 @@ where Instant.Duration == Duration {
     /// `[.lease(id, to: request)]` (the tests compare both on the same states).
     mutating func releasedCleanToWaiter(_ id: PoolConnectionID, now: Instant) -> RequestID? {
         guard lifecycle == .running, shrink == nil, !waiters.isEmpty,
-              connections.count >= effectiveSize,
-              configuration.checkIdleTime > .zero,
-              var connection = connections[id], case .leased = connection.state,
-              connection.generation == generation
+            connections.count >= effectiveSize,
+            configuration.checkIdleTime > .zero,
+            var connection = connections[id], case .leased = connection.state,
+            connection.generation == generation
         else { return nil }
         if let retireAt = connection.retireAt, retireAt <= now { return nil }
         let request = waiters.removeFirst()
@@ -553,7 +553,8 @@ where Instant.Duration == Duration {
             var best: (id: PoolConnectionID, lastUsed: Instant)?
             for (id, connection) in connections where connection.state == .idle {
                 if let current = best,
-                   connection.lastUsed < current.lastUsed || (connection.lastUsed == current.lastUsed && id < current.id) {
+                    connection.lastUsed < current.lastUsed || (connection.lastUsed == current.lastUsed && id < current.id)
+                {
                     continue
                 }
                 best = (id, connection.lastUsed)

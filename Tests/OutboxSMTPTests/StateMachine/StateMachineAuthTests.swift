@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -8,8 +9,9 @@ import Testing
 struct StateMachineAuthTests {
     /// A machine that has just read an EHLO offering `auth`; returns it with the action that followed.
     func afterEHLO(_ credentials: SMTPCredentials, mechanisms: [String], auth: String = "PLAIN LOGIN XOAUTH2") -> (TestMachine, TestAction) {
-        var m = TestMachine(configuration: machineConfiguration(credentials: credentials, mechanisms: mechanisms),
-                            helloName: "client.test", session: "session")
+        var m = TestMachine(
+            configuration: machineConfiguration(credentials: credentials, mechanisms: mechanisms),
+            helloName: "client.test", session: "session")
         _ = m.channelActive(now: at(0))
         _ = m.replyReceived(reply("220 mx"), unprocessedBytes: 0, now: at(0))
         let action = m.replyReceived(reply("250-mx\r\n250 AUTH \(auth)\r\n"), unprocessedBytes: 0, now: at(1))
@@ -47,7 +49,9 @@ struct StateMachineAuthTests {
         let sent = m.tokenReceived(SMTPAccessToken(token: "tok", expiresAt: expiry), now: at(2))
         let response = Data("user=u@x.test\u{01}auth=Bearer tok\u{01}\u{01}".utf8).base64EncodedString()
         #expect(sent.written == "AUTH XOAUTH2 \(response)\r\n")
-        guard case .sessionReady(_, let facts) = m.replyReceived(reply("235 ok"), unprocessedBytes: 0, now: at(3)) else { Issue.record("not ready"); return }
+        guard case .sessionReady(_, let facts) = m.replyReceived(reply("235 ok"), unprocessedBytes: 0, now: at(3)) else {
+            Issue.record("not ready"); return
+        }
         #expect(facts.credentialExpiry == expiry && facts.authMechanism == .xoauth2)
     }
 

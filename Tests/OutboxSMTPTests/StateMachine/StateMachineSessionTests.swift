@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -31,9 +32,11 @@ struct StateMachineSessionTests {
         #expect(!facts.capabilities.isExtended)
     }
 
-    @Test("EHLO refused otherwise (554), a refused HELO, a 554 greeting: the session fails", arguments: [
-        (["220 mx", "554 no"], SMTPError.Stage.ehlo), (["220 mx", "500 eh?", "550 no"], .ehlo), (["554 go away"], .greeting),
-    ])
+    @Test(
+        "EHLO refused otherwise (554), a refused HELO, a 554 greeting: the session fails",
+        arguments: [
+            (["220 mx", "554 no"], SMTPError.Stage.ehlo), (["220 mx", "500 eh?", "550 no"], .ehlo), (["554 go away"], .greeting),
+        ])
     func refused(replies: [String], stage: SMTPError.Stage) {
         var m = TestMachine(configuration: machineConfiguration(), helloName: "client.test", session: "session")
         _ = m.channelActive(now: at(0))

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -28,11 +29,14 @@ func reply(_ text: String) -> SMTPReply {
     return try! parser.parse(&buffer)!
 }
 
-func machineConfiguration(security: ConnectionSecurity = .none, credentials: SMTPCredentials? = nil, mechanisms: [String]? = nil,
-                          sendPartial: Bool = true, protocolTimeout: Duration = .seconds(30)) -> SMTPClientConfiguration {
-    SMTPClientConfiguration(host: "mx.test", port: 25, security: security, connectTimeout: .seconds(10),
-                            protocolTimeout: protocolTimeout, credentials: credentials, authMechanisms: mechanisms,
-                            localHostname: "client.test", sendPartial: sendPartial)
+func machineConfiguration(
+    security: ConnectionSecurity = .none, credentials: SMTPCredentials? = nil, mechanisms: [String]? = nil,
+    sendPartial: Bool = true, protocolTimeout: Duration = .seconds(30)
+) -> SMTPClientConfiguration {
+    SMTPClientConfiguration(
+        host: "mx.test", port: 25, security: security, connectTimeout: .seconds(10),
+        protocolTimeout: protocolTimeout, credentials: credentials, authMechanisms: mechanisms,
+        localHostname: "client.test", sendPartial: sendPartial)
 }
 
 extension TestAction {
@@ -60,7 +64,8 @@ extension TestAction {
 
 /// A machine driven to the ready state over a plain EHLO (`extensions` announced).
 func readyMachine(_ extensions: [String] = ["PIPELINING", "SIZE 1000000"], configuration: SMTPClientConfiguration = machineConfiguration())
--> TestMachine {
+    -> TestMachine
+{
     var machine = TestMachine(configuration: configuration, helloName: "client.test", session: "session")
     _ = machine.channelActive(now: at(0))
     _ = machine.replyReceived(reply("220 mx.test ESMTP"), unprocessedBytes: 0, now: at(0))
@@ -75,12 +80,15 @@ func readyMachine(_ extensions: [String] = ["PIPELINING", "SIZE 1000000"], confi
 }
 
 /// A pipelined transaction's request: MAIL, `rcpts` RCPTs and DATA in one write.
-func pipelinedRequest(rcpts: Int = 1, body: String? = "Subject: t\r\n\r\nhi\r\n.\r\n", sendPartial: Bool = true,
-                      handBack: Bool = false, dataIncluded: Bool = true) -> SMTPTransactionRequest {
+func pipelinedRequest(
+    rcpts: Int = 1, body: String? = "Subject: t\r\n\r\nhi\r\n.\r\n", sendPartial: Bool = true,
+    handBack: Bool = false, dataIncluded: Bool = true
+) -> SMTPTransactionRequest {
     var wire = "MAIL FROM:<a@x.test>\r\n"
     for i in 0..<rcpts { wire += "RCPT TO:<r\(i)@x.test>\r\n" }
     if dataIncluded { wire += "DATA\r\n" }
-    return SMTPTransactionRequest(commands: .pipelined(ByteBuffer(string: wire), dataIncluded: dataIncluded), sender: "a@x.test",
-                                  rcptCount: rcpts, body: body.map { ByteBuffer(string: $0) }, sendPartial: sendPartial,
-                                  handBack: handBack)
+    return SMTPTransactionRequest(
+        commands: .pipelined(ByteBuffer(string: wire), dataIncluded: dataIncluded), sender: "a@x.test",
+        rcptCount: rcpts, body: body.map { ByteBuffer(string: $0) }, sendPartial: sendPartial,
+        handBack: handBack)
 }

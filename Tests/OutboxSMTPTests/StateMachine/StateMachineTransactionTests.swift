@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -78,9 +79,11 @@ struct StateMachineTransactionTests {
     @Test("no PIPELINING: one command at a time, DATA, a streamed body, the dot")
     func sequentialStreamed() {
         var m = readyMachine([])
-        let request = SMTPTransactionRequest(commands: .sequential(mail: ByteBuffer(string: "MAIL FROM:<a@x.test>\r\n"),
-                                                                    rcpts: [ByteBuffer(string: "RCPT TO:<b@x.test>\r\n"), ByteBuffer(string: "RCPT TO:<c@x.test>\r\n")]),
-                                             sender: "a@x.test", rcptCount: 2, body: nil, sendPartial: true, handBack: false)
+        let request = SMTPTransactionRequest(
+            commands: .sequential(
+                mail: ByteBuffer(string: "MAIL FROM:<a@x.test>\r\n"),
+                rcpts: [ByteBuffer(string: "RCPT TO:<b@x.test>\r\n"), ByteBuffer(string: "RCPT TO:<c@x.test>\r\n")]),
+            sender: "a@x.test", rcptCount: 2, body: nil, sendPartial: true, handBack: false)
         #expect(m.startTransaction(request, completion: "t1", now: at(1)).written == "MAIL FROM:<a@x.test>\r\n")
         #expect(feed(&m, ["250 ok"]).written == "RCPT TO:<b@x.test>\r\n")
         #expect(feed(&m, ["250 ok"]).written == "RCPT TO:<c@x.test>\r\n")
@@ -134,10 +137,12 @@ struct StateMachineTransactionTests {
         #expect(refused.error(for: "late")?.code == .connectionClosed && refused.error(for: "late")?.isTransient == true)
     }
 
-    @Test("421 at any point of a transaction: the reply is the error, at its stage", arguments: [
-        (["421 bye"], SMTPError.Stage.mail), (["250 ok", "421 bye"], .rcpt), (["250 ok", "250 ok", "421 bye"], .data),
-        (["250 ok", "250 ok", "354 go", "421 bye"], .data),
-    ])
+    @Test(
+        "421 at any point of a transaction: the reply is the error, at its stage",
+        arguments: [
+            (["421 bye"], SMTPError.Stage.mail), (["250 ok", "421 bye"], .rcpt), (["250 ok", "250 ok", "421 bye"], .data),
+            (["250 ok", "250 ok", "354 go", "421 bye"], .data),
+        ])
     func closingAnywhere(replies: [String], stage: SMTPError.Stage) {
         var m = readyMachine()
         _ = m.startTransaction(pipelinedRequest(rcpts: 1), completion: "t1", now: at(1))

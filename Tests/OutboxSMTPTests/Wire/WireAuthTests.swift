@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -14,8 +15,10 @@ private func xoauth2Payload(_ token: String) -> String { b64("user=\(user)\u{01}
 private let googleChallenge = "eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ=="
 
 /// Every form in which a secret could leak.
-private let secrets = [password, b64(password), plainPayload, shortToken, longToken, xoauth2Payload(shortToken), xoauth2Payload(longToken),
-                       String(xoauth2Payload(longToken).prefix(40))]
+private let secrets = [
+    password, b64(password), plainPayload, shortToken, longToken, xoauth2Payload(shortToken), xoauth2Payload(longToken),
+    String(xoauth2Payload(longToken).prefix(40)),
+]
 
 private func leaks(_ text: String) -> [String] { secrets.filter { text.contains($0) } }
 
@@ -27,13 +30,15 @@ private func oauth(_ token: String) -> SMTPCredentials {
 struct WireAuthTests {
     @Test("AUTH PLAIN with the initial response on the AUTH line; the debug log shows it redacted")
     func plain() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH LOGIN PLAIN"]) + [
-            .expect("AUTH PLAIN \(plainPayload)"), .send("235 2.7.0 Authentication successful\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH LOGIN PLAIN"]) + [
+                .expect("AUTH PLAIN \(plainPayload)"), .send("235 2.7.0 Authentication successful\r\n"),
+            ] + WireScript.quit)
         let log = WireLogRecorder()
         let conn = try await SMTPConnection.connect(
-            configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)),
-                                 authMechanisms: ["PLAIN", "LOGIN"], enableDebug: true),
+            configuration: .wire(
+                port: server.port, credentials: .password(user: user, password: SMTPSecret(password)),
+                authMechanisms: ["PLAIN", "LOGIN"], enableDebug: true),
             logger: log.logger())
         #expect(conn.authMechanism == .plain)
         #expect(conn.stepTimings.map(\.step).last == "auth")
@@ -47,11 +52,12 @@ struct WireAuthTests {
 
     @Test("AUTH LOGIN (JavaMail's default first choice): user and password answer the two 334 challenges")
     func login() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH PLAIN LOGIN"]) + [
-            .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"),
-            .expect(b64(user)), .send("334 UGFzc3dvcmQ6\r\n"),
-            .expect(b64(password)), .send("235 2.7.0 ok\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH PLAIN LOGIN"]) + [
+                .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"),
+                .expect(b64(user)), .send("334 UGFzc3dvcmQ6\r\n"),
+                .expect(b64(password)), .send("235 2.7.0 ok\r\n"),
+            ] + WireScript.quit)
         let log = WireLogRecorder()
         let conn = try await SMTPConnection.connect(
             configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
@@ -67,9 +73,10 @@ struct WireAuthTests {
     @Test("AUTH XOAUTH2, one line when it fits in 512 octets")
     func xoauth2OneLine() async throws {
         let payload = xoauth2Payload(shortToken)
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH LOGIN PLAIN XOAUTH2"]) + [
-            .expect("AUTH XOAUTH2 \(payload)"), .send("235 2.7.0 Accepted\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH LOGIN PLAIN XOAUTH2"]) + [
+                .expect("AUTH XOAUTH2 \(payload)"), .send("235 2.7.0 Accepted\r\n"),
+            ] + WireScript.quit)
         let log = WireLogRecorder()
         let conn = try await SMTPConnection.connect(
             configuration: .wire(port: server.port, credentials: oauth(shortToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
@@ -86,10 +93,11 @@ struct WireAuthTests {
     func xoauth2TwoStep() async throws {
         let payload = xoauth2Payload(longToken)
         #expect(("AUTH XOAUTH2 " + payload + "\r\n").utf8.count > 512)
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH XOAUTH2"]) + [
-            .expect("AUTH XOAUTH2"), .send("334 \r\n"),
-            .expect(payload), .send("235 2.7.0 Authentication successful\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH XOAUTH2"]) + [
+                .expect("AUTH XOAUTH2"), .send("334 \r\n"),
+                .expect(payload), .send("235 2.7.0 Authentication successful\r\n"),
+            ] + WireScript.quit)
         let log = WireLogRecorder()
         let conn = try await SMTPConnection.connect(
             configuration: .wire(port: server.port, credentials: oauth(longToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
@@ -103,10 +111,12 @@ struct WireAuthTests {
 
     @Test("XOAUTH2 error challenge: answered with an empty line, the final 535 reported with the decoded status")
     func xoauth2ErrorChallenge() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH XOAUTH2 PLAIN"]) + [
-            .expect("AUTH XOAUTH2 \(xoauth2Payload(shortToken))"), .send("334 \(googleChallenge)\r\n"),
-            .expect(""), .send("535-5.7.8 Username and Password not accepted.\r\n535 5.7.8 https://support.google.com/mail/?p=BadCredentials\r\n"),
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH XOAUTH2 PLAIN"]) + [
+                .expect("AUTH XOAUTH2 \(xoauth2Payload(shortToken))"), .send("334 \(googleChallenge)\r\n"),
+                .expect(""),
+                .send("535-5.7.8 Username and Password not accepted.\r\n535 5.7.8 https://support.google.com/mail/?p=BadCredentials\r\n"),
+            ])
         let log = WireLogRecorder()
         let error = await wireCatch {
             try await SMTPConnection.connect(
@@ -133,9 +143,10 @@ struct WireAuthTests {
 
     @Test("AUTH failures map to errors naming the likely wrong option, with no secret", arguments: failures)
     func authFailure(_ code: Int, _ enhanced: String, _ hint: String, _ transient: Bool) async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH PLAIN"]) + [
-            .expect("AUTH PLAIN \(plainPayload)"), .send("\(code) \(enhanced) nope\r\n"),
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH PLAIN"]) + [
+                .expect("AUTH PLAIN \(plainPayload)"), .send("\(code) \(enhanced) nope\r\n"),
+            ])
         let log = WireLogRecorder()
         let error = await wireCatch {
             try await SMTPConnection.connect(
@@ -153,9 +164,10 @@ struct WireAuthTests {
 
     @Test("XOAUTH2 rejected with 535 names the token, not the password")
     func xoauth2Rejected() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH XOAUTH2"]) + [
-            .expect("AUTH XOAUTH2"), .send("334 \r\n"), .readLine, .send("535 5.7.3 Authentication unsuccessful\r\n"),
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["AUTH XOAUTH2"]) + [
+                .expect("AUTH XOAUTH2"), .send("334 \r\n"), .readLine, .send("535 5.7.3 Authentication unsuccessful\r\n"),
+            ])
         let error = await wireCatch {
             try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: oauth(longToken), authMechanisms: ["XOAUTH2"]))
         }
@@ -168,7 +180,8 @@ struct WireAuthTests {
     func noCommonMechanism() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["AUTH CRAM-MD5 GSSAPI"]))
         let error = await wireCatch {
-            try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
+            try await SMTPConnection.connect(
+                configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
         }
         #expect(error?.code == .noCommonAuthMechanism && error?.stage == .auth)
         #expect(error?.description.contains("CRAM-MD5") == true)
@@ -180,7 +193,8 @@ struct WireAuthTests {
     func noAuthOffered() async throws {
         let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]))
         let error = await wireCatch {
-            try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
+            try await SMTPConnection.connect(
+                configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
         }
         #expect(error?.code == .noCommonAuthMechanism)
         #expect(error?.description.contains("smtp-connection-security") == true)
@@ -189,11 +203,12 @@ struct WireAuthTests {
 
     @Test("the whole debug transcript of a session with AUTH and a message holds no secret")
     func debugTranscript() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING", "AUTH LOGIN"]) + [
-            .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"), .readLine, .send("334 UGFzc3dvcmQ6\r\n"), .readLine, .send("235 ok\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING", "AUTH LOGIN"]) + [
+                .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"), .readLine, .send("334 UGFzc3dvcmQ6\r\n"), .readLine, .send("235 ok\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            ] + WireScript.quit)
         let log = WireLogRecorder()
         let conn = try await SMTPConnection.connect(
             configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -16,7 +17,9 @@ struct WireCommandTests {
         .init(command: .ehlo("client.example"), wire: "EHLO client.example\r\n", redacted: "EHLO client.example"),
         .init(command: .helo("client.example"), wire: "HELO client.example\r\n", redacted: "HELO client.example"),
         .init(command: .startTLS, wire: "STARTTLS\r\n", redacted: "STARTTLS"),
-        .init(command: .auth(mechanism: "PLAIN", initialResponse: "AGpvZQBzM2NyM3Q="), wire: "AUTH PLAIN AGpvZQBzM2NyM3Q=\r\n", redacted: "AUTH PLAIN <redacted>"),
+        .init(
+            command: .auth(mechanism: "PLAIN", initialResponse: "AGpvZQBzM2NyM3Q="), wire: "AUTH PLAIN AGpvZQBzM2NyM3Q=\r\n",
+            redacted: "AUTH PLAIN <redacted>"),
         .init(command: .auth(mechanism: "PLAIN", initialResponse: ""), wire: "AUTH PLAIN =\r\n", redacted: "AUTH PLAIN <redacted>"),
         .init(command: .auth(mechanism: "LOGIN", initialResponse: nil), wire: "AUTH LOGIN\r\n", redacted: "AUTH LOGIN"),
         .init(command: .authResponse("c2VjcmV0"), wire: "c2VjcmV0\r\n", redacted: "<redacted>"),
@@ -24,13 +27,20 @@ struct WireCommandTests {
         .init(command: .authResponse("*"), wire: "*\r\n", redacted: "<redacted>"),
         .init(command: .mailFrom("a@example.com", parameters: []), wire: "MAIL FROM:<a@example.com>\r\n", redacted: "MAIL FROM:<a@example.com>"),
         .init(command: .mailFrom("", parameters: []), wire: "MAIL FROM:<>\r\n", redacted: "MAIL FROM:<>"),
-        .init(command: .mailFrom("a@example.com", parameters: ["SIZE=1234", "BODY=8BITMIME", "SMTPUTF8"]),
-              wire: "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n", redacted: "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8"),
+        .init(
+            command: .mailFrom("a@example.com", parameters: ["SIZE=1234", "BODY=8BITMIME", "SMTPUTF8"]),
+            wire: "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n",
+            redacted: "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8"),
         .init(command: .rcptTo("b@example.com", parameters: []), wire: "RCPT TO:<b@example.com>\r\n", redacted: "RCPT TO:<b@example.com>"),
-        .init(command: .rcptTo("b@example.com", parameters: ["NOTIFY=SUCCESS,FAILURE"]),
-              wire: "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE\r\n", redacted: "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE"),
-        .init(command: .rcptTo("\"john doe\"@example.com", parameters: []), wire: "RCPT TO:<\"john doe\"@example.com>\r\n", redacted: "RCPT TO:<\"john doe\"@example.com>"),
-        .init(command: .rcptTo("jörg@bücher.example", parameters: []), wire: "RCPT TO:<jörg@bücher.example>\r\n", redacted: "RCPT TO:<jörg@bücher.example>"),
+        .init(
+            command: .rcptTo("b@example.com", parameters: ["NOTIFY=SUCCESS,FAILURE"]),
+            wire: "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE\r\n", redacted: "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE"),
+        .init(
+            command: .rcptTo("\"john doe\"@example.com", parameters: []), wire: "RCPT TO:<\"john doe\"@example.com>\r\n",
+            redacted: "RCPT TO:<\"john doe\"@example.com>"),
+        .init(
+            command: .rcptTo("jörg@bücher.example", parameters: []), wire: "RCPT TO:<jörg@bücher.example>\r\n",
+            redacted: "RCPT TO:<jörg@bücher.example>"),
         .init(command: .data, wire: "DATA\r\n", redacted: "DATA"),
         .init(command: .noop, wire: "NOOP\r\n", redacted: "NOOP"),
         .init(command: .rset, wire: "RSET\r\n", redacted: "RSET"),
@@ -103,7 +113,9 @@ struct WireCapabilitiesTests {
 
     @Test("Postfix-style EHLO")
     func postfix() throws {
-        let c = try caps("250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-AUTH PLAIN login\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n")
+        let c = try caps(
+            "250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-AUTH PLAIN login\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        )
         #expect(c.isExtended)
         #expect(c.pipelining && c.startTLS && c.enhancedStatusCodes && c.eightBitMIME && c.dsn && c.smtpUTF8 && c.chunking)
         #expect(c.sizeLimit == 10_240_000)
@@ -136,11 +148,11 @@ struct WireCapabilitiesTests {
 @Suite("Wire: SASL choice")
 struct WireSASLChoiceTests {
     static let cases: [([String], [String], SASLMechanism?)] = [
-        (SASLMechanism.javaMailDefault, ["PLAIN", "LOGIN"], .login),       // JavaMail order, not the server's
+        (SASLMechanism.javaMailDefault, ["PLAIN", "LOGIN"], .login),  // JavaMail order, not the server's
         (SASLMechanism.javaMailDefault, ["PLAIN"], .plain),
-        (SASLMechanism.javaMailDefault, ["XOAUTH2", "PLAIN"], .plain),      // XOAUTH2 only when listed
+        (SASLMechanism.javaMailDefault, ["XOAUTH2", "PLAIN"], .plain),  // XOAUTH2 only when listed
         (SASLMechanism.javaMailDefault, ["XOAUTH2"], nil),
-        (SASLMechanism.javaMailDefault, ["DIGEST-MD5", "NTLM"], nil),       // first offered but not implemented: nil, no fallback
+        (SASLMechanism.javaMailDefault, ["DIGEST-MD5", "NTLM"], nil),  // first offered but not implemented: nil, no fallback
         (["XOAUTH2"], ["plain", "xoauth2"], .xoauth2),
         (["xoauth2", "PLAIN"], ["PLAIN"], .plain),
         (["PLAIN"], ["LOGIN"], nil),
@@ -157,10 +169,12 @@ struct WireSASLChoiceTests {
     @Test("initial responses")
     func responses() {
         #expect(SASLMechanism.plainResponse(user: "joe", password: "s3cr3t") == "AGpvZQBzM2NyM3Q=")
-        #expect(SASLMechanism.xoauth2Response(user: "someuser@example.com", token: "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg")
-            == "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==")
-        #expect(SASLMechanism.decodeXOAUTH2Challenge("eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==")
-            == #"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#)
+        #expect(
+            SASLMechanism.xoauth2Response(user: "someuser@example.com", token: "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg")
+                == "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==")
+        #expect(
+            SASLMechanism.decodeXOAUTH2Challenge("eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==")
+                == #"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#)
         #expect(SMTPSecret("pw").description == "<redacted>")
         #expect("\(SMTPCredentials.password(user: "u", password: SMTPSecret("hunter2")))".contains("hunter2") == false)
     }

@@ -2,9 +2,9 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
-
 
 /// The pipelined fast path (`SMTPPipelinedExchange`): a small message against a server with
 /// PIPELINING runs its whole transaction inside the handler. These cover its failure paths.
@@ -23,8 +23,9 @@ struct WirePipelinedExchangeTests {
         let server = try ScriptedSMTPServer(steps + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         for i in 0..<5 {
-            let result = try await conn.send(envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test", "c@x.test"]),
-                                             body: WireBody(message))
+            let result = try await conn.send(
+                envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test", "c@x.test"]),
+                body: WireBody(message))
             #expect(result.delivered)
             #expect(result.recipients.map(\.accepted) == [true, false])
             #expect(result.recipients[1].reply?.code == 550 && result.recipients[1].reply?.enhancedCode?.description == "5.1.1")
@@ -39,17 +40,18 @@ struct WirePipelinedExchangeTests {
 
     @Test("handBack runs once the body is on its way, refused or not; the connection is left free")
     func handBack() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("554 5.7.1 rejected by policy\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
-            .expect("RSET"), .send("250 ok\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("554 5.7.1 rejected by policy\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
+                .expect("RSET"), .send("250 ok\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let calls = NIOLockedValueBox(0)
         let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { calls.withLockedValue { $0 += 1 } })
@@ -76,18 +78,21 @@ struct WirePipelinedExchangeTests {
 
     @Test("the next transaction's commands follow the final dot before its reply (RFC 2920 §3.1)")
     func nextTransactionPipelinedBehindTheDot() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-            // The second message's commands arrive while the first waits for its reply.
-            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
-            .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n354 go\r\n"),
-            .readData, .send("250 2.0.0 second queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+                // The second message's commands arrive while the first waits for its reply.
+                .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
+                .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n354 go\r\n"),
+                .readData, .send("250 2.0.0 second queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
         // The second send starts from handBack, while the first still waits for its reply.
-        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let nextTask = Task {
+            try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
+        }
         let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() })
         let next = try await nextTask.value
         #expect(first.delivered && first.finalReply?.text == "first queued")
@@ -99,33 +104,40 @@ struct WirePipelinedExchangeTests {
 
     @Test("the first message's connection dies after its dot: it is outcomeUnknown, the pipelined next one connectionClosed (safe to retry)")
     func pipelinedNextFailsSafely() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"), .close,
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+                .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"), .close,
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
-        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let nextTask = Task {
+            try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
+        }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
         let nextError = await wireCatch { try await nextTask.value }
         #expect(firstError?.code == .outcomeUnknown, "\(String(describing: firstError))")
-        #expect(nextError?.code == .connectionClosed && nextError?.isTransient == true && nextError?.stage == .mail, "\(String(describing: nextError))")
+        #expect(
+            nextError?.code == .connectionClosed && nextError?.isTransient == true && nextError?.stage == .mail, "\(String(describing: nextError))")
         await server.finished()
     }
 
     @Test("the first message refused at its dot: the pipelined next one goes on normally")
     func firstRefusedNextDelivered() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
-            .send("554 5.7.1 first rejected\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
-            .readData, .send("250 2.0.0 second queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+                .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
+                .send("554 5.7.1 first rejected\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                .readData, .send("250 2.0.0 second queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let second = WaitingStart<SMTPTransactionResult>()
-        let nextTask = Task { try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) } }
+        let nextTask = Task {
+            try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
+        }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
         let next = try await nextTask.value
         #expect(firstError?.replyCode == 554 && firstError?.stage == .data && firstError?.isTransient == false)
@@ -137,13 +149,14 @@ struct WirePipelinedExchangeTests {
 
     @Test("NOOP, RSET or QUIT after a hand-back wait for the reply to the dot: a slow filter is not cut off by their timeout")
     func checksWaitForTheDotsReply() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-            .waitFor("filtered"),  // the server "filters" longer than protocol-timeout
-            .send("250 2.0.0 queued after filtering\r\n"),
-            .expect("NOOP"), .send("250 2.0.0 Ok\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+                .waitFor("filtered"),  // the server "filters" longer than protocol-timeout
+                .send("250 2.0.0 queued after filtering\r\n"),
+                .expect("NOOP"), .send("250 2.0.0 Ok\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(400)))
         let check = WaitingStart<Void>()
         // The pool's check, started the moment the connection is handed back.
@@ -164,9 +177,10 @@ struct WirePipelinedExchangeTests {
 
     @Test("silent after the pipelined group: timeout at stage mail, connection closed")
     func silentAfterGroup() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(300)))
         let start = ContinuousClock.now
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
@@ -178,12 +192,13 @@ struct WirePipelinedExchangeTests {
 
     @Test("the timer armed for an earlier message still catches a later silent one (re-armed, not lost)")
     func timerReArmed() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n"),  // then silence: the RCPT's reply never comes
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n"),  // then silence: the RCPT's reply never comes
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(400)))
         #expect(try await conn.send(envelope: envelope1, body: WireBody(message)).delivered)
         try await Task.sleep(for: .milliseconds(250))  // the first timer fires during the second wait
@@ -201,8 +216,10 @@ struct WirePipelinedExchangeTests {
     func slowServer() async throws {
         var steps = WireScript.hello(["PIPELINING"])
         for _ in 0..<3 {
-            steps += [.expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-                      .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n")]
+            steps += [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            ]
         }
         let server = try ScriptedSMTPServer(steps + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(500)))
@@ -217,10 +234,11 @@ struct WirePipelinedExchangeTests {
 
     @Test("closed after the dot, before the reply: outcomeUnknown (never a blind resend)")
     func closeAfterDot() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.code == .outcomeUnknown && error?.stage == .data && error?.isTransient == true, "\(String(describing: error))")
@@ -231,10 +249,11 @@ struct WirePipelinedExchangeTests {
 
     @Test("closed after some of the group's replies: connectionClosed at the stage still waiting")
     func closeMidGroup() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n"), .close,
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n"), .close,
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.code == .connectionClosed && error?.stage == .rcpt && error?.isTransient == true, "\(String(describing: error))")
@@ -244,12 +263,13 @@ struct WirePipelinedExchangeTests {
 
     @Test("MAIL refused in the group (and so RCPT and DATA): the 451 is reported, RSET, the connection stays usable")
     func mailRefused() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n"),
-            .expect("RSET"), .send("250 ok\r\n"),
-            .expect("NOOP"), .send("250 ok\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n"),
+                .expect("RSET"), .send("250 ok\r\n"),
+                .expect("NOOP"), .send("250 ok\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.replyCode == 451 && error?.stage == .mail && error?.isTransient == true, "\(String(describing: error))")
@@ -263,9 +283,10 @@ struct WirePipelinedExchangeTests {
     @Test("a reply line split across reads at every byte still matches its command")
     func splitReplies() async throws {
         let replies = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-        ] + replies.utf8.map { WireStep.sendBytes([$0]) } + [.readData, .send("25"), .send("0 2.0.0 Ok\r\n")] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+            ] + replies.utf8.map { WireStep.sendBytes([$0]) } + [.readData, .send("25"), .send("0 2.0.0 Ok\r\n")] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let result = try await conn.send(envelope: envelope1, body: WireBody(message))
         #expect(result.delivered && result.finalReply?.enhancedCode?.description == "2.0.0")

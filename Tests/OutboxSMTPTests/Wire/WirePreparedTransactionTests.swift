@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -11,21 +12,26 @@ import Testing
 struct WirePreparedTransactionTests {
     struct Declined: Error {}
 
-    static func prepared(_ envelope: SMTPEnvelope = envelope1, _ body: String = message,
-                         for profile: SMTPTransactionProfile) async throws -> SMTPPreparedTransaction? {
+    static func prepared(
+        _ envelope: SMTPEnvelope = envelope1, _ body: String = message,
+        for profile: SMTPTransactionProfile
+    ) async throws -> SMTPPreparedTransaction? {
         var iterator = WireBody(body).makeAsyncIterator()
         let start = try await SMTPBodyStart.read(from: &iterator)
         return SMTPConnection.prepare(envelope: envelope, start: start, for: profile)
     }
 
     static func profile(_ extensions: [String: [String]], sendPartial: Bool = true, enableDebug: Bool = false) -> SMTPTransactionProfile {
-        SMTPTransactionProfile(capabilities: SMTPCapabilities(extensions: extensions),
-                               configuration: .wire(port: 25, sendPartial: sendPartial, enableDebug: enableDebug))
+        SMTPTransactionProfile(
+            capabilities: SMTPCapabilities(extensions: extensions),
+            configuration: .wire(port: 25, sendPartial: sendPartial, enableDebug: enableDebug))
     }
 
     /// Starts `prepared` on the connection's event loop and waits for its outcome.
-    static func startOnLoop(_ conn: SMTPConnection, _ prepared: SMTPPreparedTransaction,
-                            handBack: @escaping @Sendable () -> Void = {}) async throws -> SMTPPreparedOutcome {
+    static func startOnLoop(
+        _ conn: SMTPConnection, _ prepared: SMTPPreparedTransaction,
+        handBack: @escaping @Sendable () -> Void = {}
+    ) async throws -> SMTPPreparedOutcome {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SMTPPreparedOutcome, any Error>) in
             conn.channel.eventLoop.execute {
                 let started = conn.start(prepared, handBack: handBack, completion: { continuation.resume(returning: $0) })
@@ -57,25 +63,31 @@ struct WirePreparedTransactionTests {
 
     @Test("started at the hand-back: the next transaction's commands follow the dot, and finish reports it")
     func startedAtTheHandBack() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-            // The prepared message's commands arrive while the first one waits for its reply.
-            .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("RCPT TO:<e@x.test>"), .expect("DATA"),
-            .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n"),
-            .readData, .send("250 2.0.0 second queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
+                // The prepared message's commands arrive while the first one waits for its reply.
+                .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("RCPT TO:<e@x.test>"), .expect("DATA"),
+                .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n"),
+                .readData, .send("250 2.0.0 second queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
-        let next = try #require(try await Self.prepared(SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test", "e@x.test"]),
-                                                        "Subject: two\r\n\r\n.dot\r\n", for: conn.transactionProfile))
+        let next = try #require(
+            try await Self.prepared(
+                SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test", "e@x.test"]),
+                "Subject: two\r\n\r\n.dot\r\n", for: conn.transactionProfile))
         let started = NIOLockedValueBox<Bool?>(nil)
         let outcome = NIOLockedValueBox<SMTPPreparedOutcome?>(nil)
         let freed = NIOLockedValueBox(0)
-        let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: {
-            started.withLockedValue {
-                $0 = conn.start(next, handBack: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.withLockedValue { $0 = result } })
-            }
-        })
+        let first = try await conn.send(
+            envelope: envelope1, body: WireBody(message),
+            handBack: {
+                started.withLockedValue {
+                    $0 = conn.start(
+                        next, handBack: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.withLockedValue { $0 = result } })
+                }
+            })
         #expect(first.delivered && first.handedBack && first.finalReply?.text == "first queued")
         #expect(started.withLockedValue { $0 } == true)
         await wireWait { outcome.withLockedValue { $0 } != nil }
@@ -92,10 +104,11 @@ struct WirePreparedTransactionTests {
 
     @Test("start declines, sending nothing, off the event loop, on a busy connection, or for another profile")
     func startDeclines() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
         // Off the event loop.
@@ -122,16 +135,17 @@ struct WirePreparedTransactionTests {
 
     @Test("finish reports failures as send does: MAIL refused throws and RSET follows, every RCPT refused, the connection lost after the dot")
     func finishReportsFailures() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
-            .expect("RSET"), .send("250 ok\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"),
-            .expect("RSET"), .send("250 ok\r\n"),
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
-        ])
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
+                .expect("RSET"), .send("250 ok\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"),
+                .expect("RSET"), .send("250 ok\r\n"),
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
+            ])
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
 
@@ -152,10 +166,11 @@ struct WirePreparedTransactionTests {
 
     @Test("a prepared transaction sent from a task; nil and nothing sent when the profile differs")
     func sentFromATask() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING", "8BITMIME"]) + [
-            .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
-        ] + WireScript.quit)
+        let server = try ScriptedSMTPServer(
+            WireScript.hello(["PIPELINING", "8BITMIME"]) + [
+                .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+            ] + WireScript.quit)
         let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
         let other = try #require(try await Self.prepared(for: Self.profile(["PIPELINING": []])))
         #expect(try await conn.send(other) == nil)

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -25,27 +26,44 @@ private func parseAll(_ pieces: [[UInt8]], parser: inout SMTPReplyParser) throws
 @Suite("Wire: reply parser")
 struct WireReplyParserTests {
     static let fixtures: [WireReplyFixture] = [
-        .init(name: "single line", wire: "220 mx.example.com ESMTP Postfix\r\n",
-              replies: [SMTPReply(code: 220, lines: ["mx.example.com ESMTP Postfix"])]),
+        .init(
+            name: "single line", wire: "220 mx.example.com ESMTP Postfix\r\n",
+            replies: [SMTPReply(code: 220, lines: ["mx.example.com ESMTP Postfix"])]),
         .init(name: "code alone", wire: "250\r\n", replies: [SMTPReply(code: 250, lines: [""])]),
         .init(name: "bare LF tolerated", wire: "221 bye\n", replies: [SMTPReply(code: 221, lines: ["bye"])]),
-        .init(name: "multi-line EHLO", wire: "250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n",
-              replies: [SMTPReply(code: 250, lines: ["mx.example.com", "PIPELINING", "SIZE 10240000", "8BITMIME"])]),
-        .init(name: "enhanced code", wire: "550 5.1.1 <nobody@example.com>: Recipient address rejected\r\n",
-              replies: [SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(klass: 5, subject: 1, detail: 1),
-                                  lines: ["<nobody@example.com>: Recipient address rejected"])]),
-        .init(name: "enhanced code on every line", wire: "535-5.7.8 Username and Password not accepted.\r\n535 5.7.8 https://support.example/answer\r\n",
-              replies: [SMTPReply(code: 535, enhancedCode: EnhancedStatusCode(klass: 5, subject: 7, detail: 8),
-                                  lines: ["Username and Password not accepted.", "https://support.example/answer"])]),
-        .init(name: "enhanced code of another class is text", wire: "250 5.1.1 odd\r\n",
-              replies: [SMTPReply(code: 250, lines: ["5.1.1 odd"])]),
-        .init(name: "smtp-sink empty last EHLO line", wire: "250-sink.example\r\n250-PIPELINING\r\n250 \r\n",
-              replies: [SMTPReply(code: 250, lines: ["sink.example", "PIPELINING", ""])]),
-        .init(name: "two replies in one read", wire: "250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
-              replies: [SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(klass: 2, subject: 1, detail: 0), lines: ["Ok"]),
-                        SMTPReply(code: 354, lines: ["End data with <CR><LF>.<CR><LF>"])]),
-        .init(name: "334 XOAUTH2 challenge", wire: "334 eyJzdGF0dXMiOiI0MDEifQ==\r\n",
-              replies: [SMTPReply(code: 334, lines: ["eyJzdGF0dXMiOiI0MDEifQ=="])]),
+        .init(
+            name: "multi-line EHLO", wire: "250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n",
+            replies: [SMTPReply(code: 250, lines: ["mx.example.com", "PIPELINING", "SIZE 10240000", "8BITMIME"])]),
+        .init(
+            name: "enhanced code", wire: "550 5.1.1 <nobody@example.com>: Recipient address rejected\r\n",
+            replies: [
+                SMTPReply(
+                    code: 550, enhancedCode: EnhancedStatusCode(klass: 5, subject: 1, detail: 1),
+                    lines: ["<nobody@example.com>: Recipient address rejected"])
+            ]),
+        .init(
+            name: "enhanced code on every line",
+            wire: "535-5.7.8 Username and Password not accepted.\r\n535 5.7.8 https://support.example/answer\r\n",
+            replies: [
+                SMTPReply(
+                    code: 535, enhancedCode: EnhancedStatusCode(klass: 5, subject: 7, detail: 8),
+                    lines: ["Username and Password not accepted.", "https://support.example/answer"])
+            ]),
+        .init(
+            name: "enhanced code of another class is text", wire: "250 5.1.1 odd\r\n",
+            replies: [SMTPReply(code: 250, lines: ["5.1.1 odd"])]),
+        .init(
+            name: "smtp-sink empty last EHLO line", wire: "250-sink.example\r\n250-PIPELINING\r\n250 \r\n",
+            replies: [SMTPReply(code: 250, lines: ["sink.example", "PIPELINING", ""])]),
+        .init(
+            name: "two replies in one read", wire: "250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+            replies: [
+                SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(klass: 2, subject: 1, detail: 0), lines: ["Ok"]),
+                SMTPReply(code: 354, lines: ["End data with <CR><LF>.<CR><LF>"]),
+            ]),
+        .init(
+            name: "334 XOAUTH2 challenge", wire: "334 eyJzdGF0dXMiOiI0MDEifQ==\r\n",
+            replies: [SMTPReply(code: 334, lines: ["eyJzdGF0dXMiOiI0MDEifQ=="])]),
     ]
 
     @Test("fixtures parse whole", arguments: fixtures)
@@ -85,16 +103,16 @@ struct WireReplyParserTests {
     }
 
     static let malformed: [String] = [
-        "hello\r\n",                       // no code
-        "25\r\n",                          // short code
-        "2x0 ok\r\n",                      // not digits
-        "650 ok\r\n",                      // class outside 2-5
+        "hello\r\n",  // no code
+        "25\r\n",  // short code
+        "2x0 ok\r\n",  // not digits
+        "650 ok\r\n",  // class outside 2-5
         "150 ok\r\n",
-        "250_ok\r\n",                      // bad separator
+        "250_ok\r\n",  // bad separator
         "2500 ok\r\n",
-        "250-one\r\n354 two\r\n",          // code changes inside a multi-line reply
-        "\r\n",                            // empty line
-        "HTTP/1.1 400 Bad Request\r\n",    // garbage
+        "250-one\r\n354 two\r\n",  // code changes inside a multi-line reply
+        "\r\n",  // empty line
+        "HTTP/1.1 400 Bad Request\r\n",  // garbage
         "\u{00}\u{01}\u{02}\r\n",
     ]
 

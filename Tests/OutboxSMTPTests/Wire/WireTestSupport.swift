@@ -1,7 +1,8 @@
 import Foundation
 import Logging
-import Testing
 import NIOCore
+import Testing
+
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
@@ -340,12 +341,15 @@ let envelope1 = SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"])
 let message = "Subject: t\r\n\r\nhello\r\n"
 
 extension SMTPClientConfiguration {
-    static func wire(port: Int, security: ConnectionSecurity = .none, protocolTimeout: Duration = .seconds(5),
-                     credentials: SMTPCredentials? = nil, authMechanisms: [String]? = nil, sendPartial: Bool = true,
-                     enableDebug: Bool = false) -> SMTPClientConfiguration {
-        SMTPClientConfiguration(host: "127.0.0.1", port: port, security: security, connectTimeout: .seconds(5),
-                                protocolTimeout: protocolTimeout, credentials: credentials, authMechanisms: authMechanisms,
-                                localHostname: "client.test", sendPartial: sendPartial, enableDebug: enableDebug)
+    static func wire(
+        port: Int, security: ConnectionSecurity = .none, protocolTimeout: Duration = .seconds(5),
+        credentials: SMTPCredentials? = nil, authMechanisms: [String]? = nil, sendPartial: Bool = true,
+        enableDebug: Bool = false
+    ) -> SMTPClientConfiguration {
+        SMTPClientConfiguration(
+            host: "127.0.0.1", port: port, security: security, connectTimeout: .seconds(5),
+            protocolTimeout: protocolTimeout, credentials: credentials, authMechanisms: authMechanisms,
+            localHostname: "client.test", sendPartial: sendPartial, enableDebug: enableDebug)
     }
 }
 

@@ -1,10 +1,12 @@
 import OutboxTestSupport
 import Testing
+
 @testable import OutboxTransports
 
 private func config(size: Int = 1) -> PoolConfiguration {
-    PoolConfiguration(size: size, checkIdleTime: .seconds(30), maxIdleTime: .seconds(300),
-                      tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
+    PoolConfiguration(
+        size: size, checkIdleTime: .seconds(30), maxIdleTime: .seconds(300),
+        tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
 }
 
 /// What a `lease(immediate:handBack:)` caller got in these tests.
@@ -29,18 +31,23 @@ private final class ReleaseMarker: Sendable {
 /// message's dot), with the same order, limits and cancellation as `lease()`.
 @Suite("ConnectionPool: hand-back leases")
 struct ConnectionPoolHandBackTests {
-    private func leaseWithHandBack(_ pool: PoolUnderTest, marker: ReleaseMarker,
-                                  order: PoolConcurrencyMeter? = nil, tag: Int = 0) async throws -> (Got, ConnectionPoolLease<FakePoolConnection>) {
-        try await pool.lease(immediate: { lease in (Got.immediate(lease.connectionID), lease) }, handBack: { lease, continuation in
-            order?.record(tag)
-            continuation.resume(returning: (.handedOff(lease.connectionID, duringRelease: marker.inRelease), lease))
-        })
+    private func leaseWithHandBack(
+        _ pool: PoolUnderTest, marker: ReleaseMarker,
+        order: PoolConcurrencyMeter? = nil, tag: Int = 0
+    ) async throws -> (Got, ConnectionPoolLease<FakePoolConnection>) {
+        try await pool.lease(
+            immediate: { lease in (Got.immediate(lease.connectionID), lease) },
+            handBack: { lease, continuation in
+                order?.record(tag)
+                continuation.resume(returning: (.handedOff(lease.connectionID, duringRelease: marker.inRelease), lease))
+            })
     }
 
     /// Holds the pool's one connection, queues a hand-back caller, releases the connection and
     /// returns what the caller got.
     private func handBackOfTheOnlyConnection(_ pool: PoolUnderTest) async throws
-        -> (held: ConnectionPoolLease<FakePoolConnection>, got: Got, lease: ConnectionPoolLease<FakePoolConnection>) {
+        -> (held: ConnectionPoolLease<FakePoolConnection>, got: Got, lease: ConnectionPoolLease<FakePoolConnection>)
+    {
         let held = try await pool.lease()
         let marker = ReleaseMarker()
         let waiter = Task { try await leaseWithHandBack(pool, marker: marker) }
@@ -101,11 +108,13 @@ struct ConnectionPoolHandBackTests {
             let held = try await pool.lease()
             let calls = PoolConcurrencyMeter()
             let waiter = Task {
-                try await pool.lease(immediate: { _ in 0 }, handBack: { lease, continuation in
-                    calls.record(1)
-                    pool.release(lease)
-                    continuation.resume(returning: 1)
-                })
+                try await pool.lease(
+                    immediate: { _ in 0 },
+                    handBack: { lease, continuation in
+                        calls.record(1)
+                        pool.release(lease)
+                        continuation.resume(returning: 1)
+                    })
             }
             await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
             waiter.cancel()
@@ -124,10 +133,12 @@ struct ConnectionPoolHandBackTests {
         let held = try await pool.lease()
         let calls = PoolConcurrencyMeter()
         let waiter = Task {
-            try await pool.lease(immediate: { _ in 0 }, handBack: { _, continuation in
-                calls.record(1)
-                continuation.resume(returning: 1)
-            })
+            try await pool.lease(
+                immediate: { _ in 0 },
+                handBack: { _, continuation in
+                    calls.record(1)
+                    continuation.resume(returning: 1)
+                })
         }
         await poolEventually("waiter queued") { pool.statistics.waiting == 1 }
         let shutdown = Task { await pool.shutdown() }
@@ -141,8 +152,9 @@ struct ConnectionPoolHandBackTests {
     @Test func aHandBackAfterANoopCheckRunsOffTheReleasingCall() async throws {
         // The connection needs a NOOP first (check-idle-time 0): the hand-back comes from the
         // pool's own task after the check, not from inside release.
-        let configuration = PoolConfiguration(size: 1, checkIdleTime: .zero, maxIdleTime: .seconds(300),
-                                              tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
+        let configuration = PoolConfiguration(
+            size: 1, checkIdleTime: .zero, maxIdleTime: .seconds(300),
+            tokenExpiryMargin: .seconds(10), refusalCoolDown: .seconds(60), growAfterSuccessfulSends: 0)
         try await withPoolUnderTest(configuration) { pool, _, _ in
             let (held, got, lease) = try await handBackOfTheOnlyConnection(pool)
             #expect(got == .handedOff(held.connectionID, duringRelease: false))

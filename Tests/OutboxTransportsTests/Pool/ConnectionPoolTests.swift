@@ -1,12 +1,17 @@
 import NIOConcurrencyHelpers
 import OutboxTestSupport
 import Testing
+
 @testable import OutboxTransports
 
 /// Counts concurrent bodies.
 final class PoolConcurrencyMeter: Sendable {
     private let state = NIOLockedValueBox((current: 0, maximum: 0, order: [Int]()))
-    func enter() { state.withLockedValue { $0.current += 1; $0.maximum = max($0.maximum, $0.current) } }
+    func enter() {
+        state.withLockedValue {
+            $0.current += 1; $0.maximum = max($0.maximum, $0.current)
+        }
+    }
     func leave() { state.withLockedValue { $0.current -= 1 } }
     func record(_ value: Int) { state.withLockedValue { $0.order.append(value) } }
     var maximum: Int { state.withLockedValue { $0.maximum } }

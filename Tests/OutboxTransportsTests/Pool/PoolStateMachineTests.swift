@@ -1,5 +1,6 @@
 import OutboxTestSupport
 import Testing
+
 @testable import OutboxTransports
 
 private typealias SM = PoolStateMachine<Int, ManualClock.Instant>
@@ -133,9 +134,10 @@ struct PoolStateMachineTests {
         _ = sm.released(c1, .clean, now: t(1))
         // most recently used first
         #expect(sm.leaseRequested(3, now: t(100)) == [.check(c1, for: 3, reset: false, noop: true)])
-        #expect(sm.checkFailed(c1, now: t(100)) == [
-            .cancelTimer(.idle(c1)), .close(c1, reason: .checkFailed), .check(c0, for: 3, reset: false, noop: true),
-        ])
+        #expect(
+            sm.checkFailed(c1, now: t(100)) == [
+                .cancelTimer(.idle(c1)), .close(c1, reason: .checkFailed), .check(c0, for: 3, reset: false, noop: true),
+            ])
         #expect(sm.checkSucceeded(c0, now: t(100)) == [.lease(c0, to: 3)])
     }
 
@@ -241,9 +243,10 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 2, maxIdle: 300))
         leaseNew(&sm, 1, c0, at: t(0))
         _ = sm.released(c0, .clean, now: t(0))
-        #expect(sm.leaseRequested(2, now: t(300)) == [
-            .cancelTimer(.idle(c0)), .close(c0, reason: .idleTimeout), .makeConnection(c1, generation: 0),
-        ])
+        #expect(
+            sm.leaseRequested(2, now: t(300)) == [
+                .cancelTimer(.idle(c0)), .close(c0, reason: .idleTimeout), .makeConnection(c1, generation: 0),
+            ])
     }
 
     @Test func maxIdleZeroClosesOnReleaseUnlessSomeoneWaits() {
@@ -282,9 +285,10 @@ struct PoolStateMachineTests {
     @Test func credentialShorterThanTheMarginFailsOneWaiter() {
         var sm = SM(configuration: config(size: 1, margin: 10))
         #expect(sm.leaseRequested(1, now: t(0)) == [.makeConnection(c0, generation: 0)])
-        #expect(sm.connectionEstablished(c0, credentialLifetime: .seconds(10), now: t(0)) == [
-            .close(c0, reason: .credentialExpiring), .failRequest(1, .credentialExpiresTooSoon),
-        ])
+        #expect(
+            sm.connectionEstablished(c0, credentialLifetime: .seconds(10), now: t(0)) == [
+                .close(c0, reason: .credentialExpiring), .failRequest(1, .credentialExpiresTooSoon),
+            ])
     }
 
     @Test func refusalShrinksToAliveConnectionsAndCoolDownRestores() {
@@ -308,9 +312,10 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 3))
         #expect(sm.leaseRequested(1, now: t(0)) == [.makeConnection(c0, generation: 0)])
         #expect(sm.leaseRequested(2, now: t(0)) == [.makeConnection(c1, generation: 0)])
-        #expect(sm.connectionFailed(c0, refused: true, now: t(1)) == [
-            .scheduleTimer(.coolDown, at: t(61)), .failRequest(1, .connectionFailed(c0)),
-        ])
+        #expect(
+            sm.connectionFailed(c0, refused: true, now: t(1)) == [
+                .scheduleTimer(.coolDown, at: t(61)), .failRequest(1, .connectionFailed(c0)),
+            ])
         #expect(sm.statistics.effectiveSize == 1)
         #expect(sm.connectionEstablished(c1, credentialLifetime: nil, now: t(1)) == [.lease(c1, to: 2)])
     }
@@ -321,9 +326,10 @@ struct PoolStateMachineTests {
         leaseNew(&sm, 2, c1, at: t(0))
         leaseNew(&sm, 3, c2, at: t(0))
         // The body saw "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded".
-        #expect(sm.released(c2, .serverRefused, now: t(1)) == [
-            .close(c2, reason: .serverRefused), .scheduleTimer(.coolDown, at: t(601)),
-        ])
+        #expect(
+            sm.released(c2, .serverRefused, now: t(1)) == [
+                .close(c2, reason: .serverRefused), .scheduleTimer(.coolDown, at: t(601)),
+            ])
         #expect(sm.statistics.effectiveSize == 2)
         #expect(sm.connectionClosed(c2, now: t(1)) == [])
         #expect(sm.leaseRequested(4, now: t(2)) == [])  // pool full at size 2
@@ -371,7 +377,7 @@ struct PoolStateMachineTests {
         _ = sm.released(c1, .clean, now: t(1))
         #expect(sm.leaseRequested(4, now: t(1)) == [.check(c1, for: 4, reset: false, noop: true)])
         #expect(sm.leaseRequested(5, now: t(1)) == [])
-        _ = sm.released(c2, .clean, now: t(1)) // c2 handed to 5 under check
+        _ = sm.released(c2, .clean, now: t(1))  // c2 handed to 5 under check
         #expect(sm.statistics.checking == 2)
         #expect(sm.checkSucceeded(c2, now: t(1)) == [.lease(c2, to: 5)])
         _ = sm.released(c2, .clean, now: t(2))
@@ -405,9 +411,10 @@ struct PoolStateMachineTests {
         var sm = SM(configuration: config(size: 1))
         #expect(sm.leaseRequested(1, now: t(0)) == [.makeConnection(c0, generation: 0)])
         #expect(sm.leaseRequested(2, now: t(0)) == [])
-        #expect(sm.connectionFailed(c0, refused: false, now: t(1)) == [
-            .failRequest(1, .connectionFailed(c0)), .makeConnection(c1, generation: 0),
-        ])
+        #expect(
+            sm.connectionFailed(c0, refused: false, now: t(1)) == [
+                .failRequest(1, .connectionFailed(c0)), .makeConnection(c1, generation: 0),
+            ])
         #expect(sm.connectionFailed(c1, refused: false, now: t(2)) == [.failRequest(2, .connectionFailed(c1))])
         #expect(sm.statistics.total == 0)
         #expect(sm.statistics.connectFailures == 2)

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import OutboxTestSupport
 import Testing
+
 @testable import OutboxTransports
 
 struct PoolFakeSMTPError: Error, Equatable { var reply: String }
@@ -26,15 +27,23 @@ final class FakePoolConnection: PoolableConnection, CustomStringConvertible {
     var calls: [Call] { state.withLockedValue { $0.calls } }
     var isClosed: Bool { calls.contains(.close) }
     var noopCount: Int { calls.count(where: { $0 == .noop }) }
-    func failNextChecks() { state.withLockedValue { $0.failNoop = true; $0.failReset = true } }
+    func failNextChecks() {
+        state.withLockedValue {
+            $0.failNoop = true; $0.failReset = true
+        }
+    }
 
     func noop() async throws {
-        let fail = state.withLockedValue { s in s.calls.append(.noop); return s.failNoop }
+        let fail = state.withLockedValue { s in
+            s.calls.append(.noop); return s.failNoop
+        }
         if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
     func reset() async throws {
-        let fail = state.withLockedValue { s in s.calls.append(.reset); return s.failReset }
+        let fail = state.withLockedValue { s in
+            s.calls.append(.reset); return s.failReset
+        }
         if fail { throw PoolFakeSMTPError(reply: "421 4.4.2 connection dropped") }
     }
 
