@@ -7,7 +7,9 @@ let strict: [SwiftSetting] = [
 
 let package = Package(
     name: "Outbox",
-    platforms: [.macOS(.v14)],
+    // macOS 15: the hand-back counter uses Synchronization's Atomic. Locks are NIOLockedValueBox
+    // everywhere (one locking primitive); the token cache is an actor (it serialises refreshes).
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "OutboxSMTPGrammar", targets: ["OutboxSMTPGrammar"]),
         .library(name: "OutboxSMTP", targets: ["OutboxSMTP"]),

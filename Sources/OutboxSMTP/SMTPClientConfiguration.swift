@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 
@@ -50,6 +51,9 @@ public struct SMTPClientConfiguration: Sendable {
     public var dsnRet: String?
     /// `enable-debug`: log the whole transcript, secrets redacted.
     public var enableDebug: Bool
+    /// The TLS context of this configuration, built once for all its connections (a new
+    /// configuration, as a reload makes, builds its own: a renewed CA file is read again).
+    let tlsContexts = SMTPTLSContextCache()
 
     public init(
         host: String,
@@ -113,5 +117,22 @@ extension Duration {
     var timeAmount: TimeAmount {
         let (seconds, attoseconds) = self.components
         return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+/// Holds the TLS context made from one configuration, as async-http-client's SSLContextCache
+/// does: building one reads the CA files and the system's trust store, which a connection must
+/// not pay for each time. Keyed by the TLS configuration (best-effort equality), so a copy of
+/// the configuration changed in place does not reuse a context that no longer fits.
+final class SMTPTLSContextCache: Sendable {
+    private let entry = NIOLockedValueBox<(configuration: TLSConfiguration, context: NIOSSLContext)?>(nil)
+
+    func context(for configuration: TLSConfiguration) throws -> NIOSSLContext {
+        if let cached = entry.withLockedValue({ $0 }), cached.configuration.bestEffortEquals(configuration) {
+            return cached.context
+        }
+        let context = try NIOSSLContext(configuration: configuration)
+        entry.withLockedValue { $0 = (configuration, context) }
+        return context
     }
 }

@@ -92,7 +92,7 @@ public final class SMTPConnection: Sendable {
                 logger.warning("mail.smtp.ssl.trust names this host: its certificate is accepted without checking who issued it")
             }
             do {
-                sslContext = try NIOSSLContext(configuration: configuration.makeTLSConfiguration())
+                sslContext = try configuration.tlsContexts.context(for: configuration.makeTLSConfiguration())
             } catch {
                 throw SMTPError(
                     stage: .tls, code: .tlsHandshake,
