@@ -8,12 +8,12 @@ import OutboxSMTP
 import Synchronization
 
 extension SMTPConnection: PoolableConnection {
-    public var credentialLifetime: Duration? {
+    package var credentialLifetime: Duration? {
         credentialExpiry.map { $0 - ContinuousClock.now }
     }
 
     /// QUIT, then close.
-    public func close() async {
+    package func close() async {
         await quit()
     }
 }
@@ -55,12 +55,12 @@ private final class HandBackLease: Sendable {
 }
 
 /// Opens SMTP connections with the configuration of a generation.
-public struct SMTPConnectionFactory: PoolConnectionFactory {
+package struct SMTPConnectionFactory: PoolConnectionFactory {
     let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
 
-    public func makeConnection(generation: Int) async throws -> SMTPConnection {
+    package func makeConnection(generation: Int) async throws -> SMTPConnection {
         guard let configuration = configurations.withLockedValue({ $0[generation] ?? $0.values.first }) else {
             throw ConnectionPoolError.shutdown
         }
