@@ -9,15 +9,22 @@ public struct SMTPSecret: Sendable, CustomStringConvertible, CustomDebugStringCo
     public let value: String
     /// A secret holding `value`.
     public init(_ value: String) { self.value = value }
+    /// Always `<redacted>`, never the value.
     public var description: String { "<redacted>" }
+    /// Always `<redacted>`, never the value.
     public var debugDescription: String { "<redacted>" }
+    /// A mirror with no children, so `dump()` and `Mirror` show no value.
     public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
 }
 
 /// An OAuth 2.0 access token and when it stops working.
 public struct SMTPAccessToken: Sendable {
+    /// The bearer token, sent in XOAUTH2's initial response.
     public var token: SMTPSecret
+    /// When the token stops working; nil when not known. A pooled connection authenticated with
+    /// it is retired `token-expiry-margin-time` before then.
     public var expiresAt: ContinuousClock.Instant?
+    /// A token holding `token` as a secret, expiring at `expiresAt` (nil: not known).
     public init(token: String, expiresAt: ContinuousClock.Instant? = nil) {
         self.token = SMTPSecret(token)
         self.expiresAt = expiresAt
@@ -31,6 +38,7 @@ public enum SMTPCredentials: Sendable {
     /// A user name and an OAuth 2.0 access token, fetched when a connection authenticates (XOAUTH2).
     case oauth2(user: String, token: @Sendable () async throws -> SMTPAccessToken)
 
+    /// The user name AUTH sends, for either kind of credential.
     public var user: String {
         switch self {
         case .password(let user, _), .oauth2(let user, _): return user

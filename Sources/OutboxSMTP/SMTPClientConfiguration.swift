@@ -17,8 +17,12 @@ public enum ConnectionSecurity: String, Sendable, Hashable, CaseIterable {
 
 /// Everything one SMTP connection needs: where, how securely, as whom, and how patiently.
 public struct SMTPClientConfiguration: Sendable {
+    /// The server's host name or IP address (`server`). A host name is also the name the
+    /// server's certificate must carry (see `checkServerIdentity`).
     public var host: String
+    /// The server's TCP port (`port`).
     public var port: Int
+    /// Clear text, STARTTLS or implicit TLS (`smtp-connection-security`).
     public var security: ConnectionSecurity
     /// Covers the TCP connect and the TLS handshake (`connect-timeout`).
     public var connectTimeout: Duration
@@ -48,6 +52,8 @@ public struct SMTPClientConfiguration: Sendable {
     /// `mail.smtp.dsn.notify` (e.g. `SUCCESS,FAILURE`) and `mail.smtp.dsn.ret` (`FULL`/`HDRS`),
     /// sent only when the server announces DSN.
     public var dsnNotify: String?
+    /// `mail.smtp.dsn.ret` (`FULL` or `HDRS`), sent as `RET=` on MAIL FROM when the server
+    /// announces DSN and the envelope has no `ret` of its own; nil: not sent.
     public var dsnRet: String?
     /// `enable-debug`: log the whole transcript, secrets redacted.
     public var enableDebug: Bool
@@ -55,6 +61,8 @@ public struct SMTPClientConfiguration: Sendable {
     /// configuration, as a reload makes, builds its own: a renewed CA file is read again).
     let tlsContexts = SMTPTLSContextCache()
 
+    /// A configuration for `host`. `authMechanisms` nil means JavaMail's default list
+    /// (``SASLMechanism/javaMailDefault``); both timeouts default to 300 seconds.
     public init(
         host: String,
         port: Int = 25,

@@ -12,6 +12,7 @@ import NIOSSL
 /// event loop by `SMTPClientHandler`; this class turns calls into requests to it and awaits
 /// their outcome (one wake-up per transaction when it goes as one pipelined exchange).
 public final class SMTPConnection: Sendable {
+    /// The configuration the connection was opened with.
     public let configuration: SMTPClientConfiguration
     /// The capabilities of the last EHLO (after STARTTLS: the second one).
     public let capabilities: SMTPCapabilities

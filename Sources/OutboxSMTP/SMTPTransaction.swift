@@ -4,6 +4,7 @@ import NIOCore
 public struct SMTPEnvelope: Sendable, Hashable {
     /// The reverse path; empty for a null sender (bounces).
     public var from: String
+    /// The forward paths, one `RCPT TO` each, in this order.
     public var recipients: [String]
     /// The message or an address needs SMTPUTF8 (RFC 6531).
     public var requiresSMTPUTF8: Bool
@@ -15,6 +16,8 @@ public struct SMTPEnvelope: Sendable, Hashable {
     /// take the place of `mail.smtp.dsn.ret` / `mail.smtp.dsn.notify`.
     public var dsn: SMTPDSNParameters?
 
+    /// An envelope from `from` to `recipients`; the flags are false and `size` and `dsn` nil unless
+    /// given.
     public init(
         from: String, recipients: [String], requiresSMTPUTF8: Bool = false, eightBitMIME: Bool = false, size: Int? = nil,
         dsn: SMTPDSNParameters? = nil
@@ -30,13 +33,16 @@ public struct SMTPEnvelope: Sendable, Hashable {
 
 /// What the server said about one recipient.
 public struct RecipientResult: Sendable, Hashable {
+    /// The recipient's address, as in the envelope.
     public var address: String
     /// The reply to RCPT TO (nil when RCPT was never answered).
     public var reply: SMTPReply?
+    /// True when the server answered RCPT TO with 2xx.
     public var accepted: Bool { reply?.isPositiveCompletion ?? false }
     /// A refusal that may succeed later (4xx).
     public var isTransientFailure: Bool { reply.map { !$0.isPositiveCompletion && $0.isTransientFailure } ?? true }
 
+    /// The result for `address`: the server's reply, or nil when RCPT was never answered.
     public init(address: String, reply: SMTPReply?) {
         self.address = address
         self.reply = reply
@@ -45,6 +51,7 @@ public struct RecipientResult: Sendable, Hashable {
 
 /// The outcome of one MAIL/RCPT/DATA transaction.
 public struct SMTPTransactionResult: Sendable {
+    /// One result per recipient of the envelope.
     public var recipients: [RecipientResult]
     /// The reply to the final dot: present when the message was sent to the accepted recipients.
     public var finalReply: SMTPReply?
@@ -58,6 +65,8 @@ public struct SMTPTransactionResult: Sendable {
     /// `SMTPConnection.send`'s `handBack`): the caller must not use or release it any more.
     public internal(set) var handedBack = false
 
+    /// The recipients whose RCPT TO got a 2xx reply.
     public var acceptedRecipients: [RecipientResult] { recipients.filter(\.accepted) }
+    /// The recipients refused, or never answered.
     public var refusedRecipients: [RecipientResult] { recipients.filter { !$0.accepted } }
 }

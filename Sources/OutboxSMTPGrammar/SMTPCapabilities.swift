@@ -26,6 +26,7 @@ public struct SMTPCapabilities: Sendable, Hashable {
         }
     }
 
+    /// Capabilities from keywords and their parameters; keys must already be upper-case.
     public init(extensions: [String: [String]] = [:], isExtended: Bool = true) {
         self.extensions = extensions
         self.isExtended = isExtended
@@ -51,14 +52,22 @@ public struct SMTPCapabilities: Sendable, Hashable {
         self.init(extensions: extensions, isExtended: true)
     }
 
+    /// Whether the server announced `keyword` (any case).
     public func supports(_ keyword: String) -> Bool { extensions[keyword.uppercased()] != nil }
 
+    /// `STARTTLS` announced (RFC 3207): the session can be upgraded to TLS.
     public var startTLS: Bool { known.startTLS }
+    /// `PIPELINING` announced (RFC 2920): commands may be sent without waiting for each reply.
     public var pipelining: Bool { known.pipelining }
+    /// `8BITMIME` announced (RFC 6152): `BODY=8BITMIME` is accepted.
     public var eightBitMIME: Bool { known.eightBitMIME }
+    /// `SMTPUTF8` announced (RFC 6531): UTF-8 addresses and headers are accepted.
     public var smtpUTF8: Bool { known.smtpUTF8 }
+    /// `ENHANCEDSTATUSCODES` announced (RFC 2034): replies carry `x.y.z` codes.
     public var enhancedStatusCodes: Bool { known.enhancedStatusCodes }
+    /// `CHUNKING` announced (RFC 3030): `BDAT` is accepted.
     public var chunking: Bool { known.chunking }
+    /// `DSN` announced (RFC 3461): `NOTIFY`, `RET`, `ENVID` and `ORCPT` are accepted.
     public var dsn: Bool { known.dsn }
 
     /// `SIZE` present: nil when not announced, 0 when announced without a limit.

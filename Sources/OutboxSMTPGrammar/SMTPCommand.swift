@@ -1,7 +1,7 @@
 import NIOCore
 
 /// The commands the client sends. Their wire text comes from `encode(into:)` and nowhere else.
-public enum SMTPCommand: Sendable, Hashable {
+package enum SMTPCommand: Sendable, Hashable {
     /// `EHLO <domain>` (RFC 5321 §4.1.1.1). C: `EHLO client.example` S: `250-server.example ...`
     case ehlo(String)
     /// `HELO <domain>`, when EHLO is not understood.
@@ -26,7 +26,7 @@ public enum SMTPCommand: Sendable, Hashable {
     case quit
 
     /// Whether the command's arguments carry credentials that must never be logged.
-    public var isSensitive: Bool {
+    package var isSensitive: Bool {
         switch self {
         case .auth, .authResponse: return true
         case .ehlo, .helo, .startTLS, .mailFrom, .rcptTo, .data, .noop, .rset, .quit: return false
@@ -34,7 +34,7 @@ public enum SMTPCommand: Sendable, Hashable {
     }
 
     /// The text to show in a transcript: secrets replaced with `<redacted>`.
-    public var redactedText: String {
+    package var redactedText: String {
         switch self {
         case .auth(let mechanism, let initialResponse):
             return initialResponse == nil ? "AUTH \(mechanism)" : "AUTH \(mechanism) <redacted>"
@@ -48,7 +48,7 @@ public enum SMTPCommand: Sendable, Hashable {
     }
 
     /// Checks every argument: no CR, LF, NUL or other control characters; no `<` or `>` inside a path.
-    public func validate() throws(SMTPError) {
+    package func validate() throws(SMTPError) {
         switch self {
         case .ehlo(let domain), .helo(let domain):
             try Self.check(domain, what: "EHLO name", stage: .ehlo, allowEmpty: false, forbidSpace: true)
@@ -72,7 +72,7 @@ public enum SMTPCommand: Sendable, Hashable {
 
     /// Writes the command line, CRLF included, after `validate()`. Returns the bytes written.
     @discardableResult
-    public func encode(into buffer: inout ByteBuffer) throws(SMTPError) -> Int {
+    package func encode(into buffer: inout ByteBuffer) throws(SMTPError) -> Int {
         try validate()
         let start = buffer.writerIndex
         writeValidated(into: &buffer)

@@ -5,15 +5,15 @@ import NIOCore
 /// every line end becomes CRLF (bare LF and bare CR included), a `.` at the start of a line is
 /// doubled, and `finish` ends the last line if needed and appends the terminating `.CRLF`.
 /// A CR at the end of one chunk and an LF at the start of the next make one line end.
-public struct SMTPDataEncoder: Sendable {
+package struct SMTPDataEncoder: Sendable {
     private var atLineStart = true
     private var pendingCR = false
     /// Bytes of the message as sent (after stuffing and line-end repair).
-    public private(set) var bytesWritten = 0
+    package private(set) var bytesWritten = 0
 
-    public init() {}
+    package init() {}
 
-    public mutating func encode(_ chunk: ByteBuffer, into out: inout ByteBuffer) {
+    package mutating func encode(_ chunk: ByteBuffer, into out: inout ByteBuffer) {
         let before = out.writerIndex
         // The state lives in locals during the scan, and a CRLF that is already right stays
         // inside the copied run: the common case (CRLF lines, no leading dot) is one copy per chunk.
@@ -89,7 +89,7 @@ public struct SMTPDataEncoder: Sendable {
     }
 
     /// Ends the data: the last line gets its CRLF if it lacked one, then `.CRLF`.
-    public mutating func finish(into out: inout ByteBuffer) {
+    package mutating func finish(into out: inout ByteBuffer) {
         let before = out.writerIndex
         if pendingCR {
             pendingCR = false

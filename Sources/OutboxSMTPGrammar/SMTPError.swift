@@ -14,9 +14,11 @@ public struct SMTPError: Error, Sendable, CustomStringConvertible {
     /// A stable code for callers and metrics, spelled in snake_case (`connection_closed`).
     /// New codes can be added without breaking callers that switch over the ones they know.
     public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The snake_case spelling, e.g. `connection_closed`.
         public var rawValue: String
         /// A code from its wire spelling.
         public init(rawValue: String) { self.rawValue = rawValue }
+        /// The ``rawValue``.
         public var description: String { rawValue }
 
         /// The server answered with a failure reply (see `reply`).
@@ -54,7 +56,9 @@ public struct SMTPError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The step of the session that failed.
     public var stage: Stage
+    /// What kind of failure it is; ``Code/reply`` when the server refused (see `reply`).
     public var code: Code
     /// The server's reply, when the server answered.
     public var reply: SMTPReply?
@@ -97,6 +101,7 @@ public struct SMTPError: Error, Sendable, CustomStringConvertible {
     /// The three-digit code of the server's reply, when it answered.
     public var replyCode: Int? { reply?.code }
 
+    /// `SMTP <stage> failed (transient|permanent): <message>`.
     public var description: String {
         "SMTP \(stage.rawValue) failed (\(isTransient ? "transient" : "permanent")): \(message)"
     }

@@ -10,27 +10,27 @@ import NIOCore
 ///
 /// Lines are read straight from the buffer's bytes: a one-line reply (every reply of a mail
 /// transaction) costs one String for its text and nothing else.
-public struct SMTPReplyParser: Sendable {
-    public static let defaultMaximumLineLength = 8192
-    public static let defaultMaximumLines = 512
+package struct SMTPReplyParser: Sendable {
+    package static let defaultMaximumLineLength = 8192
+    package static let defaultMaximumLines = 512
 
-    public let maximumLineLength: Int
-    public let maximumLines: Int
+    package let maximumLineLength: Int
+    package let maximumLines: Int
     /// The lines of a multi-line reply read so far: their code, and their text after `ddd-`.
     private var pendingCode = 0
     private var pendingLines: [String] = []
 
-    public init(maximumLineLength: Int = Self.defaultMaximumLineLength, maximumLines: Int = Self.defaultMaximumLines) {
+    package init(maximumLineLength: Int = Self.defaultMaximumLineLength, maximumLines: Int = Self.defaultMaximumLines) {
         self.maximumLineLength = maximumLineLength
         self.maximumLines = maximumLines
     }
 
     /// True when part of a multi-line reply has been read but not its last line.
-    public var isInsideReply: Bool { !pendingLines.isEmpty }
+    package var isInsideReply: Bool { !pendingLines.isEmpty }
 
     /// Reads one complete reply from `buffer` if one is there, consuming its bytes.
     /// Returns nil when more bytes are needed.
-    public mutating func parse(_ buffer: inout ByteBuffer) throws(SMTPError) -> SMTPReply? {
+    package mutating func parse(_ buffer: inout ByteBuffer) throws(SMTPError) -> SMTPReply? {
         while true {
             let result = buffer.withUnsafeReadableBytes { bytes -> Result<Step, SMTPError> in
                 do throws(SMTPError) { return .success(try self.step(bytes)) } catch { return .failure(error) }

@@ -5,24 +5,24 @@ import Foundation
 /// values out.
 
 /// A reply the listener sends: a code, an enhanced status code (RFC 3463) and text lines.
-public struct SMTPServerReply: Sendable, Hashable, CustomStringConvertible {
-    public var code: Int
+package struct SMTPServerReply: Sendable, Hashable, CustomStringConvertible {
+    package var code: Int
     /// `x.y.z`, written after the code on every line; nil for 220 greetings, 334 and 354.
-    public var enhanced: String?
-    public var lines: [String]
+    package var enhanced: String?
+    package var lines: [String]
 
-    public init(_ code: Int, _ enhanced: String?, _ lines: [String]) {
+    package init(_ code: Int, _ enhanced: String?, _ lines: [String]) {
         self.code = code
         self.enhanced = enhanced
         self.lines = lines.isEmpty ? [""] : lines
     }
 
-    public init(_ code: Int, _ enhanced: String?, _ text: String) {
+    package init(_ code: Int, _ enhanced: String?, _ text: String) {
         self.init(code, enhanced, [text])
     }
 
     /// The wire text, CRLF after every line (`250-` on all but the last).
-    public var wire: String {
+    package var wire: String {
         var out = ""
         for (i, line) in lines.enumerated() {
             out += String(code)
@@ -34,36 +34,36 @@ public struct SMTPServerReply: Sendable, Hashable, CustomStringConvertible {
         return out
     }
 
-    public var description: String { wire.replacingOccurrences(of: "\r\n", with: " | ").trimmingCharacters(in: .whitespaces) }
+    package var description: String { wire.replacingOccurrences(of: "\r\n", with: " | ").trimmingCharacters(in: .whitespaces) }
 
     /// True for a 4xx or 5xx reply.
-    public var isFailure: Bool { code >= 400 }
+    package var isFailure: Bool { code >= 400 }
 }
 
 /// An SMTP `Mail-parameters` / `Rcpt-parameters` list: `KEY[=VALUE]` pairs (keys upper-cased).
-public struct SMTPParameters: Sendable, Hashable {
-    public var items: [(key: String, value: String?)]
+package struct SMTPParameters: Sendable, Hashable {
+    package var items: [(key: String, value: String?)]
 
-    public static func == (a: SMTPParameters, b: SMTPParameters) -> Bool {
+    package static func == (a: SMTPParameters, b: SMTPParameters) -> Bool {
         a.items.count == b.items.count && zip(a.items, b.items).allSatisfy { $0.key == $1.key && $0.value == $1.value }
     }
 
-    public func hash(into hasher: inout Hasher) {
+    package func hash(into hasher: inout Hasher) {
         for item in items {
             hasher.combine(item.key)
             hasher.combine(item.value)
         }
     }
 
-    public subscript(key: String) -> String?? {
+    package subscript(key: String) -> String?? {
         items.first { $0.key == key }.map { $0.value }
     }
 
-    public func has(_ key: String) -> Bool { items.contains { $0.key == key } }
+    package func has(_ key: String) -> Bool { items.contains { $0.key == key } }
 }
 
 /// A command line from a client, parsed.
-public enum SMTPServerCommand: Sendable, Hashable {
+package enum SMTPServerCommand: Sendable, Hashable {
     case ehlo(String)
     case helo(String)
     case startTLS
@@ -86,7 +86,7 @@ public enum SMTPServerCommand: Sendable, Hashable {
     case unknown(verb: String)
 
     /// The verb, for logs and metrics (never the arguments: AUTH carries credentials).
-    public var verb: String {
+    package var verb: String {
         switch self {
         case .ehlo: "EHLO"
         case .helo: "HELO"
@@ -109,7 +109,7 @@ public enum SMTPServerCommand: Sendable, Hashable {
 
     /// Parses one command line (without its CRLF). Lenient where RFC 5321 allows it (case of
     /// verbs and keys, a space after `FROM:`), strict where a mistake would change meaning.
-    public static func parse(_ line: [UInt8]) -> SMTPServerCommand {
+    package static func parse(_ line: [UInt8]) -> SMTPServerCommand {
         guard line.allSatisfy({ $0 != 0 }), let text = String(validating: line, as: UTF8.self) else {
             return .invalid(SMTPServerReply(500, "5.5.2", "Syntax error: the command is not UTF-8 text"))
         }
@@ -245,9 +245,9 @@ public enum SMTPServerCommand: Sendable, Hashable {
 }
 
 /// A reply carried as an error (for `Result`).
-public struct SMTPServerReplyError: Error, Sendable, Hashable {
-    public var reply: SMTPServerReply
-    public init(_ reply: SMTPServerReply) { self.reply = reply }
+package struct SMTPServerReplyError: Error, Sendable, Hashable {
+    package var reply: SMTPServerReply
+    package init(_ reply: SMTPServerReply) { self.reply = reply }
 }
 
 /// RFC 3461 `xtext` (ENVID, ORCPT): `+XX` hex escapes; the decoded text must be printable ASCII.

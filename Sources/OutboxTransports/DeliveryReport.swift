@@ -117,6 +117,8 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
         self.retryAfter = retryAfter
     }
 
+    /// The error for an SMTP failure: `outcomeUnknown` when the SMTP code is `outcome_unknown`,
+    /// else transient or permanent as the SMTP error says; its description becomes the message.
     public init(_ error: SMTPError, report: DeliveryReport? = nil) {
         let kind: Kind = error.code == .outcomeUnknown ? .outcomeUnknown : (error.isTransient ? .transient : .permanent)
         self.init(kind: kind, message: error.description, smtp: error, report: report)

@@ -8,12 +8,12 @@ import OutboxSMTP
 import Synchronization
 
 extension SMTPConnection: PoolableConnection {
-    public var credentialLifetime: Duration? {
+    package var credentialLifetime: Duration? {
         credentialExpiry.map { $0 - ContinuousClock.now }
     }
 
     /// QUIT, then close.
-    public func close() async {
+    package func close() async {
         await quit()
     }
 }
@@ -55,12 +55,12 @@ private final class HandBackLease: Sendable {
 }
 
 /// Opens SMTP connections with the configuration of a generation.
-public struct SMTPConnectionFactory: PoolConnectionFactory {
+package struct SMTPConnectionFactory: PoolConnectionFactory {
     let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
 
-    public func makeConnection(generation: Int) async throws -> SMTPConnection {
+    package func makeConnection(generation: Int) async throws -> SMTPConnection {
         guard let configuration = configurations.withLockedValue({ $0[generation] ?? $0.values.first }) else {
             throw ConnectionPoolError.shutdown
         }
@@ -80,6 +80,7 @@ public struct SMTPConnectionFactory: PoolConnectionFactory {
 /// once more on a fresh connection; after the final dot with no reply, the outcome is unknown
 /// and the message is not sent again (the caller's queue decides).
 public final class SMTPTransport: MailTransport {
+    /// `smtp`.
     public let name = "smtp"
     let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
     private let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
@@ -108,6 +109,11 @@ public final class SMTPTransport: MailTransport {
     /// delivery is tried once more with a new one (PROTOCOLS.md §1.3).
     private let authenticationRejected: (@Sendable () async -> Void)?
 
+    /// A transport to the server of `configuration`, through a pool set by `poolConfiguration`;
+    /// ``run()`` must be running for deliveries to make progress. `envelopeFrom` (`mail.smtp.from`)
+    /// replaces the sender of every envelope; nil keeps the message's own. `onAuthenticationRejected`
+    /// is called when the server refuses an XOAUTH2 token with 535, before the one retry with a
+    /// fresh token.
     public init(
         configuration: SMTPClientConfiguration, pool poolConfiguration: PoolConfiguration,
         envelopeFrom: String? = nil,
@@ -126,11 +132,14 @@ public final class SMTPTransport: MailTransport {
             clock: ContinuousClock(), generation: 0, logger: logger)
     }
 
+    /// The configuration new connections use: the last one given to `init` or
+    /// ``update(configuration:envelopeFrom:)``.
     public var configuration: SMTPClientConfiguration { current.withLockedValue { $0.configuration } }
     /// Messages whose transaction started where a connection became free: pipelined behind the
     /// previous message's final dot by the connection's event loop, no task woken first.
     public var startedAtHandBack: Int { handBackStarts.load(ordering: .relaxed) }
     private let handBackStarts = Atomic<Int>(0)
+    /// The connection pool's counters, now.
     public var statistics: PoolStatistics { pool.statistics }
 
     /// Applies options that take effect immediately (server, port, user, timeouts, debug...):
@@ -144,11 +153,17 @@ public final class SMTPTransport: MailTransport {
         pool.updateGeneration(generation)
     }
 
+    /// Runs the connection pool (opening, checking and closing connections, its timers) until
+    /// shutdown completes. Call once; cancelling it begins a graceful shutdown.
     public func run() async { await pool.run() }
+    /// Graceful shutdown: new deliveries fail, in-flight ones finish, every connection is closed
+    /// with QUIT. Returns when all are closed (``run()`` must be running).
     public func shutdown() async { await pool.shutdown() }
     /// Starts the graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
     public func beginShutdown() { pool.beginShutdown() }
 
+    /// Delivers `content` over a pooled connection (see the type's description for when a message
+    /// goes out a second time); a failure is a `DeliveryError` whose kind says whether to retry.
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now

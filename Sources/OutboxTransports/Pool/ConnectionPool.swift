@@ -2,7 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 
 /// A connection the pool can hold; implemented by the SMTP connection.
-public protocol PoolableConnection: AnyObject, Sendable {
+package protocol PoolableConnection: AnyObject, Sendable {
     /// Time left until the credential this connection authenticated with (an OAuth token)
     /// expires, nil when there is none. Read once, right after the factory returns; the pool
     /// turns it into an instant of its own clock, so any clock (a test clock too) works.
@@ -16,7 +16,7 @@ public protocol PoolableConnection: AnyObject, Sendable {
 }
 
 /// Opens connections for the pool.
-public protocol PoolConnectionFactory: Sendable {
+package protocol PoolConnectionFactory: Sendable {
     associatedtype Connection: PoolableConnection
     /// Opens, greets, EHLOs, STARTTLSes and authenticates with the settings of `generation`
     /// (see ``ConnectionPool/updateGeneration(_:)``). Throw an error conforming to
@@ -26,34 +26,34 @@ public protocol PoolConnectionFactory: Sendable {
 
 /// Thrown by a `withConnection` body (or used to pick a release disposition): the connection is
 /// unusable and must be closed, not reused.
-public protocol ConnectionPoolDiscardingError: Error {}
+package protocol ConnectionPoolDiscardingError: Error {}
 
 /// Thrown by a `withConnection` body or by the factory: the server said 421 or "too many
 /// connections" (421 4.7.0, 432 4.3.2...). The connection is closed and the pool shrinks.
-public protocol ConnectionPoolRefusalError: ConnectionPoolDiscardingError {}
+package protocol ConnectionPoolRefusalError: ConnectionPoolDiscardingError {}
 
 /// Errors of the pool itself. The description says what happened and what to do.
-public struct ConnectionPoolError: Error, Sendable, Hashable, CustomStringConvertible {
+package struct ConnectionPoolError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Stable codes (snake_case); extensible.
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public var description: String { rawValue }
+    package struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        package var rawValue: String
+        package init(rawValue: String) { self.rawValue = rawValue }
+        package var description: String { rawValue }
 
         /// The pool is shutting down or shut down; no connection is handed out.
-        public static let shutdown = Code(rawValue: "pool_shutdown")
+        package static let shutdown = Code(rawValue: "pool_shutdown")
         /// A new connection's credential expires within token-expiry-margin-time.
-        public static let credentialExpiresTooSoon = Code(rawValue: "credential_expires_too_soon")
+        package static let credentialExpiresTooSoon = Code(rawValue: "credential_expires_too_soon")
     }
 
-    public let code: Code
+    package let code: Code
 
-    public init(code: Code) { self.code = code }
+    package init(code: Code) { self.code = code }
 
-    public static let shutdown = ConnectionPoolError(code: .shutdown)
-    public static let credentialExpiresTooSoon = ConnectionPoolError(code: .credentialExpiresTooSoon)
+    package static let shutdown = ConnectionPoolError(code: .shutdown)
+    package static let credentialExpiresTooSoon = ConnectionPoolError(code: .credentialExpiresTooSoon)
 
-    public var description: String {
+    package var description: String {
         switch code {
         case .shutdown:
             "SMTP connection pool is shut down: no connection is handed out any more"
@@ -68,16 +68,16 @@ public struct ConnectionPoolError: Error, Sendable, Hashable, CustomStringConver
 
 /// A connection handed out by ``ConnectionPool/lease()``; give it back with
 /// ``ConnectionPool/release(_:_:)`` exactly once.
-public struct ConnectionPoolLease<Connection: PoolableConnection>: Sendable {
-    public let connection: Connection
-    public let connectionID: PoolConnectionID
+package struct ConnectionPoolLease<Connection: PoolableConnection>: Sendable {
+    package let connection: Connection
+    package let connectionID: PoolConnectionID
 }
 
 extension PoolReleaseDisposition {
     /// The disposition for a transaction that threw `error`: ``ConnectionPoolRefusalError`` →
     /// `.serverRefused`; ``ConnectionPoolDiscardingError`` or `CancellationError` → `.discard`
     /// (the conversation's state is unknown); anything else → `.needsReset` (RSET before reuse).
-    public init(for error: any Error) {
+    package init(for error: any Error) {
         if error is any ConnectionPoolRefusalError {
             self = .serverRefused
         } else if error is any ConnectionPoolDiscardingError || error is CancellationError {
@@ -91,9 +91,9 @@ extension PoolReleaseDisposition {
 /// The SMTP connection pool: runs `PoolStateMachine`'s actions. State changes happen under a
 /// lock; I/O (open, RSET/NOOP, QUIT) and timers run as child tasks of ``run()``, which must be
 /// running for the pool to make progress.
-public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sendable where C.Duration == Duration {
-    public typealias Connection = Factory.Connection
-    public typealias Lease = ConnectionPoolLease<Connection>
+package final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sendable where C.Duration == Duration {
+    package typealias Connection = Factory.Connection
+    package typealias Lease = ConnectionPoolLease<Connection>
     typealias Machine = PoolStateMachine<Int, C.Instant>
 
     enum Work: Sendable {
@@ -242,7 +242,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     private let clock: C
     private let logger: Logger
 
-    public init(
+    package init(
         configuration: PoolConfiguration,
         factory: Factory,
         clock: C,
@@ -255,9 +255,9 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
         self.logger = logger
     }
 
-    public var configuration: PoolConfiguration { state.withLockedValue { $0.machine.configuration } }
-    public var generation: Int { state.withLockedValue { $0.machine.generation } }
-    public var statistics: PoolStatistics { state.withLockedValue { $0.machine.statistics } }
+    package var configuration: PoolConfiguration { state.withLockedValue { $0.machine.configuration } }
+    package var generation: Int { state.withLockedValue { $0.machine.generation } }
+    package var statistics: PoolStatistics { state.withLockedValue { $0.machine.statistics } }
     /// Lease requests parked with their continuation or hand-back (past registering), for tests.
     var parkedRequests: Int {
         state.withLockedValue { $0.requests.values.count { if case .waiting = $0 { true } else { false } } }
@@ -271,7 +271,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// ``ConnectionPoolDiscardingError`` closes it, another error has RSET sent before reuse.
     /// Waits (FIFO, cancellable) while the pool is full; throws ``ConnectionPoolError/shutdown``
     /// after shutdown began, or the factory's error when opening a connection for it failed.
-    public func withConnection<R: Sendable>(
+    package func withConnection<R: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         _ body: (Connection) async throws -> R
     ) async throws -> R {
@@ -289,7 +289,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
 
     /// Waits for a connection (FIFO); cancelling the task removes it from the queue and throws
     /// `CancellationError`.
-    public func lease() async throws -> Lease {
+    package func lease() async throws -> Lease {
         let (requestID, immediate) = try register()
         if let immediate { return try immediate.get() }
         return try await withTaskCancellationHandler {
@@ -308,7 +308,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// the caller's continuation, and must resume the continuation exactly once (at once, or when
     /// the work it started ends). When a connection is free at once, `immediate` makes the
     /// result without suspending. Waiting is FIFO and cancellable as in ``lease()``.
-    public func lease<T>(
+    package func lease<T>(
         immediate: (Lease) -> T,
         handBack: @escaping @Sendable (Lease, UnsafeContinuation<T, any Error>) -> Void
     ) async throws -> T {
@@ -362,7 +362,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
 
     /// Gives a leased connection back, exactly once per lease (a second release of the same lease
     /// is a programming error and traps).
-    public func release(_ lease: Lease, _ disposition: PoolReleaseDisposition = .clean) {
+    package func release(_ lease: Lease, _ disposition: PoolReleaseDisposition = .clean) {
         if disposition != .clean {
             logger.debug(
                 "smtp pool release",
@@ -388,14 +388,14 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// The server refused with 421 / too many connections outside a `withConnection` body.
-    public func reportServerRefusal() {
+    package func reportServerRefusal() {
         event { $0.machine.serverRefused(now: clock.now) }
     }
 
     /// Options that take effect immediately changed (server, port, user, timeouts...): new
     /// connections are opened with `makeConnection(generation: generation)`; idle connections of
     /// another generation are closed now, leased ones when released.
-    public func updateGeneration(_ generation: Int) {
+    package func updateGeneration(_ generation: Int) {
         event { $0.machine.generationChanged(to: generation, now: clock.now) }
     }
 
@@ -403,7 +403,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
 
     /// Runs the pool's I/O and timers until shutdown completes. Call once. Cancelling it begins a
     /// graceful shutdown and returns when that completes.
-    public func run() async {
+    package func run() async {
         let first = state.withLockedValue { state in
             defer { state.runStarted = true }
             return !state.runStarted
@@ -428,7 +428,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     /// Graceful shutdown: new callers and waiters fail with ``ConnectionPoolError/shutdown``,
     /// leased connections finish and are closed when released, idle ones are closed now.
     /// Returns when every connection is closed (``run()`` must be running).
-    public func shutdown() async {
+    package func shutdown() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let effects = state.withLockedValue { state -> Effects in
                 if state.shutDown {
@@ -444,7 +444,7 @@ public final class ConnectionPool<Factory: PoolConnectionFactory, C: Clock>: Sen
     }
 
     /// Begins the graceful shutdown without waiting for it.
-    public func beginShutdown() {
+    package func beginShutdown() {
         event { $0.machine.shutdown() }
     }
 

@@ -33,6 +33,8 @@ public struct PoolConfiguration: Sendable, Hashable {
     /// the cool-down restores the size.
     public var growAfterSuccessfulSends: Int
 
+    /// Settings as described on each property. Traps when `size` is not greater than 0, or when a
+    /// duration or `growAfterSuccessfulSends` is negative.
     public init(
         size: Int = 10,
         checkIdleTime: Duration = .seconds(30),
@@ -80,6 +82,7 @@ public struct PoolStatistics: Sendable, Hashable {
     public var closed = 0
     /// NOOP checks started / failed.
     public var noopChecks = 0
+    /// NOOP checks that failed.
     public var noopFailures = 0
     /// RSETs started before reuse of a connection released after a failed transaction.
     public var resets = 0
@@ -93,5 +96,6 @@ public struct PoolStatistics: Sendable, Hashable {
     /// Every connection the pool holds, the number limited by the size.
     public var total: Int { connecting + open + closing }
 
+    /// Every counter zero.
     public init() {}
 }

@@ -1,13 +1,13 @@
 /// Identifies one connection of the pool. Assigned by `PoolStateMachine` in increasing order.
-public struct PoolConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public let rawValue: Int
-    public init(_ rawValue: Int) { self.rawValue = rawValue }
-    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
-    public var description: String { "pool-connection-\(rawValue)" }
+package struct PoolConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    package let rawValue: Int
+    package init(_ rawValue: Int) { self.rawValue = rawValue }
+    package static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+    package var description: String { "pool-connection-\(rawValue)" }
 }
 
 /// How a leased connection comes back to the pool.
-public enum PoolReleaseDisposition: Sendable, Hashable {
+package enum PoolReleaseDisposition: Sendable, Hashable {
     /// The transaction completed (or none was started): reuse as is.
     case clean
     /// The transaction failed half-way (e.g. a 5xx to RCPT or DATA): send RSET before reuse.
@@ -20,7 +20,7 @@ public enum PoolReleaseDisposition: Sendable, Hashable {
 }
 
 /// Why the pool closes a connection.
-public enum PoolCloseReason: Sendable, Hashable {
+package enum PoolCloseReason: Sendable, Hashable {
     case idleTimeout
     case credentialExpiring
     case staleGeneration
