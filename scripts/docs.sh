@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(OutboxSMTP OutboxMIME OutboxConfig OutboxTransports Outbox)
+[ ${#targets[@]} -gt 0 ] || targets=(OutboxSMTPGrammar OutboxSMTP OutboxMIME OutboxConfig OutboxTransports Outbox)
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
