@@ -81,6 +81,11 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Set when a reply ended a transaction that another one is pipelined behind (see
     /// `acknowledgeAtOnce`).
     private var acknowledgeAfterRead = false
+    /// Set while `channelRead` handles the replies of one read.
+    private var reading = false
+    /// Transactions that ended during the current read: their senders are resumed once the
+    /// read's replies are handled and what they called for was written (see `channelRead`).
+    private var finished: [(SMTPTransactionWaiter, SMTPTransactionReplies)] = []
 
     init(
         configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
@@ -160,6 +165,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         // One instant for every reply of this read (a clock read per reply costs for nothing).
         let now = NIODeadline.now()
+        reading = true
         while !machine.hasFailed, var current = buffer {
             let reply: SMTPReply?
             do {
@@ -167,6 +173,8 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             } catch {
                 buffer = current
                 run(machine.errorCaught(error))
+                reading = false
+                resumeFinished()
                 return
             }
             buffer = current
@@ -180,6 +188,19 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             acknowledgeAtOnce(context: context)
         }
         while !machine.deferred.isEmpty && machine.hasDeferredWork { run(machine.startDeferred(now: now)) }
+        reading = false
+        resumeFinished()
+    }
+
+    /// Resumes the senders of the transactions that ended during the read. Last: resuming a
+    /// task wakes a thread of its executor, and on a busy machine the woken thread can take the
+    /// event loop's core at once; the next message's body and the commands pipelined behind it
+    /// (written while the same read was handled) are on their way to the server by then, instead
+    /// of waiting for the event loop to be scheduled again.
+    private func resumeFinished() {
+        guard !finished.isEmpty else { return }
+        for (waiter, replies) in finished { waiter.resume(.success(.done(replies))) }
+        finished.removeAll(keepingCapacity: true)
     }
 
     /// The next transaction's commands went out behind the previous message's dot, before its
@@ -245,7 +266,9 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
         case .transactionDone(let waiter, let replies, let acknowledge):
             if acknowledge { acknowledgeAfterRead = true }
-            if case .transaction(let w) = waiter { w.resume(.success(.done(replies))) }
+            if case .transaction(let w) = waiter {
+                if reading { finished.append((w, replies)) } else { w.resume(.success(.done(replies))) }
+            }
         case .sendBody(let waiter, let replies):
             if case .transaction(let w) = waiter { w.resume(.success(.sendBody(replies))) }
         case .commandDone(let waiter, let reply):

@@ -89,6 +89,7 @@ struct MailerBenchCommand: AsyncParsableCommand, ExecutorChoosing {
             return await group.reduce(into: [([Double], Int)]()) { $0.append($1) }
         }
         let elapsed = clock.now - start
+        let handBackStarts = mailer.smtpStartedAtHandBack
         await mailer.shutdown()
         runner.cancel()
         _ = await runner.result
@@ -101,6 +102,7 @@ struct MailerBenchCommand: AsyncParsableCommand, ExecutorChoosing {
             return latencies[min(latencies.count - 1, max(0, Int((Double(latencies.count) * p).rounded(.up)) - 1))]
         }
         if failures > 0 { print("outbox-bench mailer: \(failures) of \(total) messages failed") }
+        if let handBackStarts { print("outbox-bench mailer: started_at_hand_back=\(handBackStarts)") }
         let rate = Double(total - failures) / seconds
         print(
             String(
