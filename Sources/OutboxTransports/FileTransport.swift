@@ -71,7 +71,8 @@ public struct FileTransport: MailTransport {
 }
 
 extension Duration {
-    var seconds: Double {
+    /// The duration in seconds, as a `Double` (for reports and the queue's store).
+    package var seconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }

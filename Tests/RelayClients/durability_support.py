@@ -494,6 +494,27 @@ class OutboxDaemon:
         return sum(int(q.get(k, 0)) for k in ("queued", "sending", "deferred"))
 
 
+def started_daemon(name, postfix, **options):
+    """An OutboxDaemon already started (for a test class's setUpClass); stopped and removed
+    again when it cannot start."""
+    daemon = OutboxDaemon(name, postfix, **options)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop()
+        daemon.cleanup()
+        raise
+    return daemon
+
+
+def finish_daemon(daemon, label):
+    """Stops a daemon (logging what its stop complained of) and removes its folder."""
+    complaint = daemon.stop()
+    if complaint:
+        log(f"{label} daemon: {complaint}")
+    daemon.cleanup()
+
+
 def wait_until(predicate, timeout, interval=0.5):
     """predicate()'s first truthy value, or its last value after `timeout` s."""
     deadline = time.monotonic() + timeout

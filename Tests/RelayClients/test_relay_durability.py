@@ -34,7 +34,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from durability_support import (  # noqa: E402
-    QUEUED_RE, REJECT_RCPT, Maildir, OutboxDaemon, PostfixTestbed, log, wait_until)
+    QUEUED_RE, REJECT_RCPT, Maildir, OutboxDaemon, PostfixTestbed, finish_daemon, log, started_daemon, wait_until)
 
 TOTAL = int(os.environ.get("DURABILITY_MESSAGES") or 2000)
 THREADS = int(os.environ.get("DURABILITY_THREADS") or 4)
@@ -342,21 +342,12 @@ class BounceTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.daemon = OutboxDaemon("bounce", POSTFIX)
-        try:
-            cls.daemon.start()
-        except BaseException:
-            cls.daemon.stop()
-            cls.daemon.cleanup()
-            raise
+        cls.daemon = started_daemon("bounce", POSTFIX)
         cls.maildir = Maildir(POSTFIX.maildir)
 
     @classmethod
     def tearDownClass(cls):
-        complaint = cls.daemon.stop()
-        if complaint:
-            log(f"bounce test daemon: {complaint}")
-        cls.daemon.cleanup()
+        finish_daemon(cls.daemon, "bounce test")
 
     def setUp(self):
         self.assertTrue(self.daemon.alive(), "the bounce test's daemon is not running\n" + self.daemon.diagnostics())

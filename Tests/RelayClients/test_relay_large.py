@@ -30,7 +30,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from durability_support import QUEUED_RE, Maildir, OutboxDaemon, PostfixTestbed, log, wait_until  # noqa: E402
+from durability_support import QUEUED_RE, Maildir, PostfixTestbed, finish_daemon, log, started_daemon, wait_until  # noqa: E402
 
 SIZE = int(os.environ.get("LARGE_MESSAGE_BYTES") or (25 * 1024 * 1024 - 64 * 1024))
 RSS_LIMIT = int(os.environ.get("LARGE_RSS_LIMIT_MIB") or 16) * 1024 * 1024
@@ -96,21 +96,12 @@ def body_lines(size, seed):
 class LargeMessageTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.daemon = OutboxDaemon("large", POSTFIX)
-        try:
-            cls.daemon.start()
-        except BaseException:
-            cls.daemon.stop()
-            cls.daemon.cleanup()
-            raise
+        cls.daemon = started_daemon("large", POSTFIX)
         cls.maildir = Maildir(POSTFIX.maildir)
 
     @classmethod
     def tearDownClass(cls):
-        complaint = cls.daemon.stop()
-        if complaint:
-            log(f"large message test daemon: {complaint}")
-        cls.daemon.cleanup()
+        finish_daemon(cls.daemon, "large message test")
 
     def send(self, tag, body, rcpt):
         head = (f"From: <large-{tag}@example.test>\r\n"
@@ -229,18 +220,11 @@ class ServerSizeTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.daemon = OutboxDaemon("size", POSTFIX, relay_extra={"max-message-size": 2 * cls.POSTFIX_LIMIT})
-        try:
-            cls.daemon.start()
-        except BaseException:
-            cls.daemon.stop()
-            cls.daemon.cleanup()
-            raise
+        cls.daemon = started_daemon("size", POSTFIX, relay_extra={"max-message-size": 2 * cls.POSTFIX_LIMIT})
 
     @classmethod
     def tearDownClass(cls):
-        cls.daemon.stop()
-        cls.daemon.cleanup()
+        finish_daemon(cls.daemon, "size test")
 
     def advertised(self):
         with smtplib.SMTP("127.0.0.1", self.daemon.relay_port, local_hostname="client.example.test", timeout=30) as s:

@@ -10,15 +10,18 @@ import ServiceLifecycle
 /// attempt, the delivery status notification, the DSN parameters passed on.
 extension Dispatcher {
     /// The delivery status notification to the sender of a relayed message whose recipients
-    /// failed for good in this attempt; nil when none is due (the null sender never gets one).
-    static func notification(message: StoredMessage, content: [UInt8], outcome: AttemptOutcome, settings: BounceSettings) -> NewMessage? {
+    /// failed for good in this attempt, and how many recipients it reports; nil when none is due
+    /// (the null sender never gets one).
+    static func notification(message: StoredMessage, content: [UInt8], outcome: AttemptOutcome, settings: BounceSettings)
+        -> (message: NewMessage, failures: Int)?
+    {
         let failures = Bounce.failures(message: message, outcome: outcome)
         guard !failures.isEmpty else { return nil }
         // Derived from the message and attempt, so a repeated record cannot queue it twice.
         let id = "dsn-\(message.id)-\(outcome.attempt.number)"
         var notification = Bounce.make(message: message, original: content, failures: failures, settings: settings, id: id)
         notification.idempotencyKey = id
-        return notification
+        return (notification, failures.count)
     }
 
     /// A relayed message's DSN parameters, for the transport to pass on; nil when it had none.

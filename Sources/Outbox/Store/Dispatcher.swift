@@ -354,14 +354,14 @@ public final class Dispatcher: Service, Sendable {
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
             let held = try await store.record(
-                id: message.id, owner: instanceID, outcome: outcome, notification: notification, now: clock.now.secondsSince1970)
+                id: message.id, owner: instanceID, outcome: outcome, notification: notification?.message, now: clock.now.secondsSince1970)
             if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
             if held, let notification {
                 logger.notice(
                     "delivery status notification queued",
                     metadata: [
-                        "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(notification.id ?? "?")",
-                        "outbox.recipients": "\(Bounce.failures(message: message, outcome: outcome).count)",
+                        "outbox.message_id": "\(message.id)", "outbox.bounce_id": "\(notification.message.id ?? "?")",
+                        "outbox.recipients": "\(notification.failures)",
                     ])
             }
         } catch {

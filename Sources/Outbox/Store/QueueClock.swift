@@ -1,4 +1,5 @@
 import Foundation
+import OutboxTransports
 
 /// A point in wall-clock time as the queue records it (when a message was queued, when it is
 /// due): a duration since 1970-01-01 00:00 UTC. The store keeps it as seconds (`Double`).
@@ -54,12 +55,6 @@ public struct SystemQueueClock: QueueClock {
 }
 
 extension Duration {
-    /// The duration in seconds, as a `Double` (for the store and for reports).
-    var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-
     /// A duration of `seconds` (fractional).
     static func seconds(fraction seconds: Double) -> Duration {
         .nanoseconds(Int64((seconds * 1e9).rounded()))
