@@ -190,8 +190,22 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 return .failure(ConfigurationError(problems: [problem]))
             }
         }
+        // The transport next: a configuration it cannot be built from (or one that removed
+        // `server`) is refused whole, before anything else changes.
+        do {
+            try mailer.reload(new)
+        } catch {
+            let problem = ConfigurationProblem(
+                code: error.code, file: file ?? "-", line: nil, option: error.code == "reload_server_removed" ? "server" : nil, value: nil,
+                message: error.description)
+            logger.error("the new configuration is refused; keeping the old one: \(error.description)")
+            state.withLockedValue {
+                $0.lastReloadError = error.description
+                $0.lastReload = Date().timeIntervalSince1970
+            }
+            return .failure(ConfigurationError(problems: [problem]))
+        }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
-        _ = mailer.reload(new)
         dispatcher.update(Daemon.dispatcherSettings(new))
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
@@ -219,6 +233,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         return [
             "instance": dispatcher.instanceID,
             "transport": mailer.transportName,
+            "transport_generation": mailer.transportGeneration,
             "listen": s.started.outbox.httpListen,
             "configuration": options,
             "pending_restart": s.pendingRestart,
