@@ -121,7 +121,8 @@ extension OptionTable {
             "An identity that may authenticate to the relay (AUTH PLAIN or LOGIN, over TLS). One section per client;",
             "`outbox hash-password` makes the hash. Override with `-o client-NAME.KEY=VALUE`.", "",
             "```ini", "[client-scanner]", "user = scanner@example.com",
-            "password-hash = $2b$12$...   # outbox hash-password < password.txt", "allowed-senders = *@example.com", "```", "",
+            "# outbox hash-password < password.txt", "password-hash = $2b$12$OQmzGmxZl8G.yTsLT7QunOUVEp7EdnjN2LCXshj3UlLRTplx8U.He",
+            "allowed-senders = *@example.com", "```", "",
         ]
         lines += table(clientSection)
         lines += details(clientSection, prefix: "client-NAME.")
