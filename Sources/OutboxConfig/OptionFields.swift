@@ -71,6 +71,9 @@ extension OptionTable {
         f["rate-limit-per-minute"] = OptionField { $1.outbox.rateLimitPerMinute = $0.outbox.rateLimitPerMinute }
         f["mailbox-concurrency"] = OptionField { $1.outbox.mailboxConcurrency = $0.outbox.mailboxConcurrency }
         f["shutdown-deadline"] = OptionField { $1.outbox.shutdownDeadline = $0.outbox.shutdownDeadline }
+        f["queue-min-free"] = OptionField { $1.outbox.queueMinFree = $0.outbox.queueMinFree }
+        f["retention-content"] = OptionField { $1.outbox.retentionContent = $0.outbox.retentionContent }
+        f["retention-records"] = OptionField { $1.outbox.retentionRecords = $0.outbox.retentionRecords }
         return f
     }()
 }

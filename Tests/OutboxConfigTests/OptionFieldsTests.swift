@@ -65,6 +65,9 @@ struct OptionFieldsTests {
         rate-limit-per-minute = 60
         mailbox-concurrency = 2
         shutdown-deadline = 00:00:09
+        queue-min-free = 5%
+        retention-content = 00:30:00
+        retention-records = 48:00:00
         """
 
     static var reloadable: [OptionDescriptor] { OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.outbox }
