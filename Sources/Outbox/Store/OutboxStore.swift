@@ -407,6 +407,9 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         public static let invalidURL = Code(rawValue: "store_invalid_url")
         /// A chunked message's chunks are not all in the store: it was not queued.
         public static let chunksMissing = Code(rawValue: "store_chunks_missing")
+        /// The store's disk is full, or below `queue-min-free`: intake is refused for now
+        /// (SQLite's `SQLITE_FULL`, PostgreSQL's `53100`).
+        public static let insufficientStorage = Code(rawValue: "insufficient_storage")
     }
 
     /// What kind of error; stable.

@@ -499,7 +499,10 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         let free = try await pages("freelist_count")
         guard free > 0 else { return 0 }
         _ = try await writer.write("PRAGMA incremental_vacuum")
-        return (free - (try await pages("freelist_count"))) * (try await pages("page_size"))
+        let given = (free - (try await pages("freelist_count"))) * (try await pages("page_size"))
+        // The write-ahead log keeps its size until a checkpoint truncates it.
+        _ = try? await writer.write("PRAGMA wal_checkpoint(TRUNCATE)")
+        return given
     }
 
     /// SQLite gives pages back only with `auto_vacuum`: a new database gets `INCREMENTAL` at
