@@ -73,6 +73,8 @@ package final class StorageGuard: Service, Sendable {
         var settings: Settings
         var intake: Intake = .open(room: nil)
         var lastRetention: Double = 0
+        /// When the free space was last measured.
+        var measuredAt: ContinuousClock.Instant?
     }
 
     private let store: any OutboxStore
@@ -103,8 +105,35 @@ package final class StorageGuard: Service, Sendable {
         refusedGauge.record(0)
     }
 
-    /// What intake may take now (updated every second and after each purge).
-    package var intake: Intake { state.withLockedValue { $0.intake } }
+    /// What intake may take now. While open, the free space is measured again when the last
+    /// measure is older than 50 ms (a `statvfs`), so a burst of submissions cannot run past
+    /// `queue-min-free` between two checks; resuming is the background check's decision.
+    package var intake: Intake {
+        let (current, minFree, measuredAt) = state.withLockedValue { ($0.intake, $0.settings.minFree, $0.measuredAt) }
+        guard let directory, current.isOpen else { return current }
+        let now = ContinuousClock.now
+        if let measuredAt, now - measuredAt < .milliseconds(50) { return current }
+        guard let measured = space(directory) else { return current }
+        let minimum = minFree.bytes(ofCapacity: measured.capacity)
+        let decision: Intake = measured.free < minimum ? .refused(free: measured.free, minimum: minimum) : .open(room: measured.free - minimum)
+        let changed = state.withLockedValue { s -> Bool in
+            let changed = s.intake.isOpen != decision.isOpen
+            s.intake = decision
+            s.measuredAt = now
+            return changed
+        }
+        if changed { announce(decision, free: measured.free, minimum: minimum) }
+        return decision
+    }
+
+    private func announce(_ decision: Intake, free: Int64, minimum: Int64) {
+        refusedGauge.record(decision.isOpen ? 0 : 1)
+        if decision.isOpen {
+            logger.notice("intake resumed: the queue's disk has \(free) bytes free again (queue-min-free \(minimum))")
+        } else {
+            logger.error("intake refused: \(decision.explanation)")
+        }
+    }
 
     /// Counts one submission refused for lack of space (for the metric).
     package func countRefusal() { refusalsCounter.increment() }
@@ -136,23 +165,20 @@ package final class StorageGuard: Service, Sendable {
         }
         // Resume a little above the threshold, so intake does not flap on every message.
         let resumeAt = minimum + max(minimum / 20, 64 * 1024)
-        let decision: Intake
-        let previous = intake
-        if free < minimum || (!previous.isOpen && free < resumeAt) {
-            decision = .refused(free: free, minimum: minimum)
-        } else {
-            decision = .open(room: free - minimum)
-        }
-        state.withLockedValue { $0.intake = decision }
-        if previous.isOpen != decision.isOpen {
-            refusedGauge.record(decision.isOpen ? 0 : 1)
-            if decision.isOpen {
-                logger.notice("intake resumed: the queue's disk has \(free) bytes free again (queue-min-free \(minimum))")
+        let changed = state.withLockedValue { s -> (Intake, Bool) in
+            let previous = s.intake
+            let decision: Intake
+            if free < minimum || (!previous.isOpen && free < resumeAt) {
+                decision = .refused(free: free, minimum: minimum)
             } else {
-                logger.error("intake refused: \(decision.explanation)")
+                decision = .open(room: free - minimum)
             }
+            s.intake = decision
+            s.measuredAt = .now
+            return (decision, previous.isOpen != decision.isOpen)
         }
-        return decision
+        if changed.1 { announce(changed.0, free: free, minimum: minimum) }
+        return changed.0
     }
 
     /// Purges delivered messages' content, oldest first, in batches, until `minimum` is free
