@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A private PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary directory as the
 # postgres user, listening on 127.0.0.1 only (trust authentication, loopback only).
-# postgres-testbed.sh start | stop. Settings: PGCI_DIR (default /tmp/outbox-pgci), PGCI_PORT
-# (default 55432). `start` installs Debian's postgresql when it is missing and prints the URL.
+# postgres-testbed.sh start | stop | halt | resume | sql "STATEMENTS". Settings: PGCI_DIR (default
+# /tmp/outbox-pgci), PGCI_PORT (default 55432): a test that stops its database runs its OWN
+# cluster with other values (the default one is shared by everyone's tests). `start` installs
+# Debian's postgresql when it is missing and prints the URL. `halt` stops the server keeping its
+# data (pg_ctl stop -m fast: sessions end with 57P01), `resume` starts it again on that data and
+# waits until it accepts connections, `sql` runs statements on the database outbox.
 set -euo pipefail
 PGCI_DIR=${PGCI_DIR:-/tmp/outbox-pgci}
 PGCI_PORT=${PGCI_PORT:-55432}
@@ -34,6 +38,18 @@ case "${1:-}" in
     su postgres -s /bin/sh -c "$BIN/createdb -h 127.0.0.1 -p $PGCI_PORT -U postgres outbox"
     echo "postgres://postgres@127.0.0.1:$PGCI_PORT/outbox"
     ;;
+  halt)
+    BIN=$(bindir)
+    su postgres -s /bin/sh -c "$BIN/pg_ctl -D $PGCI_DIR/data -m fast -w stop >/dev/null"
+    ;;
+  resume)
+    BIN=$(bindir)
+    su postgres -s /bin/sh -c "$BIN/pg_ctl -D $PGCI_DIR/data -l $PGCI_DIR/server.log -w -o \"-c listen_addresses=127.0.0.1 -p $PGCI_PORT -k $PGCI_DIR -c max_connections=200 -c fsync=on\" start >/dev/null"
+    ;;
+  sql)
+    BIN=$(bindir)
+    "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGCI_PORT" -U postgres -d outbox -c "${2:?sql needs statements}"
+    ;;
   stop)
     BIN=$(bindir || true)
     if [ -n "$BIN" ] && [ -d "$PGCI_DIR/data" ]; then
@@ -41,7 +57,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: postgres-testbed.sh start|stop" >&2
+    echo "usage: postgres-testbed.sh start|stop|halt|resume|sql STATEMENTS" >&2
     exit 2
     ;;
 esac

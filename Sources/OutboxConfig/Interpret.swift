@@ -484,6 +484,12 @@ extension ConfigurationReader {
         {
             s.retentionRecords = v
         }
+        if let v = typed(
+            outbox["store-unavailable-wait"], sourceKey: "outbox.store-unavailable-wait", descriptor: d("store-unavailable-wait"),
+            Convert.positiveTime, invalid: "is not a time greater than 0 in \(TimeValue.formatDescription)")
+        {
+            s.storeUnavailableWait = v
+        }
         configuration.outbox = s
     }
 

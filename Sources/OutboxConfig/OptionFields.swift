@@ -74,6 +74,7 @@ extension OptionTable {
         f["queue-min-free"] = OptionField { $1.outbox.queueMinFree = $0.outbox.queueMinFree }
         f["retention-content"] = OptionField { $1.outbox.retentionContent = $0.outbox.retentionContent }
         f["retention-records"] = OptionField { $1.outbox.retentionRecords = $0.outbox.retentionRecords }
+        f["store-unavailable-wait"] = OptionField { $1.outbox.storeUnavailableWait = $0.outbox.storeUnavailableWait }
         return f
     }()
 }

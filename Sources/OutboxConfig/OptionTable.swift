@@ -384,6 +384,12 @@ package enum OptionTable {
             name: "retention-records", section: .outbox, type: .time, defaultValue: "720:00:00", validValues: TimeValue.formatDescription,
             effect: .atNextCycle, referenceEffect: nil,
             summary: "How long a delivered, failed or cancelled message's record and attempts are kept; then they are deleted."),
+        .init(
+            name: "store-unavailable-wait", section: .outbox, type: .time, defaultValue: "00:00:05",
+            validValues: TimeValue.formatDescription + ", greater than 0", effect: .immediately, referenceEffect: nil,
+            summary:
+                "How long a request waits for a PostgreSQL store that does not answer (stopped, restarting, out of connections). Past it the request is refused as a temporary failure (HTTP 503 store_unavailable with Retry-After, SMTP 451 4.3.0) and the store call is cancelled, so nothing is queued; a client that retries with the same Idempotency-Key gets the message once."
+        ),
     ]
 
     /// The one key of a `[secret-<name>]` section.

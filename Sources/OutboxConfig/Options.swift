@@ -194,6 +194,8 @@ public struct OutboxSettings: Sendable, Equatable {
     public var retentionContent: Duration = .seconds(7 * 86_400)
     /// `retention-records`.
     public var retentionRecords: Duration = .seconds(30 * 86_400)
+    /// `store-unavailable-wait`.
+    public var storeUnavailableWait: Duration = .seconds(5)
 
     /// The API tokens, split.
     public var apiTokenList: [String] {

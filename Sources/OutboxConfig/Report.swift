@@ -143,6 +143,7 @@ extension OutboxConfiguration {
             case "queue-min-free": value = s.queueMinFree.description
             case "retention-content": value = time(s.retentionContent)
             case "retention-records": value = time(s.retentionRecords)
+            case "store-unavailable-wait": value = time(s.storeUnavailableWait)
             default: value = "?"
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)

@@ -366,22 +366,33 @@ package final class RelayServer: Service, Sendable {
         } catch {
             await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()
-            logger.error(
-                "relay message not queued: the queue store failed: \(error)",
-                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred"))
-            return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
+            // An outage is logged once by the store's health; this is the message's own line.
+            logger.warning(
+                "relay message not queued: \(StoreFailure.describe(error))",
+                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred (451 4.3.0)"))
+            return .failure(SMTPServerReplyError(Self.storeReply(StoreFailure.classify(error))))
         }
     }
 
     /// What the store may take now.
     func intake() -> RelayIntake { queue.intake() }
 
+    /// The temporary refusal at the end of DATA for a store failure other than a full disk.
+    static func storeReply(_ failure: StoreFailure) -> SMTPServerReply {
+        switch failure {
+        case .insufficientStorage: SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")
+        case .unavailable: SMTPServerReply(451, "4.3.0", "Queue unavailable: the queue's database does not answer, try again later")
+        case .schemaMissing: SMTPServerReply(451, "4.3.0", "Queue unavailable: the queue's database is not set up, try again later")
+        case .other: SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")
+        }
+    }
+
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool {
         do {
             try await queue.writeChunk(messageID: messageID, index: index, bytes: bytes)
             return true
         } catch {
-            logger.error("relay: a chunk of message \(messageID) could not be written to the queue store: \(error)")
+            logger.warning("relay: a chunk of message \(messageID) could not be written to the queue store: \(StoreFailure.describe(error))")
             return false
         }
     }
@@ -390,7 +401,8 @@ package final class RelayServer: Service, Sendable {
         guard count > 0 else { return }
         do { try await queue.discardChunks(messageID: messageID) } catch {
             logger.warning(
-                "relay: the chunks of message \(messageID), which was not queued, could not be removed now (they go at the next start): \(error)")
+                "relay: the chunks of message \(messageID), which was not queued, could not be removed now (they go at the next start): \(StoreFailure.describe(error))"
+            )
         }
     }
 

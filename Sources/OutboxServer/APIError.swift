@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import Outbox
 
 /// A 4xx/5xx answer with a JSON body `{"error": {"code": ..., "message": ...}}` that says what is
 /// wrong. Nothing is stored when one is returned.
@@ -63,5 +64,35 @@ enum Digest {
             hash = hash &* 0x100_0000_01b3
         }
         return String(hash, radix: 16)
+    }
+}
+
+extension APIError {
+    /// The answer for a store failure (StoreFailure is the one place that classifies them):
+    /// 507 for a full disk, 503 with Retry-After for a store that is unavailable or whose schema
+    /// is missing, 500 for anything else. The messages are Outbox's own: no library text.
+    package static func store(_ failure: StoreFailure, wait: Duration) -> APIError {
+        let seconds = max(1, Int(wait.components.seconds))
+        switch failure {
+        case .insufficientStorage:
+            return .retryLater(
+                OutboxAPI.insufficientStorage, "insufficient_storage", "the queue's disk is full: the request was not carried out; try again later",
+                after: 60)
+        case .unavailable:
+            return .retryLater(
+                .serviceUnavailable, "store_unavailable",
+                "the queue's database did not answer within \(seconds) s ([outbox] store-unavailable-wait): it is stopped, restarting or overloaded; "
+                    + "try again later. A submission retried with the same Idempotency-Key is queued at most once",
+                after: max(5, seconds))
+        case .schemaMissing:
+            return .retryLater(
+                .serviceUnavailable, "store_schema_missing",
+                "the queue's database has no Outbox tables, or tables Outbox does not know: it was replaced or emptied; "
+                    + "an operator must restart Outbox (it creates its tables at start) or point [outbox] store at Outbox's database",
+                after: 60)
+        case .other:
+            return APIError(
+                .internalServerError, "internal_error", "the request failed inside Outbox; the cause is in the daemon's log")
+        }
     }
 }

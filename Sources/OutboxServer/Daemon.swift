@@ -102,6 +102,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             settings: StorageGuard.Settings(configuration.outbox), logger: logger,
             metricsFactory: PrometheusMetricsFactory(registry: api.registry))
         api.attach(storage: storage)
+        dispatcher.storeHealth.wait = configuration.outbox.storeUnavailableWait
+        api.attach(health: dispatcher.storeHealth)
         let relaySettings = configuration.relay
         let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
         self.relayListening = listening
@@ -117,7 +119,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 throw DaemonError(.relay, error.description)
             }
             self.relay = RelayServer(
-                configuration: runtime, queue: StoreRelayQueue(store: store, storage: storage),
+                configuration: runtime, queue: StoreRelayQueue(store: store, storage: storage, health: dispatcher.storeHealth),
                 listenDefaulted: configuration.source(of: "relay.listen") == .default,
                 drainDeadline: configuration.outbox.shutdownDeadline,
                 metricsFactory: PrometheusMetricsFactory(registry: api.registry), logger: logger,
@@ -215,6 +217,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         dispatcher.update(Daemon.dispatcherSettings(new))
         storage.update(StorageGuard.Settings(new.outbox))
+        dispatcher.storeHealth.wait = new.outbox.storeUnavailableWait
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.
@@ -312,10 +315,12 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     }
 }
 
-/// The relay's queue: the daemon's store (an enqueue returns once committed with fsync).
+/// The relay's queue: the daemon's store (an enqueue returns once committed with fsync). Each
+/// call is bounded by `store-unavailable-wait` (the listener answers 451 4.3.0 past it).
 struct StoreRelayQueue: RelayQueue {
     let store: any OutboxStore
     let storage: StorageGuard
+    let health: StoreHealth
 
     func intake() -> RelayIntake {
         switch storage.intake {
@@ -329,15 +334,17 @@ struct StoreRelayQueue: RelayQueue {
     }
 
     func enqueue(_ message: NewMessage) async throws -> String {
-        try await store.enqueue(message, now: Date().timeIntervalSince1970).id
+        try await health.call { [store] in try await store.enqueue(message, now: Date().timeIntervalSince1970).id }
     }
 
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async throws {
-        try await store.writeChunk(messageID: messageID, index: index, bytes: bytes, now: Date().timeIntervalSince1970)
+        try await health.call { [store] in
+            try await store.writeChunk(messageID: messageID, index: index, bytes: bytes, now: Date().timeIntervalSince1970)
+        }
     }
 
     func discardChunks(messageID: String) async throws {
-        try await store.discardChunks(messageID: messageID)
+        try await health.call { [store] in try await store.discardChunks(messageID: messageID) }
     }
 }
 

@@ -58,7 +58,9 @@ package final class OutboxAPI: Sendable {
     private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
     private let storageBox = NIOLockedValueBox<StorageGuard?>(nil)
     private var storage: StorageGuard? { storageBox.withLockedValue { $0 } }
-    private let logger: Logger
+    /// Bounds the store calls and tells an outage (OutboxAPI+Store.swift).
+    let healthBox: NIOLockedValueBox<StoreHealth>
+    let logger: Logger
     package let registry: PrometheusCollectorRegistry
     private let submitted: Counter
     private let duplicates: Counter
@@ -73,6 +75,7 @@ package final class OutboxAPI: Sendable {
         logger: Logger = Logger(label: "outbox.http"), now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
     ) {
         self.store = store
+        self.healthBox = NIOLockedValueBox(StoreHealth(kind: store.kind, logger: logger))
         self.settingsBox = NIOLockedValueBox(settings)
         self.providerBox = NIOLockedValueBox(provider)
         self.logger = logger
@@ -112,6 +115,7 @@ package final class OutboxAPI: Sendable {
 
     package func makeRouter() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: APIErrorMiddleware())
         router.get("/healthz") { _, _ in JSON.response(.ok, ["status": "ok"]) }
         router.get("/readyz") { [self] _, _ in await self.readiness() }
         router.get("/metrics") { [self] request, _ in
@@ -170,8 +174,7 @@ package final class OutboxAPI: Sendable {
             logger.debug("request refused", metadata: ["http.status": "\(error.status.code)", "http.error": "\(error.code)"])
             return error.response
         } catch {
-            logger.error("request failed: \(error)")
-            return APIError(.internalServerError, "internal_error", "the request failed: \(error)").response
+            return storeRefusal(error).response
         }
     }
 
@@ -211,14 +214,14 @@ package final class OutboxAPI: Sendable {
     private func readiness() async -> Response {
         var problems: [String] = []
         if let storage, !storage.intake.isOpen { problems.append(storage.intake.explanation) }
-        do { try await store.ping() } catch { problems.append("the store does not answer: \(error)") }
+        if let problem = await storeProblem() { problems.append(problem) }
         if let provider, let problem = await provider.transportProblem() { problems.append(problem) }
         if problems.isEmpty { return JSON.response(.ok, ["status": "ready", "store": store.kind]) }
         return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": problems])
     }
 
     private func metrics() async throws -> Response {
-        if let counts = try? await store.counts() {
+        if let counts = try? await storeCall({ try await $0.counts() }) {
             for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
         }
         var buffer: [UInt8] = []
@@ -231,7 +234,7 @@ package final class OutboxAPI: Sendable {
     private func statusResponse() async throws -> Response {
         var body: [String: Any] = [:]
         if let provider { for (k, v) in await provider.status() { body[k] = v } }
-        let counts = try await store.counts()
+        let counts = try await storeCall { try await $0.counts() }
         body["queue"] = Dictionary(uniqueKeysWithValues: MessageStatus.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
         body["store"] = store.kind
         return JSON.response(.ok, body)
@@ -288,7 +291,8 @@ package final class OutboxAPI: Sendable {
         if let refusal = storageRefusal(size: message.content.count) { throw refusal }
         let result: EnqueueResult
         do {
-            result = try await store.enqueue(message, now: now())
+            let (message, at) = (message, self.now())
+            result = try await storeCall { try await $0.enqueue(message, now: at) }
         } catch  where StoreFailure.classify(error) == .insufficientStorage {
             storage?.countRefusal()
             throw APIError.retryLater(
@@ -331,20 +335,23 @@ package final class OutboxAPI: Sendable {
             }
             cursor = n
         }
-        let messages = try await store.list(status: status, limit: limit, after: cursor)
+        let messages = try await storeCall { [status, limit, cursor] store in
+            try await store.list(status: status, limit: limit, after: cursor)
+        }
         let next: Any = messages.count == limit ? String(messages.last!.sequence) : NSNull()
         return JSON.response(.ok, ["messages": messages.map { Self.summary($0) }, "next_cursor": next])
     }
 
     private func getMessage(_ id: String) async throws -> Response {
-        guard let message = try await store.get(id: id) else {
+        guard let message = try await storeCall({ try await $0.get(id: id) }) else {
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         }
         return JSON.response(.ok, Self.detail(message))
     }
 
     private func change(_ id: String, retry: Bool) async throws -> Response {
-        let result = retry ? try await store.retry(id: id, now: now()) : try await store.cancel(id: id, now: now())
+        let at = self.now()
+        let result = try await storeCall { retry ? try await $0.retry(id: id, now: at) : try await $0.cancel(id: id, now: at) }
         switch result {
         case .done(let message):
             return JSON.response(.ok, Self.detail(message))

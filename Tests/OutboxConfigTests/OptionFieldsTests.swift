@@ -68,6 +68,7 @@ struct OptionFieldsTests {
         queue-min-free = 5%
         retention-content = 00:30:00
         retention-records = 48:00:00
+        store-unavailable-wait = 00:00:03
         """
 
     static var reloadable: [OptionDescriptor] { OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.outbox }

@@ -61,10 +61,12 @@ public final class Dispatcher: Service, Sendable {
     private let sender: any MessageSender
     /// This instance's name as lease owner (`host-pid-random` by default).
     public let instanceID: String
-    private let logger: Logger
-    private let clock: any QueueClock
+    let logger: Logger
+    let clock: any QueueClock
     private let random: @Sendable () -> Double
     private let state: NIOLockedValueBox<State>
+    /// Whether the store answers; the daemon shares it with the API and the listener.
+    package let storeHealth: StoreHealth
 
     private struct State {
         var settings: DispatcherSettings
@@ -91,6 +93,7 @@ public final class Dispatcher: Service, Sendable {
         self.clock = clock
         self.random = random
         self.state = NIOLockedValueBox(State(settings: settings))
+        self.storeHealth = StoreHealth(kind: store.kind, logger: logger)
     }
 
     /// A new lease owner name: `host-pid-` and eight random hex digits.
@@ -205,16 +208,8 @@ public final class Dispatcher: Service, Sendable {
                     let lease = settings.lease
                     group.addTask {
                         let at = self.clock.now
-                        do {
-                            return .claimed(
-                                try await self.store.claim(
-                                    limit: room, owner: owner, now: at.secondsSince1970,
-                                    lease: lease.seconds),
-                                asked: room, at: at, lease: lease)
-                        } catch {
-                            self.logger.error("claiming messages failed: \(error)")
-                            return .claimed([], asked: room, at: at, lease: lease)
-                        }
+                        let claimed = await self.claimOrWait(limit: room, owner: owner, at: at, lease: lease)
+                        return .claimed(claimed, asked: room, at: at, lease: lease)
                     }
                 }
                 if !ticking {
@@ -353,9 +348,9 @@ public final class Dispatcher: Service, Sendable {
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
-            let held = try await store.record(
-                id: message.id, owner: instanceID, outcome: outcome, notification: notification?.message, now: clock.now.secondsSince1970)
-            if !held { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
+            let (held, retried) = try await recordOutcome(
+                id: message.id, outcome: outcome, notification: notification?.message, within: settings.lease / 2)
+            if !held, !retried { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
             if held, let notification {
                 logger.notice(
                     "delivery status notification queued",
@@ -365,7 +360,8 @@ public final class Dispatcher: Service, Sendable {
                     ])
             }
         } catch {
-            logger.error("recording the outcome of \(message.id) failed: \(error); its lease will expire and it will be retried")
+            logger.error(
+                "recording the outcome of \(message.id) failed: \(StoreFailure.describe(error)); its lease will expire and it will be retried")
         }
         state.withLockedValue {
             $0.attempts += 1

@@ -1,15 +1,20 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
 
 /// The shared queue for several `outbox serve` instances: PostgreSQL, claims with
 /// `FOR UPDATE SKIP LOCKED` so each due message goes to one instance. Every change is one SQL
 /// statement, committed before the call returns.
-public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
-    // @unchecked: the client is Sendable; the run task is set once in `open` and read in `close`.
-    private let client: PostgresClient
-    private var runTask: Task<Void, Never>?
+public final class PostgresOutboxStore: OutboxStore, Sendable {
+    /// The connection pool in use; replaced by a new one when PostgreSQL comes back after an
+    /// outage (see PostgresOutboxStore+Recovery.swift).
+    let pool: NIOLockedValueBox<Pool>
+    let configuration: PostgresClient.Configuration
+    let poolLogger: Logger
+    let logger: Logger
+    let recovery = NIOLockedValueBox(Recovery())
     /// `postgres`.
     public var kind: String { "postgres" }
 
@@ -26,14 +31,20 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             host: host, port: components.port ?? 5432, username: user,
             password: components.password, database: database.isEmpty ? nil : database,
             tls: .disable)
-        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
-        let store = PostgresOutboxStore(client: client)
-        store.runTask = Task { await client.run() }
+        let store = PostgresOutboxStore(configuration: configuration, logger: logger)
+        store.startMonitor()
         return store
     }
 
-    private init(client: PostgresClient) {
-        self.client = client
+    private init(configuration: PostgresClient.Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        // The pool logs each failed connection attempt at info, with postgres-nio's generic
+        // text: an outage is logged once by StoreHealth instead.
+        var poolLogger = logger
+        if poolLogger.logLevel < .warning { poolLogger.logLevel = .warning }
+        self.poolLogger = poolLogger
+        self.pool = NIOLockedValueBox(Pool.start(configuration, logger: poolLogger))
     }
 
     static let schema: [String] = [
@@ -86,6 +97,12 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
     public func migrate() async throws {
+        try await tracked { client in
+            try await self.migrate(client)
+        }
+    }
+
+    private func migrate(_ client: PostgresClient) async throws {
         try await client.withTransaction(logger: Self.logger) { connection in
             // Several instances may start at once: one migrates, the others wait.
             try await connection.query("SELECT pg_advisory_xact_lock(7270001)", logger: Self.logger)
@@ -94,10 +111,13 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             }
             let rows = try await connection.query("SELECT version FROM outbox_schema", logger: Self.logger).collect()
             if rows.isEmpty {
-                try await connection.query("INSERT INTO outbox_schema (version) VALUES (1)", logger: Self.logger)
+                try await connection.query("INSERT INTO outbox_schema (version) VALUES (\(Self.schemaVersion))", logger: Self.logger)
             }
         }
     }
+
+    /// The version in `outbox_schema` (the later columns and tables are added in place).
+    static let schemaVersion = 1
 
     static let logger = Logger(label: "outbox.store.postgres")
 
@@ -111,7 +131,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     private func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await client.query(query, logger: Self.logger).collect()
+        try await tracked { client in try await client.query(query, logger: Self.logger).collect() }
     }
 
     /// Stores a message, committed before it returns; with an idempotency key already used,
@@ -265,11 +285,14 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             """
         guard let notification else { return !(try await rows(update)).isEmpty }
         // The outcome and the notification commit together, or neither does.
-        return try await client.withTransaction(logger: Self.logger) { connection in
-            let updated = try await connection.query(update, logger: Self.logger).collect()
-            guard !updated.isEmpty else { return false }
-            _ = try await connection.query(Self.insert(notification, now: now).query, logger: Self.logger).collect()
-            return true
+        let insert = Self.insert(notification, now: now).query
+        return try await tracked { client in
+            try await client.withTransaction(logger: Self.logger) { connection in
+                let updated = try await connection.query(update, logger: Self.logger).collect()
+                guard !updated.isEmpty else { return false }
+                _ = try await connection.query(insert, logger: Self.logger).collect()
+                return true
+            }
         }
     }
 
@@ -416,15 +439,26 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         _ = try await rows("DELETE FROM outbox_message_chunks")
     }
 
-    /// Runs `SELECT 1`: throws when the database does not answer.
+    /// Reads the schema's version: throws when the database does not answer, and
+    /// ``StoreError/Code/schemaMissing`` when Outbox's tables are not there or are of a version
+    /// this Outbox does not know.
     public func ping() async throws {
-        _ = try await rows("SELECT 1")
+        let versions = try await rows("SELECT version FROM outbox_schema").map { try $0.decode(Int.self) }
+        guard versions == [Self.schemaVersion] else {
+            throw StoreError(
+                .schemaMissing,
+                versions.isEmpty
+                    ? "the table outbox_schema is empty"
+                    : "outbox_schema holds version \(versions.map(String.init).joined(separator: ", ")), not \(Self.schemaVersion)")
+        }
     }
 
-    /// Stops the connection pool's task; the store cannot be used afterwards.
+    /// Stops the monitor and the connection pool; the store cannot be used afterwards.
     public func close() async throws {
-        runTask?.cancel()
-        await runTask?.value
+        recovery.withLockedValue { $0.monitor }?.cancel()
+        let task = pool.withLockedValue { $0.task }
+        task.cancel()
+        await task.value
     }
 
     static func decode(_ r: PostgresRandomAccessRow) throws -> StoredMessage {

@@ -1,0 +1,54 @@
+import Foundation
+import Logging
+
+/// The dispatcher's store calls while the store may be unavailable: no tight error loop (a
+/// failed claim waits before the next one), outages logged by ``StoreHealth`` (a line when one
+/// starts, one every 30 s, one when it ends), and an outcome recorded once the store is back
+/// rather than lost (a lost outcome would have the message sent again when its lease ends).
+extension Dispatcher {
+    /// How long a failed claim waits before the next: short, so deliveries resume within a
+    /// second or two of the store's return.
+    static let claimBackoff: Duration = .seconds(1)
+
+    /// Claims due messages; after a failure, reports it, waits ``claimBackoff`` and returns none.
+    func claimOrWait(limit: Int, owner: String, at: QueueInstant, lease: Duration) async -> [ClaimedMessage] {
+        do {
+            let claimed = try await store.claim(limit: limit, owner: owner, now: at.secondsSince1970, lease: lease.seconds)
+            storeHealth.succeeded()
+            return claimed
+        } catch {
+            // Outages and a missing schema are logged by the health, once; anything else here.
+            if storeHealth.failed(error) == .other {
+                logger.error("claiming messages failed: \(StoreFailure.describe(error))")
+            }
+            try? await clock.sleep(for: Self.claimBackoff)
+            return []
+        }
+    }
+
+    /// Records an outcome; while the store is unavailable, tries again every second for up to
+    /// `within` (half the lease: the lease still holds the message). Returns whether the lease
+    /// was held, and whether a try was repeated (then a false may mean that an earlier try
+    /// committed before its answer was lost).
+    func recordOutcome(id: String, outcome: AttemptOutcome, notification: NewMessage?, within: Duration) async throws -> (
+        held: Bool, retried: Bool
+    ) {
+        let deadline = clock.now.advanced(by: within)
+        var retried = false
+        while true {
+            do {
+                let held = try await store.record(
+                    id: id, owner: instanceID, outcome: outcome, notification: notification, now: clock.now.secondsSince1970)
+                storeHealth.succeeded()
+                if !held, retried {
+                    logger.debug("the outcome of \(id) was recorded by an earlier try, or its lease ended meanwhile")
+                }
+                return (held, retried)
+            } catch {
+                guard storeHealth.failed(error) == .unavailable, clock.now < deadline, !Task.isCancelled else { throw error }
+                retried = true
+                try? await clock.sleep(for: .seconds(1))
+            }
+        }
+    }
+}
