@@ -125,6 +125,9 @@ if [ $# -eq 0 ]; then
   python3 -m unittest -v Tests/RelayClients/test_relay_large.py
   # A full disk: the data directory on a small tmpfs (mounted by the test), queue-min-free.
   python3 -m unittest -v Tests/RelayClients/test_storage_full.py
+  # PostgreSQL stopped for 30 s under load, then its tables dropped under a running daemon (its
+  # own cluster on 127.0.0.1:55433: the one above is shared).
+  python3 -m unittest -v Tests/RelayClients/test_store_outage.py
   # openapi.yaml is valid OpenAPI and documents every route the server has.
   python3 -c 'import openapi_spec_validator, yaml' 2>/dev/null ||
     python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' ||

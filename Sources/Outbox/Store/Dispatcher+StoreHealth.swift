@@ -26,14 +26,15 @@ extension Dispatcher {
         }
     }
 
-    /// Records an outcome; while the store is unavailable, tries again every second for up to
-    /// `within` (half the lease: the lease still holds the message). Returns whether the lease
-    /// was held, and whether a try was repeated (then a false may mean that an earlier try
-    /// committed before its answer was lost).
-    func recordOutcome(id: String, outcome: AttemptOutcome, notification: NewMessage?, within: Duration) async throws -> (
+    /// Records an outcome; while the store is unavailable, tries again every second until two
+    /// seconds before `until` (the end of the lease, seconds since 1970: past it, a claim could
+    /// take the message over and send it again). Returns whether the lease was held, and
+    /// whether a try was repeated (then a false may mean that an earlier try committed before
+    /// its answer was lost).
+    func recordOutcome(id: String, outcome: AttemptOutcome, notification: NewMessage?, until: Double) async throws -> (
         held: Bool, retried: Bool
     ) {
-        let deadline = clock.now.advanced(by: within)
+        let deadline = until - 2
         var retried = false
         while true {
             do {
@@ -45,7 +46,7 @@ extension Dispatcher {
                 }
                 return (held, retried)
             } catch {
-                guard storeHealth.failed(error) == .unavailable, clock.now < deadline, !Task.isCancelled else { throw error }
+                guard storeHealth.failed(error) == .unavailable, clock.now.secondsSince1970 < deadline, !Task.isCancelled else { throw error }
                 retried = true
                 try? await clock.sleep(for: .seconds(1))
             }

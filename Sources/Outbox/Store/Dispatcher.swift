@@ -349,7 +349,8 @@ public final class Dispatcher: Service, Sendable {
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
             let (held, retried) = try await recordOutcome(
-                id: message.id, outcome: outcome, notification: notification?.message, within: settings.lease / 2)
+                id: message.id, outcome: outcome, notification: notification?.message,
+                until: message.leaseUntil ?? started.advanced(by: settings.lease / 2).secondsSince1970)
             if !held, !retried { logger.warning("the lease on \(message.id) was lost before its outcome was recorded") }
             if held, let notification {
                 logger.notice(

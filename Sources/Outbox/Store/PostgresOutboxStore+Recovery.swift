@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
 
@@ -23,10 +24,22 @@ extension PostgresOutboxStore {
         }
     }
 
+    /// A call in flight: when it started (seconds since 1970), which method made it, and
+    /// whether the monitor has reported it as stalled.
+    struct Call: Sendable {
+        var started: Double
+        var function: String
+        /// The pool it runs in.
+        var generation: Int
+        /// Gives the call up (its caller gets an unavailable error at once).
+        var abandon: @Sendable () -> Void
+        var reported = false
+    }
+
     /// What the monitor sees of the calls.
     struct Recovery: Sendable {
-        /// Calls in flight: token -> start (seconds since 1970).
-        var inFlight: [Int: Double] = [:]
+        /// Calls in flight by token.
+        var inFlight: [Int: Call] = [:]
         var nextToken = 0
         /// A call failed as unavailable since the last look.
         var failureSeen = false
@@ -42,15 +55,36 @@ extension PostgresOutboxStore {
     /// ``StoreError`` (``StoreError/Code/unavailable``, ``StoreError/Code/schemaMissing``,
     /// ``StoreError/Code/insufficientStorage`` or ``StoreError/Code/failed``) with a message of
     /// Outbox's own, so that no caller prints postgres-nio's generic description.
-    func tracked<T: Sendable>(_ body: (PostgresClient) async throws -> T) async throws -> T {
+    /// A call still waiting in a pool that is replaced is given up (it fails as unavailable):
+    /// a pool shut down while its server was away does not always fail what waits in it.
+    func tracked<T: Sendable>(
+        _ function: String = #function, _ body: @escaping @Sendable (PostgresClient) async throws -> T
+    ) async throws -> T {
+        let race = StoreRace<T>()
+        let work = NIOLockedValueBox<Task<Void, Never>?>(nil)
+        let abandon: @Sendable () -> Void = {
+            let given = StoreError(.unavailable, "PostgreSQL went away while the call waited; the call was given up")
+            if race.finish(.failure(given)) { work.withLockedValue { $0 }?.cancel() }
+        }
         let (token, client) = recovery.withLockedValue { r -> (Int, PostgresClient) in
             r.nextToken += 1
-            r.inFlight[r.nextToken] = Date().timeIntervalSince1970
-            return (r.nextToken, pool.withLockedValue { $0.client })
+            let (client, generation) = pool.withLockedValue { ($0.client, $0.generation) }
+            r.inFlight[r.nextToken] = Call(started: Date().timeIntervalSince1970, function: function, generation: generation, abandon: abandon)
+            return (r.nextToken, client)
         }
         defer { _ = recovery.withLockedValue { $0.inFlight.removeValue(forKey: token) } }
+        work.withLockedValue {
+            $0 = Task {
+                do { race.finish(.success(try await body(client))) } catch { race.finish(.failure(error)) }
+            }
+        }
         do {
-            return try await body(client)
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { race.wait($0) }
+            } onCancel: {
+                work.withLockedValue { $0 }?.cancel()
+                race.finish(.failure(CancellationError()))
+            }
         } catch {
             let failure = StoreFailure.classify(error)
             if failure == .unavailable { recovery.withLockedValue { $0.failureSeen = true } }
@@ -73,12 +107,18 @@ extension PostgresOutboxStore {
     /// pool when PostgreSQL answers again after it was down.
     private func look() async {
         let now = Date().timeIntervalSince1970
-        let (suspect, down) = recovery.withLockedValue { r -> (Bool, Bool) in
-            let stalled = r.inFlight.values.contains { now - $0 >= Self.stallSeconds }
+        let (suspect, down, stuck) = recovery.withLockedValue { r -> (Bool, Bool, [String]) in
+            let stalled = r.inFlight.values.contains { now - $0.started >= Self.stallSeconds }
             let suspect = r.failureSeen || stalled
             r.failureSeen = false
-            return (suspect, r.down)
+            var stuck: [String] = []
+            for (token, call) in r.inFlight where !call.reported && now - call.started >= 10 {
+                r.inFlight[token]?.reported = true
+                stuck.append(call.function)
+            }
+            return (suspect, r.down, stuck)
         }
+        for function in stuck { logger.debug("a PostgreSQL call (\(function)) has been waiting for over 10 s") }
         guard suspect || down else { return }
         if await answers() {
             guard down else { return }
@@ -115,7 +155,11 @@ extension PostgresOutboxStore {
             current = Pool.start(configuration, logger: poolLogger, generation: old.generation + 1)
             return old
         }
-        logger.debug("PostgreSQL answers again: a new connection pool replaces the one that was backing off")
+        let waiting = recovery.withLockedValue { r in r.inFlight.values.filter { $0.generation <= old.generation }.map(\.abandon) }
+        logger.debug(
+            "PostgreSQL answers again: a new connection pool replaces the one that was backing off (\(waiting.count) calls waiting in it are given up)"
+        )
+        for abandon in waiting { abandon() }
         old.task.cancel()
     }
 }

@@ -97,7 +97,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
     public func migrate() async throws {
-        try await tracked { client in
+        try await tracked { [self] client in
             try await self.migrate(client)
         }
     }
@@ -130,8 +130,8 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         """
     }
 
-    private func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await tracked { client in try await client.query(query, logger: Self.logger).collect() }
+    private func rows(_ query: PostgresQuery, function: String = #function) async throws -> [PostgresRow] {
+        try await tracked(function) { client in try await client.query(query, logger: Self.logger).collect() }
     }
 
     /// Stores a message, committed before it returns; with an idempotency key already used,

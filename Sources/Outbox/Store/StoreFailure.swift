@@ -83,7 +83,7 @@ package enum StoreFailure: Sendable, Equatable {
             case .serverClosedConnection, .uncleanShutdown:
                 return "PostgreSQL closed the connection"
             case .poolClosed, .clientClosedConnection:
-                return "the connection to PostgreSQL was closed by Outbox (reconnecting)"
+                return "the connection to PostgreSQL was closed"
             case .queryCancelled:
                 return "the call to PostgreSQL was cancelled"
             default:
@@ -91,7 +91,7 @@ package enum StoreFailure: Sendable, Equatable {
             }
         }
         if String(reflecting: type(of: error)).hasSuffix("ConnectionPoolError") {
-            return "PostgreSQL has refused connections for a minute (the connection pool stopped trying for now)"
+            return "PostgreSQL has refused connections for a while (the connection pool waits before trying again)"
         }
         if let error = error as? SQLiteError { return "SQLite: \(error.message)" }
         if error is CancellationError { return "the call was cancelled" }

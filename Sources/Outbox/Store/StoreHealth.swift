@@ -163,7 +163,7 @@ package final class StoreHealth: Sendable {
     package static func bounded<T: Sendable>(
         _ wait: Duration, kind: String, _ operation: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let race = Race<T>()
+        let race = StoreRace<T>()
         let work = Task {
             do { race.finish(.success(try await operation())) } catch { race.finish(.failure(error)) }
         }
@@ -184,8 +184,9 @@ package final class StoreHealth: Sendable {
     }
 }
 
-/// The first of several outcomes, handed to one waiting continuation.
-private final class Race<T: Sendable>: Sendable {
+/// The first of several outcomes (a call's result, a timeout, a pool replaced), handed to one
+/// waiting continuation.
+final class StoreRace<T: Sendable>: Sendable {
     private struct State {
         var result: Result<T, any Error>?
         var continuation: CheckedContinuation<T, any Error>?
