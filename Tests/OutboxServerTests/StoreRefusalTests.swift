@@ -1,4 +1,6 @@
 import Hummingbird
+import HummingbirdTesting
+import NIOCore
 import Outbox
 import OutboxServer
 import Testing
@@ -26,6 +28,24 @@ struct StoreRefusalTests {
         #expect(other.code == "internal_error")
         for answer in [unavailable, schema, full, other] {
             #expect(!answer.message.contains("PSQLError") && !answer.message.contains("Generic description"))
+        }
+    }
+}
+
+@Suite("API answers made by the router")
+struct RouterAnswerTests {
+    @Test("no such route and a method a route does not have answer in the API's JSON shape with a stable code")
+    func routerErrors() async throws {
+        let fixture = try await APIFixture.make()
+        try await fixture.test { client in
+            try await client.execute(uri: "/v1/nothing-here", method: .get) { r in
+                #expect(r.status == .notFound)
+                #expect(errorCode(r) == "not_found")
+            }
+            try await client.execute(uri: "/healthz", method: .delete) { r in
+                #expect(r.status.code >= 400)
+                #expect(errorCode(r) != nil, "\(String(buffer: r.body))")
+            }
         }
     }
 }

@@ -14,7 +14,8 @@ submission is refused retries it with the same Idempotency-Key until it is taken
   a library's text (PSQLError...);
 - every message taken (202) is delivered exactly once (counted in the maildir by subject);
 - the daemon logs fewer than 50 lines from the stop to 5 s after the restart;
-- a message is delivered within 5 s of the restart.
+- a message is delivered within 5 s of the restart;
+- the SMTP listener answers 451 4.3.0 at the end of DATA during the outage, within 10 s.
 
 Replaced database: the tables are dropped under a running daemon. /readyz answers 503 with the
 reason, a submission 503 with the code store_schema_missing, and the log holds one line that
@@ -24,6 +25,7 @@ says so, not a loop of generic errors.
 import json
 import os
 import re
+import smtplib
 import subprocess
 import sys
 import threading
@@ -77,6 +79,22 @@ def submit(daemon, subject, key, timeout=15):
         return e.code, dict(e.headers), e.read().decode("utf-8", "replace"), time.monotonic() - started
     except OSError as e:
         return None, {}, f"no answer: {e}", time.monotonic() - started
+
+
+def relay_submit(daemon, subject):
+    """One message through the SMTP listener; ((code, text) of the end of DATA, seconds)."""
+    started = time.monotonic()
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.relay_port, timeout=20) as smtp:
+            smtp.ehlo("client.example.test")
+            smtp.sendmail("sender@example.test", ["rcpt@elsewhere.example"],
+                          f"From: sender@example.test\r\nTo: rcpt@elsewhere.example\r\nSubject: {subject}\r\n\r\nhi\r\n")
+            reply = (250, b"")
+    except smtplib.SMTPDataError as e:
+        reply = (e.smtp_code, e.smtp_error)
+    except (smtplib.SMTPException, OSError) as e:
+        reply = (None, str(e).encode())
+    return reply, time.monotonic() - started
 
 
 def log_lines_between(daemon, start, end):
@@ -151,7 +169,9 @@ class StoreOutage(unittest.TestCase):
             stopped_at = time.time()
             pg("halt")
             log(f"PostgreSQL stopped; {len(taken)} messages taken so far")
-            time.sleep(OUTAGE_SECONDS)
+            time.sleep(3)
+            relay_reply, relay_seconds = relay_submit(d, f"{run}-relay")
+            time.sleep(OUTAGE_SECONDS - 3 - relay_seconds)
             delivered_before = set(delivered_counts(maildir, run))
             pg("resume")
             resumed_at = time.time()
@@ -192,6 +212,11 @@ class StoreOutage(unittest.TestCase):
                 wrong.append((subject, status, code, headers.get("Retry-After"), body[:200]))
         self.assertEqual(wrong, [], "refusals must be 503 store_unavailable with Retry-After, in Outbox's words")
         self.assertGreater(refused, 0, "no request was refused: the outage did not happen under load")
+
+        # The listener answers 451 4.3.0 at the end of DATA, within 10 s.
+        self.assertEqual(relay_reply[0], 451, relay_reply)
+        self.assertTrue(relay_reply[1].startswith(b"4.3.0"), relay_reply)
+        self.assertLessEqual(relay_seconds, 10, "the listener must answer within 10 seconds")
 
         # Deliveries resumed within 5 s of the restart.
         self.assertIsNotNone(first_new, f"no delivery within 60 s of the restart\n{d.diagnostics()}")
