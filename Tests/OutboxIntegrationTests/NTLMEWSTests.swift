@@ -1,0 +1,200 @@
+import Foundation
+import OutboxConfig
+import OutboxMIME
+import OutboxTestSupport
+import OutboxTransports
+import Testing
+
+/// Tests/NTLM/ntlm_ews_server.py: an EWS endpoint behind pyspnego's NTLM acceptor (a real
+/// NTLMv2 and MIC check), one process per test. scripts/test.sh installs pyspnego.
+final class NTLMEWSServer: @unchecked Sendable {
+    let process = Process()
+    let directory: URL
+    let port: Int
+    static let password = "S3cret-\(UUID().uuidString.prefix(8))"
+
+    init(schemes: String = "NTLM,Negotiate", plain: Bool = false, closeAfter: Int = 0) throws {
+        directory = try OutboxBinary.temporaryDirectory("outbox-ntlm")
+        let users = directory.appendingPathComponent("users")
+        try Data("TESTDOM:ntlmuser:\(Self.password)\n:ntlmuser@testdom.test:\(Self.password)\n".utf8).write(to: users)
+        let certificates = TestCertificates.builtIn
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments =
+            [
+                "python3", OutboxBinary.packageRoot.appendingPathComponent("Tests/NTLM/ntlm_ews_server.py").path,
+                "--users", users.path, "--events", directory.appendingPathComponent("events.jsonl").path, "--schemes", schemes,
+                "--close-after", "\(closeAfter)",
+            ] + (plain ? ["--plain"] : ["--cert", certificates.certificateFile, "--key", certificates.keyFile])
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // The first line is "PORT <n>"; anything else (pyspnego missing) fails the test.
+        var line = Data()
+        while true {
+            let byte = out.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty || byte == Data("\n".utf8) { break }
+            line += byte
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard text.hasPrefix("PORT "), let port = Int(text.dropFirst(5)) else {
+            process.terminate()
+            throw Failure(description: "the NTLM test server did not start (is pyspnego installed? scripts/test.sh installs it): \(text)")
+        }
+        self.port = port
+    }
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    var url: String { "https://127.0.0.1:\(port)/EWS/Exchange.asmx" }
+
+    /// The server's events, in order.
+    func events() throws -> [[String: String]] {
+        let text = (try? String(contentsOf: directory.appendingPathComponent("events.jsonl"), encoding: .utf8)) ?? ""
+        return try text.split(separator: "\n").map {
+            let object = try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+            return object.compactMapValues { value in (value as? String) ?? (value as? Int).map(String.init) }
+        }
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func configuration(url: String? = nil, user: String = #"TESTDOM\ntlmuser"#, password: String = password, mechanisms: String? = nil)
+        throws -> OutboxConfiguration
+    {
+        var c = try OutboxConfiguration.parse(
+            text: "", fileName: "test.cfg",
+            overrides: [
+                "server-type=EWS", "server=\(url ?? self.url)", "enable-authentication=true", "user=\(user)", "password=\(password)",
+                "connect-timeout=00:00:05", "protocol-timeout=00:00:10",
+            ] + (mechanisms.map { ["mail.ews.auth.mechanisms=\($0)"] } ?? []), environment: [:])
+        c.outbox.tlsCAFile = TestCertificates.builtIn.caFile
+        return c
+    }
+}
+
+@Suite("EWS with NTLMv2 against pyspnego's acceptor", .serialized)
+struct NTLMEWSTests {
+    func withServer(
+        schemes: String = "NTLM,Negotiate", plain: Bool = false, closeAfter: Int = 0, _ body: (NTLMEWSServer) async throws -> Void
+    ) async throws {
+        let server = try NTLMEWSServer(schemes: schemes, plain: plain, closeAfter: closeAfter)
+        defer { server.stop() }
+        try await body(server)
+    }
+
+    @Test func basicFirstThenNTLMOneHandshakeForThreeMessages() async throws {
+        try await withServer { server in
+            let transport = try TransportFactory.make(configuration: server.configuration())
+            var sent: [[UInt8]] = []
+            for _ in 0..<3 {
+                let (message, bytes) = try rawMessage(from: "ntlmuser@testdom.test")
+                let report = try await transport.send(message)
+                #expect(report.allAccepted)
+                sent.append(bytes)
+            }
+            await transport.shutdown()
+            let events = try server.events()
+            // Basic went first (the server does not offer it), then one handshake on one
+            // connection, and all three CreateItems on that connection.
+            #expect(events.map { $0["event"]! } == ["unauthenticated", "negotiate", "authenticated", "served", "served", "served"])
+            #expect(events[0]["scheme"] == "Basic")
+            #expect(events[2]["user"] == #"TESTDOM\ntlmuser"#)
+            #expect(events[2]["scheme"] == "NTLM")
+            #expect(Set(events.dropFirst().map { $0["conn"]! }).count == 1)
+            #expect(events.filter { $0["event"] == "served" }.map { Array(Data(base64Encoded: $0["mime"]!)!) } == sent)
+        }
+    }
+
+    @Test func negotiateOnlyWithAUPN() async throws {
+        try await withServer(schemes: "Negotiate") { server in
+            let transport = try TransportFactory.make(configuration: server.configuration(user: "ntlmuser@testdom.test"))
+            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+            #expect(try await transport.send(message).allAccepted)
+            await transport.shutdown()
+            let authenticated = try #require(try server.events().first { $0["event"] == "authenticated" })
+            #expect(authenticated["scheme"] == "Negotiate")
+            #expect(authenticated["user"] == "ntlmuser@testdom.test")
+        }
+    }
+
+    @Test func configuredNTLMNeverSendsBasic() async throws {
+        try await withServer { server in
+            let transport = try TransportFactory.make(configuration: server.configuration(mechanisms: "NTLM"))
+            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+            #expect(try await transport.send(message).allAccepted)
+            await transport.shutdown()
+            #expect(try server.events().map { $0["event"]! } == ["negotiate", "authenticated", "served"])
+        }
+    }
+
+    @Test func aReplacedConnectionIsAuthenticatedAgain() async throws {
+        // The server closes each connection after one served request: every message needs a
+        // new handshake on a new connection.
+        try await withServer(closeAfter: 1) { server in
+            let transport = try TransportFactory.make(configuration: server.configuration(mechanisms: "NTLM"))
+            for _ in 0..<3 {
+                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                #expect(try await transport.send(message).allAccepted)
+            }
+            await transport.shutdown()
+            let events = try server.events()
+            let served = events.filter { $0["event"] == "served" }
+            #expect(served.count == 3)
+            #expect(Set(served.map { $0["conn"]! }).count == 3)
+            #expect(events.filter { $0["event"] == "authenticated" }.count == 3)
+            // Each handshake's two legs share a connection.
+            for auth in events.filter({ $0["event"] == "authenticated" }) {
+                #expect(events.contains { $0["event"] == "negotiate" && $0["conn"] == auth["conn"] })
+            }
+        }
+    }
+
+    @Test func aWrongPasswordIsAPermanentAuthenticationError() async throws {
+        try await withServer { server in
+            let wrong = "Wrong-\(UUID().uuidString.prefix(8))"
+            let transport = try TransportFactory.make(configuration: server.configuration(password: wrong))
+            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+            let error = try #require(await deliveryError { try await transport.send(message) })
+            await transport.shutdown()
+            #expect(error.kind == .permanent)
+            #expect(error.message.contains("refused the NTLM credentials"))
+            #expect(!error.message.contains(wrong))
+            #expect(try server.events().contains { $0["event"] == "auth_failed" })
+            #expect(try !server.events().contains { $0["event"] == "served" })
+        }
+    }
+
+    @Test func plainHTTPIsRefusedBeforeAnyNTLMMessage() async throws {
+        try await withServer(plain: true) { server in
+            let url = "http://127.0.0.1:\(server.port)/EWS/Exchange.asmx"
+            let transport = try TransportFactory.make(configuration: server.configuration(url: url))
+            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+            let error = try #require(await deliveryError { try await transport.send(message) })
+            await transport.shutdown()
+            #expect(error.kind == .permanent)
+            #expect(error.message.contains("https"))
+            #expect(try server.events().map { $0["event"]! } == ["unauthenticated"])
+            // Asked for explicitly, NTLM over http is a configuration error.
+            #expect(throws: TransportFactory.Unavailable.self) {
+                try TransportFactory.make(configuration: server.configuration(url: url, mechanisms: "NTLM"))
+            }
+        }
+    }
+}
+
+func deliveryError(_ body: () async throws -> DeliveryReport) async -> DeliveryError? {
+    do {
+        _ = try await body()
+        return nil
+    } catch let error as DeliveryError {
+        return error
+    } catch {
+        Issue.record("unexpected error \(error)")
+        return nil
+    }
+}
