@@ -217,7 +217,7 @@ package final class NTLMHTTPAuthenticator: Sendable {
 
     /// Sends `request` (built without `Authorization`; `body` makes its body, once per send)
     /// on the NTLM-authenticated connection, running the handshake first when needed.
-    package func exchange(
+    func exchange(
         _ request: HTTPClientRequest, body: () -> HTTPClientRequest.Body, timeout: Duration, bodyLimit: Int, transport: String
     ) async throws(DeliveryError) -> HTTPAnswer {
         guard overTLS else { throw plainHTTPRefusal(transport) }

@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -180,6 +181,9 @@ def main():
     parser.add_argument("--events", required=True)
     parser.add_argument("--close-after", type=int, default=0, help="close a connection after N served requests")
     args = parser.parse_args()
+    # A parent may start us with signals blocked (threads of an event loop do): unblock them, so
+    # that SIGTERM ends the server.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     os.environ["NTLM_USER_FILE"] = args.users
     Handler.schemes = [s for s in args.schemes.split(",") if s]
     Handler.events = Events(args.events)

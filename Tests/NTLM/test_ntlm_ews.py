@@ -53,6 +53,7 @@ class NTLMServer:
     def stop(self):
         self.process.terminate()
         self.process.wait(10)
+        self.process.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

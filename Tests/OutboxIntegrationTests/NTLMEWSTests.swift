@@ -38,7 +38,7 @@ final class NTLMEWSServer: @unchecked Sendable {
         }
         let text = String(decoding: line, as: UTF8.self)
         guard text.hasPrefix("PORT "), let port = Int(text.dropFirst(5)) else {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             throw Failure(description: "the NTLM test server did not start (is pyspnego installed? scripts/test.sh installs it): \(text)")
         }
         self.port = port
@@ -58,7 +58,8 @@ final class NTLMEWSServer: @unchecked Sendable {
     }
 
     func stop() {
-        process.terminate()
+        // SIGKILL: the test process may hand an ignored SIGTERM down to its children.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         try? FileManager.default.removeItem(at: directory)
     }
@@ -87,21 +88,33 @@ struct NTLMEWSTests {
         try await body(server)
     }
 
+    /// Runs `body` with the transport, shutting it down whatever happens.
+    func withTransport(_ configuration: OutboxConfiguration, _ body: (any MailTransport) async throws -> Void) async throws {
+        let transport = try TransportFactory.make(configuration: configuration)
+        do {
+            try await body(transport)
+        } catch {
+            await transport.shutdown()
+            throw error
+        }
+        await transport.shutdown()
+    }
+
     @Test func basicFirstThenNTLMOneHandshakeForThreeMessages() async throws {
         try await withServer { server in
-            let transport = try TransportFactory.make(configuration: server.configuration())
             var sent: [[UInt8]] = []
-            for _ in 0..<3 {
-                let (message, bytes) = try rawMessage(from: "ntlmuser@testdom.test")
-                let report = try await transport.send(message)
-                #expect(report.allAccepted)
-                sent.append(bytes)
+            try await withTransport(server.configuration()) { transport in
+                for _ in 0..<3 {
+                    let (message, bytes) = try rawMessage(from: "ntlmuser@testdom.test")
+                    let report = try await transport.send(message)
+                    #expect(report.allAccepted)
+                    sent.append(bytes)
+                }
             }
-            await transport.shutdown()
             let events = try server.events()
             // Basic went first (the server does not offer it), then one handshake on one
             // connection, and all three CreateItems on that connection.
-            #expect(events.map { $0["event"]! } == ["unauthenticated", "negotiate", "authenticated", "served", "served", "served"])
+            try #require(events.map { $0["event"]! } == ["unauthenticated", "negotiate", "authenticated", "served", "served", "served"])
             #expect(events[0]["scheme"] == "Basic")
             #expect(events[2]["user"] == #"TESTDOM\ntlmuser"#)
             #expect(events[2]["scheme"] == "NTLM")
@@ -112,10 +125,10 @@ struct NTLMEWSTests {
 
     @Test func negotiateOnlyWithAUPN() async throws {
         try await withServer(schemes: "Negotiate") { server in
-            let transport = try TransportFactory.make(configuration: server.configuration(user: "ntlmuser@testdom.test"))
-            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
-            #expect(try await transport.send(message).allAccepted)
-            await transport.shutdown()
+            try await withTransport(server.configuration(user: "ntlmuser@testdom.test")) { transport in
+                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                #expect(try await transport.send(message).allAccepted)
+            }
             let authenticated = try #require(try server.events().first { $0["event"] == "authenticated" })
             #expect(authenticated["scheme"] == "Negotiate")
             #expect(authenticated["user"] == "ntlmuser@testdom.test")
@@ -124,10 +137,10 @@ struct NTLMEWSTests {
 
     @Test func configuredNTLMNeverSendsBasic() async throws {
         try await withServer { server in
-            let transport = try TransportFactory.make(configuration: server.configuration(mechanisms: "NTLM"))
-            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
-            #expect(try await transport.send(message).allAccepted)
-            await transport.shutdown()
+            try await withTransport(server.configuration(mechanisms: "NTLM")) { transport in
+                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                #expect(try await transport.send(message).allAccepted)
+            }
             #expect(try server.events().map { $0["event"]! } == ["negotiate", "authenticated", "served"])
         }
     }
@@ -136,12 +149,12 @@ struct NTLMEWSTests {
         // The server closes each connection after one served request: every message needs a
         // new handshake on a new connection.
         try await withServer(closeAfter: 1) { server in
-            let transport = try TransportFactory.make(configuration: server.configuration(mechanisms: "NTLM"))
-            for _ in 0..<3 {
-                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
-                #expect(try await transport.send(message).allAccepted)
+            try await withTransport(server.configuration(mechanisms: "NTLM")) { transport in
+                for _ in 0..<3 {
+                    let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                    #expect(try await transport.send(message).allAccepted)
+                }
             }
-            await transport.shutdown()
             let events = try server.events()
             let served = events.filter { $0["event"] == "served" }
             #expect(served.count == 3)
@@ -157,10 +170,12 @@ struct NTLMEWSTests {
     @Test func aWrongPasswordIsAPermanentAuthenticationError() async throws {
         try await withServer { server in
             let wrong = "Wrong-\(UUID().uuidString.prefix(8))"
-            let transport = try TransportFactory.make(configuration: server.configuration(password: wrong))
-            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
-            let error = try #require(await deliveryError { try await transport.send(message) })
-            await transport.shutdown()
+            var failure: DeliveryError?
+            try await withTransport(server.configuration(password: wrong)) { transport in
+                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                failure = await deliveryError { try await transport.send(message) }
+            }
+            let error = try #require(failure)
             #expect(error.kind == .permanent)
             #expect(error.message.contains("refused the NTLM credentials"))
             #expect(!error.message.contains(wrong))
@@ -172,10 +187,12 @@ struct NTLMEWSTests {
     @Test func plainHTTPIsRefusedBeforeAnyNTLMMessage() async throws {
         try await withServer(plain: true) { server in
             let url = "http://127.0.0.1:\(server.port)/EWS/Exchange.asmx"
-            let transport = try TransportFactory.make(configuration: server.configuration(url: url))
-            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
-            let error = try #require(await deliveryError { try await transport.send(message) })
-            await transport.shutdown()
+            var failure: DeliveryError?
+            try await withTransport(server.configuration(url: url)) { transport in
+                let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                failure = await deliveryError { try await transport.send(message) }
+            }
+            let error = try #require(failure)
             #expect(error.kind == .permanent)
             #expect(error.message.contains("https"))
             #expect(try server.events().map { $0["event"]! } == ["unauthenticated"])
