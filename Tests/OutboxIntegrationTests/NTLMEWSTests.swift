@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import OutboxConfig
 import OutboxMIME
 import OutboxTestSupport
@@ -89,8 +90,10 @@ struct NTLMEWSTests {
     }
 
     /// Runs `body` with the transport, shutting it down whatever happens.
-    func withTransport(_ configuration: OutboxConfiguration, _ body: (any MailTransport) async throws -> Void) async throws {
-        let transport = try TransportFactory.make(configuration: configuration)
+    func withTransport(
+        _ configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox"), _ body: (any MailTransport) async throws -> Void
+    ) async throws {
+        let transport = try TransportFactory.make(configuration: configuration, logger: logger)
         do {
             try await body(transport)
         } catch {
@@ -120,6 +123,36 @@ struct NTLMEWSTests {
             #expect(events[2]["scheme"] == "NTLM")
             #expect(Set(events.dropFirst().map { $0["conn"]! }).count == 1)
             #expect(events.filter { $0["event"] == "served" }.map { Array(Data(base64Encoded: $0["mime"]!)!) } == sent)
+        }
+    }
+
+    @Test func concurrentSendsShareOneAuthenticatedConnectionAndLogNoSecret() async throws {
+        try await withServer { server in
+            let recorder = LogRecorder()
+            try await withTransport(server.configuration(), logger: recorder.logger(level: .trace)) { transport in
+                try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for _ in 0..<5 {
+                        group.addTask {
+                            let (message, _) = try rawMessage(from: "ntlmuser@testdom.test")
+                            return try await transport.send(message).allAccepted
+                        }
+                    }
+                    for try await accepted in group { #expect(accepted) }
+                }
+            }
+            let events = try server.events()
+            let served = events.filter { $0["event"] == "served" }
+            #expect(served.count == 5)
+            // The NTLM requests waited for each other: one handshake, one connection.
+            #expect(events.filter { $0["event"] == "negotiate" }.count == 1)
+            #expect(Set(served.map { $0["conn"]! }).count == 1)
+            let hash = try NTLM.ntHash(password: NTLMEWSServer.password).map { String(format: "%02x", $0) }.joined()
+            #expect(recorder.recorded.contains { $0.message.contains("using NTLM") })
+            for entry in recorder.recorded {
+                #expect(!entry.description.contains(NTLMEWSServer.password))
+                #expect(!entry.description.lowercased().contains(hash))
+                #expect(!entry.description.contains("TlRMTVNTUAAD"))  // base64 of "NTLMSSP\0" + type 3
+            }
         }
     }
 
