@@ -58,14 +58,14 @@ package final class OutboxAPI: Sendable {
     private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
     private let storageBox = NIOLockedValueBox<StorageGuard?>(nil)
     private var storage: StorageGuard? { storageBox.withLockedValue { $0 } }
-    private let logger: Logger
+    let logger: Logger
     package let registry: PrometheusCollectorRegistry
     private let submitted: Counter
     private let duplicates: Counter
     private let badRequests: Counter
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
-    private let now: @Sendable () -> Double
+    let now: @Sendable () -> Double
 
     package init(
         store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
@@ -138,11 +138,12 @@ package final class OutboxAPI: Sendable {
             let id = context.parameters.get("id") ?? ""
             return await self.guarded(request) { try await self.change(id, retry: false) }
         }
+        addQueueRoutes(router)
         return router
     }
 
     /// Checks the token, runs the handler, turns errors into JSON answers.
-    private func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
+    func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
         let settings = self.settings
         if settings.requireToken {
             let header = request.headers[.authorization] ?? ""
@@ -351,6 +352,9 @@ package final class OutboxAPI: Sendable {
         case .notFound:
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         case .conflict(let status):
+            if retry, try await store.get(id: id)?.contentPurged == true {
+                throw APIError(.conflict, "content_purged", "message \(id) is \(status.rawValue) and its content was purged: it cannot be sent again")
+            }
             throw APIError(
                 .conflict, "invalid_state",
                 retry
@@ -365,7 +369,7 @@ package final class OutboxAPI: Sendable {
         [
             "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
             "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
-            "possible_duplicate": m.possibleDuplicate,
+            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged,
         ]
     }
 

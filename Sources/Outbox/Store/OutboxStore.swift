@@ -378,6 +378,9 @@ public protocol OutboxStore: Sendable {
     func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int
     /// Gives freed space back to the file system where the store can; returns the bytes.
     func reclaimSpace() async throws -> Int64
+    /// Removes one finished message's content (its record and attempts stay);
+    /// ``StoreChange/conflict(_:)`` for a message still queued, sending or deferred.
+    func purge(id: String, now: Double) async throws -> StoreChange
     /// Checks the store answers.
     func ping() async throws
     /// Closes the connection or database; the store cannot be used afterwards.

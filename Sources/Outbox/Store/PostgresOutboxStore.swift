@@ -407,6 +407,21 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         return deleted.count
     }
 
+    /// Removes one finished message's content (chunks included); idempotent.
+    public func purge(id: String, now: Double) async throws -> StoreChange {
+        let purged = try await rows(
+            """
+            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
+            WHERE id = \(id) AND status IN ('delivered', 'failed', 'unknown', 'cancelled') AND content_purged_at IS NULL
+            RETURNING chunks
+            """)
+        if let row = purged.first, try row.decode(Int.self) > 0 {
+            _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)")
+        }
+        guard let message = try await get(id: id) else { return .notFound }
+        return message.contentPurged ? .done(message) : .conflict(message.status)
+    }
+
     /// PostgreSQL's autovacuum reuses the space: nothing to do here.
     public func reclaimSpace() async throws -> Int64 { 0 }
 

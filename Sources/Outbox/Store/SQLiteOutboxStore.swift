@@ -490,6 +490,22 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return rows.count
     }
 
+    /// Removes one finished message's content (chunks included); idempotent.
+    public func purge(id: String, now: Double) async throws -> StoreChange {
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET content = x'', content_purged_at = ?
+            WHERE id = ? AND status IN ('delivered', 'failed', 'unknown', 'cancelled') AND content_purged_at IS NULL
+            RETURNING chunks
+            """,
+            [.float(now), .text(id)])
+        if let chunks = rows.first?.column("chunks")?.integer, chunks > 0 {
+            _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)])
+        }
+        guard let message = try await get(id: id) else { return .notFound }
+        return message.contentPurged ? .done(message) : .conflict(message.status)
+    }
+
     /// Gives the database's free pages back to the file system (`PRAGMA incremental_vacuum`);
     /// returns the bytes given back.
     public func reclaimSpace() async throws -> Int64 {
