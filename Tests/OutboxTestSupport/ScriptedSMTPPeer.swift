@@ -65,6 +65,7 @@ package final class ScriptedSMTPPeer: Sendable {
         var eventWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
         var scripts: [[ScriptedSMTPStep]]
         var sessions: [Task<Void, Never>] = []
+        var channels: [NIOAsyncTestingChannel] = []
     }
     let state: NIOLockedValueBox<State>
 
@@ -82,6 +83,41 @@ package final class ScriptedSMTPPeer: Sendable {
         self.loop = loop
         self.address = address ?? (try! SocketAddress(ipAddress: "127.0.0.1", port: 25))
         self.state = NIOLockedValueBox(State(scripts: scripts))
+        Self.current?.add(self)
+    }
+
+    /// The peers made in this task (see `Registry`).
+    @TaskLocal package static var current: Registry?
+
+    /// The peers made while it is `current`, so that a test that is cancelled (its time limit
+    /// passed: a script and the client waiting for each other) can end them with `abort()`.
+    package final class Registry: Sendable {
+        private let peers = NIOLockedValueBox<[ScriptedSMTPPeer]>([])
+        package init() {}
+        func add(_ peer: ScriptedSMTPPeer) { peers.withLockedValue { $0.append(peer) } }
+        /// Aborts every peer made while this registry was current.
+        package func abortAll() { for peer in peers.withLockedValue({ $0 }) { peer.abort() } }
+    }
+
+    /// Ends a stuck test: every connection closes as if its socket had, every `.waitFor` goes
+    /// on, and a problem says so.
+    package func abort() {
+        let (channels, waiters) = state.withLockedValue { state in
+            state.problems.append("aborted: the test was cancelled")
+            let waiters = state.eventWaiters.values.flatMap { $0 }
+            state.eventWaiters = [:]
+            return (state.channels, waiters)
+        }
+        for waiter in waiters { waiter.resume() }
+        for channel in channels {
+            loop.execute {
+                if let tls = try? channel.pipeline.syncOperations.context(handlerType: NIOSSLClientHandler.self) {
+                    tls.close(promise: nil)
+                } else {
+                    channel.pipeline.close(promise: nil)
+                }
+            }
+        }
     }
 
     /// A server for one connection.
@@ -124,7 +160,10 @@ package final class ScriptedSMTPPeer: Sendable {
             var session = ScriptedSMTPSession(peer: self, client: channel)
             await session.play(script)
         }
-        state.withLockedValue { $0.sessions.append(session) }
+        state.withLockedValue {
+            $0.sessions.append(session)
+            $0.channels.append(channel)
+        }
         return channel
     }
 

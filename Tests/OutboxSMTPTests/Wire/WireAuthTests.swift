@@ -27,7 +27,7 @@ private func oauth(_ token: String) -> SMTPCredentials {
     .oauth2(user: user) { SMTPAccessToken(token: token, expiresAt: ContinuousClock.now + .seconds(3600)) }
 }
 
-@Suite("Wire: AUTH exchanges", .timeLimit(.minutes(1)))
+@Suite("Wire: AUTH exchanges", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireAuthTests {
     @Test("AUTH PLAIN with the initial response on the AUTH line; the debug log shows it redacted")
     func plain() async throws {

@@ -8,7 +8,7 @@ import Testing
 
 /// Replies the client must refuse, whole sessions through the real handler: the parser's
 /// limits (`SMTPReplyParser.defaultMaximumLines`, `defaultMaximumLineLength`) and its grammar.
-@Suite("Wire: malformed and over-long replies", .timeLimit(.minutes(1)))
+@Suite("Wire: malformed and over-long replies", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireMalformedReplyTests {
     /// An EHLO reply of `count` lines, delivered in reads of `perRead` lines.
     static func ehloReply(lines count: Int, perRead: Int = 100) -> [ScriptedSMTPStep] {

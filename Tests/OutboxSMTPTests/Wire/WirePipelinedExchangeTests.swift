@@ -9,7 +9,7 @@ import Testing
 
 /// The pipelined fast path (`SMTPPipelinedExchange`): a small message against a server with
 /// PIPELINING runs its whole transaction inside the handler. These cover its failure paths.
-@Suite("Wire: the pipelined exchange", .timeLimit(.minutes(1)))
+@Suite("Wire: the pipelined exchange", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WirePipelinedExchangeTests {
     @Test("many messages on one connection: commands in one write, replies matched, body after the 354")
     func manyMessages() async throws {
@@ -95,6 +95,7 @@ struct WirePipelinedExchangeTests {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() })
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let next = try await nextTask.value
         #expect(first.delivered && first.finalReply?.text == "first queued")
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -117,6 +118,7 @@ struct WirePipelinedExchangeTests {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let nextError = await wireCatch { try await nextTask.value }
         #expect(firstError?.code == .outcomeUnknown, "\(String(describing: firstError))")
         #expect(
@@ -140,6 +142,7 @@ struct WirePipelinedExchangeTests {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let next = try await nextTask.value
         #expect(firstError?.replyCode == 554 && firstError?.stage == .data && firstError?.isTransient == false)
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -169,6 +172,8 @@ struct WirePipelinedExchangeTests {
             envelope: envelope1, body: WireBody(message),
             handBack: { handler.value.startCommand(.noop, stage: .noop, timeout: protocolTimeout, reply: check) })
         #expect(result.delivered && result.finalReply?.text == "queued after filtering")
+        #expect(result.handedBack)
+        if !result.handedBack { check.fail(WaitingStart<Void>.NeverStarted()) }  // (never asked for)
         #expect(try await check.futureResult.get().code == 250)
         #expect(conn.isOpen)
         await conn.quit()
@@ -304,29 +309,37 @@ struct WirePipelinedExchangeTests {
 
 /// A task body started from a callback (here: `handBack`, on the event loop), awaited later.
 final class WaitingStart<Success: Sendable>: @unchecked Sendable {
+    struct NeverStarted: Error {}
     private let lock = NIOLock()
-    private var started = false
-    private var waiter: CheckedContinuation<Void, Never>?
+    private var started: Bool?
+    private var waiter: CheckedContinuation<Bool, Never>?
 
-    func start() {
-        let waiter: CheckedContinuation<Void, Never>? = lock.withLock {
-            started = true
+    func start() { decide(true) }
+
+    /// Ends the wait of a body that was not started by now: it throws `NeverStarted`.
+    func abandon() { decide(false) }
+
+    private func decide(_ start: Bool) {
+        let waiter: CheckedContinuation<Bool, Never>? = lock.withLock {
+            guard started == nil else { return nil }
+            started = start
             defer { self.waiter = nil }
             return self.waiter
         }
-        waiter?.resume()
+        waiter?.resume(returning: start)
     }
 
     /// Waits for `start()`, then runs `body`.
     func task(_ body: @escaping @Sendable () async throws -> Success) async throws -> Success {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = lock.withLock { () -> Bool in
-                if started { return true }
+        let go = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let now = lock.withLock { () -> Bool? in
+                if let started { return started }
                 waiter = continuation
-                return false
+                return nil
             }
-            if now { continuation.resume() }
+            if let now { continuation.resume(returning: now) }
         }
+        guard go else { throw NeverStarted() }
         return try await body()
     }
 }

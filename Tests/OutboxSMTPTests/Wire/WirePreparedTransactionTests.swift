@@ -9,7 +9,7 @@ import Testing
 
 /// A transaction prepared before a connection is at hand (`SMTPConnection.prepare`), started by
 /// the event loop where the connection becomes free (`start`), concluded by `finish`.
-@Suite("Wire: prepared transactions", .timeLimit(.minutes(1)))
+@Suite("Wire: prepared transactions", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WirePreparedTransactionTests {
     struct Declined: Error {}
 

@@ -7,7 +7,7 @@ import Testing
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
-@Suite("Wire: failed sessions against a scripted server (refusals, timeouts, garbage, closes)", .timeLimit(.minutes(1)))
+@Suite("Wire: failed sessions against a scripted server (refusals, timeouts, garbage, closes)", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireSessionFailureTests {
     @Test("greeting 554: error at stage greeting, nothing sent")
     func greeting554() async throws {

@@ -7,7 +7,7 @@ import Testing
 @testable import OutboxSMTP
 @testable import OutboxSMTPGrammar
 
-@Suite("Wire: whole sessions against a scripted server", .timeLimit(.minutes(1)))
+@Suite("Wire: whole sessions against a scripted server", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireSessionTests {
     @Test("every stage without PIPELINING: greeting, EHLO, MAIL with SIZE and BODY, RCPT, DATA, NOOP, RSET, QUIT")
     func plainSession() async throws {

@@ -12,7 +12,7 @@ private let plainPayload = Data("\0\(user)\0\(password)".utf8).base64EncodedStri
 
 /// STARTTLS and implicit TLS with a real TLS handshake: the client's NIOSSL handler against
 /// NIOSSL's server handler with the built-in test certificate (`localhost`, 127.0.0.1), in memory.
-@Suite("Wire: TLS (STARTTLS and implicit TLS) against a scripted server", .timeLimit(.minutes(1)))
+@Suite("Wire: TLS (STARTTLS and implicit TLS) against a scripted server", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireTLSTests {
     @Test("STARTTLS: 220, the handshake, EHLO again (only its capabilities count), AUTH and a message under TLS")
     func startTLS() async throws {

@@ -101,6 +101,34 @@ struct WireRecordingLogHandler: LogHandler {
     }
 }
 
+// MARK: - a stuck script ends with its test
+
+/// Runs each test with a `ScriptedSMTPPeer.Registry`, and aborts the test's peers when the
+/// test is cancelled (its time limit passed because the client and a script wait for each
+/// other, as when the code under test is broken): the waits end, the test fails, the run goes on.
+struct ScriptedPeersAbortOnCancel: SuiteTrait, TestTrait, TestScoping {
+    var isRecursive: Bool { true }
+
+    func provideScope(
+        for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
+    ) async throws {
+        guard !test.isSuite else { return try await function() }
+        let registry = ScriptedSMTPPeer.Registry()
+        try await ScriptedSMTPPeer.$current.withValue(registry) {
+            try await withTaskCancellationHandler {
+                try await function()
+            } onCancel: {
+                registry.abortAll()
+            }
+        }
+    }
+}
+
+extension Trait where Self == ScriptedPeersAbortOnCancel {
+    /// See `ScriptedPeersAbortOnCancel`.
+    static var abortPeersOnCancel: Self { Self() }
+}
+
 // MARK: - configurations and common scripts
 
 /// The envelope and the small message most session tests send.
