@@ -108,7 +108,7 @@ struct GraphRoundTripTests {
         let message = built
         try await withEmulator(state) { base in
             let transport = try TransportFactory.make(configuration: configuration(base, type: .graph))
-            let report = try await transport.send(message)
+            let report = try await sendOrShutDown(transport, message)
             await transport.shutdown()
             #expect(report.allAccepted)
             let calls = await state.calls

@@ -17,11 +17,11 @@ struct HTTPOptionTests {
         try await withEmulator(state) { base in
             let transport = try TransportFactory.make(
                 configuration: configuration(base, type: .graph) { $0.smtpClient.enableDebug = true }, logger: recorder.logger())
-            _ = try await transport.send(try rawMessage().0)
+            _ = try await sendOrShutDown(transport, try rawMessage().0)
             let large = Message(
                 from: try Address("agent@contoso.test"), to: [try Address("rcpt@example.test")], subject: "large", text: "see attached",
                 attachments: [.data(randomBytes(3_200_000), filename: "big.bin")])
-            _ = try await transport.send(large)
+            _ = try await sendOrShutDown(transport, large)
             await transport.shutdown()
         }
         let lines = recorder.lines
@@ -51,10 +51,10 @@ struct HTTPOptionTests {
         let recorder = LogRecorder()
         try await withEmulator(state) { base in
             let graph = try TransportFactory.make(configuration: configuration(base, type: .graph), logger: recorder.logger())
-            _ = try await graph.send(try rawMessage().0)
+            _ = try await sendOrShutDown(graph, try rawMessage().0)
             await graph.shutdown()
             let ews = try TransportFactory.make(configuration: configuration(base, type: .ews), logger: recorder.logger())
-            _ = try await ews.send(try rawMessage().0)
+            _ = try await sendOrShutDown(ews, try rawMessage().0)
             await ews.shutdown()
             #expect(await state.deliveries.count == 2)
         }
@@ -70,7 +70,7 @@ struct HTTPOptionTests {
         try await withEmulator(state) { base in
             let basic = try TransportFactory.make(
                 configuration: configuration(base, type: .ews) { $0.smtpClient.enableDebug = true }, logger: recorder.logger())
-            _ = try await basic.send(try rawMessage().0)
+            _ = try await sendOrShutDown(basic, try rawMessage().0)
             await basic.shutdown()
             let bearer = try TransportFactory.make(
                 configuration: configuration(base, type: .ews) {
@@ -79,7 +79,7 @@ struct HTTPOptionTests {
                     $0.smtpClient.scope = "https://outlook.office365.com/.default"
                     $0.smtpClient.password = Secret("user-pass")
                 }, logger: recorder.logger())
-            _ = try await bearer.send(try rawMessage().0)
+            _ = try await sendOrShutDown(bearer, try rawMessage().0)
             await bearer.shutdown()
             #expect(await state.deliveries.count == 2)
         }
@@ -117,7 +117,7 @@ struct HTTPOptionTests {
 
             await state.set { $0.delegates = ["shared@contoso.test"] }
             let (message, bytes) = try rawMessage(from: "shared@contoso.test", extra: "Bcc: hidden@example.test\r\n")
-            let report = try await delegating.send(message)
+            let report = try await sendOrShutDown(delegating, message)
             #expect(report.allAccepted)
             let body = try #require(await state.lastEWSBody)
             #expect(
@@ -130,13 +130,13 @@ struct HTTPOptionTests {
             // The exact-recipients way (SaveOnly, UpdateItem) names it too.
             let (relayedMessage, _) = relayed(
                 headers: "To: a@example.test, b@example.test\r\n", envelope: ["a@example.test"], from: "shared@contoso.test")
-            _ = try await delegating.send(relayedMessage)
+            _ = try await sendOrShutDown(delegating, relayedMessage)
             await delegating.shutdown()
             #expect(await state.calls.suffix(2) == ["ews/CreateItem/SaveOnly", "ews/UpdateItem/SendAndSaveCopy"])
             #expect(await state.deliveries.last?.to == ["a@example.test"])
             // The user's own messages carry no t:From.
             let own = try TransportFactory.make(configuration: configuration(base, type: .ews) { $0.smtpClient.allowDelegate = true })
-            _ = try await own.send(try rawMessage().0)
+            _ = try await sendOrShutDown(own, try rawMessage().0)
             await own.shutdown()
             #expect(await state.lastEWSBody?.contains("<t:From>") == false)
         }
@@ -165,7 +165,7 @@ struct HTTPOptionTests {
             #expect(await state.tokenRequests == 0)
             // And with it on, the same configuration sends them.
             let authenticated = try TransportFactory.make(configuration: configuration(base, type: .ews))
-            _ = try await authenticated.send(try rawMessage().0)
+            _ = try await sendOrShutDown(authenticated, try rawMessage().0)
             await authenticated.shutdown()
             #expect(await state.ewsAuthorizations.last??.hasPrefix("Basic ") == true)
         }

@@ -18,6 +18,17 @@ func randomFile(_ count: Int, name: String) throws -> (path: String, bytes: [UIn
     return (path, bytes)
 }
 
+/// `transport.send(content)`; a failure shuts the transport down before it is thrown (an HTTP
+/// client left running stops the test process): the test fails, the run goes on.
+func sendOrShutDown(_ transport: any MailTransport, _ content: any MailContent) async throws -> DeliveryReport {
+    do {
+        return try await transport.send(content)
+    } catch {
+        await transport.shutdown()
+        throw error
+    }
+}
+
 /// An HTTP client that trusts the emulator, shut down after `body`.
 func withTestClient(_ body: (HTTPClient) async throws -> Void) async throws {
     let client = OutboxHTTP.makeClient(connectTimeout: .seconds(5), protocolTimeout: .seconds(10), caFile: TestCertificates.builtIn.caFile)
@@ -72,18 +83,18 @@ struct HTTPRequestTests {
         }
         try await withEmulator(state) { base in
             let graph = try TransportFactory.make(configuration: configuration(base, type: .graph))
-            _ = try await graph.send(try rawMessage().0)
+            _ = try await sendOrShutDown(graph, try rawMessage().0)
             let large = Message(
                 from: try Address("agent@contoso.test"), to: [try Address("rcpt@example.test")], subject: "large", text: "see attached",
                 attachments: [.file(path: big.path, filename: "big.bin"), .file(path: medium.path, filename: "medium.bin")])
-            _ = try await graph.send(large)
+            _ = try await sendOrShutDown(graph, large)
             await graph.shutdown()
             let ews = try TransportFactory.make(configuration: configuration(base, type: .ews))
             // A Message with a file attachment: its size is unknown until it is serialised.
             #expect(large.knownByteCount == nil)
-            _ = try await ews.send(large)
+            _ = try await sendOrShutDown(ews, large)
             let (relayedMessage, _) = relayed(headers: "To: a@example.test, b@example.test\r\n", envelope: ["a@example.test"])
-            _ = try await ews.send(relayedMessage)
+            _ = try await sendOrShutDown(ews, relayedMessage)
             await ews.shutdown()
             #expect(await state.lengthRequired == 0)
             let requests = await state.requests
@@ -129,7 +140,7 @@ struct HTTPRequestTests {
             let message = Message(
                 from: try Address("agent@contoso.test"), to: [try Address("rcpt@example.test")], subject: "two parts", text: "see attached",
                 attachments: [.data(randomBytes(4 * 1024 * 1024), filename: "big.bin"), .data(small, filename: "small.bin")])
-            let report = try await transport.send(message)
+            let report = try await sendOrShutDown(transport, message)
             await transport.shutdown()
             #expect(report.allAccepted)
             #expect(await state.calls.contains("attachment"))

@@ -81,13 +81,14 @@ struct TokenCacheTests {
                 configuration: configuration(base, type: .graph) {
                     $0.smtpClient.protocolTimeout = .milliseconds(300)
                 })
-            let started = ContinuousClock.now
+            // The answer comes after 1.5 s: a send that fails with the timeout (rather than
+            // succeeding late) shows that protocol-timeout bounded the token request. (No
+            // elapsed-time assertion: on a loaded machine it measures the machine.)
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
-            let elapsed = ContinuousClock.now - started
             await transport.shutdown()
             #expect(error?.kind == .transient)
             #expect(error?.message.contains("protocol-timeout") == true, "\(error?.message ?? "")")
-            #expect(elapsed < .seconds(1))
+            #expect(await state.delivered.isEmpty)
         }
     }
 
