@@ -123,4 +123,11 @@ if [ $# -eq 0 ]; then
   bash scripts/relay-clients-test.sh
   python3 -m unittest -v Tests/RelayClients/test_relay_durability.py
   python3 -m unittest -v Tests/RelayClients/test_relay_large.py
+  # A full disk: the data directory on a small tmpfs (mounted by the test), queue-min-free.
+  python3 -m unittest -v Tests/RelayClients/test_storage_full.py
+  # openapi.yaml is valid OpenAPI and documents every route the server has.
+  python3 -c 'import openapi_spec_validator, yaml' 2>/dev/null ||
+    python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' ||
+    python3 -m pip install --quiet --break-system-packages 'openapi-spec-validator==0.9.0'
+  python3 -m unittest -v Tests/OpenAPI/test_openapi.py
 fi

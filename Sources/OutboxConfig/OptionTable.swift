@@ -372,6 +372,24 @@ package enum OptionTable {
             name: "shutdown-deadline", section: .outbox, type: .time, defaultValue: "00:00:20", validValues: TimeValue.formatDescription,
             effect: .atRestart, referenceEffect: nil,
             summary: "On SIGTERM or SIGINT, how long in-flight deliveries may finish before the rest are released back to the queue."),
+        .init(
+            name: "queue-min-free", section: .outbox, type: .string, defaultValue: "auto",
+            validValues:
+                "auto; a byte count (8388608), a size with a unit (512KiB, 100MiB, 2GiB; KB, MB, GB are powers of 1000) or a share of the disk (5%)",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "Free space the queue keeps on the data directory's disk (SQLite). Below it, delivered messages' content is purged, oldest first; if that is not enough, new submissions are refused (HTTP 507, SMTP 452 4.3.1) while deliveries go on. auto: 100 MiB or 5% of the disk, whichever is larger."
+        ),
+        .init(
+            name: "retention-content", section: .outbox, type: .time, defaultValue: "168:00:00", validValues: TimeValue.formatDescription,
+            effect: .atNextCycle, referenceEffect: nil,
+            summary:
+                "How long a delivered, failed or cancelled message keeps its content; then the content is purged (its record and attempts stay). 00:00:00 purges it at once."
+        ),
+        .init(
+            name: "retention-records", section: .outbox, type: .time, defaultValue: "720:00:00", validValues: TimeValue.formatDescription,
+            effect: .atNextCycle, referenceEffect: nil,
+            summary: "How long a delivered, failed or cancelled message's record and attempts are kept; then they are deleted."),
     ]
 
     /// The one key of a `[secret-<name>]` section.

@@ -32,7 +32,7 @@ struct OutboxCommand: AsyncParsableCommand {
         abstract: "Delivers an application's outgoing mail to a corporate mail server.",
         discussion: "Configuration follows the smtp-client option reference; see docs/options.md.",
         version: OutboxVersion.current,
-        subcommands: [SendCommand.self, CheckConfigCommand.self, ProbeCommand.self, ServeCommand.self, HashPasswordCommand.self]
+        subcommands: [SendCommand.self, CheckConfigCommand.self, ProbeCommand.self, ServeCommand.self, HashPasswordCommand.self, QueueCommand.self]
     )
 }
 
