@@ -26,12 +26,14 @@ import OutboxOAuth
 ///   Values are matched without regard to case; any other value is sent as it is when it is
 ///   made of letters, digits and `_` (the server answers ErrorInvalidServerVersion if it does
 ///   not know it), else `Exchange2010`.
-/// - **Authentication** (`enable-authentication = true`): Basic `user:password`, or, with
+/// - **Authentication** (`enable-authentication = true`): Basic `user:password`; NTLMv2
+///   (``NTLMHTTPAuthenticator``) when a 401 offers NTLM or Negotiate but not Basic, or from the
+///   start with `mail.ews.auth.mechanisms = NTLM`, over https only; or, with
 ///   `mail.ews.auth.mechanisms = XOAUTH2`, `Bearer <token>` with `X-AnchorMailbox: <user>`;
 ///   with an app-only token (client credentials) the request also impersonates `user`
 ///   (`ExchangeImpersonation`). With `enable-authentication = false` no credentials are sent
-///   (no `Authorization` header, no token request), as the option reference says; a server
-///   that wants them answers 401, reported as such.
+///   (no `Authorization` header, no token request, no NTLM), as the option reference says; a
+///   server that wants them answers 401, reported as such.
 /// - **allow-delegate**: as under Graph, the message's From (its MIME From header) is compared
 ///   with `user` (case-insensitive, only when authenticating and `user` is an address). When it
 ///   differs and `allow-delegate` is false, the message is refused before any request, with a
@@ -91,11 +93,14 @@ public final class EWSTransport: MailTransport {
     let allowDelegate: Bool
     /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
     let debug: HTTPDebugLog?
+    /// NTLM for the password case (nil with tokens): in use once its scheme is set.
+    let windows: NTLMHTTPAuthenticator?
 
     init(
         url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger,
-        mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil
+        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil
     ) {
+        self.windows = windows
         self.url = url
         self.version = version
         self.auth = auth
@@ -122,6 +127,7 @@ public final class EWSTransport: MailTransport {
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
         let auth: Auth
+        var windows: NTLMHTTPAuthenticator?
         if !options.enableAuthentication {
             auth = .anonymous
         } else if options.usesXOAUTH2 {
@@ -138,12 +144,18 @@ public final class EWSTransport: MailTransport {
             }
         } else {
             auth = .basic(user: user, password: options.password ?? Secret(""))
+            do throws(DeliveryError) {
+                windows = try NTLMHTTPAuthenticator(options: options, settings: configuration.outbox, url: server)
+            } catch {
+                try? client.syncShutdown()
+                throw error
+            }
         }
         let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
         let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
         self.init(
             url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
-            requestTimeout: connect + read * 20, logger: logger,
+            requestTimeout: connect + read * 20, logger: logger, windows: windows,
             mailbox: options.enableAuthentication && user.contains("@") ? user : nil, allowDelegate: options.allowDelegate,
             debug: options.enableDebug
                 ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil)
@@ -172,6 +184,7 @@ public final class EWSTransport: MailTransport {
 
     /// Shuts the HTTP client down.
     public func shutdown() async {
+        await windows?.shutdown()
         try? await client.shutdown()
     }
 
@@ -191,6 +204,7 @@ public final class EWSTransport: MailTransport {
             case .anonymous:
                 break
             case .basic(let user, let password):
+                if windows?.scheme != nil { break }  // NTLM: NTLMHTTPAuthenticator authenticates the connection
                 let credentials = Data("\(user):\(password.value)".utf8).base64EncodedString()
                 request.headers.add(name: "Authorization", value: "Basic \(credentials)")
             case .bearer(let tokens, let anchor, let appOnly):
@@ -204,10 +218,22 @@ public final class EWSTransport: MailTransport {
                 request.headers.add(name: "X-AnchorMailbox", value: anchor)
                 if appOnly { impersonate = anchor }
             }
-            let answer = try await HTTPAnswer.exchange(
-                request, body: body(impersonate), client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
-                debug: debug, transport: name, url: url)
+            let answer: HTTPAnswer
+            if let windows, windows.scheme != nil {
+                answer = try await windows.exchange(
+                    request, body: { body(impersonate) }, timeout: requestTimeout, bodyLimit: 4 << 20, debug: debug, transport: name)
+            } else {
+                answer = try await HTTPAnswer.exchange(
+                    request, body: body(impersonate), client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
+                    debug: debug, transport: name, url: url)
+            }
             let status = answer.status
+            if status == 401, case .basic = auth, let windows,
+                try windows.adopt(HTTPAuthenticateOffers(headers: answer.authenticate), transport: name)
+            {
+                logger.notice("EWS offers Windows authentication, not Basic; using NTLM", metadata: ["scheme": "\(windows.scheme ?? "NTLM")"])
+                continue
+            }
             if status == 401 {
                 if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
                     refreshed = true

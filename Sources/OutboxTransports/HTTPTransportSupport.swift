@@ -204,6 +204,8 @@ struct HTTPAnswer {
     var status: Int
     var body: ByteBuffer
     var retryAfter: String?
+    /// The `WWW-Authenticate` field values (a 401's offered schemes).
+    var authenticate: [String] = []
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
 
     /// Sends `request` with `body` within `timeout` (with `User-Agent` and `Content-Length`,
@@ -216,7 +218,9 @@ struct HTTPAnswer {
     ) async throws(DeliveryError) -> HTTPAnswer {
         do {
             let answer = try await OutboxHTTP.exchange(request, body: body, client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug)
-            return HTTPAnswer(status: answer.status, body: answer.body, retryAfter: answer.header("Retry-After"))
+            return HTTPAnswer(
+                status: answer.status, body: answer.body, retryAfter: answer.header("Retry-After"),
+                authenticate: answer.headers.filter { $0.name.lowercased() == "www-authenticate" }.map(\.value))
         } catch {
             throw DeliveryError(http: error, transport: transport, url: url)
         }
