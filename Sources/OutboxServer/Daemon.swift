@@ -193,6 +193,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         _ = mailer.reload(new)
         dispatcher.update(Daemon.dispatcherSettings(new))
+        dispatcher.routeConfigurationChanged()
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.

@@ -48,6 +48,8 @@ package protocol DaemonStatusProvider: Sendable {
     func status() async -> [String: any Sendable]
     /// nil when the transport is reachable, else why not.
     func transportProblem() async -> String?
+    /// The routes and their alerts (none by default).
+    func routes() async -> [RouteStatus]
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -63,6 +65,7 @@ package final class OutboxAPI: Sendable {
     private let badRequests: Counter
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
+    private let routeMetrics: RouteMetrics
     private let now: @Sendable () -> Double
 
     package init(
@@ -98,6 +101,7 @@ package final class OutboxAPI: Sendable {
                 labels: [("status", status.rawValue)])
         }
         self.queueGauges = gauges
+        self.routeMetrics = RouteMetrics(registry: registry)
     }
 
     package var settings: APISettings { settingsBox.withLockedValue { $0 } }
@@ -184,18 +188,31 @@ package final class OutboxAPI: Sendable {
 
     // MARK: - Handlers
 
+    /// 503 only when the instance cannot take mail (the store does not answer); a route whose
+    /// alert holds its messages, or whose server cannot be reached, makes it `degraded` (200):
+    /// messages are still accepted and wait, and one route's expired secret does not take every
+    /// instance out of a load balancer.
     private func readiness() async -> Response {
-        var problems: [String] = []
-        do { try await store.ping() } catch { problems.append("the store does not answer: \(error)") }
-        if let provider, let problem = await provider.transportProblem() { problems.append(problem) }
+        do { try await store.ping() } catch {
+            return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": ["the store does not answer: \(error)"]])
+        }
+        var problems: [[String: Any]] = []
+        if let provider {
+            problems += await provider.routes().filter { $0.state == "paused" }.map(Readiness.problem)
+            if let problem = await provider.transportProblem() {
+                problems.append(["route": RouteHealth.defaultRoute, "code": "unreachable", "message": problem, "since": JSON.iso(now())])
+            }
+        }
         if problems.isEmpty { return JSON.response(.ok, ["status": "ready", "store": store.kind]) }
-        return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": problems])
+        return JSON.response(.ok, ["status": "degraded", "store": store.kind, "problems": problems])
     }
 
     private func metrics() async throws -> Response {
-        if let counts = try? await store.counts() {
+        let counts = try? await store.counts()
+        if let counts {
             for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
         }
+        if let provider { routeMetrics.update(await provider.routes(), held: counts.map(Readiness.held) ?? 0) }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -208,6 +225,12 @@ package final class OutboxAPI: Sendable {
         if let provider { for (k, v) in await provider.status() { body[k] = v } }
         let counts = try await store.counts()
         body["queue"] = Dictionary(uniqueKeysWithValues: MessageStatus.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
+        if let provider {
+            let routes = await provider.routes()
+            let held = Readiness.held(counts)
+            body["routes"] = routes.map { Readiness.status($0, held: held) }
+            body["held"] = routes.contains { $0.state == "paused" } ? held : 0
+        }
         body["store"] = store.kind
         return JSON.response(.ok, body)
     }

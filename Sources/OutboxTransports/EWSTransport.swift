@@ -85,9 +85,10 @@ public final class EWSTransport: MailTransport {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
             throw DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
+                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))",
+                routeFault: .configuration)
         }
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
@@ -282,13 +283,15 @@ public final class EWSTransport: MailTransport {
                 }
                 if case .basic = auth {
                     throw DeliveryError(
-                        kind: .permanent,
-                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
+                        kind: .transient,
+                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)",
+                        routeFault: .authenticationFailed)
                 }
                 throw DeliveryError(
-                    kind: .permanent,
+                    kind: .transient,
                     message:
-                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission"
+                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission",
+                    routeFault: .authenticationFailed
                 )
             }
             let text = String(buffer: answer.body)
@@ -423,7 +426,9 @@ struct EWSResponse {
                         kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
                         retryAfter: backOff))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("SOAP fault \(faultName);") + ". Check exchange-version"))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("SOAP fault \(faultName);") + ". Check exchange-version", routeFault: .configuration))
             } else {
                 result = .failure(
                     DeliveryError(
@@ -437,7 +442,9 @@ struct EWSResponse {
                 DeliveryError(
                     kind: status >= 500 ? .transient : .permanent,
                     message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
-                    retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
+                    retryAfter: HTTPTransportReport.retryAfter(retryAfter),
+                    // Not the message's: a wrong URL (404, 405), a refused account (403).
+                    routeFault: [403, 404, 405].contains(status) ? .configuration : nil))
             return
         }
         guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {
