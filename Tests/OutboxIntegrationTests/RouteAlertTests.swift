@@ -182,7 +182,8 @@ struct RouteAlertTests {
         fake.standardError = FileHandle.standardError
         try fake.run()
         defer {
-            fake.terminate()
+            // SIGKILL: the test process's blocked signals (SIGTERM among them) are inherited.
+            kill(fake.processIdentifier, SIGKILL)
             fake.waitUntilExit()
         }
         // Wait for the fake to listen.
