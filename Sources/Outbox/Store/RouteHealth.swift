@@ -168,7 +168,7 @@ public struct RouteStatus: Sendable, Equatable {
     /// Alerts raised since the process started.
     public var alertsRaised: Int
 
-    init(_ health: RouteHealth) {
+    package init(_ health: RouteHealth) {
         route = health.route
         state = health.isPaused ? "paused" : "ok"
         code = health.problem?.code.rawValue
