@@ -57,13 +57,12 @@ private func eventually(_ condition: () async throws -> Bool) async throws -> Bo
 struct DispatcherRouteTests {
     let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
 
-    func enqueue(_ store: any OutboxStore, count: Int, at time: ManualQueueClock) async throws -> [String] {
+    func enqueue(_ store: any OutboxStore, count: Int, at time: ManualQueueClock, relayed: Bool = false) async throws -> [String] {
         var ids: [String] = []
         for i in 0..<count {
-            ids.append(
-                try await store.enqueue(
-                    NewMessage(from: "s\(i % 7)@example.test", recipients: ["a@example.test"], content: content), now: time.seconds
-                ).id)
+            var message = NewMessage(from: "s\(i % 7)@example.test", recipients: ["a@example.test"], content: content)
+            if relayed { message.origin = MessageOrigin(kind: "relay", client: nil, ret: nil, envid: nil, notify: [""], orcpt: [""]) }
+            ids.append(try await store.enqueue(message, now: time.seconds).id)
         }
         return ids
     }
@@ -153,11 +152,12 @@ struct DispatcherRouteTests {
         let (store, dir) = try await makeTempStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let time = ManualQueueClock(secondsSince1970: 1_000_000)
-        let ids = try await enqueue(store, count: 40, at: time)
+        let ids = try await enqueue(store, count: 40, at: time, relayed: true)
         let route = Route()
         route.fault.withLockedValue { $0 = .authenticationFailed }
         let settings = DispatcherSettings(
-            concurrency: 2, pollInterval: .milliseconds(10), retry: RetryPolicy(initialDelay: .seconds(1), jitter: 0, maxAge: .seconds(3600)))
+            concurrency: 2, pollInterval: .milliseconds(10), retry: RetryPolicy(initialDelay: .seconds(1), jitter: 0, maxAge: .seconds(3600)),
+            bounce: BounceSettings(hostname: "mx.example.test"))
         let dispatcher = Dispatcher(store: store, sender: route.sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await withDispatcher(dispatcher) {
             let paused = try await eventually { dispatcher.routeHealth.isPaused }
@@ -173,6 +173,16 @@ struct DispatcherRouteTests {
             let m = try #require(try await store.get(id: id))
             #expect(m.lastError?.contains("connection refused") == true, "\(m.lastError ?? "")")
             #expect(m.lastError?.contains("maximum age is 3600 s") == true, "\(m.lastError ?? "")")
+        }
+        // Each sender got a delivery status notification that gives the alert's reason.
+        let notifications = try await store.claim(limit: 100, owner: "check", now: time.seconds + 1, lease: 60).filter {
+            $0.message.id.hasPrefix("dsn-")
+        }
+        #expect(notifications.count == ids.count)
+        for dsn in notifications {
+            let text = String(decoding: dsn.content, as: UTF8.self)
+            #expect(text.contains("4.4.7"))
+            #expect(text.contains("connection refused"), "\(text)")
         }
         // Sent at most by the first failures and one probe; the rest failed without an attempt.
         #expect(route.count <= 2 + 2 * settings.concurrency + 1)
