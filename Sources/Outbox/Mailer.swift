@@ -25,11 +25,29 @@ public final class Mailer: Service, Sendable {
     private let state: NIOLockedValueBox<State>
     private let logger: Logger
     private let metrics: MailerMetrics
+    private let tokenSource: (@Sendable () async throws -> SMTPAccessToken)?
+    /// Transports whose background work `run()` must start: the first one, then each one a
+    /// reload puts in force.
+    private let starts: (stream: AsyncStream<any MailTransport>, continuation: AsyncStream<any MailTransport>.Continuation)
+
+    /// One transport and the sends that started on it. A reload that changes the transport
+    /// retires the old slot: its sends finish on it, then it is shut down.
+    private struct Slot {
+        var transport: any MailTransport
+        var inFlight = 0
+        var retired = false
+    }
 
     private struct State {
         var configuration: OutboxConfiguration
-        var transport: any MailTransport
+        var slots: [Int: Slot]
+        var current: Int
+        var nextSlot = 1
         var accepting = true
+        /// How many times a reload put a new transport in force.
+        var generation = 0
+
+        var transport: any MailTransport { slots[current]!.transport }
     }
 
     /// A mailer for `configuration`'s transport (SMTP, file, Graph or EWS). `tokenSource` replaces
@@ -40,46 +58,53 @@ public final class Mailer: Service, Sendable {
         tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
     ) throws {
         let transport = try TransportFactory.make(configuration: configuration, logger: logger, tokenSource: tokenSource)
-        self.state = NIOLockedValueBox(State(configuration: configuration, transport: transport))
+        self.state = NIOLockedValueBox(State(configuration: configuration, slots: [0: Slot(transport: transport)], current: 0))
         self.logger = logger
         self.metrics = MailerMetrics()
+        self.tokenSource = tokenSource
+        self.starts = AsyncStream.makeStream(of: (any MailTransport).self)
+        starts.continuation.yield(transport)
     }
 
     /// The configuration in force.
     public var configuration: OutboxConfiguration { state.withLockedValue { $0.configuration } }
 
-    /// The transport messages go through (`smtp`, `file`).
+    /// The transport messages go through (`smtp`, `file`, `graph`, `ews`).
     public var transportName: String { state.withLockedValue { $0.transport.name } }
 
+    /// The transport in force (a reload may replace it).
+    package var transport: any MailTransport { state.withLockedValue { $0.transport } }
+
+    /// How many times a reload has put a new transport in force (0 until then).
+    public var transportGeneration: Int { state.withLockedValue { $0.generation } }
+
     /// The SMTP pool's counters, when the transport is SMTP.
-    public var poolStatistics: PoolStatistics? {
-        state.withLockedValue { $0.transport }.poolStatistics
-    }
+    public var poolStatistics: PoolStatistics? { transport.poolStatistics }
 
     /// Messages whose SMTP transaction started where a connection became free (pipelined behind
     /// the previous message's final dot, see `SMTPTransport`), when the transport is SMTP.
-    package var smtpStartedAtHandBack: Int? {
-        (state.withLockedValue { $0.transport } as? SMTPTransport)?.startedAtHandBack
-    }
+    package var smtpStartedAtHandBack: Int? { (transport as? SMTPTransport)?.startedAtHandBack }
 
     /// The largest message the transport's destination takes, as far as it knows now.
-    public var messageSizeLimit: Int? { state.withLockedValue { $0.transport }.messageSizeLimit }
+    public var messageSizeLimit: Int? { transport.messageSizeLimit }
 
     /// Learns the destination's limits ahead of the first message (an SMTP server's SIZE).
     public func learnLimits() async {
-        await state.withLockedValue { $0.transport }.learnLimits()
+        await transport.learnLimits()
     }
 
-    /// Runs the transport's background work (the SMTP pool's timers) and samples the metrics'
-    /// gauges until graceful shutdown, then stops taking messages and lets in-flight ones finish.
+    /// Runs the transports' background work (the SMTP pool's timers), including that of each
+    /// transport a reload puts in force, and samples the metrics' gauges until graceful
+    /// shutdown; then stops taking messages and lets in-flight ones finish.
     public func run() async throws {
-        let transport = state.withLockedValue { $0.transport }
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
-                group.addTask { await transport.run() }
-                group.addTask { await self.sampleGauges() }
-                await group.next()
-                group.cancelAll()
+                let gauges = Task { await self.sampleGauges() }
+                for await transport in starts.stream {
+                    group.addTask { await transport.run() }
+                }
+                await group.waitForAll()
+                gauges.cancel()
             }
         } onGracefulShutdown: {
             self.beginShutdown()
@@ -89,7 +114,6 @@ public final class Mailer: Service, Sendable {
     /// Stops taking new messages, lets in-flight ones finish, QUITs every connection.
     public func shutdown() async {
         beginShutdown()
-        let transport = state.withLockedValue { $0.transport }
         await transport.shutdown()
     }
 
@@ -98,16 +122,24 @@ public final class Mailer: Service, Sendable {
             state.accepting = false
             return state.transport
         }
+        starts.continuation.finish()
         transport.beginShutdown()
     }
 
     /// Sends one message; returns per-recipient results, the final reply, the message id and
-    /// timings. Throws `DeliveryError` when the delivery failed as a whole.
+    /// timings. Throws `DeliveryError` when the delivery failed as a whole. The message goes
+    /// through the transport in force when the send starts, even if a reload replaces it
+    /// meanwhile.
     public func send(_ content: any MailContent, envelope: Envelope? = nil) async throws(DeliveryError) -> DeliveryReport {
-        let (transport, accepting) = state.withLockedValue { ($0.transport, $0.accepting) }
-        guard accepting else {
+        let picked = state.withLockedValue { state -> (Int, any MailTransport)? in
+            guard state.accepting else { return nil }
+            state.slots[state.current]!.inFlight += 1
+            return (state.current, state.transport)
+        }
+        guard let (slot, transport) = picked else {
             throw DeliveryError(kind: .transient, message: "the mailer is shutting down")
         }
+        defer { finished(slot) }
         let start = ContinuousClock.now
         do {
             let report = try await transport.send(content, envelope: envelope)
@@ -119,47 +151,97 @@ public final class Mailer: Service, Sendable {
         }
     }
 
-    /// Applies a new configuration's options that take effect immediately (server, port, user,
-    /// enable-authentication, timeouts, enable-debug): new connections use them and idle
-    /// connections opened under the old values are closed. Returns the changes that must wait
-    /// for a restart (or the next cycle), for the caller to report.
-    @discardableResult
-    public func reload(
-        _ new: OutboxConfiguration,
-        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
-    ) -> [ConfigurationChange] {
-        let (old, transport) = state.withLockedValue { ($0.configuration, $0.transport) }
-        let changes = new.changes(from: old)
-        let immediate = changes.filter { $0.effect == .immediately }
-        let waiting = changes.filter { $0.effect != .immediately }
-        if !immediate.isEmpty {
-            var merged = old.smtpClient
-            for change in immediate { Mailer.apply(change.name, from: new.smtpClient, to: &merged) }
-            transport.update(options: merged, settings: old.outbox, tokenSource: tokenSource)
-            state.withLockedValue { state in
-                state.configuration.smtpClient = merged
-            }
-            logger.info("configuration reloaded", metadata: ["outbox.changed": "\(immediate.map(\.name).joined(separator: ","))"])
+    /// A send on `slot` ended: a retired transport whose last send this was is shut down.
+    private func finished(_ slot: Int) {
+        let done = state.withLockedValue { state -> (any MailTransport)? in
+            state.slots[slot]!.inFlight -= 1
+            guard let s = state.slots[slot], s.retired, s.inFlight == 0 else { return nil }
+            state.slots[slot] = nil
+            return s.transport
         }
-        for change in waiting {
-            logger.notice("\(change.name) changed; it takes effect \(change.effect == .atRestart ? "at restart" : "at the next cycle")")
-        }
-        return waiting
+        if let done { Task { await done.shutdown() } }
     }
 
-    /// Copies one option that takes effect immediately.
-    static func apply(_ name: String, from new: SMTPClientOptions, to options: inout SMTPClientOptions) {
-        switch name {
-        case "server": options.server = new.server
-        case "port": options.port = new.port
-        case "user": options.user = new.user
-        case "enable-authentication": options.enableAuthentication = new.enableAuthentication
-        case "connect-timeout": options.connectTimeout = new.connectTimeout
-        case "protocol-timeout": options.protocolTimeout = new.protocolTimeout
-        case "enable-debug": options.enableDebug = new.enableDebug
-        case "token-expiry-margin-time": options.tokenExpiryMarginTime = new.tokenExpiryMarginTime
-        default: break
+    /// Why a reload was refused; the configuration in force stays whole.
+    public struct ReloadRefused: Error, CustomStringConvertible, Sendable {
+        /// A stable code: `reload_server_removed` or the transport factory's code.
+        public var code: String
+        /// What is wrong and what to fix.
+        public var description: String
+    }
+
+    /// Applies a new configuration as the option reference's "Changes Take Effect" says
+    /// (``OutboxConfiguration/planReload(to:)``): options that take effect immediately or at
+    /// the next cycle are in force for the next message, those that take effect at restart
+    /// keep their old values and are returned, for the caller to report.
+    ///
+    /// When a transport option changed (`server-type`, `server`, `port`, `user`, the timeouts,
+    /// `enable-authentication`, `enable-debug`, `token-expiry-margin-time`, `exchange-version`),
+    /// a new transport is built with them, for every server type: messages already in flight
+    /// finish on the old one, which is then closed (an SMTP pool QUITs its connections); the
+    /// next message goes through the new one, with its own token source and pool rules.
+    ///
+    /// Throws ``ReloadRefused``, and changes nothing, when the new transport cannot be built, or
+    /// when `server` was removed from a configuration that sends to a server (Outbox would
+    /// otherwise write every message to files: a typo must not "deliver" mail to disk).
+    @discardableResult
+    public func reload(_ new: OutboxConfiguration) throws(ReloadRefused) -> [ConfigurationChange] {
+        let old = configuration
+        let plan = old.planReload(to: new)
+        let merged = plan.configuration
+        if !old.smtpClient.usesFileTransport && merged.smtpClient.usesFileTransport {
+            throw ReloadRefused(
+                code: "reload_server_removed",
+                description:
+                    "server is not set in the new configuration: Outbox would write messages to files instead of sending them to \(old.smtpClient.server ?? "the server"); set server (or remove the whole [smtp-client] transport configuration and restart to use the file transport)"
+            )
         }
+        let transportChanged = plan.applied.contains {
+            !$0.name.hasPrefix("outbox.") && !$0.name.hasPrefix("relay.") && !$0.name.hasPrefix("client-")
+        }
+        var replacement: (any MailTransport)?
+        if transportChanged {
+            do {
+                replacement = try TransportFactory.make(configuration: merged, logger: logger, tokenSource: tokenSource)
+            } catch let error as TransportFactory.Unavailable {
+                throw ReloadRefused(code: error.code, description: "the new configuration's transport cannot be built: \(error.description)")
+            } catch {
+                throw ReloadRefused(code: "transport_unavailable", description: "the new configuration's transport cannot be built: \(error)")
+            }
+        }
+        // The transport to close now: the old one when nothing is in flight on it, or the
+        // replacement when the mailer is shutting down; `swapped` when the replacement is in force.
+        let (toClose, swapped) = state.withLockedValue { state -> ((any MailTransport)?, Bool) in
+            state.configuration = merged
+            guard let replacement else { return (nil, false) }
+            guard state.accepting else { return (replacement, false) }
+            let old = state.current
+            state.slots[old]!.retired = true
+            state.current = state.nextSlot
+            state.slots[state.nextSlot] = Slot(transport: replacement)
+            state.nextSlot += 1
+            state.generation += 1
+            guard state.slots[old]!.inFlight == 0 else { return (nil, true) }
+            defer { state.slots[old] = nil }
+            return (state.slots[old]!.transport, true)
+        }
+        if swapped, let replacement {
+            starts.continuation.yield(replacement)
+            Task { await replacement.learnLimits() }
+        }
+        if let toClose { Task { await toClose.shutdown() } }
+        if !plan.applied.isEmpty {
+            logger.info(
+                "configuration reloaded",
+                metadata: [
+                    "outbox.changed": "\(plan.applied.map(\.name).joined(separator: ","))",
+                    "outbox.transport": "\(swapped ? "replaced" : "kept")",
+                ])
+        }
+        for change in plan.waiting {
+            logger.notice("\(change.name) changed; it takes effect at restart")
+        }
+        return plan.waiting
     }
 
     private func sampleGauges() async {

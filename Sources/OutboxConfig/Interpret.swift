@@ -468,6 +468,22 @@ extension ConfigurationReader {
         {
             s.shutdownDeadline = v
         }
+        if let v = typed(
+            outbox["queue-min-free"], sourceKey: "outbox.queue-min-free", descriptor: d("queue-min-free"), QueueMinFree.parse,
+            invalid: "is not auto, a byte count (8388608), a size with a unit (100MiB, 2GiB, 500MB) or a share of the disk below 100% (5%)")
+        {
+            s.queueMinFree = v
+        }
+        if let v = typed(
+            outbox["retention-content"], sourceKey: "outbox.retention-content", descriptor: d("retention-content"), time, invalid: Self.timeMessage)
+        {
+            s.retentionContent = v
+        }
+        if let v = typed(
+            outbox["retention-records"], sourceKey: "outbox.retention-records", descriptor: d("retention-records"), time, invalid: Self.timeMessage)
+        {
+            s.retentionRecords = v
+        }
         configuration.outbox = s
     }
 

@@ -74,7 +74,17 @@ extension OptionTable {
             "- `at-restart`: a reload reports it; it applies after Outbox restarts.",
             "",
             "`token-expiry-margin-time` is \"See the description\" in the reference; Outbox applies it immediately, at the next token check.",
-            "`mail.*` properties and `[outbox]` settings take effect at restart.",
+            "`mail.*` properties take effect at restart; each `[outbox]` setting says when in its table.",
+            "",
+            "What SIGHUP does (`outbox serve`): it re-reads the file and puts in force every change whose column says",
+            "`immediately` or `at-next-cycle`; the others keep their running values and are listed in `GET /v1/status`",
+            "under `pending_restart`. When a transport option changed (`server-type`, `server`, `port`, `user`, the",
+            "timeouts, `enable-authentication`, `enable-debug`, `token-expiry-margin-time`, `exchange-version`), Outbox",
+            "builds a new transport with them, whatever the server type: messages already being sent finish on the old",
+            "one, which is then closed; the next message goes through the new one (`transport_generation` in",
+            "`/v1/status` counts these). A reload is refused whole, with the reason in `last_reload_error`, when the",
+            "file is invalid, when the new transport cannot be built, or when it removes `server` from a configuration",
+            "that sends to a server (Outbox would otherwise write the mail to files).",
             "",
             "## [smtp-client]",
             "",
@@ -111,7 +121,8 @@ extension OptionTable {
             "An identity that may authenticate to the relay (AUTH PLAIN or LOGIN, over TLS). One section per client;",
             "`outbox hash-password` makes the hash. Override with `-o client-NAME.KEY=VALUE`.", "",
             "```ini", "[client-scanner]", "user = scanner@example.com",
-            "password-hash = $2b$12$...   # outbox hash-password < password.txt", "allowed-senders = *@example.com", "```", "",
+            "# outbox hash-password < password.txt", "password-hash = $2b$12$OQmzGmxZl8G.yTsLT7QunOUVEp7EdnjN2LCXshj3UlLRTplx8U.He",
+            "allowed-senders = *@example.com", "```", "",
         ]
         lines += table(clientSection)
         lines += details(clientSection, prefix: "client-NAME.")

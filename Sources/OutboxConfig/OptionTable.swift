@@ -243,9 +243,12 @@ package enum OptionTable {
         ),
         .init(
             name: "mail.ews.auth.mechanisms", section: .mailProperty, type: .list, defaultValue: nil,
-            validValues: "XOAUTH2 (Bearer tokens) or unset (Basic)",
+            validValues: "XOAUTH2 (Bearer tokens), NTLM or NEGOTIATE (Windows authentication, NTLMv2, https only), or unset (Basic)",
             effect: .atRestart, referenceEffect: nil,
-            summary: "XOAUTH2 turns on OAuth 2.0 Bearer tokens for EWS."),
+            summary: "XOAUTH2 turns on OAuth 2.0 Bearer tokens for EWS.",
+            outboxNote:
+                "Exchange on-premises offers Windows authentication (Negotiate/NTLM) on its EWS virtual directory by default, not Basic. Unset, Outbox sends Basic with user and password; when the server's 401 offers NTLM or Negotiate and not Basic, Outbox switches to NTLMv2 (in the scheme offered: NTLM, else raw NTLM in Negotiate) from then on. NTLM or NEGOTIATE speaks NTLMv2 from the first request and never sends the password in Basic. user is DOMAIN\\user or user@domain (a UPN). NTLM is used over https only: an http:// server with NTLM is refused (a configuration error with NTLM set; a permanent delivery error when an http server offers only NTLM). NTLM authenticates a connection, so NTLM requests share one kept-alive HTTP/1.1 connection, one at a time; a new connection (the server closed it, or it was idle for 60 s) is authenticated again. Not supported: Kerberos, NTLMv1, and Extended Protection for Authentication (channel binding): on a server that requires it the login fails. A wrong password is a permanent error. `outbox probe` with server-type = EWS shows the schemes offered and the one used."
+        ),
         .init(
             name: "mail.smtp.localhost", section: .mailProperty, type: .string, defaultValue: nil,
             validValues: "A host name or address literal such as [192.0.2.1]",
@@ -366,6 +369,24 @@ package enum OptionTable {
             name: "shutdown-deadline", section: .outbox, type: .time, defaultValue: "00:00:20", validValues: TimeValue.formatDescription,
             effect: .atRestart, referenceEffect: nil,
             summary: "On SIGTERM or SIGINT, how long in-flight deliveries may finish before the rest are released back to the queue."),
+        .init(
+            name: "queue-min-free", section: .outbox, type: .string, defaultValue: "auto",
+            validValues:
+                "auto; a byte count (8388608), a size with a unit (512KiB, 100MiB, 2GiB; KB, MB, GB are powers of 1000) or a share of the disk (5%)",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "Free space the queue keeps on the data directory's disk (SQLite). Below it, delivered messages' content is purged, oldest first; if that is not enough, new submissions are refused (HTTP 507, SMTP 452 4.3.1) while deliveries go on. auto: 100 MiB or 5% of the disk, whichever is larger."
+        ),
+        .init(
+            name: "retention-content", section: .outbox, type: .time, defaultValue: "168:00:00", validValues: TimeValue.formatDescription,
+            effect: .atNextCycle, referenceEffect: nil,
+            summary:
+                "How long a delivered, failed or cancelled message keeps its content; then the content is purged (its record and attempts stay). 00:00:00 purges it at once."
+        ),
+        .init(
+            name: "retention-records", section: .outbox, type: .time, defaultValue: "720:00:00", validValues: TimeValue.formatDescription,
+            effect: .atNextCycle, referenceEffect: nil,
+            summary: "How long a delivered, failed or cancelled message's record and attempts are kept; then they are deleted."),
     ]
 
     /// The one key of a `[secret-<name>]` section.

@@ -188,6 +188,12 @@ public struct OutboxSettings: Sendable, Equatable {
     public var mailboxConcurrency = 0
     /// `shutdown-deadline`.
     public var shutdownDeadline: Duration = .seconds(20)
+    /// `queue-min-free`.
+    public var queueMinFree: QueueMinFree = .auto
+    /// `retention-content`.
+    public var retentionContent: Duration = .seconds(7 * 86_400)
+    /// `retention-records`.
+    public var retentionRecords: Duration = .seconds(30 * 86_400)
 
     /// The API tokens, split.
     public var apiTokenList: [String] {
@@ -196,4 +202,53 @@ public struct OutboxSettings: Sendable, Equatable {
 
     /// Every setting at its default.
     public init() {}
+}
+
+/// `[outbox] queue-min-free`: the free space the queue keeps on its disk.
+public enum QueueMinFree: Sendable, Equatable, CustomStringConvertible {
+    /// 100 MiB or 5% of the disk, whichever is larger.
+    case auto
+    /// A number of bytes.
+    case bytes(Int64)
+    /// A share of the disk, in percent (0-100).
+    case percent(Double)
+
+    /// The bytes to keep free on a disk of `capacity` bytes.
+    public func bytes(ofCapacity capacity: Int64) -> Int64 {
+        switch self {
+        case .auto: max(100 * 1024 * 1024, Int64((Double(capacity) * 0.05).rounded(.up)))
+        case .bytes(let n): n
+        case .percent(let p): Int64((Double(capacity) * p / 100).rounded(.up))
+        }
+    }
+
+    /// As written in a file: `auto`, `8388608`, `5%`.
+    public var description: String {
+        switch self {
+        case .auto: "auto"
+        case .bytes(let n): "\(n)"
+        case .percent(let p): p == p.rounded() ? "\(Int(p))%" : "\(p)%"
+        }
+    }
+
+    /// Parses `auto`, a byte count, a size with a unit (`KiB`, `MiB`, `GiB`, `TiB`; `KB`, `MB`,
+    /// `GB`, `TB` in powers of 1000; `K`, `M`, `G` as binary) or a percentage.
+    public static func parse(_ text: String) -> QueueMinFree? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        if t.lowercased() == "auto" { return .auto }
+        if t.hasSuffix("%") {
+            guard let p = Double(t.dropLast().trimmingCharacters(in: .whitespaces)), p >= 0, p < 100 else { return nil }
+            return .percent(p)
+        }
+        let digits = t.prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, let number = Int64(digits) else { return nil }
+        let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+        let factors: [String: Int64] = [
+            "": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30, "tib": 1 << 40,
+            "kb": 1_000, "mb": 1_000_000, "gb": 1_000_000_000, "tb": 1_000_000_000_000,
+        ]
+        guard let factor = factors[unit] else { return nil }
+        let (value, overflow) = number.multipliedReportingOverflow(by: factor)
+        return overflow ? nil : .bytes(value)
+    }
 }

@@ -140,6 +140,9 @@ extension OutboxConfiguration {
             case "rate-limit-per-minute": value = "\(s.rateLimitPerMinute)"
             case "mailbox-concurrency": value = "\(s.mailboxConcurrency)"
             case "shutdown-deadline": value = time(s.shutdownDeadline)
+            case "queue-min-free": value = s.queueMinFree.description
+            case "retention-content": value = time(s.retentionContent)
+            case "retention-records": value = time(s.retentionRecords)
             default: value = "?"
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)

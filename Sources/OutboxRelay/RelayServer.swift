@@ -69,6 +69,17 @@ package protocol RelayQueue: Sendable {
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async throws
     /// Removes the chunks of a message that was not queued.
     func discardChunks(messageID: String) async throws
+    /// What the store may take now (its disk's free space above `queue-min-free`).
+    func intake() -> RelayIntake
+    /// Whether an error thrown by `enqueue` or `writeChunk` means the store is out of space.
+    func isInsufficientStorage(_ error: any Error) -> Bool
+}
+
+extension RelayQueue {
+    /// Always open: no space is watched.
+    package func intake() -> RelayIntake { .open(room: nil) }
+    /// Never: no space is watched.
+    package func isInsufficientStorage(_ error: any Error) -> Bool { false }
 }
 
 /// The SMTP submission listener: binds `listen` and `listen-tls`, runs one `RelayServerHandler`
@@ -327,6 +338,15 @@ package final class RelayServer: Service, Sendable {
         message.origin = MessageOrigin(
             kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
             notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
+        // The disk fell below queue-min-free while the message arrived: refuse it now.
+        if queue.intake() == .refused {
+            await discardChunks(messageID: id, count: received.chunkCount)
+            metrics.messages(result: "refused", reason: "insufficient_storage").increment()
+            logger.warning(
+                "relay message not queued: the queue's disk is below queue-min-free",
+                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred (452 4.3.1)"))
+            return .failure(SMTPServerReplyError(SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")))
+        }
         do {
             let stored = try await queue.enqueue(message)
             metrics.messages(result: "accepted", reason: "ok").increment()
@@ -336,6 +356,13 @@ package final class RelayServer: Service, Sendable {
                     client: clientText, session: session, envelope: envelope,
                     result: "queued as \(stored)", size: size))
             return .success(stored)
+        } catch  where queue.isInsufficientStorage(error) {
+            await discardChunks(messageID: id, count: received.chunkCount)
+            metrics.messages(result: "refused", reason: "insufficient_storage").increment()
+            logger.warning(
+                "relay message not queued: the queue's disk is full",
+                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred (452 4.3.1)"))
+            return .failure(SMTPServerReplyError(SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")))
         } catch {
             await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()
@@ -345,6 +372,9 @@ package final class RelayServer: Service, Sendable {
             return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
         }
     }
+
+    /// What the store may take now.
+    func intake() -> RelayIntake { queue.intake() }
 
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool {
         do {
@@ -411,6 +441,8 @@ struct RelaySession: RelaySessionDelegate {
     func discardChunks(messageID: String) async {
         await server.discardChunks(messageID: messageID)
     }
+
+    func intake() -> RelayIntake { server.intake() }
 
     func sessionEnded(_ summary: RelaySessionSummary) {
         server.sessionEnded(summary)

@@ -21,6 +21,8 @@ package protocol RelaySessionDelegate: Sendable {
     func writeChunk(messageID: String, index: Int, bytes: ByteBuffer) async -> Bool
     /// Removes the chunks of a message that will not be queued.
     func discardChunks(messageID: String) async
+    /// What the queue may take now (cheap: read before each command).
+    func intake() -> RelayIntake
     /// The session ended (for the log line and the metrics).
     func sessionEnded(_ summary: RelaySessionSummary)
 }
@@ -258,6 +260,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 guard readMessageBytes(context: context) else { break }
             } else if machine.acceptsLines {
                 guard let line = nextLine(context: context) else { break }
+                machine.intake = delegate.intake()
                 perform(machine.line(line), context: context)
             } else {
                 break
@@ -469,6 +472,9 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 promise.completeWithTask {
                     guard ok else {
                         await delegate.discardChunks(messageID: message.id)
+                        if delegate.intake() == .refused {
+                            return .failure(SMTPServerReplyError(SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")))
+                        }
                         return .failure(SMTPServerReplyError(SMTPServerReply(451, "4.3.0", "Error: queue file write error, try again later")))
                     }
                     return await delegate.commit(envelope: envelope, message: message, session: info, identity: identity, client: remote)

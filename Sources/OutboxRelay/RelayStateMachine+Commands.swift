@@ -154,6 +154,9 @@ extension RelayStateMachine {
         if !envelope.smtpUTF8, path.utf8.contains(where: { $0 >= 0x80 }) {
             return error(SMTPServerReply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"))
         }
+        // The queue's disk is below queue-min-free, or the declared SIZE does not fit: a
+        // temporary refusal (RFC 5321 §4.5.3.1.10 / RFC 1870), not counted as the client's error.
+        if let refusal = intake.refusal(declaredSize: envelope.declaredSize) { return .reply(refusal) }
         self.envelope = envelope
         return .reply(SMTPServerReply(250, "2.1.0", "Ok"))
     }

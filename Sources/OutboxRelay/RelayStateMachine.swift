@@ -131,6 +131,9 @@ package struct RelayStateMachine: Sendable {
     package internal(set) var shuttingDown = false
     /// Messages accepted in this session.
     package internal(set) var accepted = 0
+    /// What the queue may take now (its disk's free space above `queue-min-free`), set by the
+    /// handler before each command.
+    package var intake: RelayIntake = .open(room: nil)
 
     package init(policy: RelaySessionPolicy) {
         self.policy = policy
@@ -343,5 +346,24 @@ enum Base64Decoder {
     static func decode(_ input: [UInt8]) -> [UInt8]? {
         if input.isEmpty { return [] }
         return Data(base64Encoded: Data(input)).map { Array($0) }
+    }
+}
+
+/// What the queue's store may take now, for MAIL's answer.
+package enum RelayIntake: Sendable, Equatable {
+    /// Open; `room`: bytes that fit before the store's `queue-min-free` (nil: unknown).
+    case open(room: Int64?)
+    /// Refused until deliveries free space.
+    case refused
+
+    /// The `452 4.3.1` for a MAIL that cannot be taken now (nil: it can).
+    func refusal(declaredSize: Int?) -> SMTPServerReply? {
+        switch self {
+        case .refused:
+            return SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")
+        case .open(let room):
+            guard let room, let declaredSize, Int64(declaredSize) > room else { return nil }
+            return SMTPServerReply(452, "4.3.1", "Insufficient system storage for a message of \(declaredSize) bytes, try again later")
+        }
     }
 }

@@ -9,17 +9,25 @@ package struct APIError: Error, Sendable, CustomStringConvertible {
     /// Stable, for clients and metrics: `invalid_json`, `invalid_address`, `missing_recipients`...
     package var code: String
     package var message: String
+    /// Extra headers, e.g. `Retry-After` on a 503 or 507.
+    package var headers: HTTPFields
 
-    package init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
+    package init(_ status: HTTPResponse.Status, _ code: String, _ message: String, headers: HTTPFields = [:]) {
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+    }
+
+    /// A temporary refusal with `Retry-After: seconds`.
+    package static func retryLater(_ status: HTTPResponse.Status, _ code: String, _ message: String, after seconds: Int) -> APIError {
+        APIError(status, code, message, headers: [.retryAfter: "\(seconds)"])
     }
 
     package var description: String { "\(status.code) \(code): \(message)" }
 
     var response: Response {
-        JSON.response(status, ["error": ["code": code, "message": message]])
+        JSON.response(status, ["error": ["code": code, "message": message]], headers: headers)
     }
 }
 

@@ -21,6 +21,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     package let mailer: Mailer
     package let dispatcher: Dispatcher
     package let api: OutboxAPI
+    /// Keeps `queue-min-free` on the queue's disk and applies retention.
+    package let storage: StorageGuard
     /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
     package let relay: RelayServer?
     private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
@@ -95,6 +97,11 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration), logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
         self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
+        self.storage = StorageGuard(
+            store: store, directory: store.kind == "sqlite" ? configuration.outbox.dataDirectory : nil,
+            settings: StorageGuard.Settings(configuration.outbox), logger: logger,
+            metricsFactory: PrometheusMetricsFactory(registry: api.registry))
+        api.attach(storage: storage)
         let relaySettings = configuration.relay
         let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
         self.relayListening = listening
@@ -110,7 +117,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 throw DaemonError(.relay, error.description)
             }
             self.relay = RelayServer(
-                configuration: runtime, queue: StoreRelayQueue(store: store),
+                configuration: runtime, queue: StoreRelayQueue(store: store, storage: storage),
                 listenDefaulted: configuration.source(of: "relay.listen") == .default,
                 drainDeadline: configuration.outbox.shutdownDeadline,
                 metricsFactory: PrometheusMetricsFactory(registry: api.registry), logger: logger,
@@ -190,10 +197,25 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 return .failure(ConfigurationError(problems: [problem]))
             }
         }
+        // The transport next: a configuration it cannot be built from (or one that removed
+        // `server`) is refused whole, before anything else changes.
+        do {
+            try mailer.reload(new)
+        } catch {
+            let problem = ConfigurationProblem(
+                code: error.code, file: file ?? "-", line: nil, option: error.code == "reload_server_removed" ? "server" : nil, value: nil,
+                message: error.description)
+            logger.error("the new configuration is refused; keeping the old one: \(error.description)")
+            state.withLockedValue {
+                $0.lastReloadError = error.description
+                $0.lastReload = Date().timeIntervalSince1970
+            }
+            return .failure(ConfigurationError(problems: [problem]))
+        }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
-        _ = mailer.reload(new)
         dispatcher.update(Daemon.dispatcherSettings(new))
         dispatcher.routeConfigurationChanged()
+        storage.update(StorageGuard.Settings(new.outbox))
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.
@@ -220,6 +242,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         return [
             "instance": dispatcher.instanceID,
             "transport": mailer.transportName,
+            "transport_generation": mailer.transportGeneration,
             "listen": s.started.outbox.httpListen,
             "configuration": options,
             "pending_restart": s.pendingRestart,
@@ -269,6 +292,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: mailer, successTerminationBehavior: .ignore),
             .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: storage, successTerminationBehavior: .ignore),
             .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: app, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
@@ -292,6 +316,18 @@ package final class Daemon: DaemonStatusProvider, Sendable {
 /// The relay's queue: the daemon's store (an enqueue returns once committed with fsync).
 struct StoreRelayQueue: RelayQueue {
     let store: any OutboxStore
+    let storage: StorageGuard
+
+    func intake() -> RelayIntake {
+        switch storage.intake {
+        case .open(let room): .open(room: room)
+        case .refused: .refused
+        }
+    }
+
+    func isInsufficientStorage(_ error: any Error) -> Bool {
+        StoreFailure.classify(error) == .insufficientStorage
+    }
 
     func enqueue(_ message: NewMessage) async throws -> String {
         try await store.enqueue(message, now: Date().timeIntervalSince1970).id

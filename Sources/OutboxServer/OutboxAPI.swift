@@ -58,7 +58,9 @@ package final class OutboxAPI: Sendable {
     private let settingsBox: NIOLockedValueBox<APISettings>
     private let providerBox: NIOLockedValueBox<(any DaemonStatusProvider)?>
     private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
-    private let logger: Logger
+    private let storageBox = NIOLockedValueBox<StorageGuard?>(nil)
+    private var storage: StorageGuard? { storageBox.withLockedValue { $0 } }
+    let logger: Logger
     package let registry: PrometheusCollectorRegistry
     private let submitted: Counter
     private let duplicates: Counter
@@ -66,7 +68,7 @@ package final class OutboxAPI: Sendable {
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
     private let routeMetrics: RouteMetrics
-    private let now: @Sendable () -> Double
+    let now: @Sendable () -> Double
 
     package init(
         store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
@@ -140,11 +142,12 @@ package final class OutboxAPI: Sendable {
             let id = context.parameters.get("id") ?? ""
             return await self.guarded(request) { try await self.change(id, retry: false) }
         }
+        addQueueRoutes(router)
         return router
     }
 
     /// Checks the token, runs the handler, turns errors into JSON answers.
-    private func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
+    func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
         let settings = self.settings
         if settings.requireToken {
             let header = request.headers[.authorization] ?? ""
@@ -188,14 +191,37 @@ package final class OutboxAPI: Sendable {
 
     // MARK: - Handlers
 
-    /// 503 only when the instance cannot take mail (the store does not answer); a route whose
-    /// alert holds its messages, or whose server cannot be reached, makes it `degraded` (200):
-    /// messages are still accepted and wait, and one route's expired secret does not take every
-    /// instance out of a load balancer.
+    /// Connects the guard of the queue's disk: submissions are refused (507) while it refuses
+    /// intake, and `/readyz` says not ready.
+    package func attach(storage: StorageGuard) {
+        storageBox.withLockedValue { $0 = storage }
+    }
+
+    /// 507 Insufficient Storage (RFC 4918), for a queue below `queue-min-free`.
+    static let insufficientStorage = HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage")
+
+    /// The refusal for a submission of `size` bytes when the queue's disk has no room for it.
+    func storageRefusal(size: Int) -> APIError? {
+        guard let storage else { return nil }
+        let intake = storage.intake
+        guard !intake.admits(size: size) else { return nil }
+        storage.countRefusal()
+        let why =
+            intake.isOpen
+            ? "the message (\(size) bytes) does not fit in the space the queue has left before [outbox] queue-min-free; \(intake.explanation)"
+            : intake.explanation
+        return .retryLater(Self.insufficientStorage, "insufficient_storage", why + "; try again later", after: 60)
+    }
+
+    /// 503 only when the instance cannot take mail: the store does not answer, or the queue's
+    /// disk refuses intake. A route whose alert holds its messages, or whose server cannot be
+    /// reached, makes it `degraded` (200): messages are still accepted and wait, and one route's
+    /// expired secret does not take every instance out of a load balancer.
     private func readiness() async -> Response {
-        do { try await store.ping() } catch {
-            return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": ["the store does not answer: \(error)"]])
-        }
+        var fatal: [String] = []
+        if let storage, !storage.intake.isOpen { fatal.append(storage.intake.explanation) }
+        do { try await store.ping() } catch { fatal.append("the store does not answer: \(error)") }
+        if !fatal.isEmpty { return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": fatal]) }
         var problems: [[String: Any]] = []
         if let provider {
             problems += await provider.routes().filter { $0.state == "paused" }.map(Readiness.problem)
@@ -283,7 +309,15 @@ package final class OutboxAPI: Sendable {
             }
             message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
         }
-        let result = try await store.enqueue(message, now: now())
+        if let refusal = storageRefusal(size: message.content.count) { throw refusal }
+        let result: EnqueueResult
+        do {
+            result = try await store.enqueue(message, now: now())
+        } catch  where StoreFailure.classify(error) == .insufficientStorage {
+            storage?.countRefusal()
+            throw APIError.retryLater(
+                Self.insufficientStorage, "insufficient_storage", "the queue's disk is full: the message was not queued; try again later", after: 60)
+        }
         if !result.created {
             if result.requestHash != message.requestHash {
                 throw APIError(.conflict, "idempotency_key_reused", "the Idempotency-Key was used for a different request (message \(result.id))")
@@ -341,6 +375,9 @@ package final class OutboxAPI: Sendable {
         case .notFound:
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         case .conflict(let status):
+            if retry, try await store.get(id: id)?.contentPurged == true {
+                throw APIError(.conflict, "content_purged", "message \(id) is \(status.rawValue) and its content was purged: it cannot be sent again")
+            }
             throw APIError(
                 .conflict, "invalid_state",
                 retry
@@ -355,7 +392,7 @@ package final class OutboxAPI: Sendable {
         [
             "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
             "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
-            "possible_duplicate": m.possibleDuplicate,
+            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged,
         ]
     }
 

@@ -157,10 +157,6 @@ public protocol MailTransport: Sendable {
     func learnLimits() async
     /// Starts a graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
     func beginShutdown()
-    /// Applies the `[smtp-client]` options that take effect immediately (`server`, `port`,
-    /// `user`, the timeouts, `enable-debug`...): new connections use them, idle ones opened
-    /// under the old ones are closed. `options` is the whole section as it now stands.
-    func update(options: SMTPClientOptions, settings: OutboxSettings, tokenSource: (@Sendable () async throws -> SMTPAccessToken)?)
     /// The connection pool's counters, when the transport keeps one.
     var poolStatistics: PoolStatistics? { get }
 }
@@ -172,8 +168,6 @@ extension MailTransport {
     public func learnLimits() async {}
     /// Does nothing: the transport has nothing to wind down early.
     public func beginShutdown() {}
-    /// Does nothing: the transport reads no option that takes effect immediately.
-    public func update(options: SMTPClientOptions, settings: OutboxSettings, tokenSource: (@Sendable () async throws -> SMTPAccessToken)?) {}
     /// nil: the transport keeps no connection pool.
     public var poolStatistics: PoolStatistics? { nil }
 

@@ -22,7 +22,9 @@ import OutboxOAuth
 ///   Values are matched without regard to case; any other value is sent as it is when it is
 ///   made of letters, digits and `_` (the server answers ErrorInvalidServerVersion if it does
 ///   not know it), else `Exchange2010`.
-/// - **Authentication**: Basic `user:password`, or, with `mail.ews.auth.mechanisms = XOAUTH2`,
+/// - **Authentication**: Basic `user:password`; NTLMv2 (``NTLMHTTPAuthenticator``) when a 401
+///   offers NTLM or Negotiate but not Basic, or from the start with `mail.ews.auth.mechanisms =
+///   NTLM`, over https only; or, with `mail.ews.auth.mechanisms = XOAUTH2`,
 ///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
 ///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
@@ -67,8 +69,14 @@ public final class EWSTransport: MailTransport {
     let auth: Auth
     let requestTimeout: Duration
     let logger: Logger
+    /// NTLM for the password case (nil with tokens): in use once its scheme is set.
+    let windows: NTLMHTTPAuthenticator?
 
-    init(url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger) {
+    init(
+        url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger,
+        windows: NTLMHTTPAuthenticator? = nil
+    ) {
+        self.windows = windows
         self.url = url
         self.version = version
         self.auth = auth
@@ -93,6 +101,7 @@ public final class EWSTransport: MailTransport {
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
         let auth: Auth
+        var windows: NTLMHTTPAuthenticator?
         if options.usesXOAUTH2 {
             do throws(OAuthError) {
                 let provider = try OAuthProviders.make(
@@ -107,12 +116,18 @@ public final class EWSTransport: MailTransport {
             }
         } else {
             auth = .basic(user: user, password: options.password ?? Secret(""))
+            do throws(DeliveryError) {
+                windows = try NTLMHTTPAuthenticator(options: options, settings: configuration.outbox, url: server)
+            } catch {
+                try? client.syncShutdown()
+                throw error
+            }
         }
         let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
         let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
         self.init(
             url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
-            requestTimeout: connect + read * 20, logger: logger)
+            requestTimeout: connect + read * 20, logger: logger, windows: windows)
     }
 
     static let documentedVersions = [
@@ -138,6 +153,7 @@ public final class EWSTransport: MailTransport {
 
     /// Shuts the HTTP client down.
     public func shutdown() async {
+        await windows?.shutdown()
         try? await client.shutdown()
     }
 
@@ -256,6 +272,7 @@ public final class EWSTransport: MailTransport {
             var impersonate: String?
             switch auth {
             case .basic(let user, let password):
+                if windows?.scheme != nil { break }  // NTLM: NTLMHTTPAuthenticator authenticates the connection
                 let credentials = Data("\(user):\(password.value)".utf8).base64EncodedString()
                 request.headers.add(name: "Authorization", value: "Basic \(credentials)")
             case .bearer(let tokens, let anchor, let appOnly):
@@ -270,10 +287,22 @@ public final class EWSTransport: MailTransport {
                 if appOnly { impersonate = anchor }
             }
             request.body = body(impersonate)
-            let answer = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
-                transport: name, url: url)
+            let answer: HTTPAnswer
+            if let windows, windows.scheme != nil {
+                answer = try await windows.exchange(
+                    request, body: { body(impersonate) }, timeout: requestTimeout, bodyLimit: 4 << 20, transport: name)
+            } else {
+                answer = try await HTTPAnswer.exchange(
+                    request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
+                    transport: name, url: url)
+            }
             let status = answer.status
+            if status == 401, case .basic = auth, let windows,
+                try windows.adopt(HTTPAuthenticateOffers(headers: answer.authenticate), transport: name)
+            {
+                logger.notice("EWS offers Windows authentication, not Basic; using NTLM", metadata: ["scheme": "\(windows.scheme ?? "NTLM")"])
+                continue
+            }
             if status == 401 {
                 if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
                     refreshed = true

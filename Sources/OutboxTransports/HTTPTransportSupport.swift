@@ -205,6 +205,8 @@ struct HTTPAnswer {
     var status: Int
     var body: ByteBuffer
     var retryAfter: String?
+    /// The `WWW-Authenticate` field values (a 401's offered schemes).
+    var authenticate: [String] = []
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
 
     /// Sends `request` within `timeout` and collects at most `bodyLimit` bytes of the answer; a
@@ -217,7 +219,7 @@ struct HTTPAnswer {
             let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
             return HTTPAnswer(
                 status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
-                retryAfter: response.headers.first(name: "Retry-After"))
+                retryAfter: response.headers.first(name: "Retry-After"), authenticate: response.headers["WWW-Authenticate"])
         } catch {
             throw DeliveryError(http: error, transport: transport, url: url)
         }

@@ -291,7 +291,7 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
                     "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
                     "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
                     "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
-                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline); did you mean data-directory?",
+                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records); did you mean data-directory?",
                 ])
     }
 
@@ -329,5 +329,31 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
 
     @Test func keysAreCaseSensitive() {
         #expect(problems(smtpClient("Port = 25")) == ["outbox.cfg:2: Port is not an option of [smtp-client]; did you mean port?"])
+    }
+}
+
+@Suite("queue-min-free")
+struct QueueMinFreeTests {
+    @Test("bytes, units, shares of the disk and auto")
+    func values() throws {
+        #expect(QueueMinFree.parse("8388608") == .bytes(8_388_608))
+        #expect(QueueMinFree.parse("8MiB") == .bytes(8_388_608))
+        #expect(QueueMinFree.parse("8 MiB") == .bytes(8_388_608))
+        #expect(QueueMinFree.parse("500MB") == .bytes(500_000_000))
+        #expect(QueueMinFree.parse("2GiB") == .bytes(2 << 30))
+        #expect(QueueMinFree.parse("5%") == .percent(5))
+        #expect(QueueMinFree.parse("AUTO") == .auto)
+        for bad in ["", "-1", "5 parsecs", "100%", "1.5MiB", "MiB", "99999999999999999999"] {
+            #expect(QueueMinFree.parse(bad) == nil, "\(bad)")
+        }
+        #expect(QueueMinFree.auto.bytes(ofCapacity: 1 << 30) == 100 << 20, "100 MiB beats 5% of 1 GiB")
+        #expect(QueueMinFree.auto.bytes(ofCapacity: 100 << 30) == 5 << 30, "5% of 100 GiB beats 100 MiB")
+        #expect(QueueMinFree.percent(10).bytes(ofCapacity: 1000) == 100)
+        let c = try load("[outbox]\nqueue-min-free = 64MiB\nretention-content = 00:00:00\n")
+        #expect(c.outbox.queueMinFree == .bytes(64 << 20))
+        #expect(c.outbox.retentionContent == .zero)
+        #expect(value(of: "outbox.queue-min-free", in: c) == "67108864")
+        #expect(problemCodes("[outbox]\nqueue-min-free = lots\n") == ["invalid_value"])
+        #expect(problems("[outbox]\nqueue-min-free = lots\n").first?.contains("queue-min-free = lots is not auto") == true)
     }
 }

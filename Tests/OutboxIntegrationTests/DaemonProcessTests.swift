@@ -250,21 +250,6 @@ struct DaemonProcessTests {
 }
 
 extension DaemonProcessTests {
-    func http(_ port: Int, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil) async throws -> (HTTPResponse.Status, [String: Any]) {
-        try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
-            let r = try await client.execute(
-                TestClient.Request(
-                    uri, method: method, headers: body == nil ? [:] : [.contentType: "application/json"],
-                    body: body.map { ByteBuffer(string: $0) }))
-            let j = (try? JSONSerialization.jsonObject(with: Data((r.body ?? ByteBuffer()).readableBytesView))) as? [String: Any] ?? [:]
-            return (r.status, j)
-        }
-    }
-
-    func option(_ status: [String: Any], _ name: String) -> String? {
-        (status["configuration"] as? [[String: Any]])?.first { $0["name"] as? String == name }?["value"] as? String
-    }
-
     @Test(
         "SIGHUP mid-run: port and enable-debug apply at once, http-listen waits for a restart, an invalid file is refused whole",
         .timeLimit(.minutes(2)))

@@ -163,7 +163,7 @@ struct MailerPostfixTests {
         try await withRunningMailer(mailer) { mailer in
             let first = try await mailer.send(testMessage(subject: "reload-a"))
             #expect(first.destination.hasSuffix(":\(peer.plainPort)"))
-            let waiting = mailer.reload(try peer.configuration(port: peer.limitedPort, ["cnx-pool-size=3"]))
+            let waiting = try mailer.reload(peer.configuration(port: peer.limitedPort, ["cnx-pool-size=3"]))
             #expect(waiting.map(\.name) == ["cnx-pool-size"])
             let second = try await mailer.send(testMessage(subject: "reload-b"))
             #expect(second.destination.hasSuffix(":\(peer.limitedPort)"))

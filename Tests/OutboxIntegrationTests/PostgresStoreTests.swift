@@ -94,3 +94,12 @@ extension PostgresStoreTests {
         try await store.close()
     }
 }
+extension PostgresStoreTests {
+    @Test("retention: content purged oldest first from finished messages only; records deleted when old")
+    func retention() async throws {
+        let store = try await makePostgresStore()
+        try await store.deleteAllForTesting()
+        try await RetentionContract.run(store)
+        try await store.close()
+    }
+}

@@ -265,3 +265,22 @@ struct RelayMessageTests {
                 hostname: "h", now: Date()) == "")
     }
 }
+
+@Suite("Relay: queue-min-free at MAIL")
+struct RelayIntakeTests {
+    @Test("refused intake and a SIZE that does not fit get 452 4.3.1; the session goes on")
+    func insufficientStorage() {
+        var m = RelayStateMachine(policy: policy())
+        _ = m.send("EHLO client.test")
+        m.intake = .refused
+        let refused = RelayStateMachine.reply(m.send("MAIL FROM:<a@example.test>"))
+        #expect(refused?.code == 452 && refused?.enhanced == "4.3.1", "\(String(describing: refused))")
+        #expect(m.code("RCPT TO:<b@example.test>") == 503, "no transaction was opened")
+        m.intake = .open(room: 500)
+        #expect(m.code("MAIL FROM:<a@example.test> SIZE=600") == 452)
+        #expect(m.code("MAIL FROM:<a@example.test> SIZE=400") == 250)
+        #expect(m.code("RSET") == 250)
+        m.intake = .open(room: nil)
+        #expect(m.code("MAIL FROM:<a@example.test> SIZE=900") == 250)
+    }
+}

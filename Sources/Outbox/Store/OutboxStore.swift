@@ -221,14 +221,19 @@ public struct StoredMessage: Sendable, Hashable {
     public var origin: MessageOrigin?
     /// Content chunks after the stored head (0 for a message stored whole).
     public var chunkCount = 0
+    /// Its content was purged (`retention-content`, or to keep `queue-min-free`): it cannot be
+    /// retried.
+    public var contentPurged = false
 
     /// A stored message with every field given (stores build it from their rows).
     public init(
         id: String, sequence: Int64, status: MessageStatus, from: String, recipients: [RecipientState], messageID: String?,
         idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
         nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
-        lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0
+        lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0,
+        contentPurged: Bool = false
     ) {
+        self.contentPurged = contentPurged
         self.origin = origin
         self.chunkCount = chunkCount
         self.id = id
@@ -368,6 +373,18 @@ public protocol OutboxStore: Sendable {
     func cancel(id: String, now: Double) async throws -> StoreChange
     /// How many messages are in each status.
     func counts() async throws -> [MessageStatus: Int]
+    /// Empties the content (and removes the chunks) of up to `limit` finished messages whose
+    /// status is in `statuses` and that last changed before `finishedBefore`, oldest first;
+    /// their records and attempts stay. Returns how many.
+    func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int
+    /// Deletes up to `limit` finished messages (record, attempts and content) that last changed
+    /// before `finishedBefore`, oldest first. Returns how many.
+    func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int
+    /// Gives freed space back to the file system where the store can; returns the bytes.
+    func reclaimSpace() async throws -> Int64
+    /// Removes one finished message's content (its record and attempts stay);
+    /// ``StoreChange/conflict(_:)`` for a message still queued, sending or deferred.
+    func purge(id: String, now: Double) async throws -> StoreChange
     /// Checks the store answers.
     func ping() async throws
     /// Closes the connection or database; the store cannot be used afterwards.
@@ -397,6 +414,9 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
         public static let invalidURL = Code(rawValue: "store_invalid_url")
         /// A chunked message's chunks are not all in the store: it was not queued.
         public static let chunksMissing = Code(rawValue: "store_chunks_missing")
+        /// The store's disk is full, or below `queue-min-free`: intake is refused for now
+        /// (SQLite's `SQLITE_FULL`, PostgreSQL's `53100`).
+        public static let insufficientStorage = Code(rawValue: "insufficient_storage")
     }
 
     /// What kind of error; stable.

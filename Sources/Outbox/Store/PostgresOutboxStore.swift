@@ -79,6 +79,9 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             PRIMARY KEY (message_id, n)
         )
         """,
+        // Retention: content purged, finished messages by age.
+        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS content_purged_at DOUBLE PRECISION",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
         // Held messages past their maximum age, found without a scan (claimAged).
         "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
     ]
@@ -104,7 +107,8 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         """
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
-        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks
+        \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks,
+        \(p)content_purged_at
         """
     }
 
@@ -340,7 +344,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
     /// maximum age.
     public func retry(id: String, now: Double) async throws -> StoreChange {
         guard let message = try await get(id: id) else { return .notFound }
-        guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
+        guard [.failed, .unknown, .deferred].contains(message.status), !message.contentPurged else { return .conflict(message.status) }
         let recipients = StoreJSON.encode(
             message.recipients.map { r -> RecipientState in
                 var r = r
@@ -351,7 +355,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             """
             UPDATE outbox_messages SET status = 'queued', recipients = \(recipients), next_attempt_at = \(now), age_base = \(now),
                 unknown_count = 0, updated_at = \(now), last_error = NULL
-            WHERE id = \(id) AND status IN ('failed', 'unknown', 'deferred')
+            WHERE id = \(id) AND status IN ('failed', 'unknown', 'deferred') AND content_purged_at IS NULL
             RETURNING \(unescaped: Self.columns())
             """)
         if let row = result.first { return .done(try Self.decode(row.makeRandomAccess())) }
@@ -381,6 +385,65 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
         }
         return out
     }
+
+    /// Empties the content (and removes the chunks) of up to `limit` finished messages in
+    /// `statuses` last changed before `finishedBefore`, oldest first; returns how many.
+    public func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int {
+        let wanted = statuses.filter(\.isFinal).map(\.rawValue).sorted()
+        guard !wanted.isEmpty, limit > 0 else { return 0 }
+        let purged = try await rows(
+            """
+            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
+            WHERE seq IN (
+                SELECT seq FROM outbox_messages
+                WHERE status = ANY(\(wanted)) AND content_purged_at IS NULL AND updated_at < \(finishedBefore)
+                ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+            RETURNING id, chunks
+            """)
+        for row in purged {
+            let (id, chunks) = try row.decode((String, Int).self)
+            if chunks > 0 { _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)") }
+        }
+        return purged.count
+    }
+
+    /// Deletes up to `limit` finished messages (record, attempts, chunks) last changed before
+    /// `finishedBefore`, oldest first; returns how many.
+    public func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int {
+        guard limit > 0 else { return 0 }
+        let deleted = try await rows(
+            """
+            DELETE FROM outbox_messages
+            WHERE seq IN (
+                SELECT seq FROM outbox_messages
+                WHERE status IN ('delivered', 'failed', 'unknown', 'cancelled') AND updated_at < \(finishedBefore)
+                ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+            RETURNING id, chunks
+            """)
+        for row in deleted {
+            let (id, chunks) = try row.decode((String, Int).self)
+            if chunks > 0 { _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)") }
+        }
+        return deleted.count
+    }
+
+    /// Removes one finished message's content (chunks included); idempotent.
+    public func purge(id: String, now: Double) async throws -> StoreChange {
+        let purged = try await rows(
+            """
+            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
+            WHERE id = \(id) AND status IN ('delivered', 'failed', 'unknown', 'cancelled') AND content_purged_at IS NULL
+            RETURNING chunks
+            """)
+        if let row = purged.first, try row.decode(Int.self) > 0 {
+            _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)")
+        }
+        guard let message = try await get(id: id) else { return .notFound }
+        return message.contentPurged ? .done(message) : .conflict(message.status)
+    }
+
+    /// PostgreSQL's autovacuum reuses the space: nothing to do here.
+    public func reclaimSpace() async throws -> Int64 { 0 }
 
     /// Empties the queue: for tests against a shared server only.
     package func deleteAllForTesting() async throws {
@@ -414,6 +477,7 @@ public final class PostgresOutboxStore: OutboxStore, @unchecked Sendable {
             attempts: StoreJSON.decode([AttemptRecord].self, try r["attempts"].decode(String.self)) ?? [],
             lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
             leaseUntil: try r["lease_until"].decode(Double?.self),
-            origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self))
+            origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self),
+            contentPurged: try r["content_purged_at"].decode(Double?.self) != nil)
     }
 }

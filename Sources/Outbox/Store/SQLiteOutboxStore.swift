@@ -110,13 +110,18 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        // Before WAL and before any table: a new database then gives pages back (see migrate()).
+        _ = try await connection.query("PRAGMA auto_vacuum = INCREMENTAL")
         _ = try await connection.query("PRAGMA journal_mode=WAL")
         _ = try await connection.query("PRAGMA synchronous=FULL")
         _ = try await connection.query("PRAGMA busy_timeout=5000")
-        return SQLiteOutboxStore(connection: connection, path: path)
+        return SQLiteOutboxStore(connection: connection, path: path, logger: logger)
     }
 
-    private init(connection: SQLiteConnection, path: String) {
+    private let logger: Logger
+
+    private init(connection: SQLiteConnection, path: String, logger: Logger) {
+        self.logger = logger
         self.connection = connection
         self.writer = SQLiteGroupCommitter(connection: connection)
         self.path = path
@@ -169,7 +174,12 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             )
             """,
         ],
-        // 4: held messages past their maximum age, found without a scan (claimAged).
+        // 4: retention (content purged, finished messages by age).
+        [
+            "ALTER TABLE messages ADD COLUMN content_purged_at REAL",
+            "CREATE INDEX IF NOT EXISTS messages_finished ON messages(status, updated_at)",
+        ],
+        // 5: held messages past their maximum age, found without a scan (claimAged).
         ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
     ]
 
@@ -177,6 +187,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     public func migrate() async throws {
         let rows = try await connection.query("PRAGMA user_version")
         let version = Int(rows.first?.columns.first?.data.integer ?? 0)
+        try await useIncrementalVacuum()
         guard version < Self.migrations.count else { return }
         for (index, statements) in Self.migrations.enumerated() where index >= version {
             _ = try await connection.query("BEGIN IMMEDIATE")
@@ -194,7 +205,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
         next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin,
-        chunks
+        chunks, content_purged_at
         """
 
     /// Stores a message, committed before it returns; with an idempotency key already used,
@@ -422,7 +433,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     /// maximum age.
     public func retry(id: String, now: Double) async throws -> StoreChange {
         guard let message = try await get(id: id) else { return .notFound }
-        guard [.failed, .unknown, .deferred].contains(message.status) else { return .conflict(message.status) }
+        guard [.failed, .unknown, .deferred].contains(message.status), !message.contentPurged else { return .conflict(message.status) }
         let recipients = message.recipients.map { r -> RecipientState in
             var r = r
             if r.status != .accepted { r.status = .pending }
@@ -432,7 +443,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             """
             UPDATE messages SET status = 'queued', recipients = ?, next_attempt_at = ?, age_base = ?, unknown_count = 0,
                 updated_at = ?, last_error = NULL
-            WHERE id = ? AND status IN ('failed', 'unknown', 'deferred')
+            WHERE id = ? AND status IN ('failed', 'unknown', 'deferred') AND content_purged_at IS NULL
             RETURNING seq
             """,
             [.text(StoreJSON.encode(recipients)), .float(now), .float(now), .float(now), .text(id)])
@@ -455,6 +466,92 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         if let row = rows.first { return .done(Self.decode(row)) }
         guard let message = try await get(id: id) else { return .notFound }
         return .conflict(message.status)
+    }
+
+    /// Empties the content (and removes the chunks) of up to `limit` finished messages in
+    /// `statuses` last changed before `finishedBefore`, oldest first; returns how many.
+    public func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int {
+        let wanted = statuses.filter(\.isFinal)
+        guard !wanted.isEmpty, limit > 0 else { return 0 }
+        let list = wanted.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET content = x'', content_purged_at = ?
+            WHERE seq IN (
+                SELECT seq FROM messages
+                WHERE status IN (\(list)) AND content_purged_at IS NULL AND updated_at < ?
+                ORDER BY updated_at LIMIT ?)
+            RETURNING id, chunks
+            """,
+            [.float(now), .float(finishedBefore), .integer(limit)])
+        let chunked = rows.filter { ($0.column("chunks")?.integer ?? 0) > 0 }.compactMap { $0.column("id")?.string }
+        for id in chunked { _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)]) }
+        return rows.count
+    }
+
+    /// Deletes up to `limit` finished messages (record, attempts, chunks) last changed before
+    /// `finishedBefore`, oldest first; returns how many.
+    public func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int {
+        guard limit > 0 else { return 0 }
+        let rows = try await writer.write(
+            """
+            DELETE FROM messages
+            WHERE seq IN (
+                SELECT seq FROM messages
+                WHERE status IN ('delivered', 'failed', 'unknown', 'cancelled') AND updated_at < ?
+                ORDER BY updated_at LIMIT ?)
+            RETURNING id, chunks
+            """,
+            [.float(finishedBefore), .integer(limit)])
+        let chunked = rows.filter { ($0.column("chunks")?.integer ?? 0) > 0 }.compactMap { $0.column("id")?.string }
+        for id in chunked { _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)]) }
+        return rows.count
+    }
+
+    /// Removes one finished message's content (chunks included); idempotent.
+    public func purge(id: String, now: Double) async throws -> StoreChange {
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET content = x'', content_purged_at = ?
+            WHERE id = ? AND status IN ('delivered', 'failed', 'unknown', 'cancelled') AND content_purged_at IS NULL
+            RETURNING chunks
+            """,
+            [.float(now), .text(id)])
+        if let chunks = rows.first?.column("chunks")?.integer, chunks > 0 {
+            _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)])
+        }
+        guard let message = try await get(id: id) else { return .notFound }
+        return message.contentPurged ? .done(message) : .conflict(message.status)
+    }
+
+    /// Gives the database's free pages back to the file system (`PRAGMA incremental_vacuum`);
+    /// returns the bytes given back.
+    public func reclaimSpace() async throws -> Int64 {
+        func pages(_ pragma: String) async throws -> Int64 {
+            Int64(try await connection.query("PRAGMA \(pragma)").first?.columns.first?.data.integer ?? 0)
+        }
+        let free = try await pages("freelist_count")
+        guard free > 0 else { return 0 }
+        _ = try await writer.write("PRAGMA incremental_vacuum")
+        let given = (free - (try await pages("freelist_count"))) * (try await pages("page_size"))
+        // The write-ahead log keeps its size until a checkpoint truncates it.
+        _ = try? await writer.write("PRAGMA wal_checkpoint(TRUNCATE)")
+        return given
+    }
+
+    /// SQLite gives pages back only with `auto_vacuum`: a new database gets `INCREMENTAL` at
+    /// open, before WAL and its first table; an older one is converted here once (`VACUUM`,
+    /// which needs free space as large as the file: when it fails, the store goes on without
+    /// it and says so).
+    private func useIncrementalVacuum() async throws {
+        let mode = try await connection.query("PRAGMA auto_vacuum").first?.columns.first?.data.integer ?? 0
+        guard mode != 2 else { return }
+        _ = try await connection.query("PRAGMA auto_vacuum = INCREMENTAL")
+        do {
+            _ = try await connection.query("VACUUM")
+        } catch {
+            logger.warning("could not convert the queue database to incremental vacuum (it needs free space as large as the file): \(error)")
+        }
     }
 
     /// How many messages are in each status.
@@ -501,6 +598,6 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             nextAttemptAt: d("next_attempt_at"), attemptCount: i("attempt_count"), unknownCount: i("unknown_count"),
             possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
             lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
-            origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"))
+            origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"), contentPurged: d("content_purged_at") != nil)
     }
 }

@@ -63,7 +63,7 @@ enum PoolRequestFailure: Hashable, Sendable {
 ///   opened); no minimum is kept, so a retired or idle-closed connection is replaced when a caller
 ///   next needs one. The idle connection used most recently is handed out first.
 /// - A connection being closed (QUIT in flight) still counts against the size.
-/// - NOOP when idle >= `checkIdleTime` (zero: every reuse), never on a connection's first use.
+/// - NOOP when idle for longer than `checkIdleTime` (zero: every reuse), never on a connection's first use.
 ///   A dirty release (`.needsReset`) makes the next hand-out send RSET first (then NOOP if due).
 ///   A failed RSET/NOOP closes the connection and puts the request back at the head of the queue.
 /// - `maxIdleTime == .zero`: a released connection that no waiter takes is closed at once.
@@ -567,7 +567,9 @@ where Instant.Duration == Duration {
 
     private mutating func handOut(_ id: PoolConnectionID, to request: RequestID, now: Instant, _ actions: inout [Action]) {
         var connection = connections[id]!
-        let noop = !connection.fresh && connection.lastUsed.duration(to: now) >= configuration.checkIdleTime
+        // "idle for longer than" the setting (strictly); 00:00:00 checks before every use.
+        let idle = connection.lastUsed.duration(to: now)
+        let noop = !connection.fresh && (configuration.checkIdleTime == .zero || idle > configuration.checkIdleTime)
         let reset = connection.needsReset
         if noop || reset {
             if noop { counters.noopChecks += 1 }

@@ -149,8 +149,13 @@ struct ConnectionPoolTests {
             #expect(first === second)
             #expect(first.noopCount == 0)
             clock.advance(by: .seconds(30))
+            // Idle exactly 30 s: not "longer than" cnx-check-idle-time.
             let third = try await pool.withConnection { $0 }
             #expect(third === first)
+            #expect(first.noopCount == 0)
+            clock.advance(by: .milliseconds(30_001))
+            let fourth = try await pool.withConnection { $0 }
+            #expect(fourth === first)
             #expect(first.noopCount == 1)
             #expect(factory.made.count == 1)
             #expect(pool.statistics.noopChecks == 1)

@@ -98,8 +98,11 @@ struct PoolStateMachineTests {
         _ = sm.released(c0, .clean, now: t(10))
         #expect(sm.leaseRequested(2, now: t(39)) == [.lease(c0, to: 2)])  // idle 29 s
         _ = sm.released(c0, .clean, now: t(40))
-        #expect(sm.leaseRequested(3, now: t(70)) == [.check(c0, for: 3, reset: false, noop: true)])  // idle 30 s
-        #expect(sm.checkSucceeded(c0, now: t(70)) == [.lease(c0, to: 3)])
+        // The reference: "idle for longer than" the setting. Exactly 30 s is not longer.
+        #expect(sm.leaseRequested(3, now: t(70)) == [.lease(c0, to: 3)])  // idle 30 s
+        _ = sm.released(c0, .clean, now: t(70))
+        #expect(sm.leaseRequested(4, now: t(70).advanced(by: .milliseconds(30_001))) == [.check(c0, for: 4, reset: false, noop: true)])  // 30.001 s
+        #expect(sm.checkSucceeded(c0, now: t(101)) == [.lease(c0, to: 4)])
         #expect(sm.statistics.noopChecks == 1)
     }
 
