@@ -50,6 +50,8 @@ package protocol DaemonStatusProvider: Sendable {
     func transportProblem() async -> String?
     /// The routes and their alerts (none by default).
     func routes() async -> [RouteStatus]
+    /// An operator retried messages by hand: a paused route tries again now.
+    func messagesRetried() async
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -57,7 +59,7 @@ package final class OutboxAPI: Sendable {
     package let store: any OutboxStore
     private let settingsBox: NIOLockedValueBox<APISettings>
     private let providerBox: NIOLockedValueBox<(any DaemonStatusProvider)?>
-    private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
+    var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
     private let storageBox = NIOLockedValueBox<StorageGuard?>(nil)
     private var storage: StorageGuard? { storageBox.withLockedValue { $0 } }
     let logger: Logger
@@ -371,6 +373,7 @@ package final class OutboxAPI: Sendable {
         let result = retry ? try await store.retry(id: id, now: now()) : try await store.cancel(id: id, now: now())
         switch result {
         case .done(let message):
+            if retry { await provider?.messagesRetried() }
             return JSON.response(.ok, Self.detail(message))
         case .notFound:
             throw APIError(.notFound, "not_found", "no message has the id \(id)")

@@ -7,11 +7,15 @@ import Prometheus
 extension DaemonStatusProvider {
     /// No routes: a provider that does not dispatch.
     package func routes() async -> [RouteStatus] { [] }
+    /// Nothing to resume: a provider that does not dispatch.
+    package func messagesRetried() async {}
 }
 
 extension Daemon {
     /// The dispatcher's routes and their alerts.
     package func routes() async -> [RouteStatus] { dispatcher.routes }
+    /// A manual retry resumes a paused route (see ``Dispatcher/operatorRetried()``).
+    package func messagesRetried() async { dispatcher.operatorRetried() }
 }
 
 /// The route gauges and the alert counter of `/metrics`:

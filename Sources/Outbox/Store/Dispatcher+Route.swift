@@ -25,6 +25,16 @@ extension Dispatcher {
         }
     }
 
+    /// An operator retried messages by hand (`POST /v1/messages/{id}/retry`, `outbox queue
+    /// retry`): a paused route resumes, so the retried messages are attempted now; if the route
+    /// still fails, its first failures pause it again. Does nothing to a healthy route.
+    package func operatorRetried() {
+        let resumed = updateRouteHealth { $0.succeeded() }
+        if resumed {
+            logger.notice("a manual retry resumes the paused route", metadata: ["outbox.route": "\(RouteHealth.defaultRoute)"])
+        }
+    }
+
     /// Notes what an attempt says about its route: a route fault raises the alert (the first)
     /// or counts against the probe; anything else means the route works, and resumes it.
     func noteRoute(_ result: Result<DeliveryReport, DeliveryError>, probe: Int?) {
