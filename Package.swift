@@ -181,16 +181,18 @@ let package = Package(
         ),
         // What the test targets share: the peers' environment (TestPeers), the log recorder, the
         // maildir reader, the outbox binary's locator and runner, the manual clock, free ports,
-        // built-in test certificates, the store contracts both stores keep, and the HTTPS emulator
-        // of Microsoft's and Google's endpoints. Used by test targets only; not a product.
+        // built-in test certificates, the store contracts both stores keep, the HTTPS emulator
+        // of Microsoft's and Google's endpoints, and the scripted SMTP peer on testing channels.
+        // Used by test targets only; not a product.
         .target(
             name: "OutboxTestSupport",
             dependencies: [
-                "Outbox", "OutboxConfig", "OutboxMIME",
+                "Outbox", "OutboxConfig", "OutboxMIME", "OutboxSMTP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

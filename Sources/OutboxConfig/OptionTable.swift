@@ -89,7 +89,9 @@ package enum OptionTable {
             name: "allow-delegate", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .atRestart, referenceEffect: "At start/restart",
             summary:
-                "Enables or disables sending emails on behalf of another user account, when the smtp-client is using the Graph API. Ensure that you enable the Send As or/and Send On Behalf permission in the Exchange mailboxes before enabling this feature."
+                "Enables or disables sending emails on behalf of another user account, when the smtp-client is using the Graph API. Ensure that you enable the Send As or/and Send On Behalf permission in the Exchange mailboxes before enabling this feature.",
+            outboxNote:
+                "Also for EWS. A message whose From is another address than user is refused (permanently, before any request) while this is false; when true, Graph sends it from user's mailbox with its own From, and EWS names that mailbox in the item's t:From (Exchange decides Send As or Send on Behalf, and answers ErrorSendAsDenied when user has neither right)."
         ),
         .init(
             name: "client-id", section: .smtpClient, type: .string, defaultValue: nil,
@@ -135,13 +137,17 @@ package enum OptionTable {
             name: "enable-authentication", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .immediately, referenceEffect: "Immediately",
             summary:
-                "Enables the use of authentication with the corporate e-mail server. With a value of true, the options user and password are used to log in to the corporate e-mail server."
+                "Enables the use of authentication with the corporate e-mail server. With a value of true, the options user and password are used to log in to the corporate e-mail server.",
+            outboxNote:
+                "Applies to SMTP and EWS (Basic or, with mail.ews.auth.mechanisms = XOAUTH2, a Bearer token): with false, no credentials and no Authorization header are sent, and a server that wants them answers 401. GRAPH always authenticates with its token."
         ),
         .init(
             name: "enable-debug", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .immediately, referenceEffect: "Immediately",
             summary: "Enables or disables protocol logging (SMTP transcript, Graph logging).",
-            outboxNote: "Unlike the reference's product, Outbox never prints passwords or tokens in the transcript: AUTH lines show <redacted>."),
+            outboxNote:
+                "Unlike the reference's product, Outbox never prints passwords or tokens in the transcript: AUTH lines show <redacted>. For GRAPH and EWS (and their token requests) each HTTP exchange is logged: method, URL (its query redacted), status, headers and time taken, Authorization and cookie values redacted, at most 2 KiB of each body, and never the token endpoint's bodies."
+        ),
         .init(
             name: "exchange-version", section: .smtpClient, type: .enumeration, defaultValue: "Exchange2010",
             validValues:

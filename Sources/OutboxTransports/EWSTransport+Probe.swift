@@ -35,10 +35,10 @@ extension EWSTransport {
         var request = HTTPClientRequest(url: url)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "text/xml; charset=utf-8")
-        request.body = .bytes(ByteBuffer(string: getFolder(impersonate: nil)))
         do throws(DeliveryError) {
             let anonymous = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20, transport: name, url: url)
+                request, body: .bytes(ByteBuffer(string: getFolder(impersonate: nil))), client: client, timeout: requestTimeout,
+                bodyLimit: 1 << 20, debug: debug, transport: name, url: url)
             result.anonymousStatus = anonymous.status
             let offers = HTTPAuthenticateOffers(headers: anonymous.authenticate)
             result.offered = offers.schemes
@@ -66,6 +66,7 @@ extension EWSTransport {
     /// The scheme requests carry now.
     var usedScheme: String {
         switch auth {
+        case .anonymous: "none (enable-authentication = false)"
         case .bearer: "Bearer"
         case .basic: windows?.scheme ?? "Basic"
         }

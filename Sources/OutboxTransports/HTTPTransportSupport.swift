@@ -209,17 +209,19 @@ struct HTTPAnswer {
     var authenticate: [String] = []
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
 
-    /// Sends `request` within `timeout` and collects at most `bodyLimit` bytes of the answer; a
-    /// failure of the exchange itself becomes the transport's error naming `url`.
+    /// Sends `request` with `body` within `timeout` (with `User-Agent` and `Content-Length`,
+    /// logged when `debug` is given: ``OutboxHTTP/exchange(_:body:client:timeout:bodyLimit:debug:)``)
+    /// and collects at most `bodyLimit` bytes of the answer; a failure of the exchange itself
+    /// becomes the transport's error naming `url`.
     static func exchange(
-        _ request: HTTPClientRequest, client: HTTPClient, timeout: Duration, bodyLimit: Int,
-        transport: String, url: String
+        _ request: HTTPClientRequest, body: HTTPRequestBody, client: HTTPClient, timeout: Duration, bodyLimit: Int,
+        debug: HTTPDebugLog?, transport: String, url: String
     ) async throws(DeliveryError) -> HTTPAnswer {
         do {
-            let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
+            let answer = try await OutboxHTTP.exchange(request, body: body, client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug)
             return HTTPAnswer(
-                status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
-                retryAfter: response.headers.first(name: "Retry-After"), authenticate: response.headers["WWW-Authenticate"])
+                status: answer.status, body: answer.body, retryAfter: answer.header("Retry-After"),
+                authenticate: answer.headers.filter { $0.name.lowercased() == "www-authenticate" }.map(\.value))
         } catch {
             throw DeliveryError(http: error, transport: transport, url: url)
         }

@@ -219,7 +219,8 @@ package final class NTLMHTTPAuthenticator: Sendable {
     /// Sends `request` (built without `Authorization`; `body` makes its body, once per send)
     /// on the NTLM-authenticated connection, running the handshake first when needed.
     func exchange(
-        _ request: HTTPClientRequest, body: () -> HTTPClientRequest.Body, timeout: Duration, bodyLimit: Int, transport: String
+        _ request: HTTPClientRequest, body: () -> HTTPRequestBody, timeout: Duration, bodyLimit: Int, debug: HTTPDebugLog? = nil,
+        transport: String
     ) async throws(DeliveryError) -> HTTPAnswer {
         guard overTLS else { throw plainHTTPRefusal(transport) }
         let client = try client()
@@ -230,21 +231,21 @@ package final class NTLMHTTPAuthenticator: Sendable {
             return (s.scheme ?? "NTLM", fresh)
         }
         if fresh {
-            var plain = request
-            plain.body = body()
-            let answer = try await HTTPAnswer.exchange(plain, client: client, timeout: timeout, bodyLimit: bodyLimit, transport: transport, url: url)
+            let answer = try await HTTPAnswer.exchange(
+                request, body: body(), client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug, transport: transport, url: url)
             if answer.status != 401 {
                 state.withLockedValue { $0.lastUsed = .now }
                 return answer
             }
             state.withLockedValue { $0.authenticated = false }
         }
-        return try await handshake(request, body: body, scheme: scheme, client: client, timeout: timeout, bodyLimit: bodyLimit, transport: transport)
+        return try await handshake(
+            request, body: body, scheme: scheme, client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug, transport: transport)
     }
 
     func handshake(
-        _ request: HTTPClientRequest, body: () -> HTTPClientRequest.Body, scheme: String, client: HTTPClient, timeout: Duration, bodyLimit: Int,
-        transport: String
+        _ request: HTTPClientRequest, body: () -> HTTPRequestBody, scheme: String, client: HTTPClient, timeout: Duration, bodyLimit: Int,
+        debug: HTTPDebugLog? = nil, transport: String
     ) async throws(DeliveryError) -> HTTPAnswer {
         state.withLockedValue { $0.handshakes += 1 }
         let negotiate = NTLM.negotiateMessage()
@@ -252,8 +253,9 @@ package final class NTLMHTTPAuthenticator: Sendable {
         first.headers.remove(name: "Content-Length")
         first.headers.remove(name: "Transfer-Encoding")
         first.headers.replaceOrAdd(name: "Authorization", value: "\(scheme) \(Data(negotiate).base64EncodedString())")
-        first.body = .bytes(ByteBuffer())
-        let answer = try await HTTPAnswer.exchange(first, client: client, timeout: timeout, bodyLimit: bodyLimit, transport: transport, url: url)
+        let answer = try await HTTPAnswer.exchange(
+            first, body: .bytes(ByteBuffer()), client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug, transport: transport,
+            url: url)
         guard answer.status == 401 else {
             throw DeliveryError(
                 kind: .transient,
@@ -282,8 +284,8 @@ package final class NTLMHTTPAuthenticator: Sendable {
         }
         var third = request
         third.headers.replaceOrAdd(name: "Authorization", value: "\(scheme) \(Data(authenticate).base64EncodedString())")
-        third.body = body()
-        let final = try await HTTPAnswer.exchange(third, client: client, timeout: timeout, bodyLimit: bodyLimit, transport: transport, url: url)
+        let final = try await HTTPAnswer.exchange(
+            third, body: body(), client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug, transport: transport, url: url)
         if final.status == 401 {
             state.withLockedValue { $0.authenticated = false }
             throw DeliveryError(
