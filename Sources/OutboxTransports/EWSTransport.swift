@@ -244,9 +244,10 @@ public final class EWSTransport: MailTransport {
                 }
                 if case .anonymous = auth {
                     throw DeliveryError(
-                        kind: .permanent,
+                        kind: .transient,
                         message:
-                            "ews: \(url) answered 401: it wants credentials, and enable-authentication = false sends none; set enable-authentication = true (with user and password)"
+                            "ews: \(url) answered 401: it wants credentials, and enable-authentication = false sends none; set enable-authentication = true (with user and password)",
+                        routeFault: .configuration
                     )
                 }
                 if case .basic = auth {
