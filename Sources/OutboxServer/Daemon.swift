@@ -214,6 +214,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         dispatcher.update(Daemon.dispatcherSettings(new))
+        dispatcher.routeConfigurationChanged()
         storage.update(StorageGuard.Settings(new.outbox))
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }

@@ -58,6 +58,7 @@ extension OutboxAPI {
             case .conflict(let status): conflicts.append(["id": id, "status": status.rawValue])
             }
         }
+        if retry, !done.isEmpty { await provider?.messagesRetried() }
         logger.notice(
             "\(retry ? "retry" : "cancel") requested by an operator",
             metadata: ["outbox.requested": "\(ids.count)", "outbox.done": "\(done.count)"])

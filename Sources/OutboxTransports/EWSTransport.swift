@@ -120,9 +120,10 @@ public final class EWSTransport: MailTransport {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
             throw DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
+                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))",
+                routeFault: .configuration)
         }
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
@@ -243,20 +244,23 @@ public final class EWSTransport: MailTransport {
                 }
                 if case .anonymous = auth {
                     throw DeliveryError(
-                        kind: .permanent,
+                        kind: .transient,
                         message:
-                            "ews: \(url) answered 401: it wants credentials, and enable-authentication = false sends none; set enable-authentication = true (with user and password)"
+                            "ews: \(url) answered 401: it wants credentials, and enable-authentication = false sends none; set enable-authentication = true (with user and password)",
+                        routeFault: .configuration
                     )
                 }
                 if case .basic = auth {
                     throw DeliveryError(
-                        kind: .permanent,
-                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
+                        kind: .transient,
+                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)",
+                        routeFault: .authenticationFailed)
                 }
                 throw DeliveryError(
-                    kind: .permanent,
+                    kind: .transient,
                     message:
-                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission"
+                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission",
+                    routeFault: .authenticationFailed
                 )
             }
             let text = String(buffer: answer.body)
@@ -391,7 +395,9 @@ struct EWSResponse {
                         kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
                         retryAfter: backOff))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("SOAP fault \(faultName);") + ". Check exchange-version"))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("SOAP fault \(faultName);") + ". Check exchange-version", routeFault: .configuration))
             } else {
                 result = .failure(
                     DeliveryError(
@@ -405,7 +411,9 @@ struct EWSResponse {
                 DeliveryError(
                     kind: status >= 500 ? .transient : .permanent,
                     message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
-                    retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
+                    retryAfter: HTTPTransportReport.retryAfter(retryAfter),
+                    // Not the message's: a wrong URL (404, 405), a refused account (403).
+                    routeFault: [403, 404, 405].contains(status) ? .configuration : nil))
             return
         }
         guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {

@@ -133,7 +133,9 @@ public final class GraphTransport: MailTransport {
         let started = Date()
         let clock = ContinuousClock.now
         guard !user.isEmpty else {
-            throw DeliveryError(kind: .permanent, message: "graph: user is not set: it names the mailbox that sends (/users/{user}/sendMail)")
+            throw DeliveryError(
+                kind: .transient, message: "graph: user is not set: it names the mailbox that sends (/users/{user}/sendMail)",
+                routeFault: .configuration)
         }
         let envelope: Envelope
         do throws(MIMEError) {
@@ -244,9 +246,10 @@ public final class GraphTransport: MailTransport {
                 retryAfter: after)
         case 401:
             return DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id")
+                    "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id",
+                routeFault: .authenticationFailed)
         case 403 where code == "ErrorSendAsDenied":
             return DeliveryError(
                 kind: .permanent,
@@ -255,12 +258,14 @@ public final class GraphTransport: MailTransport {
             )
         case 403:
             return DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)"
+                    "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)",
+                routeFault: .configuration
             )
         case 404:
-            return DeliveryError(kind: .permanent, message: "graph: \(said). Check user: no mailbox \(user) in the tenant")
+            return DeliveryError(
+                kind: .transient, message: "graph: \(said). Check user: no mailbox \(user) in the tenant", routeFault: .configuration)
         case 413:
             return DeliveryError(kind: .permanent, message: "graph: \(said). The message is over Graph's 4 MB request limit")
         case 400..<500:

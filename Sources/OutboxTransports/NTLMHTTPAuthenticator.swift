@@ -176,9 +176,10 @@ package final class NTLMHTTPAuthenticator: Sendable {
     /// The error for NTLM over plain HTTP.
     func plainHTTPRefusal(_ transport: String) -> DeliveryError {
         DeliveryError(
-            kind: .permanent,
+            kind: .transient,
             message:
-                "\(transport): \(url) offers only Windows authentication (NTLM/Negotiate), which Outbox speaks over https only: use the server's https:// EWS URL"
+                "\(transport): \(url) offers only Windows authentication (NTLM/Negotiate), which Outbox speaks over https only: use the server's https:// EWS URL",
+            routeFault: .configuration
         )
     }
 
@@ -257,15 +258,17 @@ package final class NTLMHTTPAuthenticator: Sendable {
             url: url)
         guard answer.status == 401 else {
             throw DeliveryError(
-                kind: answer.status >= 500 ? .transient : .permanent,
-                message: "\(transport): \(url) answered HTTP \(answer.status) to NTLM's NEGOTIATE message instead of a challenge")
+                kind: .transient,
+                message: "\(transport): \(url) answered HTTP \(answer.status) to NTLM's NEGOTIATE message instead of a challenge",
+                routeFault: .protocolViolation)
         }
         let offers = HTTPAuthenticateOffers(headers: answer.authenticate)
         guard let token = offers.token(scheme), let bytes = Data(base64Encoded: token) else {
             throw DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "\(transport): \(url) answered NTLM's NEGOTIATE message with 401 but no \(scheme) challenge (offered: \(offers.schemes.joined(separator: ", ")))"
+                    "\(transport): \(url) answered NTLM's NEGOTIATE message with 401 but no \(scheme) challenge (offered: \(offers.schemes.joined(separator: ", ")))",
+                routeFault: .protocolViolation
             )
         }
         let authenticate: [UInt8]
@@ -276,7 +279,8 @@ package final class NTLMHTTPAuthenticator: Sendable {
             authenticate = try NTLM.authenticateMessage(
                 negotiate: negotiate, challenge: challenge, credentials: credentials, spn: spn, clientChallenge: clientChallenge)
         } catch {
-            throw DeliveryError(kind: .permanent, message: "\(transport): NTLM with \(url) failed: \(error.description)")
+            throw DeliveryError(
+                kind: .transient, message: "\(transport): NTLM with \(url) failed: \(error.description)", routeFault: .protocolViolation)
         }
         var third = request
         third.headers.replaceOrAdd(name: "Authorization", value: "\(scheme) \(Data(authenticate).base64EncodedString())")
@@ -285,9 +289,10 @@ package final class NTLMHTTPAuthenticator: Sendable {
         if final.status == 401 {
             state.withLockedValue { $0.authenticated = false }
             throw DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "\(transport): \(url) refused the NTLM credentials (401): check user (DOMAIN\\user or user@domain) and password"
+                    "\(transport): \(url) refused the NTLM credentials (401): check user (DOMAIN\\user or user@domain) and password",
+                routeFault: .authenticationFailed
             )
         }
         state.withLockedValue {
@@ -322,8 +327,9 @@ extension NTLMHTTPAuthenticator {
             protocolTimeout: options.protocolTimeout == .zero ? forever : options.protocolTimeout, scheme: scheme)
         if scheme != nil, !overTLS {
             throw DeliveryError(
-                kind: .permanent,
-                message: "ews: mail.ews.auth.mechanisms = NTLM needs the https:// EWS URL (NTLM over plain http is refused); server is \(url)")
+                kind: .transient,
+                message: "ews: mail.ews.auth.mechanisms = NTLM needs the https:// EWS URL (NTLM over plain http is refused); server is \(url)",
+                routeFault: .configuration)
         }
     }
 }

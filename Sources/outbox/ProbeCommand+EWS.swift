@@ -41,7 +41,12 @@ extension ProbeCommand {
         } else {
             print(Self.text(report))
         }
-        if let error = result.error { throw ExitCode(error.kind == .permanent ? 1 : 75) }
+        // 1 for what the operator must fix (refused credentials, configuration, TLS, protocol), as
+        // the SMTP probe; 75 for what may pass by itself (unreachable, slow, throttled).
+        if let error = result.error {
+            let mustFix = error.routeFault.map { $0 != .connectionFailed && $0 != .timeout } ?? false
+            throw ExitCode(error.kind == .permanent || mustFix ? 1 : 75)
+        }
     }
 
     static func text(_ r: EWSReport) -> String {

@@ -200,7 +200,7 @@ struct NTLMEWSTests {
         }
     }
 
-    @Test func aWrongPasswordIsAPermanentAuthenticationError() async throws {
+    @Test func aWrongPasswordIsAnAuthenticationRouteFault() async throws {
         try await withServer { server in
             let wrong = "Wrong-\(UUID().uuidString.prefix(8))"
             var failure: DeliveryError?
@@ -209,7 +209,9 @@ struct NTLMEWSTests {
                 failure = await deliveryError { try await transport.send(message) }
             }
             let error = try #require(failure)
-            #expect(error.kind == .permanent)
+            // The operator's to fix, not the message's: transient, with the route's alert.
+            #expect(error.kind == .transient)
+            #expect(error.routeFault == .authenticationFailed)
             #expect(error.message.contains("refused the NTLM credentials"))
             #expect(!error.message.contains(wrong))
             #expect(try server.events().contains { $0["event"] == "auth_failed" })
@@ -226,7 +228,8 @@ struct NTLMEWSTests {
                 failure = await deliveryError { try await transport.send(message) }
             }
             let error = try #require(failure)
-            #expect(error.kind == .permanent)
+            #expect(error.kind == .transient)
+            #expect(error.routeFault == .configuration)
             #expect(error.message.contains("https"))
             #expect(try server.events().map { $0["event"]! } == ["unauthenticated"])
             // Asked for explicitly, NTLM over http is a configuration error.

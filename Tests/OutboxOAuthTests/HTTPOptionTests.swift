@@ -156,7 +156,9 @@ struct HTTPOptionTests {
                     })
                 let error = await deliveryError { try await transport.send(try rawMessage().0) }
                 await transport.shutdown()
-                #expect(error?.kind == .permanent)
+                // The configuration's fault, not the message's: transient, with the route's alert.
+                #expect(error?.kind == .transient)
+                #expect(error?.routeFault == .configuration)
                 #expect(error?.message.contains("401") == true)
                 #expect(error?.message.contains("enable-authentication = false") == true)
             }

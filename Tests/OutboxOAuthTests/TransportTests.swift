@@ -169,14 +169,16 @@ struct EmulatorTransportTests {
             #expect(report.attempts == 2)
             #expect(await state.tokenRequests == 2)
             #expect(await state.graphRequests == 3)
-            // A token that is refused again: one refresh only, then a permanent error.
+            // A token that is refused again: one refresh only, then the route's fault (transient:
+            // the operator fixes the app's permissions; the message is not at fault).
             await state.set {
                 $0.fixedToken = "always-revoked"; $0.revoked.insert("always-revoked")
             }
             await state.revokeAll()
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             await transport.shutdown()
-            #expect(error?.kind == .permanent)
+            #expect(error?.kind == .transient)
+            #expect(error?.routeFault == .authenticationFailed)
             #expect(await state.tokenRequests == 3)
             #expect(await state.graphRequests == 5)
         }
@@ -255,7 +257,7 @@ struct EmulatorTransportTests {
         }
     }
 
-    @Test func expiredClientSecretIsAClearPermanentError() async throws {
+    @Test func expiredClientSecretIsAClearOperatorFixableError() async throws {
         let state = EmulatorState()
         await state.set { $0.secretExpired = true }
         try await withEmulator(state) { base in
@@ -263,7 +265,8 @@ struct EmulatorTransportTests {
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             await transport.shutdown()
             let e = try #require(error)
-            #expect(e.kind == .permanent)
+            #expect(e.kind == .transient)
+            #expect(e.routeFault == .credentialsUnavailable)
             #expect(e.message.contains("AADSTS7000222"))
             #expect(e.message.contains("invalid_client"))
             #expect(e.message.contains("password"))
@@ -280,7 +283,8 @@ struct EmulatorTransportTests {
                 })
             let error = await deliveryError { try await transport.send(try rawMessage().0) }
             await transport.shutdown()
-            #expect(error?.kind == .permanent)
+            #expect(error?.kind == .transient)
+            #expect(error?.routeFault == .credentialsUnavailable)
             #expect(error?.message.contains("AADSTS70011") == true)
             #expect(error?.message.contains("Probably wrong: scope") == true)
         }

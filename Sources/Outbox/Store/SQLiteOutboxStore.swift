@@ -179,6 +179,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             "ALTER TABLE messages ADD COLUMN content_purged_at REAL",
             "CREATE INDEX IF NOT EXISTS messages_finished ON messages(status, updated_at)",
         ],
+        // 5: held messages past their maximum age, found without a scan (claimAged).
+        ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -322,6 +324,22 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             var content: [UInt8] = []
             if var blob = row.column("content")?.blob { content = blob.readBytes(length: blob.readableBytes) ?? [] }
             return ClaimedMessage(message: message, content: content, tookOverExpiredLease: row.column("took_over")?.integer == 1)
+        }
+    }
+
+    /// Claims waiting messages (queued or deferred) whose age base is before `ageBefore`.
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET status = 'sending', lease_owner = ?1, lease_until = ?2, updated_at = ?3, took_over = 0
+            WHERE seq IN (SELECT seq FROM messages WHERE status IN ('queued', 'deferred') AND age_base < ?4 ORDER BY age_base LIMIT ?5)
+            RETURNING \(Self.columns), content
+            """,
+            [.text(owner), .float(now + lease), .float(now), .float(ageBefore), .integer(limit)])
+        return rows.map { row in
+            var content: [UInt8] = []
+            if var blob = row.column("content")?.blob { content = blob.readBytes(length: blob.readableBytes) ?? [] }
+            return ClaimedMessage(message: Self.decode(row), content: content, tookOverExpiredLease: false)
         }
     }
 
