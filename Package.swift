@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // HMAC-MD5 and MD5 for NTLMv2 (EWS on-premises); already in the graph through hummingbird-auth.
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: ["ConfigurationSupport"]),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
         // `swift package generate-documentation` (scripts/docs.sh): a command plugin, used by no target.
@@ -80,13 +82,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The system's OpenSSL libcrypto, used for MD4 alone (NTLM's NT hash): swift-crypto does not
+        // export MD4, and no crypto is written by hand. Debian: libssl-dev.
+        .systemLibrary(
+            name: "CLibCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
+        ),
         // MailTransport: SMTP, file, Graph, EWS; configuration -> engine glue.
         .target(
             name: "OutboxTransports",
             dependencies: [
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                "OutboxSMTP", "OutboxMIME", "OutboxConfig", "OutboxOAuth",
+                "OutboxSMTP", "OutboxMIME", "OutboxConfig", "OutboxOAuth", "CLibCrypto",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -151,6 +161,9 @@ let package = Package(
                 "Outbox", "OutboxTransports", "OutboxSMTP", "OutboxMIME", "OutboxConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
@@ -168,16 +181,18 @@ let package = Package(
         ),
         // What the test targets share: the peers' environment (TestPeers), the log recorder, the
         // maildir reader, the outbox binary's locator and runner, the manual clock, free ports,
-        // built-in test certificates, the store contracts both stores keep, and the HTTPS emulator
-        // of Microsoft's and Google's endpoints. Used by test targets only; not a product.
+        // built-in test certificates, the store contracts both stores keep, the HTTPS emulator
+        // of Microsoft's and Google's endpoints, and the scripted SMTP peer on testing channels.
+        // Used by test targets only; not a product.
         .target(
             name: "OutboxTestSupport",
             dependencies: [
-                "Outbox", "OutboxConfig", "OutboxMIME",
+                "Outbox", "OutboxConfig", "OutboxMIME", "OutboxSMTP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -39,6 +39,9 @@ command -v postfix >/dev/null || need_pkgs+=(postfix)
 command -v dovecot >/dev/null || need_pkgs+=(dovecot-core)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# libcrypto's headers for the CLibCrypto target (MD4 for NTLM), found through pkg-config.
+[ -f /usr/include/openssl/md4.h ] || need_pkgs+=(libssl-dev)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
@@ -103,6 +106,10 @@ export OUTBOX_TEST_RESTART_PORT=2688
 export OUTBOX_TEST_POSTGRES_URL=$(bash scripts/postgres-testbed.sh start)
 trap 'cleanup; bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true' EXIT
 
+# pyspnego (pip) for the NTLM acceptor of the EWS NTLM tests (Swift NTLMEWSTests and the
+# Python suite below).
+bash scripts/ntlm-ews-test.sh --install >&2
+
 if [ "$START_ONLY" = 1 ]; then
   trap - EXIT
   env | grep -E '^(OUTBOX_TEST_|PFCI_)' | sed 's/^/export /'
@@ -133,4 +140,6 @@ if [ $# -eq 0 ]; then
     python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' ||
     python3 -m pip install --quiet --break-system-packages 'openapi-spec-validator==0.9.0'
   python3 -m unittest -v Tests/OpenAPI/test_openapi.py
+  # EWS with NTLMv2: outbox probe and send against pyspnego's NTLM acceptor.
+  bash scripts/ntlm-ews-test.sh
 fi

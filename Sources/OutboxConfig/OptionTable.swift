@@ -89,7 +89,9 @@ package enum OptionTable {
             name: "allow-delegate", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .atRestart, referenceEffect: "At start/restart",
             summary:
-                "Enables or disables sending emails on behalf of another user account, when the smtp-client is using the Graph API. Ensure that you enable the Send As or/and Send On Behalf permission in the Exchange mailboxes before enabling this feature."
+                "Enables or disables sending emails on behalf of another user account, when the smtp-client is using the Graph API. Ensure that you enable the Send As or/and Send On Behalf permission in the Exchange mailboxes before enabling this feature.",
+            outboxNote:
+                "Also for EWS. A message whose From is another address than user is refused (permanently, before any request) while this is false; when true, Graph sends it from user's mailbox with its own From, and EWS names that mailbox in the item's t:From (Exchange decides Send As or Send on Behalf, and answers ErrorSendAsDenied when user has neither right)."
         ),
         .init(
             name: "client-id", section: .smtpClient, type: .string, defaultValue: nil,
@@ -135,13 +137,17 @@ package enum OptionTable {
             name: "enable-authentication", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .immediately, referenceEffect: "Immediately",
             summary:
-                "Enables the use of authentication with the corporate e-mail server. With a value of true, the options user and password are used to log in to the corporate e-mail server."
+                "Enables the use of authentication with the corporate e-mail server. With a value of true, the options user and password are used to log in to the corporate e-mail server.",
+            outboxNote:
+                "Applies to SMTP and EWS (Basic or, with mail.ews.auth.mechanisms = XOAUTH2, a Bearer token): with false, no credentials and no Authorization header are sent, and a server that wants them answers 401. GRAPH always authenticates with its token."
         ),
         .init(
             name: "enable-debug", section: .smtpClient, type: .boolean, defaultValue: "false", validValues: "true, false",
             effect: .immediately, referenceEffect: "Immediately",
             summary: "Enables or disables protocol logging (SMTP transcript, Graph logging).",
-            outboxNote: "Unlike the reference's product, Outbox never prints passwords or tokens in the transcript: AUTH lines show <redacted>."),
+            outboxNote:
+                "Unlike the reference's product, Outbox never prints passwords or tokens in the transcript: AUTH lines show <redacted>. For GRAPH and EWS (and their token requests) each HTTP exchange is logged: method, URL (its query redacted), status, headers and time taken, Authorization and cookie values redacted, at most 2 KiB of each body, and never the token endpoint's bodies."
+        ),
         .init(
             name: "exchange-version", section: .smtpClient, type: .enumeration, defaultValue: "Exchange2010",
             validValues:
@@ -243,9 +249,12 @@ package enum OptionTable {
         ),
         .init(
             name: "mail.ews.auth.mechanisms", section: .mailProperty, type: .list, defaultValue: nil,
-            validValues: "XOAUTH2 (Bearer tokens) or unset (Basic)",
+            validValues: "XOAUTH2 (Bearer tokens), NTLM or NEGOTIATE (Windows authentication, NTLMv2, https only), or unset (Basic)",
             effect: .atRestart, referenceEffect: nil,
-            summary: "XOAUTH2 turns on OAuth 2.0 Bearer tokens for EWS."),
+            summary: "XOAUTH2 turns on OAuth 2.0 Bearer tokens for EWS.",
+            outboxNote:
+                "Exchange on-premises offers Windows authentication (Negotiate/NTLM) on its EWS virtual directory by default, not Basic. Unset, Outbox sends Basic with user and password; when the server's 401 offers NTLM or Negotiate and not Basic, Outbox switches to NTLMv2 (in the scheme offered: NTLM, else raw NTLM in Negotiate) from then on. NTLM or NEGOTIATE speaks NTLMv2 from the first request and never sends the password in Basic. user is DOMAIN\\user or user@domain (a UPN). NTLM is used over https only: an http:// server with NTLM is refused (a configuration error with NTLM set; a permanent delivery error when an http server offers only NTLM). NTLM authenticates a connection, so NTLM requests share one kept-alive HTTP/1.1 connection, one at a time; a new connection (the server closed it, or it was idle for 60 s) is authenticated again. Not supported: Kerberos, NTLMv1, and Extended Protection for Authentication (channel binding): on a server that requires it the login fails. A wrong password is a permanent error. `outbox probe` with server-type = EWS shows the schemes offered and the one used."
+        ),
         .init(
             name: "mail.smtp.localhost", section: .mailProperty, type: .string, defaultValue: nil,
             validValues: "A host name or address literal such as [192.0.2.1]",

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import OutboxConfig
@@ -11,19 +12,25 @@ struct TokenEndpointRequest: Sendable {
     var provider: String
     var grant: String
     var timeout: Duration
+    /// `enable-debug`: the exchange is logged without its bodies (they hold the secrets).
+    var debug: HTTPDebugLog?
 
     func run(client: HTTPClient) async throws(OAuthError) -> AccessToken {
         var request = HTTPClientRequest(url: url)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
         request.headers.add(name: "Accept", value: "application/json")
-        request.body = .bytes(ByteBuffer(string: OutboxHTTP.formEncode(form)))
+        var log = debug
+        log?.showsBodies = false
+        log?.secrets += form.filter { ["client_secret", "password", "refresh_token"].contains($0.0) }.map(\.1).filter { !$0.isEmpty }
         let status: Int
         let body: ByteBuffer
         do {
-            let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
-            status = Int(response.status.code)
-            body = try await response.body.collect(upTo: 1 << 20)
+            let answer = try await OutboxHTTP.exchange(
+                request, body: .bytes(ByteBuffer(string: OutboxHTTP.formEncode(form))), client: client, timeout: timeout,
+                bodyLimit: 1 << 20, debug: log)
+            status = answer.status
+            body = answer.body
         } catch {
             if OutboxHTTP.isTimeout(error) {
                 throw OAuthError(
@@ -85,12 +92,15 @@ package struct AzureTokenProvider: TokenProvider {
     package var scope: String
     package var grant: Grant
     package var timeout: Duration
+    /// `enable-debug`: token requests are logged (without bodies).
+    package var debug: HTTPDebugLog?
     let client: HTTPClient
 
     package init(
         tenantAuthority: String, directoryID: String, clientID: String, scope: String, grant: Grant,
-        timeout: Duration, client: HTTPClient
+        timeout: Duration, client: HTTPClient, debug: HTTPDebugLog? = nil
     ) {
+        self.debug = debug
         self.tenantAuthority = tenantAuthority
         self.directoryID = directoryID
         self.clientID = clientID
@@ -129,7 +139,7 @@ package struct AzureTokenProvider: TokenProvider {
                 ("grant_type", grantName),
             ]
         }
-        return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "azure", grant: grantName, timeout: timeout)
+        return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "azure", grant: grantName, timeout: timeout, debug: debug)
             .run(client: client)
     }
 }
@@ -141,9 +151,15 @@ package struct GoogleTokenProvider: TokenProvider {
     package var clientSecret: Secret
     package var refreshToken: Secret
     package var timeout: Duration
+    /// `enable-debug`: token requests are logged (without bodies).
+    package var debug: HTTPDebugLog?
     let client: HTTPClient
 
-    package init(tokenURL: String, clientID: String, clientSecret: Secret, refreshToken: Secret, timeout: Duration, client: HTTPClient) {
+    package init(
+        tokenURL: String, clientID: String, clientSecret: Secret, refreshToken: Secret, timeout: Duration, client: HTTPClient,
+        debug: HTTPDebugLog? = nil
+    ) {
+        self.debug = debug
         self.tokenURL = tokenURL
         self.clientID = clientID
         self.clientSecret = clientSecret
@@ -161,8 +177,10 @@ package struct GoogleTokenProvider: TokenProvider {
             ("client_id", clientID), ("client_secret", clientSecret.value), ("refresh_token", refreshToken.value),
             ("grant_type", "refresh_token"),
         ]
-        return try await TokenEndpointRequest(url: tokenURL, form: form, provider: "google", grant: "refresh_token", timeout: timeout)
-            .run(client: client)
+        return try await TokenEndpointRequest(
+            url: tokenURL, form: form, provider: "google", grant: "refresh_token", timeout: timeout, debug: debug
+        )
+        .run(client: client)
     }
 }
 
@@ -173,14 +191,16 @@ extension OAuthProviders {
     /// - otherwise Azure: client credentials for GRAPH or `grant-type = client_credentials`
     ///   (`password` is the client secret), the password grant (`user`, `password`) when the
     ///   grant type is `password` or unset for SMTP/EWS; `scope` from ``SMTPClientOptions/effectiveScope``.
+    /// With `enable-debug` and a `logger`, each token request is logged without its bodies.
     package static func make(
         options: SMTPClientOptions, secretSection: SecretSection?, settings: OutboxSettings,
-        client: HTTPClient
+        client: HTTPClient, logger: Logger? = nil
     ) throws(OAuthError) -> any TokenProvider {
         let timeout =
             (options.connectTimeout == .zero ? OutboxHTTP.forever : options.connectTimeout)
             + (options.protocolTimeout == .zero ? OutboxHTTP.forever : options.protocolTimeout)
         let provider = options.isGoogle ? "google" : "azure"
+        let debug = options.enableDebug ? logger.map { HTTPDebugLog(logger: $0, component: "\(provider) token", showsBodies: false) } : nil
         func missing(_ what: String) -> OAuthError {
             OAuthError(code: .misconfigured, provider: provider, errorDescription: "\(what) is not set", likelyCause: what, isTransient: false)
         }
@@ -192,7 +212,7 @@ extension OAuthProviders {
             guard let refresh = options.password, !refresh.value.isEmpty else { throw missing("password (the refresh token)") }
             return GoogleTokenProvider(
                 tokenURL: settings.googleTokenURL, clientID: clientID, clientSecret: secret,
-                refreshToken: refresh, timeout: timeout, client: client)
+                refreshToken: refresh, timeout: timeout, client: client, debug: debug)
         }
         guard let directory = options.directoryID, !directory.isEmpty else { throw missing("directory-id") }
         guard let password = options.password, !password.value.isEmpty else {
@@ -208,7 +228,7 @@ extension OAuthProviders {
         }
         return AzureTokenProvider(
             tenantAuthority: options.tenantAuthority, directoryID: directory, clientID: clientID,
-            scope: options.effectiveScope, grant: grant, timeout: timeout, client: client)
+            scope: options.effectiveScope, grant: grant, timeout: timeout, client: client, debug: debug)
     }
 }
 

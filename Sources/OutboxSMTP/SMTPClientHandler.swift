@@ -98,12 +98,16 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.encrypted = configuration.security == .implicitTLS
     }
 
+    /// The event loop's time (a real loop's is the clock's; a testing loop's is advanced by the
+    /// test). Every instant the state machine gets is read here.
+    private var now: NIODeadline { context?.eventLoop.now ?? .now() }
+
     /// The failure that ended the connection, if any.
     var failure: SMTPError? { machine.failure }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { run(machine.channelActive(now: .now())) }
+        if context.channel.isActive { run(machine.channelActive(now: now)) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -111,7 +115,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        run(machine.channelActive(now: .now()))
+        run(machine.channelActive(now: now))
         context.fireChannelActive()
     }
 
@@ -119,17 +123,17 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Starts a transaction (see `SMTPClientStateMachine.startTransaction`).
     func startTransaction(_ request: SMTPTransactionRequest, waiter: SMTPTransactionWaiter) {
-        run(machine.startTransaction(request, completion: .transaction(waiter), now: .now()))
+        run(machine.startTransaction(request, completion: .transaction(waiter), now: now))
     }
 
     /// Sends NOOP, RSET or QUIT once nothing else is awaited.
     func startCommand(_ command: SMTPCommand, stage: SMTPError.Stage, timeout: Duration, reply: EventLoopPromise<SMTPReply>) {
-        run(machine.startCommand(command, stage: stage, timeout: timeout.timeAmount, completion: .reply(reply), now: .now()))
+        run(machine.startCommand(command, stage: stage, timeout: timeout.timeAmount, completion: .reply(reply), now: now))
     }
 
     /// Writes a chunk of a streamed body; `written` completes when the write did.
     func bodyChunk(_ chunk: ByteBuffer, written: EventLoopPromise<Void>) {
-        guard let context, case .writeBodyChunk(let bytes) = machine.bodyChunk(chunk, now: .now()) else {
+        guard let context, case .writeBodyChunk(let bytes) = machine.bodyChunk(chunk, now: now) else {
             written.fail(machine.failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed"))
             return
         }
@@ -137,7 +141,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         promise.futureResult.assumeIsolated().whenComplete { [self] result in
             switch result {
             case .success:
-                machine.bodyChunkWritten(now: .now())
+                machine.bodyChunkWritten(now: now)
                 written.succeed(())
             case .failure(let error):
                 written.fail(
@@ -150,7 +154,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Writes the last bytes of a streamed body (the final dot included).
     func bodyEnd(_ last: ByteBuffer, waiter: SMTPTransactionWaiter) {
-        run(machine.bodyEnd(last, completion: .transaction(waiter), now: .now()))
+        run(machine.bodyEnd(last, completion: .transaction(waiter), now: now))
     }
 
     // MARK: inbound
@@ -164,7 +168,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer!.writeBuffer(&incoming)
         }
         // One instant for every reply of this read (a clock read per reply costs for nothing).
-        let now = NIODeadline.now()
+        let now = context.eventLoop.now
         reading = true
         while !machine.hasFailed, var current = buffer {
             let reply: SMTPReply?
@@ -224,7 +228,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             tlsInfo = Self.readTLSInfo(context.pipeline)
             if debug { logger.info("TLS established: \(tlsInfo?.version ?? "?")") }
-            run(machine.tlsHandshakeCompleted(now: .now()))
+            run(machine.tlsHandshakeCompleted(now: now))
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -344,7 +348,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             loop.execute {
                 let handler = handler.value
                 switch result {
-                case .success(let token): handler.run(handler.machine.tokenReceived(token, now: .now()))
+                case .success(let token): handler.run(handler.machine.tokenReceived(token, now: handler.now))
                 case .failure(let error): handler.run(handler.machine.tokenFailed(error))
                 }
             }
@@ -361,7 +365,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
             timer = nil
             timerDeadline = .distantFuture
-            run(machine.timerFired(now: .now()))
+            run(machine.timerFired(now: now))
         }
     }
 }

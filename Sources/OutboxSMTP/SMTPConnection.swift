@@ -80,6 +80,30 @@ public final class SMTPConnection: Sendable {
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger baseLogger: Logger = Logger(label: "outbox.smtp")
     ) async throws(SMTPError) -> SMTPConnection {
+        let eventLoop = eventLoopGroup.next()
+        return try await connect(configuration: configuration, eventLoop: eventLoop, logger: baseLogger) { initializer in
+            try await ClientBootstrap(group: eventLoop)
+                .connectTimeout(configuration.connectTimeout.timeAmount)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer(initializer)
+                .connect(host: configuration.host, port: configuration.port).get()
+        }
+    }
+
+    /// Opens the channel a connection runs on: runs `initializer` on the new channel (on
+    /// its event loop, before or as it becomes active) and returns it once connected.
+    package typealias ChannelOpener =
+        @Sendable (
+            _ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+        ) async throws -> any Channel
+
+    /// `connect` on a channel that `open` makes, on `eventLoop` (the channel's): the TCP
+    /// bootstrap in production, an in-memory channel in tests. Everything after the channel
+    /// exists (the pipeline, the greeting, EHLO, TLS, AUTH) is the same code.
+    package static func connect(
+        configuration: SMTPClientConfiguration, eventLoop: any EventLoop, logger baseLogger: Logger,
+        open: ChannelOpener
+    ) async throws(SMTPError) -> SMTPConnection {
         let id = ids.withLockedValue {
             $0 += 1; return $0
         }
@@ -106,7 +130,6 @@ public final class SMTPConnection: Sendable {
         let helloName = configuration.localHostname ?? defaultHostname
         let handlerLogger = logger
 
-        let eventLoop = eventLoopGroup.next()
         let session = eventLoop.makePromise(of: SMTPSessionFacts.self)
         let clock = ContinuousClock()
         let start = clock.now
@@ -114,25 +137,22 @@ public final class SMTPConnection: Sendable {
         // The handler, kept from the channel initializer (looking it up later fails once the
         // server has closed the connection).
         let handlerBox = NIOLockedValueBox<NIOLoopBound<SMTPClientHandler>?>(nil)
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(configuration.connectTimeout.timeAmount)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if implicitTLS, let upgrade {
-                        let tls = try NIOSSLClientHandler(context: upgrade.context, serverHostname: upgrade.serverHostname)
-                        try channel.pipeline.syncOperations.addHandler(tls)
-                    }
-                    let handler = SMTPClientHandler(
-                        configuration: configuration, helloName: helloName, session: session,
-                        tlsUpgrade: upgrade, logger: handlerLogger)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                    handlerBox.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<Void> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                if implicitTLS, let upgrade {
+                    let tls = try NIOSSLClientHandler(context: upgrade.context, serverHostname: upgrade.serverHostname)
+                    try channel.pipeline.syncOperations.addHandler(tls)
                 }
+                let handler = SMTPClientHandler(
+                    configuration: configuration, helloName: helloName, session: session,
+                    tlsUpgrade: upgrade, logger: handlerLogger)
+                try channel.pipeline.syncOperations.addHandler(handler)
+                handlerBox.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
             }
+        }
         let channel: any Channel
         do {
-            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+            channel = try await open(initializer)
         } catch {
             session.fail(SMTPError(stage: .connect, code: .connectionClosed, message: "not connected"))
             let timedOut: Bool

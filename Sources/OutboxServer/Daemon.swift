@@ -216,6 +216,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         dispatcher.update(Daemon.dispatcherSettings(new))
+        dispatcher.routeConfigurationChanged()
         storage.update(StorageGuard.Settings(new.outbox))
         dispatcher.storeHealth.wait = new.outbox.storeUnavailableWait
         var apiSettings = APISettings(new.outbox)

@@ -48,6 +48,10 @@ package protocol DaemonStatusProvider: Sendable {
     func status() async -> [String: any Sendable]
     /// nil when the transport is reachable, else why not.
     func transportProblem() async -> String?
+    /// The routes and their alerts (none by default).
+    func routes() async -> [RouteStatus]
+    /// An operator retried messages by hand: a paused route tries again now.
+    func messagesRetried() async
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -55,7 +59,7 @@ package final class OutboxAPI: Sendable {
     package let store: any OutboxStore
     private let settingsBox: NIOLockedValueBox<APISettings>
     private let providerBox: NIOLockedValueBox<(any DaemonStatusProvider)?>
-    private var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
+    var provider: (any DaemonStatusProvider)? { providerBox.withLockedValue { $0 } }
     private let storageBox = NIOLockedValueBox<StorageGuard?>(nil)
     private var storage: StorageGuard? { storageBox.withLockedValue { $0 } }
     /// Bounds the store calls and tells an outage (OutboxAPI+Store.swift).
@@ -67,7 +71,8 @@ package final class OutboxAPI: Sendable {
     private let badRequests: Counter
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
-    private let now: @Sendable () -> Double
+    private let routeMetrics: RouteMetrics
+    let now: @Sendable () -> Double
 
     package init(
         store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
@@ -103,6 +108,7 @@ package final class OutboxAPI: Sendable {
                 labels: [("status", status.rawValue)])
         }
         self.queueGauges = gauges
+        self.routeMetrics = RouteMetrics(registry: registry)
     }
 
     package var settings: APISettings { settingsBox.withLockedValue { $0 } }
@@ -142,11 +148,12 @@ package final class OutboxAPI: Sendable {
             let id = context.parameters.get("id") ?? ""
             return await self.guarded(request) { try await self.change(id, retry: false) }
         }
+        addQueueRoutes(router)
         return router
     }
 
     /// Checks the token, runs the handler, turns errors into JSON answers.
-    private func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
+    func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
         let settings = self.settings
         if settings.requireToken {
             let header = request.headers[.authorization] ?? ""
@@ -211,19 +218,32 @@ package final class OutboxAPI: Sendable {
         return .retryLater(Self.insufficientStorage, "insufficient_storage", why + "; try again later", after: 60)
     }
 
+    /// 503 only when the instance cannot take mail: the store does not answer, or the queue's
+    /// disk refuses intake. A route whose alert holds its messages, or whose server cannot be
+    /// reached, makes it `degraded` (200): messages are still accepted and wait, and one route's
+    /// expired secret does not take every instance out of a load balancer.
     private func readiness() async -> Response {
-        var problems: [String] = []
-        if let storage, !storage.intake.isOpen { problems.append(storage.intake.explanation) }
-        if let problem = await storeProblem() { problems.append(problem) }
-        if let provider, let problem = await provider.transportProblem() { problems.append(problem) }
+        var fatal: [String] = []
+        if let storage, !storage.intake.isOpen { fatal.append(storage.intake.explanation) }
+        if let problem = await storeProblem() { fatal.append(problem) }
+        if !fatal.isEmpty { return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": fatal]) }
+        var problems: [[String: Any]] = []
+        if let provider {
+            problems += await provider.routes().filter { $0.state == "paused" }.map(Readiness.problem)
+            if let problem = await provider.transportProblem() {
+                problems.append(["route": RouteHealth.defaultRoute, "code": "unreachable", "message": problem, "since": JSON.iso(now())])
+            }
+        }
         if problems.isEmpty { return JSON.response(.ok, ["status": "ready", "store": store.kind]) }
-        return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": problems])
+        return JSON.response(.ok, ["status": "degraded", "store": store.kind, "problems": problems])
     }
 
     private func metrics() async throws -> Response {
-        if let counts = try? await storeCall({ try await $0.counts() }) {
+        let counts = try? await storeCall({ try await $0.counts() })
+        if let counts {
             for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
         }
+        if let provider { routeMetrics.update(await provider.routes(), held: counts.map(Readiness.held) ?? 0) }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -236,6 +256,12 @@ package final class OutboxAPI: Sendable {
         if let provider { for (k, v) in await provider.status() { body[k] = v } }
         let counts = try await storeCall { try await $0.counts() }
         body["queue"] = Dictionary(uniqueKeysWithValues: MessageStatus.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
+        if let provider {
+            let routes = await provider.routes()
+            let held = Readiness.held(counts)
+            body["routes"] = routes.map { Readiness.status($0, held: held) }
+            body["held"] = routes.contains { $0.state == "paused" } ? held : 0
+        }
         body["store"] = store.kind
         return JSON.response(.ok, body)
     }
@@ -354,10 +380,14 @@ package final class OutboxAPI: Sendable {
         let result = try await storeCall { retry ? try await $0.retry(id: id, now: at) : try await $0.cancel(id: id, now: at) }
         switch result {
         case .done(let message):
+            if retry { await provider?.messagesRetried() }
             return JSON.response(.ok, Self.detail(message))
         case .notFound:
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         case .conflict(let status):
+            if retry, try await storeCall({ try await $0.get(id: id) })?.contentPurged == true {
+                throw APIError(.conflict, "content_purged", "message \(id) is \(status.rawValue) and its content was purged: it cannot be sent again")
+            }
             throw APIError(
                 .conflict, "invalid_state",
                 retry
@@ -372,7 +402,7 @@ package final class OutboxAPI: Sendable {
         [
             "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
             "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
-            "possible_duplicate": m.possibleDuplicate,
+            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged,
         ]
     }
 

@@ -104,25 +104,35 @@ public struct DeliveryError: Error, Sendable, CustomStringConvertible {
     /// The earliest time to try again that the server asked for (Graph's `Retry-After` on 429,
     /// 503 or 504; EWS's `BackOffMilliseconds` on ErrorServerBusy). nil: the caller's own backoff.
     public var retryAfter: Duration?
+    /// Set when the failure is the route's fault, not the message's: the server, the network,
+    /// TLS, the credentials or the configuration, all of which an operator can fix. Such a
+    /// failure is always transient; a queue defers the message, raises an alert on the route
+    /// and pauses it. nil: the failure concerns this message or its recipients.
+    public var routeFault: RouteFault?
 
-    /// An error with every field given.
+    /// An error with every field given. With a `routeFault`, a `permanent` kind becomes
+    /// `transient`: what an operator can fix is never the message's end.
     public init(
         kind: Kind, message: String, smtp: SMTPError? = nil, report: DeliveryReport? = nil,
-        retryAfter: Duration? = nil
+        retryAfter: Duration? = nil, routeFault: RouteFault? = nil
     ) {
-        self.kind = kind
+        self.kind = routeFault != nil && kind == .permanent ? .transient : kind
         self.message = message
         self.smtp = smtp
         self.report = report
         self.retryAfter = retryAfter
+        self.routeFault = routeFault
     }
 
-    /// The error for an SMTP failure: `outcomeUnknown` when the SMTP code is `outcome_unknown`,
-    /// else transient or permanent as the SMTP error says; its description becomes the message.
+    /// The error for an SMTP failure, classified by ``classify(_:)``: only the server's 5xx to
+    /// MAIL, RCPT or the message is permanent; its description becomes the message.
     public init(_ error: SMTPError, report: DeliveryReport? = nil) {
-        let kind: Kind = error.code == .outcomeUnknown ? .outcomeUnknown : (error.isTransient ? .transient : .permanent)
-        self.init(kind: kind, message: error.description, smtp: error, report: report)
+        let (kind, fault) = Self.classify(error)
+        self.init(kind: kind, message: error.description, smtp: error, report: report, routeFault: fault)
     }
+
+    /// True when the failure should raise an alert on the route (``routeFault`` is set).
+    public var raisesRouteAlert: Bool { routeFault != nil }
 
     /// True unless the failure is permanent (an unknown outcome counts as transient).
     public var isTransient: Bool { kind != .permanent }

@@ -11,7 +11,11 @@ import OutboxOAuth
 /// `t:MimeContent` (PROTOCOLS.md §3), posted to the URL in `server`.
 ///
 /// The SOAP body is streamed: the envelope's head, the message base64-encoded chunk by chunk as
-/// it is serialised, then the tail; the request uses chunked transfer encoding.
+/// it is serialised, then the tail. Its length is known before it is sent (the head, the
+/// base64 length of the MIME's size, the tail; the size is the message's known byte count, or
+/// counted by serialising it once without keeping it), so the request carries
+/// `Content-Length` and is never chunked (front ends of on-premises Exchange answer 411 to a
+/// chunked body).
 ///
 /// Decisions:
 /// - **exchange-version → RequestServerVersion** (`requestServerVersion(_:)`): the documented
@@ -22,9 +26,23 @@ import OutboxOAuth
 ///   Values are matched without regard to case; any other value is sent as it is when it is
 ///   made of letters, digits and `_` (the server answers ErrorInvalidServerVersion if it does
 ///   not know it), else `Exchange2010`.
-/// - **Authentication**: Basic `user:password`, or, with `mail.ews.auth.mechanisms = XOAUTH2`,
-///   `Bearer <token>` with `X-AnchorMailbox: <user>`; with an app-only token (client
-///   credentials) the request also impersonates `user` (`ExchangeImpersonation`).
+/// - **Authentication** (`enable-authentication = true`): Basic `user:password`; NTLMv2
+///   (``NTLMHTTPAuthenticator``) when a 401 offers NTLM or Negotiate but not Basic, or from the
+///   start with `mail.ews.auth.mechanisms = NTLM`, over https only; or, with
+///   `mail.ews.auth.mechanisms = XOAUTH2`, `Bearer <token>` with `X-AnchorMailbox: <user>`;
+///   with an app-only token (client credentials) the request also impersonates `user`
+///   (`ExchangeImpersonation`). With `enable-authentication = false` no credentials are sent
+///   (no `Authorization` header, no token request, no NTLM), as the option reference says; a
+///   server that wants them answers 401, reported as such.
+/// - **allow-delegate**: as under Graph, the message's From (its MIME From header) is compared
+///   with `user` (case-insensitive, only when authenticating and `user` is an address). When it
+///   differs and `allow-delegate` is false, the message is refused before any request, with a
+///   permanent error that names the option. When it is true, the item names that mailbox in
+///   `t:From` (after `t:BccRecipients`, as `types.xsd` orders a `t:Message`, and as
+///   exchangelib's `author` field writes `message:From`), and Exchange sends it as that mailbox
+///   (Send As) or on its behalf (Send on Behalf: Exchange sets `t:Sender` to `user`, which is
+///   read-only for clients); a copy goes to `user`'s Sent Items. ErrorSendAsDenied when `user`
+///   has neither right.
 /// - **Exact recipients**: the addresses that receive the message are exactly the envelope
 ///   recipients (`RecipientPlan`), whatever the MIME's To, Cc and Bcc say (Exchange takes
 ///   the recipients of MimeContent from its headers).
@@ -57,6 +75,8 @@ public final class EWSTransport: MailTransport {
     public let name = "ews"
 
     enum Auth: Sendable {
+        /// `enable-authentication = false`: no credentials.
+        case anonymous
         case basic(user: String, password: Secret)
         case bearer(CachedTokenSource, anchorMailbox: String, impersonate: Bool)
     }
@@ -67,14 +87,29 @@ public final class EWSTransport: MailTransport {
     let auth: Auth
     let requestTimeout: Duration
     let logger: Logger
+    /// The mailbox `user` names when it is an address and credentials are sent: a message from
+    /// another address is sent as or on behalf of that one (``allowDelegate``).
+    let mailbox: String?
+    let allowDelegate: Bool
+    /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
+    let debug: HTTPDebugLog?
+    /// NTLM for the password case (nil with tokens): in use once its scheme is set.
+    let windows: NTLMHTTPAuthenticator?
 
-    init(url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger) {
+    init(
+        url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger,
+        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil
+    ) {
+        self.windows = windows
         self.url = url
         self.version = version
         self.auth = auth
         self.client = client
         self.requestTimeout = requestTimeout
         self.logger = logger
+        self.mailbox = mailbox
+        self.allowDelegate = allowDelegate
+        self.debug = debug
     }
 
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
@@ -85,18 +120,22 @@ public final class EWSTransport: MailTransport {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
             throw DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))")
+                    "ews: server must be the EWS URL, e.g. https://outlook.office365.com/EWS/Exchange.asmx (it is \(options.server ?? "not set"))",
+                routeFault: .configuration)
         }
         let user = options.user ?? ""
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
         let auth: Auth
-        if options.usesXOAUTH2 {
+        var windows: NTLMHTTPAuthenticator?
+        if !options.enableAuthentication {
+            auth = .anonymous
+        } else if options.usesXOAUTH2 {
             do throws(OAuthError) {
                 let provider = try OAuthProviders.make(
                     options: options, secretSection: configuration.chosenSecretSection,
-                    settings: configuration.outbox, client: client)
+                    settings: configuration.outbox, client: client, logger: logger)
                 auth = .bearer(
                     CachedTokenSource(provider: provider, cache: tokenCache), anchorMailbox: user,
                     impersonate: !options.isGoogle && options.effectiveGrantType == .clientCredentials)
@@ -106,12 +145,21 @@ public final class EWSTransport: MailTransport {
             }
         } else {
             auth = .basic(user: user, password: options.password ?? Secret(""))
+            do throws(DeliveryError) {
+                windows = try NTLMHTTPAuthenticator(options: options, settings: configuration.outbox, url: server)
+            } catch {
+                try? client.syncShutdown()
+                throw error
+            }
         }
         let connect = options.connectTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.connectTimeout
         let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
         self.init(
             url: server, version: Self.requestServerVersion(options.exchangeVersion), auth: auth, client: client,
-            requestTimeout: connect + read * 20, logger: logger)
+            requestTimeout: connect + read * 20, logger: logger, windows: windows,
+            mailbox: options.enableAuthentication && user.contains("@") ? user : nil, allowDelegate: options.allowDelegate,
+            debug: options.enableDebug
+                ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil)
     }
 
     static let documentedVersions = [
@@ -137,113 +185,13 @@ public final class EWSTransport: MailTransport {
 
     /// Shuts the HTTP client down.
     public func shutdown() async {
+        await windows?.shutdown()
         try? await client.shutdown()
-    }
-
-    static func xmlEscape(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            switch c {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&apos;"
-            default: out.append(c)
-            }
-        }
-        return out
-    }
-
-    /// The SOAP envelope up to and including `<soap:Body>`.
-    func envelopeHead(impersonate: String?) -> String {
-        var s = #"<?xml version="1.0" encoding="utf-8"?>"# + "\r\n"
-        s +=
-            #"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#
-        s += "<soap:Header>"
-        s += #"<t:RequestServerVersion Version="\#(Self.xmlEscape(version))"/>"#
-        if let impersonate {
-            s +=
-                "<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>\(Self.xmlEscape(impersonate))</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
-        }
-        s += "</soap:Header><soap:Body>"
-        return s
-    }
-
-    static let envelopeTail = "</soap:Body></soap:Envelope>\r\n"
-
-    /// Everything before the base64 MIME: CreateItem that sends (`SendAndSaveCopy`, a copy in
-    /// Sent Items) or only saves a draft (`SaveOnly`, in Drafts).
-    func soapHead(impersonate: String?, draft: Bool = false) -> String {
-        var s = envelopeHead(impersonate: impersonate)
-        if draft {
-            s += #"<m:CreateItem MessageDisposition="SaveOnly">"#
-            s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="drafts"/></m:SavedItemFolderId>"#
-        } else {
-            s += #"<m:CreateItem MessageDisposition="SendAndSaveCopy">"#
-            s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
-        }
-        s += #"<m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">"#
-        return s
-    }
-
-    /// Everything after the base64 MIME.
-    static func soapTail(bcc: [String]) -> String {
-        var s = "</t:MimeContent>"
-        if !bcc.isEmpty {
-            s += "<t:BccRecipients>"
-            for b in bcc { s += "<t:Mailbox><t:EmailAddress>\(xmlEscape(b))</t:EmailAddress></t:Mailbox>" }
-            s += "</t:BccRecipients>"
-        }
-        s += "</t:Message></m:Items></m:CreateItem>" + envelopeTail
-        return s
-    }
-
-    /// UpdateItem that sets the draft's To, Cc and Bcc to the plan (an empty list is deleted:
-    /// DeleteItemField) and sends it, a copy in Sent Items (`MessageDisposition="SendAndSaveCopy"`).
-    func updateAndSend(id: String, changeKey: String?, plan: RecipientPlan, impersonate: String?) -> String {
-        var s = envelopeHead(impersonate: impersonate)
-        s += #"<m:UpdateItem MessageDisposition="SendAndSaveCopy" ConflictResolution="AlwaysOverwrite">"#
-        s += #"<m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId>"#
-        s += "<m:ItemChanges><t:ItemChange>"
-        s += #"<t:ItemId Id="\#(Self.xmlEscape(id))""# + (changeKey.map { #" ChangeKey="\#(Self.xmlEscape($0))""# } ?? "") + "/>"
-        s += "<t:Updates>"
-        for (field, list) in [("ToRecipients", plan.to), ("CcRecipients", plan.cc), ("BccRecipients", plan.bcc)] {
-            if list.isEmpty {
-                s += #"<t:DeleteItemField><t:FieldURI FieldURI="message:\#(field)"/></t:DeleteItemField>"#
-                continue
-            }
-            s += #"<t:SetItemField><t:FieldURI FieldURI="message:\#(field)"/><t:Message><t:\#(field)>"#
-            for r in list {
-                s += "<t:Mailbox>"
-                if let n = r.name { s += "<t:Name>\(Self.xmlEscape(n))</t:Name>" }
-                s += "<t:EmailAddress>\(Self.xmlEscape(r.address))</t:EmailAddress></t:Mailbox>"
-            }
-            s += "</t:\(field)></t:Message></t:SetItemField>"
-        }
-        s += "</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>" + Self.envelopeTail
-        return s
-    }
-
-    /// `Id` and `ChangeKey` of the first `t:ItemId` in an answer.
-    static func itemID(in body: String) -> (id: String, changeKey: String?)? {
-        guard let open = body.range(of: #"<([A-Za-z0-9]+:)?ItemId\s[^>]*>"#, options: .regularExpression) else { return nil }
-        let tag = String(body[open])
-        func attribute(_ name: String) -> String? {
-            guard let r = tag.range(of: #"\s\#(name)="[^"]*""#, options: .regularExpression) else { return nil }
-            let raw = tag[r].drop { $0 != "\"" }.dropFirst().dropLast()
-            return raw.replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&lt;", with: "<")
-                .replacingOccurrences(of: "&gt;", with: ">").replacingOccurrences(of: "&apos;", with: "'")
-                .replacingOccurrences(of: "&amp;", with: "&")
-        }
-        guard let id = attribute("Id"), !id.isEmpty else { return nil }
-        return (id, attribute("ChangeKey"))
     }
 
     /// One EWS request with this transport's authentication; a 401 with a token refreshes it
     /// once and sends once more. `body` builds the request body for the impersonated mailbox.
-    func post(operation: String, _ body: (_ impersonate: String?) -> HTTPClientRequest.Body) async throws(DeliveryError) -> (EWSResponse, String, Int)
-    {
+    func post(operation: String, _ body: (_ impersonate: String?) -> HTTPRequestBody) async throws(DeliveryError) -> (EWSResponse, String, Int) {
         var attempts = 0
         var refreshed = false
         while true {
@@ -254,7 +202,10 @@ public final class EWSTransport: MailTransport {
             var usedToken: AccessToken?
             var impersonate: String?
             switch auth {
+            case .anonymous:
+                break
             case .basic(let user, let password):
+                if windows?.scheme != nil { break }  // NTLM: NTLMHTTPAuthenticator authenticates the connection
                 let credentials = Data("\(user):\(password.value)".utf8).base64EncodedString()
                 request.headers.add(name: "Authorization", value: "Basic \(credentials)")
             case .bearer(let tokens, let anchor, let appOnly):
@@ -268,11 +219,22 @@ public final class EWSTransport: MailTransport {
                 request.headers.add(name: "X-AnchorMailbox", value: anchor)
                 if appOnly { impersonate = anchor }
             }
-            request.body = body(impersonate)
-            let answer = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
-                transport: name, url: url)
+            let answer: HTTPAnswer
+            if let windows, windows.scheme != nil {
+                answer = try await windows.exchange(
+                    request, body: { body(impersonate) }, timeout: requestTimeout, bodyLimit: 4 << 20, debug: debug, transport: name)
+            } else {
+                answer = try await HTTPAnswer.exchange(
+                    request, body: body(impersonate), client: client, timeout: requestTimeout, bodyLimit: 4 << 20,
+                    debug: debug, transport: name, url: url)
+            }
             let status = answer.status
+            if status == 401, case .basic = auth, let windows,
+                try windows.adopt(HTTPAuthenticateOffers(headers: answer.authenticate), transport: name)
+            {
+                logger.notice("EWS offers Windows authentication, not Basic; using NTLM", metadata: ["scheme": "\(windows.scheme ?? "NTLM")"])
+                continue
+            }
             if status == 401 {
                 if case .bearer(let tokens, _, _) = auth, let usedToken, !refreshed {
                     refreshed = true
@@ -280,15 +242,25 @@ public final class EWSTransport: MailTransport {
                     await tokens.invalidate(usedToken)
                     continue
                 }
+                if case .anonymous = auth {
+                    throw DeliveryError(
+                        kind: .transient,
+                        message:
+                            "ews: \(url) answered 401: it wants credentials, and enable-authentication = false sends none; set enable-authentication = true (with user and password)",
+                        routeFault: .configuration
+                    )
+                }
                 if case .basic = auth {
                     throw DeliveryError(
-                        kind: .permanent,
-                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)")
+                        kind: .transient,
+                        message: "ews: \(url) answered 401: check user and password (or set mail.ews.auth.mechanisms = XOAUTH2 for Exchange Online)",
+                        routeFault: .authenticationFailed)
                 }
                 throw DeliveryError(
-                    kind: .permanent,
+                    kind: .transient,
                     message:
-                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission"
+                        "ews: \(url) answered 401 to a new token too: check scope (https://outlook.office365.com/.default), client-id and the app's EWS permission",
+                    routeFault: .authenticationFailed
                 )
             }
             let text = String(buffer: answer.body)
@@ -309,21 +281,23 @@ public final class EWSTransport: MailTransport {
         }
         let options = MIMEEncodingOptions(allow8BitMIME: true, smtpUTF8: content.requiresSMTPUTF8)
         let plan: RecipientPlan
+        let head: MIMEHeaderAddresses
         do {
-            plan = RecipientPlan(header: MIMEHeaderAddresses(header: try await MIMEHead.read(content, options: options)), envelope: envelope)
+            head = MIMEHeaderAddresses(header: try await MIMEHead.read(content, options: options))
+            plan = RecipientPlan(header: head, envelope: envelope)
         } catch {
             throw DeliveryError(http: error, transport: name, url: url)
         }
+        let sendAs = try delegation(header: head)
+        let size = try await mimeSize(content, options: options)
         guard plan.headersMatch else {
-            return try await sendExact(content, plan: plan, envelope: envelope, options: options, started: started, clock: clock)
+            return try await sendExact(
+                content, plan: plan, envelope: envelope, options: options, size: size, sendAs: sendAs, started: started, clock: clock)
         }
         let bcc = plan.bcc.map(\.address)
         let (outcome, _, attempts) = try await post(operation: "CreateItem") { impersonate in
-            .stream(
-                Base64Wrapped(
-                    base: content.byteStream(options: options),
-                    prefix: ByteBuffer(string: soapHead(impersonate: impersonate)),
-                    suffix: ByteBuffer(string: Self.soapTail(bcc: bcc))), length: .unknown)
+            Self.mimeBody(
+                content, options: options, size: size, head: soapHead(impersonate: impersonate), tail: Self.soapTail(bcc: bcc, from: sendAs))
         }
         switch outcome.result {
         case .success:
@@ -339,15 +313,13 @@ public final class EWSTransport: MailTransport {
     /// The headers name somebody the envelope does not (or have a Bcc field): CreateItem saves
     /// the MIME as a draft, UpdateItem sets its recipients to exactly the envelope's and sends it.
     func sendExact(
-        _ content: any MailContent, plan: RecipientPlan, envelope: Envelope, options: MIMEEncodingOptions,
+        _ content: any MailContent, plan: RecipientPlan, envelope: Envelope, options: MIMEEncodingOptions, size: Int, sendAs: String?,
         started: Date, clock: ContinuousClock.Instant
     ) async throws(DeliveryError) -> DeliveryReport {
         let (created, createdBody, createAttempts) = try await post(operation: "CreateItem") { impersonate in
-            .stream(
-                Base64Wrapped(
-                    base: content.byteStream(options: options),
-                    prefix: ByteBuffer(string: soapHead(impersonate: impersonate, draft: true)),
-                    suffix: ByteBuffer(string: Self.soapTail(bcc: []))), length: .unknown)
+            Self.mimeBody(
+                content, options: options, size: size, head: soapHead(impersonate: impersonate, draft: true),
+                tail: Self.soapTail(bcc: [], from: sendAs))
         }
         if case .failure(let error) = created.result { throw error }
         guard let item = Self.itemID(in: createdBody) else {
@@ -423,7 +395,9 @@ struct EWSResponse {
                         kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
                         retryAfter: backOff))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
-                result = .failure(DeliveryError(kind: .permanent, message: describe("SOAP fault \(faultName);") + ". Check exchange-version"))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("SOAP fault \(faultName);") + ". Check exchange-version", routeFault: .configuration))
             } else {
                 result = .failure(
                     DeliveryError(
@@ -437,7 +411,9 @@ struct EWSResponse {
                 DeliveryError(
                     kind: status >= 500 ? .transient : .permanent,
                     message: "ews: the server answered HTTP \(status)\(text.map { ": \($0)" } ?? "")",
-                    retryAfter: HTTPTransportReport.retryAfter(retryAfter)))
+                    retryAfter: HTTPTransportReport.retryAfter(retryAfter),
+                    // Not the message's: a wrong URL (404, 405), a refused account (403).
+                    routeFault: [403, 404, 405].contains(status) ? .configuration : nil))
             return
         }
         guard let classRange = body.range(of: #"ResponseClass="([A-Za-z]+)""#, options: .regularExpression) else {

@@ -9,15 +9,14 @@ import OutboxOAuth
 /// message over the 4 MB request limit and for a message whose headers name other recipients
 /// than its envelope.
 ///
-/// - **A ``Message`` over the limit**: `POST /users/{user}/messages` creates a JSON draft from
-///   its parts (subject, body, To/Cc/Bcc/Reply-To, `from` when it is another mailbox,
-///   importance, custom `X-` headers): a MIME draft would carry the big attachments inside the
-///   same request.
-/// - **Raw MIME (a relayed or .eml message)**: `POST /users/{user}/messages` with
-///   `Content-Type: text/plain` and the MIME base64-encoded creates the draft from the MIME
-///   (`user-post-messages.md`, example 3: 201 with the draft's `id`). Over the limit, the
-///   message is first split while it is read (``MIMEPartSplitter``): its large attachment
-///   parts are taken out, decoded into temporary files, and the rest is the draft's MIME.
+/// - **The draft is always MIME**, whether the message was built from parts (``Message``) or
+///   arrived raw (relayed, .eml): `POST /users/{user}/messages` with `Content-Type: text/plain`
+///   and the MIME base64-encoded creates the draft from the MIME (`user-post-messages.md`,
+///   example 3: 201 with the draft's `id`), so its headers (Message-ID, In-Reply-To,
+///   References, custom fields) and body structure (both alternatives, inline parts) are the
+///   message's own. Over the limit, the message is first split while it is read
+///   (``MIMEPartSplitter``): its large attachment parts are taken out, decoded into temporary
+///   files, and the rest is the draft's MIME.
 /// - **Recipients**: `PATCH /users/{user}/messages/{id}` sets `toRecipients`, `ccRecipients` and
 ///   `bccRecipients` to the ``RecipientPlan`` (`message-update.md`: all three are updatable;
 ///   200), so exactly the envelope recipients receive it.
@@ -60,13 +59,10 @@ extension GraphTransport {
             case .delete: request.method = .DELETE
             }
             request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
-            if let body {
-                if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
-                request.body = .bytes(body)
-            }
+            if body != nil, let contentType { request.headers.add(name: "Content-Type", value: contentType) }
             let answer = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                transport: name, url: url)
+                request, body: body.map { .bytes($0) } ?? .empty, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                debug: debug, transport: name, url: url)
             if answer.status == 401 && !refreshed {
                 refreshed = true
                 await tokens.invalidate(token)
@@ -105,28 +101,14 @@ extension GraphTransport {
         ["toRecipients": recipients(plan.to), "ccRecipients": recipients(plan.cc), "bccRecipients": recipients(plan.bcc)]
     }
 
-    /// An attachment to add to a draft: a ``Message``'s, or a part taken out of a relayed message.
+    /// An attachment to add to a draft: a part taken out of the message, in a temporary file.
     struct DraftAttachment: Sendable {
-        enum Source: Sendable {
-            case attachment(Attachment)
-            case file(path: String)
-        }
-
         var name: String
         var contentType: String
         var contentID: String?
         var isInline: Bool
         var size: Int
-        var source: Source
-
-        init(_ attachment: Attachment, size: Int) {
-            name = attachment.filename
-            contentType = attachment.contentType
-            contentID = attachment.contentID
-            isInline = attachment.isInline
-            self.size = size
-            source = .attachment(attachment)
-        }
+        var path: String
 
         init(_ part: SpooledPart) {
             name = part.name
@@ -134,29 +116,10 @@ extension GraphTransport {
             contentID = part.contentID
             isInline = part.isInline
             size = part.size
-            source = .file(path: part.path)
+            path = part.path
         }
 
         func read(offset: Int, count: Int) throws -> [UInt8] {
-            switch source {
-            case .attachment(let a): return try GraphTransport.read(a, offset: offset, count: count)
-            case .file(let path): return try GraphTransport.read(.file(path: path, filename: name), offset: offset, count: count)
-            }
-        }
-    }
-
-    static func size(of attachment: Attachment) -> Int? {
-        switch attachment.source {
-        case .data(let bytes): return bytes.count
-        case .file(let path): return (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)??.intValue
-        }
-    }
-
-    static func read(_ attachment: Attachment, offset: Int, count: Int) throws -> [UInt8] {
-        switch attachment.source {
-        case .data(let bytes):
-            return Array(bytes[offset..<min(bytes.count, offset + count)])
-        case .file(let path):
             let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
             defer { try? handle.close() }
             try handle.seek(toOffset: UInt64(offset))
@@ -164,50 +127,7 @@ extension GraphTransport {
         }
     }
 
-    func sendLarge(_ message: Message, envelope: Envelope, from: String, started: Date, clock: ContinuousClock.Instant) async throws(DeliveryError)
-        -> DeliveryReport
-    {
-        let base = "\(graphURL)/users/\(Self.pathSegment(user))/messages"
-        let plan = RecipientPlan(
-            to: message.to.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-            cc: message.cc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-            bcc: message.bcc.map { MailRecipient(address: $0.mailbox, name: $0.displayName) },
-            envelope: envelope)
-        // 1. The draft, with exactly the envelope's recipients.
-        var draft: [String: Any] = [
-            "subject": message.subject ?? "",
-            "toRecipients": Self.recipients(plan.to),
-            "ccRecipients": Self.recipients(plan.cc),
-            "bccRecipients": Self.recipients(plan.bcc),
-        ]
-        if let html = message.html {
-            draft["body"] = ["contentType": "HTML", "content": html]
-        } else {
-            draft["body"] = ["contentType": "Text", "content": message.text ?? ""]
-        }
-        if !message.replyTo.isEmpty { draft["replyTo"] = Self.recipients(message.replyTo) }
-        if from.lowercased() != user.lowercased() { draft["from"] = Self.recipients([message.from])[0] }
-        switch message.priority {
-        case .highest?, .high?: draft["importance"] = "high"
-        case .low?, .lowest?: draft["importance"] = "low"
-        case .normal?, nil: break
-        }
-        let custom = message.headers.filter { $0.name.lowercased().hasPrefix("x-") }
-        if !custom.isEmpty { draft["internetMessageHeaders"] = custom.map { ["name": $0.name, "value": $0.value] } }
-        var attachments: [DraftAttachment] = []
-        for attachment in message.attachments {
-            guard let size = Self.size(of: attachment) else {
-                throw DeliveryError(kind: .permanent, message: "graph: the attachment \(attachment.filename) cannot be read")
-            }
-            attachments.append(DraftAttachment(attachment, size: size))
-        }
-        let created = try await graphPost(base, json: draft)
-        return try await completeDraft(
-            created, plan: nil, attachments: attachments, from: from, content: message,
-            envelope: envelope, way: "large-message way", started: started, clock: clock)
-    }
-
-    /// A draft from raw MIME (at most ``maxMIMEBytes``), its recipients set to the plan, the
+    /// A draft from MIME (at most ``maxMIMEBytes``), its recipients set to the plan, the
     /// attachments added, then sent.
     func sendMIMEDraft(
         _ mime: [UInt8], plan: RecipientPlan, attachments: [DraftAttachment], from: String,
@@ -321,10 +241,9 @@ extension GraphTransport {
             request.method = .PUT
             request.headers.add(name: "Content-Type", value: "application/octet-stream")
             request.headers.add(name: "Content-Range", value: "bytes \(offset)-\(offset + chunk.count - 1)/\(size)")
-            request.body = .bytes(ByteBuffer(bytes: chunk))
             let answer = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                transport: name, url: "the upload session of \(attachment.name)")
+                request, body: .bytes(ByteBuffer(bytes: chunk)), client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                debug: debug, transport: name, url: "the upload session of \(attachment.name)")
             guard answer.status == 200 || answer.status == 201 || answer.status == 202 else {
                 throw Self.error(status: answer.status, body: answer.body, retryAfter: answer.retryAfter, user: user, from: from)
             }

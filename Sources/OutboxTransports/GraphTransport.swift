@@ -40,12 +40,14 @@ import OutboxOAuth
 ///   the message's `from` (Send As / Send on Behalf, decided by Exchange; 403 ErrorSendAsDenied
 ///   when `user` has neither right). When `allow-delegate` is false it is refused before any
 ///   request, with a permanent error that names the option.
-/// - **Size**: the request may be at most 4 MiB, so the raw MIME may be at most 3 MiB
-///   (base64 adds a third). A larger `Message` goes the large-message way (a JSON draft,
-///   attachments, upload sessions). A larger raw message (relayed, .eml) is read as a stream
-///   and split (`MIMEPartSplitter`): its large attachment parts are decoded into temporary
-///   files, the rest becomes a MIME draft, the recipients are set by PATCH, each part is added
-///   (upload session from 3 MB), then the draft is sent. Memory holds the draft (at most
+/// - **Size**: the request may be at most 4 MiB, so the MIME may be at most 3 MiB (base64 adds
+///   a third). A larger message, whether built from parts (`Message`) or raw (relayed, .eml),
+///   is serialised to MIME, read as a stream and split (`MIMEPartSplitter`): its large
+///   attachment parts are decoded into temporary files, the rest becomes a MIME draft (so
+///   every header, Message-ID, In-Reply-To, References and custom fields, and both
+///   alternatives of a text + HTML body stay as they are), the recipients are set by PATCH,
+///   each part is added (upload session from 3 MB, with its Content-ID and inline flag), then
+///   the draft is sent. Memory holds the draft (at most
 ///   3 MiB) and one line, never the whole message. A message that cannot be split so that the
 ///   draft fits (a single-part body over 3 MiB, or text bodies over it) gets a permanent error
 ///   that says to use server-type = SMTP or EWS. Such a message reaches its recipients with
@@ -66,6 +68,8 @@ public final class GraphTransport: MailTransport {
     let allowDelegate: Bool
     let requestTimeout: Duration
     let logger: Logger
+    /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
+    let debug: HTTPDebugLog?
 
     package init(
         options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
@@ -82,6 +86,8 @@ public final class GraphTransport: MailTransport {
         let read = options.protocolTimeout == .zero ? Duration.seconds(365 * 24 * 3600) : options.protocolTimeout
         self.requestTimeout = connect + read * 4
         self.logger = logger
+        self.debug =
+            options.enableDebug ? HTTPDebugLog(logger: logger, component: "graph", secrets: [options.password?.value ?? ""]) : nil
     }
 
     /// Builds the HTTP client and token source from the configuration.
@@ -95,7 +101,7 @@ public final class GraphTransport: MailTransport {
         do {
             provider = try OAuthProviders.make(
                 options: options, secretSection: configuration.chosenSecretSection,
-                settings: configuration.outbox, client: client)
+                settings: configuration.outbox, client: client, logger: logger)
         } catch {
             try? client.syncShutdown()
             throw error
@@ -127,7 +133,9 @@ public final class GraphTransport: MailTransport {
         let started = Date()
         let clock = ContinuousClock.now
         guard !user.isEmpty else {
-            throw DeliveryError(kind: .permanent, message: "graph: user is not set: it names the mailbox that sends (/users/{user}/sendMail)")
+            throw DeliveryError(
+                kind: .transient, message: "graph: user is not set: it names the mailbox that sends (/users/{user}/sendMail)",
+                routeFault: .configuration)
         }
         let envelope: Envelope
         do throws(MIMEError) {
@@ -165,9 +173,7 @@ public final class GraphTransport: MailTransport {
         }
         let plan = RecipientPlan(header: addresses, envelope: envelope)
         guard complete else {
-            if let message = content as? Message {
-                return try await sendLarge(message, envelope: envelope, from: from, started: started, clock: clock)
-            }
+            // Over the request limit, built from parts or raw: the MIME itself goes on, split.
             return try await sendSplit(
                 head: &mime, rest: &stream, plan: plan, from: from, content: content, envelope: envelope,
                 started: started, clock: clock)
@@ -204,10 +210,9 @@ public final class GraphTransport: MailTransport {
             request.method = .POST
             request.headers.add(name: "Authorization", value: "Bearer \(token.value.value)")
             request.headers.add(name: "Content-Type", value: "text/plain")
-            request.body = .bytes(body)
             let answer = try await HTTPAnswer.exchange(
-                request, client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
-                transport: name, url: sendMailURL)
+                request, body: .bytes(body), client: client, timeout: requestTimeout, bodyLimit: 1 << 20,
+                debug: debug, transport: name, url: sendMailURL)
             let status = answer.status
             if status == 202 || status == 200 {
                 logger.debug("graph accepted the message", metadata: ["graph.status": "\(status)", "graph.user": "\(user)"])
@@ -241,9 +246,10 @@ public final class GraphTransport: MailTransport {
                 retryAfter: after)
         case 401:
             return DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id")
+                    "graph: \(said); a new token was refused too: check scope (https://graph.microsoft.com/.default), client-id and directory-id",
+                routeFault: .authenticationFailed)
         case 403 where code == "ErrorSendAsDenied":
             return DeliveryError(
                 kind: .permanent,
@@ -252,12 +258,14 @@ public final class GraphTransport: MailTransport {
             )
         case 403:
             return DeliveryError(
-                kind: .permanent,
+                kind: .transient,
                 message:
-                    "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)"
+                    "graph: \(said). The application needs the Mail.Send application permission with admin consent, and no application access policy may exclude \(user)",
+                routeFault: .configuration
             )
         case 404:
-            return DeliveryError(kind: .permanent, message: "graph: \(said). Check user: no mailbox \(user) in the tenant")
+            return DeliveryError(
+                kind: .transient, message: "graph: \(said). Check user: no mailbox \(user) in the tenant", routeFault: .configuration)
         case 413:
             return DeliveryError(kind: .permanent, message: "graph: \(said). The message is over Graph's 4 MB request limit")
         case 400..<500:

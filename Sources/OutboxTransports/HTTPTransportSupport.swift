@@ -175,16 +175,17 @@ struct Base64Wrapped<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable wh
 }
 
 extension DeliveryError {
-    /// A token that could not be had: transient for 5xx and time-outs, permanent otherwise.
+    /// A token that could not be had: a refusal (`invalid_grant`, `AADSTS...`) is the
+    /// credentials' fault, not the message's, so every one is transient with a route fault.
     init(_ error: OAuthError, transport: String) {
-        self.init(kind: error.isTransient ? .transient : .permanent, message: "\(transport): \(error.description)")
+        self.init(kind: .transient, message: "\(transport): \(error.description)", routeFault: .credentialsUnavailable)
     }
 
     /// A failure of the HTTP exchange itself. Before the request was sent (connect): transient;
     /// after (read timeout, connection closed while waiting for the answer): the outcome is unknown.
     init(http error: any Error, transport: String, url: String) {
         if let e = error as? HTTPClientError, e == .connectTimeout {
-            self.init(kind: .transient, message: "\(transport): could not connect to \(url) in time (connect-timeout)")
+            self.init(kind: .transient, message: "\(transport): could not connect to \(url) in time (connect-timeout)", routeFault: .timeout)
         } else if let e = error as? HTTPClientError, e == .readTimeout {
             self.init(kind: .outcomeUnknown, message: "\(transport): no answer from \(url) within protocol-timeout; the message may have been sent")
         } else if let e = error as? HTTPClientError, e == .remoteConnectionClosed {
@@ -194,7 +195,7 @@ extension DeliveryError {
         } else if let e = error as? MIMEError {
             self.init(kind: .permanent, message: "\(transport): the message cannot be encoded: \(e.message)")
         } else {
-            self.init(kind: .transient, message: "\(transport): the request to \(url) failed: \(error)")
+            self.init(kind: .transient, message: "\(transport): the request to \(url) failed: \(error)", routeFault: .connectionFailed)
         }
     }
 }
@@ -204,19 +205,23 @@ struct HTTPAnswer {
     var status: Int
     var body: ByteBuffer
     var retryAfter: String?
+    /// The `WWW-Authenticate` field values (a 401's offered schemes).
+    var authenticate: [String] = []
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] }
 
-    /// Sends `request` within `timeout` and collects at most `bodyLimit` bytes of the answer; a
-    /// failure of the exchange itself becomes the transport's error naming `url`.
+    /// Sends `request` with `body` within `timeout` (with `User-Agent` and `Content-Length`,
+    /// logged when `debug` is given: ``OutboxHTTP/exchange(_:body:client:timeout:bodyLimit:debug:)``)
+    /// and collects at most `bodyLimit` bytes of the answer; a failure of the exchange itself
+    /// becomes the transport's error naming `url`.
     static func exchange(
-        _ request: HTTPClientRequest, client: HTTPClient, timeout: Duration, bodyLimit: Int,
-        transport: String, url: String
+        _ request: HTTPClientRequest, body: HTTPRequestBody, client: HTTPClient, timeout: Duration, bodyLimit: Int,
+        debug: HTTPDebugLog?, transport: String, url: String
     ) async throws(DeliveryError) -> HTTPAnswer {
         do {
-            let response = try await client.execute(request, timeout: OutboxHTTP.timeAmount(timeout))
+            let answer = try await OutboxHTTP.exchange(request, body: body, client: client, timeout: timeout, bodyLimit: bodyLimit, debug: debug)
             return HTTPAnswer(
-                status: Int(response.status.code), body: try await response.body.collect(upTo: bodyLimit),
-                retryAfter: response.headers.first(name: "Retry-After"))
+                status: answer.status, body: answer.body, retryAfter: answer.header("Retry-After"),
+                authenticate: answer.headers.filter { $0.name.lowercased() == "www-authenticate" }.map(\.value))
         } catch {
             throw DeliveryError(http: error, transport: transport, url: url)
         }

@@ -205,7 +205,7 @@ public final class SMTPTransport: MailTransport {
             } catch let error as ConnectionPoolError {
                 throw DeliveryError(kind: .transient, message: "the SMTP connection pool: \(error)")
             } catch {
-                throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)")
+                throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)", routeFault: .connectionFailed)
             }
             let connection = lease.lease.connection
             do {

@@ -121,7 +121,7 @@ public enum TransportFactory {
                     logger: logger)
             } catch {
                 throw Unavailable(
-                    code: error.kind == .permanent ? "transport_misconfigured" : "transport_unavailable",
+                    code: error.kind == .permanent || error.routeFault == .configuration ? "transport_misconfigured" : "transport_unavailable",
                     description: "server-type = EWS: \(error.message)")
             }
         }

@@ -31,7 +31,8 @@ struct OutboxCommand: AsyncParsableCommand {
         commandName: "outbox",
         abstract: "Delivers an application's outgoing mail to a corporate mail server.",
         discussion: "Configuration follows the smtp-client option reference; see docs/options.md.",
-        subcommands: [SendCommand.self, CheckConfigCommand.self, ProbeCommand.self, ServeCommand.self, HashPasswordCommand.self]
+        version: OutboxVersion.current,
+        subcommands: [SendCommand.self, CheckConfigCommand.self, ProbeCommand.self, ServeCommand.self, HashPasswordCommand.self, QueueCommand.self]
     )
 }
 

@@ -9,7 +9,8 @@ import OutboxTransports
 struct ProbeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
-        abstract: "Connect as configured and report the server, TLS, capabilities and AUTH, without sending mail.",
+        abstract:
+            "Connect as configured and report the server, TLS, capabilities and AUTH (for EWS: the offered and the used HTTP authentication), without sending mail.",
         discussion:
             "Exit status: 0 when every step succeeds, 75 when a step fails transiently, 1 when it fails permanently, 2 for a configuration error."
     )
@@ -50,9 +51,13 @@ struct ProbeCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(file: config, overrides: overrides)
         let options = configuration.smtpClient
+        if options.serverType == .ews {
+            try await probeEWS(configuration)
+            return
+        }
         guard options.serverType == .smtp, options.server != nil else {
             FileHandle.standardError.write(
-                Data("outbox: probe needs server-type = SMTP and a server (the file transport has nothing to probe)\n".utf8))
+                Data("outbox: probe needs server-type = SMTP or EWS and a server (the file transport has nothing to probe)\n".utf8))
             throw ExitCode(2)
         }
         CLILogging.bootstrap(level: .info)

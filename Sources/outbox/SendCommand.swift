@@ -12,8 +12,11 @@ struct SendCommand: AsyncParsableCommand {
         commandName: "send",
         abstract: "Send one message as configured, and print a delivery report.",
         discussion: """
-            Exit status: 0 when every recipient was accepted, 1 when any recipient failed \
-            permanently, 75 when the failure is transient (try again later), 3 when the outcome is \
+            Exit status: 0 when every recipient was accepted; 1 only when the server refused the \
+            message or a recipient (a 5xx reply to MAIL, RCPT or the message, or Graph's or EWS's \
+            refusal of the message); 75 (EX_TEMPFAIL) for every transient failure, including what an \
+            operator can fix: refused credentials (535), a token endpoint's refusal, TLS, a server \
+            that breaks the protocol or cannot be reached, the configuration; 3 when the outcome is \
             unknown (the connection failed after the whole message was sent: it may have been \
             delivered, so do not resend blindly), 2 for a usage or configuration error. With no `server` configured, the message is written as an .eml \
             file under <data-dir>/sent/ (the file transport).
@@ -259,6 +262,7 @@ enum ReportPrinter {
             struct Body: Encodable {
                 var kind: String
                 var message: String
+                var routeFault: String?
                 var stage: String?
                 var code: Int?
                 var enhancedCode: String?
@@ -268,7 +272,8 @@ enum ReportPrinter {
         }
         let body = Wrapped(
             error: .init(
-                kind: error.kind.rawValue, message: error.message, stage: error.smtp?.stage.rawValue,
+                kind: error.kind.rawValue, message: error.message, routeFault: error.routeFault?.rawValue,
+                stage: error.smtp?.stage.rawValue,
                 code: error.smtp?.replyCode, enhancedCode: error.smtp?.enhancedCode?.description),
             report: error.report)
         return (try? String(decoding: encoder().encode(body), as: UTF8.self)) ?? "{}"

@@ -5,12 +5,14 @@ import HummingbirdTesting
 import NIOCore
 
 /// One request to a daemon's HTTP API on 127.0.0.1:`port`; the answer's status and JSON object.
-func http(_ port: Int, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil) async throws -> (HTTPResponse.Status, [String: Any]) {
-    try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
-        let r = try await client.execute(
-            TestClient.Request(
-                uri, method: method, headers: body == nil ? [:] : [.contentType: "application/json"],
-                body: body.map { ByteBuffer(string: $0) }))
+func http(
+    _ port: Int, _ method: HTTPRequest.Method, _ uri: String, _ body: String? = nil, token: String? = nil
+) async throws -> (HTTPResponse.Status, [String: Any]) {
+    var fields: HTTPFields = body == nil ? [:] : [.contentType: "application/json"]
+    if let token { fields[.authorization] = "Bearer \(token)" }
+    let headers = fields
+    return try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+        let r = try await client.execute(TestClient.Request(uri, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }))
         let j = (try? JSONSerialization.jsonObject(with: Data((r.body ?? ByteBuffer()).readableBytesView))) as? [String: Any] ?? [:]
         return (r.status, j)
     }

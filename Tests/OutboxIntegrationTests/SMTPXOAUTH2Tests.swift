@@ -1,4 +1,5 @@
 import Foundation
+import Outbox
 import OutboxConfig
 import OutboxMIME
 import OutboxTestSupport
@@ -52,6 +53,39 @@ struct SMTPXOAUTH2Tests {
             await runner.value
             #expect(report.allAccepted)
             #expect(await state.tokenRequests == 2)
+        }
+    }
+
+    @Test("after a reload, a 535 refreshes the token of the new token source and the retry succeeds")
+    func a535AfterAReloadUsesTheNewTokenSource() async throws {
+        let peer = try TestPeers.fromEnvironment()
+        let (token, user) = (peer.oauthToken, peer.user)
+        let state = EmulatorState()
+        await state.set {
+            $0.fixedToken = token
+            $0.ropcUser = user
+            $0.ropcPassword = "user-pass-reload"
+            $0.expectedScope = "https://outlook.office.com/.default"
+        }
+        try await withEmulator(state, certificates: peer.certificates) { base in
+            let c = xoauth2Configuration(base, peer: peer, password: "user-pass-reload")
+            let mailer = try Mailer(configuration: c)
+            let runner = Task { try await mailer.run() }
+            let first = try await mailer.send(try rawMessage(from: user, to: "xoauth2-rcpt@example.test").0)
+            #expect(first.allAccepted)
+            // A new token-expiry-margin-time takes effect at once: the new transport's tokens come
+            // from another cache, whose first token the server refuses (535).
+            await state.set { $0.tokenSequence = ["refused-after-the-reload"] }
+            var reloaded = c
+            reloaded.smtpClient.tokenExpiryMarginTime = .seconds(42)
+            try mailer.reload(reloaded)
+            let second = try await mailer.send(try rawMessage(from: user, to: "xoauth2-rcpt@example.test").0)
+            #expect(second.allAccepted, "the retry after 535 must get a fresh token from the new source")
+            // The first token, the refused one, then the fresh one: the 535 path was taken.
+            #expect(await state.tokenRequests == 3)
+            await mailer.shutdown()
+            runner.cancel()
+            _ = try? await runner.value
         }
     }
 

@@ -34,7 +34,9 @@ struct SendCommandTests {
         #expect(deferred.stdout.contains("deferred  tempfail@example.test  450 4.2.0"))
     }
 
-    @Test("a wrong password exits 1; the password and AUTH payloads never reach the output, even with enable-debug")
+    @Test(
+        "a wrong password exits 75 (the operator's to fix, not the message's fault); the password and AUTH payloads never reach the output, even with enable-debug"
+    )
     func noSecretsInOutput() async throws {
         let peer = try TestPeers.fromEnvironment()
         let wrong = "Sup3r-Secret-\(UUID().uuidString.prefix(6))"
@@ -45,12 +47,22 @@ struct SendCommandTests {
                 "-o", "enable-debug=true", "-o", "mail.smtp.auth.mechanisms=PLAIN",
                 "--from", "app@example.test", "--to", "ops@elsewhere.example", "--text", "x",
             ])
-        #expect(r.status == 1)
+        #expect(r.status == 75, "\(r.stderr)")
         let all = r.stdout + r.stderr
+        #expect(r.stderr.contains("delivery failed (transient)"))
         #expect(all.contains("AUTH PLAIN <redacted>"))
         #expect(all.contains("535"))
         #expect(!all.contains(wrong))
         #expect(!all.contains(Data("\0\(peer.user)\0\(wrong)".utf8).base64EncodedString()))
+        // --json names the route fault, still without the password.
+        let json = try await OutboxBinary.run(
+            ["send"] + options + ["--json", "--from", "app@example.test", "--to", "ops@elsewhere.example", "--text", "x"])
+        #expect(json.status == 75)
+        let body = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let error = try #require(body["error"] as? [String: Any])
+        #expect(error["kind"] as? String == "transient")
+        #expect(error["routeFault"] as? String == "authentication_failed")
+        #expect(!(json.stdout + json.stderr).contains(wrong))
         // A good login with the debug transcript: no password either.
         let good = try await OutboxBinary.run(
             ["send"] + peer.tlsOptions + [

@@ -34,6 +34,7 @@ package func configuration(
     if type == .ews {
         c.smtpClient.server = "\(base)/EWS/Exchange.asmx"
         c.smtpClient.password = Secret("ews-pass")
+        c.smtpClient.enableAuthentication = true
     }
     edit(&c)
     return c

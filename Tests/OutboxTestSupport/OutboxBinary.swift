@@ -66,8 +66,11 @@ package enum OutboxBinary {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
-        let outData = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }
-        let errData = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }
+        // The pipes are read on Dispatch threads, not in tasks: a blocking read in a task holds a
+        // cooperative thread (there may be only two), which starves whatever else runs in this
+        // process while the binary works, such as the emulator it talks to.
+        let outData = Task { await readToEnd(out) }
+        let errData = Task { await readToEnd(err) }
         let status: Int32 = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
             do { try process.run() } catch { continuation.resume(throwing: error) }
@@ -75,6 +78,12 @@ package enum OutboxBinary {
         return Result(
             status: status, stdout: String(decoding: await outData.value, as: UTF8.self),
             stderr: String(decoding: await errData.value, as: UTF8.self))
+    }
+
+    private static func readToEnd(_ pipe: Pipe) async -> Data {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile()) }
+        }
     }
 
     /// A new temporary directory.

@@ -55,6 +55,14 @@ package enum RetentionContract {
         let kept = try #require(try await store.get(id: failed))
         #expect(kept.attempts.count == 1 && kept.status == .failed)
         #expect(try await store.retry(id: failed, now: 60) == .conflict(.failed))
+        // One message at a time: refused while open, idempotent when done.
+        #expect(try await store.purge(id: queued, now: 61) == .conflict(.queued))
+        if case .done(let m) = try await store.purge(id: failed, now: 62) {
+            #expect(m.contentPurged)
+        } else {
+            Issue.record("purge of a failed message")
+        }
+        #expect(try await store.purge(id: "no-such-\(tag)", now: 63) == .notFound)
         // Records: finished before 25 only, oldest first.
         #expect(try await store.purgeRecords(finishedBefore: 25, limit: 10) == 2)
         #expect(try await store.get(id: delivered[0]) == nil)

@@ -65,6 +65,7 @@ extension Dispatcher {
             transport: "", outcome: "", recipients: sentTo, instance: instance)
         var errorText: String?
         var serverDelay: Duration?
+        var routeFault: RouteFault?
         switch result {
         case .success(let report):
             attempt.transport = report.transport
@@ -91,6 +92,7 @@ extension Dispatcher {
             }
             attempt.error = error.message
             errorText = error.message
+            routeFault = error.routeFault
             if let wait = error.retryAfter {
                 serverDelay = wait
             }
@@ -116,10 +118,14 @@ extension Dispatcher {
                 unknown: true)
         }
         let failures = message.attemptCount - message.unknownCount + 1
-        switch policy.decide(
-            failures: unknown ? 1 : max(1, failures), now: now, ageBase: QueueInstant(secondsSince1970: message.ageBase), serverDelay: serverDelay,
-            random: random)
-        {
+        let ageBase = QueueInstant(secondsSince1970: message.ageBase)
+        // The route's fault: the message is held with its route (due again at once, no back-off
+        // of its own) and fails only past the maximum age.
+        let decision =
+            routeFault != nil
+            ? policy.decideHeld(now: now, ageBase: ageBase)
+            : policy.decide(failures: unknown ? 1 : max(1, failures), now: now, ageBase: ageBase, serverDelay: serverDelay, random: random)
+        switch decision {
         case .retry(let at):
             attempt.outcome = unknown ? "unknown" : (accepted ? "partial" : "deferred")
             return AttemptOutcome(

@@ -76,6 +76,8 @@ public final class Dispatcher: Service, Sendable {
         var recentSends: [String: [QueueInstant]] = [:]
         var delivered = 0
         var attempts = 0
+        /// The route's alert and pause (see ``RouteHealth``).
+        var route = RouteHealth()
     }
 
     /// A dispatcher for `store` that sends through `sender`. `clock` and `random` (a draw in 0..<1
@@ -112,14 +114,21 @@ public final class Dispatcher: Service, Sendable {
     /// Attempts made and messages delivered by this instance.
     public var counters: (attempts: Int, delivered: Int) { state.withLockedValue { ($0.attempts, $0.delivered) } }
 
+    func stateRouteHealth() -> RouteHealth { state.withLockedValue { $0.route } }
+
+    func updateRouteHealth<T>(_ body: (inout RouteHealth) -> T) -> T { state.withLockedValue { body(&$0.route) } }
+
     /// Stops claiming new messages (graceful shutdown does this too).
     public func stop() { state.withLockedValue { $0.stopping = true } }
 
     private enum Event: Sendable {
         case finished
-        /// A claim came back (empty after an error, which is logged).
-        case claimed([ClaimedMessage], asked: Int, at: QueueInstant, lease: Duration)
+        /// A claim came back (empty after an error, which is logged); `probe`: the paused
+        /// route's probe token when it was the probe's claim.
+        case claimed([ClaimedMessage], asked: Int, at: QueueInstant, lease: Duration, probe: Int?)
         case tick
+        /// A paused route's held messages past their maximum age were failed.
+        case swept
     }
 
     /// A claimed message waiting for a free slot, and when it was claimed.
@@ -128,6 +137,8 @@ public final class Dispatcher: Service, Sendable {
         /// When the claim was made, and how long its lease is (the setting then in force).
         var claimedAt: QueueInstant
         var lease: Duration
+        /// The paused route's probe token, when this message is the probe.
+        var probe: Int? = nil
     }
 
     /// Claims, sends and records until graceful shutdown; then stops claiming, waits for in-flight
@@ -152,6 +163,9 @@ public final class Dispatcher: Service, Sendable {
             // The last claim found fewer messages than asked: the next one waits for a tick.
             var drained = false
             var ticking = false
+            // A paused route's held messages past their maximum age are failed every 30 s.
+            var sweeping = false
+            var nextSweep: QueueInstant?
             /// Takes a claim's messages in: those taken over past the unknown-outcome allowance
             /// are recorded as not sent again at once (never put back in the queue: a release
             /// would clear the take-over); the others wait for a slot.
@@ -174,7 +188,8 @@ public final class Dispatcher: Service, Sendable {
                 return waiting
             }
             while !Task.isCancelled {
-                let (settings, stopping) = state.withLockedValue { ($0.settings, $0.stopping) }
+                let now = clock.now
+                let (settings, stopping, admission) = state.withLockedValue { ($0.settings, $0.stopping, $0.route.admission(at: now)) }
                 if stopping { break }
                 while inFlight < settings.concurrency, readyIndex < ready.count {
                     let next = ready[readyIndex]
@@ -183,13 +198,19 @@ public final class Dispatcher: Service, Sendable {
                     group.addTask {
                         // Claimed too long ago (slow deliveries ahead of it): its lease may run
                         // out mid-send, and another instance could take it over; back to the queue.
-                        if next.claimedAt.duration(to: self.clock.now) > next.lease / 2 {
+                        // Claimed before its route was paused: it waits with the others, no attempt.
+                        if next.claimedAt.duration(to: self.clock.now) > next.lease / 2
+                            || (next.probe == nil && self.state.withLockedValue { $0.route.isPaused })
+                        {
                             try? await self.store.release(
                                 id: next.message.message.id, owner: self.instanceID,
                                 nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
-                            self.state.withLockedValue { _ = $0.inFlight.remove(next.message.message.id) }
+                            self.state.withLockedValue {
+                                _ = $0.inFlight.remove(next.message.message.id)
+                                if let probe = next.probe { $0.route.probeFoundNothing(token: probe) }
+                            }
                         } else {
-                            await self.deliver(next.message, settings: settings)
+                            await self.deliver(next.message, settings: settings, probe: next.probe)
                         }
                         return .finished
                     }
@@ -202,15 +223,31 @@ public final class Dispatcher: Service, Sendable {
                 // Claim in batches (each claim is a commit): when half the slots and the waiting
                 // line could take one.
                 let room = 2 * settings.concurrency - inFlight - waiting
-                if !claiming, !drained, room >= max(1, settings.concurrency / 2) {
+                // A paused route claims nothing but its probe, one message, when it is due.
+                var probe: Int?
+                if !claiming, admission == .probe {
+                    probe = state.withLockedValue { $0.route.startProbe() }
+                }
+                if !claiming, probe != nil || (admission == .open && !drained && room >= max(1, settings.concurrency / 2)) {
                     claiming = true
                     let owner = instanceID
                     let lease = settings.lease
-                    group.addTask {
+                    let limit = probe == nil ? room : 1
+                    group.addTask { [probe] in
                         let at = self.clock.now
-                        let claimed = await self.claimOrWait(limit: room, owner: owner, at: at, lease: lease)
-                        return .claimed(claimed, asked: room, at: at, lease: lease)
+                        let claimed = await self.claimOrWait(limit: limit, owner: owner, at: at, lease: lease)
+                        return .claimed(claimed, asked: limit, at: at, lease: lease, probe: probe)
                     }
+                }
+                if admission != .open, !sweeping, nextSweep.map({ $0 <= now }) ?? true {
+                    sweeping = true
+                    nextSweep = now.advanced(by: .seconds(30))
+                    group.addTask {
+                        await self.failAgedHeldMessages(settings: settings)
+                        return .swept
+                    }
+                } else if admission == .open {
+                    nextSweep = nil
                 }
                 if !ticking {
                     ticking = true
@@ -222,18 +259,30 @@ public final class Dispatcher: Service, Sendable {
                 }
                 switch await group.next() {
                 case .finished: inFlight -= 1
-                case .claimed(let claimed, let asked, let at, let lease):
+                case .claimed(let claimed, let asked, let at, let lease, let probe):
                     claiming = false
-                    drained = claimed.count < asked
+                    if probe == nil { drained = claimed.count < asked }
                     // A message still waiting here whose lease ran out was just taken over by
                     // this claim: the new claim holds it now, the old entry goes (releasing it
                     // would free the new claim's hold). (readyIndex is 0 here.)
                     let ids = Set(claimed.map(\.message.id))
                     if !ids.isEmpty { ready.removeAll { ids.contains($0.message.message.id) } }
-                    ready += accept(claimed, at: at, lease: lease, settings: settings)
+                    var accepted = accept(claimed, at: at, lease: lease, settings: settings)
+                    if let probe {
+                        // The probe goes first; with nothing to send, the route waits for a message.
+                        if accepted.isEmpty {
+                            state.withLockedValue { $0.route.probeFoundNothing(token: probe) }
+                        } else {
+                            accepted[0].probe = probe
+                        }
+                        ready.insert(contentsOf: accepted, at: 0)
+                    } else {
+                        ready += accepted
+                    }
                 case .tick:
                     ticking = false
                     drained = false
+                case .swept: sweeping = false
                 case nil: break
                 }
             }
@@ -244,11 +293,12 @@ public final class Dispatcher: Service, Sendable {
             while claiming, let event = await group.next() {
                 switch event {
                 case .finished: inFlight -= 1
-                case .claimed(let claimed, _, let at, let lease):
+                case .claimed(let claimed, _, let at, let lease, let probe):
                     claiming = false
                     let settings = state.withLockedValue { $0.settings }
+                    if let probe { state.withLockedValue { $0.route.probeFoundNothing(token: probe) } }
                     unstarted += accept(claimed, at: at, lease: lease, settings: settings).map(\.message.message.id)
-                case .tick: break
+                case .tick, .swept: break
                 }
             }
             for id in unstarted {
@@ -283,10 +333,17 @@ public final class Dispatcher: Service, Sendable {
         }
     }
 
-    /// Sends one claimed message and records the outcome.
-    func deliver(_ claimed: ClaimedMessage, settings: DispatcherSettings) async {
+    /// Sends one claimed message and records the outcome; `probe`: the paused route's probe token
+    /// when it is the route's probe.
+    func deliver(_ claimed: ClaimedMessage, settings: DispatcherSettings, probe: Int? = nil) async {
         let message = claimed.message
-        defer { state.withLockedValue { _ = $0.inFlight.remove(message.id) } }
+        defer {
+            state.withLockedValue {
+                _ = $0.inFlight.remove(message.id)
+                // A probe that made no attempt (rate limit, nothing to send): the next one may go.
+                if let probe { $0.route.probeFoundNothing(token: probe) }
+            }
+        }
         let policy = settings.retry
         // A take-over after a crash counts as an unknown outcome: past the allowance, stop.
         if claimed.tookOverExpiredLease, !policy.allowsAnotherTry(unknownCount: message.unknownCount) {
@@ -332,7 +389,14 @@ public final class Dispatcher: Service, Sendable {
                 } else {
                     content = try RawMessage(bytes: claimed.content)
                 }
-                result = .success(try await sender.send(content, envelope: envelope))
+                let sent: Result<DeliveryReport, DeliveryError>
+                do throws(DeliveryError) {
+                    sent = .success(try await sender.send(content, envelope: envelope))
+                } catch {
+                    sent = .failure(error)
+                }
+                noteRoute(sent, probe: probe)
+                result = .success(try sent.get())
             } catch let error as MIMEError {
                 result = .failure(DeliveryError(kind: .permanent, message: "the stored message cannot be read: \(error)"))
             } catch let error as DeliveryError {

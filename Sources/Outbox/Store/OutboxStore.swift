@@ -333,6 +333,10 @@ public protocol OutboxStore: Sendable {
     /// Claims up to `limit` due messages (queued or deferred with `nextAttemptAt <= now`, or
     /// sending with an expired lease) for `owner` until `now + lease`.
     func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
+    /// Claims up to `limit` waiting messages (queued or deferred, due or not) whose maximum age
+    /// counts from before `ageBefore`, as `claim` does: a paused route's held messages that are
+    /// past their maximum age, to fail them without an attempt.
+    func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
     /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
     /// `notification` (a delivery status notification) is queued in the same transaction, only
     /// when the outcome was recorded: a crash can lose neither without the other.
@@ -378,6 +382,9 @@ public protocol OutboxStore: Sendable {
     func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int
     /// Gives freed space back to the file system where the store can; returns the bytes.
     func reclaimSpace() async throws -> Int64
+    /// Removes one finished message's content (its record and attempts stay);
+    /// ``StoreChange/conflict(_:)`` for a message still queued, sending or deferred.
+    func purge(id: String, now: Double) async throws -> StoreChange
     /// Checks the store answers.
     func ping() async throws
     /// Closes the connection or database; the store cannot be used afterwards.

@@ -93,6 +93,8 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         // Retention: content purged, finished messages by age.
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS content_purged_at DOUBLE PRECISION",
         "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
+        // Held messages past their maximum age, found without a scan (claimAged).
+        "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -218,6 +220,24 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             id: try row["id"].decode(String.self),
             status: MessageStatus(rawValue: try row["status"].decode(String.self)) ?? .queued,
             created: false, requestHash: try row["request_hash"].decode(String?.self))
+    }
+
+    /// Claims waiting messages (queued or deferred) whose age base is before `ageBefore`.
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        let until = now + lease
+        let result = try await rows(
+            """
+            UPDATE outbox_messages m SET status = 'sending', lease_owner = \(owner), lease_until = \(until), updated_at = \(now), took_over = 0
+            FROM (SELECT seq FROM outbox_messages WHERE status IN ('queued', 'deferred') AND age_base < \(ageBefore)
+                  ORDER BY age_base LIMIT \(limit) FOR UPDATE SKIP LOCKED) aged
+            WHERE m.seq = aged.seq
+            RETURNING \(unescaped: Self.columns("m.")), m.content
+            """)
+        return try result.map { row in
+            let r = row.makeRandomAccess()
+            var blob = try r["content"].decode(ByteBuffer.self)
+            return ClaimedMessage(message: try Self.decode(r), content: blob.readBytes(length: blob.readableBytes) ?? [], tookOverExpiredLease: false)
+        }
     }
 
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
@@ -428,6 +448,21 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             if chunks > 0 { _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)") }
         }
         return deleted.count
+    }
+
+    /// Removes one finished message's content (chunks included); idempotent.
+    public func purge(id: String, now: Double) async throws -> StoreChange {
+        let purged = try await rows(
+            """
+            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
+            WHERE id = \(id) AND status IN ('delivered', 'failed', 'unknown', 'cancelled') AND content_purged_at IS NULL
+            RETURNING chunks
+            """)
+        if let row = purged.first, try row.decode(Int.self) > 0 {
+            _ = try await rows("DELETE FROM outbox_message_chunks WHERE message_id = \(id)")
+        }
+        guard let message = try await get(id: id) else { return .notFound }
+        return message.contentPurged ? .done(message) : .conflict(message.status)
     }
 
     /// PostgreSQL's autovacuum reuses the space: nothing to do here.

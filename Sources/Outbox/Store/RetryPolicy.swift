@@ -61,6 +61,16 @@ public struct RetryPolicy: Sendable, Equatable {
         return .retry(at: at)
     }
 
+    /// What to do after a failure that is the route's fault (``DeliveryError/routeFault``): the
+    /// message does not back off on its own, it is due again at once and waits for its route to
+    /// resume (the route's probe has the back-off); it fails only past the maximum age.
+    public func decideHeld(now: QueueInstant, ageBase: QueueInstant) -> Decision {
+        if ageBase.duration(to: now) >= maxAge {
+            return .giveUp(reason: "still failing after \(Int(ageBase.duration(to: now).seconds)) s; the maximum age is \(Int(maxAge.seconds)) s")
+        }
+        return .retry(at: now)
+    }
+
     /// True when a message with `unknownCount` unknown outcomes so far may be sent again.
     public func allowsAnotherTry(unknownCount: Int) -> Bool {
         unknownCount <= unknownOutcomeRetries

@@ -95,8 +95,8 @@ final class SQLiteGroupCommitter: @unchecked Sendable {
 /// statement (autocommit), so no transaction is ever left half done. One process per file.
 public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     // @unchecked: `SQLiteConnection` serialises its calls on its thread pool; nothing else is stored.
-    private let connection: SQLiteConnection
-    private let writer: SQLiteGroupCommitter
+    let connection: SQLiteConnection
+    let writer: SQLiteGroupCommitter
     private let closed = NIOLockedValueBox(false)
     /// The database file.
     public let path: String
@@ -118,7 +118,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return SQLiteOutboxStore(connection: connection, path: path, logger: logger)
     }
 
-    private let logger: Logger
+    let logger: Logger
 
     private init(connection: SQLiteConnection, path: String, logger: Logger) {
         self.logger = logger
@@ -179,6 +179,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             "ALTER TABLE messages ADD COLUMN content_purged_at REAL",
             "CREATE INDEX IF NOT EXISTS messages_finished ON messages(status, updated_at)",
         ],
+        // 5: held messages past their maximum age, found without a scan (claimAged).
+        ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -325,6 +327,22 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         }
     }
 
+    /// Claims waiting messages (queued or deferred) whose age base is before `ageBefore`.
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET status = 'sending', lease_owner = ?1, lease_until = ?2, updated_at = ?3, took_over = 0
+            WHERE seq IN (SELECT seq FROM messages WHERE status IN ('queued', 'deferred') AND age_base < ?4 ORDER BY age_base LIMIT ?5)
+            RETURNING \(Self.columns), content
+            """,
+            [.text(owner), .float(now + lease), .float(now), .float(ageBefore), .integer(limit)])
+        return rows.map { row in
+            var content: [UInt8] = []
+            if var blob = row.column("content")?.blob { content = blob.readBytes(length: blob.readableBytes) ?? [] }
+            return ClaimedMessage(message: Self.decode(row), content: content, tookOverExpiredLease: false)
+        }
+    }
+
     /// Records an attempt and its outcome, and queues `notification` in the same transaction;
     /// false (nothing recorded) when `owner` no longer holds the lease.
     @discardableResult
@@ -448,76 +466,6 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         if let row = rows.first { return .done(Self.decode(row)) }
         guard let message = try await get(id: id) else { return .notFound }
         return .conflict(message.status)
-    }
-
-    /// Empties the content (and removes the chunks) of up to `limit` finished messages in
-    /// `statuses` last changed before `finishedBefore`, oldest first; returns how many.
-    public func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int {
-        let wanted = statuses.filter(\.isFinal)
-        guard !wanted.isEmpty, limit > 0 else { return 0 }
-        let list = wanted.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
-        let rows = try await writer.write(
-            """
-            UPDATE messages SET content = x'', content_purged_at = ?
-            WHERE seq IN (
-                SELECT seq FROM messages
-                WHERE status IN (\(list)) AND content_purged_at IS NULL AND updated_at < ?
-                ORDER BY updated_at LIMIT ?)
-            RETURNING id, chunks
-            """,
-            [.float(now), .float(finishedBefore), .integer(limit)])
-        let chunked = rows.filter { ($0.column("chunks")?.integer ?? 0) > 0 }.compactMap { $0.column("id")?.string }
-        for id in chunked { _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)]) }
-        return rows.count
-    }
-
-    /// Deletes up to `limit` finished messages (record, attempts, chunks) last changed before
-    /// `finishedBefore`, oldest first; returns how many.
-    public func purgeRecords(finishedBefore: Double, limit: Int) async throws -> Int {
-        guard limit > 0 else { return 0 }
-        let rows = try await writer.write(
-            """
-            DELETE FROM messages
-            WHERE seq IN (
-                SELECT seq FROM messages
-                WHERE status IN ('delivered', 'failed', 'unknown', 'cancelled') AND updated_at < ?
-                ORDER BY updated_at LIMIT ?)
-            RETURNING id, chunks
-            """,
-            [.float(finishedBefore), .integer(limit)])
-        let chunked = rows.filter { ($0.column("chunks")?.integer ?? 0) > 0 }.compactMap { $0.column("id")?.string }
-        for id in chunked { _ = try await writer.write("DELETE FROM message_chunks WHERE message_id = ?", [.text(id)]) }
-        return rows.count
-    }
-
-    /// Gives the database's free pages back to the file system (`PRAGMA incremental_vacuum`);
-    /// returns the bytes given back.
-    public func reclaimSpace() async throws -> Int64 {
-        func pages(_ pragma: String) async throws -> Int64 {
-            Int64(try await connection.query("PRAGMA \(pragma)").first?.columns.first?.data.integer ?? 0)
-        }
-        let free = try await pages("freelist_count")
-        guard free > 0 else { return 0 }
-        _ = try await writer.write("PRAGMA incremental_vacuum")
-        let given = (free - (try await pages("freelist_count"))) * (try await pages("page_size"))
-        // The write-ahead log keeps its size until a checkpoint truncates it.
-        _ = try? await writer.write("PRAGMA wal_checkpoint(TRUNCATE)")
-        return given
-    }
-
-    /// SQLite gives pages back only with `auto_vacuum`: a new database gets `INCREMENTAL` at
-    /// open, before WAL and its first table; an older one is converted here once (`VACUUM`,
-    /// which needs free space as large as the file: when it fails, the store goes on without
-    /// it and says so).
-    private func useIncrementalVacuum() async throws {
-        let mode = try await connection.query("PRAGMA auto_vacuum").first?.columns.first?.data.integer ?? 0
-        guard mode != 2 else { return }
-        _ = try await connection.query("PRAGMA auto_vacuum = INCREMENTAL")
-        do {
-            _ = try await connection.query("VACUUM")
-        } catch {
-            logger.warning("could not convert the queue database to incremental vacuum (it needs free space as large as the file): \(error)")
-        }
     }
 
     /// How many messages are in each status.

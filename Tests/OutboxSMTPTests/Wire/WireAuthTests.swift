@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import OutboxTestSupport
 import Testing
 
 @testable import OutboxSMTP
@@ -26,18 +27,18 @@ private func oauth(_ token: String) -> SMTPCredentials {
     .oauth2(user: user) { SMTPAccessToken(token: token, expiresAt: ContinuousClock.now + .seconds(3600)) }
 }
 
-@Suite("Wire: AUTH exchanges", .timeLimit(.minutes(1)))
+@Suite("Wire: AUTH exchanges", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WireAuthTests {
     @Test("AUTH PLAIN with the initial response on the AUTH line; the debug log shows it redacted")
     func plain() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH LOGIN PLAIN"]) + [
                 .expect("AUTH PLAIN \(plainPayload)"), .send("235 2.7.0 Authentication successful\r\n"),
             ] + WireScript.quit)
         let log = WireLogRecorder()
-        let conn = try await SMTPConnection.connect(
+        let conn = try await server.connect(
             configuration: .wire(
-                port: server.port, credentials: .password(user: user, password: SMTPSecret(password)),
+                credentials: .password(user: user, password: SMTPSecret(password)),
                 authMechanisms: ["PLAIN", "LOGIN"], enableDebug: true),
             logger: log.logger())
         #expect(conn.authMechanism == .plain)
@@ -52,15 +53,15 @@ struct WireAuthTests {
 
     @Test("AUTH LOGIN (JavaMail's default first choice): user and password answer the two 334 challenges")
     func login() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH PLAIN LOGIN"]) + [
                 .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"),
                 .expect(b64(user)), .send("334 UGFzc3dvcmQ6\r\n"),
                 .expect(b64(password)), .send("235 2.7.0 ok\r\n"),
             ] + WireScript.quit)
         let log = WireLogRecorder()
-        let conn = try await SMTPConnection.connect(
-            configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
+        let conn = try await server.connect(
+            configuration: .wire(credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
             logger: log.logger())
         #expect(conn.authMechanism == .login)
         await conn.quit()
@@ -73,13 +74,13 @@ struct WireAuthTests {
     @Test("AUTH XOAUTH2, one line when it fits in 512 octets")
     func xoauth2OneLine() async throws {
         let payload = xoauth2Payload(shortToken)
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH LOGIN PLAIN XOAUTH2"]) + [
                 .expect("AUTH XOAUTH2 \(payload)"), .send("235 2.7.0 Accepted\r\n"),
             ] + WireScript.quit)
         let log = WireLogRecorder()
-        let conn = try await SMTPConnection.connect(
-            configuration: .wire(port: server.port, credentials: oauth(shortToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
+        let conn = try await server.connect(
+            configuration: .wire(credentials: oauth(shortToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
             logger: log.logger())
         #expect(conn.authMechanism == .xoauth2)
         #expect(conn.credentialExpiry != nil)
@@ -93,14 +94,14 @@ struct WireAuthTests {
     func xoauth2TwoStep() async throws {
         let payload = xoauth2Payload(longToken)
         #expect(("AUTH XOAUTH2 " + payload + "\r\n").utf8.count > 512)
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH XOAUTH2"]) + [
                 .expect("AUTH XOAUTH2"), .send("334 \r\n"),
                 .expect(payload), .send("235 2.7.0 Authentication successful\r\n"),
             ] + WireScript.quit)
         let log = WireLogRecorder()
-        let conn = try await SMTPConnection.connect(
-            configuration: .wire(port: server.port, credentials: oauth(longToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
+        let conn = try await server.connect(
+            configuration: .wire(credentials: oauth(longToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
             logger: log.logger())
         #expect(conn.authMechanism == .xoauth2)
         await conn.quit()
@@ -111,7 +112,7 @@ struct WireAuthTests {
 
     @Test("XOAUTH2 error challenge: answered with an empty line, the final 535 reported with the decoded status")
     func xoauth2ErrorChallenge() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH XOAUTH2 PLAIN"]) + [
                 .expect("AUTH XOAUTH2 \(xoauth2Payload(shortToken))"), .send("334 \(googleChallenge)\r\n"),
                 .expect(""),
@@ -119,8 +120,8 @@ struct WireAuthTests {
             ])
         let log = WireLogRecorder()
         let error = await wireCatch {
-            try await SMTPConnection.connect(
-                configuration: .wire(port: server.port, credentials: oauth(shortToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
+            try await server.connect(
+                configuration: .wire(credentials: oauth(shortToken), authMechanisms: ["XOAUTH2"], enableDebug: true),
                 logger: log.logger())
         }
         let e = try #require(error)
@@ -143,14 +144,14 @@ struct WireAuthTests {
 
     @Test("AUTH failures map to errors naming the likely wrong option, with no secret", arguments: failures)
     func authFailure(_ code: Int, _ enhanced: String, _ hint: String, _ transient: Bool) async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH PLAIN"]) + [
                 .expect("AUTH PLAIN \(plainPayload)"), .send("\(code) \(enhanced) nope\r\n"),
             ])
         let log = WireLogRecorder()
         let error = await wireCatch {
-            try await SMTPConnection.connect(
-                configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
+            try await server.connect(
+                configuration: .wire(credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
                 logger: log.logger())
         }
         let e = try #require(error)
@@ -164,12 +165,12 @@ struct WireAuthTests {
 
     @Test("XOAUTH2 rejected with 535 names the token, not the password")
     func xoauth2Rejected() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["AUTH XOAUTH2"]) + [
                 .expect("AUTH XOAUTH2"), .send("334 \r\n"), .readLine, .send("535 5.7.3 Authentication unsuccessful\r\n"),
             ])
         let error = await wireCatch {
-            try await SMTPConnection.connect(configuration: .wire(port: server.port, credentials: oauth(longToken), authMechanisms: ["XOAUTH2"]))
+            try await server.connect(configuration: .wire(credentials: oauth(longToken), authMechanisms: ["XOAUTH2"]))
         }
         #expect(error?.description.contains("OAuth 2.0 token") == true)
         #expect(error.map { leaks($0.description) } == [])
@@ -178,10 +179,10 @@ struct WireAuthTests {
 
     @Test("no mechanism in common: noCommonAuthMechanism, and no AUTH is sent")
     func noCommonMechanism() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["AUTH CRAM-MD5 GSSAPI"]))
+        let server = ScriptedSMTPPeer(WireScript.hello(["AUTH CRAM-MD5 GSSAPI"]))
         let error = await wireCatch {
-            try await SMTPConnection.connect(
-                configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
+            try await server.connect(
+                configuration: .wire(credentials: .password(user: user, password: SMTPSecret(password))))
         }
         #expect(error?.code == .noCommonAuthMechanism && error?.stage == .auth)
         #expect(error?.description.contains("CRAM-MD5") == true)
@@ -191,10 +192,10 @@ struct WireAuthTests {
 
     @Test("no AUTH offered at all: the error suggests STARTTLS")
     func noAuthOffered() async throws {
-        let server = try ScriptedSMTPServer(WireScript.hello(["PIPELINING"]))
+        let server = ScriptedSMTPPeer(WireScript.hello(["PIPELINING"]))
         let error = await wireCatch {
-            try await SMTPConnection.connect(
-                configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password))))
+            try await server.connect(
+                configuration: .wire(credentials: .password(user: user, password: SMTPSecret(password))))
         }
         #expect(error?.code == .noCommonAuthMechanism)
         #expect(error?.description.contains("smtp-connection-security") == true)
@@ -203,15 +204,15 @@ struct WireAuthTests {
 
     @Test("the whole debug transcript of a session with AUTH and a message holds no secret")
     func debugTranscript() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING", "AUTH LOGIN"]) + [
                 .expect("AUTH LOGIN"), .send("334 VXNlcm5hbWU6\r\n"), .readLine, .send("334 UGFzc3dvcmQ6\r\n"), .readLine, .send("235 ok\r\n"),
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
             ] + WireScript.quit)
         let log = WireLogRecorder()
-        let conn = try await SMTPConnection.connect(
-            configuration: .wire(port: server.port, credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
+        let conn = try await server.connect(
+            configuration: .wire(credentials: .password(user: user, password: SMTPSecret(password)), enableDebug: true),
             logger: log.logger())
         _ = try await conn.send(envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test"]), body: WireBody("Subject: x\r\n\r\nbody\r\n"))
         await conn.quit()

@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import OutboxTestSupport
 import Testing
 
 @testable import OutboxSMTP
@@ -8,7 +9,7 @@ import Testing
 
 /// The pipelined fast path (`SMTPPipelinedExchange`): a small message against a server with
 /// PIPELINING runs its whole transaction inside the handler. These cover its failure paths.
-@Suite("Wire: the pipelined exchange", .timeLimit(.minutes(1)))
+@Suite("Wire: the pipelined exchange", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WirePipelinedExchangeTests {
     @Test("many messages on one connection: commands in one write, replies matched, body after the 354")
     func manyMessages() async throws {
@@ -20,8 +21,8 @@ struct WirePipelinedExchangeTests {
                 .readData, .send("250 2.0.0 Ok: queued as Q\(i)\r\n"),
             ]
         }
-        let server = try ScriptedSMTPServer(steps + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let server = ScriptedSMTPPeer(steps + WireScript.quit)
+        let conn = try await server.connect(configuration: .wire())
         for i in 0..<5 {
             let result = try await conn.send(
                 envelope: SMTPEnvelope(from: "a@x.test", recipients: ["b@x.test", "c@x.test"]),
@@ -40,7 +41,7 @@ struct WirePipelinedExchangeTests {
 
     @Test("handBack runs once the body is on its way, refused or not; the connection is left free")
     func handBack() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
@@ -52,7 +53,7 @@ struct WirePipelinedExchangeTests {
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let calls = NIOLockedValueBox(0)
         let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { calls.withLockedValue { $0 += 1 } })
         #expect(first.delivered && first.handedBack)
@@ -78,22 +79,23 @@ struct WirePipelinedExchangeTests {
 
     @Test("the next transaction's commands follow the final dot before its reply (RFC 2920 §3.1)")
     func nextTransactionPipelinedBehindTheDot() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-                // The second message's commands arrive while the first waits for its reply.
-                .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"),
+                // The second message's commands arrive (in one write) while the first waits for its reply.
+                .expectWrite(["MAIL FROM:<c@x.test>", "RCPT TO:<d@x.test>", "DATA"]),
                 .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n354 go\r\n"),
                 .readData, .send("250 2.0.0 second queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let second = WaitingStart<SMTPTransactionResult>()
         // The second send starts from handBack, while the first still waits for its reply.
         let nextTask = Task {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let first = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() })
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let next = try await nextTask.value
         #expect(first.delivered && first.finalReply?.text == "first queued")
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -104,18 +106,19 @@ struct WirePipelinedExchangeTests {
 
     @Test("the first message's connection dies after its dot: it is outcomeUnknown, the pipelined next one connectionClosed (safe to retry)")
     func pipelinedNextFailsSafely() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
                 .expect("MAIL FROM:<c@x.test>"), .expect("RCPT TO:<d@x.test>"), .expect("DATA"), .close,
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let second = WaitingStart<SMTPTransactionResult>()
         let nextTask = Task {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let nextError = await wireCatch { try await nextTask.value }
         #expect(firstError?.code == .outcomeUnknown, "\(String(describing: firstError))")
         #expect(
@@ -125,7 +128,7 @@ struct WirePipelinedExchangeTests {
 
     @Test("the first message refused at its dot: the pipelined next one goes on normally")
     func firstRefusedNextDelivered() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
@@ -133,12 +136,13 @@ struct WirePipelinedExchangeTests {
                 .send("554 5.7.1 first rejected\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
                 .readData, .send("250 2.0.0 second queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let second = WaitingStart<SMTPTransactionResult>()
         let nextTask = Task {
             try await second.task { try await conn.send(envelope: SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test"]), body: WireBody(message)) }
         }
         let firstError = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { second.start() }) }
+        second.abandon()  // (started by now, unless the hand-back never ran)
         let next = try await nextTask.value
         #expect(firstError?.replyCode == 554 && firstError?.stage == .data && firstError?.isTransient == false)
         #expect(next.delivered && next.finalReply?.text == "second queued")
@@ -149,67 +153,73 @@ struct WirePipelinedExchangeTests {
 
     @Test("NOOP, RSET or QUIT after a hand-back wait for the reply to the dot: a slow filter is not cut off by their timeout")
     func checksWaitForTheDotsReply() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
-                .waitFor("filtered"),  // the server "filters" longer than protocol-timeout
+                // The server "filters" for over twice protocol-timeout; the NOOP waits all along.
+                .advance(.milliseconds(900)), .expectOpen(true),
                 .send("250 2.0.0 queued after filtering\r\n"),
                 .expect("NOOP"), .send("250 2.0.0 Ok\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(400)))
-        let check = WaitingStart<Void>()
-        // The pool's check, started the moment the connection is handed back.
-        let noop = Task { try await check.task { try await conn.noop() } }
-        let release = Task {
-            try await Task.sleep(for: .milliseconds(900))  // over twice protocol-timeout
-            server.mark("filtered")
-        }
-        let result = try await conn.send(envelope: envelope1, body: WireBody(message), handBack: { check.start() })
+        let conn = try await server.connect(configuration: .wire(protocolTimeout: .milliseconds(400)))
+        // The pool's check, asked for on the event loop the moment the connection is handed back
+        // (as `noop()` asks for it, without the task hop that would let the clock move first).
+        let check = server.loop.makePromise(of: SMTPReply.self)
+        let handler = conn.handler
+        let protocolTimeout = conn.configuration.protocolTimeout
+        let result = try await conn.send(
+            envelope: envelope1, body: WireBody(message),
+            handBack: { handler.value.startCommand(.noop, stage: .noop, timeout: protocolTimeout, reply: check) })
         #expect(result.delivered && result.finalReply?.text == "queued after filtering")
-        try await noop.value
-        try await release.value
+        #expect(result.handedBack)
+        if !result.handedBack { check.fail(WaitingStart<Void>.NeverStarted()) }  // (never asked for)
+        #expect(try await check.futureResult.get().code == 250)
         #expect(conn.isOpen)
         await conn.quit()
         await server.finished()
         #expect(server.problems.isEmpty)
+        #expect(server.transcript.suffix(2) == ["NOOP", "QUIT"])
     }
 
-    @Test("silent after the pipelined group: timeout at stage mail, connection closed")
+    @Test("silent after the pipelined group: timeout at stage mail, exactly at protocol-timeout, connection closed")
     func silentAfterGroup() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
+                .advance(.milliseconds(299)), .expectOpen(true), .advance(.milliseconds(1)),
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(300)))
-        let start = ContinuousClock.now
+        let conn = try await server.connect(configuration: .wire(protocolTimeout: .milliseconds(300)))
+        let start = server.now
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.code == .timeout && error?.stage == .mail && error?.isTransient == true, "\(String(describing: error))")
-        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(server.now - start == .milliseconds(300))
         #expect(!conn.isOpen)
         await server.finished()
+        #expect(server.problems.isEmpty)
     }
 
     @Test("the timer armed for an earlier message still catches a later silent one (re-armed, not lost)")
     func timerReArmed() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n"),  // then silence: the RCPT's reply never comes
+                // The first message's timer (due at 400 ms) fires early here and is armed again.
+                .advance(.milliseconds(399)), .expectOpen(true), .advance(.milliseconds(1)),
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(400)))
+        let conn = try await server.connect(configuration: .wire(protocolTimeout: .milliseconds(400)))
         #expect(try await conn.send(envelope: envelope1, body: WireBody(message)).delivered)
-        try await Task.sleep(for: .milliseconds(250))  // the first timer fires during the second wait
-        let start = ContinuousClock.now
+        await server.advanceTime(by: .milliseconds(250))  // the first timer fires during the second wait
+        let start = server.now
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
-        let waited = ContinuousClock.now - start
         #expect(error?.code == .timeout && error?.stage == .rcpt, "\(String(describing: error))")
         // The whole protocol-timeout of the second message, not what was left of the first one's.
-        #expect(waited >= .milliseconds(380), "\(waited)")
-        #expect(waited < .seconds(3))
+        #expect(server.now - start == .milliseconds(400))
         await server.finished()
+        #expect(server.problems.isEmpty)
     }
 
     @Test("a slow but steady server is not cut off: each message gets its own protocol-timeout")
@@ -218,14 +228,15 @@ struct WirePipelinedExchangeTests {
         for _ in 0..<3 {
             steps += [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
+                .advance(.milliseconds(300)),
+                .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .advance(.milliseconds(300)), .send("250 queued\r\n"),
             ]
         }
-        let server = try ScriptedSMTPServer(steps + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port, protocolTimeout: .milliseconds(500)))
+        let server = ScriptedSMTPPeer(steps + WireScript.quit)
+        let conn = try await server.connect(configuration: .wire(protocolTimeout: .milliseconds(500)))
         for _ in 0..<3 {
             #expect(try await conn.send(envelope: envelope1, body: WireBody(message)).delivered)
-            try await Task.sleep(for: .milliseconds(300))  // 3 x 300 ms: longer than one timeout in all
+            await server.advanceTime(by: .milliseconds(300))  // 3 x 900 ms: longer than one timeout in all
         }
         await conn.quit()
         await server.finished()
@@ -234,12 +245,12 @@ struct WirePipelinedExchangeTests {
 
     @Test("closed after the dot, before the reply: outcomeUnknown (never a blind resend)")
     func closeAfterDot() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.code == .outcomeUnknown && error?.stage == .data && error?.isTransient == true, "\(String(describing: error))")
         #expect(!conn.isOpen)
@@ -249,12 +260,12 @@ struct WirePipelinedExchangeTests {
 
     @Test("closed after some of the group's replies: connectionClosed at the stage still waiting")
     func closeMidGroup() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n"), .close,
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.code == .connectionClosed && error?.stage == .rcpt && error?.isTransient == true, "\(String(describing: error))")
         #expect(!conn.isOpen)
@@ -263,14 +274,14 @@ struct WirePipelinedExchangeTests {
 
     @Test("MAIL refused in the group (and so RCPT and DATA): the 451 is reported, RSET, the connection stays usable")
     func mailRefused() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n"),
                 .expect("RSET"), .send("250 ok\r\n"),
                 .expect("NOOP"), .send("250 ok\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let error = await wireCatch { try await conn.send(envelope: envelope1, body: WireBody(message)) }
         #expect(error?.replyCode == 451 && error?.stage == .mail && error?.isTransient == true, "\(String(describing: error))")
         #expect(conn.isOpen)
@@ -283,11 +294,11 @@ struct WirePipelinedExchangeTests {
     @Test("a reply line split across reads at every byte still matches its command")
     func splitReplies() async throws {
         let replies = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
-            ] + replies.utf8.map { WireStep.sendBytes([$0]) } + [.readData, .send("25"), .send("0 2.0.0 Ok\r\n")] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+            ] + replies.utf8.map { ScriptedSMTPStep.sendBytes([$0]) } + [.readData, .send("25"), .send("0 2.0.0 Ok\r\n")] + WireScript.quit)
+        let conn = try await server.connect(configuration: .wire())
         let result = try await conn.send(envelope: envelope1, body: WireBody(message))
         #expect(result.delivered && result.finalReply?.enhancedCode?.description == "2.0.0")
         await conn.quit()
@@ -298,29 +309,37 @@ struct WirePipelinedExchangeTests {
 
 /// A task body started from a callback (here: `handBack`, on the event loop), awaited later.
 final class WaitingStart<Success: Sendable>: @unchecked Sendable {
+    struct NeverStarted: Error {}
     private let lock = NIOLock()
-    private var started = false
-    private var waiter: CheckedContinuation<Void, Never>?
+    private var started: Bool?
+    private var waiter: CheckedContinuation<Bool, Never>?
 
-    func start() {
-        let waiter: CheckedContinuation<Void, Never>? = lock.withLock {
-            started = true
+    func start() { decide(true) }
+
+    /// Ends the wait of a body that was not started by now: it throws `NeverStarted`.
+    func abandon() { decide(false) }
+
+    private func decide(_ start: Bool) {
+        let waiter: CheckedContinuation<Bool, Never>? = lock.withLock {
+            guard started == nil else { return nil }
+            started = start
             defer { self.waiter = nil }
             return self.waiter
         }
-        waiter?.resume()
+        waiter?.resume(returning: start)
     }
 
     /// Waits for `start()`, then runs `body`.
     func task(_ body: @escaping @Sendable () async throws -> Success) async throws -> Success {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = lock.withLock { () -> Bool in
-                if started { return true }
+        let go = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let now = lock.withLock { () -> Bool? in
+                if let started { return started }
                 waiter = continuation
-                return false
+                return nil
             }
-            if now { continuation.resume() }
+            if let now { continuation.resume(returning: now) }
         }
+        guard go else { throw NeverStarted() }
         return try await body()
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import OutboxTestSupport
 import Testing
 
 @testable import OutboxSMTP
@@ -8,7 +9,7 @@ import Testing
 
 /// A transaction prepared before a connection is at hand (`SMTPConnection.prepare`), started by
 /// the event loop where the connection becomes free (`start`), concluded by `finish`.
-@Suite("Wire: prepared transactions", .timeLimit(.minutes(1)))
+@Suite("Wire: prepared transactions", .timeLimit(.minutes(1)), .abortPeersOnCancel)
 struct WirePreparedTransactionTests {
     struct Declined: Error {}
 
@@ -63,7 +64,7 @@ struct WirePreparedTransactionTests {
 
     @Test("started at the hand-back: the next transaction's commands follow the dot, and finish reports it")
     func startedAtTheHandBack() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData,
@@ -72,26 +73,26 @@ struct WirePreparedTransactionTests {
                 .send("250 2.0.0 first queued\r\n"), .send("250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n"),
                 .readData, .send("250 2.0.0 second queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let next = try #require(
             try await Self.prepared(
                 SMTPEnvelope(from: "c@x.test", recipients: ["d@x.test", "e@x.test"]),
                 "Subject: two\r\n\r\n.dot\r\n", for: conn.transactionProfile))
         let started = NIOLockedValueBox<Bool?>(nil)
-        let outcome = NIOLockedValueBox<SMTPPreparedOutcome?>(nil)
+        let outcome = AsyncValues<SMTPPreparedOutcome>()
         let freed = NIOLockedValueBox(0)
         let first = try await conn.send(
             envelope: envelope1, body: WireBody(message),
             handBack: {
                 started.withLockedValue {
-                    $0 = conn.start(
-                        next, handBack: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.withLockedValue { $0 = result } })
+                    $0 = conn.start(next, handBack: { freed.withLockedValue { $0 += 1 } }, completion: { result in outcome.append(result) })
                 }
             })
         #expect(first.delivered && first.handedBack && first.finalReply?.text == "first queued")
         #expect(started.withLockedValue { $0 } == true)
-        await wireWait { outcome.withLockedValue { $0 } != nil }
-        let result = try await conn.finish(next, try #require(outcome.withLockedValue { $0 }))
+        let outcomes = await outcome.wait()
+        #expect(outcomes.count == 1)
+        let result = try await conn.finish(next, try #require(outcomes.first))
         #expect(result.delivered && result.finalReply?.text == "second queued")
         #expect(result.recipients.map(\.accepted) == [true, false])
         #expect(result.recipients[1].reply?.enhancedCode?.description == "5.1.1")
@@ -104,12 +105,12 @@ struct WirePreparedTransactionTests {
 
     @Test("start declines, sending nothing, off the event loop, on a busy connection, or for another profile")
     func startDeclines() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
         // Off the event loop.
         let offLoop = conn.start(ready, handBack: {}, completion: { _ in Issue.record("declined start completed") })
@@ -118,24 +119,25 @@ struct WirePreparedTransactionTests {
         let other = try #require(try await Self.prepared(for: Self.profile(["PIPELINING": [], "8BITMIME": []])))
         await #expect(throws: Declined.self) { _ = try await Self.startOnLoop(conn, other) }
         // Busy: the second start while the first runs.
-        let outcomes = NIOLockedValueBox<[SMTPPreparedOutcome]>([])
+        let outcomes = AsyncValues<SMTPPreparedOutcome>()
         let both = try await conn.channel.eventLoop.submit { () -> [Bool] in
-            let record: @Sendable (SMTPPreparedOutcome) -> Void = { outcome in outcomes.withLockedValue { $0.append(outcome) } }
+            let record: @Sendable (SMTPPreparedOutcome) -> Void = { outcome in outcomes.append(outcome) }
             return [conn.start(ready, handBack: {}, completion: record), conn.start(ready, handBack: {}, completion: record)]
         }.get()
         #expect(both == [true, false])
-        await wireWait { outcomes.withLockedValue { $0.count } == 1 }
-        let result = try await conn.finish(ready, try #require(outcomes.withLockedValue { $0.first }))
+        let completed = await outcomes.wait()
+        let result = try await conn.finish(ready, try #require(completed.first))
         #expect(result.delivered)
         await conn.quit()
         await server.finished()
+        #expect(outcomes.current.count == 1, "the declined start never completes")
         #expect(server.problems.isEmpty)
         #expect(server.dataStrings.count == 1)
     }
 
     @Test("finish reports failures as send does: MAIL refused throws and RSET follows, every RCPT refused, the connection lost after the dot")
     func finishReportsFailures() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("550 5.1.0 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"),
@@ -146,7 +148,7 @@ struct WirePreparedTransactionTests {
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .close,
             ])
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
 
         let mailRefused = await wireCatch { try await conn.finish(ready, try await Self.startOnLoop(conn, ready)) }
@@ -166,12 +168,12 @@ struct WirePreparedTransactionTests {
 
     @Test("a prepared transaction sent from a task; nil and nothing sent when the profile differs")
     func sentFromATask() async throws {
-        let server = try ScriptedSMTPServer(
+        let server = ScriptedSMTPPeer(
             WireScript.hello(["PIPELINING", "8BITMIME"]) + [
                 .expect("MAIL FROM:<a@x.test>"), .expect("RCPT TO:<b@x.test>"), .expect("DATA"),
                 .send("250 ok\r\n250 ok\r\n354 go\r\n"), .readData, .send("250 queued\r\n"),
             ] + WireScript.quit)
-        let conn = try await SMTPConnection.connect(configuration: .wire(port: server.port))
+        let conn = try await server.connect(configuration: .wire())
         let other = try #require(try await Self.prepared(for: Self.profile(["PIPELINING": []])))
         #expect(try await conn.send(other) == nil)
         let ready = try #require(try await Self.prepared(for: conn.transactionProfile))
