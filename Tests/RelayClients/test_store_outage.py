@@ -15,6 +15,7 @@ submission is refused retries it with the same Idempotency-Key until it is taken
 - every message taken (202) is delivered exactly once (counted in the maildir by subject);
 - the daemon logs fewer than 50 lines from the stop to 5 s after the restart;
 - a message is delivered within 5 s of the restart;
+- no tight loop: the daemon uses less than half a core during the outage (CPU time);
 - the SMTP listener answers 451 4.3.0 at the end of DATA during the outage, within 10 s.
 
 Replaced database: the tables are dropped under a running daemon. /readyz answers 503 with the
@@ -79,6 +80,13 @@ def submit(daemon, subject, key, timeout=15):
         return e.code, dict(e.headers), e.read().decode("utf-8", "replace"), time.monotonic() - started
     except OSError as e:
         return None, {}, f"no answer: {e}", time.monotonic() - started
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/PID/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def relay_submit(daemon, subject):
@@ -168,11 +176,13 @@ class StoreOutage(unittest.TestCase):
             self.assertTrue(flowing, f"no deliveries before the outage\n{d.diagnostics()}")
             stopped_at = time.time()
             pg("halt")
+            cpu_at_stop = cpu_seconds(d.proc.pid)
             log(f"PostgreSQL stopped; {len(taken)} messages taken so far")
             time.sleep(3)
             relay_reply, relay_seconds = relay_submit(d, f"{run}-relay")
             time.sleep(OUTAGE_SECONDS - 3 - relay_seconds)
             delivered_before = set(delivered_counts(maildir, run))
+            outage_cpu = cpu_seconds(d.proc.pid) - cpu_at_stop
             pg("resume")
             resumed_at = time.time()
             log("PostgreSQL started again")
@@ -191,6 +201,11 @@ class StoreOutage(unittest.TestCase):
                 t.join(30)
         log(f"{len(answers)} answers, {len(taken)} messages taken; first delivery {first_new and first_new - resumed_at:.1f} s "
             "after the restart" if first_new else f"{len(answers)} answers; no delivery after the restart")
+
+        # No tight loop while the store is away: the daemon (answering four clients meanwhile)
+        # uses well under a core.
+        log(f"the daemon used {outage_cpu:.1f} s of CPU during the {OUTAGE_SECONDS} s outage")
+        self.assertLess(outage_cpu, OUTAGE_SECONDS * 0.5, "a tight loop while the store is away")
 
         # Every request answered within 10 s; refusals are 503 store_unavailable with Retry-After.
         slow = [(s, st, round(sec, 1)) for _, s, st, _, _, sec, _ in answers if st is None or sec > 10]
