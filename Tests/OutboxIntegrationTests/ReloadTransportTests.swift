@@ -131,7 +131,7 @@ struct ReloadTransportTests {
     }
 
     @Test(
-        "SMTP to GRAPH and back at the next cycle, with messages queued: each delivered once, through the transport in force",
+        "SMTP to GRAPH and back at the next cycle with messages queued, each delivered once through the transport in force; GRAPH's user at once",
         .timeLimit(.minutes(3)))
     func smtpToGraphAndBack() async throws {
         let peer = try TestPeers.fromEnvironment()
@@ -147,13 +147,13 @@ struct ReloadTransportTests {
             defer { setup.finish() }
             let token = "reload-graph-\(UUID().uuidString.prefix(8))"
             let closedPort = freePort()
-            func smtpClient(type: String, port: Int) -> String {
+            func smtpClient(type: String, port: Int, user: String? = nil) -> String {
                 """
                 server-type = \(type)
                 server = \(peer.smtpHost)
                 port = \(port)
                 enable-authentication = true
-                user = \(peer.user)
+                user = \(user ?? peer.user)
                 password = \(peer.password)
                 client-id = client-1
                 directory-id = tenant-1
@@ -183,11 +183,22 @@ struct ReloadTransportTests {
             for id in more {
                 #expect(try await waitForMessage(setup.port, id, status: "delivered")["status"] as? String == "delivered")
             }
+            // An immediate option under GRAPH: the mailbox (user) changes at once; the emulator
+            // now serves only the new one, so the message goes out only if the new user is used.
+            let shared = "shared-\(token)@contoso.test"
+            await state.set { $0.graphMailbox = shared }
+            try setup.write(smtpClient(type: "GRAPH", port: closedPort, user: shared), outbox: outbox)
+            status = try await setup.reload()
+            #expect((status["last_reload_error"] as? String ?? "").isEmpty)
+            let asShared = try await setup.submit("\(token)-s0", from: shared)
+            let sharedAnswer = try await waitForMessage(setup.port, asShared, status: "delivered")
+            #expect(sharedAnswer["status"] as? String == "delivered", "\(sharedAnswer)")
+            await state.set { $0.graphMailbox = peer.user }
 
             try setup.write(smtpClient(type: "SMTP", port: peer.plainPort), outbox: outbox)
             status = try await setup.reload()
             #expect(status["transport"] as? String == "smtp")
-            #expect(status["transport_generation"] as? Int == 2)
+            #expect(status["transport_generation"] as? Int == 3)
             var back: [String] = []
             for n in 0..<3 { back.append(try await setup.submit("\(token)-c\(n)", from: peer.user)) }
             for id in back {
@@ -198,6 +209,7 @@ struct ReloadTransportTests {
             let delivered = await state.delivered
             for n in 0..<5 { #expect(Self.count("\(token)-a\(n)\r\n", in: delivered) == 1, "a\(n) through Graph once") }
             for n in 0..<3 { #expect(Self.count("\(token)-b\(n)\r\n", in: delivered) == 1, "b\(n) through Graph once") }
+            #expect(Self.count("\(token)-s0\r\n", in: delivered) == 1, "s0 through Graph as the new mailbox")
             #expect(Self.count("\(token)-c", in: delivered) == 0, "nothing through Graph after the switch back")
             #expect(peer.maildir.countMessages(containing: "\(token)-a") == 0)
             #expect(peer.maildir.countMessages(containing: "\(token)-b") == 0)
