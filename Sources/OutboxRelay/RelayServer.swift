@@ -338,15 +338,17 @@ package final class RelayServer: Service, Sendable {
         message.origin = MessageOrigin(
             kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
             notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
-        // The disk fell below queue-min-free while the message arrived: refuse it now.
-        if queue.intake() == .refused {
+        /// `452 4.3.1`: the queue's disk has no room for the message now.
+        func insufficientStorage(_ why: String) async -> Result<String, SMTPServerReplyError> {
             await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "insufficient_storage").increment()
             logger.warning(
-                "relay message not queued: the queue's disk is below queue-min-free",
+                "relay message not queued: \(why)",
                 metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred (452 4.3.1)"))
             return .failure(SMTPServerReplyError(SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")))
         }
+        // The disk fell below queue-min-free while the message arrived: refuse it now.
+        if queue.intake() == .refused { return await insufficientStorage("the queue's disk is below queue-min-free") }
         do {
             let stored = try await queue.enqueue(message)
             metrics.messages(result: "accepted", reason: "ok").increment()
@@ -357,12 +359,7 @@ package final class RelayServer: Service, Sendable {
                     result: "queued as \(stored)", size: size))
             return .success(stored)
         } catch  where queue.isInsufficientStorage(error) {
-            await discardChunks(messageID: id, count: received.chunkCount)
-            metrics.messages(result: "refused", reason: "insufficient_storage").increment()
-            logger.warning(
-                "relay message not queued: the queue's disk is full",
-                metadata: messageMetadata(client: clientText, session: session, envelope: envelope, result: "deferred (452 4.3.1)"))
-            return .failure(SMTPServerReplyError(SMTPServerReply(452, "4.3.1", "Insufficient system storage, try again later")))
+            return await insufficientStorage("the queue's disk is full")
         } catch {
             await discardChunks(messageID: id, count: received.chunkCount)
             metrics.messages(result: "refused", reason: "queue_unavailable").increment()

@@ -120,6 +120,14 @@ struct QueueAPI: Sendable {
         FileHandle.standardOutput.write(data + Data("\n".utf8))
     }
 
+    /// One message's action: prints the API's JSON, or `line` of the message as it now is.
+    static func act(
+        _ connection: QueueConnection, _ method: HTTPMethod, _ path: String, json: Bool, _ line: ([String: Any]) -> String
+    ) async throws {
+        let m = try await connection.client().call(method, path)
+        if json { printJSON(m) } else { print(line(m)) }
+    }
+
     static func path(_ id: String) -> String {
         "/v1/messages/" + (id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? id)
     }
@@ -231,8 +239,7 @@ struct QueueRetry: AsyncParsableCommand {
     func run() async throws {
         let api = try connection.client()
         if let id {
-            let m = try await api.call(.POST, QueueAPI.path(id) + "/retry")
-            if json { QueueAPI.printJSON(m) } else { print("\(id): \(m["status"] as? String ?? "?")") }
+            try await QueueAPI.act(connection, .POST, QueueAPI.path(id) + "/retry", json: json) { "\(id): \($0["status"] as? String ?? "?")" }
             return
         }
         try await QueueBulk.run(
@@ -253,8 +260,7 @@ struct QueueCancel: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let m = try await connection.client().call(.DELETE, QueueAPI.path(id))
-        if json { QueueAPI.printJSON(m) } else { print("\(id): \(m["status"] as? String ?? "?")") }
+        try await QueueAPI.act(connection, .DELETE, QueueAPI.path(id), json: json) { "\(id): \($0["status"] as? String ?? "?")" }
     }
 }
 
@@ -272,8 +278,9 @@ struct QueuePurge: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let m = try await connection.client().call(.POST, QueueAPI.path(id) + "/purge")
-        if json { QueueAPI.printJSON(m) } else { print("\(id): content purged (\(m["status"] as? String ?? "?"))") }
+        try await QueueAPI.act(connection, .POST, QueueAPI.path(id) + "/purge", json: json) {
+            "\(id): content purged (\($0["status"] as? String ?? "?"))"
+        }
     }
 }
 
