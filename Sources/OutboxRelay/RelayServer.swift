@@ -17,16 +17,9 @@ package struct RelayRuntimeConfiguration: Sendable {
     package var settings: RelaySettings
     package var clients: [ClientIdentity]
     package var tlsContext: NIOSSLContext?
-    /// The most a transport can take (Graph's 150 MB, a server's SIZE); nil: no limit known.
-    package var transportLimit: Int?
-
-    /// The SIZE advertised: the smaller of `max-message-size` and what the transport takes.
-    package var effectiveMaxMessageSize: Int {
-        min(settings.maxMessageSize, transportLimit ?? Int.max)
-    }
 
     /// Builds it, loading the certificate and key when set; throws a message that names the file.
-    package static func make(settings: RelaySettings, clients: [ClientIdentity], transportLimit: Int? = nil) throws -> RelayRuntimeConfiguration {
+    package static func make(settings: RelaySettings, clients: [ClientIdentity]) throws -> RelayRuntimeConfiguration {
         var context: NIOSSLContext?
         if let certificateFile = settings.tlsCertificateFile, let keyFile = settings.tlsKeyFile {
             let chain: [NIOSSLCertificate]
@@ -51,7 +44,7 @@ package struct RelayRuntimeConfiguration: Sendable {
                     "relay.tls-certificate-file and relay.tls-key-file do not make a TLS context (does the key belong to the certificate?): \(error)")
             }
         }
-        return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context, transportLimit: transportLimit)
+        return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context)
     }
 }
 
@@ -254,7 +247,9 @@ package final class RelayServer: Service, Sendable {
         let policy = RelaySessionPolicy(
             hostname: settings.effectiveHostname, trustedNetwork: trusted, canStartTLS: config.tlsContext != nil,
             implicitTLS: implicitTLS, requireTLSForAuth: settings.requireTLSForAuth,
-            maxMessageSize: min(config.effectiveMaxMessageSize, transportSizeLimit() ?? Int.max),
+            // The SIZE advertised: the smaller of max-message-size and what the transport takes
+            // (Graph's 150 MB, the SMTP server's own SIZE).
+            maxMessageSize: min(config.settings.maxMessageSize, transportSizeLimit() ?? Int.max),
             maxRecipients: settings.maxRecipients)
         if implicitTLS {
             guard let context = config.tlsContext else { throw RelayError("no TLS context") }

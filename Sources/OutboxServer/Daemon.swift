@@ -113,8 +113,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             let runtime: RelayRuntimeConfiguration
             do {
                 runtime = try RelayRuntimeConfiguration.make(
-                    settings: relaySettings, clients: configuration.clients,
-                    transportLimit: Daemon.transportLimit(configuration))
+                    settings: relaySettings, clients: configuration.clients, )
             } catch let error as RelayError {
                 throw DaemonError(.relay, error.description)
             }
@@ -127,11 +126,6 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 onListening: { address in listening.withLockedValue { $0 }(address) })
         }
         api.attach(self)
-    }
-
-    /// The largest message the transport takes, for the relay's SIZE (Graph: 150 MB).
-    static func transportLimit(_ c: OutboxConfiguration) -> Int? {
-        c.smtpClient.serverType == .graph && !c.smtpClient.usesFileTransport ? 150 * 1024 * 1024 : nil
     }
 
     package static func dispatcherSettings(_ s: OutboxSettings) -> DispatcherSettings {
@@ -187,7 +181,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         if relay != nil {
             do {
                 relayRuntime = try RelayRuntimeConfiguration.make(
-                    settings: new.relay, clients: new.clients, transportLimit: Daemon.transportLimit(new))
+                    settings: new.relay, clients: new.clients)
             } catch {
                 let problem = ConfigurationProblem(
                     code: "relay_tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")

@@ -56,6 +56,8 @@ import OutboxOAuth
 public final class GraphTransport: MailTransport {
     /// `graph`.
     public let name = "graph"
+    /// Graph takes messages up to 150 MB (PROTOCOLS.md §4 "Size limits"): the relay's SIZE.
+    public var messageSizeLimit: Int? { 150 * 1024 * 1024 }
     /// Graph's request limit (4 MiB) and the raw MIME that fits in it.
     public static let maxRequestBytes = 4 * 1024 * 1024
     /// The largest raw MIME that fits in one request once base64-encoded (3 MiB).

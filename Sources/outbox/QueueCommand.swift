@@ -173,15 +173,10 @@ struct QueueList: AsyncParsableCommand {
 struct QueueShow: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one message, its recipients and its attempts.")
 
-    @OptionGroup var connection: QueueConnection
-
-    @Argument(help: "The message's id.")
-    var id: String
-
-    @Flag(name: .long, help: "Print the API's JSON.")
-    var json = false
+    @OptionGroup var message: QueueMessageArguments
 
     func run() async throws {
+        let (connection, id, json) = (message.connection, message.id, message.json)
         let m = try await connection.client().call(.GET, QueueAPI.path(id))
         if json {
             QueueAPI.printJSON(m)
@@ -251,16 +246,10 @@ struct QueueRetry: AsyncParsableCommand {
 struct QueueCancel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Stop trying a queued or deferred message (its record stays).")
 
-    @OptionGroup var connection: QueueConnection
-
-    @Argument(help: "The message's id.")
-    var id: String
-
-    @Flag(name: .long, help: "Print the API's JSON.")
-    var json = false
+    @OptionGroup var message: QueueMessageArguments
 
     func run() async throws {
-        try await QueueAPI.act(connection, .DELETE, QueueAPI.path(id), json: json) { "\(id): \($0["status"] as? String ?? "?")" }
+        try await message.act(.DELETE, "") { "\($0["status"] as? String ?? "?")" }
     }
 }
 
@@ -269,6 +258,15 @@ struct QueuePurge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "purge", abstract: "Remove a finished message's content (its record and attempts stay).")
 
+    @OptionGroup var message: QueueMessageArguments
+
+    func run() async throws {
+        try await message.act(.POST, "/purge") { "content purged (\($0["status"] as? String ?? "?"))" }
+    }
+}
+
+/// What `show`, `cancel` and `purge` take: the daemon, one message's id, `--json`.
+struct QueueMessageArguments: ParsableArguments {
     @OptionGroup var connection: QueueConnection
 
     @Argument(help: "The message's id.")
@@ -277,10 +275,9 @@ struct QueuePurge: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the API's JSON.")
     var json = false
 
-    func run() async throws {
-        try await QueueAPI.act(connection, .POST, QueueAPI.path(id) + "/purge", json: json) {
-            "\(id): content purged (\($0["status"] as? String ?? "?"))"
-        }
+    /// `method` on the message's path plus `suffix`; prints the JSON, or `id: line(message)`.
+    func act(_ method: HTTPMethod, _ suffix: String, _ line: ([String: Any]) -> String) async throws {
+        try await QueueAPI.act(connection, method, QueueAPI.path(id) + suffix, json: json) { "\(id): \(line($0))" }
     }
 }
 
