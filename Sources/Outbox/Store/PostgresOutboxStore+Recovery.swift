@@ -64,7 +64,7 @@ extension PostgresOutboxStore {
         let work = NIOLockedValueBox<Task<Void, Never>?>(nil)
         let abandon: @Sendable () -> Void = {
             let given = StoreError(.unavailable, "PostgreSQL went away while the call waited; the call was given up")
-            if race.finish(.failure(given)) { work.withLockedValue { $0 }?.cancel() }
+            race.finish(.failure(given)) { work.withLockedValue { $0 }?.cancel() }
         }
         let (token, client) = recovery.withLockedValue { r -> (Int, PostgresClient) in
             r.nextToken += 1

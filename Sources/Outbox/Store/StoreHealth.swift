@@ -172,7 +172,7 @@ package final class StoreHealth: Sendable {
             let seconds = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
             let timedOut = StoreError(
                 .unavailable, "the store (\(kind)) did not answer within \(seconds.formatted()) s ([outbox] store-unavailable-wait)")
-            if race.finish(.failure(timedOut)) { work.cancel() }
+            race.finish(.failure(timedOut)) { work.cancel() }
         }
         defer { timer.cancel() }
         return try await withTaskCancellationHandler {
@@ -194,9 +194,10 @@ final class StoreRace<T: Sendable>: Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    /// Records `result` if it is the first; true when it was.
+    /// Records `result` if it is the first; true when it was. `whenFirst` runs before the waiter
+    /// is resumed (so a loser cancelled there is cancelled by the time the waiter goes on).
     @discardableResult
-    func finish(_ result: Result<T, any Error>) -> Bool {
+    func finish(_ result: Result<T, any Error>, whenFirst: () -> Void = {}) -> Bool {
         let (first, continuation) = state.withLockedValue { s -> (Bool, CheckedContinuation<T, any Error>?) in
             guard s.result == nil, !s.delivered else { return (false, nil) }
             if let c = s.continuation {
@@ -207,6 +208,7 @@ final class StoreRace<T: Sendable>: Sendable {
             s.result = result
             return (true, nil)
         }
+        if first { whenFirst() }
         continuation?.resume(with: result)
         return first
     }
