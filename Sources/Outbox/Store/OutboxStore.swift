@@ -224,6 +224,8 @@ public struct StoredMessage: Sendable, Hashable {
     /// Its content was purged (`retention-content`, or to keep `queue-min-free`): it cannot be
     /// retried.
     public var contentPurged = false
+    /// The Subject header (encoded words decoded), or nil (none, or queued before the dashboard).
+    public var subject: String?
 
     /// A stored message with every field given (stores build it from their rows).
     public init(
@@ -231,8 +233,9 @@ public struct StoredMessage: Sendable, Hashable {
         idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
         nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
         lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0,
-        contentPurged: Bool = false
+        contentPurged: Bool = false, subject: String? = nil
     ) {
+        self.subject = subject
         self.contentPurged = contentPurged
         self.origin = origin
         self.chunkCount = chunkCount
@@ -322,7 +325,7 @@ public enum StoreChange: Sendable, Hashable {
 }
 
 /// The durable queue. Every method that changes a message commits before it returns.
-public protocol OutboxStore: Sendable {
+public protocol OutboxStore: OutboxStoreStatistics {
     /// "sqlite", "postgres".
     var kind: String { get }
     /// Creates or upgrades the schema.
