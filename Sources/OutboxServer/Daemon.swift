@@ -286,7 +286,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         api.secureCookies = tls != nil
         let router = api.makeRouter()
         let app = Application(
-            router: router, server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
+            router: router, server: try tls.map { try HTTPServerBuilder.tls(.http1(), tlsConfiguration: $0) } ?? HTTPServerBuilder.http1(),
             configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
             services: [api.sessionDriver],
             onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },

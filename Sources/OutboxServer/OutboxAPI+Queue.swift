@@ -97,7 +97,7 @@ extension OutboxAPI {
         var processed = 0
         while processed < max {
             filter.limit = min(filter.limit, max - processed)
-            let page = try await storeCall { [filter] in try await $0.list(filter) }
+            let page = try await storeCall { [filter] store in try await store.list(filter) }
             for message in page.messages { try await apply(action, id: message.id, into: &result) }
             processed += page.messages.count
             result.matched += page.messages.count
@@ -114,9 +114,9 @@ extension OutboxAPI {
         let at = now()
         let change = try await storeCall { store -> StoreChange in
             switch action {
-            case .retry: try await store.retry(id: id, now: at)
-            case .cancel: try await store.cancel(id: id, now: at)
-            case .purge: try await store.purge(id: id, now: at)
+            case .retry: return try await store.retry(id: id, now: at)
+            case .cancel: return try await store.cancel(id: id, now: at)
+            case .purge: return try await store.purge(id: id, now: at)
             }
         }
         switch change {

@@ -74,7 +74,7 @@ package final class OutboxAPI: Sendable {
     private let routeMetrics: RouteMetrics
     let now: @Sendable () -> Double
     /// The dashboard's sessions, in memory (a restart logs every operator out).
-    let sessionDriver = MemoryPersistDriver()
+    let sessionDriver = MemoryPersistDriver(ContinuousClock())
     private let secureCookiesBox = NIOLockedValueBox(false)
     /// The dashboard's session cookie is marked Secure (the listener serves HTTPS).
     package var secureCookies: Bool {

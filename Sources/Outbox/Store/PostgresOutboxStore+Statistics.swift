@@ -125,8 +125,8 @@ extension PostgresOutboxStore {
     public func list(_ filter: MessageFilter) async throws -> MessagePage {
         if filter.excludesEveryRoute { return MessagePage(messages: [], nextCursor: nil) }
         var binds = PostgresBindings()
-        func bind(_ value: some PostgresEncodable & Sendable) -> String {
-            binds.append(value)
+        func bind(_ value: some PostgresThrowingDynamicTypeEncodable) throws -> String {
+            try binds.append(value)
             return "$\(binds.count)"
         }
         var sql = "SELECT \(Self.columns()) FROM outbox_messages WHERE true"
@@ -138,27 +138,27 @@ extension PostgresOutboxStore {
             let hi = Int64(try r?["hi"].decode(Int.self) ?? 0)
             if filter.newestFirst {
                 let floor = (filter.cursor ?? (hi + 1)) - MessageFilter.scanBudget
-                sql += " AND seq >= \(bind(Int(floor)))"
+                sql += try " AND seq >= \(bind(Int(floor)))"
                 if floor > lo { windowEnd = floor }
             } else {
                 let ceiling = (filter.cursor ?? (lo - 1)) + MessageFilter.scanBudget
-                sql += " AND seq <= \(bind(Int(ceiling)))"
+                sql += try " AND seq <= \(bind(Int(ceiling)))"
                 if ceiling < hi { windowEnd = ceiling }
             }
         }
-        if let cursor = filter.cursor { sql += " AND seq \(filter.newestFirst ? "<" : ">") \(bind(Int(cursor)))" }
-        if !filter.statuses.isEmpty { sql += " AND status = ANY(\(bind(filter.statuses.map(\.rawValue))))" }
-        if let sender = filter.sender { sql += " AND mail_from ILIKE \(bind(MessageFilter.likePattern(sender)))" }
+        if let cursor = filter.cursor { sql += try " AND seq \(filter.newestFirst ? "<" : ">") \(bind(Int(cursor)))" }
+        if !filter.statuses.isEmpty { sql += try " AND status = ANY(\(bind(filter.statuses.map(\.rawValue))))" }
+        if let sender = filter.sender { sql += try " AND mail_from ILIKE \(bind(MessageFilter.likePattern(sender)))" }
         if let recipient = filter.recipient {
-            let pattern = bind(MessageFilter.likePattern(recipient))
+            let pattern = try bind(MessageFilter.likePattern(recipient))
             sql +=
                 " AND recipients ILIKE \(pattern) AND EXISTS (SELECT 1 FROM jsonb_array_elements(recipients::jsonb) e WHERE e->>'address' ILIKE \(pattern))"
         }
-        if let subject = filter.subject { sql += " AND subject ILIKE \(bind(MessageFilter.likePattern(subject)))" }
-        if let since = filter.since { sql += " AND created_at >= \(bind(since))" }
-        if let until = filter.until { sql += " AND created_at < \(bind(until))" }
-        if let duplicate = filter.possibleDuplicate { sql += " AND possible_duplicate = \(bind(duplicate ? 1 : 0))" }
-        sql += " ORDER BY seq \(filter.newestFirst ? "DESC" : "ASC") LIMIT \(bind(filter.limit))"
+        if let subject = filter.subject { sql += try " AND subject ILIKE \(bind(MessageFilter.likePattern(subject)))" }
+        if let since = filter.since { sql += try " AND created_at >= \(bind(since))" }
+        if let until = filter.until { sql += try " AND created_at < \(bind(until))" }
+        if let duplicate = filter.possibleDuplicate { sql += try " AND possible_duplicate = \(bind(duplicate ? 1 : 0))" }
+        sql += try " ORDER BY seq \(filter.newestFirst ? "DESC" : "ASC") LIMIT \(bind(filter.limit))"
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         let messages = try await rows(query).map { try Self.decode($0.makeRandomAccess()) }
         if messages.count == filter.limit, let last = messages.last { return MessagePage(messages: messages, nextCursor: last.sequence) }

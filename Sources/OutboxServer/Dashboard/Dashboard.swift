@@ -31,8 +31,8 @@ extension OutboxAPI {
         }
         ui.post("/messages/:id/:action") { [self] request, context in
             let id = context.parameters.get("id") ?? ""
-            let action = context.parameters.get("action") ?? ""
-            return await action(request, context) { session, _ in try await self.actOne(id, action, session) }
+            let name = context.parameters.get("action") ?? ""
+            return await action(request, context) { session, _ in try await self.actOne(id, name, session) }
         }
         ui.get("/actions/confirm") { [self] request, context in await page(request, context) { try await self.confirmBulk(request, $0) } }
         ui.post("/actions/bulk") { [self] request, context in
@@ -156,7 +156,7 @@ extension OutboxAPI {
     private func messages(_ request: Request, _ session: DashboardSession) async throws -> Response {
         var filter = try FilterParameters.filter(request.uri.queryParameters, defaultLimit: 50, maxLimit: 200)
         filter.newestFirst = true
-        let page = try await storeCall { [filter] in try await $0.list(filter) }
+        let page = try await storeCall { [filter] store in try await store.list(filter) }
         var view = base("Messages", session, nav: "messages")
         for (k, v) in DashboardViews.form(filter) { view[k] = v }
         view["rows"] = page.messages.map(DashboardViews.row)
@@ -312,7 +312,7 @@ extension OutboxAPI {
             headers: [
                 .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
                 .contentSecurityPolicy: "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'",
-                HTTPField.Name("X-Frame-Options")!: "DENY", HTTPField.Name("Referrer-Policy")!: "no-referrer",
+                HTTPFields.Element.Name("X-Frame-Options")!: "DENY", HTTPFields.Element.Name("Referrer-Policy")!: "no-referrer",
             ],
             body: ResponseBody(byteBuffer: ByteBuffer(string: DashboardTemplates.render(template, view))))
     }

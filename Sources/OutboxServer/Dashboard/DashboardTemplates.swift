@@ -196,3 +196,12 @@ enum DashboardTemplates {
         {{> foot}}
         """
 }
+
+/// Lets the tests check that each embedded template compiles.
+package enum DashboardTemplatesProbe {
+    /// True when the template `name` exists and parses.
+    package static func compiles(_ name: String) -> Bool {
+        guard let text = DashboardTemplates.sources[name] else { return false }
+        return (try? MustacheTemplate(string: text)) != nil
+    }
+}
