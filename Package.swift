@@ -145,6 +145,7 @@ let package = Package(
             dependencies: [
                 "Outbox", "OutboxRelay", "OutboxTransports", "OutboxMIME", "OutboxConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
                 .product(name: "Mustache", package: "swift-mustache"),

@@ -84,7 +84,7 @@ extension PostgresOutboxStore {
             _ = try await rows(
                 """
                 WITH d AS (DELETE FROM outbox_message_counts RETURNING route, status, n)
-                INSERT INTO outbox_message_counts (route, status, n) SELECT route, status, SUM(n) FROM d GROUP BY route, status
+                INSERT INTO outbox_message_counts (route, status, n) SELECT route, status, SUM(n) FROM d GROUP BY route, status HAVING SUM(n) <> 0
                 """)
         }
         return result

@@ -52,7 +52,7 @@ package enum DashboardAccess {
     /// The refusal of a request whose Host is not loopback while no token is required, or nil.
     static func hostRefusal(_ request: Request, requireToken: Bool) -> APIError? {
         guard !requireToken else { return nil }
-        let host = request.head.authority ?? request.headers[.host]
+        let host = request.head.authority
         guard !isLoopbackHost(host) else { return nil }
         return APIError(
             .forbidden, "forbidden_host",
