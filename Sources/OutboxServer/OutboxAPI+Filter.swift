@@ -60,10 +60,9 @@ enum FilterParameters {
     }
 
     /// From a request's query string.
-    static func filter(_ query: Parameters, defaultLimit: Int = 50, maxLimit: Int = 1000) throws -> MessageFilter {
-        var values: [String: [String]] = [:]
-        for key in keys { values[key] = query.getAll(key) }
-        return try filter(values, defaultLimit: defaultLimit, maxLimit: maxLimit)
+    /// The raw query string is decoded as a form (`+` is a space, as browsers send it).
+    static func filter(query: String?, defaultLimit: Int = 50, maxLimit: Int = 1000) throws -> MessageFilter {
+        try filter(FormData.parse(query ?? ""), defaultLimit: defaultLimit, maxLimit: maxLimit)
     }
 
     /// From a JSON object (`{"status": "deferred", "sender": "..."}`; `status` may be a list).

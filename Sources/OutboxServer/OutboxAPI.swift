@@ -348,7 +348,7 @@ package final class OutboxAPI: Sendable {
     }
 
     private func list(_ request: Request) async throws -> Response {
-        let filter = try FilterParameters.filter(request.uri.queryParameters)
+        let filter = try FilterParameters.filter(query: request.uri.query)
         let page = try await storeCall { try await $0.list(filter) }
         let next: Any = page.nextCursor.map { String($0) } ?? NSNull()
         return JSON.response(.ok, ["messages": page.messages.map { Self.summary($0) }, "next_cursor": next])

@@ -72,7 +72,8 @@ class Sink:
 
     def start(self, defer_rcpt=False):
         self.stop()
-        argv = [SMTP_SINK] + (["-r", "RCPT"] if defer_rcpt else []) + [f"127.0.0.1:{self.port}", "16"]
+        argv = [SMTP_SINK] + (["-u", "nobody"] if os.geteuid() == 0 else []) + (["-r", "RCPT"] if defer_rcpt else []) \
+            + [f"127.0.0.1:{self.port}", "16"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until("smtp-sink listening", self._listening, timeout=10)
 
@@ -170,8 +171,17 @@ class DashboardInBrowser(unittest.TestCase):
         os.makedirs(ARTIFACTS, exist_ok=True)
         print(f"\ndashboard screenshots: {ARTIFACTS}", flush=True)
         cls.sink = Sink(free_port())
-        cls.sink.start()
         cls.daemon = Daemon(cls.sink.port)
+        try:
+            cls.seed()
+        except BaseException:
+            cls.daemon.stop()
+            cls.sink.stop()
+            raise
+
+    @classmethod
+    def seed(cls):
+        cls.sink.start()
         cls.daemon.start()
         d = cls.daemon
         # 3 delivered, then 2 deferred (smtp-sink answers 4xx to RCPT).
@@ -282,7 +292,11 @@ class DashboardInBrowser(unittest.TestCase):
             self.browser.get(self.daemon.base + f"/messages/{target}")
             return self.browser.find_element(By.ID, "status").text == "delivered"
 
-        wait_until(f"message {target} shown as delivered", shown_status, timeout=60, interval=1)
+        try:
+            wait_until(f"message {target} shown as delivered", shown_status, timeout=60, interval=1)
+        except AssertionError:
+            print(json.dumps(self.daemon.api("GET", f"/v1/messages/{target}"), indent=1), self.daemon.log()[-3000:])
+            raise
         self.assertIn("retry requested by an operator", self.daemon.log())
         self.assertNotIn(TOKEN, self.daemon.log(), "a token in the daemon's log")
 

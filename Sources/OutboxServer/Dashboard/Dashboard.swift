@@ -154,7 +154,7 @@ extension OutboxAPI {
     }
 
     private func messages(_ request: Request, _ session: DashboardSession) async throws -> Response {
-        var filter = try FilterParameters.filter(request.uri.queryParameters, defaultLimit: 50, maxLimit: 200)
+        var filter = try FilterParameters.filter(query: request.uri.query, defaultLimit: 50, maxLimit: 200)
         filter.newestFirst = true
         let page = try await storeCall { [filter] store in try await store.list(filter) }
         var view = base("Messages", session, nav: "messages")
@@ -214,7 +214,7 @@ extension OutboxAPI {
 
     private func confirmBulk(_ request: Request, _ session: DashboardSession) async throws -> Response {
         let action = try Self.queueAction(request.uri.queryParameters.get("action") ?? "")
-        let filter = try FilterParameters.filter(request.uri.queryParameters)
+        let filter = try FilterParameters.filter(query: request.uri.query)
         var view = base("Confirm", session, nav: "messages")
         view["heading"] = "\(action.rawValue.capitalized) every message this filter takes?"
         let described = DashboardViews.query(filter)
