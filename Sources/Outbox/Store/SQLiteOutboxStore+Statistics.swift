@@ -96,7 +96,7 @@ extension SQLiteOutboxStore {
         var binds: [SQLiteData] = []
         var windowEnd: Int64?
         if filter.needsScan {
-            let bounds = try await connection.query("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM messages")
+            let bounds = try await connection.query("SELECT (SELECT MIN(seq) FROM messages) AS lo, (SELECT MAX(seq) FROM messages) AS hi")
             let lo = Int64(bounds.first?.column("lo")?.integer ?? 0)
             let hi = Int64(bounds.first?.column("hi")?.integer ?? 0)
             if filter.newestFirst {
