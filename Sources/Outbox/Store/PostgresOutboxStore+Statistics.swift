@@ -132,7 +132,11 @@ extension PostgresOutboxStore {
         var sql = "SELECT \(Self.columns()) FROM outbox_messages WHERE true"
         var windowEnd: Int64?
         if filter.needsScan {
-            let bounds = try await rows("SELECT COALESCE((SELECT MIN(seq) FROM outbox_messages), 0)::bigint AS lo, COALESCE((SELECT MAX(seq) FROM outbox_messages), 0)::bigint AS hi")
+            let bounds = try await rows(
+                """
+                SELECT COALESCE((SELECT MIN(seq) FROM outbox_messages), 0)::bigint AS lo,
+                       COALESCE((SELECT MAX(seq) FROM outbox_messages), 0)::bigint AS hi
+                """)
             let r = bounds.first?.makeRandomAccess()
             let lo = Int64(try r?["lo"].decode(Int.self) ?? 0)
             let hi = Int64(try r?["hi"].decode(Int.self) ?? 0)

@@ -23,6 +23,12 @@ package struct DashboardSession: Codable, Sendable {
     package var who: String
     /// The per-session random token every POST form carries.
     package var csrf: String
+
+    /// A session opened by `who`, with its CSRF token.
+    package init(who: String, csrf: String) {
+        self.who = who
+        self.csrf = csrf
+    }
 }
 
 /// The checks the dashboard and the API share: the Host header on loopback without tokens
