@@ -6,7 +6,10 @@
 #   scripts/dashboard-bench.sh [sqlite|postgres|both]   (default both)
 # Settings: N (messages, default 1000000), OUTBOX_BIN (default: a release build made here),
 # RUNS (default 5). PostgreSQL runs on its own cluster (127.0.0.1:55439, /tmp/outbox-pg-dashbench),
-# not on the tests' shared one, and is stopped at the end.
+# not on the tests' shared one, and is stopped at the end. BENCH_DIR=DIR keeps the seeded stores
+# (in DIR, and the cluster running) and reuses them on the next run instead of seeding again.
+# Retention is set past the seeded ages: a first start over 1M old messages would otherwise purge
+# them while the pages are timed (a steady queue has no such backlog).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,12 +21,19 @@ if [ -z "${OUTBOX_BIN:-}" ]; then
   swift build -c release --product outbox >&2
   OUTBOX_BIN=$(swift build -c release --show-bin-path)/outbox
 fi
-WORK=$(mktemp -d /tmp/outbox-dashbench.XXXXXX)
+if [ -n "${BENCH_DIR:-}" ]; then
+  mkdir -p "$BENCH_DIR"
+  WORK=$(cd "$BENCH_DIR" && pwd)
+else
+  WORK=$(mktemp -d /tmp/outbox-dashbench.XXXXXX)
+fi
 PID=
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-  PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  if [ -z "${BENCH_DIR:-}" ]; then
+    PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 PORT=$((20000 + RANDOM % 20000))
@@ -42,6 +52,8 @@ data-directory = $WORK/data
 http-listen = 127.0.0.1:$PORT
 store = $1
 retry-initial-delay = 01:00:00
+retention-content = 8760:00:00
+retention-records = 8760:00:00
 CONF
 }
 
@@ -79,10 +91,16 @@ PY
 
 bench_sqlite() {
   write_config sqlite
-  start_daemon; stop_daemon # creates the schema (migrations, triggers)
   local db=$WORK/data/outbox.sqlite t0
+  if [ -f "$WORK/seeded-sqlite" ]; then
+    echo "sqlite: reusing the seeded $db" >&2
+    start_daemon; time_pages sqlite; stop_daemon
+    return
+  fi
+  rm -rf "$WORK/data"
+  start_daemon; stop_daemon # creates the schema (migrations, triggers)
   t0=$(date +%s)
-  sqlite3 "$db" <<SQL
+  sqlite3 "$db" >/dev/null <<SQL
 PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $N)
 INSERT INTO messages (id, mail_from, recipients, content, message_id, size, status, created_at, updated_at, age_base,
@@ -104,6 +122,7 @@ UPDATE messages SET status = CASE WHEN seq % 10 = 0 THEN 'failed' ELSE 'delivere
 PRAGMA wal_checkpoint(TRUNCATE);
 SQL
   echo "sqlite: seeded $N + 3000 messages in $(($(date +%s) - t0)) s ($(du -h "$db" | cut -f1))" >&2
+  touch "$WORK/seeded-sqlite"
   start_daemon
   time_pages sqlite
   stop_daemon
@@ -112,6 +131,12 @@ SQL
 bench_postgres() {
   local url t0
   url=$(PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash scripts/postgres-testbed.sh start)
+  write_config "$url"
+  if [ -f "$WORK/seeded-postgres" ]; then
+    echo "postgres: reusing the seeded tables" >&2
+    start_daemon; time_pages postgres; stop_daemon
+    return
+  fi
   psql -q "$url" -c "DROP TABLE IF EXISTS outbox_messages, outbox_schema, outbox_message_chunks, outbox_message_counts, outbox_message_rates CASCADE" >/dev/null
   write_config "$url"
   start_daemon; stop_daemon
@@ -137,6 +162,7 @@ UPDATE outbox_messages SET status = CASE WHEN seq % 10 = 0 THEN 'failed' ELSE 'd
 VACUUM ANALYZE outbox_messages;
 SQL
   echo "postgres: seeded $N + 3000 messages in $(($(date +%s) - t0)) s" >&2
+  touch "$WORK/seeded-postgres"
   start_daemon
   time_pages postgres
   stop_daemon

@@ -33,6 +33,8 @@ public struct MessageFilter: Sendable, Hashable {
 
     /// Sequence numbers walked at most per page when a filter the indexes do not serve is set.
     public static let scanBudget: Int64 = 20_000
+    /// This listing's scan window (``MessageFilter/scanBudget`` unless a test narrows it).
+    public var scanWindow: Int64 = MessageFilter.scanBudget
 
     /// A filter that takes every message, oldest first, 50 per page.
     public init() {}

@@ -141,11 +141,11 @@ extension PostgresOutboxStore {
             let lo = Int64(try r?["lo"].decode(Int.self) ?? 0)
             let hi = Int64(try r?["hi"].decode(Int.self) ?? 0)
             if filter.newestFirst {
-                let floor = (filter.cursor ?? (hi + 1)) - MessageFilter.scanBudget
+                let floor = (filter.cursor ?? (hi + 1)) - filter.scanWindow
                 sql += try " AND seq >= \(bind(Int(floor)))"
                 if floor > lo { windowEnd = floor }
             } else {
-                let ceiling = (filter.cursor ?? (lo - 1)) + MessageFilter.scanBudget
+                let ceiling = (filter.cursor ?? (lo - 1)) + filter.scanWindow
                 sql += try " AND seq <= \(bind(Int(ceiling)))"
                 if ceiling < hi { windowEnd = ceiling }
             }

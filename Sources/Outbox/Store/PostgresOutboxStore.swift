@@ -413,17 +413,20 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
 
     /// Empties the content (and removes the chunks) of up to `limit` finished messages in
     /// `statuses` last changed before `finishedBefore`, oldest first; returns how many.
+    /// The rows are picked in a CTE, run once: `WHERE seq IN (SELECT ... LIMIT n FOR UPDATE SKIP
+    /// LOCKED)` may be planned as a join that runs the subquery again and takes more than `limit`.
     public func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int {
         let wanted = statuses.filter(\.isFinal).map(\.rawValue).sorted()
         guard !wanted.isEmpty, limit > 0 else { return 0 }
         let purged = try await rows(
             """
-            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
-            WHERE seq IN (
+            WITH picked AS (
                 SELECT seq FROM outbox_messages
                 WHERE status = ANY(\(wanted)) AND content_purged_at IS NULL AND updated_at < \(finishedBefore)
                 ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id, chunks
+            UPDATE outbox_messages m SET content = ''::bytea, content_purged_at = \(now)
+            FROM picked WHERE m.seq = picked.seq
+            RETURNING m.id, m.chunks
             """)
         for row in purged {
             let (id, chunks) = try row.decode((String, Int).self)
@@ -438,12 +441,12 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         guard limit > 0 else { return 0 }
         let deleted = try await rows(
             """
-            DELETE FROM outbox_messages
-            WHERE seq IN (
+            WITH picked AS (
                 SELECT seq FROM outbox_messages
                 WHERE status IN ('delivered', 'failed', 'unknown', 'cancelled') AND updated_at < \(finishedBefore)
                 ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id, chunks
+            DELETE FROM outbox_messages m USING picked WHERE m.seq = picked.seq
+            RETURNING m.id, m.chunks
             """)
         for row in deleted {
             let (id, chunks) = try row.decode((String, Int).self)
@@ -474,6 +477,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     package func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
+        _ = try await rows("DELETE FROM outbox_message_rates")
     }
 
     /// Reads the schema's version: throws when the database does not answer, and

@@ -101,13 +101,13 @@ extension SQLiteOutboxStore {
             let hi = Int64(bounds.first?.column("hi")?.integer ?? 0)
             if filter.newestFirst {
                 let start = filter.cursor ?? (hi + 1)
-                let floor = start - MessageFilter.scanBudget
+                let floor = start - filter.scanWindow
                 conditions.append("seq >= ?")
                 binds.append(.integer(Int(floor)))
                 if floor > lo { windowEnd = floor }
             } else {
                 let start = filter.cursor ?? (lo - 1)
-                let ceiling = start + MessageFilter.scanBudget
+                let ceiling = start + filter.scanWindow
                 conditions.append("seq <= ?")
                 binds.append(.integer(Int(ceiling)))
                 if ceiling < hi { windowEnd = ceiling }
