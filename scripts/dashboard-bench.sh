@@ -137,7 +137,7 @@ bench_postgres() {
     start_daemon; time_pages postgres; stop_daemon
     return
   fi
-  psql -q "$url" -c "DROP TABLE IF EXISTS outbox_messages, outbox_schema, outbox_message_chunks, outbox_message_counts, outbox_message_rates CASCADE" >/dev/null
+  psql -q "$url" -c "DROP TABLE IF EXISTS outbox_messages, outbox_schema, outbox_message_chunks, outbox_message_counts, outbox_message_rates, outbox_message_recipients CASCADE" >/dev/null
   write_config "$url"
   start_daemon; stop_daemon
   t0=$(date +%s)

@@ -70,6 +70,27 @@ package enum ListingContract {
         add("sender whole address", { $0.sender = "alice@one.test" }, { $0.from == "alice@one.test" })
         add("recipient", { $0.recipient = "shared@dest" }, { $0.recipients.contains { $0.address == "Shared@Dest.test" } })
         add("recipient r1", { $0.recipient = "r1@dest.test" }, { $0.recipients.contains { $0.address == "r1@dest.test" } })
+        add(
+            "recipient, whole address in another case", { $0.recipient = "SHARED@dest.test" },
+            { $0.recipients.contains { $0.address == "Shared@Dest.test" } })
+        add("sender, whole address in another case", { $0.sender = "bob@two.TEST" }, { $0.from == "Bob@Two.test" })
+        add(
+            "whole addresses and duplicates together",
+            {
+                $0.recipient = "r0@dest.test"; $0.possibleDuplicate = true; $0.sender = "alice@one.test"
+            },
+            { $0.recipients.contains { $0.address == "r0@dest.test" } && $0.possibleDuplicate && $0.from == "alice@one.test" })
+        add(
+            "whole recipient with a status and a time",
+            {
+                $0.recipient = "r2@dest.test"; $0.statuses = [.delivered, .failed]; $0.until = 1300
+            },
+            { $0.recipients.contains { $0.address == "r2@dest.test" } && [.delivered, .failed].contains($0.status) && $0.createdAt < 1300 })
+        add(
+            "sender whole address with a duplicate flag",
+            {
+                $0.sender = "carol_x@one.test"; $0.possibleDuplicate = false
+            }, { $0.from == "carol_x@one.test" && !$0.possibleDuplicate })
         add("subject with % and _", { $0.subject = "50%_off" }, { ($0.subject ?? "").contains("50%_off") })
         add("subject any case", { $0.subject = "report 1" }, { ($0.subject ?? "").hasPrefix("Report 1") })
         add("since", { $0.since = 1100 }, { $0.createdAt >= 1100 })
