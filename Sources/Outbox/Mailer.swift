@@ -78,6 +78,10 @@ public final class Mailer: Service, Sendable {
     /// How many times a reload has put a new transport in force (0 until then).
     public var transportGeneration: Int { state.withLockedValue { $0.generation } }
 
+    /// True when the caller supplied the XOAUTH2 token source (``credentialStates`` then has no
+    /// token health).
+    var hasCustomTokenSource: Bool { tokenSource != nil }
+
     /// The SMTP pool's counters, when the transport is SMTP.
     public var poolStatistics: PoolStatistics? { transport.poolStatistics }
 

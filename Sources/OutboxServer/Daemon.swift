@@ -26,6 +26,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
     package let relay: RelayServer?
     private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
+    /// The trace exporter (`[outbox] otel-endpoint`), when tracing is on.
+    private let tracing: (any Service)?
     private let logger: Logger
     private let file: String?
     private let overrides: [String]
@@ -95,6 +97,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         self.environment = environment
         self.mailer = try Mailer(configuration: configuration, logger: logger)
         self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration), logger: logger)
+        self.tracing = try TraceExport.start(endpoint: configuration.outbox.otelEndpoint, logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
         self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
         self.storage = StorageGuard(
@@ -103,6 +106,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             metricsFactory: PrometheusMetricsFactory(registry: api.registry))
         api.attach(storage: storage)
         dispatcher.storeHealth.wait = configuration.outbox.storeUnavailableWait
+        dispatcher.deliveryLog.format = configuration.outbox.logFormat
         api.attach(health: dispatcher.storeHealth)
         let relaySettings = configuration.relay
         let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
@@ -213,6 +217,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         dispatcher.routeConfigurationChanged()
         storage.update(StorageGuard.Settings(new.outbox))
         dispatcher.storeHealth.wait = new.outbox.storeUnavailableWait
+        dispatcher.deliveryLog.format = new.outbox.logFormat
         var apiSettings = APISettings(new.outbox)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.
@@ -296,6 +301,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         // The relay stops accepting first and lets a message being received be committed
         // before the dispatcher and the store go.
         if let relay { services.append(.init(service: relay, successTerminationBehavior: .ignore)) }
+        // The exporter stops last (services stop in reverse order): the last spans are flushed.
+        if let tracing { services.insert(.init(service: tracing, successTerminationBehavior: .ignore), at: 0) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

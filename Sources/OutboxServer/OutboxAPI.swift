@@ -52,6 +52,8 @@ package protocol DaemonStatusProvider: Sendable {
     func routes() async -> [RouteStatus]
     /// An operator retried messages by hand: a paused route tries again now.
     func messagesRetried() async
+    /// Each route's credentials and token health (none by default).
+    func credentials() async -> [CredentialState]
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -72,6 +74,7 @@ package final class OutboxAPI: Sendable {
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
     private let routeMetrics: RouteMetrics
+    private let tokenMetrics: TokenMetrics
     let now: @Sendable () -> Double
 
     package init(
@@ -109,6 +112,7 @@ package final class OutboxAPI: Sendable {
         }
         self.queueGauges = gauges
         self.routeMetrics = RouteMetrics(registry: registry)
+        self.tokenMetrics = Self.tokenMetrics(registry: registry)
     }
 
     package var settings: APISettings { settingsBox.withLockedValue { $0 } }
@@ -230,6 +234,7 @@ package final class OutboxAPI: Sendable {
         var problems: [[String: Any]] = []
         if let provider {
             problems += await provider.routes().filter { $0.state == "paused" }.map(Readiness.problem)
+            problems += await provider.credentials().compactMap(CredentialsReport.problem)
             if let problem = await provider.transportProblem() {
                 problems.append(["route": RouteHealth.defaultRoute, "code": "unreachable", "message": problem, "since": JSON.iso(now())])
             }
@@ -243,7 +248,10 @@ package final class OutboxAPI: Sendable {
         if let counts {
             for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
         }
-        if let provider { routeMetrics.update(await provider.routes(), held: counts.map(Readiness.held) ?? 0) }
+        if let provider {
+            routeMetrics.update(await provider.routes(), held: counts.map(Readiness.held) ?? 0)
+            tokenMetrics.update(await provider.credentials())
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -261,6 +269,7 @@ package final class OutboxAPI: Sendable {
             let held = Readiness.held(counts)
             body["routes"] = routes.map { Readiness.status($0, held: held) }
             body["held"] = routes.contains { $0.state == "paused" } ? held : 0
+            body["credentials"] = await provider.credentials().map(CredentialsReport.status)
         }
         body["store"] = store.kind
         return JSON.response(.ok, body)
@@ -314,6 +323,7 @@ package final class OutboxAPI: Sendable {
             }
             message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
         }
+        message.traceparent = TraceContext.traceparent(request.headers[HTTPFields.Element.Name("traceparent")!])
         if let refusal = storageRefusal(size: message.content.count) { throw refusal }
         let result: EnqueueResult
         do {

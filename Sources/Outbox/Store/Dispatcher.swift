@@ -67,6 +67,8 @@ public final class Dispatcher: Service, Sendable {
     private let state: NIOLockedValueBox<State>
     /// Whether the store answers; the daemon shares it with the API and the listener.
     package let storeHealth: StoreHealth
+    /// One line per attempt (logger `outbox.delivery`); the daemon sets its format.
+    public let deliveryLog = DeliveryLog()
 
     private struct State {
         var settings: DispatcherSettings
@@ -367,6 +369,7 @@ public final class Dispatcher: Service, Sendable {
         }
         defer { finish(mailbox: message.from.lowercased()) }
         let open = message.recipients.filter(\.isOpen).map(\.address)
+        let span = startDeliverySpan(message, recipients: open.count)
         let started = clock.now
         let result: Result<DeliveryReport, DeliveryError>
         if open.isEmpty {
@@ -391,7 +394,8 @@ public final class Dispatcher: Service, Sendable {
                 }
                 let sent: Result<DeliveryReport, DeliveryError>
                 do throws(DeliveryError) {
-                    sent = .success(try await sender.send(content, envelope: envelope))
+                    sent = .success(
+                        try await withDeliverySpan(span) { () async throws(DeliveryError) in try await sender.send(content, envelope: envelope) })
                 } catch {
                     sent = .failure(error)
                 }
@@ -409,6 +413,8 @@ public final class Dispatcher: Service, Sendable {
         let outcome = Dispatcher.evaluate(
             message: message, sentTo: open, result: result, policy: policy, now: ended,
             startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
+        logAttempt(message, sentTo: open, result: result, outcome: outcome)
+        endDeliverySpan(span, result: result, outcome: outcome)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {

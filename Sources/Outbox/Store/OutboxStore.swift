@@ -159,6 +159,8 @@ public struct NewMessage: Sendable {
     public var idempotencyKey: String?
     /// A digest of the request, so a reused idempotency key with another body is refused.
     public var requestHash: String?
+    /// The submitting request's W3C `traceparent`, so its delivery spans join that trace.
+    public var traceparent: String?
 
     /// A message stored whole (no chunks).
     public init(
@@ -224,6 +226,8 @@ public struct StoredMessage: Sendable, Hashable {
     /// Its content was purged (`retention-content`, or to keep `queue-min-free`): it cannot be
     /// retried.
     public var contentPurged = false
+    /// The submitting request's W3C `traceparent` (the parent of its delivery spans), or nil.
+    public var traceparent: String?
 
     /// A stored message with every field given (stores build it from their rows).
     public init(
