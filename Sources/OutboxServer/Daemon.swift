@@ -256,12 +256,23 @@ package final class Daemon: DaemonStatusProvider, Sendable {
 
     package func transportProblem() async -> String? {
         let c = mailer.configuration
-        guard !c.smtpClient.usesFileTransport, let host = c.smtpClient.server else {
+        guard !c.smtpClient.usesFileTransport, let server = c.smtpClient.server else {
             let dir = c.outbox.dataDirectory + "/sent"
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             return FileManager.default.isWritableFile(atPath: dir) ? nil : "the file transport cannot write to \(dir)"
         }
-        let port = c.smtpClient.port
+        var (host, port) = (server, c.smtpClient.port)
+        // EWS's server and Graph's graph-url are URLs: their host and port are checked.
+        let url: String? =
+            switch c.smtpClient.serverType {
+            case .ews: host
+            case .graph: c.outbox.graphURL
+            case .smtp: nil
+            }
+        if let url, let parsed = URL(string: url), let urlHost = parsed.host {
+            host = urlHost
+            port = parsed.port ?? (parsed.scheme?.lowercased() == "http" ? 80 : 443)
+        }
         do {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(3))

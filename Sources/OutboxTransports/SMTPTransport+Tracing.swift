@@ -35,7 +35,7 @@ enum SMTPTracing {
             switch step {
             case "connect":
                 if let peer = connection.remoteAddress { span.attributes["network.peer.address"] = peer }
-            case "tls":
+            case "tls", "starttls":
                 if let version = connection.tlsInfo?.version {
                     span.attributes["tls.protocol.version"] = version.replacingOccurrences(of: "TLSv", with: "")
                 }

@@ -4,8 +4,8 @@ import NIOCore
 import OutboxTestSupport
 import Testing
 
-/// Token health through a running `outbox serve` with server-type = GRAPH (password grant) and
-/// the emulator's token endpoint: it starts refusing the password (`invalid_grant`,
+/// Token health through a running `outbox serve` with server-type = EWS, XOAUTH2 with the password
+/// grant (ROPC), against the emulator's EWS and token endpoints: it starts refusing the password (`invalid_grant`,
 /// AADSTS50126) and `/readyz`, `/v1/status`'s credentials, the route's alert and the metrics
 /// show it; then it takes the password again and all recover. No secret in any answer or log.
 @Suite("Token health", .serialized)
@@ -38,6 +38,7 @@ struct TokenHealthTests {
             $0.ropcPassword = password
             // Each token lives 60 s, less than the margin: every send asks for a new one.
             $0.expiresIn = 60
+            $0.expectedScope = "https://outlook.office365.com/.default"
         }
         try await withEmulator(state) { base in
             let dir = NSTemporaryDirectory() + "outbox-tokens-\(UUID().uuidString)"
@@ -48,7 +49,10 @@ struct TokenHealthTests {
             let user = await state.ropcUser
             try """
             [smtp-client]
-            server-type = GRAPH
+            server-type = EWS
+            server = \(base)/EWS/Exchange.asmx
+            mail.ews.auth.mechanisms = XOAUTH2
+            scope = https://outlook.office365.com/.default
             enable-authentication = true
             user = \(user)
             password = \(password)
@@ -61,7 +65,6 @@ struct TokenHealthTests {
             [outbox]
             data-directory = \(dir)/data
             http-listen = 127.0.0.1:\(port)
-            graph-url = \(base)/v1.0
             tls-ca-file = \(TestCertificates.builtIn.caFile)
             retry-initial-delay = 00:00:01
             retry-max-delay = 00:00:02

@@ -75,6 +75,8 @@ class TracesTest(unittest.TestCase):
             f"outbox.tls-ca-file={env('OUTBOX_TEST_CA_FILE')}", "enable-authentication=true", f"user={cls.user}",
             f"password={cls.password}", "mail.smtp.auth.mechanisms=PLAIN", f"outbox.data-directory={cls.dir}/data",
             f"outbox.http-listen=127.0.0.1:{cls.port}", f"outbox.otel-endpoint={cls.receiver.endpoint}",
+            # No reuse: each delivery opens its connection, so its set-up spans belong to it.
+            "cnx-max-idle-time=00:00:00",
         ]
         argv = [outbox_bin(), "serve"] + [a for o in overrides for a in ("-o", o)]
         cls.log = open(os.path.join(cls.dir, "daemon.log"), "wb")
@@ -129,7 +131,7 @@ class TracesTest(unittest.TestCase):
     def test_delivery_spans_have_the_submitting_trace_and_no_secret(self):
         trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
         message_id = self.submit("traced-1", traceparent=f"00-{trace_id}-{parent_id}-01")
-        spans = self.spans_of(trace_id, {"outbox.delivery", "smtp.transaction", "smtp.connect", "smtp.tls", "smtp.auth"})
+        spans = self.spans_of(trace_id, {"outbox.delivery", "smtp.transaction", "smtp.connect", "smtp.starttls", "smtp.auth"})
         by_name = {s.name: s for s in spans}
         self.assertIn("outbox.delivery", by_name, f"spans of the trace: {sorted(by_name)}; all: "
                       f"{sorted({s.name for _, s in self.receiver.snapshot()[0]})}\n{self.daemon_log()[-2000:]}")
@@ -148,10 +150,10 @@ class TracesTest(unittest.TestCase):
         self.assertEqual(transaction.parent_span_id, delivery.span_id)
         self.assertEqual(attributes(transaction).get("smtp.reply.code"), 250)
         # The connection was opened for this delivery: its steps are children of the attempt.
-        for name in ("smtp.connect", "smtp.tls", "smtp.auth"):
+        for name in ("smtp.connect", "smtp.starttls", "smtp.auth"):
             self.assertIn(name, by_name, sorted(by_name))
             self.assertEqual(by_name[name].parent_span_id, delivery.span_id, name)
-        self.assertTrue(attributes(by_name["smtp.tls"]).get("tls.protocol.version", "").startswith("1."))
+        self.assertTrue(attributes(by_name["smtp.starttls"]).get("tls.protocol.version", "").startswith("1."))
         self.assertEqual(attributes(by_name["smtp.auth"]).get("smtp.auth.mechanism"), "PLAIN")
         for s in spans:
             self.assertGreaterEqual(s.end_time_unix_nano, s.start_time_unix_nano, s.name)
