@@ -157,6 +157,10 @@ class TracesTest(unittest.TestCase):
         self.assertEqual(attributes(by_name["smtp.auth"]).get("smtp.auth.mechanism"), "PLAIN")
         for s in spans:
             self.assertGreaterEqual(s.end_time_unix_nano, s.start_time_unix_nano, s.name)
+        # The delivery log's line names the trace.
+        lines = [l for l in self.daemon_log().splitlines() if "event=delivery" in l and f"id={message_id}" in l]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"trace_id={trace_id}", lines[0])
         self.assert_no_secret()
 
     def test_a_message_without_traceparent_gets_a_trace_of_its_own(self):

@@ -13,6 +13,20 @@ extension Dispatcher {
         func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
     }
 
+    /// Writes a span's context as W3C headers.
+    struct TraceparentInjector: Injector {
+        func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+    }
+
+    /// The span's trace id (32 hex digits), for the delivery log; nil when tracing is off.
+    func traceID(of span: any Span) -> String? {
+        var carrier: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(span.context, into: &carrier, using: TraceparentInjector())
+        guard let traceparent = carrier["traceparent"] else { return nil }
+        let parts = traceparent.split(separator: "-")
+        return parts.count >= 2 ? String(parts[1]) : nil
+    }
+
     /// Starts the attempt's span, with the stored `traceparent` as its parent.
     func startDeliverySpan(_ message: StoredMessage, recipients: Int) -> any Span {
         var context = ServiceContext.topLevel

@@ -413,7 +413,7 @@ public final class Dispatcher: Service, Sendable {
         let outcome = Dispatcher.evaluate(
             message: message, sentTo: open, result: result, policy: policy, now: ended,
             startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
-        logAttempt(message, sentTo: open, result: result, outcome: outcome)
+        logAttempt(message, sentTo: open, result: result, outcome: outcome, traceID: traceID(of: span))
         endDeliverySpan(span, result: result, outcome: outcome)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
