@@ -24,6 +24,8 @@ import ServiceLifecycle
 public final class Mailer: Service, Sendable {
     private let state: NIOLockedValueBox<State>
     private let logger: Logger
+    /// The delivery log's lines of direct sends (the dispatcher writes those of the queue's).
+    public let deliveryLog = DeliveryLog()
     private let metrics: MailerMetrics
     private let tokenSource: (@Sendable () async throws -> SMTPAccessToken)?
     /// Transports whose background work `run()` must start: the first one, then each one a
@@ -64,6 +66,7 @@ public final class Mailer: Service, Sendable {
         self.tokenSource = tokenSource
         self.starts = AsyncStream.makeStream(of: (any MailTransport).self)
         starts.continuation.yield(transport)
+        deliveryLog.format = configuration.outbox.logFormat
     }
 
     /// The configuration in force.
@@ -148,9 +151,11 @@ public final class Mailer: Service, Sendable {
         do {
             let report = try await transport.send(content, envelope: envelope)
             metrics.record(report, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .success(report), duration: ContinuousClock.now - start)
             return report
         } catch {
             metrics.record(error, transport: transport.name, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .failure(error), duration: ContinuousClock.now - start)
             throw error
         }
     }
@@ -234,6 +239,7 @@ public final class Mailer: Service, Sendable {
             Task { await replacement.learnLimits() }
         }
         if let toClose { Task { await toClose.shutdown() } }
+        deliveryLog.format = merged.outbox.logFormat
         if !plan.applied.isEmpty {
             logger.info(
                 "configuration reloaded",

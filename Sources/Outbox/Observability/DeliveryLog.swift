@@ -17,13 +17,19 @@ public final class DeliveryLog: Sendable {
     /// The logger label of the delivery log's lines.
     public static let label = "outbox.delivery"
 
-    private let logger: Logger
+    private let loggerBox: NIOLockedValueBox<Logger>
     private let formatBox: NIOLockedValueBox<LogFormat>
 
     /// A delivery log writing to `logger` (by default one labelled ``label``) in `format`.
     public init(logger: Logger = Logger(label: DeliveryLog.label), format: LogFormat = .logfmt) {
-        self.logger = logger
+        self.loggerBox = NIOLockedValueBox(logger)
         self.formatBox = NIOLockedValueBox(format)
+    }
+
+    /// The logger the lines go to; replace it to send them elsewhere (tests record them).
+    public var logger: Logger {
+        get { loggerBox.withLockedValue { $0 } }
+        set { loggerBox.withLockedValue { $0 = newValue } }
     }
 
     /// The line format; a change applies to the next line (`log-format` takes effect at once).

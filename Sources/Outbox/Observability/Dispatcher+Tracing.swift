@@ -48,11 +48,13 @@ extension Dispatcher {
     func withDeliverySpan(
         _ span: any Span, _ send: () async throws(DeliveryError) -> DeliveryReport
     ) async throws(DeliveryError) -> DeliveryReport {
-        let result: Result<DeliveryReport, DeliveryError> = await ServiceContext.withValue(span.context) {
-            do throws(DeliveryError) {
-                return .success(try await send())
-            } catch {
-                return .failure(error)
+        let result: Result<DeliveryReport, DeliveryError> = await DeliveryLog.$dispatching.withValue(true) {
+            await ServiceContext.withValue(span.context) {
+                do throws(DeliveryError) {
+                    return .success(try await send())
+                } catch {
+                    return .failure(error)
+                }
             }
         }
         return try result.get()
