@@ -140,6 +140,17 @@ if [ $# -eq 0 ]; then
     python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' ||
     python3 -m pip install --quiet --break-system-packages 'openapi-spec-validator==0.9.0'
   python3 -m unittest -v Tests/OpenAPI/test_openapi.py
+  # The web dashboard in headless Chromium (Debian's chromium and chromium-driver, Selenium from
+  # PyPI) against a daemon that delivers to Postfix's smtp-sink; screenshots in
+  # .build/test-artifacts/dashboard/.
+  command -v chromedriver >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  }
+  python3 -c 'import selenium' 2>/dev/null ||
+    python3 -m pip install --quiet 'selenium==4.40.0' ||
+    python3 -m pip install --quiet --break-system-packages 'selenium==4.40.0'
+  python3 -m unittest -v Tests/Dashboard/test_dashboard.py
   # EWS with NTLMv2: outbox probe and send against pyspnego's NTLM acceptor.
   bash scripts/ntlm-ews-test.sh
   # Traces: a delivery to this Postfix exported with OTLP/HTTP to a small receiver

@@ -385,6 +385,26 @@ extension ConfigurationReader {
         {
             s.store = v
         }
+        for (name, keyPath) in [
+            ("http-tls-certificate-file", \OutboxSettings.httpTLSCertificateFile), ("http-tls-key-file", \OutboxSettings.httpTLSKeyFile),
+        ] {
+            s[keyPath: keyPath] = typed(
+                outbox[name], sourceKey: "outbox.\(name)", descriptor: d(name),
+                { path in
+                    var isDirectory: ObjCBool = false
+                    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else { return nil }
+                    return FileManager.default.isReadableFile(atPath: path) ? path : nil
+                }, invalid: "is not an existing, readable file (PEM)")
+        }
+        let tlsKeys = ["http-tls-certificate-file", "http-tls-key-file"]
+        if (s.httpTLSCertificateFile == nil) != (s.httpTLSKeyFile == nil), !tlsKeys.contains(where: { failed.contains($0) }) {
+            let (given, missing) = s.httpTLSCertificateFile != nil ? (tlsKeys[0], tlsKeys[1]) : (tlsKeys[1], tlsKeys[0])
+            if let entry = outbox[given] {
+                problem(
+                    "http_tls_incomplete", entry.location, option: entry.displayName, value: entry.value,
+                    "is set but \(missing) is not: HTTPS needs both the certificate and its private key")
+            }
+        }
         s.tlsCAFile = typed(
             outbox["tls-ca-file"], sourceKey: "outbox.tls-ca-file", descriptor: d("tls-ca-file"),
             { path in

@@ -55,6 +55,8 @@ extension OptionTable {
         // [outbox]
         f["data-directory"] = OptionField { $1.outbox.dataDirectory = $0.outbox.dataDirectory }
         f["http-listen"] = OptionField { $1.outbox.httpListen = $0.outbox.httpListen }
+        f["http-tls-certificate-file"] = OptionField { $1.outbox.httpTLSCertificateFile = $0.outbox.httpTLSCertificateFile }
+        f["http-tls-key-file"] = OptionField { $1.outbox.httpTLSKeyFile = $0.outbox.httpTLSKeyFile }
         f["store"] = OptionField { $1.outbox.store = $0.outbox.store }
         f["tls-ca-file"] = OptionField { $1.outbox.tlsCAFile = $0.outbox.tlsCAFile }
         f["graph-url"] = OptionField { $1.outbox.graphURL = $0.outbox.graphURL }

@@ -304,6 +304,19 @@ package enum OptionTable {
             effect: .atRestart, referenceEffect: nil,
             summary: "The address Outbox's HTTP API listens on."),
         .init(
+            name: "http-tls-certificate-file", section: .outbox, type: .string, defaultValue: nil,
+            validValues: "Path of an existing PEM file (the certificate chain, leaf first)",
+            effect: .atRestart, referenceEffect: nil,
+            summary:
+                "With http-tls-key-file: the HTTP listener (API and dashboard) serves HTTPS with this certificate. Unset: plain HTTP."),
+        .init(
+            name: "http-tls-key-file", section: .outbox, type: .string, defaultValue: nil,
+            validValues: "Path of an existing PEM file (the private key)",
+            effect: .atRestart, referenceEffect: nil,
+            summary:
+                "The private key of http-tls-certificate-file; both are set, or neither. Outbox refuses to start when the key does not match the certificate."
+        ),
+        .init(
             name: "store", section: .outbox, type: .string, defaultValue: "sqlite", validValues: "sqlite, memory, or a postgres:// URL",
             effect: .atRestart, referenceEffect: nil,
             summary:

@@ -158,6 +158,10 @@ public struct OutboxSettings: Sendable, Equatable {
     public var tlsCAFile: String?
     /// `http-listen`: host:port.
     public var httpListen = "127.0.0.1:8025"
+    /// `http-tls-certificate-file`: the HTTP listener's certificate chain (PEM); nil: plain HTTP.
+    public var httpTLSCertificateFile: String?
+    /// `http-tls-key-file`: the private key of that certificate (PEM).
+    public var httpTLSKeyFile: String?
     /// `store`: `sqlite`, `memory` or a `postgres://` URL.
     public var store = "sqlite"
     /// `graph-url`.

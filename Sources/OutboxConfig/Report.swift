@@ -114,6 +114,8 @@ extension OutboxConfiguration {
             switch d.name {
             case "data-directory": value = s.dataDirectory
             case "http-listen": value = s.httpListen
+            case "http-tls-certificate-file": value = text(s.httpTLSCertificateFile)
+            case "http-tls-key-file": value = text(s.httpTLSKeyFile)
             case "store":
                 // postgres://user:password@host/db: the password is a secret like any other.
                 let masked = Self.maskingURLPassword(s.store)

@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -296,9 +298,14 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             throw DaemonError(.invalidListen, "http-listen \(listen) is not host:port")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        // HTTPS when [outbox] http-tls-certificate-file and http-tls-key-file are set (HTTPListenerTLS.swift).
+        let tls = try HTTPListenerTLS.configuration(configuration.outbox)
+        api.secureCookies = tls != nil
         let router = api.makeRouter()
         let app = Application(
-            router: router, configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
+            router: router, server: try tls.map { try HTTPServerBuilder.tls(.http1(), tlsConfiguration: $0) } ?? HTTPServerBuilder.http1(),
+            configuration: .init(address: .hostname(host, port: port), serverName: "outbox"),
+            services: [api.sessionDriver],
             onServerRunning: { channel in onListening("\(host):\(channel.localAddress?.port ?? port)") },
             logger: logger)
         let reloader = ReloadService(daemon: self)
@@ -385,6 +392,8 @@ package struct DaemonError: Error, CustomStringConvertible, Sendable {
         package static let openAPI = Code(rawValue: "daemon_open_api")
         /// An address option is not `host:port`.
         package static let invalidListen = Code(rawValue: "daemon_invalid_listen")
+        /// The HTTP listener's certificate or key cannot be read, or they do not match.
+        package static let httpTLS = Code(rawValue: "daemon_http_tls")
         /// The `[relay]` section cannot be put in force (certificate files, the open-relay rule).
         package static let relay = Code(rawValue: "daemon_relay")
     }

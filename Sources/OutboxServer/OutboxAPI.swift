@@ -76,6 +76,14 @@ package final class OutboxAPI: Sendable {
     private let routeMetrics: RouteMetrics
     private let tokenMetrics: TokenMetrics
     let now: @Sendable () -> Double
+    /// The dashboard's sessions, in memory (a restart logs every operator out).
+    let sessionDriver = MemoryPersistDriver(ContinuousClock())
+    private let secureCookiesBox = NIOLockedValueBox(false)
+    /// The dashboard's session cookie is marked Secure (the listener serves HTTPS).
+    package var secureCookies: Bool {
+        get { secureCookiesBox.withLockedValue { $0 } }
+        set { secureCookiesBox.withLockedValue { $0 = newValue } }
+    }
 
     package init(
         store: any OutboxStore, settings: APISettings, provider: (any DaemonStatusProvider)? = nil,
@@ -123,8 +131,8 @@ package final class OutboxAPI: Sendable {
     /// Applies new tokens and limits at once (reload).
     package func update(_ settings: APISettings) { settingsBox.withLockedValue { $0 = settings } }
 
-    package func makeRouter() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    package func makeRouter() -> Router<OutboxRequestContext> {
+        let router = Router(context: OutboxRequestContext.self)
         router.add(middleware: APIErrorMiddleware())
         router.get("/healthz") { _, _ in JSON.response(.ok, ["status": "ok"]) }
         router.get("/readyz") { [self] _, _ in await self.readiness() }
@@ -153,12 +161,14 @@ package final class OutboxAPI: Sendable {
             return await self.guarded(request) { try await self.change(id, retry: false) }
         }
         addQueueRoutes(router)
+        addDashboardRoutes(router)
         return router
     }
 
     /// Checks the token, runs the handler, turns errors into JSON answers.
     func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
         let settings = self.settings
+        if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return refusal.response }
         if settings.requireToken {
             let header = request.headers[.authorization] ?? ""
             let token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces) : ""
@@ -348,34 +358,10 @@ package final class OutboxAPI: Sendable {
     }
 
     private func list(_ request: Request) async throws -> Response {
-        let query = request.uri.queryParameters
-        var status: MessageStatus?
-        if let s = query.get("status") {
-            guard let parsed = MessageStatus(rawValue: s) else {
-                throw APIError(
-                    .badRequest, "invalid_status", "status \"\(s)\" is not one of \(MessageStatus.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            status = parsed
-        }
-        var limit = 50
-        if let l = query.get("limit") {
-            guard let n = Int(l), (1...1000).contains(n) else {
-                throw APIError(.badRequest, "invalid_limit", "limit \"\(l)\" is not an integer from 1 to 1000")
-            }
-            limit = n
-        }
-        var cursor: Int64?
-        if let c = query.get("cursor") {
-            guard let n = Int64(c), n >= 0 else {
-                throw APIError(.badRequest, "invalid_cursor", "cursor \"\(c)\" is not a cursor from an earlier answer's next_cursor")
-            }
-            cursor = n
-        }
-        let messages = try await storeCall { [status, limit, cursor] store in
-            try await store.list(status: status, limit: limit, after: cursor)
-        }
-        let next: Any = messages.count == limit ? String(messages.last!.sequence) : NSNull()
-        return JSON.response(.ok, ["messages": messages.map { Self.summary($0) }, "next_cursor": next])
+        let filter = try FilterParameters.filter(query: request.uri.query)
+        let page = try await storeCall { try await $0.list(filter) }
+        let next: Any = page.nextCursor.map { String($0) } ?? NSNull()
+        return JSON.response(.ok, ["messages": page.messages.map { Self.summary($0) }, "next_cursor": next])
     }
 
     private func getMessage(_ id: String) async throws -> Response {
@@ -412,7 +398,8 @@ package final class OutboxAPI: Sendable {
         [
             "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
             "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
-            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged,
+            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged, "subject": m.subject ?? NSNull(),
+            "route": MessageFilter.defaultRoute,
         ]
     }
 

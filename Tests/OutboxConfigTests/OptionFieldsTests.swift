@@ -49,6 +49,8 @@ struct OptionFieldsTests {
         [outbox]
         data-directory = /tmp/outbox-fields-test
         http-listen = 127.0.0.1:18025
+        http-tls-certificate-file = /etc/ssl/certs/ca-certificates.crt
+        http-tls-key-file = /etc/os-release
         store = postgres://outbox@127.0.0.1:5432/outbox
         tls-ca-file = /etc/ssl/certs/ca-certificates.crt
         graph-url = https://graph.example.test/v1.0

@@ -20,9 +20,9 @@ struct APIFixture {
         return APIFixture(store: store, api: OutboxAPI(store: store, settings: settings), dir: dir)
     }
 
-    func test(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
-        let app = Application(router: api.makeRouter())
-        try await app.test(.router) { client in try await body(client) }
+    func test(_ kind: TestingSetup = .router, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        let app = Application(router: api.makeRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(kind) { client in try await body(client) }
         try await store.close()
         try? FileManager.default.removeItem(atPath: dir)
     }
@@ -247,7 +247,7 @@ struct APITests {
             for _ in 0..<50 {
                 answer = RawHTTP.exchange(
                     port: port,
-                    "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n{\"from\":")
+                    "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n{\"from\":")
                 if !answer.isEmpty { break }
                 try await Task.sleep(for: .milliseconds(100))
             }

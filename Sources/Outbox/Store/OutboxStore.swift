@@ -228,6 +228,8 @@ public struct StoredMessage: Sendable, Hashable {
     public var contentPurged = false
     /// The submitting request's W3C `traceparent` (the parent of its delivery spans), or nil.
     public var traceparent: String?
+    /// The Subject header (encoded words decoded), or nil (none, or queued before the dashboard).
+    public var subject: String?
 
     /// A stored message with every field given (stores build it from their rows).
     public init(
@@ -235,8 +237,9 @@ public struct StoredMessage: Sendable, Hashable {
         idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
         nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
         lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0,
-        contentPurged: Bool = false
+        contentPurged: Bool = false, subject: String? = nil
     ) {
+        self.subject = subject
         self.contentPurged = contentPurged
         self.origin = origin
         self.chunkCount = chunkCount
@@ -326,7 +329,7 @@ public enum StoreChange: Sendable, Hashable {
 }
 
 /// The durable queue. Every method that changes a message commits before it returns.
-public protocol OutboxStore: Sendable {
+public protocol OutboxStore: OutboxStoreStatistics {
     /// "sqlite", "postgres".
     var kind: String { get }
     /// Creates or upgrades the schema.

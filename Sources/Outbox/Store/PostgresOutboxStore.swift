@@ -47,57 +47,58 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         self.pool = NIOLockedValueBox(Pool.start(configuration, logger: poolLogger))
     }
 
-    static let schema: [String] = [
-        """
-        CREATE TABLE IF NOT EXISTS outbox_messages (
-            seq BIGSERIAL PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            idempotency_key TEXT UNIQUE,
-            request_hash TEXT,
-            mail_from TEXT NOT NULL,
-            recipients TEXT NOT NULL,
-            content BYTEA NOT NULL,
-            message_id TEXT,
-            size BIGINT NOT NULL,
-            status TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL,
-            age_base DOUBLE PRECISION NOT NULL,
-            next_attempt_at DOUBLE PRECISION,
-            attempt_count BIGINT NOT NULL DEFAULT 0,
-            unknown_count BIGINT NOT NULL DEFAULT 0,
-            possible_duplicate BIGINT NOT NULL DEFAULT 0,
-            took_over BIGINT NOT NULL DEFAULT 0,
-            attempts JSONB NOT NULL DEFAULT '[]'::jsonb,
-            last_error TEXT,
-            lease_owner TEXT,
-            lease_until DOUBLE PRECISION
-        )
-        """,
-        "CREATE INDEX IF NOT EXISTS outbox_messages_due ON outbox_messages(status, next_attempt_at)",
-        "CREATE INDEX IF NOT EXISTS outbox_messages_status_seq ON outbox_messages(status, seq)",
-        "CREATE TABLE IF NOT EXISTS outbox_schema (version BIGINT NOT NULL)",
-        // Where a message came from (the relay's DSN parameters).
-        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS origin TEXT",
-        // Large messages' content in chunks, written as it arrives.
-        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS chunks BIGINT NOT NULL DEFAULT 0",
-        """
-        CREATE TABLE IF NOT EXISTS outbox_message_chunks (
-            message_id TEXT NOT NULL,
-            n BIGINT NOT NULL,
-            data BYTEA NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (message_id, n)
-        )
-        """,
-        // Retention: content purged, finished messages by age.
-        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS content_purged_at DOUBLE PRECISION",
-        "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
-        // Held messages past their maximum age, found without a scan (claimAged).
-        "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
-        // 6: the submitting request's traceparent (delivery spans join its trace).
-        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS traceparent TEXT",
-    ]
+    static let schema: [String] =
+        [
+            """
+            CREATE TABLE IF NOT EXISTS outbox_messages (
+                seq BIGSERIAL PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT,
+                mail_from TEXT NOT NULL,
+                recipients TEXT NOT NULL,
+                content BYTEA NOT NULL,
+                message_id TEXT,
+                size BIGINT NOT NULL,
+                status TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                age_base DOUBLE PRECISION NOT NULL,
+                next_attempt_at DOUBLE PRECISION,
+                attempt_count BIGINT NOT NULL DEFAULT 0,
+                unknown_count BIGINT NOT NULL DEFAULT 0,
+                possible_duplicate BIGINT NOT NULL DEFAULT 0,
+                took_over BIGINT NOT NULL DEFAULT 0,
+                attempts JSONB NOT NULL DEFAULT '[]'::jsonb,
+                last_error TEXT,
+                lease_owner TEXT,
+                lease_until DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS outbox_messages_due ON outbox_messages(status, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS outbox_messages_status_seq ON outbox_messages(status, seq)",
+            "CREATE TABLE IF NOT EXISTS outbox_schema (version BIGINT NOT NULL)",
+            // Where a message came from (the relay's DSN parameters).
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS origin TEXT",
+            // Large messages' content in chunks, written as it arrives.
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS chunks BIGINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE IF NOT EXISTS outbox_message_chunks (
+                message_id TEXT NOT NULL,
+                n BIGINT NOT NULL,
+                data BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (message_id, n)
+            )
+            """,
+            // Retention: content purged, finished messages by age.
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS content_purged_at DOUBLE PRECISION",
+            "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
+            // Held messages past their maximum age, found without a scan (claimAged).
+            "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
+            // 6: the submitting request's traceparent (delivery spans join its trace).
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS traceparent TEXT",
+        ] + PostgresOutboxStore.statisticsMigration
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
     public func migrate() async throws {
@@ -130,11 +131,11 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
         \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks,
-        \(p)content_purged_at, \(p)traceparent
+        \(p)content_purged_at, \(p)traceparent, \(p)subject
         """
     }
 
-    private func rows(_ query: PostgresQuery, function: String = #function) async throws -> [PostgresRow] {
+    func rows(_ query: PostgresQuery, function: String = #function) async throws -> [PostgresRow] {
         try await tracked(function) { client in try await client.query(query, logger: Self.logger).collect() }
     }
 
@@ -162,11 +163,12 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         let content = ByteBuffer(bytes: message.content)
         let size = message.content.count + message.chunkedSize
         let chunks = message.chunkCount
+        let subject = MessageSubject.of(message.content)
         let query: PostgresQuery = """
             INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent)
+                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, subject)
             SELECT \(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
-                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks), \(message.traceparent)
+                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks), \(message.traceparent), \(subject)
             WHERE \(chunks) = 0 OR (SELECT COUNT(*) FROM outbox_message_chunks WHERE message_id = \(id)) = \(chunks)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
@@ -404,9 +406,8 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     /// How many messages are in each status.
     public func counts() async throws -> [MessageStatus: Int] {
         var out: [MessageStatus: Int] = [:]
-        for row in try await rows("SELECT status, COUNT(*) AS n FROM outbox_messages GROUP BY status") {
-            let r = row.makeRandomAccess()
-            if let s = MessageStatus(rawValue: try r["status"].decode(String.self)) { out[s] = try r["n"].decode(Int.self) }
+        for (_, byStatus) in try await countsByRoute() {
+            for (status, n) in byStatus { out[status, default: 0] += n }
         }
         return out
     }
@@ -514,7 +515,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
             leaseUntil: try r["lease_until"].decode(Double?.self),
             origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self),
-            contentPurged: try r["content_purged_at"].decode(Double?.self) != nil)
+            contentPurged: try r["content_purged_at"].decode(Double?.self) != nil, subject: try r["subject"].decode(String?.self))
         message.traceparent = try r["traceparent"].decode(String?.self)
         return message
     }

@@ -183,6 +183,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
         // 6: the submitting request's traceparent (delivery spans join its trace).
         ["ALTER TABLE messages ADD COLUMN traceparent TEXT"],
+        // 7: the dashboard: the subject for filtering, and counters kept by triggers (counts per
+        // route and status, delivered and failed per minute) so no page counts rows.
+        SQLiteOutboxStore.statisticsMigration,
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -207,7 +210,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
         next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin,
-        chunks, content_purged_at, traceparent
+        chunks, content_purged_at, traceparent, subject
         """
 
     /// Stores a message, committed before it returns; with an idempotency key already used,
@@ -236,8 +239,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         let recipients = message.recipients.map { RecipientState(address: $0) }
         let sql = """
             INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent)
-            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12
+                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, subject)
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12, ?13
             WHERE ?11 = 0 OR (SELECT COUNT(*) FROM message_chunks WHERE message_id = ?1) = ?11
             ON CONFLICT(idempotency_key) DO NOTHING
             RETURNING id
@@ -248,6 +251,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count + message.chunkedSize),
             .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null, .integer(message.chunkCount),
             message.traceparent.map(SQLiteData.text) ?? .null,
+            MessageSubject.of(message.content).map(SQLiteData.text) ?? .null,
         ]
         return (id, (sql, binds))
     }
@@ -471,13 +475,11 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return .conflict(message.status)
     }
 
-    /// How many messages are in each status.
+    /// How many messages are in each status (from the counters the triggers keep).
     public func counts() async throws -> [MessageStatus: Int] {
         var result: [MessageStatus: Int] = [:]
-        for row in try await connection.query("SELECT status, COUNT(*) AS n FROM messages GROUP BY status") {
-            if let s = row.column("status")?.string.flatMap(MessageStatus.init(rawValue:)) {
-                result[s] = Int(row.column("n")?.integer ?? 0)
-            }
+        for (_, byStatus) in try await countsByRoute() {
+            for (status, n) in byStatus { result[status, default: 0] += n }
         }
         return result
     }
@@ -515,7 +517,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             nextAttemptAt: d("next_attempt_at"), attemptCount: i("attempt_count"), unknownCount: i("unknown_count"),
             possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
             lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
-            origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"), contentPurged: d("content_purged_at") != nil)
+            origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"), contentPurged: d("content_purged_at") != nil,
+            subject: s("subject"))
         message.traceparent = s("traceparent")
         return message
     }
