@@ -216,7 +216,7 @@ extension OutboxHTTP {
         }
         debug?.request(request, body: body)
         let start = ContinuousClock.now
-        let span = HTTPTracing.start(request)
+        let span = HTTPTracing.start(method: request.method.rawValue, url: request.url)
         do {
             let response = try await client.execute(request, timeout: timeAmount(timeout))
             let collected = try await response.body.collect(upTo: bodyLimit)
