@@ -22,11 +22,21 @@ struct TokenHealthTests {
     }
 
     /// `GET /metrics` as text.
-    static func metrics(_ port: Int) async throws -> String {
+    static func metrics(_ port: Int) async throws -> String { try await text(port, "/metrics") }
+
+    static func text(_ port: Int, _ path: String) async throws -> String {
         try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
-            let r = try await client.execute(TestClient.Request("/metrics", method: .get))
+            let r = try await client.execute(TestClient.Request(path, method: .get))
             return String(buffer: r.body ?? ByteBuffer())
         }
+    }
+
+    /// The dashboard's credential row of the default route (loopback, no tokens: no login).
+    static func credentialRow(_ port: Int) async throws -> String {
+        let page = try await text(port, "/credentials")
+        guard let start = page.range(of: "<tr><td>default</td>") else { return "no default row in: \(page)" }
+        let rest = page[start.upperBound...]
+        return String(rest[..<(rest.range(of: "</tr>")?.lowerBound ?? rest.endIndex)])
     }
 
     @Test(
@@ -98,7 +108,11 @@ struct TokenHealthTests {
             var metrics = try await Self.metrics(port)
             #expect((Self.metric(metrics, "outbox_token_refresh_total", ["route": "default", "result": "ok"]) ?? 0) >= 1, "\(metrics)")
             #expect(Self.metric(metrics, "outbox_token_expiry_seconds", ["route": "default"]) != nil, "\(metrics)")
-            answers.append(metrics)
+            var row = try await Self.credentialRow(port)
+            #expect(row.contains("oauth2-azure") && row.contains(">ok<") && !row.contains("AADSTS"), "\(row)")
+            // The token's last refresh and expiry are shown (dates in their cells).
+            #expect(row.components(separatedBy: "<td>20").count == 3, "\(row)")
+            answers += [metrics, row]
 
             // The password changed at the identity provider: every refresh is refused.
             await state.set { $0.ropcPassword = "rotated-\(UUID().uuidString)" }
@@ -120,7 +134,9 @@ struct TokenHealthTests {
             #expect((route?["problem"] as? [String: Any])?["code"] as? String == "credentials_unavailable")
             metrics = try await Self.metrics(port)
             #expect((Self.metric(metrics, "outbox_token_refresh_total", ["route": "default", "result": "failed"]) ?? 0) >= 1, "\(metrics)")
-            answers += [metrics, "\(status)", "\(ready)", "\(c)"]
+            row = try await Self.credentialRow(port)
+            #expect(row.contains(">failing<") && row.contains("AADSTS50126"), "the dashboard's credential view: \(row)")
+            answers += [metrics, "\(status)", "\(ready)", "\(c)", row]
 
             // The password is back: the route's probe gets a token and the held message goes.
             await state.set { $0.ropcPassword = password }
