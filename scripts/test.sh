@@ -151,6 +151,8 @@ if [ $# -eq 0 ]; then
     python3 -m pip install --quiet 'selenium==4.40.0' ||
     python3 -m pip install --quiet --break-system-packages 'selenium==4.40.0'
   python3 -m unittest -v Tests/Dashboard/test_dashboard.py
+  # The HTTP listener over HTTPS (a CA and certificate made with openssl), and refused key pairs.
+  python3 -m unittest -v Tests/Dashboard/test_https.py
   # EWS with NTLMv2: outbox probe and send against pyspnego's NTLM acceptor.
   bash scripts/ntlm-ews-test.sh
   # Traces: a delivery to this Postfix exported with OTLP/HTTP to a small receiver

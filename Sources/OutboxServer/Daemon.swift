@@ -57,6 +57,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             throw DaemonError(
                 .openAPI, "http-listen \(settings.httpListen) is not a loopback address: set [outbox] api-tokens so the API is not open to anyone")
         }
+        // The HTTPS pair is checked before anything starts (run() reads it again).
+        _ = try HTTPListenerTLS.configuration(settings)
         let store = try await openStore(settings, logger: logger)
         return try Daemon(configuration: configuration, store: store, file: file, overrides: overrides, environment: environment, logger: logger)
     }
@@ -164,7 +166,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             target = "\(mailer.transportName) \(c.smtpClient.server ?? ""):\(c.smtpClient.port)"
         }
         return
-            "outbox: listening on http://\(c.outbox.httpListen), queue \(store.kind) (\(c.outbox.store == "sqlite" ? c.outbox.dataDirectory + "/outbox.sqlite" : c.outbox.store.hasPrefix("postgres") ? "postgres" : c.outbox.store)), sending through \(target)"
+            "outbox: listening on \(c.outbox.httpTLSCertificateFile != nil ? "https" : "http")://\(c.outbox.httpListen), queue \(store.kind) (\(c.outbox.store == "sqlite" ? c.outbox.dataDirectory + "/outbox.sqlite" : c.outbox.store.hasPrefix("postgres") ? "postgres" : c.outbox.store)), sending through \(target)"
     }
 
     /// Re-reads the configuration file. An invalid file is refused whole (its errors logged);

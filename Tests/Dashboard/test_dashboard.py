@@ -92,13 +92,13 @@ class Sink:
 
 
 class Daemon:
-    def __init__(self, sink_port, tokens=True):
+    def __init__(self, sink_port, tokens=True, extra=(), scheme="http"):
         self.work = tempfile.mkdtemp(prefix="outbox-dashboard-")
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
         lines = ["[smtp-client]", "server = 127.0.0.1", f"port = {sink_port}", "", "[outbox]",
                  f"data-directory = {self.work}/data", f"http-listen = 127.0.0.1:{self.port}",
-                 "retry-initial-delay = 01:00:00"]
+                 "retry-initial-delay = 01:00:00", *extra]
         if tokens:
             lines += [f"api-tokens = {TOKEN}", "require-api-token = true"]
         self.config = os.path.join(self.work, "outbox.conf")
@@ -108,6 +108,7 @@ class Daemon:
         self.proc = None
 
     def start(self):
+        """Starts `outbox serve` and waits for its ready line."""
         self.stderr = open(self.log_path, "wb")
         self.proc = subprocess.Popen([outbox_bin(), "serve", "--config", self.config], stdout=subprocess.PIPE,
                                      stderr=self.stderr, stdin=subprocess.DEVNULL, cwd=self.work)
@@ -166,6 +167,8 @@ def raw_request(port, method, path, body=None, headers=None):
 
 
 class DashboardInBrowser(unittest.TestCase):
+    """Login, counts, filters, a message's page, retry, cancel, purge; refusals (see the module's text)."""
+
     @classmethod
     def setUpClass(cls):
         os.makedirs(ARTIFACTS, exist_ok=True)
@@ -343,6 +346,24 @@ class DashboardInBrowser(unittest.TestCase):
                                    headers={**form, "Cookie": cookie})
         self.assertEqual(status, 303)
         self.assertTrue(self.daemon.api("GET", f"/v1/messages/{target}")["content_purged"])
+        # The login form is protected too (login CSRF): its POST needs the form's pre-session and
+        # CSRF token; the right token without them is refused, with them it opens a session.
+        status, headers, body = raw_request(self.daemon.port, "GET", "/login")
+        self.assertEqual(status, 200)
+        pre = headers["Set-Cookie"].split(";")[0]
+        login_csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', body).group(1)
+        for what, headers, body in [
+            ("no pre-session", {}, f"csrf={login_csrf}&token={TOKEN}"),
+            ("no CSRF token", {"Cookie": pre}, f"token={TOKEN}"),
+            ("a wrong CSRF token", {"Cookie": pre}, f"csrf={'0' * 64}&token={TOKEN}"),
+        ]:
+            status, _, text = raw_request(self.daemon.port, "POST", "/login", body=body, headers={**form, **headers})
+            self.assertEqual(status, 403, f"POST /login with {what}: {status} {text[:200]}")
+            self.assertIn("invalid_csrf_token", text)
+        status, headers, _ = raw_request(self.daemon.port, "POST", "/login", body=f"csrf={login_csrf}&token={TOKEN}",
+                                         headers={**form, "Cookie": pre})
+        self.assertEqual((status, headers.get("Location")), (303, "/"))
+        self.assertNotEqual(headers["Set-Cookie"].split(";")[0], pre, "a login keeps the pre-session's id")
         # Pages without a session go to the login page; the API without a token is refused.
         status, headers, _ = raw_request(self.daemon.port, "GET", "/messages")
         self.assertEqual((status, headers.get("Location")), (303, "/login"))

@@ -39,10 +39,7 @@ extension OutboxAPI {
             await action(request, context) { session, form in try await self.actBulk(form, session) }
         }
         ui.get("/credentials") { [self] request, context in await page(request, context) { try await self.credentials($0) } }
-        ui.get("/login") { [self] request, context in
-            if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return htmlError(refusal) }
-            return html(.ok, "login", ["title": "Log in"])
-        }
+        ui.get("/login") { [self] request, context in await loginForm(request, context) }
         ui.post("/login") { [self] request, context in await login(request, context) }
         ui.post("/logout") { [self] request, context in
             await action(request, context) { _, _ in
@@ -61,7 +58,7 @@ extension OutboxAPI {
     /// The session of a request, opened at once on loopback without tokens (so that forms have
     /// a CSRF token); nil when a login is needed.
     private func session(_ context: OutboxRequestContext) -> DashboardSession? {
-        if let session = context.sessions.session { return session }
+        if let session = context.sessions.session, session.authenticated { return session }
         guard !settings.requireToken else { return nil }
         let session = DashboardSession(who: "loopback", csrf: DashboardAccess.newToken())
         context.sessions.createSession(session)
@@ -89,7 +86,7 @@ extension OutboxAPI {
         _ request: Request, _ context: OutboxRequestContext, _ body: (DashboardSession, [String: [String]]) async throws -> Response
     ) async -> Response {
         if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return htmlError(refusal) }
-        guard let session = context.sessions.session else {
+        guard let session = context.sessions.session, session.authenticated else {
             return htmlError(APIError(.forbidden, "no_session", "this action needs a dashboard session: log in first"))
         }
         var request = request
@@ -107,15 +104,50 @@ extension OutboxAPI {
         }
     }
 
+    /// How long the login form's pre-session lasts.
+    static let loginFormLifetime = Duration.seconds(30 * 60)
+
+    /// The login form, with the pre-session's CSRF token (a new pre-session when the request
+    /// has none); without tokens, or already logged in, the overview.
+    private func loginForm(_ request: Request, _ context: OutboxRequestContext) async -> Response {
+        if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return htmlError(refusal) }
+        if !settings.requireToken || context.sessions.session?.authenticated == true { return .redirect(to: "/", type: .normal) }
+        return loginPage(.ok, context, problem: nil)
+    }
+
+    private func loginPage(_ status: HTTPResponse.Status, _ context: OutboxRequestContext, problem: String?) -> Response {
+        let csrf: String
+        if let session = context.sessions.session, !session.authenticated {
+            csrf = session.csrf
+        } else {
+            let session = DashboardSession.preLogin()
+            context.sessions.createSession(session, expiresIn: Self.loginFormLifetime)
+            csrf = session.csrf
+        }
+        var view: [String: Any] = ["title": "Log in", "loginCSRF": csrf]
+        if let problem { view["problem"] = problem }
+        return html(status, "login", view)
+    }
+
+    /// The login POST: the pre-session's CSRF token (login CSRF), then the operator token; a
+    /// success opens a new session (a new id: the pre-session's id is not carried over).
     private func login(_ request: Request, _ context: OutboxRequestContext) async -> Response {
         if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return htmlError(refusal) }
+        guard settings.requireToken else { return .redirect(to: "/", type: .normal) }
         var request = request
         let form = FormData.parse(String(buffer: (try? await request.collectBody(upTo: 64 * 1024)) ?? ByteBuffer()))
+        guard DashboardAccess.csrfMatches(session: context.sessions.session, form: form["csrf"]?.first) else {
+            logger.notice("dashboard login refused: missing or wrong CSRF token")
+            context.sessions.clearSession()
+            return loginPage(
+                .forbidden, context,
+                problem: "The login form was not sent by this page, or it expired (invalid_csrf_token): log in again from this page.")
+        }
         let token = form["token"]?.first ?? ""
         let label = tokenLabel(token: token)
-        guard label != "loopback" || !settings.requireToken else {
+        guard label != "loopback" else {
             logger.notice("dashboard login refused: wrong token")
-            return html(.unauthorized, "login", ["title": "Log in", "problem": "That token is not one of [outbox] api-tokens."])
+            return loginPage(.unauthorized, context, problem: "That token is not one of [outbox] api-tokens.")
         }
         context.sessions.createSession(DashboardSession(who: label, csrf: DashboardAccess.newToken()))
         logger.notice("dashboard login", metadata: ["outbox.audit.who": "\(label)"])

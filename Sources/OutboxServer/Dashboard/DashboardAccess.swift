@@ -18,16 +18,30 @@ package struct OutboxRequestContext: RequestContext, SessionRequestContext {
 }
 
 /// A dashboard session: who opened it (never a secret) and its CSRF token.
+///
+/// The login form has a session too, not yet authenticated (a "pre-session", as OWASP's CSRF
+/// cheat sheet names it): it carries the CSRF token the login POST must send back, so that
+/// another site cannot log a browser in under its own token (login CSRF). Logging in replaces
+/// it with a new session under a new id.
 package struct DashboardSession: Codable, Sendable {
-    /// The token's position in `[outbox] api-tokens` (`token #2`), or `loopback`.
+    /// The token's position in `[outbox] api-tokens` (`token #2`), or `loopback`; empty for the
+    /// login form's pre-session.
     package var who: String
     /// The per-session random token every POST form carries.
     package var csrf: String
+    /// False for the login form's pre-session: it opens no page and allows no action.
+    package var authenticated: Bool
 
     /// A session opened by `who`, with its CSRF token.
-    package init(who: String, csrf: String) {
+    package init(who: String, csrf: String, authenticated: Bool = true) {
         self.who = who
         self.csrf = csrf
+        self.authenticated = authenticated
+    }
+
+    /// The login form's pre-session: a fresh CSRF token, nobody logged in.
+    package static func preLogin() -> DashboardSession {
+        DashboardSession(who: "", csrf: DashboardAccess.newToken(), authenticated: false)
     }
 }
 

@@ -182,7 +182,7 @@ enum DashboardTemplates {
         {{> head}}
         <h1>Log in</h1>
         {{#problem}}<div class="alert" id="problem">{{problem}}</div>{{/problem}}
-        <div class="card"><form method="post" action="/login">
+        <div class="card"><form method="post" action="/login"><input type="hidden" name="csrf" value="{{loginCSRF}}">
         <p><label>Operator token (one of [outbox] api-tokens)<br><input type="password" name="token" autocomplete="off" size="40" autofocus></label></p>
         <button type="submit" id="login">Log in</button></form></div>
         {{> foot}}
