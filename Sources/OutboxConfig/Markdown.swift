@@ -101,6 +101,27 @@ extension OptionTable {
         ]
         lines += table(mailProperties)
         lines += details(mailProperties)
+        lines += [
+            "", "## Routes: [smtp-client-\\<route\\>]", "",
+            "`[smtp-client]` is the route `default`. Each `[smtp-client-NAME]` section (NAME: letters, digits, `-` and `_`)",
+            "defines route NAME with every option above: an option it leaves unset takes the reference's default, not",
+            "the default route's value. Each route has its own transport, connection pool, token cache and credentials",
+            "(its `secret` names its own `[secret-<name>]`). Override with `-o smtp-client-NAME.KEY=VALUE`.",
+            "A message's route is chosen when it is queued, first match wins: the authenticated client's `route`",
+            "(`[client-NAME]`), the `\"route\"` an HTTP submission asks for (one of the client's `routes`; any route for an",
+            "operator's token), a route whose `senders` match the envelope sender, then `default`. The route is stored",
+            "with the message. On SIGHUP each route reloads under its options' take-effect rules; a route added appears, a",
+            "route removed disappears and its queued messages wait (deferred, with a route alert) until it comes back or an",
+            "operator moves them (`outbox queue move ID --route R`, `POST /v1/messages/{id}/route`).",
+            "",
+            "```ini", "[smtp-client-billing]", "server = smtp.example.com", "port = 587",
+            "smtp-connection-security = start-tls-required", "enable-authentication = true", "user = billing@example.com",
+            "password = env:BILLING_PASSWORD", "senders = *@billing.example.com", "```",
+            "",
+            "These options of Outbox's own are valid in `[smtp-client]` and in every route:", "",
+        ]
+        lines += table(routeOptions)
+        lines += details(routeOptions)
         lines += ["", "## [secret-\\<name\\>]", ""]
         lines += table(secretSection)
         lines += details(secretSection, prefix: "secret-NAME.")
@@ -136,7 +157,7 @@ extension OptionTable {
             case .secret: "secret-name"
             case .relay: "relay"
             case .client: "client-name"
-            case .smtpClient, .mailProperty: ""
+            case .smtpClient, .mailProperty, .route: ""
             }
         return prefix + d.name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
     }

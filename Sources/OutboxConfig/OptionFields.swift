@@ -52,6 +52,9 @@ extension OptionTable {
         f["mail.smtp.ssl.checkserveridentity"] = OptionField {
             $1.smtpClient.checkServerIdentity = $0.smtpClient.checkServerIdentity
         }
+        // Outbox's route options
+        f["senders"] = OptionField { $1.smtpClient.senders = $0.smtpClient.senders }
+        f["send-as"] = OptionField { $1.smtpClient.sendAs = $0.smtpClient.sendAs }
         // [outbox]
         f["data-directory"] = OptionField { $1.outbox.dataDirectory = $0.outbox.dataDirectory }
         f["http-listen"] = OptionField { $1.outbox.httpListen = $0.outbox.httpListen }
@@ -103,6 +106,7 @@ extension OutboxConfiguration {
         var applied: [ConfigurationChange] = []
         var waiting: [ConfigurationChange] = []
         for change in new.changes(from: self) {
+            if change.name.hasPrefix("smtp-client-") { continue }  // the routes, below
             if change.name.hasPrefix("relay.") || change.name.hasPrefix("client-") {
                 // Applied (or reported) by the listener, from `merged.relay` and `merged.clients`.
                 if change.effect == .atRestart { waiting.append(change) } else { applied.append(change) }
@@ -119,6 +123,30 @@ extension OutboxConfiguration {
         }
         merged.relay = new.relay
         merged.clients = new.clients
+        // Routes: one added or removed is applied whole; one kept is planned like [smtp-client].
+        var routes: [String: SMTPClientOptions] = [:]
+        for (name, options) in new.routes {
+            let prefix = "smtp-client-\(name)."
+            guard let before = forRoute(name), let after = new.forRoute(name) else {
+                routes[name] = options
+                applied.append(ConfigurationChange(name: "smtp-client-\(name)", effect: .immediately))
+                for (key, source) in new.sources where key.hasPrefix(prefix) { merged.sources[key] = source }
+                continue
+            }
+            let plan = before.planReload(to: after)
+            routes[name] = plan.configuration.smtpClient
+            let isRouteOption: (ConfigurationChange) -> Bool = { !$0.name.contains(".") || $0.name.hasPrefix("mail.") }
+            for change in plan.applied where isRouteOption(change) {
+                applied.append(ConfigurationChange(name: prefix + change.name, effect: change.effect))
+                merged.sources[prefix + change.name] = new.sources[prefix + change.name]
+            }
+            waiting += plan.waiting.filter(isRouteOption).map { ConfigurationChange(name: prefix + $0.name, effect: $0.effect) }
+        }
+        for name in self.routes.keys where new.routes[name] == nil {
+            applied.append(ConfigurationChange(name: "smtp-client-\(name)", effect: .immediately))
+            merged.sources = merged.sources.filter { !$0.key.hasPrefix("smtp-client-\(name).") }
+        }
+        merged.routes = routes
         return ReloadPlan(configuration: merged, applied: applied, waiting: waiting)
     }
 }

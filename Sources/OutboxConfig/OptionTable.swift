@@ -31,6 +31,8 @@ package enum ConfigSection: String, Sendable, CaseIterable {
     case relay = "relay"
     /// `[client-<name>]`: an identity of the relay.
     case client = "client-<name>"
+    /// Outbox's own options of a route: `[smtp-client]` and `[smtp-client-<route>]`.
+    case route = "smtp-client-<route>"
 }
 
 /// The kind of value an option takes.

@@ -99,6 +99,14 @@ public struct SMTPClientOptions: Sendable, Equatable {
     /// `mail.smtp.ssl.checkserveridentity` (Outbox default true).
     public var checkServerIdentity = true
 
+    // Outbox's own route options (``OptionTable/routeOptions``)
+    /// `senders`: envelope-sender patterns (`*@billing.example.com`, `helpdesk@example.com`)
+    /// whose messages take this route.
+    public var senders: [String] = []
+    /// `send-as`: the From addresses (or `*@domain` patterns) GRAPH and EWS send as their own
+    /// mailbox; nil: not set.
+    public var sendAs: [String]?
+
     /// Every option at its default.
     public init() {}
 

@@ -2,7 +2,7 @@
 /// value was invalid are skipped (that option already has its own error).
 extension ConfigurationReader {
     func location(_ key: String) -> ConfigurationLocation {
-        smtp[key]?.location ?? ConfigurationLocation(file: fileName, line: nil)
+        smtp[key]?.location ?? sectionLocation ?? ConfigurationLocation(file: fileName, line: nil)
     }
 
     func given(_ key: String) -> Bool { smtp[key] != nil }

@@ -91,6 +91,8 @@ public final class EWSTransport: MailTransport {
     /// another address is sent as or on behalf of that one (``allowDelegate``).
     let mailbox: String?
     let allowDelegate: Bool
+    /// Who a message is sent as (`allow-delegate`, `send-as`, the route's name for refusals).
+    let policy: SendAsPolicy
     /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
     let debug: HTTPDebugLog?
     /// NTLM for the password case (nil with tokens): in use once its scheme is set.
@@ -98,8 +100,10 @@ public final class EWSTransport: MailTransport {
 
     init(
         url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger,
-        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil
+        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil,
+        policy: SendAsPolicy? = nil
     ) {
+        self.policy = policy ?? SendAsPolicy(route: "default", user: mailbox ?? "", allowDelegate: allowDelegate, sendAs: nil)
         self.windows = windows
         self.url = url
         self.version = version
@@ -115,7 +119,7 @@ public final class EWSTransport: MailTransport {
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
     package convenience init(
         configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
-        logger: Logger = Logger(label: "outbox.ews")
+        logger: Logger = Logger(label: "outbox.ews"), route: String = "default"
     ) throws(DeliveryError) {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
@@ -159,7 +163,8 @@ public final class EWSTransport: MailTransport {
             requestTimeout: connect + read * 20, logger: logger, windows: windows,
             mailbox: options.enableAuthentication && user.contains("@") ? user : nil, allowDelegate: options.allowDelegate,
             debug: options.enableDebug
-                ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil)
+                ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil,
+            policy: SendAsPolicy(route: route, options: options))
     }
 
     static let documentedVersions = [

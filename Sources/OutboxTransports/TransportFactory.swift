@@ -81,7 +81,8 @@ public enum TransportFactory {
         configuration: OutboxConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "outbox"),
-        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil,
+        route: String = "default"
     ) throws -> any MailTransport {
         let options = configuration.smtpClient
         SMTPTokenSources.remember(secretSection: configuration.chosenSecretSection)
@@ -109,7 +110,7 @@ public enum TransportFactory {
                 return try GraphTransport(
                     configuration: configuration,
                     tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                    logger: logger)
+                    logger: logger, route: route)
             } catch {
                 throw Unavailable(code: error.code.rawValue, description: "server-type = GRAPH: \(error.description)")
             }
@@ -118,7 +119,7 @@ public enum TransportFactory {
                 return try EWSTransport(
                     configuration: configuration,
                     tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                    logger: logger)
+                    logger: logger, route: route)
             } catch {
                 throw Unavailable(
                     code: error.kind == .permanent || error.routeFault == .configuration ? "transport_misconfigured" : "transport_unavailable",

@@ -42,6 +42,8 @@ struct OptionFieldsTests {
         mail.smtp.dsn.ret = HDRS
         mail.smtp.ssl.trust = mail.example.test
         mail.smtp.ssl.checkserveridentity = false
+        senders = *@billing.example.test
+        send-as = shared@example.test
 
         [secret-other]
         password = other-pw
@@ -71,9 +73,11 @@ struct OptionFieldsTests {
         store-unavailable-wait = 00:00:03
         """
 
-    static var reloadable: [OptionDescriptor] { OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.outbox }
+    static var reloadable: [OptionDescriptor] {
+        OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.routeOptions + OptionTable.outbox
+    }
 
-    @Test("every [smtp-client], mail.* and [outbox] option has a field")
+    @Test("every [smtp-client], mail.*, route and [outbox] option has a field")
     func everyOptionHasAField() {
         let missing = Self.reloadable.map(\.name).filter { OptionTable.fields[$0] == nil }
         #expect(missing.isEmpty, "options without a field in OptionTable.fields: \(missing)")

@@ -151,7 +151,8 @@ package struct RouteHealth: Sendable, Equatable {
 public struct RouteStatus: Sendable, Equatable {
     /// The route's name (`default`).
     public var route: String
-    /// `ok`, or `paused` while an alert holds its messages.
+    /// `ok`, `paused` while an alert holds its messages, or `missing` for a route that is not
+    /// configured while messages wait for it.
     public var state: String
     /// The alert's code (a ``RouteFault``), while paused.
     public var code: String?
@@ -167,6 +168,16 @@ public struct RouteStatus: Sendable, Equatable {
     public var failedProbes: Int
     /// Alerts raised since the process started.
     public var alertsRaised: Int
+
+    /// A route that is not configured while `waiting` messages wait for it.
+    package init(missing route: String, waiting: Int) {
+        self.route = route
+        state = "missing"
+        code = "route_missing"
+        message = "route \(route) no longer exists: \(waiting) messages wait until it comes back or an operator moves them to another route"
+        failedProbes = 0
+        alertsRaised = 0
+    }
 
     package init(_ health: RouteHealth) {
         route = health.route
