@@ -316,7 +316,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             logger: logger)
         let reloader = ReloadService(daemon: self)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: mailer, successTerminationBehavior: .ignore),
+            .init(service: routes, successTerminationBehavior: .ignore),
             .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: storage, successTerminationBehavior: .ignore),
             .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
@@ -332,7 +332,12 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 logger: logger))
         // The relay advertises the SMTP server's SIZE when it is smaller than max-message-size:
         // one connection is opened at start to read it (and stays in the pool).
-        let learner = relay == nil ? nil : Task { [mailer] in await mailer.learnLimits() }
+        let learner =
+            relay == nil
+            ? nil
+            : Task { [routes] in
+                for name in routes.names { await routes.mailer(name)?.learnLimits() }
+            }
         defer { learner?.cancel() }
         try await group.run()
         try? await store.close()

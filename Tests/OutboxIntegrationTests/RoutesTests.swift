@@ -294,8 +294,9 @@ struct RoutesTests {
         let port = freePort()
         let d = Daemon(dir: dir, port: port, relayPort: 0)
         let closed = freePort()
+        // a and b point where nothing listens: their messages wait (held by the routes' alerts).
         try reloadConfiguration(
-            d, peer: peer, routes: [("a", peer.plainPort, "*@a.example.test"), ("b", closed, "*@b.example.test")]
+            d, peer: peer, routes: [("a", closed, "*@a.example.test"), ("b", closed, "*@b.example.test")]
         ).write(toFile: d.file, atomically: true, encoding: .utf8)
         let daemon = try DaemonProcess(port: port, overrides: [], logPath: dir + "/daemon.log", config: d.file)
         defer { daemon.terminate() }
@@ -311,8 +312,7 @@ struct RoutesTests {
         for n in 0..<30 { try await send("\(token)-a\(n)", from: "x@a.example.test") }
         for n in 0..<15 { try await send("\(token)-b\(n)", from: "x@b.example.test") }
         for n in 0..<10 { try await send("\(token)-d\(n)", from: "x@example.test") }
-        // With a's and default's messages in flight, b's deferred (nothing listens on its port):
-        // remove a, move b to Postfix, add c.
+        // With default's messages in flight and a's and b's waiting: remove a, move b to Postfix, add c.
         try reloadConfiguration(
             d, peer: peer, routes: [("b", peer.plainPort, "*@b.example.test"), ("c", peer.plainPort, "*@c.example.test")]
         ).write(toFile: d.file, atomically: true, encoding: .utf8)
@@ -350,6 +350,7 @@ struct RoutesTests {
                 waiting.append(id)
             }
         }
+        #expect(waiting.count == 30, "every message of the removed route waits for it")
         if !waiting.isEmpty {
             let status = try await http(port, .get, "/v1/status").1
             let a = (status["routes"] as? [[String: Any]] ?? []).first { $0["route"] as? String == "a" }
