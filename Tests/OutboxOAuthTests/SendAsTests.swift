@@ -90,4 +90,25 @@ struct SendAsTests {
             #expect(refused?.message.contains("ErrorSendAsDenied") == true, "\(refused?.message ?? "")")
         }
     }
+
+    @Test("EWS: a From in send-as goes with t:From (Exchange checks the right); another is refused without allow-delegate, naming the route")
+    func ews() async throws {
+        let state = EmulatorState()
+        await state.set { $0.delegates = ["support@contoso.test"] }
+        try await withEmulator(state) { base in
+            let c = configuration(base, type: .ews) { $0.smtpClient.sendAs = ["support@contoso.test"] }
+            let transport = try TransportFactory.make(configuration: c, route: "desk")
+            let (message, bytes) = try rawMessage(from: "support@contoso.test")
+            _ = try await transport.send(message)
+            #expect(await state.delivered == [bytes])
+            let before = await state.ewsRequests
+            var refused: DeliveryError?
+            do { _ = try await transport.send(try rawMessage(from: "boss@contoso.test").0) } catch let error as DeliveryError { refused = error }
+            await transport.shutdown()
+            #expect(refused?.kind == .permanent)
+            #expect(refused?.message.contains("route desk") == true, "\(refused?.message ?? "")")
+            #expect(refused?.message.contains("boss@contoso.test") == true)
+            #expect(await state.ewsRequests == before, "refused before any request")
+        }
+    }
 }
