@@ -164,7 +164,7 @@ extension ConfigurationReader {
     /// `[smtp-client-NAME]` section, from ``smtp``.
     mutating func interpretSMTPClientOptions(section: String) -> SMTPClientOptions {
         var o = SMTPClientOptions()
-        let known = OptionTable.smtpClient.map(\.name) + OptionTable.routeOptions.map(\.name)
+        let known = OptionTable.smtpClient.map(\.name) + OptionTable.routeOptions.map(\.name) + OptionTable.pacingOptions.map(\.name)
         func d(_ name: String) -> OptionDescriptor { OptionTable.descriptor(smtpClient: name)! }
 
         // Unknown keys: errors (no value shown: a misspelt "password" would leak).
@@ -295,6 +295,7 @@ extension ConfigurationReader {
             smtp["grant-type"], sourceKey: "grant-type", descriptor: d("grant-type"),
             { Convert.oneOf($0, grants).flatMap(GrantType.init(rawValue:)) }, invalid: enumMessage(smtp["grant-type"], grants))
         interpretRouteOptions(&o)
+        interpretPacing(&o)
         return o
     }
 

@@ -106,6 +106,9 @@ public struct SMTPClientOptions: Sendable, Equatable {
     /// `send-as`: the From addresses (or `*@domain` patterns) GRAPH and EWS send as their own
     /// mailbox; nil: not set.
     public var sendAs: [String]?
+    /// Pacing: `rate-limit-per-minute`, `message-limit-per-day`, `recipient-limit-per-day`,
+    /// `max-concurrent` (``OptionTable/pacingOptions``); see ``routeLimits``.
+    public var pacing = RoutePacingOptions()
 
     /// Every option at its default.
     public init() {}

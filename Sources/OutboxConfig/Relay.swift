@@ -67,6 +67,9 @@ package struct ClientIdentity: Sendable, Equatable {
     package var routes: [String]?
     /// `api-token`: its bearer token for the HTTP API (submit, and see its own messages).
     package var apiToken: Secret?
+    /// `intake-limit-per-minute`: messages this client may submit over a sliding minute (nil:
+    /// no limit); beyond it `452 4.7.0` on the listener, HTTP 429 with Retry-After.
+    package var intakeLimitPerMinute: Int?
 
     package init(
         name: String, user: String, passwordHash: Secret, allowedSenders: [String], route: String? = nil, routes: [String]? = nil,
@@ -323,6 +326,12 @@ extension OptionTable {
             summary:
                 "This client's token for the HTTP API (Authorization: Bearer TOKEN): it may submit messages (with its allowed-senders and routes) and list and read its own messages only. The [outbox] api-tokens stay the operators' tokens, with full access.",
             outboxNote: "Never printed."),
+        .init(
+            name: "intake-limit-per-minute", section: .client, type: .integer, defaultValue: "0",
+            validValues: "An integer, 0 for no limit", effect: .immediately, referenceEffect: nil,
+            summary:
+                "Messages this client may submit over a sliding minute (per instance), so that one runaway application cannot fill the queue for everyone. Beyond it the listener answers MAIL with 452 4.7.0 and the HTTP API (for the client's api-token) 429 with Retry-After; the client tries again later."
+        ),
     ]
 
     /// Looks up a descriptor of `[relay]`.
@@ -545,6 +554,17 @@ extension ConfigurationReader {
                 }
                 users[user.lowercased()] = name
             }
+            var intakeLimit: Int?
+            if let entry = entries["intake-limit-per-minute"] {
+                sources["client-\(name).intake-limit-per-minute"] = entry.source
+                if let n = Convert.integer(0...100_000_000)(entry.value) {
+                    intakeLimit = n > 0 ? n : nil
+                } else {
+                    problem(
+                        "invalid_value", entry.location, option: entry.displayName, value: entry.value,
+                        "is not an integer from 0 (no limit) to 100000000")
+                }
+            }
             let routeNames = configuration.routeNames
             func checkRoute(_ entry: RawEntry, _ route: String) -> Bool {
                 guard routeNames.contains(route) else {
@@ -587,10 +607,10 @@ extension ConfigurationReader {
                 tokens[apiToken.value] = name
             }
             if let user, let hash, let senders, !senders.isEmpty {
-                configuration.clients.append(
-                    ClientIdentity(
-                        name: name, user: user, passwordHash: hash, allowedSenders: senders, route: route, routes: routes,
-                        apiToken: apiToken))
+                var identity = ClientIdentity(
+                    name: name, user: user, passwordHash: hash, allowedSenders: senders, route: route, routes: routes, apiToken: apiToken)
+                identity.intakeLimitPerMinute = intakeLimit
+                configuration.clients.append(identity)
             }
         }
     }

@@ -109,6 +109,15 @@ extension OutboxConfiguration {
                 }
                 add(section, prefix + d.name, value, effect: d.effect)
             }
+            for d in OptionTable.pacingOptions {
+                // A change compares the value set and the preset, not what other options derive
+                // (max-concurrent shows cnx-pool-size when unset).
+                rows.append(
+                    EffectiveOption(
+                        section: section, name: prefix + d.name, value: pacingValue(d.name, options: o),
+                        source: source(of: prefix + d.name), effect: d.effect, isSecret: false,
+                        comparable: pacingComparable(d.name, options: o)))
+            }
         }
         routeRows(smtpClient, section: "smtp-client", prefix: "")
         for key in unusedMailProperties.sorted() {
@@ -205,6 +214,7 @@ extension OutboxConfiguration {
             add(prefix, "\(prefix).route", client.route ?? "\(Self.notSet) (by sender, then default)", effect: .immediately)
             add(prefix, "\(prefix).routes", client.mayChoose.isEmpty ? "(none)" : client.mayChoose.joined(separator: ", "), effect: .immediately)
             add(prefix, "\(prefix).api-token", "", effect: .immediately, secret: .some(client.apiToken))
+            add(prefix, "\(prefix).intake-limit-per-minute", "\(client.intakeLimitPerMinute ?? 0)", effect: .immediately)
         }
         return rows
     }

@@ -226,6 +226,13 @@ extension ConfigurationReader {
         if o.usesFileTransport && !anyFailed(["server", "server-type"]) {
             notes.append("server is not set: messages are written as files under \(c.outbox.dataDirectory) (the file transport), not sent")
         }
+        if o.serverType == .smtp, !o.usesFileTransport, let set = o.pacing.maxConcurrent, set > o.cnxPoolSize {
+            warn(
+                "max_concurrent_over_pool", location("max-concurrent"), option: "max-concurrent",
+                "max-concurrent = \(set) is more than cnx-pool-size = \(o.cnxPoolSize): an SMTP route has at most cnx-pool-size sessions, so \(o.cnxPoolSize) applies"
+            )
+        }
+        if let note = c.pacingNote(options: o) { notes.append(note) }
     }
 
     static func notSet(_ names: [String]) -> String {

@@ -95,6 +95,8 @@ package final class RelayServer: Service, Sendable {
     private let drainDeadline: Duration
     private let onListening: @Sendable (String) -> Void
     let metrics: RelayMetrics
+    /// Each client's submissions against its `intake-limit-per-minute`.
+    let intakeLimiter = IntakeLimiter()
 
     struct Connections {
         var open: [ObjectIdentifier: NIOLoopBound<RelayServerHandler>] = [:]
@@ -355,6 +357,7 @@ package final class RelayServer: Service, Sendable {
         if queue.intake() == .refused { return await insufficientStorage("the queue's disk is below queue-min-free") }
         do {
             let stored = try await queue.enqueue(message)
+            if let identity { noteIntake(client: identity.name) }
             metrics.messages(result: "accepted", reason: "ok").increment()
             logger.info(
                 "relay message queued",
@@ -456,6 +459,8 @@ struct RelaySession: RelaySessionDelegate {
     }
 
     func intake() -> RelayIntake { server.intake() }
+
+    func intakeRefusal(client: String) -> SMTPServerReply? { server.intakeRefusal(client: client) }
 
     func sessionEnded(_ summary: RelaySessionSummary) {
         server.sessionEnded(summary)

@@ -149,6 +149,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     package static func dispatcherSettings(_ c: OutboxConfiguration) -> DispatcherSettings {
         var settings = dispatcherSettings(c.outbox)
         settings.bounce = BounceSettings(hostname: c.relay.effectiveHostname, copyTo: c.relay.bounceCopyTo)
+        settings.routeLimits = Dictionary(
+            uniqueKeysWithValues: c.routeNames.compactMap { name in c.options(forRoute: name).map { (name, $0.routeLimits) } })
         return settings
     }
 

@@ -57,6 +57,9 @@ public struct DeliveryReport: Sendable, Codable {
     public var durationSeconds: Double
     /// How many connection attempts the delivery took (2 when a dead pooled connection was replaced).
     public var attempts: Int
+    /// The provider's throttling answer (``Throttling``) to a recipient or to the message, when it
+    /// throttled this delivery: those recipients are deferred, and a queue pauses the route.
+    public var throttle: String?
 
     /// A report with every field given.
     public init(

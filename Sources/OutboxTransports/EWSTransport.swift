@@ -362,6 +362,11 @@ struct EWSResponse {
         "ErrorTooManyObjectsOpened", "ErrorBatchProcessingStopped", "ErrorExceededSubscriptionCount",
     ]
 
+    /// EWS's throttling codes (``Throttling``): the route pauses for `BackOffMilliseconds`.
+    static func throttles(_ code: String) -> Bool {
+        code == "ErrorServerBusy" || code == "ErrorExceededConnectionCount" || code == "ErrorTooManyObjectsOpened"
+    }
+
     static func first(_ tag: String, in body: String) -> String? {
         // `<m:Tag>`, `<Tag>` or `<e:Tag xmlns:e=...>`: the text up to the next '<'.
         guard let open = body.range(of: #"<([A-Za-z0-9]+:)?\#(tag)(\s[^>]*)?>"#, options: .regularExpression) else { return nil }
@@ -384,11 +389,13 @@ struct EWSResponse {
         let describe = { (what: String) -> String in
             "ews: \(what)\(code.map { " \($0)" } ?? "")\(text.map { ": \($0.prefix(400))" } ?? "")"
         }
-        if status == 503 {
+        if status == 503 || status == 429 {
+            let after = HTTPTransportReport.retryAfter(retryAfter)
             result = .failure(
                 DeliveryError(
-                    kind: .transient, message: "ews: the server answered 503 (requests queuing): retry later",
-                    retryAfter: HTTPTransportReport.retryAfter(retryAfter) ?? backOff))
+                    kind: .transient, message: "ews: the server answered \(status) (requests queuing): retry later",
+                    retryAfter: after ?? backOff,
+                    routeFault: Throttling.isThrottling(httpStatus: status, retryAfter: after) || backOff != nil ? .throttled : nil))
             return
         }
         if let faultcode {
@@ -398,7 +405,7 @@ struct EWSResponse {
                 result = .failure(
                     DeliveryError(
                         kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
-                        retryAfter: backOff))
+                        retryAfter: backOff, routeFault: Self.throttles(name) || Self.throttles(faultName) ? .throttled : nil))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
                 result = .failure(
                     DeliveryError(
@@ -433,7 +440,10 @@ struct EWSResponse {
         default:
             let name = code ?? "unknown"
             if Self.transientCodes.contains(name) {
-                result = .failure(DeliveryError(kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff,
+                        routeFault: Self.throttles(name) ? .throttled : nil))
             } else if name == "ErrorSendAsDenied" {
                 result = .failure(
                     DeliveryError(

@@ -266,9 +266,10 @@ public final class GraphTransport: MailTransport {
         switch status {
         case 429, 503, 504:
             let after = HTTPTransportReport.retryAfter(retryAfter)
+            // 429, or 503 with Retry-After: Graph throttles the route (it pauses).
             return DeliveryError(
                 kind: .transient, message: "graph: \(said) (retry\(after.map { " after \($0.seconds) s" } ?? " later"))",
-                retryAfter: after)
+                retryAfter: after, routeFault: Throttling.isThrottling(httpStatus: status, retryAfter: after) ? .throttled : nil)
         case 401:
             return DeliveryError(
                 kind: .transient,

@@ -54,10 +54,11 @@ extension SMTPClientConfiguration {
 }
 
 extension PoolConfiguration {
-    /// `cnx-pool-size`, `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
+    /// `cnx-pool-size` (lowered to the route's `max-concurrent` or its preset's),
+    /// `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
     public init(options: SMTPClientOptions) {
         self.init(
-            size: options.cnxPoolSize, checkIdleTime: options.cnxCheckIdleTime,
+            size: options.effectivePoolSize, checkIdleTime: options.cnxCheckIdleTime,
             maxIdleTime: options.cnxMaxIdleTime, tokenExpiryMargin: options.tokenExpiryMarginTime)
     }
 }

@@ -44,9 +44,32 @@ extension Dispatcher {
 
     /// Notes what an attempt says about its route: a route fault raises the alert (the first)
     /// or counts against the probe; anything else means the route works, and resumes it.
+    /// The provider's throttling (``RouteFault/throttled``, or a report whose
+    /// ``DeliveryReport/throttle`` is set) pauses the route the same way, for the time the
+    /// provider asked (`Retry-After`, `BackOffMilliseconds`) or with the probe's back-off.
     func noteRoute(_ result: Result<DeliveryReport, DeliveryError>, route: String, probe: Int?) {
         let now = clock.now
+        var result = result
+        if case .success(let report) = result, let throttle = report.throttle {
+            result = .failure(DeliveryError(kind: .transient, message: "the provider throttles the route: \(throttle)", routeFault: .throttled))
+        }
         switch result {
+        case .failure(let error) where error.routeFault == .throttled:
+            guard
+                let (paused, health) = updateRouteHealth(
+                    route,
+                    { health in
+                        (health.failed(.throttled, message: error.message, at: now, probe: probe, retryAfter: error.retryAfter), health)
+                    })
+            else { return }
+            if paused || probe != nil {
+                logger.warning(
+                    "route throttled by its provider: paused, its messages deferred",
+                    metadata: [
+                        "outbox.route": "\(health.route)", "outbox.error": "\(error.message)",
+                        "outbox.resume_in": "\(health.nextProbeAt.map { Int(now.duration(to: $0).seconds) } ?? 0) s",
+                    ])
+            }
         case .failure(let error) where error.routeFault != nil:
             let fault = error.routeFault!
             guard

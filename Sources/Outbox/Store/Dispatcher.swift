@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import OutboxConfig
 import OutboxMIME
 import OutboxSMTPGrammar
 import OutboxTransports
@@ -24,15 +25,19 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var concurrencyPerMailbox: Int?
     /// Delivery status notifications for relayed messages that fail for good (nil: none).
     public var bounce: BounceSettings?
+    /// Each route's pacing (``RouteLimits``), by route name; a route not listed has none.
+    public var routeLimits: [String: RouteLimits] = [:]
 
     /// Settings; the defaults are 8 deliveries at once, a 5-minute lease, a 200 ms poll, a 20 s
     /// shutdown deadline, the default retry policy, no rate limits and no notifications.
     public init(
         concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
         shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
-        ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil
+        ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil,
+        routeLimits: [String: RouteLimits] = [:]
     ) {
         self.bounce = bounce
+        self.routeLimits = routeLimits
         self.concurrency = concurrency
         self.lease = lease
         self.pollInterval = pollInterval
@@ -78,6 +83,8 @@ public final class Dispatcher: Service, Sendable {
     private let laneStarts: (stream: AsyncStream<(route: String, lane: Int)>, continuation: AsyncStream<(route: String, lane: Int)>.Continuation)
     /// Whether the store answers; the daemon shares it with the API and the listener.
     package let storeHealth: StoreHealth
+    /// Each route's sends against its limits (shared by every instance with PostgreSQL).
+    package let pacer: RoutePacer
 
     private struct State {
         var settings: DispatcherSettings
@@ -98,6 +105,8 @@ public final class Dispatcher: Service, Sendable {
         var missing: [String: Int] = [:]
         /// The routes changed since the missing routes were last looked for.
         var routesChanged = true
+        /// Routes at their pacing limit claim nothing before this instant.
+        var pacedUntil: [String: QueueInstant] = [:]
     }
 
     /// A dispatcher for `store` that sends through `sender`. `clock` and `random` (a draw in 0..<1
@@ -116,6 +125,7 @@ public final class Dispatcher: Service, Sendable {
         self.random = random
         self.state = NIOLockedValueBox(State(settings: settings))
         self.storeHealth = StoreHealth(kind: store.kind, logger: logger)
+        self.pacer = RoutePacer(shared: store as? any SharedPacing)
         self.laneStarts = AsyncStream.makeStream(of: (route: String, lane: Int).self)
         setRoutes([RouteHealth.defaultRoute])
     }
@@ -195,6 +205,11 @@ public final class Dispatcher: Service, Sendable {
         }
         for (route, lane) in started { laneStarts.continuation.yield((route, lane)) }
     }
+
+    /// Until when `route` claims nothing, being at its pacing limit (nil: it may claim).
+    func pacedUntil(_ route: String) -> QueueInstant? { state.withLockedValue { $0.pacedUntil[route] } }
+
+    func setPaced(_ route: String, until: QueueInstant?) { state.withLockedValue { $0.pacedUntil[route] = until } }
 
     /// Stops claiming new messages (graceful shutdown does this too).
     public func stop() {
@@ -284,7 +299,9 @@ public final class Dispatcher: Service, Sendable {
                     (s.settings, s.stopping || s.lanes[route] != lane, s.health[route]?.admission(at: now) ?? .closed(until: nil))
                 }
                 if stopping { break }
-                while inFlight < settings.concurrency, readyIndex < ready.count {
+                // The route's max-concurrent bounds its deliveries in flight.
+                let concurrency = min(settings.concurrency, settings.routeLimits[route]?.maxConcurrent ?? Int.max)
+                while inFlight < concurrency, readyIndex < ready.count {
                     let next = ready[readyIndex]
                     readyIndex += 1
                     inFlight += 1
@@ -315,20 +332,24 @@ public final class Dispatcher: Service, Sendable {
                 let waiting = ready.count - readyIndex
                 // Claim in batches (each claim is a commit): when half the slots and the waiting
                 // line could take one.
-                let room = 2 * settings.concurrency - inFlight - waiting
+                let room = 2 * concurrency - inFlight - waiting
                 // A paused route claims nothing but its probe, one message, when it is due.
                 var probe: Int?
                 if !claiming, admission == .probe {
                     probe = state.withLockedValue { $0.health[route]?.startProbe() }
                 }
-                if !claiming, probe != nil || (admission == .open && !drained && room >= max(1, settings.concurrency / 2)) {
+                // A route at its pacing limit claims nothing until its window frees (no spinning:
+                // the loop sleeps until a tick).
+                let paced = pacedUntil(route).map { $0 > now } ?? false
+                if !claiming, probe != nil || (admission == .open && !drained && !paced && room >= max(1, concurrency / 2)) {
                     claiming = true
                     let owner = instanceID
                     let lease = settings.lease
                     let limit = probe == nil ? room : 1
                     group.addTask { [probe] in
                         let at = self.clock.now
-                        let claimed = await self.claimOrWait(limit: limit, route: route, owner: owner, at: at, lease: lease)
+                        let claimed = await self.claimPaced(
+                            route: route, limit: limit, owner: owner, at: at, lease: lease, settings: settings)
                         return .claimed(claimed, asked: limit, at: at, lease: lease, probe: probe)
                     }
                 }
@@ -451,14 +472,16 @@ public final class Dispatcher: Service, Sendable {
             return
         }
         // Rate limits per sending mailbox: over the limit, the message waits in the queue.
-        if let wait = admit(mailbox: message.from.lowercased(), settings: settings) {
+        // Per sending mailbox within the route ([outbox] limits, or the route's preset).
+        let mailbox = route + "\u{0}" + message.from.lowercased()
+        if let wait = admit(mailbox: mailbox, limits: settings.routeLimits[route], settings: settings) {
             let now = clock.now
             try? await store.release(
                 id: message.id, owner: instanceID, nextAttemptAt: now.advanced(by: wait).secondsSince1970,
                 now: now.secondsSince1970)
             return
         }
-        defer { finish(mailbox: message.from.lowercased()) }
+        defer { finish(mailbox: mailbox) }
         let open = message.recipients.filter(\.isOpen).map(\.address)
         let started = clock.now
         let result: Result<DeliveryReport, DeliveryError>
@@ -529,11 +552,12 @@ public final class Dispatcher: Service, Sendable {
     }
 
     /// nil: go ahead (and counted); otherwise how long to wait.
-    private func admit(mailbox: String, settings: DispatcherSettings) -> Duration? {
+    private func admit(mailbox: String, limits: RouteLimits?, settings: DispatcherSettings) -> Duration? {
+        let concurrencyPerMailbox = settings.concurrencyPerMailbox ?? limits?.mailboxConcurrency
         let t = clock.now
         let minute = Duration.seconds(60)
         return state.withLockedValue { s -> Duration? in
-            if let limit = settings.concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return .seconds(1) }
+            if let limit = concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return .seconds(1) }
             if let rate = settings.ratePerMinute {
                 var recent = s.recentSends[mailbox, default: []].filter { $0 > t.advanced(by: .zero - minute) }
                 if recent.count >= rate {

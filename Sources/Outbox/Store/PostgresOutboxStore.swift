@@ -100,6 +100,9 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS client TEXT",
         "CREATE INDEX IF NOT EXISTS outbox_messages_route_due ON outbox_messages(route, status, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_client_seq ON outbox_messages(client, seq)",
+        // Pacing per route, shared by every instance (PostgresOutboxStore+Pacing.swift).
+        "CREATE TABLE IF NOT EXISTS outbox_route_sends (route TEXT NOT NULL, sent_at DOUBLE PRECISION NOT NULL, recipients BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS outbox_route_sends_route ON outbox_route_sends(route, sent_at)",
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -515,6 +518,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     package func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
+        _ = try await rows("DELETE FROM outbox_route_sends")
     }
 
     /// Reads the schema's version: throws when the database does not answer, and
