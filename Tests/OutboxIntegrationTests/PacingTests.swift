@@ -104,17 +104,34 @@ struct PacingTests {
         """
     }
 
-    @Test("a route throttled with 432 4.3.2 pauses (shown in /v1/status), its messages deferred, not failed, and it resumes")
+    @Test(
+        "a route throttled with 432 4.3.2 pauses (shown in /v1/status), its messages deferred, not failed, while a second route keeps delivering; it resumes"
+    )
     func throttledRoutePausesAndResumes() async throws {
         let peer = try TestPeers.fromEnvironment()
         let throttle = try ThrottlePeer.fromEnvironment()
-        try throttle.setPolicy(allowed: 4, seconds: 3)
+        // 4 messages, then 432 4.3.2 for 8 s: the first probe (5 s) is throttled too, the
+        // second (15 s) goes through.
+        try throttle.setPolicy(allowed: 4, seconds: 8)
         let dir = NSTemporaryDirectory() + "outbox-throttle-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let port = freePort()
         let file = dir + "/outbox.cfg"
-        try configuration(peer: peer, port: throttle.throttlePort, dir: dir, listen: port)
+        // The default route goes to the throttling port; route other, for *@other.example.test,
+        // to the plain port of the same server.
+        let other = """
+            [smtp-client-other]
+            server = 127.0.0.1
+            port = \(throttle.plainPort)
+            enable-authentication = true
+            user = \(peer.user)
+            password = \(peer.password)
+            mail.smtp.auth.mechanisms = PLAIN
+            senders = *@other.example.test
+
+            """
+        try (configuration(peer: peer, port: throttle.throttlePort, dir: dir, listen: port) + other)
             .write(toFile: file, atomically: true, encoding: .utf8)
         let daemon = try DaemonProcess(port: port, overrides: [], logPath: dir + "/daemon.log", config: file)
         defer { daemon.terminate() }
@@ -134,8 +151,25 @@ struct PacingTests {
             if pausedRoute == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
         let paused = try #require(pausedRoute, "the route never showed as throttled in /v1/status")
+        #expect(paused["route"] as? String == "default")
         #expect(paused["state"] as? String == "paused")
         #expect(((paused["problem"] as? [String: Any])?["message"] as? String)?.contains("432") == true, "\(paused)")
+
+        // While it is paused, the other route delivers.
+        let otherToken = "other-\(UUID().uuidString.prefix(8))"
+        for n in 0..<6 {
+            let (status, _) = try await http(
+                port, .post, "/v1/messages",
+                #"{"from":"app@other.example.test","to":"rcpt@elsewhere.example","subject":"\#(otherToken)-\#(n)","text":"x"}"#)
+            #expect(status == .accepted)
+        }
+        let otherArrived = try await throttle.maildir.waitForSubjects(prefix: otherToken, count: 6, timeout: .seconds(30))
+        #expect(otherArrived.count == 6, "the other route delivered \(otherArrived.count) of 6")
+        let during = try await http(port, .get, "/v1/status").1["routes"] as? [[String: Any]] ?? []
+        #expect(
+            during.first { $0["route"] as? String == "default" }?["state"] as? String == "paused",
+            "the default route resumed before the other route's messages arrived: \(during)")
+        #expect(during.first { $0["route"] as? String == "other" }?["state"] as? String == "ok", "\(during)")
 
         // Every message arrives: the route resumed after each pause.
         let arrived = try await throttle.maildir.waitForSubjects(prefix: token, count: total, timeout: .seconds(150))
@@ -152,7 +186,7 @@ struct PacingTests {
         }
         #expect(deferredOnce >= 1, "no message was deferred by the 432")
         let routes = try await http(port, .get, "/v1/status").1["routes"] as? [[String: Any]] ?? []
-        #expect(routes.first?["state"] as? String == "ok", "\(routes)")
+        #expect(routes.allSatisfy { $0["state"] as? String == "ok" }, "\(routes)")
     }
 
     @Test("452 4.5.3 (too many recipients) is not throttling: the rest go at once in further transactions on the same route")
