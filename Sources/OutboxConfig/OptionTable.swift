@@ -31,6 +31,8 @@ package enum ConfigSection: String, Sendable, CaseIterable {
     case relay = "relay"
     /// `[client-<name>]`: an identity of the relay.
     case client = "client-<name>"
+    /// Outbox's own options of a route: `[smtp-client]` and `[smtp-client-<route>]`.
+    case route = "smtp-client-<route>"
 }
 
 /// The kind of value an option takes.
@@ -353,7 +355,9 @@ package enum OptionTable {
         .init(
             name: "delivery-concurrency", section: .outbox, type: .integer, defaultValue: "8", validValues: "An integer from 1 to 1000",
             effect: .atNextCycle, referenceEffect: nil,
-            summary: "Deliveries in flight at once in this instance."),
+            summary:
+                "Deliveries in flight at once in this instance, per route: each route ([smtp-client] and every [smtp-client-NAME]) has its own claim loop with this many, so one route's backlog never takes another's slots."
+        ),
         .init(
             name: "lease-time", section: .outbox, type: .time, defaultValue: "00:05:00", validValues: TimeValue.formatDescription,
             effect: .atNextCycle, referenceEffect: nil,

@@ -99,6 +99,17 @@ public struct SMTPClientOptions: Sendable, Equatable {
     /// `mail.smtp.ssl.checkserveridentity` (Outbox default true).
     public var checkServerIdentity = true
 
+    // Outbox's own route options (``OptionTable/routeOptions``)
+    /// `senders`: envelope-sender patterns (`*@billing.example.com`, `helpdesk@example.com`)
+    /// whose messages take this route.
+    public var senders: [String] = []
+    /// `send-as`: the From addresses (or `*@domain` patterns) GRAPH and EWS send as their own
+    /// mailbox; nil: not set.
+    public var sendAs: [String]?
+    /// Pacing: `rate-limit-per-minute`, `message-limit-per-day`, `recipient-limit-per-day`,
+    /// `max-concurrent` (``OptionTable/pacingOptions``); see ``routeLimits``.
+    public var pacing = RoutePacingOptions()
+
     /// Every option at its default.
     public init() {}
 

@@ -8,8 +8,18 @@ extension DaemonStatusProvider {
 }
 
 extension Daemon {
-    /// The mailer's credentials and the health of their tokens.
-    package func credentials() async -> [CredentialState] { await mailer.credentialStates }
+    /// Each route's credentials and the health of their tokens.
+    package func credentials() async -> [CredentialState] {
+        var states: [CredentialState] = []
+        for name in routes.names {
+            guard let mailer = routes.mailer(name) else { continue }
+            for var state in await mailer.credentialStates {
+                state.route = name
+                states.append(state)
+            }
+        }
+        return states
+    }
 }
 
 /// The `credentials` of `/v1/status` and the credential part of `/readyz`.

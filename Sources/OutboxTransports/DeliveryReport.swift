@@ -61,6 +61,9 @@ public struct DeliveryReport: Sendable, Codable {
     /// session, `https` for an HTTP transport (the version is not known there); nil: unknown
     /// (the file transport).
     public var tls: String?
+    /// The provider's throttling answer (``Throttling``) to a recipient or to the message, when it
+    /// throttled this delivery: those recipients are deferred, and a queue pauses the route.
+    public var throttle: String?
 
     /// A report with every field given.
     public init(

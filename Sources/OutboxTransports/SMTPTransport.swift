@@ -162,9 +162,10 @@ public final class SMTPTransport: MailTransport {
     /// Starts the graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
     public func beginShutdown() { pool.beginShutdown() }
 
-    /// Delivers `content` over a pooled connection (see the type's description for when a message
-    /// goes out a second time); a failure is a `DeliveryError` whose kind says whether to retry.
-    public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+    /// One transaction for `envelope` over a pooled connection (see the type's description for
+    /// when a message goes out a second time); ``send(_:envelope:)`` adds the further transactions
+    /// after `452 4.5.3` and the throttling check.
+    func sendTransaction(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now
         let (destination, envelopeFrom, knownProfile) = current.withLockedValue { ($0.destination, $0.envelopeFrom, $0.profile) }
@@ -436,10 +437,12 @@ public final class SMTPTransport: MailTransport {
     ) -> DeliveryReport {
         let recipients = result.recipients.map { r -> RecipientOutcome in
             let status: RecipientOutcome.Status
+            // The provider's throttling, even dressed as a 5xx (Gmail's 550 5.4.5), defers.
             if r.accepted {
-                status = result.delivered ? .accepted : (result.finalReply?.isPermanentFailure == true ? .rejected : .deferred)
+                let refusedForGood = result.finalReply.map { $0.isPermanentFailure && !Throttling.isThrottling($0) } ?? false
+                status = result.delivered ? .accepted : (refusedForGood ? .rejected : .deferred)
             } else {
-                status = r.isTransientFailure ? .deferred : .rejected
+                status = r.isTransientFailure || r.reply.map(Throttling.isThrottling) == true ? .deferred : .rejected
             }
             return RecipientOutcome(
                 address: r.address, status: status, code: r.reply?.code,
@@ -457,9 +460,12 @@ public final class SMTPTransport: MailTransport {
                 return r
             }
         }
-        return DeliveryReport(
+        var report = DeliveryReport(
             transport: "smtp", destination: destination, messageID: content.outboxMessageID,
             recipients: final, finalReply: result.finalReply?.description, startedAt: started,
             durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts, tls: tls)
+        let throttling = [result.finalReply].compactMap { $0 } + result.refusedRecipients.compactMap(\.reply)
+        report.throttle = throttling.first(where: Throttling.isThrottling)?.description
+        return report
     }
 }

@@ -312,7 +312,7 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
                 [secret-smtp
                 """) == [
                     "outbox.cfg:1: port is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it",
-                    "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
+                    "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [smtp-client-<route>], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
                     "outbox.cfg:5: is not `key = value`, a [section] header or a comment (starting with # or ;)",
                     "outbox.cfg:6: has a value but no key before the =",
                     "outbox.cfg:8: port is set twice in [smtp-client] (first at line 7)",

@@ -3,10 +3,10 @@ import OutboxTransports
 
 /// The dispatcher's side of the delivery log (see ``DeliveryLog``).
 extension Dispatcher {
-    /// The route a message goes by: today the one route, ``RouteHealth/defaultRoute``. The one
-    /// place the delivery log and the traces take the route's name from.
+    /// The route a message goes by (stored with it). The one place the delivery log and the
+    /// traces take the route's name from.
     package func routeName(of message: StoredMessage) -> String {
-        RouteHealth.defaultRoute
+        message.route
     }
 
     /// Writes the delivery log's line for one attempt: `sentTo` the recipients it was sent to,

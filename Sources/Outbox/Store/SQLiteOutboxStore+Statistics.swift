@@ -49,6 +49,42 @@ extension SQLiteOutboxStore {
         """,
     ]
 
+    /// Migration 9: the counters by each message's route (migration 8 added the column): the
+    /// triggers are made anew with `NEW.route`/`OLD.route`, a move between routes moves its
+    /// count, and the counts start again from the rows.
+    static let routeCountersMigration: [String] = [
+        "DROP TRIGGER IF EXISTS messages_counted_insert",
+        "DROP TRIGGER IF EXISTS messages_counted_delete",
+        "DROP TRIGGER IF EXISTS messages_counted_update",
+        "DELETE FROM message_counts",
+        "INSERT INTO message_counts (route, status, n) SELECT route, status, COUNT(*) FROM messages GROUP BY route, status",
+        """
+        CREATE TRIGGER messages_counted_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO message_counts (route, status, n) VALUES (NEW.route, NEW.status, 1)
+                ON CONFLICT (route, status) DO UPDATE SET n = n + 1;
+        END
+        """,
+        """
+        CREATE TRIGGER messages_counted_delete AFTER DELETE ON messages BEGIN
+            UPDATE message_counts SET n = n - 1 WHERE route = OLD.route AND status = OLD.status;
+        END
+        """,
+        """
+        CREATE TRIGGER messages_counted_update AFTER UPDATE OF status, route ON messages
+        WHEN OLD.status <> NEW.status OR OLD.route <> NEW.route BEGIN
+            UPDATE message_counts SET n = n - 1 WHERE route = OLD.route AND status = OLD.status;
+            INSERT INTO message_counts (route, status, n) VALUES (NEW.route, NEW.status, 1)
+                ON CONFLICT (route, status) DO UPDATE SET n = n + 1;
+            INSERT INTO message_rates (minute, status, n)
+                SELECT CAST(NEW.updated_at / 60 AS INTEGER), NEW.status, 1
+                WHERE NEW.status IN ('delivered', 'failed') AND OLD.status <> NEW.status
+                ON CONFLICT (minute, status) DO UPDATE SET n = n + 1;
+            DELETE FROM message_rates
+                WHERE NEW.status IN ('delivered', 'failed') AND minute < CAST(NEW.updated_at / 60 AS INTEGER) - 10080;
+        END
+        """,
+    ]
+
     /// Messages per route and status, from the counters.
     public func countsByRoute() async throws -> [String: [MessageStatus: Int]] {
         var result: [String: [MessageStatus: Int]] = [:]
@@ -91,9 +127,16 @@ extension SQLiteOutboxStore {
 
     /// A page of messages that `filter` takes (keyset on `seq`; see ``MessageFilter``).
     public func list(_ filter: MessageFilter) async throws -> MessagePage {
-        if filter.excludesEveryRoute { return MessagePage(messages: [], nextCursor: nil) }
         var conditions: [String] = []
         var binds: [SQLiteData] = []
+        if let route = filter.route {
+            conditions.append("route = ?")
+            binds.append(.text(route))
+        }
+        if let client = filter.client {
+            conditions.append("client = ?")
+            binds.append(.text(client))
+        }
         var windowEnd: Int64?
         if filter.needsScan {
             let bounds = try await connection.query("SELECT (SELECT MIN(seq) FROM messages) AS lo, (SELECT MAX(seq) FROM messages) AS hi")
