@@ -142,4 +142,10 @@ if [ $# -eq 0 ]; then
   python3 -m unittest -v Tests/OpenAPI/test_openapi.py
   # EWS with NTLMv2: outbox probe and send against pyspnego's NTLM acceptor.
   bash scripts/ntlm-ews-test.sh
+  # Traces: a delivery to this Postfix exported with OTLP/HTTP to a small receiver
+  # (opentelemetry-proto from PyPI): the submitting trace id and parent, no secret in any span.
+  python3 -c 'import opentelemetry.proto' 2>/dev/null ||
+    python3 -m pip install --quiet 'opentelemetry-proto==1.45.2' ||
+    python3 -m pip install --quiet --break-system-packages 'opentelemetry-proto==1.45.2'
+  python3 -m unittest -v Tests/Traces/test_traces.py
 fi

@@ -26,6 +26,8 @@ public final class Mailer: Service, Sendable {
     /// The route this mailer sends for (`default` for a mailer of `[smtp-client]`).
     package let route: String
     private let logger: Logger
+    /// The delivery log's lines of direct sends (the dispatcher writes those of the queue's).
+    public let deliveryLog = DeliveryLog()
     private let metrics: MailerMetrics
     private let tokenSource: (@Sendable () async throws -> SMTPAccessToken)?
     /// Transports whose background work `run()` must start: the first one, then each one a
@@ -78,6 +80,7 @@ public final class Mailer: Service, Sendable {
         self.tokenSource = tokenSource
         self.starts = AsyncStream.makeStream(of: (any MailTransport).self)
         starts.continuation.yield(transport)
+        deliveryLog.format = configuration.outbox.logFormat
     }
 
     /// The configuration in force.
@@ -94,6 +97,9 @@ public final class Mailer: Service, Sendable {
 
     /// Sends running now, on every transport (the one in force and retired ones).
     package var sendsInFlight: Int { state.withLockedValue { $0.slots.values.reduce(0) { $0 + $1.inFlight } } }
+    /// True when the caller supplied the XOAUTH2 token source (``credentialStates`` then has no
+    /// token health).
+    var hasCustomTokenSource: Bool { tokenSource != nil }
 
     /// The SMTP pool's counters, when the transport is SMTP.
     public var poolStatistics: PoolStatistics? { transport.poolStatistics }
@@ -161,9 +167,11 @@ public final class Mailer: Service, Sendable {
         do {
             let report = try await transport.send(content, envelope: envelope)
             metrics.record(report, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .success(report), duration: ContinuousClock.now - start)
             return report
         } catch {
             metrics.record(error, transport: transport.name, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .failure(error), duration: ContinuousClock.now - start)
             throw error
         }
     }
@@ -275,6 +283,7 @@ public final class Mailer: Service, Sendable {
             Task { await replacement.learnLimits() }
         }
         if let toClose { Task { await toClose.shutdown() } }
+        deliveryLog.format = merged.outbox.logFormat
         if !plan.applied.isEmpty {
             logger.info(
                 "configuration reloaded",

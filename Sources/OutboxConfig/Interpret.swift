@@ -498,6 +498,15 @@ extension ConfigurationReader {
         {
             s.storeUnavailableWait = v
         }
+        if let v = typed(
+            outbox["log-format"], sourceKey: "outbox.log-format", descriptor: d("log-format"),
+            { Convert.oneOf($0, LogFormat.allCases.map(\.rawValue)).flatMap(LogFormat.init(rawValue:)) }, invalid: "is not logfmt or json")
+        {
+            s.logFormat = v
+        }
+        s.otelEndpoint = typed(
+            outbox["otel-endpoint"], sourceKey: "outbox.otel-endpoint", descriptor: d("otel-endpoint"), { Convert.isHTTPURL($0) ? $0 : nil },
+            invalid: urlMessage)
         configuration.outbox = s
     }
 

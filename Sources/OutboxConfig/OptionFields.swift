@@ -78,6 +78,8 @@ extension OptionTable {
         f["retention-content"] = OptionField { $1.outbox.retentionContent = $0.outbox.retentionContent }
         f["retention-records"] = OptionField { $1.outbox.retentionRecords = $0.outbox.retentionRecords }
         f["store-unavailable-wait"] = OptionField { $1.outbox.storeUnavailableWait = $0.outbox.storeUnavailableWait }
+        f["log-format"] = OptionField { $1.outbox.logFormat = $0.outbox.logFormat }
+        f["otel-endpoint"] = OptionField { $1.outbox.otelEndpoint = $0.outbox.otelEndpoint }
         return f
     }()
 }

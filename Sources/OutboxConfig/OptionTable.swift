@@ -403,6 +403,19 @@ package enum OptionTable {
             summary:
                 "How long a request waits for a PostgreSQL store that does not answer (stopped, restarting, out of connections). Past it the request is refused as a temporary failure (HTTP 503 store_unavailable with Retry-After, SMTP 451 4.3.0) and the store call is cancelled, so nothing is queued; a client that retries with the same Idempotency-Key gets the message once."
         ),
+        .init(
+            name: "log-format", section: .outbox, type: .enumeration, defaultValue: "logfmt", validValues: "logfmt, json",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The format of the delivery log (logger outbox.delivery): one line per delivery attempt with the queue id, Message-ID, route, sender, each recipient's result, the server's reply or HTTP status, duration, bytes and TLS. logfmt (key=value) or json (one object a line)."
+        ),
+        .init(
+            name: "otel-endpoint", section: .outbox, type: .url, defaultValue: nil,
+            validValues: "An https:// or http:// URL (an OTLP/HTTP collector)",
+            effect: .atRestart, referenceEffect: nil,
+            summary:
+                "Turns on OpenTelemetry traces: spans of each delivery attempt (connection, TLS, AUTH, the transaction or HTTP request) are exported with OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318 (/v1/traces is added when the URL has no path). Unset: no tracing."
+        ),
     ]
 
     /// The one key of a `[secret-<name>]` section.

@@ -204,6 +204,10 @@ public struct OutboxSettings: Sendable, Equatable {
     public var retentionRecords: Duration = .seconds(30 * 86_400)
     /// `store-unavailable-wait`.
     public var storeUnavailableWait: Duration = .seconds(5)
+    /// `log-format`: the delivery log's line format.
+    public var logFormat: LogFormat = .logfmt
+    /// `otel-endpoint`: the OTLP/HTTP collector traces go to; nil: no tracing.
+    public var otelEndpoint: String?
 
     /// The API tokens, split.
     public var apiTokenList: [String] {
@@ -212,6 +216,14 @@ public struct OutboxSettings: Sendable, Equatable {
 
     /// Every setting at its default.
     public init() {}
+}
+
+/// `[outbox] log-format`: how the delivery log writes its lines.
+public enum LogFormat: String, Sendable, Equatable, CaseIterable {
+    /// `key=value` pairs (logfmt), values with spaces or quotes in double quotes.
+    case logfmt
+    /// One JSON object a line.
+    case json
 }
 
 /// `[outbox] queue-min-free`: the free space the queue keeps on its disk.

@@ -165,6 +165,8 @@ extension OutboxConfiguration {
             case "retention-content": value = time(s.retentionContent)
             case "retention-records": value = time(s.retentionRecords)
             case "store-unavailable-wait": value = time(s.storeUnavailableWait)
+            case "log-format": value = s.logFormat.rawValue
+            case "otel-endpoint": value = text(s.otelEndpoint)
             default: value = "?"
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)

@@ -29,6 +29,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
     package let relay: RelayServer?
     private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
+    /// The trace exporter (`[outbox] otel-endpoint`), when tracing is on.
+    private let tracing: (any Service)?
     private let logger: Logger
     private let file: String?
     private let overrides: [String]
@@ -101,6 +103,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         let dispatcher = Dispatcher(store: store, sender: routes, settings: Daemon.dispatcherSettings(configuration), logger: logger)
         dispatcher.setRoutes(configuration.routeNames)
         self.dispatcher = dispatcher
+        self.tracing = try TraceExport.start(endpoint: configuration.outbox.otelEndpoint, logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
         self.api = OutboxAPI(store: store, settings: APISettings(configuration), logger: logger)
         self.storage = StorageGuard(
@@ -109,6 +112,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             metricsFactory: PrometheusMetricsFactory(registry: api.registry))
         api.attach(storage: storage)
         dispatcher.storeHealth.wait = configuration.outbox.storeUnavailableWait
+        dispatcher.deliveryLog.format = configuration.outbox.logFormat
         api.attach(health: dispatcher.storeHealth)
         let relaySettings = configuration.relay
         let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
@@ -222,6 +226,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         dispatcher.routeConfigurationChanged(reloaded.changed + reloaded.added)
         storage.update(StorageGuard.Settings(new.outbox))
         dispatcher.storeHealth.wait = new.outbox.storeUnavailableWait
+        dispatcher.deliveryLog.format = new.outbox.logFormat
         var apiSettings = APISettings(new)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.
@@ -280,12 +285,23 @@ package final class Daemon: DaemonStatusProvider, Sendable {
 
     package func transportProblem() async -> String? {
         let c = mailer.configuration
-        guard !c.smtpClient.usesFileTransport, let host = c.smtpClient.server else {
+        guard !c.smtpClient.usesFileTransport, let server = c.smtpClient.server else {
             let dir = c.outbox.dataDirectory + "/sent"
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             return FileManager.default.isWritableFile(atPath: dir) ? nil : "the file transport cannot write to \(dir)"
         }
-        let port = c.smtpClient.port
+        var (host, port) = (server, c.smtpClient.port)
+        // EWS's server and Graph's graph-url are URLs: their host and port are checked.
+        let url: String? =
+            switch c.smtpClient.serverType {
+            case .ews: host
+            case .graph: c.outbox.graphURL
+            case .smtp: nil
+            }
+        if let url, let parsed = URL(string: url), let urlHost = parsed.host {
+            host = urlHost
+            port = parsed.port ?? (parsed.scheme?.lowercased() == "http" ? 80 : 443)
+        }
         do {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(3))
@@ -325,6 +341,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         // The relay stops accepting first and lets a message being received be committed
         // before the dispatcher and the store go.
         if let relay { services.append(.init(service: relay, successTerminationBehavior: .ignore)) }
+        // The exporter stops last (services stop in reverse order): the last spans are flushed.
+        if let tracing { services.insert(.init(service: tracing, successTerminationBehavior: .ignore), at: 0) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

@@ -64,6 +64,8 @@ package protocol DaemonStatusProvider: Sendable {
     func routes() async -> [RouteStatus]
     /// An operator retried messages by hand: a paused route tries again now.
     func messagesRetried() async
+    /// Each route's credentials and token health (none by default).
+    func credentials() async -> [CredentialState]
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -84,6 +86,7 @@ package final class OutboxAPI: Sendable {
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
     private let routeMetrics: RouteMetrics
+    private let tokenMetrics: TokenMetrics
     let now: @Sendable () -> Double
 
     package init(
@@ -121,6 +124,7 @@ package final class OutboxAPI: Sendable {
         }
         self.queueGauges = gauges
         self.routeMetrics = RouteMetrics(registry: registry)
+        self.tokenMetrics = Self.tokenMetrics(registry: registry)
     }
 
     package var settings: APISettings { settingsBox.withLockedValue { $0 } }
@@ -284,6 +288,7 @@ package final class OutboxAPI: Sendable {
         var problems: [[String: Any]] = []
         if let provider {
             problems += await provider.routes().filter { $0.state != "ok" }.map(Readiness.problem)
+            problems += await provider.credentials().compactMap(CredentialsReport.problem)
             if let problem = await provider.transportProblem() {
                 problems.append(["route": RouteHealth.defaultRoute, "code": "unreachable", "message": problem, "since": JSON.iso(now())])
             }
@@ -300,6 +305,7 @@ package final class OutboxAPI: Sendable {
         if let provider {
             let waiting = (try? await storeCall { try await $0.waitingByRoute() }) ?? [:]
             routeMetrics.update(await provider.routes(), waiting: waiting)
+            tokenMetrics.update(await provider.credentials())
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
@@ -325,6 +331,7 @@ package final class OutboxAPI: Sendable {
                 return entry
             }
             body["held"] = routes.filter { $0.state != "ok" }.reduce(0) { $0 + (waiting[$1.route] ?? 0) }
+            body["credentials"] = await provider.credentials().map(CredentialsReport.status)
         }
         body["store"] = store.kind
         return JSON.response(.ok, body)
@@ -382,6 +389,7 @@ package final class OutboxAPI: Sendable {
             }
             message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
         }
+        message.traceparent = TraceContext.traceparent(request.headers[HTTPFields.Element.Name("traceparent")!])
         try route(&message, requested: requestedRoute, caller: caller)
         if let refusal = storageRefusal(size: message.content.count) { throw refusal }
         let result: EnqueueResult

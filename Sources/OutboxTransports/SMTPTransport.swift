@@ -208,6 +208,8 @@ public final class SMTPTransport: MailTransport {
                 throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)", routeFault: .connectionFailed)
             }
             let connection = lease.lease.connection
+            SMTPTracing.connectionOpened(connection, since: started)
+            let span = SMTPTracing.startTransaction(connection, recipients: envelope?.recipients.count)
             do {
                 // Once the body is on its way the connection goes back to the pool, from the event
                 // loop: the next sender's commands follow this message's final dot.
@@ -231,8 +233,12 @@ public final class SMTPTransport: MailTransport {
                     }
                 }
                 lease.release(.clean)
-                return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
+                SMTPTracing.end(span, result)
+                return Self.report(
+                    result, destination: destination, content: content, started: started, clock: clock, attempts: attempts,
+                    tls: connection.tlsInfo?.version ?? "none")
             } catch let error as SMTPError {
+                SMTPTracing.end(span, error)
                 let disposition: PoolReleaseDisposition
                 if error.isConnectionLimit {
                     disposition = .serverRefused
@@ -254,9 +260,11 @@ public final class SMTPTransport: MailTransport {
                 }
                 throw DeliveryError(error)
             } catch let error as DeliveryError {
+                span.end()
                 lease.release(connection.isOpen ? .clean : .discard)
                 throw error
             } catch {
+                span.end()
                 lease.release(.discard)
                 throw DeliveryError(kind: .permanent, message: "\(error)")
             }
@@ -424,7 +432,7 @@ public final class SMTPTransport: MailTransport {
 
     static func report(
         _ result: SMTPTransactionResult, destination: String, content: any MailContent,
-        started: Date, clock: ContinuousClock.Instant, attempts: Int
+        started: Date, clock: ContinuousClock.Instant, attempts: Int, tls: String? = nil
     ) -> DeliveryReport {
         let recipients = result.recipients.map { r -> RecipientOutcome in
             let status: RecipientOutcome.Status
@@ -452,6 +460,6 @@ public final class SMTPTransport: MailTransport {
         return DeliveryReport(
             transport: "smtp", destination: destination, messageID: content.outboxMessageID,
             recipients: final, finalReply: result.finalReply?.description, startedAt: started,
-            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts, tls: tls)
     }
 }

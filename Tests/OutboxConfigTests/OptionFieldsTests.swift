@@ -71,6 +71,8 @@ struct OptionFieldsTests {
         retention-content = 00:30:00
         retention-records = 48:00:00
         store-unavailable-wait = 00:00:03
+        log-format = json
+        otel-endpoint = http://127.0.0.1:4318
         """
 
     static var reloadable: [OptionDescriptor] {

@@ -291,7 +291,7 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
                     "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
                     "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
                     "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
-                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait); did you mean data-directory?",
+                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait, log-format, otel-endpoint); did you mean data-directory?",
                 ])
     }
 

@@ -78,6 +78,8 @@ public final class Dispatcher: Service, Sendable {
     private let laneStarts: (stream: AsyncStream<(route: String, lane: Int)>, continuation: AsyncStream<(route: String, lane: Int)>.Continuation)
     /// Whether the store answers; the daemon shares it with the API and the listener.
     package let storeHealth: StoreHealth
+    /// One line per attempt (logger `outbox.delivery`); the daemon sets its format.
+    public let deliveryLog = DeliveryLog()
 
     private struct State {
         var settings: DispatcherSettings
@@ -460,6 +462,7 @@ public final class Dispatcher: Service, Sendable {
         }
         defer { finish(mailbox: message.from.lowercased()) }
         let open = message.recipients.filter(\.isOpen).map(\.address)
+        let span = startDeliverySpan(message, recipients: open.count)
         let started = clock.now
         let result: Result<DeliveryReport, DeliveryError>
         if open.isEmpty {
@@ -484,7 +487,10 @@ public final class Dispatcher: Service, Sendable {
                 }
                 let sent: Result<DeliveryReport, DeliveryError>
                 do throws(DeliveryError) {
-                    sent = .success(try await sender.send(content, envelope: envelope, route: route))
+                    sent = .success(
+                        try await withDeliverySpan(span) { () async throws(DeliveryError) in
+                            try await sender.send(content, envelope: envelope, route: route)
+                        })
                 } catch {
                     sent = .failure(error)
                 }
@@ -502,6 +508,8 @@ public final class Dispatcher: Service, Sendable {
         let outcome = Dispatcher.evaluate(
             message: message, sentTo: open, result: result, policy: policy, now: ended,
             startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
+        logAttempt(message, sentTo: open, result: result, outcome: outcome, traceID: traceID(of: span))
+        endDeliverySpan(span, result: result, outcome: outcome)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {

@@ -163,6 +163,8 @@ public struct NewMessage: Sendable {
     public var route = "default"
     /// The `[client-NAME]` that submitted it (relay AUTH or a client API token), or nil.
     public var client: String?
+    /// The submitting request's W3C `traceparent`, so its delivery spans join that trace.
+    public var traceparent: String?
 
     /// A message stored whole (no chunks).
     public init(
@@ -232,6 +234,8 @@ public struct StoredMessage: Sendable, Hashable {
     public var route = "default"
     /// The `[client-NAME]` that submitted it, or nil.
     public var client: String?
+    /// The submitting request's W3C `traceparent` (the parent of its delivery spans), or nil.
+    public var traceparent: String?
 
     /// A stored message with every field given (stores build it from their rows).
     public init(

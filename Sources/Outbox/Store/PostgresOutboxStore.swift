@@ -95,6 +95,8 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
         // Held messages past their maximum age, found without a scan (claimAged).
         "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
+        // 6: the submitting request's traceparent (delivery spans join its trace).
+        "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS traceparent TEXT",
         // Migration 8, routes: each message's route and submitting client; each route's lane claims its own.
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS route TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS client TEXT",
@@ -133,7 +135,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
         \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks,
-        \(p)content_purged_at, \(p)route, \(p)client
+        \(p)content_purged_at, \(p)traceparent, \(p)route, \(p)client
         """
     }
 
@@ -167,9 +169,9 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         let chunks = message.chunkCount
         let query: PostgresQuery = """
             INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, route, client)
+                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, route, client)
             SELECT \(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
-                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks),
+                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks), \(message.traceparent),
                    \(message.route), \(message.client)
             WHERE \(chunks) = 0 OR (SELECT COUNT(*) FROM outbox_message_chunks WHERE message_id = \(id)) = \(chunks)
             ON CONFLICT (idempotency_key) DO NOTHING
@@ -540,7 +542,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     }
 
     static func decode(_ r: PostgresRandomAccessRow) throws -> StoredMessage {
-        StoredMessage(
+        var message = StoredMessage(
             id: try r["id"].decode(String.self), sequence: Int64(try r["seq"].decode(Int.self)),
             status: MessageStatus(rawValue: try r["status"].decode(String.self)) ?? .queued,
             from: try r["mail_from"].decode(String.self),
@@ -557,5 +559,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self),
             contentPurged: try r["content_purged_at"].decode(Double?.self) != nil,
             route: try r["route"].decode(String.self), client: try r["client"].decode(String?.self))
+        message.traceparent = try r["traceparent"].decode(String?.self)
+        return message
     }
 }

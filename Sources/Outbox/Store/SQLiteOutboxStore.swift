@@ -181,8 +181,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         ],
         // 5: held messages past their maximum age, found without a scan (claimAged).
         ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
-        // 6 (obs) and 7 (dash) are other branches' migrations: empty here until they are merged.
-        [],
+        // 6: the submitting request's traceparent (delivery spans join its trace).
+        ["ALTER TABLE messages ADD COLUMN traceparent TEXT"],
+        // 7 (dash) is another branch's migration: empty here until it is merged.
         [],
         // 8: routes: each message's route and submitting client; each route's lane claims its own.
         [
@@ -215,7 +216,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
         next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin,
-        chunks, content_purged_at, route, client
+        chunks, content_purged_at, traceparent, route, client
         """
 
     /// Stores a message, committed before it returns; with an idempotency key already used,
@@ -244,8 +245,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         let recipients = message.recipients.map { RecipientState(address: $0) }
         let sql = """
             INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, route, client)
-            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12, ?13
+                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, route, client)
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14
             WHERE ?11 = 0 OR (SELECT COUNT(*) FROM message_chunks WHERE message_id = ?1) = ?11
             ON CONFLICT(idempotency_key) DO NOTHING
             RETURNING id
@@ -255,6 +256,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
             message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count + message.chunkedSize),
             .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null, .integer(message.chunkCount),
+            message.traceparent.map(SQLiteData.text) ?? .null,
             .text(message.route), message.client.map(SQLiteData.text) ?? .null,
         ]
         return (id, (sql, binds))
@@ -560,7 +562,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         func s(_ n: String) -> String? { row.column(n)?.string }
         func d(_ n: String) -> Double? { row.column(n)?.double }
         func i(_ n: String) -> Int { Int(row.column(n)?.integer ?? 0) }
-        return StoredMessage(
+        var message = StoredMessage(
             id: s("id") ?? "", sequence: Int64(row.column("seq")?.integer ?? 0),
             status: MessageStatus(rawValue: s("status") ?? "") ?? .queued,
             from: s("mail_from") ?? "", recipients: StoreJSON.decode([RecipientState].self, s("recipients")) ?? [],
@@ -571,5 +573,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
             origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"), contentPurged: d("content_purged_at") != nil,
             route: s("route") ?? "default", client: s("client"))
+        message.traceparent = s("traceparent")
+        return message
     }
 }
