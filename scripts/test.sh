@@ -78,9 +78,14 @@ postfix -c "$PFCI_DIR/etc" reload >/dev/null 2>&1
 # must not disturb the tests running in parallel against the first one).
 PFCI_DIR=${PFCI_DIR}-b PFCI_OAUTH=0 PFCI_SUBMISSION_PORT=2687 PFCI_SMTPS_PORT=2665 PFCI_PLAIN_PORT=2688 \
   bash scripts/postfix-testbed.sh start
+# A third, private Postfix for the pacing tests: a port that throttles like Exchange Online
+# (432 4.3.2 after N messages, from a policy service) and a plain one, each counted from its
+# own log and maildir.
+PFCI_DIR=${PFCI_DIR}-t bash scripts/throttle-testbed.sh start
 cleanup() {
   bash "$ROOT/scripts/postfix-testbed.sh" stop >/dev/null 2>&1 || true
   PFCI_DIR=${PFCI_DIR}-b bash "$ROOT/scripts/postfix-testbed.sh" stop >/dev/null 2>&1 || true
+  PFCI_DIR=${PFCI_DIR}-t bash "$ROOT/scripts/throttle-testbed.sh" stop >/dev/null 2>&1 || true
 }
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/2589) 2>/dev/null && break; sleep 0.1; done
 
@@ -101,6 +106,10 @@ export OUTBOX_TEST_LIMITED_PORT=2589
 export OUTBOX_TEST_SHORT_TIMEOUT_PORT=2590
 export OUTBOX_TEST_RESTART_DIR=${PFCI_DIR}-b
 export OUTBOX_TEST_RESTART_PORT=2688
+export OUTBOX_TEST_THROTTLE_DIR=${PFCI_DIR}-t
+export OUTBOX_TEST_THROTTLE_PORT=2791
+export OUTBOX_TEST_THROTTLE_PLAIN_PORT=2788
+export OUTBOX_TEST_RCPT_LIMIT_PORT=2793
 # A private PostgreSQL cluster (initdb + pg_ctl as the postgres user, 127.0.0.1:55432) for the
 # PostgreSQL store and the three-daemons test; installs Debian's postgresql when missing.
 export OUTBOX_TEST_POSTGRES_URL=$(bash scripts/postgres-testbed.sh start)
@@ -155,4 +164,10 @@ if [ $# -eq 0 ]; then
   python3 -m unittest -v Tests/Dashboard/test_https.py
   # EWS with NTLMv2: outbox probe and send against pyspnego's NTLM acceptor.
   bash scripts/ntlm-ews-test.sh
+  # Traces: a delivery to this Postfix exported with OTLP/HTTP to a small receiver
+  # (opentelemetry-proto from PyPI): the submitting trace id and parent, no secret in any span.
+  python3 -c 'import opentelemetry.proto' 2>/dev/null ||
+    python3 -m pip install --quiet 'opentelemetry-proto==1.45.2' ||
+    python3 -m pip install --quiet --break-system-packages 'opentelemetry-proto==1.45.2'
+  python3 -m unittest -v Tests/Traces/test_traces.py
 fi

@@ -23,7 +23,11 @@ import ServiceLifecycle
 /// and QUITs every connection.
 public final class Mailer: Service, Sendable {
     private let state: NIOLockedValueBox<State>
+    /// The route this mailer sends for (`default` for a mailer of `[smtp-client]`).
+    package let route: String
     private let logger: Logger
+    /// The delivery log's lines of direct sends (the dispatcher writes those of the queue's).
+    public let deliveryLog = DeliveryLog()
     private let metrics: MailerMetrics
     private let tokenSource: (@Sendable () async throws -> SMTPAccessToken)?
     /// Transports whose background work `run()` must start: the first one, then each one a
@@ -53,17 +57,30 @@ public final class Mailer: Service, Sendable {
     /// A mailer for `configuration`'s transport (SMTP, file, Graph or EWS). `tokenSource` replaces
     /// the built-in OAuth2 tokens for SMTP's XOAUTH2. Throws `TransportFactory.Unavailable`
     /// when the transport cannot be built from the configuration.
-    public init(
+    public convenience init(
         configuration: OutboxConfiguration, logger: Logger = Logger(label: "outbox.mailer"),
         tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
     ) throws {
-        let transport = try TransportFactory.make(configuration: configuration, logger: logger, tokenSource: tokenSource)
+        try self.init(configuration: configuration, route: "default", logger: logger, tokenSource: tokenSource)
+    }
+
+    /// A mailer for one route: `configuration` as ``OutboxConfiguration/forRoute(_:)`` gives
+    /// it (the route's options in `smtpClient`); `route` names it in logs and metrics.
+    package init(
+        configuration: OutboxConfiguration, route: String, logger: Logger = Logger(label: "outbox.mailer"),
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+    ) throws {
+        var logger = logger
+        if route != "default" { logger[metadataKey: "outbox.route"] = "\(route)" }
+        let transport = try TransportFactory.make(configuration: configuration, logger: logger, tokenSource: tokenSource, route: route)
         self.state = NIOLockedValueBox(State(configuration: configuration, slots: [0: Slot(transport: transport)], current: 0))
+        self.route = route
         self.logger = logger
-        self.metrics = MailerMetrics()
+        self.metrics = MailerMetrics(route: route)
         self.tokenSource = tokenSource
         self.starts = AsyncStream.makeStream(of: (any MailTransport).self)
         starts.continuation.yield(transport)
+        deliveryLog.format = configuration.outbox.logFormat
     }
 
     /// The configuration in force.
@@ -77,6 +94,12 @@ public final class Mailer: Service, Sendable {
 
     /// How many times a reload has put a new transport in force (0 until then).
     public var transportGeneration: Int { state.withLockedValue { $0.generation } }
+
+    /// True when the caller supplied the XOAUTH2 token source (``credentialStates`` then has no
+    /// token health).
+    var hasCustomTokenSource: Bool { tokenSource != nil }
+    /// Sends running now, on every transport (the one in force and retired ones).
+    package var sendsInFlight: Int { state.withLockedValue { $0.slots.values.reduce(0) { $0 + $1.inFlight } } }
 
     /// The SMTP pool's counters, when the transport is SMTP.
     public var poolStatistics: PoolStatistics? { transport.poolStatistics }
@@ -144,9 +167,11 @@ public final class Mailer: Service, Sendable {
         do {
             let report = try await transport.send(content, envelope: envelope)
             metrics.record(report, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .success(report), duration: ContinuousClock.now - start)
             return report
         } catch {
             metrics.record(error, transport: transport.name, duration: ContinuousClock.now - start)
+            logDirectSend(content, envelope: envelope, result: .failure(error), duration: ContinuousClock.now - start)
             throw error
         }
     }
@@ -186,6 +211,24 @@ public final class Mailer: Service, Sendable {
     /// otherwise write every message to files: a typo must not "deliver" mail to disk).
     @discardableResult
     public func reload(_ new: OutboxConfiguration) throws(ReloadRefused) -> [ConfigurationChange] {
+        commit(try prepareReload(new))
+    }
+
+    /// A reload checked and its transport built, not yet in force (``commit(_:)``), so that
+    /// several mailers can be reloaded all or none.
+    package struct PreparedReload: Sendable {
+        let plan: ReloadPlan
+        let replacement: (any MailTransport)?
+
+        /// Whether it puts any change in force.
+        package var changedAnything: Bool { !plan.applied.isEmpty }
+
+        /// Gives up a prepared reload: its new transport is closed.
+        package func discard() async { await replacement?.shutdown() }
+    }
+
+    /// The first half of ``reload(_:)``: plans it and builds the new transport; nothing changes.
+    package func prepareReload(_ new: OutboxConfiguration) throws(ReloadRefused) -> PreparedReload {
         let old = configuration
         let plan = old.planReload(to: new)
         let merged = plan.configuration
@@ -196,19 +239,29 @@ public final class Mailer: Service, Sendable {
                     "server is not set in the new configuration: Outbox would write messages to files instead of sending them to \(old.smtpClient.server ?? "the server"); set server (or remove the whole [smtp-client] transport configuration and restart to use the file transport)"
             )
         }
+        // `senders` chooses the route of new messages; the transport does not use it.
         let transportChanged = plan.applied.contains {
-            !$0.name.hasPrefix("outbox.") && !$0.name.hasPrefix("relay.") && !$0.name.hasPrefix("client-")
+            !$0.name.hasPrefix("outbox.") && !$0.name.hasPrefix("relay.") && !$0.name.hasPrefix("client-") && $0.name != "senders"
         }
         var replacement: (any MailTransport)?
         if transportChanged {
             do {
-                replacement = try TransportFactory.make(configuration: merged, logger: logger, tokenSource: tokenSource)
+                replacement = try TransportFactory.make(configuration: merged, logger: logger, tokenSource: tokenSource, route: route)
             } catch let error as TransportFactory.Unavailable {
                 throw ReloadRefused(code: error.code, description: "the new configuration's transport cannot be built: \(error.description)")
             } catch {
                 throw ReloadRefused(code: "transport_unavailable", description: "the new configuration's transport cannot be built: \(error)")
             }
         }
+        return PreparedReload(plan: plan, replacement: replacement)
+    }
+
+    /// The second half of ``reload(_:)``: puts a prepared reload in force; returns the changes
+    /// that wait for a restart.
+    @discardableResult
+    package func commit(_ prepared: PreparedReload) -> [ConfigurationChange] {
+        let (plan, replacement) = (prepared.plan, prepared.replacement)
+        let merged = plan.configuration
         // The transport to close now: the old one when nothing is in flight on it, or the
         // replacement when the mailer is shutting down; `swapped` when the replacement is in force.
         let (toClose, swapped) = state.withLockedValue { state -> ((any MailTransport)?, Bool) in
@@ -230,6 +283,7 @@ public final class Mailer: Service, Sendable {
             Task { await replacement.learnLimits() }
         }
         if let toClose { Task { await toClose.shutdown() } }
+        deliveryLog.format = merged.outbox.logFormat
         if !plan.applied.isEmpty {
             logger.info(
                 "configuration reloaded",

@@ -2,16 +2,31 @@ import Metrics
 import NIOConcurrencyHelpers
 import OutboxTransports
 
-/// The mailer's metrics, created once, with bounded labels (transport, result, reply class).
+/// The mailer's metrics, created once, with bounded labels (route, transport, result, reply
+/// class).
 struct MailerMetrics: Sendable {
-    let open = Gauge(label: "outbox_smtp_connections_open")
-    let idle = Gauge(label: "outbox_smtp_connections_idle")
-    let inUse = Gauge(label: "outbox_smtp_connections_in_use")
-    let created = Counter(label: "outbox_smtp_connections_created_total")
-    let noopChecks = Counter(label: "outbox_smtp_noop_checks_total")
-    let noopFailures = Counter(label: "outbox_smtp_noop_failures_total")
-    let latency = Timer(label: "outbox_send_duration_seconds", preferredDisplayUnit: .seconds)
+    /// The route's name: a label of every metric.
+    let route: String
+    let open: Gauge
+    let idle: Gauge
+    let inUse: Gauge
+    let created: Counter
+    let noopChecks: Counter
+    let noopFailures: Counter
+    let latency: Timer
     private let last = NIOLockedValueBox(PoolStatistics())
+
+    init(route: String) {
+        self.route = route
+        let label = [("route", route)]
+        open = Gauge(label: "outbox_smtp_connections_open", dimensions: label)
+        idle = Gauge(label: "outbox_smtp_connections_idle", dimensions: label)
+        inUse = Gauge(label: "outbox_smtp_connections_in_use", dimensions: label)
+        created = Counter(label: "outbox_smtp_connections_created_total", dimensions: label)
+        noopChecks = Counter(label: "outbox_smtp_noop_checks_total", dimensions: label)
+        noopFailures = Counter(label: "outbox_smtp_noop_failures_total", dimensions: label)
+        latency = Timer(label: "outbox_send_duration_seconds", dimensions: label, preferredDisplayUnit: .seconds)
+    }
 
     /// The message counters made so far, by their labels (a bounded set: 5 results x 4 classes
     /// x the transports), so a send looks one up instead of asking the metrics factory.
@@ -28,7 +43,8 @@ struct MailerMetrics: Sendable {
         let key = CounterKey(result: result, replyClass: replyClass, transport: transport)
         return counters.withLockedValue { counters in
             if let counter = counters[key] { return counter }
-            let counter = Counter(label: "outbox_messages_total", dimensions: [("result", result), ("class", replyClass), ("transport", transport)])
+            let counter = Counter(
+                label: "outbox_messages_total", dimensions: [("result", result), ("class", replyClass), ("transport", transport), ("route", route)])
             counters[key] = counter
             return counter
         }

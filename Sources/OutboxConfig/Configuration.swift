@@ -11,8 +11,12 @@ import Foundation
 /// for options without a default (and for `exchange-version`, means "empty"); for the others
 /// it is an error. Booleans and enumerations are matched ignoring case and normalised.
 public struct OutboxConfiguration: Sendable {
-    /// `[smtp-client]`: the reference's options and the understood `mail.*` properties.
+    /// `[smtp-client]`: the reference's options and the understood `mail.*` properties; the
+    /// route named `default`.
     public var smtpClient: SMTPClientOptions
+    /// The other routes, `[smtp-client-NAME]` by NAME: each complete on its own (an option it
+    /// leaves unset has the reference's default, not the default route's value).
+    public var routes: [String: SMTPClientOptions]
     /// The `[secret-<name>]` sections, keyed by `<name>`.
     public var secretSections: [String: SecretSection]
     /// `[outbox]`: Outbox's own settings (data directory, store, HTTP API, queue).
@@ -38,6 +42,7 @@ public struct OutboxConfiguration: Sendable {
     /// The built-in defaults (the file transport).
     public init() {
         smtpClient = SMTPClientOptions()
+        routes = [:]
         secretSections = [:]
         outbox = OutboxSettings()
         relay = RelaySettings()
@@ -122,6 +127,7 @@ struct RawEntry {
 
 private enum CurrentSection {
     case smtpClient, outbox, relay
+    case route(String)
     case client(String)
     case secret(String)
     case ignored
@@ -144,8 +150,14 @@ struct ConfigurationReader {
     var clientHeaders: [String: ConfigurationLocation] = [:]
     var secrets: [String: [String: RawEntry]] = [:]
     var secretHeaders: [String: ConfigurationLocation] = [:]
+    /// `[smtp-client-NAME]` sections (routes), by NAME, with their keys in the order given.
+    var routeSections: [String: [String: RawEntry]] = [:]
+    var routeOrders: [String: [String]] = [:]
+    var routeHeaders: [String: ConfigurationLocation] = [:]
     /// Options whose value was invalid: cross-option rules involving them are skipped.
     var failed: Set<String> = []
+    /// While a route's section is read: its header, where rules without a line point.
+    var sectionLocation: ConfigurationLocation?
 
     init(fileName: String, environment: [String: String]) {
         self.fileName = fileName
@@ -177,6 +189,16 @@ struct ConfigurationReader {
                 let name = line.dropFirst().dropLast().trimmingCharacters(in: .whitespaces)
                 if name == "smtp-client" {
                     current = .smtpClient
+                } else if name.hasPrefix("smtp-client-") {
+                    let route = String(name.dropFirst("smtp-client-".count))
+                    if let refusal = RouteName.problem(route) {
+                        problem(refusal.code, location, option: "[\(name)]", value: route, refusal.message)
+                        current = .ignored
+                    } else {
+                        current = .route(route)
+                        if routeHeaders[route] == nil { routeHeaders[route] = location }
+                        if routeSections[route] == nil { routeSections[route] = [:] }
+                    }
                 } else if name == "outbox" {
                     current = .outbox
                 } else if name == "relay" {
@@ -192,7 +214,8 @@ struct ConfigurationReader {
                     if secretHeaders[secretName] == nil { secretHeaders[secretName] = location }
                     if secrets[secretName] == nil { secrets[secretName] = [:] }
                 } else {
-                    var message = "is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]"
+                    var message =
+                        "is not a section Outbox knows; valid sections: [smtp-client], [smtp-client-<route>], [secret-<name>], [outbox], [relay], [client-<name>]"
                     if let guess = Suggest.closest(to: name, among: ["smtp-client", "outbox", "secret-smtp", "relay", "client-name"]) {
                         message += "; did you mean [\(guess)]?"
                     }
@@ -238,6 +261,15 @@ struct ConfigurationReader {
                     outbox[key] = entry
                     outboxOrder.append(key)
                 }
+            case .route(let name):
+                if let previous = routeSections[name]?[key] {
+                    problem(
+                        "duplicate_option", location, option: key, value: nil,
+                        "is set twice in [smtp-client-\(name)] (first at line \(previous.location.line ?? 0))")
+                } else {
+                    routeSections[name, default: [:]][key] = entry
+                    routeOrders[name, default: []].append(key)
+                }
             case .relay:
                 if let previous = relay[key] {
                     problem(
@@ -268,7 +300,8 @@ struct ConfigurationReader {
     }
 
     /// `-o NAME=VALUE`: `NAME` is an `[smtp-client]` option or `mail.*` key; `outbox.KEY` an
-    /// `[outbox]` key; `secret-<name>.password` a secret section's password. Overrides replace
+    /// `[outbox]` key; `smtp-client-ROUTE.KEY` an option of route ROUTE;
+    /// `secret-<name>.password` a secret section's password. Overrides replace
     /// file values.
     mutating func readOverrides(_ overrides: [String]) {
         let location = ConfigurationLocation(file: "-o", line: nil)
@@ -298,6 +331,17 @@ struct ConfigurationReader {
                 let key = String(name[name.index(after: dot)...])
                 if clientHeaders[section] == nil { clientHeaders[section] = location }
                 clients[section, default: [:]][key] = RawEntry(key: key, displayName: name, value: value, source: .commandLine, location: location)
+            } else if name.hasPrefix("smtp-client-"), let dot = name.firstIndex(of: "."), name[..<dot].count > "smtp-client-".count {
+                let route = String(name[name.index(name.startIndex, offsetBy: "smtp-client-".count)..<dot])
+                let key = String(name[name.index(after: dot)...])
+                if let refusal = RouteName.problem(route) {
+                    problem(refusal.code, location, option: String(name[..<dot]), value: route, refusal.message)
+                    continue
+                }
+                if routeHeaders[route] == nil { routeHeaders[route] = location }
+                if routeSections[route]?[key] == nil { routeOrders[route, default: []].append(key) }
+                routeSections[route, default: [:]][key] = RawEntry(
+                    key: key, displayName: name, value: value, source: .commandLine, location: location)
             } else if name.hasPrefix("secret-"), let dot = name.firstIndex(of: "."), name[..<dot].count > "secret-".count {
                 let section = String(name[name.index(name.startIndex, offsetBy: "secret-".count)..<dot])
                 let key = String(name[name.index(after: dot)...])

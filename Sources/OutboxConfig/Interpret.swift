@@ -145,14 +145,32 @@ extension ConfigurationReader {
 
     mutating func interpret() -> OutboxConfiguration {
         var configuration = OutboxConfiguration()
+        var o = interpretSMTPClientOptions(section: "[smtp-client]")
+        interpretMail(&o, &configuration)
+        interpretOutbox(&configuration)
+        interpretRelay(&configuration)
+        interpretSecrets(&configuration)
+        configuration.smtpClient = o
+        checkRules(configuration)
+        interpretRoutes(&configuration)
+        interpretClients(&configuration)
+        configuration.warnings = warnings
+        configuration.notes = notes
+        configuration.sources = sources
+        return configuration
+    }
+
+    /// The reference's options (and Outbox's route options) of one `[smtp-client]` or
+    /// `[smtp-client-NAME]` section, from ``smtp``.
+    mutating func interpretSMTPClientOptions(section: String) -> SMTPClientOptions {
         var o = SMTPClientOptions()
-        let known = OptionTable.smtpClient.map(\.name)
+        let known = OptionTable.smtpClient.map(\.name) + OptionTable.routeOptions.map(\.name) + OptionTable.pacingOptions.map(\.name)
         func d(_ name: String) -> OptionDescriptor { OptionTable.descriptor(smtpClient: name)! }
 
         // Unknown keys: errors (no value shown: a misspelt "password" would leak).
         for key in smtpOrder where !key.hasPrefix("mail.") && !known.contains(key) {
             guard let entry = smtp[key] else { continue }
-            var message = "is not an option of [smtp-client]"
+            var message = "is not an option of \(section)"
             if let guess = Suggest.closest(to: key, among: known) {
                 message += "; did you mean \(guess)?"
             } else {
@@ -276,18 +294,9 @@ extension ConfigurationReader {
         o.grantType = typed(
             smtp["grant-type"], sourceKey: "grant-type", descriptor: d("grant-type"),
             { Convert.oneOf($0, grants).flatMap(GrantType.init(rawValue:)) }, invalid: enumMessage(smtp["grant-type"], grants))
-
-        interpretMail(&o, &configuration)
-        interpretOutbox(&configuration)
-        interpretRelay(&configuration)
-        interpretClients(&configuration)
-        interpretSecrets(&configuration)
-        configuration.smtpClient = o
-        checkRules(configuration)
-        configuration.warnings = warnings
-        configuration.notes = notes
-        configuration.sources = sources
-        return configuration
+        interpretRouteOptions(&o)
+        interpretPacing(&o)
+        return o
     }
 
     mutating func interpretMail(_ o: inout SMTPClientOptions, _ configuration: inout OutboxConfiguration) {
@@ -510,6 +519,15 @@ extension ConfigurationReader {
         {
             s.storeUnavailableWait = v
         }
+        if let v = typed(
+            outbox["log-format"], sourceKey: "outbox.log-format", descriptor: d("log-format"),
+            { Convert.oneOf($0, LogFormat.allCases.map(\.rawValue)).flatMap(LogFormat.init(rawValue:)) }, invalid: "is not logfmt or json")
+        {
+            s.logFormat = v
+        }
+        s.otelEndpoint = typed(
+            outbox["otel-endpoint"], sourceKey: "outbox.otel-endpoint", descriptor: d("otel-endpoint"), { Convert.isHTTPURL($0) ? $0 : nil },
+            invalid: urlMessage)
         configuration.outbox = s
     }
 

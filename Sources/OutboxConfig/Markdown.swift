@@ -91,6 +91,10 @@ extension OptionTable {
         ]
         lines += table(smtpClient)
         lines += details(smtpClient)
+        lines += pacingIntro()
+        lines += table(pacingOptions)
+        lines += details(pacingOptions)
+        lines += pacingPresets()
         lines += [
             "",
             "## mail.* properties",
@@ -101,6 +105,27 @@ extension OptionTable {
         ]
         lines += table(mailProperties)
         lines += details(mailProperties)
+        lines += [
+            "", "## Routes: [smtp-client-\\<route\\>]", "",
+            "`[smtp-client]` is the route `default`. Each `[smtp-client-NAME]` section (NAME: letters, digits, `-` and `_`)",
+            "defines route NAME with every option above: an option it leaves unset takes the reference's default, not",
+            "the default route's value. Each route has its own transport, connection pool, token cache and credentials",
+            "(its `secret` names its own `[secret-<name>]`). Override with `-o smtp-client-NAME.KEY=VALUE`.",
+            "A message's route is chosen when it is queued, first match wins: the authenticated client's `route`",
+            "(`[client-NAME]`), the `\"route\"` an HTTP submission asks for (one of the client's `routes`; any route for an",
+            "operator's token), a route whose `senders` match the envelope sender, then `default`. The route is stored",
+            "with the message. On SIGHUP each route reloads under its options' take-effect rules; a route added appears, a",
+            "route removed disappears and its queued messages wait (deferred, with a route alert) until it comes back or an",
+            "operator moves them (`outbox queue move ID --route R`, `POST /v1/messages/{id}/route`).",
+            "",
+            "```ini", "[smtp-client-billing]", "server = smtp.example.com", "port = 587",
+            "smtp-connection-security = start-tls-required", "enable-authentication = true", "user = billing@example.com",
+            "password = env:BILLING_PASSWORD", "senders = *@billing.example.com", "```",
+            "",
+            "These options of Outbox's own are valid in `[smtp-client]` and in every route:", "",
+        ]
+        lines += table(routeOptions)
+        lines += details(routeOptions)
         lines += ["", "## [secret-\\<name\\>]", ""]
         lines += table(secretSection)
         lines += details(secretSection, prefix: "secret-NAME.")
@@ -129,6 +154,51 @@ extension OptionTable {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// Pacing per route: what the options do.
+    static func pacingIntro() -> [String] {
+        [
+            "", "## Pacing per route", "",
+            "Outbox's own options of `[smtp-client]` (and of every route): each route is paced to its provider's limits.",
+            "Unset takes the provider's preset (below), 0 means no limit. With PostgreSQL the limits hold across every",
+            "instance on the queue (each send is counted in the table `route_sends`, under a lock per route); with SQLite",
+            "within the process. A route at its limit claims nothing until its window frees: its messages wait in the",
+            "queue, due, while other routes go on. `[outbox] rate-limit-per-minute` and `mailbox-concurrency` (per sending",
+            "mailbox, per instance) still apply within each route: a message goes when both allow it. `check-config`",
+            "prints the limits in force and where a preset comes from.", "",
+        ]
+    }
+
+    /// Pacing per route: the providers' presets with their sources, and throttling.
+    static func pacingPresets() -> [String] {
+        var lines = [
+            "", "Presets, applied to the options a route leaves unset:", "", "| provider | when | limits | source |", "| --- | --- | --- | --- |",
+        ]
+        for (preset, when) in [
+            (PacingPreset.exchangeOnline, "`server` ends with `office365.com` or `outlook.com` (SMTP)"),
+            (PacingPreset.graph, "`server-type = GRAPH`"), (PacingPreset.gmail, "`server = smtp.gmail.com`"),
+        ] {
+            let l = preset.limits
+            var limits: [String] = []
+            if let r = l.ratePerMinute { limits.append("\(r) messages/minute") }
+            if let m = l.messagesPerDay { limits.append("\(m) messages/day") }
+            if let r = l.recipientsPerDay { limits.append("\(r) recipients/day") }
+            if let c = l.maxConcurrent { limits.append("\(c) connections") }
+            if let c = l.mailboxConcurrency { limits.append("\(c) concurrent requests per mailbox") }
+            lines.append("| \(preset.provider) | \(when) | \(limits.joined(separator: ", ")) | <\(preset.source)> |")
+        }
+        lines += [
+            "", "Google's limits are per user over a rolling 24 hours (Workspace accounts; trial accounts have 500 messages a day);",
+            "Graph's 1,000 a minute is its 10,000 requests per 10 minutes per app and mailbox.", "",
+            "**Throttling.** A provider that answers `432 4.3.2`, `421 4.7.x`, `454 4.7.0`, Gmail's `550 5.4.5`, Exchange Online's",
+            "`554 5.2.0 ... SubmissionQuotaExceeded`, HTTP 429 (or 503 with `Retry-After`) or EWS's `ErrorServerBusy` throttles",
+            "the route: that route alone pauses, for the time asked (`Retry-After`, `BackOffMilliseconds`) or with back-off",
+            "(5 s doubling to 5 minutes), its message is deferred, not failed, and `/v1/status` shows the route `paused` with",
+            "the code `throttled`. A `452 4.5.3` (too many recipients) is not throttling: the remaining recipients go at once",
+            "in a further transaction on the same route (RFC 5321 §4.5.3.1.10).",
+        ]
+        return lines
+    }
+
     static func anchor(_ d: OptionDescriptor) -> String {
         let prefix: String =
             switch d.section {
@@ -136,7 +206,7 @@ extension OptionTable {
             case .secret: "secret-name"
             case .relay: "relay"
             case .client: "client-name"
-            case .smtpClient, .mailProperty: ""
+            case .smtpClient, .mailProperty, .route: ""
             }
         return prefix + d.name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
     }

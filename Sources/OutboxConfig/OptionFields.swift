@@ -13,8 +13,8 @@ package struct OptionField: Sendable {
 
 extension OptionTable {
     /// The field of every option a reload can apply, keyed by the option's name as
-    /// ``OutboxConfiguration/changes(from:)`` reports it (`[outbox]` keys without the
-    /// `outbox.` prefix).
+    /// ``OutboxConfiguration/changes(from:)`` reports it (`[outbox]` keys with their `outbox.`
+    /// prefix: `[outbox] rate-limit-per-minute` is not a route's).
     package static let fields: [String: OptionField] = {
         var f: [String: OptionField] = [:]
         // [smtp-client]
@@ -52,31 +52,41 @@ extension OptionTable {
         f["mail.smtp.ssl.checkserveridentity"] = OptionField {
             $1.smtpClient.checkServerIdentity = $0.smtpClient.checkServerIdentity
         }
+        // Outbox's route options
+        f["senders"] = OptionField { $1.smtpClient.senders = $0.smtpClient.senders }
+        f["send-as"] = OptionField { $1.smtpClient.sendAs = $0.smtpClient.sendAs }
+        // pacing, in every route
+        f["rate-limit-per-minute"] = OptionField { $1.smtpClient.pacing.ratePerMinute = $0.smtpClient.pacing.ratePerMinute }
+        f["message-limit-per-day"] = OptionField { $1.smtpClient.pacing.messagesPerDay = $0.smtpClient.pacing.messagesPerDay }
+        f["recipient-limit-per-day"] = OptionField { $1.smtpClient.pacing.recipientsPerDay = $0.smtpClient.pacing.recipientsPerDay }
+        f["max-concurrent"] = OptionField { $1.smtpClient.pacing.maxConcurrent = $0.smtpClient.pacing.maxConcurrent }
         // [outbox]
-        f["data-directory"] = OptionField { $1.outbox.dataDirectory = $0.outbox.dataDirectory }
-        f["http-listen"] = OptionField { $1.outbox.httpListen = $0.outbox.httpListen }
-        f["http-tls-certificate-file"] = OptionField { $1.outbox.httpTLSCertificateFile = $0.outbox.httpTLSCertificateFile }
-        f["http-tls-key-file"] = OptionField { $1.outbox.httpTLSKeyFile = $0.outbox.httpTLSKeyFile }
-        f["store"] = OptionField { $1.outbox.store = $0.outbox.store }
-        f["tls-ca-file"] = OptionField { $1.outbox.tlsCAFile = $0.outbox.tlsCAFile }
-        f["graph-url"] = OptionField { $1.outbox.graphURL = $0.outbox.graphURL }
-        f["google-token-url"] = OptionField { $1.outbox.googleTokenURL = $0.outbox.googleTokenURL }
-        f["api-tokens"] = OptionField { $1.outbox.apiTokens = $0.outbox.apiTokens }
-        f["require-api-token"] = OptionField { $1.outbox.requireAPIToken = $0.outbox.requireAPIToken }
-        f["max-request-size"] = OptionField { $1.outbox.maxRequestSize = $0.outbox.maxRequestSize }
-        f["delivery-concurrency"] = OptionField { $1.outbox.deliveryConcurrency = $0.outbox.deliveryConcurrency }
-        f["lease-time"] = OptionField { $1.outbox.leaseTime = $0.outbox.leaseTime }
-        f["retry-initial-delay"] = OptionField { $1.outbox.retryInitialDelay = $0.outbox.retryInitialDelay }
-        f["retry-max-delay"] = OptionField { $1.outbox.retryMaxDelay = $0.outbox.retryMaxDelay }
-        f["retry-max-age"] = OptionField { $1.outbox.retryMaxAge = $0.outbox.retryMaxAge }
-        f["unknown-outcome-retries"] = OptionField { $1.outbox.unknownOutcomeRetries = $0.outbox.unknownOutcomeRetries }
-        f["rate-limit-per-minute"] = OptionField { $1.outbox.rateLimitPerMinute = $0.outbox.rateLimitPerMinute }
-        f["mailbox-concurrency"] = OptionField { $1.outbox.mailboxConcurrency = $0.outbox.mailboxConcurrency }
-        f["shutdown-deadline"] = OptionField { $1.outbox.shutdownDeadline = $0.outbox.shutdownDeadline }
-        f["queue-min-free"] = OptionField { $1.outbox.queueMinFree = $0.outbox.queueMinFree }
-        f["retention-content"] = OptionField { $1.outbox.retentionContent = $0.outbox.retentionContent }
-        f["retention-records"] = OptionField { $1.outbox.retentionRecords = $0.outbox.retentionRecords }
-        f["store-unavailable-wait"] = OptionField { $1.outbox.storeUnavailableWait = $0.outbox.storeUnavailableWait }
+        f["outbox.data-directory"] = OptionField { $1.outbox.dataDirectory = $0.outbox.dataDirectory }
+        f["outbox.http-listen"] = OptionField { $1.outbox.httpListen = $0.outbox.httpListen }
+        f["outbox.store"] = OptionField { $1.outbox.store = $0.outbox.store }
+        f["outbox.tls-ca-file"] = OptionField { $1.outbox.tlsCAFile = $0.outbox.tlsCAFile }
+        f["outbox.graph-url"] = OptionField { $1.outbox.graphURL = $0.outbox.graphURL }
+        f["outbox.google-token-url"] = OptionField { $1.outbox.googleTokenURL = $0.outbox.googleTokenURL }
+        f["outbox.api-tokens"] = OptionField { $1.outbox.apiTokens = $0.outbox.apiTokens }
+        f["outbox.require-api-token"] = OptionField { $1.outbox.requireAPIToken = $0.outbox.requireAPIToken }
+        f["outbox.max-request-size"] = OptionField { $1.outbox.maxRequestSize = $0.outbox.maxRequestSize }
+        f["outbox.delivery-concurrency"] = OptionField { $1.outbox.deliveryConcurrency = $0.outbox.deliveryConcurrency }
+        f["outbox.lease-time"] = OptionField { $1.outbox.leaseTime = $0.outbox.leaseTime }
+        f["outbox.retry-initial-delay"] = OptionField { $1.outbox.retryInitialDelay = $0.outbox.retryInitialDelay }
+        f["outbox.retry-max-delay"] = OptionField { $1.outbox.retryMaxDelay = $0.outbox.retryMaxDelay }
+        f["outbox.retry-max-age"] = OptionField { $1.outbox.retryMaxAge = $0.outbox.retryMaxAge }
+        f["outbox.unknown-outcome-retries"] = OptionField { $1.outbox.unknownOutcomeRetries = $0.outbox.unknownOutcomeRetries }
+        f["outbox.rate-limit-per-minute"] = OptionField { $1.outbox.rateLimitPerMinute = $0.outbox.rateLimitPerMinute }
+        f["outbox.mailbox-concurrency"] = OptionField { $1.outbox.mailboxConcurrency = $0.outbox.mailboxConcurrency }
+        f["outbox.shutdown-deadline"] = OptionField { $1.outbox.shutdownDeadline = $0.outbox.shutdownDeadline }
+        f["outbox.queue-min-free"] = OptionField { $1.outbox.queueMinFree = $0.outbox.queueMinFree }
+        f["outbox.retention-content"] = OptionField { $1.outbox.retentionContent = $0.outbox.retentionContent }
+        f["outbox.retention-records"] = OptionField { $1.outbox.retentionRecords = $0.outbox.retentionRecords }
+        f["outbox.store-unavailable-wait"] = OptionField { $1.outbox.storeUnavailableWait = $0.outbox.storeUnavailableWait }
+        f["outbox.http-tls-certificate-file"] = OptionField { $1.outbox.httpTLSCertificateFile = $0.outbox.httpTLSCertificateFile }
+        f["outbox.http-tls-key-file"] = OptionField { $1.outbox.httpTLSKeyFile = $0.outbox.httpTLSKeyFile }
+        f["outbox.log-format"] = OptionField { $1.outbox.logFormat = $0.outbox.logFormat }
+        f["outbox.otel-endpoint"] = OptionField { $1.outbox.otelEndpoint = $0.outbox.otelEndpoint }
         return f
     }()
 }
@@ -105,13 +115,13 @@ extension OutboxConfiguration {
         var applied: [ConfigurationChange] = []
         var waiting: [ConfigurationChange] = []
         for change in new.changes(from: self) {
+            if change.name.hasPrefix("smtp-client-") { continue }  // the routes, below
             if change.name.hasPrefix("relay.") || change.name.hasPrefix("client-") {
                 // Applied (or reported) by the listener, from `merged.relay` and `merged.clients`.
                 if change.effect == .atRestart { waiting.append(change) } else { applied.append(change) }
                 continue
             }
-            let key = change.name.hasPrefix("outbox.") ? String(change.name.dropFirst("outbox.".count)) : change.name
-            if change.effect != .atRestart, let field = OptionTable.fields[key] {
+            if change.effect != .atRestart, let field = OptionTable.fields[change.name] {
                 field.copy(new, &merged)
                 merged.sources[change.name] = new.sources[change.name]
                 applied.append(change)
@@ -121,6 +131,30 @@ extension OutboxConfiguration {
         }
         merged.relay = new.relay
         merged.clients = new.clients
+        // Routes: one added or removed is applied whole; one kept is planned like [smtp-client].
+        var routes: [String: SMTPClientOptions] = [:]
+        for (name, options) in new.routes {
+            let prefix = "smtp-client-\(name)."
+            guard let before = forRoute(name), let after = new.forRoute(name) else {
+                routes[name] = options
+                applied.append(ConfigurationChange(name: "smtp-client-\(name)", effect: .immediately))
+                for (key, source) in new.sources where key.hasPrefix(prefix) { merged.sources[key] = source }
+                continue
+            }
+            let plan = before.planReload(to: after)
+            routes[name] = plan.configuration.smtpClient
+            let isRouteOption: (ConfigurationChange) -> Bool = { !$0.name.contains(".") || $0.name.hasPrefix("mail.") }
+            for change in plan.applied where isRouteOption(change) {
+                applied.append(ConfigurationChange(name: prefix + change.name, effect: change.effect))
+                merged.sources[prefix + change.name] = new.sources[prefix + change.name]
+            }
+            waiting += plan.waiting.filter(isRouteOption).map { ConfigurationChange(name: prefix + $0.name, effect: $0.effect) }
+        }
+        for name in self.routes.keys where new.routes[name] == nil {
+            applied.append(ConfigurationChange(name: "smtp-client-\(name)", effect: .immediately))
+            merged.sources = merged.sources.filter { !$0.key.hasPrefix("smtp-client-\(name).") }
+        }
+        merged.routes = routes
         return ReloadPlan(configuration: merged, applied: applied, waiting: waiting)
     }
 }

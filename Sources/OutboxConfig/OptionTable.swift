@@ -31,6 +31,8 @@ package enum ConfigSection: String, Sendable, CaseIterable {
     case relay = "relay"
     /// `[client-<name>]`: an identity of the relay.
     case client = "client-<name>"
+    /// Outbox's own options of a route: `[smtp-client]` and `[smtp-client-<route>]`.
+    case route = "smtp-client-<route>"
 }
 
 /// The kind of value an option takes.
@@ -353,7 +355,9 @@ package enum OptionTable {
         .init(
             name: "delivery-concurrency", section: .outbox, type: .integer, defaultValue: "8", validValues: "An integer from 1 to 1000",
             effect: .atNextCycle, referenceEffect: nil,
-            summary: "Deliveries in flight at once in this instance."),
+            summary:
+                "Deliveries in flight at once in this instance, per route: each route ([smtp-client] and every [smtp-client-NAME]) has its own claim loop with this many, so one route's backlog never takes another's slots."
+        ),
         .init(
             name: "lease-time", section: .outbox, type: .time, defaultValue: "00:05:00", validValues: TimeValue.formatDescription,
             effect: .atNextCycle, referenceEffect: nil,
@@ -411,6 +415,19 @@ package enum OptionTable {
             validValues: TimeValue.formatDescription + ", greater than 0", effect: .immediately, referenceEffect: nil,
             summary:
                 "How long a request waits for a PostgreSQL store that does not answer (stopped, restarting, out of connections). Past it the request is refused as a temporary failure (HTTP 503 store_unavailable with Retry-After, SMTP 451 4.3.0) and the store call is cancelled, so nothing is queued; a client that retries with the same Idempotency-Key gets the message once."
+        ),
+        .init(
+            name: "log-format", section: .outbox, type: .enumeration, defaultValue: "logfmt", validValues: "logfmt, json",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The format of the delivery log (logger outbox.delivery): one line per delivery attempt with the queue id, Message-ID, route, sender, each recipient's result, the server's reply or HTTP status, duration, bytes and TLS. logfmt (key=value) or json (one object a line)."
+        ),
+        .init(
+            name: "otel-endpoint", section: .outbox, type: .url, defaultValue: nil,
+            validValues: "An https:// or http:// URL (an OTLP/HTTP collector)",
+            effect: .atRestart, referenceEffect: nil,
+            summary:
+                "Turns on OpenTelemetry traces: spans of each delivery attempt (connection, TLS, AUTH, the transaction or HTTP request) are exported with OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318 (/v1/traces is added when the URL has no path). Unset: no tracing."
         ),
     ]
 

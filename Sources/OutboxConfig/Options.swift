@@ -99,6 +99,17 @@ public struct SMTPClientOptions: Sendable, Equatable {
     /// `mail.smtp.ssl.checkserveridentity` (Outbox default true).
     public var checkServerIdentity = true
 
+    // Outbox's own route options (``OptionTable/routeOptions``)
+    /// `senders`: envelope-sender patterns (`*@billing.example.com`, `helpdesk@example.com`)
+    /// whose messages take this route.
+    public var senders: [String] = []
+    /// `send-as`: the From addresses (or `*@domain` patterns) GRAPH and EWS send as their own
+    /// mailbox; nil: not set.
+    public var sendAs: [String]?
+    /// Pacing: `rate-limit-per-minute`, `message-limit-per-day`, `recipient-limit-per-day`,
+    /// `max-concurrent` (``OptionTable/pacingOptions``); see ``routeLimits``.
+    public var pacing = RoutePacingOptions()
+
     /// Every option at its default.
     public init() {}
 
@@ -200,6 +211,10 @@ public struct OutboxSettings: Sendable, Equatable {
     public var retentionRecords: Duration = .seconds(30 * 86_400)
     /// `store-unavailable-wait`.
     public var storeUnavailableWait: Duration = .seconds(5)
+    /// `log-format`: the delivery log's line format.
+    public var logFormat: LogFormat = .logfmt
+    /// `otel-endpoint`: the OTLP/HTTP collector traces go to; nil: no tracing.
+    public var otelEndpoint: String?
 
     /// The API tokens, split.
     public var apiTokenList: [String] {
@@ -208,6 +223,14 @@ public struct OutboxSettings: Sendable, Equatable {
 
     /// Every setting at its default.
     public init() {}
+}
+
+/// `[outbox] log-format`: how the delivery log writes its lines.
+public enum LogFormat: String, Sendable, Equatable, CaseIterable {
+    /// `key=value` pairs (logfmt), values with spaces or quotes in double quotes.
+    case logfmt
+    /// One JSON object a line.
+    case json
 }
 
 /// `[outbox] queue-min-free`: the free space the queue keeps on its disk.

@@ -60,13 +60,32 @@ package struct ClientIdentity: Sendable, Equatable {
     package var passwordHash: Secret
     /// `allowed-senders`: address patterns (`*@example.com`, `scanner@example.com`, `*`).
     package var allowedSenders: [String]
+    /// `route`: the route its messages take; nil: chosen by sender (then `default`).
+    package var route: String?
+    /// `routes`: the routes it may ask for (`"route"` in an HTTP submission); unset: its
+    /// `route` alone.
+    package var routes: [String]?
+    /// `api-token`: its bearer token for the HTTP API (submit, and see its own messages).
+    package var apiToken: Secret?
+    /// `intake-limit-per-minute`: messages this client may submit over a sliding minute (nil:
+    /// no limit); beyond it `452 4.7.0` on the listener, HTTP 429 with Retry-After.
+    package var intakeLimitPerMinute: Int?
 
-    package init(name: String, user: String, passwordHash: Secret, allowedSenders: [String]) {
+    package init(
+        name: String, user: String, passwordHash: Secret, allowedSenders: [String], route: String? = nil, routes: [String]? = nil,
+        apiToken: Secret? = nil
+    ) {
         self.name = name
         self.user = user
         self.passwordHash = passwordHash
         self.allowedSenders = allowedSenders
+        self.route = route
+        self.routes = routes
+        self.apiToken = apiToken
     }
+
+    /// The routes it may ask for: `routes`, else its own `route`.
+    package var mayChoose: [String] { routes ?? route.map { [$0] } ?? [] }
 
     /// True when `address` (an envelope or header address) matches one of `allowedSenders`:
     /// `*` any, `*@domain` any local part at that domain, else the exact address; ignoring case.
@@ -288,6 +307,31 @@ extension OptionTable {
             summary:
                 "The envelope senders and header From addresses this client may use (both must match; 553 5.7.1 / 550 5.7.1 otherwise). The null sender <> is always allowed. Required."
         ),
+        .init(
+            name: "route", section: .client, type: .string, defaultValue: nil, validValues: "A route: default, or NAME of an [smtp-client-NAME]",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The route this client's messages take (over SMTP and HTTP), before any senders pattern. Unset: the route is chosen by the envelope sender (a route's senders), then default."
+        ),
+        .init(
+            name: "routes", section: .client, type: .list, defaultValue: nil, validValues: "Routes separated by commas or spaces",
+            effect: .immediately, referenceEffect: nil,
+            summary:
+                "The routes this client may ask for with \"route\" in an HTTP submission (403 route_not_allowed for another). Unset: only its own route."
+        ),
+        .init(
+            name: "api-token", section: .client, type: .secret, defaultValue: nil,
+            validValues: "A bearer token of at least 16 characters; or env:NAME, file:/path",
+            effect: .immediately, referenceEffect: nil, isSecret: true,
+            summary:
+                "This client's token for the HTTP API (Authorization: Bearer TOKEN): it may submit messages (with its allowed-senders and routes) and list and read its own messages only. The [outbox] api-tokens stay the operators' tokens, with full access.",
+            outboxNote: "Never printed."),
+        .init(
+            name: "intake-limit-per-minute", section: .client, type: .integer, defaultValue: "0",
+            validValues: "An integer, 0 for no limit", effect: .immediately, referenceEffect: nil,
+            summary:
+                "Messages this client may submit over a sliding minute (per instance), so that one runaway application cannot fill the queue for everyone. Beyond it the listener answers MAIL with 452 4.7.0 and the HTTP API (for the client's api-token) 429 with Retry-After; the client tries again later."
+        ),
     ]
 
     /// Looks up a descriptor of `[relay]`.
@@ -460,6 +504,7 @@ extension ConfigurationReader {
 
     mutating func interpretClients(_ configuration: inout OutboxConfiguration) {
         var users: [String: String] = [:]
+        var tokens: [String: String] = [:]
         for name in clients.keys.sorted() {
             let entries = clients[name] ?? [:]
             let header = clientHeaders[name] ?? ConfigurationLocation(file: fileName, line: nil)
@@ -509,8 +554,63 @@ extension ConfigurationReader {
                 }
                 users[user.lowercased()] = name
             }
+            var intakeLimit: Int?
+            if let entry = entries["intake-limit-per-minute"] {
+                sources["client-\(name).intake-limit-per-minute"] = entry.source
+                if let n = Convert.integer(0...100_000_000)(entry.value) {
+                    intakeLimit = n > 0 ? n : nil
+                } else {
+                    problem(
+                        "invalid_value", entry.location, option: entry.displayName, value: entry.value,
+                        "is not an integer from 0 (no limit) to 100000000")
+                }
+            }
+            let routeNames = configuration.routeNames
+            func checkRoute(_ entry: RawEntry, _ route: String) -> Bool {
+                guard routeNames.contains(route) else {
+                    problem(
+                        "unknown_route", entry.location, option: entry.displayName, value: entry.value,
+                        "names the route \(route), which is not configured; the routes are \(routeNames.joined(separator: ", ")) ([smtp-client] is default, [smtp-client-NAME] is NAME)"
+                    )
+                    return false
+                }
+                return true
+            }
+            var route: String?
+            if let entry = entries["route"] {
+                sources["client-\(name).route"] = entry.source
+                if !entry.value.isEmpty, checkRoute(entry, entry.value) { route = entry.value }
+            }
+            var routes: [String]?
+            if let entry = entries["routes"] {
+                sources["client-\(name).routes"] = entry.source
+                let list = Convert.list(entry.value)
+                if list.allSatisfy({ checkRoute(entry, $0) }) { routes = list }
+            }
+            let apiToken = secretValue(entries["api-token"], sourceKey: "client-\(name).api-token")
+            if let apiToken, apiToken.value.count < 16, let entry = entries["api-token"] {
+                warn(
+                    "weak_api_token", entry.location, option: entry.displayName,
+                    "\(entry.displayName) is shorter than 16 characters: use a long random token (e.g. openssl rand -hex 24)")
+            }
+            if let apiToken {
+                if configuration.outbox.apiTokenList.contains(apiToken.value) {
+                    problem(
+                        "duplicate_api_token", entries["api-token"]?.location ?? header, option: "client-\(name).api-token", value: nil,
+                        "is also one of [outbox] api-tokens (an operator's token): a client's token must be its own")
+                }
+                if let other = tokens[apiToken.value] {
+                    problem(
+                        "duplicate_api_token", entries["api-token"]?.location ?? header, option: "client-\(name).api-token", value: nil,
+                        "is also the api-token of [client-\(other)]: each client needs its own token")
+                }
+                tokens[apiToken.value] = name
+            }
             if let user, let hash, let senders, !senders.isEmpty {
-                configuration.clients.append(ClientIdentity(name: name, user: user, passwordHash: hash, allowedSenders: senders))
+                var identity = ClientIdentity(
+                    name: name, user: user, passwordHash: hash, allowedSenders: senders, route: route, routes: routes, apiToken: apiToken)
+                identity.intakeLimitPerMinute = intakeLimit
+                configuration.clients.append(identity)
             }
         }
     }

@@ -21,6 +21,11 @@ public struct ConfigurationChange: Sendable, Equatable {
     public var name: String
     /// When the new value takes effect.
     public var effect: ChangeEffect
+
+    package init(name: String, effect: ChangeEffect) {
+        self.name = name
+        self.effect = effect
+    }
 }
 
 extension OutboxConfiguration {
@@ -49,51 +54,72 @@ extension OutboxConfiguration {
                         comparable: value))
             }
         }
-        for d in OptionTable.smtpClient {
-            let value: String
-            switch d.name {
-            case "allow-delegate": value = "\(o.allowDelegate)"
-            case "client-id": value = text(o.clientID)
-            case "cnx-check-idle-time": value = time(o.cnxCheckIdleTime)
-            case "cnx-max-idle-time": value = time(o.cnxMaxIdleTime)
-            case "cnx-pool-size": value = "\(o.cnxPoolSize)"
-            case "connect-timeout": value = time(o.connectTimeout)
-            case "directory-id": value = text(o.directoryID)
-            case "enable-authentication": value = "\(o.enableAuthentication)"
-            case "enable-debug": value = "\(o.enableDebug)"
-            case "exchange-version": value = o.exchangeVersion ?? "(empty)"
-            case "password": add("smtp-client", d.name, "", effect: d.effect, secret: .some(o.password)); continue
-            case "port": value = "\(o.port)"
-            case "protocol-timeout": value = time(o.protocolTimeout)
-            case "scope": value = o.effectiveScope == o.scope ? o.scope : "\(o.effectiveScope) (GRAPH; configured \(o.scope))"
-            case "secret": value = o.secret
-            case "server": value = text(o.server)
-            case "server-type": value = o.serverType.rawValue
-            case "smtp-connection-security": value = o.smtpConnectionSecurity.rawValue
-            case "tenant-authority": value = o.tenantAuthority
-            case "token-expiry-margin-time": value = time(o.tokenExpiryMarginTime)
-            case "user": value = text(o.user)
-            case "grant-type": value = o.grantType?.rawValue ?? "\(Self.notSet) (\(o.effectiveGrantType.rawValue))"
-            default: value = "?"
+        func routeRows(_ o: SMTPClientOptions, section: String, prefix: String) {
+            for d in OptionTable.smtpClient {
+                let value: String
+                switch d.name {
+                case "allow-delegate": value = "\(o.allowDelegate)"
+                case "client-id": value = text(o.clientID)
+                case "cnx-check-idle-time": value = time(o.cnxCheckIdleTime)
+                case "cnx-max-idle-time": value = time(o.cnxMaxIdleTime)
+                case "cnx-pool-size": value = "\(o.cnxPoolSize)"
+                case "connect-timeout": value = time(o.connectTimeout)
+                case "directory-id": value = text(o.directoryID)
+                case "enable-authentication": value = "\(o.enableAuthentication)"
+                case "enable-debug": value = "\(o.enableDebug)"
+                case "exchange-version": value = o.exchangeVersion ?? "(empty)"
+                case "password": add(section, prefix + d.name, "", effect: d.effect, secret: .some(o.password)); continue
+                case "port": value = "\(o.port)"
+                case "protocol-timeout": value = time(o.protocolTimeout)
+                case "scope": value = o.effectiveScope == o.scope ? o.scope : "\(o.effectiveScope) (GRAPH; configured \(o.scope))"
+                case "secret": value = o.secret
+                case "server": value = text(o.server)
+                case "server-type": value = o.serverType.rawValue
+                case "smtp-connection-security": value = o.smtpConnectionSecurity.rawValue
+                case "tenant-authority": value = o.tenantAuthority
+                case "token-expiry-margin-time": value = time(o.tokenExpiryMarginTime)
+                case "user": value = text(o.user)
+                case "grant-type": value = o.grantType?.rawValue ?? "\(Self.notSet) (\(o.effectiveGrantType.rawValue))"
+                default: value = "?"
+                }
+                add(section, prefix + d.name, value, effect: d.effect)
             }
-            add("smtp-client", d.name, value, effect: d.effect)
-        }
-        for d in OptionTable.mailProperties {
-            let value: String
-            switch d.name {
-            case "mail.smtp.auth.mechanisms": value = o.authMechanisms?.joined(separator: " ") ?? Self.notSet
-            case "mail.ews.auth.mechanisms": value = o.ewsAuthMechanisms?.joined(separator: " ") ?? Self.notSet
-            case "mail.smtp.localhost": value = text(o.localhost)
-            case "mail.smtp.from": value = text(o.envelopeFrom)
-            case "mail.smtp.sendpartial": value = "\(o.sendPartial)"
-            case "mail.smtp.dsn.notify": value = text(o.dsnNotify)
-            case "mail.smtp.dsn.ret": value = text(o.dsnRet)
-            case "mail.smtp.ssl.trust": value = o.sslTrust.isEmpty ? Self.notSet : o.sslTrust.joined(separator: " ")
-            case "mail.smtp.ssl.checkserveridentity": value = "\(o.checkServerIdentity)"
-            default: value = "?"
+            for d in OptionTable.mailProperties {
+                let value: String
+                switch d.name {
+                case "mail.smtp.auth.mechanisms": value = o.authMechanisms?.joined(separator: " ") ?? Self.notSet
+                case "mail.ews.auth.mechanisms": value = o.ewsAuthMechanisms?.joined(separator: " ") ?? Self.notSet
+                case "mail.smtp.localhost": value = text(o.localhost)
+                case "mail.smtp.from": value = text(o.envelopeFrom)
+                case "mail.smtp.sendpartial": value = "\(o.sendPartial)"
+                case "mail.smtp.dsn.notify": value = text(o.dsnNotify)
+                case "mail.smtp.dsn.ret": value = text(o.dsnRet)
+                case "mail.smtp.ssl.trust": value = o.sslTrust.isEmpty ? Self.notSet : o.sslTrust.joined(separator: " ")
+                case "mail.smtp.ssl.checkserveridentity": value = "\(o.checkServerIdentity)"
+                default: value = "?"
+                }
+                add(section, prefix + d.name, value, effect: d.effect)
             }
-            add("smtp-client", d.name, value, effect: d.effect)
+            for d in OptionTable.routeOptions {
+                let value: String
+                switch d.name {
+                case "senders": value = o.senders.isEmpty ? Self.notSet : o.senders.joined(separator: " ")
+                case "send-as": value = o.sendAs?.joined(separator: " ") ?? Self.notSet
+                default: value = "?"
+                }
+                add(section, prefix + d.name, value, effect: d.effect)
+            }
+            for d in OptionTable.pacingOptions {
+                // A change compares the value set and the preset, not what other options derive
+                // (max-concurrent shows cnx-pool-size when unset).
+                rows.append(
+                    EffectiveOption(
+                        section: section, name: prefix + d.name, value: pacingValue(d.name, options: o),
+                        source: source(of: prefix + d.name), effect: d.effect, isSecret: false,
+                        comparable: pacingComparable(d.name, options: o)))
+            }
         }
+        routeRows(smtpClient, section: "smtp-client", prefix: "")
         for key in unusedMailProperties.sorted() {
             let raw = mailProperties[key] ?? ""
             let lower = key.lowercased()
@@ -103,6 +129,10 @@ extension OutboxConfiguration {
             } else {
                 add("smtp-client", key, "\(raw) (not used by Outbox)", effect: .atRestart)
             }
+        }
+        for name in routes.keys.sorted() {
+            guard let options = routes[name] else { continue }
+            routeRows(options, section: "smtp-client-\(name)", prefix: "smtp-client-\(name).")
         }
         for name in secretSections.keys.sorted() {
             let d = OptionTable.secretSection[0]
@@ -146,6 +176,8 @@ extension OutboxConfiguration {
             case "retention-content": value = time(s.retentionContent)
             case "retention-records": value = time(s.retentionRecords)
             case "store-unavailable-wait": value = time(s.storeUnavailableWait)
+            case "log-format": value = s.logFormat.rawValue
+            case "otel-endpoint": value = text(s.otelEndpoint)
             default: value = "?"
             }
             add("outbox", "outbox.\(d.name)", value, effect: d.effect)
@@ -183,6 +215,10 @@ extension OutboxConfiguration {
             add(prefix, "\(prefix).user", client.user, effect: .immediately)
             add(prefix, "\(prefix).password-hash", "", effect: .immediately, secret: .some(client.passwordHash))
             add(prefix, "\(prefix).allowed-senders", client.allowedSenders.joined(separator: ", "), effect: .immediately)
+            add(prefix, "\(prefix).route", client.route ?? "\(Self.notSet) (by sender, then default)", effect: .immediately)
+            add(prefix, "\(prefix).routes", client.mayChoose.isEmpty ? "(none)" : client.mayChoose.joined(separator: ", "), effect: .immediately)
+            add(prefix, "\(prefix).api-token", "", effect: .immediately, secret: .some(client.apiToken))
+            add(prefix, "\(prefix).intake-limit-per-minute", "\(client.intakeLimitPerMinute ?? 0)", effect: .immediately)
         }
         return rows
     }

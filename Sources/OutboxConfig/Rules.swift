@@ -2,7 +2,7 @@
 /// value was invalid are skipped (that option already has its own error).
 extension ConfigurationReader {
     func location(_ key: String) -> ConfigurationLocation {
-        smtp[key]?.location ?? ConfigurationLocation(file: fileName, line: nil)
+        smtp[key]?.location ?? sectionLocation ?? ConfigurationLocation(file: fileName, line: nil)
     }
 
     func given(_ key: String) -> Bool { smtp[key] != nil }
@@ -226,6 +226,13 @@ extension ConfigurationReader {
         if o.usesFileTransport && !anyFailed(["server", "server-type"]) {
             notes.append("server is not set: messages are written as files under \(c.outbox.dataDirectory) (the file transport), not sent")
         }
+        if o.serverType == .smtp, !o.usesFileTransport, let set = o.pacing.maxConcurrent, set > o.cnxPoolSize {
+            warn(
+                "max_concurrent_over_pool", location("max-concurrent"), option: "max-concurrent",
+                "max-concurrent = \(set) is more than cnx-pool-size = \(o.cnxPoolSize): an SMTP route has at most cnx-pool-size sessions, so \(o.cnxPoolSize) applies"
+            )
+        }
+        if let note = c.pacingNote(options: o) { notes.append(note) }
     }
 
     static func notSet(_ names: [String]) -> String {

@@ -216,6 +216,7 @@ extension OutboxHTTP {
         }
         debug?.request(request, body: body)
         let start = ContinuousClock.now
+        let span = HTTPTracing.start(method: request.method.rawValue, url: request.url)
         do {
             let response = try await client.execute(request, timeout: timeAmount(timeout))
             let collected = try await response.body.collect(upTo: bodyLimit)
@@ -223,9 +224,11 @@ extension OutboxHTTP {
             debug?.response(
                 request, status: Int(response.status.code), reason: response.status.reasonPhrase, headers: headers, body: collected,
                 elapsed: ContinuousClock.now - start)
+            HTTPTracing.end(span, status: Int(response.status.code))
             return HTTPExchangeResult(status: Int(response.status.code), headers: headers, body: collected)
         } catch {
             debug?.failure(request, error: error, elapsed: ContinuousClock.now - start)
+            HTTPTracing.end(span, error: error)
             throw error
         }
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// One access token per credential set, reused until `expires_in - token-expiry-margin-time`
 /// after it was requested (PROTOCOLS.md §1.3).
 ///
@@ -5,6 +7,9 @@
 /// most one token request per credential set at a time, however many sends run. After a 401
 /// (Graph, EWS) or 535 (SMTP XOAUTH2), ``invalidate(_:token:)`` drops the token only if it is
 /// still the one that failed, so 50 concurrent failures lead to one refresh, not 50.
+///
+/// Each credential set's health (``TokenHealth``: last refresh, expiry, last error) is kept for
+/// `/v1/status`, `/readyz` and the metrics.
 ///
 /// Generic over the clock so that expiry and margin can be tested with a manual clock.
 package actor TokenCache<C: Clock> where C.Duration == Duration {
@@ -19,6 +24,8 @@ package actor TokenCache<C: Clock> where C.Duration == Duration {
     private var nextID = 0
     /// How many token requests were made (for tests and metrics).
     package private(set) var fetchCount = 0
+    /// Each credential set's refreshes and errors, by cache key.
+    private var healthByKey: [String: TokenHealth] = [:]
 
     package init(clock: C, margin: Duration) {
         self.clock = clock
@@ -45,15 +52,23 @@ package actor TokenCache<C: Clock> where C.Duration == Duration {
         entries[key] = .fetching(task, id: id)
         do {
             let token = try await Self.wait(task, provider: provider)
+            healthByKey[key, default: TokenHealth(provider: TokenHealth.provider(ofKey: key))].succeeded(at: Date(), expiresIn: token.expiresIn)
             if case .fetching(_, let current) = entries[key], current == id {
                 let life = token.expiresIn - margin
                 entries[key] = .ready(token, validUntil: requestedAt.advanced(by: life > .zero ? life : .zero))
             }
             return token
         } catch {
+            healthByKey[key, default: TokenHealth(provider: TokenHealth.provider(ofKey: key))].failed(at: Date(), error: error)
             if case .fetching(_, let current) = entries[key], current == id { entries[key] = nil }
             throw error
         }
+    }
+
+    /// The health of `provider`'s credential set: a fresh record (no refresh yet) when none was
+    /// requested.
+    package func health(for provider: any TokenProvider) -> TokenHealth {
+        healthByKey[provider.cacheKey] ?? TokenHealth(provider: TokenHealth.provider(ofKey: provider.cacheKey))
     }
 
     /// Forgets `token` (it was refused with 401 or 535) unless a newer one replaced it already.
@@ -98,5 +113,10 @@ package struct CachedTokenSource: Sendable {
 
     package func invalidate(_ token: AccessToken) async {
         await cache.invalidate(provider, token: token)
+    }
+
+    /// The credential set's health (last refresh, expiry, last error).
+    package func health() async -> TokenHealth {
+        await cache.health(for: provider)
     }
 }

@@ -17,9 +17,13 @@ package struct RelayRuntimeConfiguration: Sendable {
     package var settings: RelaySettings
     package var clients: [ClientIdentity]
     package var tlsContext: NIOSSLContext?
+    /// The routes, to choose each message's (the client's route, its sender, default).
+    package var routes: RouteTable = .single
 
     /// Builds it, loading the certificate and key when set; throws a message that names the file.
-    package static func make(settings: RelaySettings, clients: [ClientIdentity]) throws -> RelayRuntimeConfiguration {
+    package static func make(settings: RelaySettings, clients: [ClientIdentity], routes: RouteTable = .single) throws
+        -> RelayRuntimeConfiguration
+    {
         var context: NIOSSLContext?
         if let certificateFile = settings.tlsCertificateFile, let keyFile = settings.tlsKeyFile {
             let chain: [NIOSSLCertificate]
@@ -44,7 +48,7 @@ package struct RelayRuntimeConfiguration: Sendable {
                     "relay.tls-certificate-file and relay.tls-key-file do not make a TLS context (does the key belong to the certificate?): \(error)")
             }
         }
-        return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context)
+        return RelayRuntimeConfiguration(settings: settings, clients: clients, tlsContext: context, routes: routes)
     }
 }
 
@@ -91,6 +95,8 @@ package final class RelayServer: Service, Sendable {
     private let drainDeadline: Duration
     private let onListening: @Sendable (String) -> Void
     let metrics: RelayMetrics
+    /// Each client's submissions against its `intake-limit-per-minute`.
+    let intakeLimiter = IntakeLimiter()
 
     struct Connections {
         var open: [ObjectIdentifier: NIOLoopBound<RelayServerHandler>] = [:]
@@ -333,6 +339,11 @@ package final class RelayServer: Service, Sendable {
         message.origin = MessageOrigin(
             kind: "relay", client: identity?.name ?? clientText, ret: envelope.ret, envid: envelope.envid,
             notify: envelope.recipients.map { $0.notify ?? "" }, orcpt: envelope.recipients.map { $0.orcpt ?? "" })
+        // The route: the authenticated client's, else by sender, else default (the routes now in force).
+        let routing = current
+        let account = identity.flatMap { ref in routing.clients.first { $0.name == ref.name } }
+        message.client = identity?.name
+        message.route = (try? routing.routes.choose(client: account, requested: nil, sender: envelope.sender).get()) ?? RouteName.defaultRoute
         /// `452 4.3.1`: the queue's disk has no room for the message now.
         func insufficientStorage(_ why: String) async -> Result<String, SMTPServerReplyError> {
             await discardChunks(messageID: id, count: received.chunkCount)
@@ -346,6 +357,7 @@ package final class RelayServer: Service, Sendable {
         if queue.intake() == .refused { return await insufficientStorage("the queue's disk is below queue-min-free") }
         do {
             let stored = try await queue.enqueue(message)
+            if let identity { noteIntake(client: identity.name) }
             metrics.messages(result: "accepted", reason: "ok").increment()
             logger.info(
                 "relay message queued",
@@ -447,6 +459,8 @@ struct RelaySession: RelaySessionDelegate {
     }
 
     func intake() -> RelayIntake { server.intake() }
+
+    func intakeRefusal(client: String) -> SMTPServerReply? { server.intakeRefusal(client: client) }
 
     func sessionEnded(_ summary: RelaySessionSummary) {
         server.sessionEnded(summary)

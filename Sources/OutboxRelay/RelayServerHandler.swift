@@ -23,6 +23,8 @@ package protocol RelaySessionDelegate: Sendable {
     func discardChunks(messageID: String) async
     /// What the queue may take now (cheap: read before each command).
     func intake() -> RelayIntake
+    /// The `452 4.7.0` for a client over its `intake-limit-per-minute` (nil: it may submit).
+    func intakeRefusal(client: String) -> SMTPServerReply?
     /// The session ended (for the log line and the metrics).
     func sessionEnded(_ summary: RelaySessionSummary)
 }
@@ -261,6 +263,7 @@ final class RelayServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else if machine.acceptsLines {
                 guard let line = nextLine(context: context) else { break }
                 machine.intake = delegate.intake()
+                machine.clientIntakeRefusal = machine.identity.flatMap { delegate.intakeRefusal(client: $0.name) }
                 perform(machine.line(line), context: context)
             } else {
                 break

@@ -157,6 +157,8 @@ extension RelayStateMachine {
         // The queue's disk is below queue-min-free, or the declared SIZE does not fit: a
         // temporary refusal (RFC 5321 §4.5.3.1.10 / RFC 1870), not counted as the client's error.
         if let refusal = intake.refusal(declaredSize: envelope.declaredSize) { return .reply(refusal) }
+        // The client is over its intake-limit-per-minute: try again later.
+        if let refusal = clientIntakeRefusal { return .reply(refusal) }
         self.envelope = envelope
         return .reply(SMTPServerReply(250, "2.1.0", "Ok"))
     }

@@ -134,6 +134,8 @@ package struct RelayStateMachine: Sendable {
     /// What the queue may take now (its disk's free space above `queue-min-free`), set by the
     /// handler before each command.
     package var intake: RelayIntake = .open(room: nil)
+    /// The client is over its `intake-limit-per-minute`: MAIL gets this `452 4.7.0`.
+    package var clientIntakeRefusal: SMTPServerReply?
 
     package init(policy: RelaySessionPolicy) {
         self.policy = policy

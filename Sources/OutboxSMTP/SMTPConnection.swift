@@ -30,6 +30,10 @@ public final class SMTPConnection: Sendable {
     public let id: Int
     /// How long each connection step took, in order (connect, tls, greeting, ehlo, starttls, auth).
     public let stepTimings: [(step: String, duration: Duration)]
+    /// When `connect` started (wall clock): the first step's start, for traces.
+    public let openedAt: Date
+    /// Whether a delivery has used the connection yet (see ``claimFirstUse()``).
+    private let used = NIOLockedValueBox(false)
 
     let channel: any Channel
     let logger: Logger
@@ -50,8 +54,10 @@ public final class SMTPConnection: Sendable {
 
     private init(
         channel: any Channel, handler: NIOLoopBound<SMTPClientHandler>, facts: SMTPSessionFacts,
-        configuration: SMTPClientConfiguration, logger: Logger, id: Int, timings: [(step: String, duration: Duration)]
+        configuration: SMTPClientConfiguration, logger: Logger, id: Int, timings: [(step: String, duration: Duration)],
+        openedAt: Date
     ) {
+        self.openedAt = openedAt
         self.channel = channel
         self.handler = handler
         self.configuration = configuration
@@ -66,6 +72,15 @@ public final class SMTPConnection: Sendable {
         self.id = id
         self.stepTimings = timings
         self.state = NIOLockedValueBox(.idle)
+    }
+
+    /// True the first time it is called, false after: the first delivery on a connection reports
+    /// its set-up (the connection's spans in a trace).
+    public func claimFirstUse() -> Bool {
+        used.withLockedValue { used in
+            defer { used = true }
+            return !used
+        }
     }
 
     /// Whether the connection can take another command.
@@ -133,6 +148,7 @@ public final class SMTPConnection: Sendable {
         let session = eventLoop.makePromise(of: SMTPSessionFacts.self)
         let clock = ContinuousClock()
         let start = clock.now
+        let openedAt = Date()
 
         // The handler, kept from the channel initializer (looking it up later fails once the
         // server has closed the connection).
@@ -181,7 +197,7 @@ public final class SMTPConnection: Sendable {
         for notice in facts.notices { logger.notice("\(notice)") }
         return SMTPConnection(
             channel: channel, handler: handler, facts: facts, configuration: configuration, logger: logger, id: id,
-            timings: [("connect", connected)] + facts.stepTimings)
+            timings: [("connect", connected)] + facts.stepTimings, openedAt: openedAt)
     }
 
     /// A duration as the configuration writes it, `hh:mm:ss`.

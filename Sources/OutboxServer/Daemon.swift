@@ -20,7 +20,10 @@ import UnixSignals
 /// QUITs every connection); SIGHUP reloads the configuration file.
 package final class Daemon: DaemonStatusProvider, Sendable {
     package let store: any OutboxStore
-    package let mailer: Mailer
+    /// One mailer per route (`[smtp-client]` is `default`, `[smtp-client-NAME]` is NAME).
+    package let routes: MailerRoutes
+    /// The default route's mailer.
+    package var mailer: Mailer { routes.defaultMailer }
     package let dispatcher: Dispatcher
     package let api: OutboxAPI
     /// Keeps `queue-min-free` on the queue's disk and applies retention.
@@ -28,6 +31,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     /// The SMTP submission listener; nil when `[relay] listen` and `listen-tls` are empty.
     package let relay: RelayServer?
     private let relayListening: NIOLockedValueBox<@Sendable (String) -> Void>
+    /// The trace exporter (`[outbox] otel-endpoint`), when tracing is on.
+    private let tracing: (any Service)?
     private let logger: Logger
     private let file: String?
     private let overrides: [String]
@@ -97,16 +102,21 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         self.file = file
         self.overrides = overrides
         self.environment = environment
-        self.mailer = try Mailer(configuration: configuration, logger: logger)
-        self.dispatcher = Dispatcher(store: store, sender: mailer, settings: Daemon.dispatcherSettings(configuration), logger: logger)
+        let routes = try MailerRoutes(configuration: configuration, logger: logger)
+        self.routes = routes
+        let dispatcher = Dispatcher(store: store, sender: routes, settings: Daemon.dispatcherSettings(configuration), logger: logger)
+        dispatcher.setRoutes(configuration.routeNames)
+        self.dispatcher = dispatcher
+        self.tracing = try TraceExport.start(endpoint: configuration.outbox.otelEndpoint, logger: logger)
         self.state = NIOLockedValueBox(State(started: configuration, current: configuration))
-        self.api = OutboxAPI(store: store, settings: APISettings(configuration.outbox), logger: logger)
+        self.api = OutboxAPI(store: store, settings: APISettings(configuration), logger: logger)
         self.storage = StorageGuard(
             store: store, directory: store.kind == "sqlite" ? configuration.outbox.dataDirectory : nil,
             settings: StorageGuard.Settings(configuration.outbox), logger: logger,
             metricsFactory: PrometheusMetricsFactory(registry: api.registry))
         api.attach(storage: storage)
         dispatcher.storeHealth.wait = configuration.outbox.storeUnavailableWait
+        dispatcher.deliveryLog.format = configuration.outbox.logFormat
         api.attach(health: dispatcher.storeHealth)
         let relaySettings = configuration.relay
         let listening = NIOLockedValueBox<@Sendable (String) -> Void>({ _ in })
@@ -117,7 +127,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             let runtime: RelayRuntimeConfiguration
             do {
                 runtime = try RelayRuntimeConfiguration.make(
-                    settings: relaySettings, clients: configuration.clients, )
+                    settings: relaySettings, clients: configuration.clients, routes: RouteTable(configuration))
             } catch let error as RelayError {
                 throw DaemonError(.relay, error.description)
             }
@@ -126,7 +136,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 listenDefaulted: configuration.source(of: "relay.listen") == .default,
                 drainDeadline: configuration.outbox.shutdownDeadline,
                 metricsFactory: PrometheusMetricsFactory(registry: api.registry), logger: logger,
-                transportSizeLimit: { [mailer] in mailer.messageSizeLimit },
+                // SIZE is offered before the route is known: the smallest of the routes' limits.
+                transportSizeLimit: { [routes] in routes.names.compactMap { routes.mailer($0)?.messageSizeLimit }.min() },
                 onListening: { address in listening.withLockedValue { $0 }(address) })
         }
         api.attach(self)
@@ -146,6 +157,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
     package static func dispatcherSettings(_ c: OutboxConfiguration) -> DispatcherSettings {
         var settings = dispatcherSettings(c.outbox)
         settings.bounce = BounceSettings(hostname: c.relay.effectiveHostname, copyTo: c.relay.bounceCopyTo)
+        settings.routeLimits = Dictionary(
+            uniqueKeysWithValues: c.routeNames.compactMap { name in c.options(forRoute: name).map { (name, $0.routeLimits) } })
         return settings
     }
 
@@ -185,7 +198,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         if relay != nil {
             do {
                 relayRuntime = try RelayRuntimeConfiguration.make(
-                    settings: new.relay, clients: new.clients)
+                    settings: new.relay, clients: new.clients, routes: RouteTable(new))
             } catch {
                 let problem = ConfigurationProblem(
                     code: "relay_tls", file: file ?? "-", line: nil, option: "relay.tls-certificate-file", value: nil, message: "\(error)")
@@ -197,10 +210,11 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 return .failure(ConfigurationError(problems: [problem]))
             }
         }
-        // The transport next: a configuration it cannot be built from (or one that removed
-        // `server`) is refused whole, before anything else changes.
+        // The transports next: a configuration one of them cannot be built from (or one that
+        // removed `server`) is refused whole, before anything else changes.
+        let reloaded: MailerRoutes.ReloadResult
         do {
-            try mailer.reload(new)
+            reloaded = try routes.reload(new)
         } catch {
             let problem = ConfigurationProblem(
                 code: error.code, file: file ?? "-", line: nil, option: error.code == "reload_server_removed" ? "server" : nil, value: nil,
@@ -214,10 +228,12 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         }
         if let relay, let relayRuntime { relay.update(relayRuntime) }
         dispatcher.update(Daemon.dispatcherSettings(new))
-        dispatcher.routeConfigurationChanged()
+        dispatcher.setRoutes(new.routeNames)
+        dispatcher.routeConfigurationChanged(reloaded.changed + reloaded.added)
         storage.update(StorageGuard.Settings(new.outbox))
         dispatcher.storeHealth.wait = new.outbox.storeUnavailableWait
-        var apiSettings = APISettings(new.outbox)
+        dispatcher.deliveryLog.format = new.outbox.logFormat
+        var apiSettings = APISettings(new)
         let started = state.withLockedValue { $0.started }
         // Whether tokens are required depends on where it listens now, not on a pending http-listen.
         apiSettings.requireToken = new.outbox.requireAPIToken || !APISettings.isLoopback(listen: started.outbox.httpListen)
@@ -244,6 +260,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             "instance": dispatcher.instanceID,
             "transport": mailer.transportName,
             "transport_generation": mailer.transportGeneration,
+            "route_transports": routeTransports(s.current),
             "listen": s.started.outbox.httpListen,
             "configuration": options,
             "pending_restart": s.pendingRestart,
@@ -253,14 +270,44 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         ]
     }
 
+    /// Each route's transport and destination, by route, for `/v1/status`.
+    private func routeTransports(_ c: OutboxConfiguration) -> [String: [String: any Sendable]] {
+        var out: [String: [String: any Sendable]] = [:]
+        for name in routes.names {
+            guard let mailer = routes.mailer(name), let o = c.options(forRoute: name) else { continue }
+            let destination: String =
+                switch o.serverType {
+                case .graph: c.outbox.graphURL + (o.user.map { "/users/\($0)" } ?? "")
+                case .ews: o.server ?? ""
+                case .smtp: o.usesFileTransport ? c.outbox.dataDirectory + "/sent" : "\(o.server ?? ""):\(o.port)"
+                }
+            out[name] = [
+                "transport": mailer.transportName, "destination": destination, "transport_generation": mailer.transportGeneration,
+                "senders": o.senders,
+            ]
+        }
+        return out
+    }
+
     package func transportProblem() async -> String? {
         let c = mailer.configuration
-        guard !c.smtpClient.usesFileTransport, let host = c.smtpClient.server else {
+        guard !c.smtpClient.usesFileTransport, let server = c.smtpClient.server else {
             let dir = c.outbox.dataDirectory + "/sent"
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             return FileManager.default.isWritableFile(atPath: dir) ? nil : "the file transport cannot write to \(dir)"
         }
-        let port = c.smtpClient.port
+        var (host, port) = (server, c.smtpClient.port)
+        // EWS's server and Graph's graph-url are URLs: their host and port are checked.
+        let url: String? =
+            switch c.smtpClient.serverType {
+            case .ews: host
+            case .graph: c.outbox.graphURL
+            case .smtp: nil
+            }
+        if let url, let parsed = URL(string: url), let urlHost = parsed.host {
+            host = urlHost
+            port = parsed.port ?? (parsed.scheme?.lowercased() == "http" ? 80 : 443)
+        }
         do {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(.seconds(3))
@@ -296,7 +343,7 @@ package final class Daemon: DaemonStatusProvider, Sendable {
             logger: logger)
         let reloader = ReloadService(daemon: self)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: mailer, successTerminationBehavior: .ignore),
+            .init(service: routes, successTerminationBehavior: .ignore),
             .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: storage, successTerminationBehavior: .ignore),
             .init(service: reloader, successTerminationBehavior: .gracefullyShutdownGroup),
@@ -305,6 +352,8 @@ package final class Daemon: DaemonStatusProvider, Sendable {
         // The relay stops accepting first and lets a message being received be committed
         // before the dispatcher and the store go.
         if let relay { services.append(.init(service: relay, successTerminationBehavior: .ignore)) }
+        // The exporter stops last (services stop in reverse order): the last spans are flushed.
+        if let tracing { services.insert(.init(service: tracing, successTerminationBehavior: .ignore), at: 0) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,
@@ -312,7 +361,12 @@ package final class Daemon: DaemonStatusProvider, Sendable {
                 logger: logger))
         // The relay advertises the SMTP server's SIZE when it is smaller than max-message-size:
         // one connection is opened at start to read it (and stays in the pool).
-        let learner = relay == nil ? nil : Task { [mailer] in await mailer.learnLimits() }
+        let learner =
+            relay == nil
+            ? nil
+            : Task { [routes] in
+                for name in routes.names { await routes.mailer(name)?.learnLimits() }
+            }
         defer { learner?.cancel() }
         try await group.run()
         try? await store.close()

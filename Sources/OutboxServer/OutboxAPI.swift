@@ -15,11 +15,23 @@ package struct APISettings: Sendable, Equatable {
     package var requireToken: Bool
     /// The largest request body.
     package var maxRequestSize: Int
+    /// The `[client-NAME]` identities with an `api-token`: they may submit and see their own
+    /// messages only.
+    package var clients: [ClientIdentity] = []
+    /// The routes, to choose each submission's.
+    package var routes: RouteTable = .single
 
     package init(tokens: [String] = [], requireToken: Bool = false, maxRequestSize: Int = 26_214_400) {
         self.tokens = tokens
         self.requireToken = requireToken
         self.maxRequestSize = maxRequestSize
+    }
+
+    /// From `[outbox]`, the clients' tokens and the routes.
+    package init(_ configuration: OutboxConfiguration) {
+        self.init(configuration.outbox)
+        clients = configuration.clients.filter { $0.apiToken != nil }
+        routes = RouteTable(configuration)
     }
 
     /// From `[outbox]`; tokens are required when `listen` is not a loopback address.
@@ -52,6 +64,8 @@ package protocol DaemonStatusProvider: Sendable {
     func routes() async -> [RouteStatus]
     /// An operator retried messages by hand: a paused route tries again now.
     func messagesRetried() async
+    /// Each route's credentials and token health (none by default).
+    func credentials() async -> [CredentialState]
 }
 
 /// The routes of the HTTP API (see openapi.yaml at the repository's root).
@@ -72,6 +86,7 @@ package final class OutboxAPI: Sendable {
     private let unauthorized: Counter
     private let queueGauges: [MessageStatus: Gauge]
     private let routeMetrics: RouteMetrics
+    private let tokenMetrics: TokenMetrics
     let now: @Sendable () -> Double
     /// The dashboard's sessions, in memory (a restart logs every operator out).
     let sessionDriver = MemoryPersistDriver(ContinuousClock())
@@ -117,6 +132,7 @@ package final class OutboxAPI: Sendable {
         }
         self.queueGauges = gauges
         self.routeMetrics = RouteMetrics(registry: registry)
+        self.tokenMetrics = Self.tokenMetrics(registry: registry)
     }
 
     package var settings: APISettings { settingsBox.withLockedValue { $0 } }
@@ -139,14 +155,14 @@ package final class OutboxAPI: Sendable {
             await self.guarded(request) { try await self.statusResponse() }
         }
         router.post("/v1/messages") { [self] request, _ in
-            await self.guarded(request) { try await self.submit(request) }
+            await self.guarded(request, clients: true) { caller in try await self.submit(request, caller: caller) }
         }
         router.get("/v1/messages") { [self] request, _ in
-            await self.guarded(request) { try await self.list(request) }
+            await self.guarded(request, clients: true) { caller in try await self.list(request, caller: caller) }
         }
         router.get("/v1/messages/:id") { [self] request, context in
             let id = context.parameters.get("id") ?? ""
-            return await self.guarded(request) { try await self.getMessage(id) }
+            return await self.guarded(request, clients: true) { caller in try await self.getMessage(id, caller: caller) }
         }
         router.post("/v1/messages/:id/retry") { [self] request, context in
             let id = context.parameters.get("id") ?? ""
@@ -158,13 +174,51 @@ package final class OutboxAPI: Sendable {
         }
         addQueueRoutes(router)
         addDashboardRoutes(router)
+        addRouteRoutes(router)
         return router
     }
 
-    /// Checks the token, runs the handler, turns errors into JSON answers.
+    /// Who is asking: an operator (an `[outbox] api-tokens` token, or no token where none is
+    /// required), or a `[client-NAME]` by its `api-token`.
+    enum Caller: Sendable {
+        case operatorToken
+        case client(ClientIdentity)
+
+        var client: ClientIdentity? {
+            if case .client(let c) = self { return c }
+            return nil
+        }
+    }
+
+    /// The client whose `api-token` the request carries, if any.
+    func client(of request: Request, _ settings: APISettings) -> ClientIdentity? {
+        let header = request.headers[.authorization] ?? ""
+        guard header.hasPrefix("Bearer ") else { return nil }
+        let token = String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        guard !token.isEmpty else { return nil }
+        return settings.clients.first { $0.apiToken.map { Self.constantTimeEqual($0.value, token) } ?? false }
+    }
+
+    /// For an operator's route: a client's token is refused (403 `client_forbidden`).
     func guarded(_ request: Request, _ handler: () async throws -> Response) async -> Response {
+        await guarded(request, clients: false) { _ in try await handler() }
+    }
+
+    /// Checks the token, runs the handler with the caller, turns errors into JSON answers.
+    /// `clients`: whether a client's `api-token` may use the route.
+    func guarded(_ request: Request, clients: Bool, _ handler: (Caller) async throws -> Response) async -> Response {
         let settings = self.settings
         if let refusal = DashboardAccess.hostRefusal(request, requireToken: settings.requireToken) { return refusal.response }
+        if let client = client(of: request, settings) {
+            guard clients else {
+                badRequests.increment()
+                return APIError(
+                    .forbidden, "client_forbidden",
+                    "the token of [client-\(client.name)] may submit messages and read its own; this needs an operator's token ([outbox] api-tokens)"
+                ).response
+            }
+            return await run(.client(client), handler)
+        }
         if settings.requireToken {
             let header = request.headers[.authorization] ?? ""
             let token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces) : ""
@@ -184,8 +238,12 @@ package final class OutboxAPI: Sendable {
                 return r
             }
         }
+        return await run(.operatorToken, handler)
+    }
+
+    private func run(_ caller: Caller, _ handler: (Caller) async throws -> Response) async -> Response {
         do {
-            return try await handler()
+            return try await handler(caller)
         } catch let error as APIError {
             if error.status.code < 500 { badRequests.increment() }
             logger.debug("request refused", metadata: ["http.status": "\(error.status.code)", "http.error": "\(error.code)"])
@@ -239,7 +297,8 @@ package final class OutboxAPI: Sendable {
         if !fatal.isEmpty { return JSON.response(.serviceUnavailable, ["status": "not ready", "problems": fatal]) }
         var problems: [[String: Any]] = []
         if let provider {
-            problems += await provider.routes().filter { $0.state == "paused" }.map(Readiness.problem)
+            problems += await provider.routes().filter { $0.state != "ok" }.map(Readiness.problem)
+            problems += await provider.credentials().compactMap(CredentialsReport.problem)
             if let problem = await provider.transportProblem() {
                 problems.append(["route": RouteHealth.defaultRoute, "code": "unreachable", "message": problem, "since": JSON.iso(now())])
             }
@@ -253,7 +312,11 @@ package final class OutboxAPI: Sendable {
         if let counts {
             for status in MessageStatus.allCases { queueGauges[status]?.set(Double(counts[status] ?? 0)) }
         }
-        if let provider { routeMetrics.update(await provider.routes(), held: counts.map(Readiness.held) ?? 0) }
+        if let provider {
+            let waiting = (try? await storeCall { try await $0.waitingByRoute() }) ?? [:]
+            routeMetrics.update(await provider.routes(), waiting: waiting)
+            tokenMetrics.update(await provider.credentials())
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -268,15 +331,23 @@ package final class OutboxAPI: Sendable {
         body["queue"] = Dictionary(uniqueKeysWithValues: MessageStatus.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
         if let provider {
             let routes = await provider.routes()
-            let held = Readiness.held(counts)
-            body["routes"] = routes.map { Readiness.status($0, held: held) }
-            body["held"] = routes.contains { $0.state == "paused" } ? held : 0
+            let waiting = (try? await storeCall { try await $0.waitingByRoute() }) ?? [:]
+            let details = body["route_transports"] as? [String: [String: any Sendable]] ?? [:]
+            body["route_transports"] = nil
+            body["routes"] = routes.map { route -> [String: Any] in
+                var entry = Readiness.status(route, held: waiting[route.route] ?? 0)
+                entry["waiting"] = waiting[route.route] ?? 0
+                for (key, value) in details[route.route] ?? [:] { entry[key] = value }
+                return entry
+            }
+            body["held"] = routes.filter { $0.state != "ok" }.reduce(0) { $0 + (waiting[$1.route] ?? 0) }
+            body["credentials"] = await provider.credentials().map(CredentialsReport.status)
         }
         body["store"] = store.kind
         return JSON.response(.ok, body)
     }
 
-    private func submit(_ request: Request) async throws -> Response {
+    private func submit(_ request: Request, caller: Caller) async throws -> Response {
         let limit = settings.maxRequestSize
         if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit {
             throw APIError(.contentTooLarge, "too_large", "the request body is \(declared) bytes; the limit ([outbox] max-request-size) is \(limit)")
@@ -293,13 +364,17 @@ package final class OutboxAPI: Sendable {
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
         let query = request.uri.queryParameters
         var message: NewMessage
+        var requestedRoute = query.get("route")
         switch mediaType {
         case "application/json":
-            if let unexpected = ["from", "to"].first(where: { query.get($0) != nil }) {
+            if let unexpected = ["from", "to", "route"].first(where: { query.get($0) != nil }) {
                 throw APIError(
-                    .badRequest, "unexpected_parameter", "the query parameter \(unexpected) is only for message/rfc822 bodies; put it in the JSON")
+                    .badRequest, "unexpected_parameter",
+                    "the query parameter \(unexpected) is only for message/rfc822 bodies; put it in the JSON (\"\(unexpected)\")")
             }
-            message = try await Submission.fromJSON(body)
+            let (parsed, route) = try await Submission.fromJSON(body)
+            message = parsed
+            if let route { requestedRoute = route }
         case "message/rfc822":
             let to = query.getAll("to").flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
             message = try await Submission.fromRFC822(body, from: query.get("from"), to: to)
@@ -324,6 +399,8 @@ package final class OutboxAPI: Sendable {
             }
             message.requestHash = Digest.fnv1a([Array(mediaType.utf8), Array((request.uri.query ?? "").utf8), canonical])
         }
+        message.traceparent = TraceContext.traceparent(request.headers[HTTPFields.Element.Name("traceparent")!])
+        try route(&message, requested: requestedRoute, caller: caller)
         if let refusal = storageRefusal(size: message.content.count) { throw refusal }
         let result: EnqueueResult
         do {
@@ -347,15 +424,20 @@ package final class OutboxAPI: Sendable {
         return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue], headers: [.location: "/v1/messages/\(result.id)"])
     }
 
-    private func list(_ request: Request) async throws -> Response {
-        let filter = try FilterParameters.filter(query: request.uri.query)
-        let page = try await storeCall { try await $0.list(filter) }
+    private func list(_ request: Request, caller: Caller) async throws -> Response {
+        var filter = try FilterParameters.filter(query: request.uri.query)
+        if let route = filter.route, !RouteName.isValid(route) {
+            throw APIError(.badRequest, "invalid_route", "route \"\(route)\" is not a route name (\(RouteName.validText))")
+        }
+        // A client sees its own messages only.
+        filter.client = caller.client?.name
+        let page = try await storeCall { [filter] in try await $0.list(filter) }
         let next: Any = page.nextCursor.map { String($0) } ?? NSNull()
         return JSON.response(.ok, ["messages": page.messages.map { Self.summary($0) }, "next_cursor": next])
     }
 
-    private func getMessage(_ id: String) async throws -> Response {
-        guard let message = try await storeCall({ try await $0.get(id: id) }) else {
+    private func getMessage(_ id: String, caller: Caller) async throws -> Response {
+        guard let message = try await storeCall({ try await $0.get(id: id) }), caller.client.map({ $0.name == message.client }) ?? true else {
             throw APIError(.notFound, "not_found", "no message has the id \(id)")
         }
         return JSON.response(.ok, Self.detail(message))
@@ -388,8 +470,8 @@ package final class OutboxAPI: Sendable {
         [
             "id": m.id, "status": m.status.rawValue, "from": m.from, "recipients": m.recipients.map(\.address),
             "message_id": m.messageID ?? NSNull(), "created_at": JSON.iso(m.createdAt), "attempt_count": m.attemptCount,
-            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged, "subject": m.subject ?? NSNull(),
-            "route": MessageFilter.defaultRoute,
+            "possible_duplicate": m.possibleDuplicate, "content_purged": m.contentPurged, "subject": m.subject ?? NSNull(), "route": m.route,
+            "client": m.client ?? NSNull(),
         ]
     }
 

@@ -30,21 +30,28 @@ struct RouteMetrics: Sendable {
         self.registry = registry
     }
 
-    func update(_ routes: [RouteStatus], held: Int) {
+    func update(_ routes: [RouteStatus], waiting: [String: Int]) {
         for route in routes {
             let labels = [("route", route.route)]
+            let held = waiting[route.route] ?? 0
+            registry.makeGauge(
+                descriptor: MetricNameDescriptor(
+                    namespace: "outbox", metricName: "route_waiting_messages", unitName: nil,
+                    helpText: "Messages waiting for a route (queued, deferred or being sent)"),
+                labels: labels
+            ).set(Double(held))
             registry.makeGauge(
                 descriptor: MetricNameDescriptor(
                     namespace: "outbox", metricName: "route_paused", unitName: nil,
                     helpText: "1 while a route's alert holds its messages (a probe retries it), else 0"),
                 labels: labels
-            ).set(route.state == "paused" ? 1.0 : 0.0)
+            ).set(route.state == "ok" ? 0.0 : 1.0)
             registry.makeGauge(
                 descriptor: MetricNameDescriptor(
                     namespace: "outbox", metricName: "route_held_messages", unitName: nil,
                     helpText: "Messages waiting for a paused route (queued and deferred), 0 when it is not paused"),
                 labels: labels
-            ).set(Double(route.state == "paused" ? held : 0))
+            ).set(Double(route.state == "ok" ? 0 : held))
             let counter = registry.makeCounter(
                 descriptor: MetricNameDescriptor(
                     namespace: "outbox", metricName: "route_alerts", unitName: "total",
@@ -75,11 +82,13 @@ enum Readiness {
     /// A route's entry in `/v1/status`.
     static func status(_ route: RouteStatus, held: Int) -> [String: Any] {
         var entry: [String: Any] = [
-            "route": route.route, "state": route.state, "held": route.state == "paused" ? held : 0,
+            "route": route.route, "state": route.state, "held": route.state == "ok" ? 0 : held,
             "failed_probes": route.failedProbes, "alerts_raised": route.alertsRaised,
         ]
-        if route.state == "paused" {
+        if route.state != "ok" {
             entry["problem"] = problem(route)
+        }
+        if route.state == "paused" {
             entry["next_probe_at"] = JSON.iso(route.nextProbeAt)
         }
         return entry

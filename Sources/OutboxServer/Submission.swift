@@ -5,11 +5,12 @@ import OutboxMIME
 /// Turns a `POST /v1/messages` body into the message's final bytes and envelope, or an
 /// `APIError` that says what is wrong.
 enum Submission {
-    static let jsonKeys: Set<String> = ["from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "attachments", "headers"]
+    static let jsonKeys: Set<String> = ["from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "attachments", "headers", "route"]
 
     /// A JSON submission: from, to, cc, bcc, reply_to (a string or a list of strings each),
-    /// subject, text, html, attachments [{name, type, content (base64)}], headers {name: value}.
-    static func fromJSON(_ body: [UInt8]) async throws(APIError) -> NewMessage {
+    /// subject, text, html, attachments [{name, type, content (base64)}], headers {name: value},
+    /// route (the route asked for, returned beside the message).
+    static func fromJSON(_ body: [UInt8]) async throws(APIError) -> (NewMessage, route: String?) {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(body), options: [])
@@ -37,6 +38,7 @@ enum Submission {
         guard !(to + cc + bcc).isEmpty else {
             throw APIError(.badRequest, "missing_recipients", "the message has no recipient: give at least one address in to, cc or bcc")
         }
+        let route = try string(fields["route"], field: "route")
         let subject = try string(fields["subject"], field: "subject")
         let text = try string(fields["text"], field: "text")
         let html = try string(fields["html"], field: "html")
@@ -93,7 +95,7 @@ enum Submission {
         } catch {
             throw APIError(.badRequest, "invalid_message", "\(error)")
         }
-        return NewMessage(from: envelope.from, recipients: envelope.recipients, content: bytes, messageID: message.messageID)
+        return (NewMessage(from: envelope.from, recipients: envelope.recipients, content: bytes, messageID: message.messageID), route)
     }
 
     /// A finished message (`message/rfc822`) with the envelope in query parameters `from` and

@@ -57,12 +57,20 @@ public struct DeliveryReport: Sendable, Codable {
     public var durationSeconds: Double
     /// How many connection attempts the delivery took (2 when a dead pooled connection was replaced).
     public var attempts: Int
+    /// The TLS the delivery went over: the version (`TLSv1.3`), `none` for a clear-text SMTP
+    /// session, `https` for an HTTP transport (the version is not known there); nil: unknown
+    /// (the file transport).
+    public var tls: String?
+    /// The provider's throttling answer (``Throttling``) to a recipient or to the message, when it
+    /// throttled this delivery: those recipients are deferred, and a queue pauses the route.
+    public var throttle: String?
 
     /// A report with every field given.
     public init(
         transport: String, destination: String, messageID: String?, recipients: [RecipientOutcome],
-        finalReply: String?, startedAt: Date, durationSeconds: Double, attempts: Int = 1
+        finalReply: String?, startedAt: Date, durationSeconds: Double, attempts: Int = 1, tls: String? = nil
     ) {
+        self.tls = tls
         self.transport = transport
         self.destination = destination
         self.messageID = messageID

@@ -11,14 +11,14 @@ extension EWSTransport {
     /// the user's own; refused (permanent, naming the option) when `allow-delegate` is false.
     func delegation(header: MIMEHeaderAddresses) throws(DeliveryError) -> String? {
         guard let mailbox, let from = header.from.first, from.lowercased() != mailbox.lowercased() else { return nil }
-        guard allowDelegate else {
-            throw DeliveryError(
-                kind: .permanent,
-                message:
-                    "ews: the message is from \(from), another mailbox than user = \(mailbox); set allow-delegate = true to send as or on behalf of it (the mailbox needs Send As or Send on Behalf on \(from))"
-            )
+        // As that mailbox (in send-as) or on its behalf (allow-delegate): t:From names it; Exchange
+        // sets t:Sender to the user for Send on Behalf (t:Sender itself cannot be set).
+        var policy = self.policy
+        policy.user = mailbox
+        switch try policy.decide(from: from, component: "ews") {
+        case .own: return nil
+        case .sendAs(let address), .onBehalf(let address), .delegate(let address): return address
         }
-        return from
     }
 
     /// The MIME's size in octets: known, or counted by serialising it once (not kept).

@@ -91,6 +91,8 @@ public final class EWSTransport: MailTransport {
     /// another address is sent as or on behalf of that one (``allowDelegate``).
     let mailbox: String?
     let allowDelegate: Bool
+    /// Who a message is sent as (`allow-delegate`, `send-as`, the route's name for refusals).
+    let policy: SendAsPolicy
     /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
     let debug: HTTPDebugLog?
     /// NTLM for the password case (nil with tokens): in use once its scheme is set.
@@ -98,8 +100,10 @@ public final class EWSTransport: MailTransport {
 
     init(
         url: String, version: String, auth: Auth, client: HTTPClient, requestTimeout: Duration, logger: Logger,
-        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil
+        windows: NTLMHTTPAuthenticator? = nil, mailbox: String? = nil, allowDelegate: Bool = false, debug: HTTPDebugLog? = nil,
+        policy: SendAsPolicy? = nil
     ) {
+        self.policy = policy ?? SendAsPolicy(route: "default", user: mailbox ?? "", allowDelegate: allowDelegate, sendAs: nil)
         self.windows = windows
         self.url = url
         self.version = version
@@ -115,7 +119,7 @@ public final class EWSTransport: MailTransport {
     /// Builds the HTTP client, and the token source when `mail.ews.auth.mechanisms` is XOAUTH2.
     package convenience init(
         configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
-        logger: Logger = Logger(label: "outbox.ews")
+        logger: Logger = Logger(label: "outbox.ews"), route: String = "default"
     ) throws(DeliveryError) {
         let options = configuration.smtpClient
         guard let server = options.server, server.lowercased().hasPrefix("https://") || server.lowercased().hasPrefix("http://") else {
@@ -159,7 +163,8 @@ public final class EWSTransport: MailTransport {
             requestTimeout: connect + read * 20, logger: logger, windows: windows,
             mailbox: options.enableAuthentication && user.contains("@") ? user : nil, allowDelegate: options.allowDelegate,
             debug: options.enableDebug
-                ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil)
+                ? HTTPDebugLog(logger: logger, component: "ews", secrets: [options.password?.value ?? ""]) : nil,
+            policy: SendAsPolicy(route: route, options: options))
     }
 
     static let documentedVersions = [
@@ -357,6 +362,11 @@ struct EWSResponse {
         "ErrorTooManyObjectsOpened", "ErrorBatchProcessingStopped", "ErrorExceededSubscriptionCount",
     ]
 
+    /// EWS's throttling codes (``Throttling``): the route pauses for `BackOffMilliseconds`.
+    static func throttles(_ code: String) -> Bool {
+        code == "ErrorServerBusy" || code == "ErrorExceededConnectionCount" || code == "ErrorTooManyObjectsOpened"
+    }
+
     static func first(_ tag: String, in body: String) -> String? {
         // `<m:Tag>`, `<Tag>` or `<e:Tag xmlns:e=...>`: the text up to the next '<'.
         guard let open = body.range(of: #"<([A-Za-z0-9]+:)?\#(tag)(\s[^>]*)?>"#, options: .regularExpression) else { return nil }
@@ -379,11 +389,13 @@ struct EWSResponse {
         let describe = { (what: String) -> String in
             "ews: \(what)\(code.map { " \($0)" } ?? "")\(text.map { ": \($0.prefix(400))" } ?? "")"
         }
-        if status == 503 {
+        if status == 503 || status == 429 {
+            let after = HTTPTransportReport.retryAfter(retryAfter)
             result = .failure(
                 DeliveryError(
-                    kind: .transient, message: "ews: the server answered 503 (requests queuing): retry later",
-                    retryAfter: HTTPTransportReport.retryAfter(retryAfter) ?? backOff))
+                    kind: .transient, message: "ews: the server answered \(status) (requests queuing): retry later",
+                    retryAfter: after ?? backOff,
+                    routeFault: Throttling.isThrottling(httpStatus: status, retryAfter: after) || backOff != nil ? .throttled : nil))
             return
         }
         if let faultcode {
@@ -393,7 +405,7 @@ struct EWSResponse {
                 result = .failure(
                     DeliveryError(
                         kind: .transient, message: describe("SOAP fault \(faultName);") + (backOff.map { " (back off \($0.seconds) s)" } ?? ""),
-                        retryAfter: backOff))
+                        retryAfter: backOff, routeFault: Self.throttles(name) || Self.throttles(faultName) ? .throttled : nil))
             } else if faultName == "ErrorInvalidServerVersion" || name == "ErrorInvalidServerVersion" {
                 result = .failure(
                     DeliveryError(
@@ -428,7 +440,10 @@ struct EWSResponse {
         default:
             let name = code ?? "unknown"
             if Self.transientCodes.contains(name) {
-                result = .failure(DeliveryError(kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff))
+                result = .failure(
+                    DeliveryError(
+                        kind: .transient, message: describe("\(operation) failed:"), retryAfter: backOff,
+                        routeFault: Self.throttles(name) ? .throttled : nil))
             } else if name == "ErrorSendAsDenied" {
                 result = .failure(
                     DeliveryError(

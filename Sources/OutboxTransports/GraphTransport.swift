@@ -68,6 +68,8 @@ public final class GraphTransport: MailTransport {
     let graphURL: String
     let user: String
     let allowDelegate: Bool
+    /// Who a message is sent as (`allow-delegate`, `send-as`, the route's name for refusals).
+    let policy: SendAsPolicy
     let requestTimeout: Duration
     let logger: Logger
     /// `enable-debug`: each HTTP exchange is logged (``HTTPDebugLog``).
@@ -75,8 +77,9 @@ public final class GraphTransport: MailTransport {
 
     package init(
         options: SMTPClientOptions, settings: OutboxSettings, tokens: CachedTokenSource, client: HTTPClient,
-        logger: Logger = Logger(label: "outbox.graph")
+        logger: Logger = Logger(label: "outbox.graph"), route: String = "default"
     ) {
+        self.policy = SendAsPolicy(route: route, options: options)
         self.client = client
         self.tokens = tokens
         var base = settings.graphURL
@@ -92,10 +95,24 @@ public final class GraphTransport: MailTransport {
             options.enableDebug ? HTTPDebugLog(logger: logger, component: "graph", secrets: [options.password?.value ?? ""]) : nil
     }
 
+    /// The same transport sending from `mailbox` (a `send-as` address): it shares the HTTP
+    /// client and the token cache (the application permission covers the tenant's mailboxes).
+    private init(copying other: GraphTransport, mailbox: String) {
+        client = other.client
+        tokens = other.tokens
+        graphURL = other.graphURL
+        user = mailbox
+        allowDelegate = other.allowDelegate
+        policy = SendAsPolicy(route: other.policy.route, user: mailbox, allowDelegate: false, sendAs: nil)
+        requestTimeout = other.requestTimeout
+        logger = other.logger
+        debug = other.debug
+    }
+
     /// Builds the HTTP client and token source from the configuration.
     package convenience init(
         configuration: OutboxConfiguration, tokenCache: TokenCache<ContinuousClock>,
-        logger: Logger = Logger(label: "outbox.graph")
+        logger: Logger = Logger(label: "outbox.graph"), route: String = "default"
     ) throws(OAuthError) {
         let options = configuration.smtpClient
         let client = OutboxHTTP.makeClient(options: options, settings: configuration.outbox)
@@ -110,7 +127,7 @@ public final class GraphTransport: MailTransport {
         }
         self.init(
             options: options, settings: configuration.outbox,
-            tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger)
+            tokens: CachedTokenSource(provider: provider, cache: tokenCache), client: client, logger: logger, route: route)
     }
 
     /// Returns at once: Graph requests need no background work.
@@ -166,12 +183,18 @@ public final class GraphTransport: MailTransport {
         let headerEnd = MIMEHead.headerEnd(mime) ?? mime.count
         let addresses = MIMEHeaderAddresses(header: Array(mime[..<headerEnd]))
         let from = addresses.from.first ?? envelope.from
-        if user.contains("@"), from.lowercased() != user.lowercased(), !allowDelegate {
-            throw DeliveryError(
-                kind: .permanent,
-                message:
-                    "graph: the message is from \(from), another mailbox than user = \(user); set allow-delegate = true to send on its behalf (the mailbox needs Send As or Send on Behalf on \(from))"
-            )
+        switch try policy.decide(from: from, component: "graph") {
+        case .sendAs(let mailbox):
+            // As that mailbox: /users/{from}/sendMail (or its drafts), with the same token.
+            return try await GraphTransport(copying: self, mailbox: mailbox).send(content, envelope: given)
+        case .onBehalf:
+            // From the user's mailbox on behalf of From: the Sender header names the user.
+            let header = String(decoding: mime[..<headerEnd], as: UTF8.self).lowercased()
+            if !header.hasPrefix("sender:") && !header.contains("\nsender:") {
+                mime = Array("Sender: \(user)\r\n".utf8) + mime
+            }
+        case .own, .delegate:
+            break
         }
         let plan = RecipientPlan(header: addresses, envelope: envelope)
         guard complete else {
@@ -243,9 +266,10 @@ public final class GraphTransport: MailTransport {
         switch status {
         case 429, 503, 504:
             let after = HTTPTransportReport.retryAfter(retryAfter)
+            // 429, or 503 with Retry-After: Graph throttles the route (it pauses).
             return DeliveryError(
                 kind: .transient, message: "graph: \(said) (retry\(after.map { " after \($0.seconds) s" } ?? " later"))",
-                retryAfter: after)
+                retryAfter: after, routeFault: Throttling.isThrottling(httpStatus: status, retryAfter: after) ? .throttled : nil)
         case 401:
             return DeliveryError(
                 kind: .transient,

@@ -237,7 +237,8 @@ enum HTTPTransportReport {
             transport: transport, destination: destination, messageID: content.outboxMessageID,
             recipients: envelope.recipients.map { RecipientOutcome(address: $0, status: .accepted, code: code, text: text) },
             finalReply: "\(code) \(text)", startedAt: started,
-            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts,
+            tls: destination.lowercased().hasPrefix("https:") ? "https" : "none")
     }
 
     /// `Retry-After` in seconds (the HTTP-date form is read too).

@@ -33,6 +33,11 @@ public struct RouteFault: RawRepresentable, Hashable, Sendable, Codable, CustomS
     /// The configuration cannot work: no common AUTH mechanism, a missing or wrong option, a
     /// permission the account lacks.
     public static let configuration = RouteFault(rawValue: "configuration")
+    /// The provider throttles the route (``Throttling``): `432 4.3.2`, `421 4.7.x`, `454 4.7.0`,
+    /// Gmail's `550 5.4.5`, Exchange Online's `554 5.2.0 ... SubmissionQuotaExceeded`, HTTP 429
+    /// or 503 with `Retry-After`, EWS's `ErrorServerBusy`. The route pauses for the time asked
+    /// (``DeliveryError/retryAfter``) or with back-off; the message is deferred, never failed.
+    public static let throttled = RouteFault(rawValue: "throttled")
 }
 
 extension DeliveryError {
@@ -41,7 +46,9 @@ extension DeliveryError {
     /// itself (a CR or LF in an address, a message the server's SIZE or missing SMTPUTF8 cannot
     /// take). Everything an operator can fix is transient with a ``RouteFault``. A lost connection
     /// or a timeout once a transaction has begun is transient with none (the message may be at
-    /// fault, or nothing is); a 421 or 432 is the server's throttling, transient with none.
+    /// fault, or nothing is). The provider's throttling (``Throttling``), at any stage, is
+    /// transient with ``RouteFault/throttled``, even when dressed as a 5xx; any other 421 is
+    /// transient with none.
     public static func classify(_ error: SMTPError) -> (kind: Kind, routeFault: RouteFault?) {
         let beforeTransaction: Set<SMTPError.Stage> = [.connect, .tls, .greeting, .ehlo, .starttls, .auth]
         switch error.code {
@@ -56,7 +63,8 @@ extension DeliveryError {
         case .connectionClosed: return (.transient, beforeTransaction.contains(error.stage) ? .connectionFailed : nil)
         case .reply:
             guard let reply = error.reply else { return (error.isTransient ? .transient : .permanent, nil) }
-            if reply.code == 421 || reply.code == 432 { return (.transient, nil) }
+            if Throttling.isThrottling(reply) { return (.transient, .throttled) }
+            if reply.code == 421 { return (.transient, nil) }
             switch error.stage {
             case .mail, .rcpt, .data:
                 // 530 5.7.0: the server wants AUTH before MAIL (enable-authentication is off).

@@ -162,9 +162,10 @@ public final class SMTPTransport: MailTransport {
     /// Starts the graceful shutdown without waiting: new deliveries fail, in-flight ones finish.
     public func beginShutdown() { pool.beginShutdown() }
 
-    /// Delivers `content` over a pooled connection (see the type's description for when a message
-    /// goes out a second time); a failure is a `DeliveryError` whose kind says whether to retry.
-    public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
+    /// One transaction for `envelope` over a pooled connection (see the type's description for
+    /// when a message goes out a second time); ``send(_:envelope:)`` adds the further transactions
+    /// after `452 4.5.3` and the throttling check.
+    func sendTransaction(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         let started = Date()
         let clock = ContinuousClock.now
         let (destination, envelopeFrom, knownProfile) = current.withLockedValue { ($0.destination, $0.envelopeFrom, $0.profile) }
@@ -208,6 +209,8 @@ public final class SMTPTransport: MailTransport {
                 throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)", routeFault: .connectionFailed)
             }
             let connection = lease.lease.connection
+            SMTPTracing.connectionOpened(connection, since: started)
+            let span = SMTPTracing.startTransaction(connection, recipients: envelope?.recipients.count)
             do {
                 // Once the body is on its way the connection goes back to the pool, from the event
                 // loop: the next sender's commands follow this message's final dot.
@@ -231,8 +234,12 @@ public final class SMTPTransport: MailTransport {
                     }
                 }
                 lease.release(.clean)
-                return Self.report(result, destination: destination, content: content, started: started, clock: clock, attempts: attempts)
+                SMTPTracing.end(span, result)
+                return Self.report(
+                    result, destination: destination, content: content, started: started, clock: clock, attempts: attempts,
+                    tls: connection.tlsInfo?.version ?? "none")
             } catch let error as SMTPError {
+                SMTPTracing.end(span, error)
                 let disposition: PoolReleaseDisposition
                 if error.isConnectionLimit {
                     disposition = .serverRefused
@@ -254,9 +261,11 @@ public final class SMTPTransport: MailTransport {
                 }
                 throw DeliveryError(error)
             } catch let error as DeliveryError {
+                span.end()
                 lease.release(connection.isOpen ? .clean : .discard)
                 throw error
             } catch {
+                span.end()
                 lease.release(.discard)
                 throw DeliveryError(kind: .permanent, message: "\(error)")
             }
@@ -424,14 +433,16 @@ public final class SMTPTransport: MailTransport {
 
     static func report(
         _ result: SMTPTransactionResult, destination: String, content: any MailContent,
-        started: Date, clock: ContinuousClock.Instant, attempts: Int
+        started: Date, clock: ContinuousClock.Instant, attempts: Int, tls: String? = nil
     ) -> DeliveryReport {
         let recipients = result.recipients.map { r -> RecipientOutcome in
             let status: RecipientOutcome.Status
+            // The provider's throttling, even dressed as a 5xx (Gmail's 550 5.4.5), defers.
             if r.accepted {
-                status = result.delivered ? .accepted : (result.finalReply?.isPermanentFailure == true ? .rejected : .deferred)
+                let refusedForGood = result.finalReply.map { $0.isPermanentFailure && !Throttling.isThrottling($0) } ?? false
+                status = result.delivered ? .accepted : (refusedForGood ? .rejected : .deferred)
             } else {
-                status = r.isTransientFailure ? .deferred : .rejected
+                status = r.isTransientFailure || r.reply.map(Throttling.isThrottling) == true ? .deferred : .rejected
             }
             return RecipientOutcome(
                 address: r.address, status: status, code: r.reply?.code,
@@ -449,9 +460,12 @@ public final class SMTPTransport: MailTransport {
                 return r
             }
         }
-        return DeliveryReport(
+        var report = DeliveryReport(
             transport: "smtp", destination: destination, messageID: content.outboxMessageID,
             recipients: final, finalReply: result.finalReply?.description, startedAt: started,
-            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts)
+            durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts, tls: tls)
+        let throttling = [result.finalReply].compactMap { $0 } + result.refusedRecipients.compactMap(\.reply)
+        report.throttle = throttling.first(where: Throttling.isThrottling)?.description
+        return report
     }
 }

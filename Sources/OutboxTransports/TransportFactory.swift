@@ -54,10 +54,11 @@ extension SMTPClientConfiguration {
 }
 
 extension PoolConfiguration {
-    /// `cnx-pool-size`, `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
+    /// `cnx-pool-size` (lowered to the route's `max-concurrent` or its preset's),
+    /// `cnx-check-idle-time`, `cnx-max-idle-time`, `token-expiry-margin-time`.
     public init(options: SMTPClientOptions) {
         self.init(
-            size: options.cnxPoolSize, checkIdleTime: options.cnxCheckIdleTime,
+            size: options.effectivePoolSize, checkIdleTime: options.cnxCheckIdleTime,
             maxIdleTime: options.cnxMaxIdleTime, tokenExpiryMargin: options.tokenExpiryMarginTime)
     }
 }
@@ -81,7 +82,8 @@ public enum TransportFactory {
         configuration: OutboxConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "outbox"),
-        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil
+        tokenSource: (@Sendable () async throws -> SMTPAccessToken)? = nil,
+        route: String = "default"
     ) throws -> any MailTransport {
         let options = configuration.smtpClient
         SMTPTokenSources.remember(secretSection: configuration.chosenSecretSection)
@@ -109,7 +111,7 @@ public enum TransportFactory {
                 return try GraphTransport(
                     configuration: configuration,
                     tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                    logger: logger)
+                    logger: logger, route: route)
             } catch {
                 throw Unavailable(code: error.code.rawValue, description: "server-type = GRAPH: \(error.description)")
             }
@@ -118,7 +120,7 @@ public enum TransportFactory {
                 return try EWSTransport(
                     configuration: configuration,
                     tokenCache: TokenCache(clock: ContinuousClock(), margin: options.tokenExpiryMarginTime),
-                    logger: logger)
+                    logger: logger, route: route)
             } catch {
                 throw Unavailable(
                     code: error.kind == .permanent || error.routeFault == .configuration ? "transport_misconfigured" : "transport_unavailable",

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Outbox
 import OutboxConfig
 
 /// The entry point: argument-parser's usage errors exit 64 (EX_USAGE); Outbox's contract is
@@ -51,10 +52,12 @@ func milliseconds(_ d: Duration) -> Double {
     Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
 }
 
-/// Logs go to standard error, so standard output carries only reports and messages.
+/// Logs go to standard error, so standard output carries only reports and messages. The
+/// delivery log's lines (`outbox.delivery`) go there bare, as logfmt or JSON.
 enum CLILogging {
     static func bootstrap(level: Logger.Level = .info) {
         LoggingSystem.bootstrap { label in
+            if label == DeliveryLog.label { return DeliveryLogHandler() }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler

@@ -17,7 +17,7 @@ struct QueueCommand: AsyncParsableCommand {
             Exit status: 0 done, 1 the daemon refused (no such message, not in a state that allows it), \
             2 a usage or configuration error, 69 the daemon cannot be reached.
             """,
-        subcommands: [QueueList.self, QueueShow.self, QueueRetry.self, QueueCancel.self, QueuePurge.self, QueueWatch.self]
+        subcommands: [QueueList.self, QueueShow.self, QueueRetry.self, QueueCancel.self, QueuePurge.self, QueueMove.self, QueueWatch.self]
     )
 }
 
@@ -101,12 +101,13 @@ struct QueueAPI: Sendable {
     }
 
     /// Every message of a listing, page after page (`limit`: at most that many).
-    func messages(status: String?, limit: Int?) async throws -> [[String: Any]] {
+    func messages(status: String?, limit: Int?, route: String? = nil) async throws -> [[String: Any]] {
         var out: [[String: Any]] = []
         var cursor: String?
         repeat {
             var query = ["limit=\(min(1000, limit.map { $0 - out.count } ?? 1000))"]
             if let status { query.append("status=\(status)") }
+            if let route { query.append("route=\(route.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? route)") }
             if let cursor { query.append("cursor=\(cursor)") }
             let page = try await call(.GET, "/v1/messages?" + query.joined(separator: "&"))
             out += page["messages"] as? [[String: Any]] ?? []
@@ -145,22 +146,25 @@ struct QueueList: AsyncParsableCommand {
     @Option(name: .long, help: "At most this many messages (default: all).")
     var limit: Int?
 
+    @Option(name: .long, help: "Only messages of this route (default, or NAME of [smtp-client-NAME]).")
+    var route: String?
+
     @Flag(name: .long, help: "Print JSON: {\"messages\": [...]}.")
     var json = false
 
     func run() async throws {
         let api = try connection.client()
-        let messages = try await api.messages(status: status, limit: limit)
+        let messages = try await api.messages(status: status, limit: limit, route: route)
         if json {
             QueueAPI.printJSON(["messages": messages])
             return
         }
-        var rows = [["ID", "STATUS", "ATTEMPTS", "CREATED", "FROM", "RECIPIENTS"]]
+        var rows = [["ID", "STATUS", "ROUTE", "ATTEMPTS", "CREATED", "FROM", "RECIPIENTS"]]
         for m in messages {
             let recipients = m["recipients"] as? [String] ?? []
             let rcpt = recipients.first.map { recipients.count > 1 ? "\($0) +\(recipients.count - 1)" : $0 } ?? ""
             rows.append([
-                m["id"] as? String ?? "", m["status"] as? String ?? "", "\(m["attempt_count"] as? Int ?? 0)",
+                m["id"] as? String ?? "", m["status"] as? String ?? "", m["route"] as? String ?? "", "\(m["attempt_count"] as? Int ?? 0)",
                 m["created_at"] as? String ?? "", (m["from"] as? String).map { $0.isEmpty ? "<>" : $0 } ?? "", rcpt,
             ])
         }

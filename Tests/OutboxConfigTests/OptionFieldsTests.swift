@@ -42,6 +42,12 @@ struct OptionFieldsTests {
         mail.smtp.dsn.ret = HDRS
         mail.smtp.ssl.trust = mail.example.test
         mail.smtp.ssl.checkserveridentity = false
+        senders = *@billing.example.test
+        send-as = shared@example.test
+        rate-limit-per-minute = 20
+        message-limit-per-day = 500
+        recipient-limit-per-day = 900
+        max-concurrent = 2
 
         [secret-other]
         password = other-pw
@@ -71,15 +77,24 @@ struct OptionFieldsTests {
         retention-content = 00:30:00
         retention-records = 48:00:00
         store-unavailable-wait = 00:00:03
+        log-format = json
+        otel-endpoint = http://127.0.0.1:4318
         """
 
-    static var reloadable: [OptionDescriptor] { OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.outbox }
+    static var reloadable: [OptionDescriptor] {
+        OptionTable.smtpClient + OptionTable.mailProperties + OptionTable.routeOptions + OptionTable.pacingOptions + OptionTable.outbox
+    }
 
-    @Test("every [smtp-client], mail.* and [outbox] option has a field")
+    /// The name a change reports (and the field's key): `[outbox]` options with `outbox.`.
+    static func key(_ descriptor: OptionDescriptor) -> String {
+        descriptor.section == .outbox ? "outbox.\(descriptor.name)" : descriptor.name
+    }
+
+    @Test("every [smtp-client], mail.*, route and [outbox] option has a field")
     func everyOptionHasAField() {
-        let missing = Self.reloadable.map(\.name).filter { OptionTable.fields[$0] == nil }
+        let missing = Self.reloadable.map(Self.key).filter { OptionTable.fields[$0] == nil }
         #expect(missing.isEmpty, "options without a field in OptionTable.fields: \(missing)")
-        let stray = Set(OptionTable.fields.keys).subtracting(Self.reloadable.map(\.name))
+        let stray = Set(OptionTable.fields.keys).subtracting(Self.reloadable.map(Self.key))
         #expect(stray.isEmpty, "fields of no option: \(stray)")
     }
 
@@ -87,14 +102,14 @@ struct OptionFieldsTests {
     func eachFieldCopiesItsOption() throws {
         let new = try load(Self.everything)
         let defaults = OutboxConfiguration()
-        let names = Self.reloadable.map { $0.section == .outbox ? "outbox.\($0.name)" : $0.name }
+        let names = Self.reloadable.map(Self.key)
         let changed = Set(new.changes(from: defaults).map(\.name))
         // The fixture must change every option, or the copy below proves nothing.
         #expect(Set(names).subtracting(changed).isEmpty, "the fixture leaves these at their defaults: \(Set(names).subtracting(changed))")
         for descriptor in Self.reloadable {
-            let name = descriptor.section == .outbox ? "outbox.\(descriptor.name)" : descriptor.name
+            let name = Self.key(descriptor)
             var copy = defaults
-            OptionTable.fields[descriptor.name]?.copy(new, &copy)
+            OptionTable.fields[name]?.copy(new, &copy)
             let differences = new.changes(from: copy).map(\.name)
             #expect(!differences.contains(name), "\(name) was not copied")
             let others = copy.changes(from: defaults).map(\.name).filter { $0 != name }

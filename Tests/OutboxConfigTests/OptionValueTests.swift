@@ -291,7 +291,7 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
                     "outbox.cfg:3: store = postgres is not one of sqlite, memory or a postgres://user:password@host:port/database URL",
                     "outbox.cfg:4: graph-url = graph.microsoft.com is not an https:// or http:// URL",
                     "outbox.cfg:5: tls-ca-file = /nonexistent/ca.pem is not an existing file (a PEM file of CA certificates)",
-                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, http-tls-certificate-file, http-tls-key-file, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait); did you mean data-directory?",
+                    "outbox.cfg:6: data-dir is not a setting of [outbox] (valid: data-directory, http-listen, http-tls-certificate-file, http-tls-key-file, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait, log-format, otel-endpoint); did you mean data-directory?",
                 ])
     }
 
@@ -312,7 +312,7 @@ struct InvalidCase: Sendable, CustomTestStringConvertible {
                 [secret-smtp
                 """) == [
                     "outbox.cfg:1: port is outside any section; put [smtp-client] (or [outbox], [secret-<name>]) above it",
-                    "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
+                    "outbox.cfg:2: [smtp-clinet] is not a section Outbox knows; valid sections: [smtp-client], [smtp-client-<route>], [secret-<name>], [outbox], [relay], [client-<name>]; did you mean [smtp-client]?",
                     "outbox.cfg:5: is not `key = value`, a [section] header or a comment (starting with # or ;)",
                     "outbox.cfg:6: has a value but no key before the =",
                     "outbox.cfg:8: port is set twice in [smtp-client] (first at line 7)",

@@ -64,7 +64,8 @@ struct RelayConfigTests {
         #expect(c.clients.first?.allows(sender: "Bob@X.test") == true)
         #expect(c.clients.first?.allows(sender: "bob@y.test") == false)
         let rows = c.effectiveOptions().filter { $0.name.hasPrefix("client-scanner.") }
-        #expect(rows.count == 3)
+        // user, password-hash, allowed-senders, route, routes, api-token, intake-limit-per-minute.
+        #expect(rows.count == 7)
         #expect(!rows.contains { $0.value.contains(hash) })
         #expect(problemCodes("[client-a]\nuser = a\n") == ["client_incomplete"])
         #expect(problemCodes("[client-a]\nuser = a\npassword-hash = secret\nallowed-senders = *\n") == ["invalid_value"])

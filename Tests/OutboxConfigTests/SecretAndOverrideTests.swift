@@ -119,7 +119,7 @@ func dumped(_ value: some Any) -> String {
                 "-o: an override must be NAME=VALUE (e.g. -o port=587 or -o outbox.http-listen=127.0.0.1:8025)",
                 "-o: cnx-pool-sise is not an option of [smtp-client]; did you mean cnx-pool-size?",
                 "-o: port = 70000 is not a port number (1-65535)",
-                "-o: outbox.nope is not a setting of [outbox] (valid: data-directory, http-listen, http-tls-certificate-file, http-tls-key-file, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait)",
+                "-o: outbox.nope is not a setting of [outbox] (valid: data-directory, http-listen, http-tls-certificate-file, http-tls-key-file, store, tls-ca-file, graph-url, google-token-url, api-tokens, require-api-token, max-request-size, delivery-concurrency, lease-time, retry-initial-delay, retry-max-delay, retry-max-age, unknown-outcome-retries, rate-limit-per-minute, mailbox-concurrency, shutdown-deadline, queue-min-free, retention-content, retention-records, store-unavailable-wait, log-format, otel-endpoint)",
             ])
     }
 

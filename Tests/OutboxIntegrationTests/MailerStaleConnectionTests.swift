@@ -49,13 +49,16 @@ struct MailerStaleConnectionTests {
             _ = try? await mailer.send(testMessage(subject: "metrics-refused", to: "reject@example.test"))
             try await Task.sleep(for: .milliseconds(1500))  // one gauge sample
         }
-        let delivered = try metrics.expectCounter("outbox_messages_total", [("result", "delivered"), ("class", "2xx"), ("transport", "smtp")])
+        // Every metric of a mailer carries its route (a library Mailer is the route default).
+        let delivered = try metrics.expectCounter(
+            "outbox_messages_total", [("result", "delivered"), ("class", "2xx"), ("transport", "smtp"), ("route", "default")])
         #expect(delivered.totalValue == 3)
-        let rejected = try metrics.expectCounter("outbox_messages_total", [("result", "rejected"), ("class", "none"), ("transport", "smtp")])
+        let rejected = try metrics.expectCounter(
+            "outbox_messages_total", [("result", "rejected"), ("class", "none"), ("transport", "smtp"), ("route", "default")])
         #expect(rejected.totalValue == 1)
-        let latency = try metrics.expectTimer("outbox_send_duration_seconds")
+        let latency = try metrics.expectTimer("outbox_send_duration_seconds", [("route", "default")])
         #expect(latency.values.count == 4)
-        #expect(try metrics.expectCounter("outbox_smtp_connections_created_total").totalValue >= 1)
-        #expect(try metrics.expectGauge("outbox_smtp_connections_open").lastValue != nil)
+        #expect(try metrics.expectCounter("outbox_smtp_connections_created_total", [("route", "default")]).totalValue >= 1)
+        #expect(try metrics.expectGauge("outbox_smtp_connections_open", [("route", "default")]).lastValue != nil)
     }
 }

@@ -12,3 +12,13 @@ struct PostgresStoreAgedTests {
         try await store.close()
     }
 }
+
+@Suite("PostgreSQL store: routes", .serialized)
+struct PostgresStoreRouteTests {
+    @Test("route and client stored; claims, listings, counts, holds and moves by route")
+    func routes() async throws {
+        let store = try await makePostgresStore()
+        try await checkRoutes(store)
+        try await store.close()
+    }
+}

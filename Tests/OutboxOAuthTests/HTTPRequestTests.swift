@@ -60,10 +60,10 @@ struct HTTPRequestTests {
                 request.method = .POST
                 request.headers.add(name: "Content-Type", value: "text/xml; charset=utf-8")
                 request.body = .stream(stream(), length: .unknown)
-                let chunked = try await client.execute(request, timeout: .seconds(10))
+                let chunked = try await client.execute(request, timeout: .seconds(30))
                 #expect(chunked.status.code == 411)
                 request.body = .stream(stream(), length: .known(Int64(chunks.map(\.readableBytes).reduce(0, +))))
-                let known = try await client.execute(request, timeout: .seconds(10))
+                let known = try await client.execute(request, timeout: .seconds(30))
                 #expect(known.status.code == 401)  // past the framing check: no credentials
                 #expect(await state.lengthRequired == 1)
                 #expect(await state.requests.first?.transferEncoding?.lowercased() == "chunked")
@@ -82,14 +82,16 @@ struct HTTPRequestTests {
             for f in [big.path, medium.path] { try? FileManager.default.removeItem(atPath: f) }
         }
         try await withEmulator(state) { base in
-            let graph = try TransportFactory.make(configuration: configuration(base, type: .graph))
+            // 5 MiB through a debug build on a loaded machine: a wait of a minute, not 10 s.
+            let patient: (inout OutboxConfiguration) -> Void = { $0.smtpClient.protocolTimeout = .seconds(60) }
+            let graph = try TransportFactory.make(configuration: configuration(base, type: .graph, patient))
             _ = try await sendOrShutDown(graph, try rawMessage().0)
             let large = Message(
                 from: try Address("agent@contoso.test"), to: [try Address("rcpt@example.test")], subject: "large", text: "see attached",
                 attachments: [.file(path: big.path, filename: "big.bin"), .file(path: medium.path, filename: "medium.bin")])
             _ = try await sendOrShutDown(graph, large)
             await graph.shutdown()
-            let ews = try TransportFactory.make(configuration: configuration(base, type: .ews))
+            let ews = try TransportFactory.make(configuration: configuration(base, type: .ews, patient))
             // A Message with a file attachment: its size is unknown until it is serialised.
             #expect(large.knownByteCount == nil)
             _ = try await sendOrShutDown(ews, large)

@@ -38,11 +38,26 @@ extension Emulator {
                 return json(
                     .badRequest, ["error": ["code": "ErrorMimeContentInvalidBase64String", "message": "Invalid base64 string for MIME content."]])
             }
-            guard await user.lowercased() == state.graphMailbox.lowercased() else {
+            // The application's Mail.Send permission covers every mailbox of the tenant: the
+            // mailbox in the path sends (graphMailbox, or one of tenantMailboxes).
+            let mailbox = user.lowercased()
+            let (primary, tenant) = await (state.graphMailbox.lowercased(), state.tenantMailboxes)
+            guard mailbox == primary || tenant.contains(mailbox) else {
                 return json(.notFound, ["error": ["code": "ErrorInvalidUser", "message": "The requested user '\(user)' is invalid."]])
             }
             let from = fromHeader(mime)?.lowercased() ?? ""
-            if from != user.lowercased(), await !state.delegates.contains(from) {
+            // Send on Behalf: the Sender header, when present, must be the sending mailbox.
+            if let sender = headerAddress(mime, "Sender")?.lowercased(), sender != mailbox {
+                return json(
+                    .forbidden,
+                    [
+                        "error": [
+                            "code": "ErrorSendAsDenied",
+                            "message": "The Sender \(sender) is not the mailbox \(mailbox) that submits the message.",
+                        ]
+                    ])
+            }
+            if from != mailbox, await !state.delegates.contains(from) {
                 return json(
                     .forbidden,
                     [
@@ -58,6 +73,7 @@ extension Emulator {
             await state.set {
                 $0.delivered.append(mime)
                 $0.deliveries.append(EmulatorState.Delivery(via: "sendMail", to: h.to, cc: h.cc, bcc: h.bcc, mime: mime, names: h.names))
+                $0.sendMailMailboxes.append(mailbox)
             }
             return Response(status: .accepted)
         }

@@ -37,6 +37,11 @@ package actor EmulatorState {
     package var graphMailbox = "agent@contoso.test"
     /// From addresses the mailbox may send as (Send As / Send on Behalf).
     package var delegates: Set<String> = []
+    /// Other mailboxes of the tenant that `/users/{mailbox}/sendMail` may send from (the
+    /// application permission covers them), lowercased.
+    package var tenantMailboxes: Set<String> = []
+    /// The mailbox of each accepted sendMail, in order.
+    package var sendMailMailboxes: [String] = []
     package var throttleNext = 0
     package var serverBusyNext = 0
     package var ewsBasicUser = "agent@contoso.test"
@@ -238,6 +243,21 @@ package enum Emulator {
     package static func bearer(_ request: Request) -> String? {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else { return nil }
         return String(auth.dropFirst(7))
+    }
+
+    /// The address of the first `name:` header line (unfolded lines only), or nil.
+    package static func headerAddress(_ mime: [UInt8], _ name: String) -> String? {
+        let text = String(decoding: mime, as: UTF8.self)
+        let prefix = name.lowercased() + ":"
+        for line in text.components(separatedBy: "\r\n") {
+            if line.isEmpty { break }
+            if line.lowercased().hasPrefix(prefix) {
+                let v = line.dropFirst(prefix.count)
+                if let lt = v.firstIndex(of: "<"), let gt = v.firstIndex(of: ">") { return String(v[v.index(after: lt)..<gt]) }
+                return v.trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return nil
     }
 
     package static func fromHeader(_ mime: [UInt8]) -> String? {

@@ -13,3 +13,14 @@ struct StoreAgedTests {
         try await store.close()
     }
 }
+
+@Suite("SQLite store: routes")
+struct StoreRouteTests {
+    @Test("route and client stored; claims, listings, counts, holds and moves by route")
+    func routes() async throws {
+        let (store, dir) = try await makeTempStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await checkRoutes(store)
+        try await store.close()
+    }
+}

@@ -8,7 +8,8 @@ import Testing
 
 /// The queue's classification table: only the server's 5xx to MAIL, RCPT or the message (and
 /// the message's own faults) is permanent; what an operator can fix is transient with a route
-/// fault; a transaction's lost connection or a throttling reply is transient with none.
+/// fault; a transaction's lost connection is transient with none; the provider's throttling is
+/// transient with ``RouteFault/throttled``.
 @Suite("Delivery error classification")
 struct RouteFaultClassificationTests {
     struct Row: Sendable, CustomStringConvertible {
@@ -21,6 +22,13 @@ struct RouteFaultClassificationTests {
 
     static func reply(_ code: Int, _ stage: SMTPError.Stage) -> SMTPError {
         .reply(SMTPReply(code: code, lines: ["text"]), stage: stage)
+    }
+
+    static func enhanced(_ code: Int, _ enhanced: String, _ stage: SMTPError.Stage, _ text: String = "text") -> SMTPError {
+        let parts = enhanced.split(separator: ".").compactMap { Int($0) }
+        return .reply(
+            SMTPReply(code: code, enhancedCode: EnhancedStatusCode(klass: parts[0], subject: parts[1], detail: parts[2]), lines: [text]),
+            stage: stage)
     }
 
     static let rows: [Row] = [
@@ -40,6 +48,21 @@ struct RouteFaultClassificationTests {
         Row(name: "452 to the message", error: reply(452, .data), kind: .transient, fault: nil),
         Row(name: "421 at greeting (connection limit)", error: reply(421, .greeting), kind: .transient, fault: nil),
         Row(name: "421 to MAIL", error: reply(421, .mail), kind: .transient, fault: nil),
+        // The provider's throttling: transient, the route pauses.
+        Row(name: "432 4.3.2 at the greeting", error: enhanced(432, "4.3.2", .greeting), kind: .transient, fault: .throttled),
+        Row(name: "432 4.3.2 to the message", error: enhanced(432, "4.3.2", .data), kind: .transient, fault: .throttled),
+        Row(name: "421 4.7.0 to MAIL", error: enhanced(421, "4.7.0", .mail), kind: .transient, fault: .throttled),
+        Row(name: "421 4.7.28 to the message", error: enhanced(421, "4.7.28", .data), kind: .transient, fault: .throttled),
+        Row(name: "454 4.7.0 to AUTH (too many logins)", error: enhanced(454, "4.7.0", .auth), kind: .transient, fault: .throttled),
+        Row(name: "Gmail 550 5.4.5 daily limit", error: enhanced(550, "5.4.5", .mail), kind: .transient, fault: .throttled),
+        Row(
+            name: "Exchange 554 5.2.0 SubmissionQuotaExceeded",
+            error: enhanced(554, "5.2.0", .data, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"), kind: .transient,
+            fault: .throttled),
+        Row(
+            name: "554 5.2.0 send-as denied is the message's",
+            error: enhanced(554, "5.2.0", .data, "STOREDRV.Submission.Exception:SendAsDeniedException"), kind: .permanent, fault: nil),
+        Row(name: "452 4.5.3 to RCPT is not throttling", error: enhanced(452, "4.5.3", .rcpt), kind: .transient, fault: nil),
         Row(
             name: "connection closed during DATA", error: SMTPError(stage: .data, code: .connectionClosed, message: "closed"),
             kind: .transient, fault: nil),
@@ -131,7 +154,13 @@ struct RouteFaultClassificationTests {
         #expect(error(400, "ErrorInvalidRecipients").routeFault == nil)
         #expect(error(413, "RequestEntityTooLarge").kind == .permanent)
         #expect(error(429, "ApplicationThrottled").kind == .transient)
-        #expect(error(429, "ApplicationThrottled").routeFault == nil)
+        #expect(error(429, "ApplicationThrottled").routeFault == .throttled)
+        #expect(error(504, "GatewayTimeout").routeFault == nil)
+        let busy = GraphTransport.error(
+            status: 503, body: ByteBuffer(string: #"{"error":{"code":"ServiceUnavailable","message":"m"}}"#), retryAfter: "7",
+            user: "u@example.test", from: "u@example.test")
+        #expect(busy.routeFault == .throttled && busy.retryAfter == .seconds(7))
+        #expect(error(503, "ServiceUnavailable").routeFault == nil, "503 without Retry-After is not throttling")
     }
 
     @Test("EWS: 401 and a wrong URL are the route's; a refused item is the message's")
@@ -152,5 +181,16 @@ struct RouteFaultClassificationTests {
             return
         }
         #expect(item.kind == .permanent && item.routeFault == nil)
+        let busy = EWSResponse(
+            status: 500,
+            body:
+                #"<s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring>The server cannot service this request right now.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">2500</t:Value></t:MessageXml></detail></s:Fault>"#,
+            retryAfter: nil)
+        guard case .failure(let throttled) = busy.result else {
+            Issue.record("ErrorServerBusy succeeded")
+            return
+        }
+        #expect(throttled.routeFault == .throttled && throttled.kind == .transient)
+        #expect(throttled.retryAfter == .milliseconds(2500))
     }
 }

@@ -78,8 +78,9 @@ def hash_password(password):
 class Client:
     """A [client-NAME] identity."""
 
-    def __init__(self, name, user, password, allowed_senders):
+    def __init__(self, name, user, password, allowed_senders, intake_limit=None):
         self.name, self.user, self.password, self.allowed_senders = name, user, password, allowed_senders
+        self.intake_limit = intake_limit
 
 
 def config_text(data_dir, http_port, relay, clients):
@@ -93,6 +94,8 @@ def config_text(data_dir, http_port, relay, clients):
     for c in clients:
         lines += ["", f"[client-{c.name}]", f"user = {c.user}", f"password-hash = {hash_password(c.password)}",
                   f"allowed-senders = {c.allowed_senders}"]
+        if c.intake_limit is not None:
+            lines.append(f"intake-limit-per-minute = {c.intake_limit}")
     return "\n".join(lines) + "\n"
 
 

@@ -683,6 +683,36 @@ class AuthLockoutTest(RelayTestCase):
 # --------------------------------------------------------------------------------------------
 
 
+class IntakeLimitTest(RelayTestCase):
+    """[client-NAME] intake-limit-per-minute: beyond it MAIL gets 452 4.7.0 (try again later);
+    another client goes on."""
+
+    clients = [Client("busy", "busy@example.test", "Busy-Pass-3", "*@example.test", intake_limit=3), PRINTER]
+    implicit_tls = False
+
+    def test_beyond_the_limit_452_then_other_clients_go_on(self):
+        busy = self.clients[0]
+        s, _ = self.raw("starttls", busy.user, busy.password)
+        markers = []
+        for i in range(3):
+            marker = tag(f"intake-{i}")
+            markers.append(marker)
+            message = rc.make_message(busy.user, ["rcpt@example.test"], marker)
+            self.assertReply(self.raw_data(s, message, busy.user, ["rcpt@example.test"], what=f"message {i + 1}"), 250)
+        self.assertReply(s.cmd(f"MAIL FROM:<{busy.user}>"), 452, "4.7.0", what="MAIL beyond intake-limit-per-minute")
+        for marker in markers:
+            self.wait_one_eml(marker)
+        # Another client is not limited by this one.
+        p, _ = self.raw("starttls", PRINTER.user, PRINTER.password)
+        marker = tag("intake-other")
+        message = rc.make_message(PRINTER.user, ["rcpt@example.test"], marker)
+        self.assertReply(self.raw_data(p, message, PRINTER.user, ["rcpt@example.test"], what="the other client"), 250)
+        self.wait_one_eml(marker)
+
+
+# --------------------------------------------------------------------------------------------
+
+
 class NoAllowedNetworksTest(RelayTestCase):
     """allowed-networks empty: loopback too must AUTH."""
 

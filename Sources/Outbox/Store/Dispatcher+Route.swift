@@ -4,24 +4,32 @@ import OutboxTransports
 
 /// The route's alert and pause, as the dispatcher drives them (see ``RouteHealth``).
 extension Dispatcher {
-    /// The routes and their state, for `/v1/status`, `/readyz` and `/metrics`.
-    public var routes: [RouteStatus] { [RouteStatus(routeHealth)] }
+    /// The routes and their state, for `/v1/status`, `/readyz` and `/metrics`: every configured
+    /// route, then each route that is gone while messages still wait for it (state `missing`).
+    public var routes: [RouteStatus] {
+        allRouteHealth().map(RouteStatus.init)
+            + missingRoutes().sorted { $0.key < $1.key }.map { RouteStatus(missing: $0.key, waiting: $0.value) }
+    }
 
-    /// The route's health as it stands (for tests and the daemon).
-    package var routeHealth: RouteHealth { stateRouteHealth() }
+    /// The default route's health as it stands (for tests and the daemon).
+    package var routeHealth: RouteHealth { stateRouteHealth(RouteHealth.defaultRoute) ?? RouteHealth() }
 
-    /// The route's configuration changed (a reload that the operator made to fix it): a paused
+    /// Route `route`'s health, or nil when it is not configured.
+    package func routeHealth(_ route: String) -> RouteHealth? { stateRouteHealth(route) }
+
+    /// Routes' configuration changed (a reload that the operator made to fix it): a paused
     /// route's probe is due at once, whatever its back-off, so held messages go within a poll
-    /// once the probe succeeds. Does nothing to a healthy route.
-    package func routeConfigurationChanged() {
+    /// once the probe succeeds. Does nothing to a healthy route. `routes`: nil for all.
+    package func routeConfigurationChanged(_ routes: [String]? = nil) {
         let now = clock.now
-        let paused = updateRouteHealth { health -> Bool in
-            health.configurationChanged(at: now)
-            return health.isPaused
-        }
-        if paused {
-            logger.notice(
-                "the configuration changed: the paused route is probed now", metadata: ["outbox.route": "\(RouteHealth.defaultRoute)"])
+        for route in routes ?? allRouteHealth().map(\.route) {
+            let paused = updateRouteHealth(route) { health -> Bool in
+                health.configurationChanged(at: now)
+                return health.isPaused
+            }
+            if paused == true {
+                logger.notice("the configuration changed: the paused route is probed now", metadata: ["outbox.route": "\(route)"])
+            }
         }
     }
 
@@ -29,22 +37,48 @@ extension Dispatcher {
     /// retry`): a paused route resumes, so the retried messages are attempted now; if the route
     /// still fails, its first failures pause it again. Does nothing to a healthy route.
     package func operatorRetried() {
-        let resumed = updateRouteHealth { $0.succeeded() }
-        if resumed {
-            logger.notice("a manual retry resumes the paused route", metadata: ["outbox.route": "\(RouteHealth.defaultRoute)"])
+        for route in allRouteHealth().map(\.route) where updateRouteHealth(route, { $0.succeeded() }) == true {
+            logger.notice("a manual retry resumes the paused route", metadata: ["outbox.route": "\(route)"])
         }
     }
 
     /// Notes what an attempt says about its route: a route fault raises the alert (the first)
     /// or counts against the probe; anything else means the route works, and resumes it.
-    func noteRoute(_ result: Result<DeliveryReport, DeliveryError>, probe: Int?) {
+    /// The provider's throttling (``RouteFault/throttled``, or a report whose
+    /// ``DeliveryReport/throttle`` is set) pauses the route the same way, for the time the
+    /// provider asked (`Retry-After`, `BackOffMilliseconds`) or with the probe's back-off.
+    func noteRoute(_ result: Result<DeliveryReport, DeliveryError>, route: String, probe: Int?) {
         let now = clock.now
+        var result = result
+        if case .success(let report) = result, let throttle = report.throttle {
+            result = .failure(DeliveryError(kind: .transient, message: "the provider throttles the route: \(throttle)", routeFault: .throttled))
+        }
         switch result {
+        case .failure(let error) where error.routeFault == .throttled:
+            guard
+                let (paused, health) = updateRouteHealth(
+                    route,
+                    { health in
+                        (health.failed(.throttled, message: error.message, at: now, probe: probe, retryAfter: error.retryAfter), health)
+                    })
+            else { return }
+            if paused || probe != nil {
+                logger.warning(
+                    "route throttled by its provider: paused, its messages deferred",
+                    metadata: [
+                        "outbox.route": "\(health.route)", "outbox.error": "\(error.message)",
+                        "outbox.resume_in": "\(health.nextProbeAt.map { Int(now.duration(to: $0).seconds) } ?? 0) s",
+                    ])
+            }
         case .failure(let error) where error.routeFault != nil:
             let fault = error.routeFault!
-            let (raised, health) = updateRouteHealth { health in
-                (health.failed(fault, message: error.message, at: now, probe: probe), health)
-            }
+            guard
+                let (raised, health) = updateRouteHealth(
+                    route,
+                    { health in
+                        (health.failed(fault, message: error.message, at: now, probe: probe), health)
+                    })
+            else { return }
             if raised {
                 logger.error(
                     "route alert: its messages are held (no attempts of their own) until a probe succeeds or the configuration changes",
@@ -60,9 +94,8 @@ extension Dispatcher {
                     ])
             }
         default:
-            let resumed = updateRouteHealth { $0.succeeded() }
-            if resumed {
-                logger.notice("route resumed: its held messages are due now", metadata: ["outbox.route": "\(RouteHealth.defaultRoute)"])
+            if updateRouteHealth(route, { $0.succeeded() }) == true {
+                logger.notice("route resumed: its held messages are due now", metadata: ["outbox.route": "\(route)"])
             }
         }
     }
@@ -70,16 +103,16 @@ extension Dispatcher {
     /// While the route is paused, its held messages make no attempts, so none reaches the
     /// policy's maximum age at an attempt: those past it are failed here, with the alert's reason
     /// (and a delivery status notification for a relayed message), without an attempt.
-    func failAgedHeldMessages(settings: DispatcherSettings) async {
+    func failAgedHeldMessages(route: String, settings: DispatcherSettings) async {
         let batch = 100
         while true {
             let now = clock.now
-            guard let problem = routeHealth.problem else { return }
+            guard let problem = routeHealth(route)?.problem else { return }
             let aged: [ClaimedMessage]
             do {
                 aged = try await store.claimAged(
                     before: now.advanced(by: .zero - settings.retry.maxAge).secondsSince1970, limit: batch, owner: instanceID,
-                    now: now.secondsSince1970, lease: settings.lease.seconds)
+                    now: now.secondsSince1970, lease: settings.lease.seconds, route: route)
             } catch {
                 logger.error("claiming held messages past their maximum age failed: \(error)")
                 return
@@ -112,6 +145,56 @@ extension Dispatcher {
                     "held messages failed at their maximum age", metadata: ["outbox.route": "\(problem.route)", "outbox.messages": "\(aged.count)"])
             }
             if aged.count < batch { return }
+        }
+    }
+
+    /// Looks for messages whose route is not configured (removed by a reload, or queued by
+    /// another instance's configuration) every 30 s and when the routes change: they are
+    /// deferred with the route alert's reason, and wait (never failed for it) until the route
+    /// comes back or an operator moves them. Runs until cancelled.
+    func watchMissingRoutes() async {
+        var last: QueueInstant?
+        while !Task.isCancelled {
+            let now = clock.now
+            let (changed, known) = routeCheckDue(now: now, last: last)
+            if changed {
+                last = now
+                await holdMissingRoutes(known: known, now: now)
+            }
+            try? await clock.sleep(for: .seconds(1))
+        }
+    }
+
+    private func routeCheckDue(now: QueueInstant, last: QueueInstant?) -> (Bool, [String]) {
+        let (changed, known) = takeRoutesChanged()
+        let due = last.map { $0.duration(to: now) >= .seconds(30) } ?? true
+        return (changed || due, known)
+    }
+
+    func holdMissingRoutes(known: [String], now: QueueInstant) async {
+        let waiting: [String: Int]
+        do {
+            waiting = try await store.waitingByRoute()
+        } catch {
+            return
+        }
+        let missing = waiting.filter { !known.contains($0.key) && $0.value > 0 }
+        let before = setMissingRoutes(missing)
+        for (route, count) in missing.sorted(by: { $0.key < $1.key }) {
+            let reason = "route \(route) no longer exists: held until it comes back or the message is moved to another route"
+            do {
+                try await store.holdRoute(route, reason: reason, now: now.secondsSince1970)
+            } catch {
+                logger.error("holding the messages of the missing route \(route) failed: \(StoreFailure.describe(error))")
+            }
+            if before[route] == nil {
+                logger.error(
+                    "route alert: route \(route) no longer exists; its messages wait until it comes back or an operator moves them",
+                    metadata: ["outbox.route": "\(route)", "outbox.route_fault": "route_missing", "outbox.messages": "\(count)"])
+            }
+        }
+        for route in before.keys where missing[route] == nil {
+            logger.notice("route \(route): no message waits for it any more", metadata: ["outbox.route": "\(route)"])
         }
     }
 }

@@ -11,9 +11,9 @@ extension Dispatcher {
     static let claimBackoff: Duration = .seconds(1)
 
     /// Claims due messages; after a failure, reports it, waits ``claimBackoff`` and returns none.
-    func claimOrWait(limit: Int, owner: String, at: QueueInstant, lease: Duration) async -> [ClaimedMessage] {
+    func claimOrWait(limit: Int, route: String, owner: String, at: QueueInstant, lease: Duration) async -> [ClaimedMessage] {
         do {
-            let claimed = try await store.claim(limit: limit, owner: owner, now: at.secondsSince1970, lease: lease.seconds)
+            let claimed = try await store.claim(limit: limit, owner: owner, now: at.secondsSince1970, lease: lease.seconds, route: route)
             storeHealth.succeeded()
             return claimed
         } catch {

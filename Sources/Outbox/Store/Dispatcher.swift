@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import OutboxConfig
 import OutboxMIME
 import OutboxSMTPGrammar
 import OutboxTransports
@@ -24,15 +25,19 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var concurrencyPerMailbox: Int?
     /// Delivery status notifications for relayed messages that fail for good (nil: none).
     public var bounce: BounceSettings?
+    /// Each route's pacing (``RouteLimits``), by route name; a route not listed has none.
+    public var routeLimits: [String: RouteLimits] = [:]
 
     /// Settings; the defaults are 8 deliveries at once, a 5-minute lease, a 200 ms poll, a 20 s
     /// shutdown deadline, the default retry policy, no rate limits and no notifications.
     public init(
         concurrency: Int = 8, lease: Duration = .seconds(300), pollInterval: Duration = .milliseconds(200),
         shutdownDeadline: Duration = .seconds(20), retry: RetryPolicy = RetryPolicy(),
-        ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil
+        ratePerMinute: Int? = nil, concurrencyPerMailbox: Int? = nil, bounce: BounceSettings? = nil,
+        routeLimits: [String: RouteLimits] = [:]
     ) {
         self.bounce = bounce
+        self.routeLimits = routeLimits
         self.concurrency = concurrency
         self.lease = lease
         self.pollInterval = pollInterval
@@ -48,6 +53,15 @@ public protocol MessageSender: Sendable {
     /// Sends `content` to `envelope`'s recipients (from the headers when nil); as
     /// `MailTransport.send(_:envelope:)`.
     func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport
+    /// Sends through route `route` (a sender of one route ignores it).
+    func send(_ content: any MailContent, envelope: Envelope?, route: String) async throws(DeliveryError) -> DeliveryReport
+}
+
+extension MessageSender {
+    /// One route: `route` is ignored.
+    public func send(_ content: any MailContent, envelope: Envelope?, route: String) async throws(DeliveryError) -> DeliveryReport {
+        try await send(content, envelope: envelope)
+    }
 }
 
 extension Mailer: MessageSender {}
@@ -65,19 +79,36 @@ public final class Dispatcher: Service, Sendable {
     let clock: any QueueClock
     private let random: @Sendable () -> Double
     private let state: NIOLockedValueBox<State>
+    /// Lanes to start: one per route, each claiming only its route's messages.
+    private let laneStarts: (stream: AsyncStream<(route: String, lane: Int)>, continuation: AsyncStream<(route: String, lane: Int)>.Continuation)
     /// Whether the store answers; the daemon shares it with the API and the listener.
     package let storeHealth: StoreHealth
+    /// One line per attempt (logger `outbox.delivery`); the daemon sets its format.
+    public let deliveryLog = DeliveryLog()
+    /// Each route's sends against its limits (shared by every instance with PostgreSQL).
+    package let pacer: RoutePacer
 
     private struct State {
         var settings: DispatcherSettings
         var stopping = false
-        var inFlight: Set<String> = []
+        /// Messages claimed by this instance and not yet recorded or released, with their route.
+        var inFlight: [String: String] = [:]
         var perMailbox: [String: Int] = [:]
         var recentSends: [String: [QueueInstant]] = [:]
         var delivered = 0
         var attempts = 0
-        /// The route's alert and pause (see ``RouteHealth``).
-        var route = RouteHealth()
+        /// Each configured route's alert and pause (see ``RouteHealth``).
+        var health: [String: RouteHealth] = [RouteHealth.defaultRoute: RouteHealth()]
+        /// The lane (claim loop) of each configured route, by its token: a lane whose route is
+        /// removed, or replaced, ends.
+        var lanes: [String: Int] = [:]
+        var nextLane = 0
+        /// Routes that are not configured and still have waiting messages, with how many.
+        var missing: [String: Int] = [:]
+        /// The routes changed since the missing routes were last looked for.
+        var routesChanged = true
+        /// Routes at their pacing limit claim nothing before this instant.
+        var pacedUntil: [String: QueueInstant] = [:]
     }
 
     /// A dispatcher for `store` that sends through `sender`. `clock` and `random` (a draw in 0..<1
@@ -96,6 +127,9 @@ public final class Dispatcher: Service, Sendable {
         self.random = random
         self.state = NIOLockedValueBox(State(settings: settings))
         self.storeHealth = StoreHealth(kind: store.kind, logger: logger)
+        self.pacer = RoutePacer(shared: store as? any SharedPacing)
+        self.laneStarts = AsyncStream.makeStream(of: (route: String, lane: Int).self)
+        setRoutes([RouteHealth.defaultRoute])
     }
 
     /// A new lease owner name: `host-pid-` and eight random hex digits.
@@ -114,12 +148,76 @@ public final class Dispatcher: Service, Sendable {
     /// Attempts made and messages delivered by this instance.
     public var counters: (attempts: Int, delivered: Int) { state.withLockedValue { ($0.attempts, $0.delivered) } }
 
-    func stateRouteHealth() -> RouteHealth { state.withLockedValue { $0.route } }
+    func stateRouteHealth(_ route: String) -> RouteHealth? { state.withLockedValue { $0.health[route] } }
 
-    func updateRouteHealth<T>(_ body: (inout RouteHealth) -> T) -> T { state.withLockedValue { body(&$0.route) } }
+    /// Runs `body` on route `route`'s health; nil when the route is not configured.
+    func updateRouteHealth<T>(_ route: String, _ body: (inout RouteHealth) -> T) -> T? {
+        state.withLockedValue { s in
+            guard var health = s.health[route] else { return nil }
+            defer { s.health[route] = health }
+            return body(&health)
+        }
+    }
+
+    /// Every configured route's health, `default` first.
+    func allRouteHealth() -> [RouteHealth] {
+        state.withLockedValue { s in
+            s.health.values.sorted { a, b in a.route == RouteHealth.defaultRoute || (b.route != RouteHealth.defaultRoute && a.route < b.route) }
+        }
+    }
+
+    /// Routes not configured that still have waiting messages, with how many.
+    func missingRoutes() -> [String: Int] { state.withLockedValue { $0.missing } }
+
+    /// Whether the routes changed since the last call, and the configured routes.
+    func takeRoutesChanged() -> (Bool, [String]) {
+        state.withLockedValue { s in
+            defer { s.routesChanged = false }
+            return (s.routesChanged, Array(s.health.keys))
+        }
+    }
+
+    /// Sets the missing routes; returns the previous ones.
+    func setMissingRoutes(_ missing: [String: Int]) -> [String: Int] {
+        state.withLockedValue { s in
+            defer { s.missing = missing }
+            return s.missing
+        }
+    }
+
+    /// The routes to deliver through (the daemon's routes; `default` alone until set): each gets
+    /// its own lane, a claim loop of its own route's messages with `concurrency` deliveries,
+    /// so one route's backlog or pause never delays another's. A route removed stops claiming;
+    /// its messages wait, deferred with a route alert, until it comes back or they are moved.
+    package func setRoutes(_ names: [String]) {
+        let started = state.withLockedValue { s -> [(String, Int)] in
+            var started: [(String, Int)] = []
+            for name in names where s.health[name] == nil { s.health[name] = RouteHealth(route: name) }
+            for name in s.health.keys where !names.contains(name) {
+                s.health[name] = nil
+                s.lanes[name] = nil
+            }
+            for name in names where s.lanes[name] == nil {
+                s.nextLane += 1
+                s.lanes[name] = s.nextLane
+                started.append((name, s.nextLane))
+            }
+            s.routesChanged = true
+            return started
+        }
+        for (route, lane) in started { laneStarts.continuation.yield((route, lane)) }
+    }
+
+    /// Until when `route` claims nothing, being at its pacing limit (nil: it may claim).
+    func pacedUntil(_ route: String) -> QueueInstant? { state.withLockedValue { $0.pacedUntil[route] } }
+
+    func setPaced(_ route: String, until: QueueInstant?) { state.withLockedValue { $0.pacedUntil[route] = until } }
 
     /// Stops claiming new messages (graceful shutdown does this too).
-    public func stop() { state.withLockedValue { $0.stopping = true } }
+    public func stop() {
+        state.withLockedValue { $0.stopping = true }
+        laneStarts.continuation.finish()
+    }
 
     private enum Event: Sendable {
         case finished
@@ -145,13 +243,23 @@ public final class Dispatcher: Service, Sendable {
     /// deliveries up to the shutdown deadline and gives the rest back.
     public func run() async throws {
         await withGracefulShutdownHandler {
-            await self.loop()
+            await withTaskGroup(of: Void.self) { group in
+                let watcher = Task { await self.watchMissingRoutes() }
+                for await lane in self.laneStarts.stream {
+                    group.addTask { await self.loop(route: lane.route, lane: lane.lane) }
+                }
+                await group.waitForAll()
+                watcher.cancel()
+            }
         } onGracefulShutdown: {
             self.stop()
         }
     }
 
-    private func loop() async {
+    /// One route's lane: claims that route's due messages and delivers them, until shutdown or
+    /// until the route is removed (then as at shutdown: what was claimed and not started goes
+    /// back, deliveries running finish up to the deadline).
+    private func loop(route: String, lane: Int) async {
         await withTaskGroup(of: Event.self) { group in
             // Claims run beside the deliveries and ahead of them: up to `concurrency` claimed
             // messages wait for a slot, so a slot that frees starts the next message at once,
@@ -171,14 +279,14 @@ public final class Dispatcher: Service, Sendable {
             /// would clear the take-over); the others wait for a slot.
             func accept(_ claimed: [ClaimedMessage], at: QueueInstant, lease: Duration, settings: DispatcherSettings) -> [Ready] {
                 state.withLockedValue { state in
-                    for message in claimed { state.inFlight.insert(message.message.id) }
+                    for message in claimed { state.inFlight[message.message.id] = route }
                 }
                 var waiting: [Ready] = []
                 for message in claimed {
                     if message.tookOverExpiredLease, !settings.retry.allowsAnotherTry(unknownCount: message.message.unknownCount) {
                         inFlight += 1
                         group.addTask {
-                            await self.deliver(message, settings: settings)
+                            await self.deliver(message, route: route, settings: settings)
                             return .finished
                         }
                     } else {
@@ -189,9 +297,13 @@ public final class Dispatcher: Service, Sendable {
             }
             while !Task.isCancelled {
                 let now = clock.now
-                let (settings, stopping, admission) = state.withLockedValue { ($0.settings, $0.stopping, $0.route.admission(at: now)) }
+                let (settings, stopping, admission) = state.withLockedValue { s in
+                    (s.settings, s.stopping || s.lanes[route] != lane, s.health[route]?.admission(at: now) ?? .closed(until: nil))
+                }
                 if stopping { break }
-                while inFlight < settings.concurrency, readyIndex < ready.count {
+                // The route's max-concurrent bounds its deliveries in flight.
+                let concurrency = min(settings.concurrency, settings.routeLimits[route]?.maxConcurrent ?? Int.max)
+                while inFlight < concurrency, readyIndex < ready.count {
                     let next = ready[readyIndex]
                     readyIndex += 1
                     inFlight += 1
@@ -200,17 +312,17 @@ public final class Dispatcher: Service, Sendable {
                         // out mid-send, and another instance could take it over; back to the queue.
                         // Claimed before its route was paused: it waits with the others, no attempt.
                         if next.claimedAt.duration(to: self.clock.now) > next.lease / 2
-                            || (next.probe == nil && self.state.withLockedValue { $0.route.isPaused })
+                            || (next.probe == nil && self.state.withLockedValue { $0.health[route]?.isPaused ?? true })
                         {
                             try? await self.store.release(
                                 id: next.message.message.id, owner: self.instanceID,
                                 nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
                             self.state.withLockedValue {
-                                _ = $0.inFlight.remove(next.message.message.id)
-                                if let probe = next.probe { $0.route.probeFoundNothing(token: probe) }
+                                $0.inFlight[next.message.message.id] = nil
+                                if let probe = next.probe { $0.health[route]?.probeFoundNothing(token: probe) }
                             }
                         } else {
-                            await self.deliver(next.message, settings: settings, probe: next.probe)
+                            await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
                         }
                         return .finished
                     }
@@ -222,20 +334,24 @@ public final class Dispatcher: Service, Sendable {
                 let waiting = ready.count - readyIndex
                 // Claim in batches (each claim is a commit): when half the slots and the waiting
                 // line could take one.
-                let room = 2 * settings.concurrency - inFlight - waiting
+                let room = 2 * concurrency - inFlight - waiting
                 // A paused route claims nothing but its probe, one message, when it is due.
                 var probe: Int?
                 if !claiming, admission == .probe {
-                    probe = state.withLockedValue { $0.route.startProbe() }
+                    probe = state.withLockedValue { $0.health[route]?.startProbe() }
                 }
-                if !claiming, probe != nil || (admission == .open && !drained && room >= max(1, settings.concurrency / 2)) {
+                // A route at its pacing limit claims nothing until its window frees (no spinning:
+                // the loop sleeps until a tick).
+                let paced = pacedUntil(route).map { $0 > now } ?? false
+                if !claiming, probe != nil || (admission == .open && !drained && !paced && room >= max(1, concurrency / 2)) {
                     claiming = true
                     let owner = instanceID
                     let lease = settings.lease
                     let limit = probe == nil ? room : 1
                     group.addTask { [probe] in
                         let at = self.clock.now
-                        let claimed = await self.claimOrWait(limit: limit, owner: owner, at: at, lease: lease)
+                        let claimed = await self.claimPaced(
+                            route: route, limit: limit, owner: owner, at: at, lease: lease, settings: settings)
                         return .claimed(claimed, asked: limit, at: at, lease: lease, probe: probe)
                     }
                 }
@@ -243,7 +359,7 @@ public final class Dispatcher: Service, Sendable {
                     sweeping = true
                     nextSweep = now.advanced(by: .seconds(30))
                     group.addTask {
-                        await self.failAgedHeldMessages(settings: settings)
+                        await self.failAgedHeldMessages(route: route, settings: settings)
                         return .swept
                     }
                 } else if admission == .open {
@@ -271,7 +387,7 @@ public final class Dispatcher: Service, Sendable {
                     if let probe {
                         // The probe goes first; with nothing to send, the route waits for a message.
                         if accepted.isEmpty {
-                            state.withLockedValue { $0.route.probeFoundNothing(token: probe) }
+                            state.withLockedValue { $0.health[route]?.probeFoundNothing(token: probe) }
                         } else {
                             accepted[0].probe = probe
                         }
@@ -296,14 +412,14 @@ public final class Dispatcher: Service, Sendable {
                 case .claimed(let claimed, _, let at, let lease, let probe):
                     claiming = false
                     let settings = state.withLockedValue { $0.settings }
-                    if let probe { state.withLockedValue { $0.route.probeFoundNothing(token: probe) } }
+                    if let probe { state.withLockedValue { $0.health[route]?.probeFoundNothing(token: probe) } }
                     unstarted += accept(claimed, at: at, lease: lease, settings: settings).map(\.message.message.id)
                 case .tick, .swept: break
                 }
             }
             for id in unstarted {
                 try? await store.release(id: id, owner: instanceID, nextAttemptAt: clock.now.secondsSince1970, now: clock.now.secondsSince1970)
-                state.withLockedValue { _ = $0.inFlight.remove(id) }
+                state.withLockedValue { $0.inFlight[id] = nil }
             }
             // Let in-flight deliveries finish up to the deadline.
             let deadline = clock.now.advanced(by: state.withLockedValue { $0.settings.shutdownDeadline })
@@ -320,7 +436,7 @@ public final class Dispatcher: Service, Sendable {
             // nothing had happened (another instance would send them again, unmarked); their
             // leases end, so the next claim takes them over as unknown outcomes (possible
             // duplicates, retried by the policy's unknown-outcome rule).
-            let left = state.withLockedValue { Array($0.inFlight) }
+            let left = state.withLockedValue { $0.inFlight.filter { $0.value == route }.map(\.key) }
             for id in left {
                 try? await store.expireLease(id: id, owner: instanceID, now: clock.now.secondsSince1970)
             }
@@ -335,13 +451,13 @@ public final class Dispatcher: Service, Sendable {
 
     /// Sends one claimed message and records the outcome; `probe`: the paused route's probe token
     /// when it is the route's probe.
-    func deliver(_ claimed: ClaimedMessage, settings: DispatcherSettings, probe: Int? = nil) async {
+    func deliver(_ claimed: ClaimedMessage, route: String = RouteHealth.defaultRoute, settings: DispatcherSettings, probe: Int? = nil) async {
         let message = claimed.message
         defer {
             state.withLockedValue {
-                _ = $0.inFlight.remove(message.id)
+                $0.inFlight[message.id] = nil
                 // A probe that made no attempt (rate limit, nothing to send): the next one may go.
-                if let probe { $0.route.probeFoundNothing(token: probe) }
+                if let probe { $0.health[route]?.probeFoundNothing(token: probe) }
             }
         }
         let policy = settings.retry
@@ -358,15 +474,18 @@ public final class Dispatcher: Service, Sendable {
             return
         }
         // Rate limits per sending mailbox: over the limit, the message waits in the queue.
-        if let wait = admit(mailbox: message.from.lowercased(), settings: settings) {
+        // Per sending mailbox within the route ([outbox] limits, or the route's preset).
+        let mailbox = route + "\u{0}" + message.from.lowercased()
+        if let wait = admit(mailbox: mailbox, limits: settings.routeLimits[route], settings: settings) {
             let now = clock.now
             try? await store.release(
                 id: message.id, owner: instanceID, nextAttemptAt: now.advanced(by: wait).secondsSince1970,
                 now: now.secondsSince1970)
             return
         }
-        defer { finish(mailbox: message.from.lowercased()) }
+        defer { finish(mailbox: mailbox) }
         let open = message.recipients.filter(\.isOpen).map(\.address)
+        let span = startDeliverySpan(message, recipients: open.count)
         let started = clock.now
         let result: Result<DeliveryReport, DeliveryError>
         if open.isEmpty {
@@ -391,11 +510,14 @@ public final class Dispatcher: Service, Sendable {
                 }
                 let sent: Result<DeliveryReport, DeliveryError>
                 do throws(DeliveryError) {
-                    sent = .success(try await sender.send(content, envelope: envelope))
+                    sent = .success(
+                        try await withDeliverySpan(span) { () async throws(DeliveryError) in
+                            try await sender.send(content, envelope: envelope, route: route)
+                        })
                 } catch {
                     sent = .failure(error)
                 }
-                noteRoute(sent, probe: probe)
+                noteRoute(sent, route: route, probe: probe)
                 result = .success(try sent.get())
             } catch let error as MIMEError {
                 result = .failure(DeliveryError(kind: .permanent, message: "the stored message cannot be read: \(error)"))
@@ -409,6 +531,8 @@ public final class Dispatcher: Service, Sendable {
         let outcome = Dispatcher.evaluate(
             message: message, sentTo: open, result: result, policy: policy, now: ended,
             startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
+        logAttempt(message, sentTo: open, result: result, outcome: outcome, traceID: traceID(of: span))
+        endDeliverySpan(span, result: result, outcome: outcome)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }
         do {
@@ -436,11 +560,12 @@ public final class Dispatcher: Service, Sendable {
     }
 
     /// nil: go ahead (and counted); otherwise how long to wait.
-    private func admit(mailbox: String, settings: DispatcherSettings) -> Duration? {
+    private func admit(mailbox: String, limits: RouteLimits?, settings: DispatcherSettings) -> Duration? {
+        let concurrencyPerMailbox = settings.concurrencyPerMailbox ?? limits?.mailboxConcurrency
         let t = clock.now
         let minute = Duration.seconds(60)
         return state.withLockedValue { s -> Duration? in
-            if let limit = settings.concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return .seconds(1) }
+            if let limit = concurrencyPerMailbox, s.perMailbox[mailbox, default: 0] >= limit { return .seconds(1) }
             if let rate = settings.ratePerMinute {
                 var recent = s.recentSends[mailbox, default: []].filter { $0 > t.advanced(by: .zero - minute) }
                 if recent.count >= rate {

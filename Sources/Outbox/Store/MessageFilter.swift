@@ -12,8 +12,11 @@ import Foundation
 public struct MessageFilter: Sendable, Hashable {
     /// The statuses to take (empty: all).
     public var statuses: [MessageStatus] = []
-    /// The route's name, or nil for every route. Today every message goes by route `default`.
+    /// The route's name, or nil for every route.
     public var route: String?
+    /// The `[client-NAME]` that submitted it (a client's token sees its own messages only), or
+    /// nil for every message.
+    public var client: String?
     /// A part of the envelope sender (case-insensitive).
     public var sender: String?
     /// A part of one envelope recipient (case-insensitive).
@@ -71,15 +74,7 @@ public struct MessageFilter: Sendable, Hashable {
         return text
     }
 
-    /// True when the route filter takes no message. Today every message goes by route
-    /// ``MessageFilter/defaultRoute``. WIRE: routes (issue 16) adds a `route` column; the stores then
-    /// filter on it and this check goes.
-    public var excludesEveryRoute: Bool {
-        if let route { return route != Self.defaultRoute }
-        return false
-    }
-
-    /// The one route there is before routes (issue 16).
+    /// The route of `[smtp-client]`.
     public static let defaultRoute = "default"
 
     /// `text` as a LIKE pattern that matches it anywhere, with `\` escaping `%`, `_` and `\`.

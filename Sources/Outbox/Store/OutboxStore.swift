@@ -159,6 +159,12 @@ public struct NewMessage: Sendable {
     public var idempotencyKey: String?
     /// A digest of the request, so a reused idempotency key with another body is refused.
     public var requestHash: String?
+    /// The submitting request's W3C `traceparent`, so its delivery spans join that trace.
+    public var traceparent: String?
+    /// The route it goes through (`default`: `[smtp-client]`).
+    public var route = "default"
+    /// The `[client-NAME]` that submitted it (relay AUTH or a client API token), or nil.
+    public var client: String?
 
     /// A message stored whole (no chunks).
     public init(
@@ -224,8 +230,14 @@ public struct StoredMessage: Sendable, Hashable {
     /// Its content was purged (`retention-content`, or to keep `queue-min-free`): it cannot be
     /// retried.
     public var contentPurged = false
+    /// The submitting request's W3C `traceparent` (the parent of its delivery spans), or nil.
+    public var traceparent: String?
     /// The Subject header (encoded words decoded), or nil (none, or queued before the dashboard).
     public var subject: String?
+    /// The route it goes through (`default`: `[smtp-client]`).
+    public var route = "default"
+    /// The `[client-NAME]` that submitted it, or nil.
+    public var client: String?
 
     /// A stored message with every field given (stores build it from their rows).
     public init(
@@ -233,9 +245,11 @@ public struct StoredMessage: Sendable, Hashable {
         idempotencyKey: String?, requestHash: String?, size: Int, createdAt: Double, updatedAt: Double, ageBase: Double,
         nextAttemptAt: Double?, attemptCount: Int, unknownCount: Int, possibleDuplicate: Bool, attempts: [AttemptRecord],
         lastError: String?, leaseOwner: String?, leaseUntil: Double?, origin: MessageOrigin? = nil, chunkCount: Int = 0,
-        contentPurged: Bool = false, subject: String? = nil
+        contentPurged: Bool = false, subject: String? = nil, route: String = "default", client: String? = nil
     ) {
         self.subject = subject
+        self.route = route
+        self.client = client
         self.contentPurged = contentPurged
         self.origin = origin
         self.chunkCount = chunkCount
@@ -335,11 +349,12 @@ public protocol OutboxStore: OutboxStoreStatistics {
     func enqueue(_ message: NewMessage, now: Double) async throws -> EnqueueResult
     /// Claims up to `limit` due messages (queued or deferred with `nextAttemptAt <= now`, or
     /// sending with an expired lease) for `owner` until `now + lease`.
-    func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
+    func claim(limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws -> [ClaimedMessage]
     /// Claims up to `limit` waiting messages (queued or deferred, due or not) whose maximum age
     /// counts from before `ageBefore`, as `claim` does: a paused route's held messages that are
     /// past their maximum age, to fail them without an attempt.
-    func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage]
+    func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws
+        -> [ClaimedMessage]
     /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
     /// `notification` (a delivery status notification) is queued in the same transaction, only
     /// when the outcome was recorded: a crash can lose neither without the other.
@@ -369,7 +384,15 @@ public protocol OutboxStore: OutboxStoreStatistics {
     /// The message with that id, or nil.
     func get(id: String) async throws -> StoredMessage?
     /// Messages in insertion order after `cursor` (a `sequence`), optionally of one status.
-    func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage]
+    func list(status: MessageStatus?, limit: Int, after cursor: Int64?, route: String?, client: String?) async throws -> [StoredMessage]
+    /// How many messages wait (queued, deferred or sending) for each route.
+    func waitingByRoute() async throws -> [String: Int]
+    /// Defers the waiting messages (queued or deferred) of `route`, a route that is not
+    /// configured, with `reason` as their last error; they stay due and go when it comes back.
+    func holdRoute(_ route: String, reason: String, now: Double) async throws
+    /// Moves a waiting message (queued or deferred) to `route`, due now; a message being sent,
+    /// or finished, is a conflict.
+    func move(id: String, route: String, now: Double) async throws -> StoreChange
     /// Puts a failed, unknown or deferred message back in the queue now.
     func retry(id: String, now: Double) async throws -> StoreChange
     /// Cancels a message not yet sent (queued or deferred).
@@ -395,6 +418,21 @@ public protocol OutboxStore: OutboxStoreStatistics {
 }
 
 extension OutboxStore {
+    /// Claims due messages of every route (see ``claim(limit:owner:now:lease:route:)``).
+    public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        try await claim(limit: limit, owner: owner, now: now, lease: lease, route: nil)
+    }
+
+    /// Claims aged waiting messages of every route.
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+        try await claimAged(before: ageBefore, limit: limit, owner: owner, now: now, lease: lease, route: nil)
+    }
+
+    /// Messages of every route and client (see ``list(status:limit:after:route:client:)``).
+    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
+        try await list(status: status, limit: limit, after: cursor, route: nil, client: nil)
+    }
+
     /// Records an attempt and its outcome; false when `owner` no longer holds the lease.
     @discardableResult
     public func record(id: String, owner: String, outcome: AttemptOutcome, now: Double) async throws -> Bool {

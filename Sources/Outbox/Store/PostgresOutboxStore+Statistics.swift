@@ -11,23 +11,23 @@ extension PostgresOutboxStore {
     /// per status a statement changed, with the transaction: no row is updated in place, so
     /// concurrent instances never wait on a counter nor deadlock on one); a read sums them and,
     /// past a few hundred rows, folds them into one row per route and status. Rates are kept per
-    /// minute, status and connection shard, so two instances seldom share a row. Every message
-    /// goes by route `default` until routes (issue 16) add a `route` column; its migration then
-    /// replaces `outbox_count_changes` with one that groups by the route.
+    /// minute, status and connection shard, so two instances seldom share a row.  Counted by each
+    /// message's route (the route column comes before this in the schema; a move between routes
+    /// moves its count).
     static let statisticsMigration: [String] = [
         "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS subject TEXT",
         """
         CREATE OR REPLACE FUNCTION outbox_count_changes() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'INSERT' THEN
-                INSERT INTO outbox_message_counts (route, status, n) SELECT 'default', status, COUNT(*) FROM new_rows GROUP BY status;
+                INSERT INTO outbox_message_counts (route, status, n) SELECT route, status, COUNT(*) FROM new_rows GROUP BY route, status;
             ELSIF TG_OP = 'DELETE' THEN
-                INSERT INTO outbox_message_counts (route, status, n) SELECT 'default', status, -COUNT(*) FROM old_rows GROUP BY status;
+                INSERT INTO outbox_message_counts (route, status, n) SELECT route, status, -COUNT(*) FROM old_rows GROUP BY route, status;
             ELSE
                 INSERT INTO outbox_message_counts (route, status, n)
-                    SELECT 'default', d.status, SUM(d.n) FROM (
-                        SELECT status, -1 AS n FROM old_rows UNION ALL SELECT status, 1 AS n FROM new_rows) d
-                    GROUP BY d.status HAVING SUM(d.n) <> 0;
+                    SELECT d.route, d.status, SUM(d.n) FROM (
+                        SELECT route, status, -1 AS n FROM old_rows UNION ALL SELECT route, status, 1 AS n FROM new_rows) d
+                    GROUP BY d.route, d.status HAVING SUM(d.n) <> 0;
                 INSERT INTO outbox_message_rates (minute, status, shard, n)
                     SELECT floor(nr.updated_at / 60)::bigint, nr.status, pg_backend_pid() % 8, COUNT(*)
                     FROM new_rows nr JOIN old_rows o ON o.seq = nr.seq
@@ -51,7 +51,7 @@ extension PostgresOutboxStore {
                 LOCK TABLE outbox_messages IN SHARE ROW EXCLUSIVE MODE;
                 DROP TABLE IF EXISTS outbox_message_counts;
                 CREATE TABLE outbox_message_counts (route TEXT NOT NULL, status TEXT NOT NULL, n BIGINT NOT NULL);
-                INSERT INTO outbox_message_counts (route, status, n) SELECT 'default', status, COUNT(*) FROM outbox_messages GROUP BY status;
+                INSERT INTO outbox_message_counts (route, status, n) SELECT route, status, COUNT(*) FROM outbox_messages GROUP BY route, status;
                 CREATE TRIGGER outbox_counted_insert AFTER INSERT ON outbox_messages
                     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_count_changes();
                 CREATE TRIGGER outbox_counted_update AFTER UPDATE ON outbox_messages
@@ -64,6 +64,8 @@ extension PostgresOutboxStore {
         // Whole-address filters and possible duplicates, served by indexes (complete pages):
         // the sender in any case, each recipient (lowercased) in a table kept by triggers, and
         // the few messages that may have gone twice.
+        // A route's messages newest first, without sorting them (the overview links to them).
+        "CREATE INDEX IF NOT EXISTS outbox_messages_route_seq ON outbox_messages (route, seq)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_sender ON outbox_messages (lower(mail_from), seq)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_duplicates ON outbox_messages (seq) WHERE possible_duplicate = 1",
         """
@@ -157,7 +159,6 @@ extension PostgresOutboxStore {
 
     /// A page of messages that `filter` takes (keyset on `seq`; see ``MessageFilter``).
     public func list(_ filter: MessageFilter) async throws -> MessagePage {
-        if filter.excludesEveryRoute { return MessagePage(messages: [], nextCursor: nil) }
         var binds = PostgresBindings()
         func bind(_ value: some PostgresThrowingDynamicTypeEncodable) throws -> String {
             try binds.append(value)
@@ -193,6 +194,8 @@ extension PostgresOutboxStore {
                 if ceiling < hi { windowEnd = ceiling }
             }
         }
+        if let route = filter.route { sql += try " AND route = \(bind(route))" }
+        if let client = filter.client { sql += try " AND client = \(bind(client))" }
         if let cursor = filter.cursor { sql += try " AND \(key) \(filter.newestFirst ? "<" : ">") \(bind(Int(cursor)))" }
         if !filter.statuses.isEmpty { sql += try " AND status = ANY(\(bind(filter.statuses.map(\.rawValue))))" }
         if let address = filter.senderAddress {

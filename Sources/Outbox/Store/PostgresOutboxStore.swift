@@ -96,7 +96,16 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             "CREATE INDEX IF NOT EXISTS outbox_messages_finished ON outbox_messages(status, updated_at)",
             // Held messages past their maximum age, found without a scan (claimAged).
             "CREATE INDEX IF NOT EXISTS outbox_messages_age ON outbox_messages(status, age_base)",
-            // 6: reserved for the delivery log (issue 17, "obs").
+            // 6: the submitting request's traceparent (delivery spans join its trace).
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS traceparent TEXT",
+            // Migration 8, routes: each message's route and submitting client; each route's lane claims its own.
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS route TEXT NOT NULL DEFAULT 'default'",
+            "ALTER TABLE outbox_messages ADD COLUMN IF NOT EXISTS client TEXT",
+            "CREATE INDEX IF NOT EXISTS outbox_messages_route_due ON outbox_messages(route, status, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS outbox_messages_client_seq ON outbox_messages(client, seq)",
+            // Pacing per route, shared by every instance (PostgresOutboxStore+Pacing.swift).
+            "CREATE TABLE IF NOT EXISTS outbox_route_sends (route TEXT NOT NULL, sent_at DOUBLE PRECISION NOT NULL, recipients BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS outbox_route_sends_route ON outbox_route_sends(route, sent_at)",
         ] + PostgresOutboxStore.statisticsMigration
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -130,7 +139,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         \(p)seq, \(p)id, \(p)idempotency_key, \(p)request_hash, \(p)mail_from, \(p)recipients, \(p)message_id, \(p)size, \(p)status,
         \(p)created_at, \(p)updated_at, \(p)age_base, \(p)next_attempt_at, \(p)attempt_count, \(p)unknown_count, \(p)possible_duplicate,
         \(p)took_over, \(p)attempts::text AS attempts, \(p)last_error, \(p)lease_owner, \(p)lease_until, \(p)origin, \(p)chunks,
-        \(p)content_purged_at, \(p)subject
+        \(p)content_purged_at, \(p)traceparent, \(p)subject, \(p)route, \(p)client
         """
     }
 
@@ -165,9 +174,10 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         let subject = MessageSubject.of(message.content)
         let query: PostgresQuery = """
             INSERT INTO outbox_messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, subject)
+                                         created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, subject, route, client)
             SELECT \(id), \(message.idempotencyKey), \(message.requestHash), \(message.from), \(recipients), \(content),
-                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks), \(subject)
+                   \(message.messageID), \(size), 'queued', \(now), \(now), \(now), \(now), \(origin), \(chunks), \(message.traceparent), \(subject),
+                   \(message.route), \(message.client)
             WHERE \(chunks) = 0 OR (SELECT COUNT(*) FROM outbox_message_chunks WHERE message_id = \(id)) = \(chunks)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
@@ -226,12 +236,15 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     }
 
     /// Claims waiting messages (queued or deferred) whose age base is before `ageBefore`.
-    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws
+        -> [ClaimedMessage]
+    {
         let until = now + lease
         let result = try await rows(
             """
             UPDATE outbox_messages m SET status = 'sending', lease_owner = \(owner), lease_until = \(until), updated_at = \(now), took_over = 0
             FROM (SELECT seq FROM outbox_messages WHERE status IN ('queued', 'deferred') AND age_base < \(ageBefore)
+                  AND (\(route)::text IS NULL OR route = \(route))
                   ORDER BY age_base LIMIT \(limit) FOR UPDATE SKIP LOCKED) aged
             WHERE m.seq = aged.seq
             RETURNING \(unescaped: Self.columns("m.")), m.content
@@ -246,7 +259,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
     /// the server gather and sort every due message for each claim: O(queue) per claim). A row
     /// locked by a branch and not taken stays locked only until this statement commits.
-    public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+    public func claim(limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws -> [ClaimedMessage] {
         let until = now + lease
         let result = try await rows(
             """
@@ -263,17 +276,17 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             FROM (SELECT seq FROM (
                       SELECT seq, next_attempt_at FROM (
                           SELECT seq, next_attempt_at FROM outbox_messages
-                          WHERE status = 'queued' AND next_attempt_at <= \(now)
+                          WHERE status = 'queued' AND next_attempt_at <= \(now) AND (\(route)::text IS NULL OR route = \(route))
                           ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) queued
                       UNION ALL
                       SELECT seq, next_attempt_at FROM (
                           SELECT seq, next_attempt_at FROM outbox_messages
-                          WHERE status = 'deferred' AND next_attempt_at <= \(now)
+                          WHERE status = 'deferred' AND next_attempt_at <= \(now) AND (\(route)::text IS NULL OR route = \(route))
                           ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) deferred
                       UNION ALL
                       SELECT seq, next_attempt_at FROM (
                           SELECT seq, next_attempt_at FROM outbox_messages
-                          WHERE status = 'sending' AND lease_until < \(now)
+                          WHERE status = 'sending' AND lease_until < \(now) AND (\(route)::text IS NULL OR route = \(route))
                           ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED) expired
                   ) candidates
                   ORDER BY next_attempt_at LIMIT \(limit)) due
@@ -353,17 +366,51 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
 
     /// Up to `limit` messages in insertion order after `cursor` (a `sequence`), of one status
     /// when `status` is given.
-    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
+    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?, route: String?, client: String?) async throws -> [StoredMessage] {
         let after = Int(cursor ?? 0)
-        let result: [PostgresRow]
-        if let status {
-            result = try await rows(
-                "SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) AND status = \(status.rawValue) ORDER BY seq LIMIT \(limit)"
-            )
-        } else {
-            result = try await rows("SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after) ORDER BY seq LIMIT \(limit)")
-        }
+        let status = status?.rawValue
+        let result = try await rows(
+            """
+            SELECT \(unescaped: Self.columns()) FROM outbox_messages WHERE seq > \(after)
+                AND (\(status)::text IS NULL OR status = \(status)) AND (\(route)::text IS NULL OR route = \(route))
+                AND (\(client)::text IS NULL OR client = \(client))
+            ORDER BY seq LIMIT \(limit)
+            """)
         return try result.map { try Self.decode($0.makeRandomAccess()) }
+    }
+
+    /// How many messages wait (queued, deferred or sending) for each route.
+    public func waitingByRoute() async throws -> [String: Int] {
+        var out: [String: Int] = [:]
+        for row in try await rows(
+            "SELECT route, COUNT(*) AS n FROM outbox_messages WHERE status IN ('queued', 'deferred', 'sending') GROUP BY route")
+        {
+            let r = row.makeRandomAccess()
+            out[try r["route"].decode(String.self)] = try r["n"].decode(Int.self)
+        }
+        return out
+    }
+
+    /// Defers the waiting messages of a route that is not configured, with `reason`.
+    public func holdRoute(_ route: String, reason: String, now: Double) async throws {
+        _ = try await rows(
+            """
+            UPDATE outbox_messages SET status = 'deferred', last_error = \(reason), updated_at = \(now)
+            WHERE route = \(route) AND status IN ('queued', 'deferred') AND (last_error IS DISTINCT FROM \(reason) OR status = 'queued')
+            """)
+    }
+
+    /// Moves a waiting message to `route`, due now.
+    public func move(id: String, route: String, now: Double) async throws -> StoreChange {
+        let result = try await rows(
+            """
+            UPDATE outbox_messages SET route = \(route), next_attempt_at = \(now), updated_at = \(now)
+            WHERE id = \(id) AND status IN ('queued', 'deferred')
+            RETURNING \(unescaped: Self.columns())
+            """)
+        if let row = result.first { return .done(try Self.decode(row.makeRandomAccess())) }
+        guard let message = try await get(id: id) else { return .notFound }
+        return .conflict(message.status)
     }
 
     /// Puts a failed, unknown or deferred message back in the queue, due now, and restarts its
@@ -478,6 +525,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
         _ = try await rows("DELETE FROM outbox_message_rates")
+        _ = try await rows("DELETE FROM outbox_route_sends")
     }
 
     /// Reads the schema's version: throws when the database does not answer, and
@@ -503,7 +551,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     }
 
     static func decode(_ r: PostgresRandomAccessRow) throws -> StoredMessage {
-        StoredMessage(
+        var message = StoredMessage(
             id: try r["id"].decode(String.self), sequence: Int64(try r["seq"].decode(Int.self)),
             status: MessageStatus(rawValue: try r["status"].decode(String.self)) ?? .queued,
             from: try r["mail_from"].decode(String.self),
@@ -518,6 +566,9 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             lastError: try r["last_error"].decode(String?.self), leaseOwner: try r["lease_owner"].decode(String?.self),
             leaseUntil: try r["lease_until"].decode(Double?.self),
             origin: StoreJSON.decode(MessageOrigin.self, try r["origin"].decode(String?.self)), chunkCount: try r["chunks"].decode(Int.self),
-            contentPurged: try r["content_purged_at"].decode(Double?.self) != nil, subject: try r["subject"].decode(String?.self))
+            contentPurged: try r["content_purged_at"].decode(Double?.self) != nil, subject: try r["subject"].decode(String?.self),
+            route: try r["route"].decode(String.self), client: try r["client"].decode(String?.self))
+        message.traceparent = try r["traceparent"].decode(String?.self)
+        return message
     }
 }

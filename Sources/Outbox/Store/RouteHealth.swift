@@ -100,9 +100,14 @@ package struct RouteHealth: Sendable, Equatable {
 
     /// An attempt on this route failed for the route's fault. The first raises the alert and
     /// pauses the route; a failed probe doubles the back-off; any other (an attempt that started
-    /// before the pause) only updates the alert's message. Returns true when an alert was raised.
+    /// before the pause) only updates the alert's message. `retryAfter`: the wait the provider
+    /// asked for (throttling: `Retry-After`, `BackOffMilliseconds`), used instead of the back-off
+    /// and never shortened by a later answer. Returns true when an alert was raised.
     @discardableResult
-    package mutating func failed(_ fault: RouteFault, message: String, at now: QueueInstant, probe token: Int? = nil) -> Bool {
+    package mutating func failed(
+        _ fault: RouteFault, message: String, at now: QueueInstant, probe token: Int? = nil, retryAfter: Duration? = nil
+    ) -> Bool {
+        let asked = retryAfter.map { now.advanced(by: $0) }
         if var problem {
             problem.code = fault
             problem.message = message
@@ -111,7 +116,9 @@ package struct RouteHealth: Sendable, Equatable {
             if let token, token == probeInFlight {
                 probeInFlight = nil
                 failedProbes += 1
-                nextProbeAt = now.advanced(by: backoff(failedProbes: failedProbes))
+                nextProbeAt = asked ?? now.advanced(by: backoff(failedProbes: failedProbes))
+            } else if let asked, let next = nextProbeAt, asked > next {
+                nextProbeAt = asked
             }
             return false
         }
@@ -119,7 +126,7 @@ package struct RouteHealth: Sendable, Equatable {
         alertsRaised += 1
         failedProbes = 0
         probeInFlight = nil
-        nextProbeAt = now.advanced(by: backoff(failedProbes: 0))
+        nextProbeAt = asked ?? now.advanced(by: backoff(failedProbes: 0))
         return true
     }
 
@@ -151,7 +158,8 @@ package struct RouteHealth: Sendable, Equatable {
 public struct RouteStatus: Sendable, Equatable {
     /// The route's name (`default`).
     public var route: String
-    /// `ok`, or `paused` while an alert holds its messages.
+    /// `ok`, `paused` while an alert holds its messages, or `missing` for a route that is not
+    /// configured while messages wait for it.
     public var state: String
     /// The alert's code (a ``RouteFault``), while paused.
     public var code: String?
@@ -167,6 +175,16 @@ public struct RouteStatus: Sendable, Equatable {
     public var failedProbes: Int
     /// Alerts raised since the process started.
     public var alertsRaised: Int
+
+    /// A route that is not configured while `waiting` messages wait for it.
+    package init(missing route: String, waiting: Int) {
+        self.route = route
+        state = "missing"
+        code = "route_missing"
+        message = "route \(route) no longer exists: \(waiting) messages wait until it comes back or an operator moves them to another route"
+        failedProbes = 0
+        alertsRaised = 0
+    }
 
     package init(_ health: RouteHealth) {
         route = health.route

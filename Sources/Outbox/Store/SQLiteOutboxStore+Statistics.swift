@@ -47,9 +47,14 @@ extension SQLiteOutboxStore {
                 WHERE NEW.status IN ('delivered', 'failed') AND minute < CAST(NEW.updated_at / 60 AS INTEGER) - 10080;
         END
         """,
-        // Whole-address filters and possible duplicates, served by indexes (complete pages):
-        // the sender in any case, each recipient (lowercased) in a table kept by triggers, and
-        // the few messages that may have gone twice.
+    ]
+
+    /// Migration 10: a route's messages in order, whole-address filters and possible duplicates,
+    /// served by indexes (complete pages): the sender in any case, each recipient (lowercased) in
+    /// a table kept by triggers, and the few messages that may have gone twice.
+    static let addressIndexMigration: [String] = [
+        // A route's messages newest first, without sorting them (the overview links to them).
+        "CREATE INDEX IF NOT EXISTS messages_route_seq ON messages(route, seq)",
         "CREATE INDEX IF NOT EXISTS messages_sender ON messages(mail_from COLLATE NOCASE, seq)",
         "CREATE INDEX IF NOT EXISTS messages_duplicates ON messages(seq) WHERE possible_duplicate = 1",
         """
@@ -71,6 +76,42 @@ extension SQLiteOutboxStore {
         CREATE TRIGGER IF NOT EXISTS messages_recipients_delete AFTER DELETE ON messages BEGIN
             DELETE FROM message_recipients WHERE rcpt_seq = OLD.seq
                 AND rcpt_address IN (SELECT lower(json_extract(value, '$.address')) FROM json_each(OLD.recipients));
+        END
+        """,
+    ]
+
+    /// Migration 9: the counters by each message's route (migration 8 added the column): the
+    /// triggers are made anew with `NEW.route`/`OLD.route`, a move between routes moves its
+    /// count, and the counts start again from the rows.
+    static let routeCountersMigration: [String] = [
+        "DROP TRIGGER IF EXISTS messages_counted_insert",
+        "DROP TRIGGER IF EXISTS messages_counted_delete",
+        "DROP TRIGGER IF EXISTS messages_counted_update",
+        "DELETE FROM message_counts",
+        "INSERT INTO message_counts (route, status, n) SELECT route, status, COUNT(*) FROM messages GROUP BY route, status",
+        """
+        CREATE TRIGGER messages_counted_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO message_counts (route, status, n) VALUES (NEW.route, NEW.status, 1)
+                ON CONFLICT (route, status) DO UPDATE SET n = n + 1;
+        END
+        """,
+        """
+        CREATE TRIGGER messages_counted_delete AFTER DELETE ON messages BEGIN
+            UPDATE message_counts SET n = n - 1 WHERE route = OLD.route AND status = OLD.status;
+        END
+        """,
+        """
+        CREATE TRIGGER messages_counted_update AFTER UPDATE OF status, route ON messages
+        WHEN OLD.status <> NEW.status OR OLD.route <> NEW.route BEGIN
+            UPDATE message_counts SET n = n - 1 WHERE route = OLD.route AND status = OLD.status;
+            INSERT INTO message_counts (route, status, n) VALUES (NEW.route, NEW.status, 1)
+                ON CONFLICT (route, status) DO UPDATE SET n = n + 1;
+            INSERT INTO message_rates (minute, status, n)
+                SELECT CAST(NEW.updated_at / 60 AS INTEGER), NEW.status, 1
+                WHERE NEW.status IN ('delivered', 'failed') AND OLD.status <> NEW.status
+                ON CONFLICT (minute, status) DO UPDATE SET n = n + 1;
+            DELETE FROM message_rates
+                WHERE NEW.status IN ('delivered', 'failed') AND minute < CAST(NEW.updated_at / 60 AS INTEGER) - 10080;
         END
         """,
     ]
@@ -117,9 +158,16 @@ extension SQLiteOutboxStore {
 
     /// A page of messages that `filter` takes (keyset on `seq`; see ``MessageFilter``).
     public func list(_ filter: MessageFilter) async throws -> MessagePage {
-        if filter.excludesEveryRoute { return MessagePage(messages: [], nextCursor: nil) }
         var conditions: [String] = []
         var binds: [SQLiteData] = []
+        if let route = filter.route {
+            conditions.append("route = ?")
+            binds.append(.text(route))
+        }
+        if let client = filter.client {
+            conditions.append("client = ?")
+            binds.append(.text(client))
+        }
         var windowEnd: Int64?
         // The walk: along one recipient's entries, one sender's, the possible duplicates, or the
         // messages (the status index or the sequence).

@@ -181,11 +181,22 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         ],
         // 5: held messages past their maximum age, found without a scan (claimAged).
         ["CREATE INDEX IF NOT EXISTS messages_age ON messages(status, age_base)"],
-        // 6: reserved for the delivery log (issue 17, "obs"); the lead puts its statements here.
-        [],
+        // 6: the submitting request's traceparent (delivery spans join its trace).
+        ["ALTER TABLE messages ADD COLUMN traceparent TEXT"],
         // 7: the dashboard: the subject for filtering, and counters kept by triggers (counts per
         // route and status, delivered and failed per minute) so no page counts rows.
         SQLiteOutboxStore.statisticsMigration,
+        // 8: routes: each message's route and submitting client; each route's lane claims its own.
+        [
+            "ALTER TABLE messages ADD COLUMN route TEXT NOT NULL DEFAULT 'default'",
+            "ALTER TABLE messages ADD COLUMN client TEXT",
+            "CREATE INDEX IF NOT EXISTS messages_route_due ON messages(route, status, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS messages_client_seq ON messages(client, seq)",
+        ],
+        // 9: the dashboard's counters by route.
+        SQLiteOutboxStore.routeCountersMigration,
+        // 10: the dashboard's whole-address filters and possible duplicates, by index.
+        SQLiteOutboxStore.addressIndexMigration,
     ]
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -210,7 +221,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     static let columns = """
         seq, id, idempotency_key, request_hash, mail_from, recipients, message_id, size, status, created_at, updated_at, age_base,
         next_attempt_at, attempt_count, unknown_count, possible_duplicate, took_over, attempts, last_error, lease_owner, lease_until, origin,
-        chunks, content_purged_at, subject
+        chunks, content_purged_at, traceparent, subject, route, client
         """
 
     /// Stores a message, committed before it returns; with an idempotency key already used,
@@ -239,8 +250,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         let recipients = message.recipients.map { RecipientState(address: $0) }
         let sql = """
             INSERT INTO messages (id, idempotency_key, request_hash, mail_from, recipients, content, message_id, size, status,
-                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, subject)
-            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12
+                                  created_at, updated_at, age_base, next_attempt_at, origin, chunks, traceparent, subject, route, client)
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15
             WHERE ?11 = 0 OR (SELECT COUNT(*) FROM message_chunks WHERE message_id = ?1) = ?11
             ON CONFLICT(idempotency_key) DO NOTHING
             RETURNING id
@@ -250,7 +261,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             .text(message.from), .text(StoreJSON.encode(recipients)), .blob(ByteBuffer(bytes: message.content)),
             message.messageID.map(SQLiteData.text) ?? .null, .integer(message.content.count + message.chunkedSize),
             .float(now), message.origin.map { .text(StoreJSON.encode($0)) } ?? .null, .integer(message.chunkCount),
+            message.traceparent.map(SQLiteData.text) ?? .null,
             MessageSubject.of(message.content).map(SQLiteData.text) ?? .null,
+            .text(message.route), message.client.map(SQLiteData.text) ?? .null,
         ]
         return (id, (sql, binds))
     }
@@ -298,7 +311,9 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
     /// SQLite gather and sort every due message for each claim: O(queue) per claim).
-    public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+    public func claim(limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws -> [ClaimedMessage] {
+        // One route's messages (its lane), or every route's (nil).
+        let only = route == nil ? "" : " AND route = ?5"
         let rows = try await writer.write(
             """
             UPDATE messages SET
@@ -314,17 +329,17 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             WHERE seq IN (
                 SELECT seq FROM (
                     SELECT * FROM (SELECT seq, next_attempt_at FROM messages
-                                   WHERE status = 'queued' AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
+                                   WHERE status = 'queued' AND next_attempt_at <= ?3\(only) ORDER BY next_attempt_at LIMIT ?4)
                     UNION ALL
                     SELECT * FROM (SELECT seq, next_attempt_at FROM messages
-                                   WHERE status = 'deferred' AND next_attempt_at <= ?3 ORDER BY next_attempt_at LIMIT ?4)
+                                   WHERE status = 'deferred' AND next_attempt_at <= ?3\(only) ORDER BY next_attempt_at LIMIT ?4)
                     UNION ALL
                     SELECT * FROM (SELECT seq, next_attempt_at FROM messages
-                                   WHERE status = 'sending' AND lease_until < ?3 ORDER BY next_attempt_at LIMIT ?4))
+                                   WHERE status = 'sending' AND lease_until < ?3\(only) ORDER BY next_attempt_at LIMIT ?4))
                 ORDER BY next_attempt_at LIMIT ?4)
             RETURNING \(Self.columns), content
             """,
-            [.text(owner), .float(now + lease), .float(now), .integer(limit)])
+            [.text(owner), .float(now + lease), .float(now), .integer(limit)] + (route.map { [SQLiteData.text($0)] } ?? []))
         return rows.map { row in
             let message = Self.decode(row)
             var content: [UInt8] = []
@@ -334,14 +349,17 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
     }
 
     /// Claims waiting messages (queued or deferred) whose age base is before `ageBefore`.
-    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
+    public func claimAged(before ageBefore: Double, limit: Int, owner: String, now: Double, lease: Double, route: String?) async throws
+        -> [ClaimedMessage]
+    {
+        let only = route == nil ? "" : " AND route = ?6"
         let rows = try await writer.write(
             """
             UPDATE messages SET status = 'sending', lease_owner = ?1, lease_until = ?2, updated_at = ?3, took_over = 0
-            WHERE seq IN (SELECT seq FROM messages WHERE status IN ('queued', 'deferred') AND age_base < ?4 ORDER BY age_base LIMIT ?5)
+            WHERE seq IN (SELECT seq FROM messages WHERE status IN ('queued', 'deferred') AND age_base < ?4\(only) ORDER BY age_base LIMIT ?5)
             RETURNING \(Self.columns), content
             """,
-            [.text(owner), .float(now + lease), .float(now), .float(ageBefore), .integer(limit)])
+            [.text(owner), .float(now + lease), .float(now), .float(ageBefore), .integer(limit)] + (route.map { [SQLiteData.text($0)] } ?? []))
         return rows.map { row in
             var content: [UInt8] = []
             if var blob = row.column("content")?.blob { content = blob.readBytes(length: blob.readableBytes) ?? [] }
@@ -423,12 +441,20 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
 
     /// Up to `limit` messages in insertion order after `cursor` (a `sequence`), of one status
     /// when `status` is given.
-    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?) async throws -> [StoredMessage] {
+    public func list(status: MessageStatus?, limit: Int, after cursor: Int64?, route: String?, client: String?) async throws -> [StoredMessage] {
         var sql = "SELECT \(Self.columns) FROM messages WHERE seq > ?"
         var binds: [SQLiteData] = [.integer(SQLiteInt64(cursor ?? 0))]
         if let status {
             sql += " AND status = ?"
             binds.append(.text(status.rawValue))
+        }
+        if let route {
+            sql += " AND route = ?"
+            binds.append(.text(route))
+        }
+        if let client {
+            sql += " AND client = ?"
+            binds.append(.text(client))
         }
         sql += " ORDER BY seq LIMIT ?"
         binds.append(.integer(limit))
@@ -474,6 +500,39 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return .conflict(message.status)
     }
 
+    /// How many messages wait (queued, deferred or sending) for each route.
+    public func waitingByRoute() async throws -> [String: Int] {
+        var result: [String: Int] = [:]
+        for row in try await connection.query(
+            "SELECT route, COUNT(*) AS n FROM messages WHERE status IN ('queued', 'deferred', 'sending') GROUP BY route")
+        {
+            if let route = row.column("route")?.string { result[route] = Int(row.column("n")?.integer ?? 0) }
+        }
+        return result
+    }
+
+    /// Defers the waiting messages of a route that is not configured, with `reason`.
+    public func holdRoute(_ route: String, reason: String, now: Double) async throws {
+        _ = try await writer.write(
+            """
+            UPDATE messages SET status = 'deferred', last_error = ?1, updated_at = ?2
+            WHERE route = ?3 AND status IN ('queued', 'deferred') AND (last_error IS NOT ?1 OR status = 'queued')
+            """, [.text(reason), .float(now), .text(route)])
+    }
+
+    /// Moves a waiting message to `route`, due now.
+    public func move(id: String, route: String, now: Double) async throws -> StoreChange {
+        let rows = try await writer.write(
+            """
+            UPDATE messages SET route = ?1, next_attempt_at = ?2, updated_at = ?2
+            WHERE id = ?3 AND status IN ('queued', 'deferred')
+            RETURNING \(Self.columns)
+            """, [.text(route), .float(now), .text(id)])
+        if let row = rows.first { return .done(Self.decode(row)) }
+        guard let message = try await get(id: id) else { return .notFound }
+        return .conflict(message.status)
+    }
+
     /// How many messages are in each status (from the counters the triggers keep).
     public func counts() async throws -> [MessageStatus: Int] {
         var result: [MessageStatus: Int] = [:]
@@ -507,7 +566,7 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         func s(_ n: String) -> String? { row.column(n)?.string }
         func d(_ n: String) -> Double? { row.column(n)?.double }
         func i(_ n: String) -> Int { Int(row.column(n)?.integer ?? 0) }
-        return StoredMessage(
+        var message = StoredMessage(
             id: s("id") ?? "", sequence: Int64(row.column("seq")?.integer ?? 0),
             status: MessageStatus(rawValue: s("status") ?? "") ?? .queued,
             from: s("mail_from") ?? "", recipients: StoreJSON.decode([RecipientState].self, s("recipients")) ?? [],
@@ -517,6 +576,8 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
             possibleDuplicate: i("possible_duplicate") != 0, attempts: StoreJSON.decode([AttemptRecord].self, s("attempts")) ?? [],
             lastError: s("last_error"), leaseOwner: s("lease_owner"), leaseUntil: d("lease_until"),
             origin: StoreJSON.decode(MessageOrigin.self, s("origin")), chunkCount: i("chunks"), contentPurged: d("content_purged_at") != nil,
-            subject: s("subject"))
+            subject: s("subject"), route: s("route") ?? "default", client: s("client"))
+        message.traceparent = s("traceparent")
+        return message
     }
 }

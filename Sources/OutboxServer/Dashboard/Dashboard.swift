@@ -292,16 +292,25 @@ extension OutboxAPI {
         }
         let routes = await provider?.routes() ?? [RouteStatus.healthy(MessageFilter.defaultRoute)]
         var view = base("Credentials", session, nav: "credentials")
-        // WIRE: credentialStates — when Mailer.credentialStates (the "obs" helper) lands, fill
-        // lastRefresh, expiry and lastError (code and text) per route from it here.
+        let states = await provider?.credentials() ?? []
         view["routes"] = routes.map { route -> [String: Any] in
-            let bad = route.state == "paused" && ["authentication_failed", "credentials_unavailable"].contains(route.code ?? "")
+            let token = states.first { $0.route == route.route }
+            let paused = route.state == "paused" && ["authentication_failed", "credentials_unavailable"].contains(route.code ?? "")
+            let failing = token?.failing == true || paused
+            var lastError = ""
+            if let token, let code = token.lastErrorCode {
+                lastError = "\(code): \(token.lastError ?? "") (at \(DashboardViews.time(token.lastErrorAt?.timeIntervalSince1970)))"
+            } else if route.state == "paused" {
+                lastError = "\(route.code ?? ""): \(route.message ?? "") (since \(DashboardViews.time(route.since)))"
+            }
             return [
                 "route": route.route, "serverType": options["server-type"] ?? "SMTP",
-                "method": options["authentication-method"].flatMap { $0.isEmpty ? nil : $0 } ?? "password or none",
-                "user": options["user"] ?? "", "state": bad ? "failing" : (route.state == "paused" ? "route paused" : "ok"), "bad": bad,
-                "lastRefresh": "", "expiry": "",
-                "lastError": route.state == "paused" ? "\(route.code ?? ""): \(route.message ?? "") (since \(DashboardViews.time(route.since)))" : "",
+                "method": token?.kind ?? options["authentication-method"].flatMap { $0.isEmpty ? nil : $0 } ?? "password or none",
+                "user": options["user"] ?? "",
+                "state": failing ? "failing" : (route.state == "paused" ? "route paused" : "ok"), "bad": failing,
+                "lastRefresh": token?.lastRefresh.map { DashboardViews.time($0.timeIntervalSince1970) } ?? "",
+                "expiry": token?.expiresAt.map { DashboardViews.time($0.timeIntervalSince1970) } ?? "",
+                "lastError": lastError,
             ]
         }
         return html(.ok, "credentials", view)
