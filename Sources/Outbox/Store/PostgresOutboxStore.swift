@@ -249,11 +249,13 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             WHERE m.seq = aged.seq
             RETURNING \(unescaped: Self.columns("m.")), m.content
             """)
+        // RETURNING keeps no order (the statement-level counting triggers changed the plan's):
+        // oldest first is restored here.
         return try result.map { row in
             let r = row.makeRandomAccess()
             var blob = try r["content"].decode(ByteBuffer.self)
             return ClaimedMessage(message: try Self.decode(r), content: blob.readBytes(length: blob.readableBytes) ?? [], tookOverExpiredLease: false)
-        }
+        }.sorted { ($0.message.ageBase, $0.message.sequence) < ($1.message.ageBase, $1.message.sequence) }
     }
 
     /// Each status is read along its index, in due order, up to `limit` (one `OR` over them made
@@ -293,6 +295,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             WHERE m.seq = due.seq
             RETURNING \(unescaped: Self.columns("m.")), m.content
             """)
+        // Due order (RETURNING keeps none).
         return try result.map { row in
             let r = row.makeRandomAccess()
             var blob = try r["content"].decode(ByteBuffer.self)
@@ -300,7 +303,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             return ClaimedMessage(
                 message: message, content: blob.readBytes(length: blob.readableBytes) ?? [],
                 tookOverExpiredLease: try r["took_over"].decode(Int.self) == 1)
-        }
+        }.sorted { ($0.message.nextAttemptAt ?? 0, $0.message.sequence) < ($1.message.nextAttemptAt ?? 0, $1.message.sequence) }
     }
 
     /// Records an attempt and its outcome, and queues `notification` in the same transaction;
