@@ -75,6 +75,7 @@ time_pages() { # label
   # Whole addresses (user7@example.test) and duplicates go by indexes; parts of addresses
   # (user7@), the subject and the time range by the bounded scan window.
   for page in "/" "/messages" "/messages?status=deferred" "/messages?status=failed&cursor=500000" \
+    "/messages?route=default" "/messages?route=default&status=deferred" \
     "/messages?sender=user7%40example.test" "/messages?sender=user7%40" \
     "/messages?recipient=rcpt42%40example.org" "/messages?recipient=rcpt42%40example.org&status=failed" "/messages?recipient=rcpt42%40" \
     "/messages?subject=Report+999999" "/messages?duplicate=true" "/messages?duplicate=true&status=failed" \
