@@ -102,6 +102,17 @@ package enum ListingContract {
             }, { $0.createdAt >= 1050 && $0.createdAt < 1250 })
         add("possible duplicates", { $0.possibleDuplicate = true }, { $0.possibleDuplicate })
         add("no duplicates", { $0.possibleDuplicate = false }, { !$0.possibleDuplicate })
+        add(
+            "possible duplicates still sending",
+            {
+                $0.possibleDuplicate = true; $0.statuses = [.sending]
+            }, { $0.possibleDuplicate && $0.status == .sending })
+        add(
+            "possible duplicates of two statuses",
+            {
+                $0.possibleDuplicate = true; $0.statuses = [.sending, .delivered]
+            },
+            { $0.possibleDuplicate && [.sending, .delivered].contains($0.status) })
         add("route default", { $0.route = MessageFilter.defaultRoute }, { _ in true })
         add("another route", { $0.route = "eu" }, { _ in false })
         add(

@@ -68,6 +68,7 @@ extension PostgresOutboxStore {
         "CREATE INDEX IF NOT EXISTS outbox_messages_route_seq ON outbox_messages (route, seq)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_sender ON outbox_messages (lower(mail_from), seq)",
         "CREATE INDEX IF NOT EXISTS outbox_messages_duplicates ON outbox_messages (seq) WHERE possible_duplicate = 1",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_duplicates_status ON outbox_messages (status, seq) WHERE possible_duplicate = 1",
         """
         CREATE OR REPLACE FUNCTION outbox_recipient_changes() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN

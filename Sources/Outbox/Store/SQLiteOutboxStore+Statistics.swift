@@ -57,6 +57,7 @@ extension SQLiteOutboxStore {
         "CREATE INDEX IF NOT EXISTS messages_route_seq ON messages(route, seq)",
         "CREATE INDEX IF NOT EXISTS messages_sender ON messages(mail_from COLLATE NOCASE, seq)",
         "CREATE INDEX IF NOT EXISTS messages_duplicates ON messages(seq) WHERE possible_duplicate = 1",
+        "CREATE INDEX IF NOT EXISTS messages_duplicates_status ON messages(status, seq) WHERE possible_duplicate = 1",
         """
         CREATE TABLE IF NOT EXISTS message_recipients (
             rcpt_address TEXT NOT NULL, rcpt_seq INTEGER NOT NULL, PRIMARY KEY (rcpt_address, rcpt_seq)
@@ -181,7 +182,7 @@ extension SQLiteOutboxStore {
         } else if filter.senderAddress != nil {
             from = "messages INDEXED BY messages_sender"
         } else if filter.possibleDuplicate == true {
-            from = "messages INDEXED BY messages_duplicates"
+            from = "messages INDEXED BY \(filter.statuses.isEmpty ? "messages_duplicates" : "messages_duplicates_status")"
         }
         if filter.needsScan {
             let bounds = try await connection.query("SELECT (SELECT MIN(seq) FROM messages) AS lo, (SELECT MAX(seq) FROM messages) AS hi")
