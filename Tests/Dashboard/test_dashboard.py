@@ -96,10 +96,9 @@ class Daemon:
         self.work = tempfile.mkdtemp(prefix="outbox-dashboard-")
         self.port = free_port()
         self.base = f"{scheme}://127.0.0.1:{self.port}"
-        # cnx-check-idle-time 0: a pooled connection is checked (NOOP) before each reuse. The test
-        # restarts smtp-sink under the daemon; without the check, a retry may be handed two
-        # stale pooled connections in a row (the transport's retry "on a new connection" leases
-        # from the pool again) and stay deferred for retry-initial-delay.
+        # The sink is stopped and started anew under pooled idle connections: each is checked
+        # with NOOP before reuse, so a dead one is replaced (a retry after one dead connection can
+        # otherwise take another dead idle one: a known pool limit, see the session note).
         lines = ["[smtp-client]", "server = 127.0.0.1", f"port = {sink_port}", "cnx-check-idle-time = 00:00:00", "", "[outbox]",
                  f"data-directory = {self.work}/data", f"http-listen = 127.0.0.1:{self.port}",
                  "retry-initial-delay = 01:00:00", *extra]
