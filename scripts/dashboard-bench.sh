@@ -6,7 +6,10 @@
 #   scripts/dashboard-bench.sh [sqlite|postgres|both]   (default both)
 # Settings: N (messages, default 1000000), OUTBOX_BIN (default: a release build made here),
 # RUNS (default 5). PostgreSQL runs on its own cluster (127.0.0.1:55439, /tmp/outbox-pg-dashbench),
-# not on the tests' shared one, and is stopped at the end.
+# not on the tests' shared one, and is stopped at the end. BENCH_DIR=DIR keeps the seeded stores
+# (in DIR, and the cluster running) and reuses them on the next run instead of seeding again.
+# Retention is set past the seeded ages: a first start over 1M old messages would otherwise purge
+# them while the pages are timed (a steady queue has no such backlog).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,12 +21,19 @@ if [ -z "${OUTBOX_BIN:-}" ]; then
   swift build -c release --product outbox >&2
   OUTBOX_BIN=$(swift build -c release --show-bin-path)/outbox
 fi
-WORK=$(mktemp -d /tmp/outbox-dashbench.XXXXXX)
+if [ -n "${BENCH_DIR:-}" ]; then
+  mkdir -p "$BENCH_DIR"
+  WORK=$(cd "$BENCH_DIR" && pwd)
+else
+  WORK=$(mktemp -d /tmp/outbox-dashbench.XXXXXX)
+fi
 PID=
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-  PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  if [ -z "${BENCH_DIR:-}" ]; then
+    PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash "$ROOT/scripts/postgres-testbed.sh" stop >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 PORT=$((20000 + RANDOM % 20000))
@@ -42,6 +52,8 @@ data-directory = $WORK/data
 http-listen = 127.0.0.1:$PORT
 store = $1
 retry-initial-delay = 01:00:00
+retention-content = 8760:00:00
+retention-records = 8760:00:00
 CONF
 }
 
@@ -58,11 +70,18 @@ time_pages() { # label
   local id jar=$WORK/cookies
   id=$(curl -s "http://127.0.0.1:$PORT/v1/messages?status=failed&limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"][0]["id"])')
   curl -s -c "$jar" -o /dev/null "http://127.0.0.1:$PORT/"
-  printf '%-10s %-48s %9s %9s %8s\n' store page median_ms worst_ms bytes
-  for page in "/" "/messages" "/messages?status=deferred" "/messages?status=failed&cursor=500000" "/messages?sender=user7%40" \
-    "/messages?subject=Report+999999" "/messages?recipient=rcpt42%40" "/messages?duplicate=true" \
-    "/messages?since=$(date -u -d @$((NOW - 86400)) +%Y-%m-%dT%H:%M)" "/messages/$id" "/credentials" \
-    "/v1/messages?status=deferred&limit=50" "/v1/status"; do
+  echo "$1: load average before timing: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+  printf '%-10s %-58s %9s %9s %8s\n' store page median_ms worst_ms bytes
+  # Whole addresses (user7@example.test) and duplicates go by indexes; parts of addresses
+  # (user7@), the subject and the time range by the bounded scan window.
+  for page in "/" "/messages" "/messages?status=deferred" "/messages?status=failed&cursor=500000" \
+    "/messages?route=default" "/messages?route=default&status=deferred" \
+    "/messages?sender=user7%40example.test" "/messages?sender=user7%40" \
+    "/messages?recipient=rcpt42%40example.org" "/messages?recipient=rcpt42%40example.org&status=failed" "/messages?recipient=rcpt42%40" \
+    "/messages?subject=Report+999999" "/messages?duplicate=true" "/messages?duplicate=true&status=failed" \
+    "/messages?since=$(date -u -d @$((NOW - 86400)) +%Y-%m-%dT%H:%M)" "/messages?until=$(date -u -d @$((NOW - 29 * 86400)) +%Y-%m-%dT%H:%M)" \
+    "/messages/$id" "/messages/$id/raw" "/credentials" "/v1/messages?status=deferred&limit=50" \
+    "/v1/messages?recipient=rcpt42%40example.org&limit=50" "/v1/status"; do
     local times=() bytes=0
     for _ in $(seq 1 "$RUNS"); do
       read -r t b < <(curl -s -b "$jar" -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:$PORT$page")
@@ -72,17 +91,24 @@ time_pages() { # label
 import statistics, sys
 label, page, size, *t = sys.argv[1:]
 ms = sorted(float(x) * 1000 for x in t)
-print(f"{label:<10} {page[:48]:<48} {statistics.median(ms):9.1f} {ms[-1]:9.1f} {size:>8}")
+print(f"{label:<10} {page[:58]:<58} {statistics.median(ms):9.1f} {ms[-1]:9.1f} {size:>8}")
 PY
   done
+  echo "$1: load average after timing: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 bench_sqlite() {
   write_config sqlite
-  start_daemon; stop_daemon # creates the schema (migrations, triggers)
   local db=$WORK/data/outbox.sqlite t0
+  if [ -f "$WORK/seeded-sqlite" ]; then
+    echo "sqlite: reusing the seeded $db" >&2
+    start_daemon; time_pages sqlite; stop_daemon
+    return
+  fi
+  rm -rf "$WORK/data"
+  start_daemon; stop_daemon # creates the schema (migrations, triggers)
   t0=$(date +%s)
-  sqlite3 "$db" <<SQL
+  sqlite3 "$db" >/dev/null <<SQL
 PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $N)
 INSERT INTO messages (id, mail_from, recipients, content, message_id, size, status, created_at, updated_at, age_base,
@@ -90,7 +116,7 @@ INSERT INTO messages (id, mail_from, recipients, content, message_id, size, stat
 SELECT printf('bench-%08d', i), printf('user%d@example.test', i % 1000),
        printf('[{"address":"rcpt%d@example.org","status":"accepted"}]', i % 5000),
        zeroblob(300), printf('<%d@bench>', i), 300, $STATUS_SQL,
-       $NOW - 2592000 + i * 2592.0 / $N, $NOW - 2592000 + i * 2592.0 / $N, $NOW - 2592000 + i * 2592.0 / $N,
+       $NOW - 2592000 + i * 2592000.0 / $N, $NOW - 2592000 + i * 2592000.0 / $N, $NOW - 2592000 + i * 2592000.0 / $N,
        CASE WHEN i % 100 BETWEEN 90 AND 93 THEN $NOW + 3600 WHEN i % 100 = 97 THEN $NOW + 3600 ELSE NULL END,
        1, CASE WHEN i % 100 = 99 THEN 1 ELSE 0 END,
        '[{"number":1,"startedAt":0,"durationSeconds":0.2,"transport":"smtp","reply":"250 2.0.0 Ok","outcome":"delivered","recipients":[]}]',
@@ -104,6 +130,7 @@ UPDATE messages SET status = CASE WHEN seq % 10 = 0 THEN 'failed' ELSE 'delivere
 PRAGMA wal_checkpoint(TRUNCATE);
 SQL
   echo "sqlite: seeded $N + 3000 messages in $(($(date +%s) - t0)) s ($(du -h "$db" | cut -f1))" >&2
+  touch "$WORK/seeded-sqlite"
   start_daemon
   time_pages sqlite
   stop_daemon
@@ -112,7 +139,13 @@ SQL
 bench_postgres() {
   local url t0
   url=$(PGCI_DIR=/tmp/outbox-pg-dashbench PGCI_PORT=55439 bash scripts/postgres-testbed.sh start)
-  psql -q "$url" -c "DROP TABLE IF EXISTS outbox_messages, outbox_schema, outbox_message_chunks, outbox_message_counts, outbox_message_rates CASCADE" >/dev/null
+  write_config "$url"
+  if [ -f "$WORK/seeded-postgres" ]; then
+    echo "postgres: reusing the seeded tables" >&2
+    start_daemon; time_pages postgres; stop_daemon
+    return
+  fi
+  psql -q "$url" -c "DROP TABLE IF EXISTS outbox_messages, outbox_schema, outbox_message_chunks, outbox_message_counts, outbox_message_rates, outbox_message_recipients CASCADE" >/dev/null
   write_config "$url"
   start_daemon; stop_daemon
   t0=$(date +%s)
@@ -123,7 +156,7 @@ INSERT INTO outbox_messages (id, mail_from, recipients, content, message_id, siz
 SELECT format('bench-%s', lpad(i::text, 8, '0')), format('user%s@example.test', i % 1000),
        format('[{"address":"rcpt%s@example.org","status":"accepted"}]', i % 5000),
        decode(repeat('00', 300), 'hex'), format('<%s@bench>', i), 300, $STATUS_SQL,
-       $NOW - 2592000 + i * 2592.0 / $N, $NOW - 2592000 + i * 2592.0 / $N, $NOW - 2592000 + i * 2592.0 / $N,
+       $NOW - 2592000 + i * 2592000.0 / $N, $NOW - 2592000 + i * 2592000.0 / $N, $NOW - 2592000 + i * 2592000.0 / $N,
        CASE WHEN i % 100 BETWEEN 90 AND 93 THEN $NOW + 3600 WHEN i % 100 = 97 THEN $NOW + 3600 ELSE NULL END,
        1, CASE WHEN i % 100 = 99 THEN 1 ELSE 0 END,
        '[{"number":1,"startedAt":0,"durationSeconds":0.2,"transport":"smtp","reply":"250 2.0.0 Ok","outcome":"delivered","recipients":[]}]',
@@ -137,6 +170,7 @@ UPDATE outbox_messages SET status = CASE WHEN seq % 10 = 0 THEN 'failed' ELSE 'd
 VACUUM ANALYZE outbox_messages;
 SQL
   echo "postgres: seeded $N + 3000 messages in $(($(date +%s) - t0)) s" >&2
+  touch "$WORK/seeded-postgres"
   start_daemon
   time_pages postgres
   stop_daemon

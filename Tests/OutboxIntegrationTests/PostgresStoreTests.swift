@@ -103,3 +103,11 @@ extension PostgresStoreTests {
         try await store.close()
     }
 }
+extension PostgresStoreTests {
+    @Test("listing: filtered keyset listing, paged in both orders and in scan windows; counters, rates and the oldest waiting message")
+    func listing() async throws {
+        let store = try await makePostgresStore()
+        try await ListingContract.run(store)
+        try await store.close()
+    }
+}

@@ -44,3 +44,14 @@ struct SQLiteRetentionTests {
         try await store.close()
     }
 }
+
+@Suite("Store listing and counters (SQLite)")
+struct SQLiteListingTests {
+    @Test("filtered keyset listing, paged in both orders and in scan windows; counters, rates and the oldest waiting message")
+    func listing() async throws {
+        let (store, dir) = try await makeTempStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await ListingContract.run(store)
+        try await store.close()
+    }
+}

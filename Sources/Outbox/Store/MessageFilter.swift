@@ -2,11 +2,13 @@ import Foundation
 
 /// Which messages a listing, or a bulk action, takes: every field narrows it (AND).
 ///
-/// Paging is by keyset on the message's `sequence`, never by offset. `status` and the
-/// sequence are served by the `(status, seq)` index; the text filters (`sender`, `recipient`,
-/// `subject`), the time range and `possibleDuplicate` are checked on the rows the keyset walks,
-/// at most ``MessageFilter/scanBudget`` sequence numbers per page, so a page that finds few
-/// matches still answers at once and carries a cursor to search on (``MessagePage/nextCursor``).
+/// Paging is by keyset on the message's `sequence`, never by offset. Served by indexes, with
+/// complete pages: `status` (the `(status, seq)` index), a whole address as `sender` or
+/// `recipient` (matched exactly, in any case: the sender's index and the recipients' table) and
+/// `possibleDuplicate == true` (a partial index). The other filters (a part of an address, the
+/// subject, the time range, `possibleDuplicate == false`) are checked on the rows the keyset
+/// walks, at most ``MessageFilter/scanBudget`` sequence numbers per page, so a page that finds
+/// few matches still answers at once and carries a cursor to search on (``MessagePage/nextCursor``).
 public struct MessageFilter: Sendable, Hashable {
     /// The statuses to take (empty: all).
     public var statuses: [MessageStatus] = []
@@ -36,6 +38,8 @@ public struct MessageFilter: Sendable, Hashable {
 
     /// Sequence numbers walked at most per page when a filter the indexes do not serve is set.
     public static let scanBudget: Int64 = 20_000
+    /// This listing's scan window (``MessageFilter/scanBudget`` unless a test narrows it).
+    public var scanWindow: Int64 = MessageFilter.scanBudget
 
     /// A filter that takes every message, oldest first, 50 per page.
     public init() {}
@@ -49,7 +53,25 @@ public struct MessageFilter: Sendable, Hashable {
 
     /// True when a filter the indexes do not serve is set (the scan budget applies).
     public var needsScan: Bool {
-        sender != nil || recipient != nil || subject != nil || since != nil || until != nil || possibleDuplicate != nil
+        (sender != nil && senderAddress == nil) || (recipient != nil && recipientAddress == nil) || subject != nil || since != nil
+            || until != nil || possibleDuplicate == false
+    }
+
+    /// `sender` when it is a whole address (`local@domain`): matched exactly, in any case.
+    public var senderAddress: String? { sender.flatMap(Self.wholeAddress) }
+
+    /// `recipient` when it is a whole address (`local@domain`): matched exactly, in any case.
+    public var recipientAddress: String? { recipient.flatMap(Self.wholeAddress) }
+
+    /// `text` when it is one whole address: one `@`, a local part, a domain with a dot inside it
+    /// (`bob@example.test`; `bob@example` and `@example.test` are parts of addresses), no white
+    /// space.
+    public static func wholeAddress(_ text: String) -> String? {
+        let parts = text.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, !text.contains(where: \.isWhitespace) else { return nil }
+        let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
+        guard labels.count >= 2, labels.allSatisfy({ !$0.isEmpty }) else { return nil }
+        return text
     }
 
     /// The route of `[smtp-client]`.

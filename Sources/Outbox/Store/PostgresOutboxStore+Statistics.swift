@@ -61,6 +61,43 @@ extension PostgresOutboxStore {
             END IF;
         END $$
         """,
+        // Whole-address filters and possible duplicates, served by indexes (complete pages):
+        // the sender in any case, each recipient (lowercased) in a table kept by triggers, and
+        // the few messages that may have gone twice.
+        // A route's messages newest first, without sorting them (the overview links to them).
+        "CREATE INDEX IF NOT EXISTS outbox_messages_route_seq ON outbox_messages (route, seq)",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_sender ON outbox_messages (lower(mail_from), seq)",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_duplicates ON outbox_messages (seq) WHERE possible_duplicate = 1",
+        "CREATE INDEX IF NOT EXISTS outbox_messages_duplicates_status ON outbox_messages (status, seq) WHERE possible_duplicate = 1",
+        """
+        CREATE OR REPLACE FUNCTION outbox_recipient_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO outbox_message_recipients (rcpt_address, rcpt_seq)
+                    SELECT DISTINCT lower(e->>'address'), n.seq FROM new_rows n, jsonb_array_elements(n.recipients::jsonb) e
+                    ON CONFLICT DO NOTHING;
+            ELSE
+                DELETE FROM outbox_message_recipients WHERE (rcpt_address, rcpt_seq) IN (
+                    SELECT lower(e->>'address'), o.seq FROM old_rows o, jsonb_array_elements(o.recipients::jsonb) e);
+            END IF;
+            RETURN NULL;
+        END $$
+        """,
+        """
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'outbox_recipients_insert' AND tgrelid = 'outbox_messages'::regclass) THEN
+                LOCK TABLE outbox_messages IN SHARE ROW EXCLUSIVE MODE;
+                DROP TABLE IF EXISTS outbox_message_recipients;
+                CREATE TABLE outbox_message_recipients (rcpt_address TEXT NOT NULL, rcpt_seq BIGINT NOT NULL, PRIMARY KEY (rcpt_address, rcpt_seq));
+                INSERT INTO outbox_message_recipients (rcpt_address, rcpt_seq)
+                    SELECT DISTINCT lower(e->>'address'), m.seq FROM outbox_messages m, jsonb_array_elements(m.recipients::jsonb) e;
+                CREATE TRIGGER outbox_recipients_insert AFTER INSERT ON outbox_messages
+                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_recipient_changes();
+                CREATE TRIGGER outbox_recipients_delete AFTER DELETE ON outbox_messages
+                    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_recipient_changes();
+            END IF;
+        END $$
+        """,
     ]
 
     /// Past this many delta rows, a read folds the counts into one row per route and status.
@@ -128,7 +165,16 @@ extension PostgresOutboxStore {
             try binds.append(value)
             return "$\(binds.count)"
         }
+        // The walk: along one recipient's entries, or the messages (the planner picks the
+        // status, sender or duplicates index, or the sequence).
+        var key = "seq"
         var sql = "SELECT \(Self.columns()) FROM outbox_messages WHERE true"
+        if let address = filter.recipientAddress {
+            key = "r.rcpt_seq"
+            sql =
+                try "SELECT \(Self.columns("m.")) FROM outbox_message_recipients r JOIN outbox_messages m ON m.seq = r.rcpt_seq"
+                + " WHERE r.rcpt_address = lower(\(bind(address)))"
+        }
         var windowEnd: Int64?
         if filter.needsScan {
             let bounds = try await rows(
@@ -140,21 +186,25 @@ extension PostgresOutboxStore {
             let lo = Int64(try r?["lo"].decode(Int.self) ?? 0)
             let hi = Int64(try r?["hi"].decode(Int.self) ?? 0)
             if filter.newestFirst {
-                let floor = (filter.cursor ?? (hi + 1)) - MessageFilter.scanBudget
-                sql += try " AND seq >= \(bind(Int(floor)))"
+                let floor = (filter.cursor ?? (hi + 1)) - filter.scanWindow
+                sql += try " AND \(key) >= \(bind(Int(floor)))"
                 if floor > lo { windowEnd = floor }
             } else {
-                let ceiling = (filter.cursor ?? (lo - 1)) + MessageFilter.scanBudget
-                sql += try " AND seq <= \(bind(Int(ceiling)))"
+                let ceiling = (filter.cursor ?? (lo - 1)) + filter.scanWindow
+                sql += try " AND \(key) <= \(bind(Int(ceiling)))"
                 if ceiling < hi { windowEnd = ceiling }
             }
         }
         if let route = filter.route { sql += try " AND route = \(bind(route))" }
         if let client = filter.client { sql += try " AND client = \(bind(client))" }
-        if let cursor = filter.cursor { sql += try " AND seq \(filter.newestFirst ? "<" : ">") \(bind(Int(cursor)))" }
+        if let cursor = filter.cursor { sql += try " AND \(key) \(filter.newestFirst ? "<" : ">") \(bind(Int(cursor)))" }
         if !filter.statuses.isEmpty { sql += try " AND status = ANY(\(bind(filter.statuses.map(\.rawValue))))" }
-        if let sender = filter.sender { sql += try " AND mail_from ILIKE \(bind(MessageFilter.likePattern(sender)))" }
-        if let recipient = filter.recipient {
+        if let address = filter.senderAddress {
+            sql += try " AND lower(mail_from) = lower(\(bind(address)))"
+        } else if let sender = filter.sender {
+            sql += try " AND mail_from ILIKE \(bind(MessageFilter.likePattern(sender)))"
+        }
+        if let recipient = filter.recipient, filter.recipientAddress == nil {
             let pattern = try bind(MessageFilter.likePattern(recipient))
             sql +=
                 " AND recipients ILIKE \(pattern) AND EXISTS (SELECT 1 FROM jsonb_array_elements(recipients::jsonb) e WHERE e->>'address' ILIKE \(pattern))"
@@ -162,8 +212,9 @@ extension PostgresOutboxStore {
         if let subject = filter.subject { sql += try " AND subject ILIKE \(bind(MessageFilter.likePattern(subject)))" }
         if let since = filter.since { sql += try " AND created_at >= \(bind(since))" }
         if let until = filter.until { sql += try " AND created_at < \(bind(until))" }
-        if let duplicate = filter.possibleDuplicate { sql += try " AND possible_duplicate = \(bind(duplicate ? 1 : 0))" }
-        sql += try " ORDER BY seq \(filter.newestFirst ? "DESC" : "ASC") LIMIT \(bind(filter.limit))"
+        // A literal, so that the partial index's condition is seen to hold.
+        if let duplicate = filter.possibleDuplicate { sql += " AND possible_duplicate = \(duplicate ? 1 : 0)" }
+        sql += try " ORDER BY \(key) \(filter.newestFirst ? "DESC" : "ASC") LIMIT \(bind(filter.limit))"
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         let messages = try await rows(query).map { try Self.decode($0.makeRandomAccess()) }
         if messages.count == filter.limit, let last = messages.last { return MessagePage(messages: messages, nextCursor: last.sequence) }

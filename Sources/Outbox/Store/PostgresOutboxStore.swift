@@ -384,12 +384,11 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
 
     /// How many messages wait (queued, deferred or sending) for each route.
     public func waitingByRoute() async throws -> [String: Int] {
+        // From the counters the triggers keep (no rows counted: /v1/status over 1M messages).
         var out: [String: Int] = [:]
-        for row in try await rows(
-            "SELECT route, COUNT(*) AS n FROM outbox_messages WHERE status IN ('queued', 'deferred', 'sending') GROUP BY route")
-        {
-            let r = row.makeRandomAccess()
-            out[try r["route"].decode(String.self)] = try r["n"].decode(Int.self)
+        for (route, byStatus) in try await countsByRoute() {
+            let n = (byStatus[.queued] ?? 0) + (byStatus[.deferred] ?? 0) + (byStatus[.sending] ?? 0)
+            if n > 0 { out[route] = n }
         }
         return out
     }
@@ -463,17 +462,20 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
 
     /// Empties the content (and removes the chunks) of up to `limit` finished messages in
     /// `statuses` last changed before `finishedBefore`, oldest first; returns how many.
+    /// The rows are picked in a CTE, run once: `WHERE seq IN (SELECT ... LIMIT n FOR UPDATE SKIP
+    /// LOCKED)` may be planned as a join that runs the subquery again and takes more than `limit`.
     public func purgeContent(statuses: Set<MessageStatus>, finishedBefore: Double, limit: Int, now: Double) async throws -> Int {
         let wanted = statuses.filter(\.isFinal).map(\.rawValue).sorted()
         guard !wanted.isEmpty, limit > 0 else { return 0 }
         let purged = try await rows(
             """
-            UPDATE outbox_messages SET content = ''::bytea, content_purged_at = \(now)
-            WHERE seq IN (
+            WITH picked AS (
                 SELECT seq FROM outbox_messages
                 WHERE status = ANY(\(wanted)) AND content_purged_at IS NULL AND updated_at < \(finishedBefore)
                 ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id, chunks
+            UPDATE outbox_messages m SET content = ''::bytea, content_purged_at = \(now)
+            FROM picked WHERE m.seq = picked.seq
+            RETURNING m.id, m.chunks
             """)
         for row in purged {
             let (id, chunks) = try row.decode((String, Int).self)
@@ -488,12 +490,12 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         guard limit > 0 else { return 0 }
         let deleted = try await rows(
             """
-            DELETE FROM outbox_messages
-            WHERE seq IN (
+            WITH picked AS (
                 SELECT seq FROM outbox_messages
                 WHERE status IN ('delivered', 'failed', 'unknown', 'cancelled') AND updated_at < \(finishedBefore)
                 ORDER BY updated_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id, chunks
+            DELETE FROM outbox_messages m USING picked WHERE m.seq = picked.seq
+            RETURNING m.id, m.chunks
             """)
         for row in deleted {
             let (id, chunks) = try row.decode((String, Int).self)
@@ -524,6 +526,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
     package func deleteAllForTesting() async throws {
         _ = try await rows("DELETE FROM outbox_messages")
         _ = try await rows("DELETE FROM outbox_message_chunks")
+        _ = try await rows("DELETE FROM outbox_message_rates")
         _ = try await rows("DELETE FROM outbox_route_sends")
     }
 

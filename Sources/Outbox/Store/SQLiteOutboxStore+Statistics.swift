@@ -49,6 +49,38 @@ extension SQLiteOutboxStore {
         """,
     ]
 
+    /// Migration 10: a route's messages in order, whole-address filters and possible duplicates,
+    /// served by indexes (complete pages): the sender in any case, each recipient (lowercased) in
+    /// a table kept by triggers, and the few messages that may have gone twice.
+    static let addressIndexMigration: [String] = [
+        // A route's messages newest first, without sorting them (the overview links to them).
+        "CREATE INDEX IF NOT EXISTS messages_route_seq ON messages(route, seq)",
+        "CREATE INDEX IF NOT EXISTS messages_sender ON messages(mail_from COLLATE NOCASE, seq)",
+        "CREATE INDEX IF NOT EXISTS messages_duplicates ON messages(seq) WHERE possible_duplicate = 1",
+        "CREATE INDEX IF NOT EXISTS messages_duplicates_status ON messages(status, seq) WHERE possible_duplicate = 1",
+        """
+        CREATE TABLE IF NOT EXISTS message_recipients (
+            rcpt_address TEXT NOT NULL, rcpt_seq INTEGER NOT NULL, PRIMARY KEY (rcpt_address, rcpt_seq)
+        ) WITHOUT ROWID
+        """,
+        """
+        INSERT OR IGNORE INTO message_recipients (rcpt_address, rcpt_seq)
+            SELECT lower(json_extract(j.value, '$.address')), m.seq FROM messages m, json_each(m.recipients) j
+        """,
+        """
+        CREATE TRIGGER IF NOT EXISTS messages_recipients_insert AFTER INSERT ON messages BEGIN
+            INSERT OR IGNORE INTO message_recipients (rcpt_address, rcpt_seq)
+                SELECT lower(json_extract(value, '$.address')), NEW.seq FROM json_each(NEW.recipients);
+        END
+        """,
+        """
+        CREATE TRIGGER IF NOT EXISTS messages_recipients_delete AFTER DELETE ON messages BEGIN
+            DELETE FROM message_recipients WHERE rcpt_seq = OLD.seq
+                AND rcpt_address IN (SELECT lower(json_extract(value, '$.address')) FROM json_each(OLD.recipients));
+        END
+        """,
+    ]
+
     /// Migration 9: the counters by each message's route (migration 8 added the column): the
     /// triggers are made anew with `NEW.route`/`OLD.route`, a move between routes moves its
     /// count, and the counts start again from the rows.
@@ -138,37 +170,54 @@ extension SQLiteOutboxStore {
             binds.append(.text(client))
         }
         var windowEnd: Int64?
+        // The walk: along one recipient's entries, one sender's, the possible duplicates, or the
+        // messages (the status index or the sequence).
+        var from = "messages"
+        var key = "seq"
+        if let address = filter.recipientAddress {
+            from = "message_recipients CROSS JOIN messages ON seq = rcpt_seq"
+            key = "rcpt_seq"
+            conditions.append("rcpt_address = lower(?)")
+            binds.append(.text(address))
+        } else if filter.senderAddress != nil {
+            from = "messages INDEXED BY messages_sender"
+        } else if filter.possibleDuplicate == true {
+            from = "messages INDEXED BY \(filter.statuses.isEmpty ? "messages_duplicates" : "messages_duplicates_status")"
+        }
         if filter.needsScan {
             let bounds = try await connection.query("SELECT (SELECT MIN(seq) FROM messages) AS lo, (SELECT MAX(seq) FROM messages) AS hi")
             let lo = Int64(bounds.first?.column("lo")?.integer ?? 0)
             let hi = Int64(bounds.first?.column("hi")?.integer ?? 0)
             if filter.newestFirst {
                 let start = filter.cursor ?? (hi + 1)
-                let floor = start - MessageFilter.scanBudget
-                conditions.append("seq >= ?")
+                let floor = start - filter.scanWindow
+                conditions.append("\(key) >= ?")
                 binds.append(.integer(Int(floor)))
                 if floor > lo { windowEnd = floor }
             } else {
                 let start = filter.cursor ?? (lo - 1)
-                let ceiling = start + MessageFilter.scanBudget
-                conditions.append("seq <= ?")
+                let ceiling = start + filter.scanWindow
+                conditions.append("\(key) <= ?")
                 binds.append(.integer(Int(ceiling)))
                 if ceiling < hi { windowEnd = ceiling }
             }
         }
         if let cursor = filter.cursor {
-            conditions.append(filter.newestFirst ? "seq < ?" : "seq > ?")
+            conditions.append(filter.newestFirst ? "\(key) < ?" : "\(key) > ?")
             binds.append(.integer(Int(cursor)))
         }
         if !filter.statuses.isEmpty {
             conditions.append("status IN (\(filter.statuses.map { _ in "?" }.joined(separator: ", ")))")
             binds += filter.statuses.map { .text($0.rawValue) }
         }
-        if let sender = filter.sender {
+        if let address = filter.senderAddress {
+            conditions.append("mail_from = ? COLLATE NOCASE")
+            binds.append(.text(address))
+        } else if let sender = filter.sender {
             conditions.append(#"mail_from LIKE ? ESCAPE '\'"#)
             binds.append(.text(MessageFilter.likePattern(sender)))
         }
-        if let recipient = filter.recipient {
+        if let recipient = filter.recipient, filter.recipientAddress == nil {
             let pattern = MessageFilter.likePattern(recipient)
             conditions.append(
                 #"recipients LIKE ? ESCAPE '\' AND EXISTS (SELECT 1 FROM json_each(recipients) WHERE json_extract(value, '$.address') LIKE ? ESCAPE '\')"#
@@ -188,12 +237,12 @@ extension SQLiteOutboxStore {
             binds.append(.float(until))
         }
         if let duplicate = filter.possibleDuplicate {
-            conditions.append("possible_duplicate = ?")
-            binds.append(.integer(duplicate ? 1 : 0))
+            // A literal, so that the partial index's condition is seen to hold.
+            conditions.append("possible_duplicate = \(duplicate ? 1 : 0)")
         }
-        var sql = "SELECT \(Self.columns) FROM messages"
+        var sql = "SELECT \(Self.columns) FROM \(from)"
         if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
-        sql += " ORDER BY seq \(filter.newestFirst ? "DESC" : "ASC") LIMIT ?"
+        sql += " ORDER BY \(key) \(filter.newestFirst ? "DESC" : "ASC") LIMIT ?"
         binds.append(.integer(filter.limit))
         let messages = try await connection.query(sql, binds).map(Self.decode)
         if messages.count == filter.limit, let last = messages.last { return MessagePage(messages: messages, nextCursor: last.sequence) }

@@ -219,9 +219,11 @@ package final class StorageGuard: Service, Sendable {
                     statuses: [.delivered, .failed, .cancelled, .unknown],
                     finishedBefore: now - Double(settings.retentionContent.components.seconds), limit: 500, now: now)
                 contents += n
-                if n < 500 { break }
+                // A large backlog (a first start over an old queue) must not hold up a shutdown:
+                // what is left is purged at the next run.
+                if n < 500 || Task.isCancelled || Task.isShuttingDownGracefully { break }
             }
-            while true {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 let n = try await store.purgeRecords(finishedBefore: now - Double(settings.retentionRecords.components.seconds), limit: 500)
                 records += n
                 if n < 500 { break }
