@@ -230,9 +230,15 @@ struct PacingTests {
     func rateLimitAcrossInstances() async throws {
         let peer = try TestPeers.fromEnvironment()
         let throttle = try ThrottlePeer.fromEnvironment()
-        let store = try await PostgresOutboxStore.open(url: peer.postgresURL)
+        // A database of its own: the cluster's default one is shared with other tests (which
+        // delete its messages).
+        let database = "outbox_pacing_\(UUID().uuidString.prefix(8).lowercased())"
+        let admin = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/postgres", options: .regularExpression)
+        let url = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/\(database)", options: .regularExpression)
+        try psql(admin, "CREATE DATABASE \(database)")
+        defer { try? psql(admin, "DROP DATABASE \(database) WITH (FORCE)") }
+        let store = try await PostgresOutboxStore.open(url: url)
         try await store.migrate()
-        try await store.deleteAllForTesting()
         let dir = NSTemporaryDirectory() + "outbox-rate-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -245,7 +251,7 @@ struct PacingTests {
             let file = "\(dir)/d\(i).cfg"
             try configuration(
                 peer: peer, port: throttle.plainPort, dir: "\(dir)/d\(i)", listen: base + i, extra: "rate-limit-per-minute = \(limit)",
-                outbox: "store = \(peer.postgresURL)\ndelivery-concurrency = 4"
+                outbox: "store = \(url)\ndelivery-concurrency = 4"
             ).write(toFile: file, atomically: true, encoding: .utf8)
             daemons.append(try DaemonProcess(port: base + i, overrides: [], logPath: "\(dir)/d\(i).log", config: file))
         }
@@ -274,7 +280,16 @@ struct PacingTests {
         #expect(busiest <= limit + 1, "the busiest 55 s held \(busiest) deliveries; limit \(limit) a minute; times \(seconds)")
         print("rate-limit across two daemons: delivery seconds (server side) \(seconds.map { $0 - (seconds.first ?? 0) })")
         for d in daemons { d.terminate() }
-        try await store.deleteAllForTesting()
         try await store.close()
+    }
+
+    /// Runs one SQL command with psql (installed with the PostgreSQL testbed).
+    func psql(_ url: String, _ command: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["psql", "-q", url, "-c", command]
+        try process.run()
+        process.waitUntilExit()
+        if process.terminationStatus != 0 { throw NotRunning() }
     }
 }
