@@ -96,7 +96,7 @@ package final class RelayServer: Service, Sendable {
     private let onListening: @Sendable (String) -> Void
     let metrics: RelayMetrics
     /// Each client's submissions against its `intake-limit-per-minute`.
-    let intakeLimiter = IntakeLimiter()
+    let intakeLimiter = IntakeLimiter.shared
 
     struct Connections {
         var open: [ObjectIdentifier: NIOLoopBound<RelayServerHandler>] = [:]

@@ -348,6 +348,15 @@ package final class OutboxAPI: Sendable {
     }
 
     private func submit(_ request: Request, caller: Caller) async throws -> Response {
+        // A client over its intake-limit-per-minute (counted with its SMTP submissions): 429.
+        if let client = caller.client,
+            let wait = IntakeLimiter.shared.wait(client: client.name, limit: client.intakeLimitPerMinute, now: Date().timeIntervalSince1970)
+        {
+            throw APIError.retryLater(
+                .tooManyRequests, "intake_limit",
+                "[client-\(client.name)] submitted its intake-limit-per-minute (\(client.intakeLimitPerMinute ?? 0)); try again in \(Int(wait.rounded(.up))) s",
+                after: Int(wait.rounded(.up)))
+        }
         let limit = settings.maxRequestSize
         if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit {
             throw APIError(.contentTooLarge, "too_large", "the request body is \(declared) bytes; the limit ([outbox] max-request-size) is \(limit)")
@@ -421,6 +430,9 @@ package final class OutboxAPI: Sendable {
                 headers: [HTTPFields.Element.Name("Idempotent-Replayed")!: "true", .location: "/v1/messages/\(result.id)"])
         }
         submitted.increment()
+        if let client = caller.client {
+            IntakeLimiter.shared.record(client: client.name, limit: client.intakeLimitPerMinute, now: Date().timeIntervalSince1970)
+        }
         return JSON.response(.accepted, ["id": result.id, "status": result.status.rawValue], headers: [.location: "/v1/messages/\(result.id)"])
     }
 

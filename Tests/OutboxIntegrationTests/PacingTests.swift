@@ -189,6 +189,53 @@ struct PacingTests {
         #expect(routes.allSatisfy { $0["state"] as? String == "ok" }, "\(routes)")
     }
 
+    @Test("a client over its intake-limit-per-minute gets HTTP 429 with Retry-After; an operator's token is not limited")
+    func intakeLimitOverHTTP() async throws {
+        let peer = try TestPeers.fromEnvironment()
+        let throttle = try ThrottlePeer.fromEnvironment()
+        let dir = NSTemporaryDirectory() + "outbox-intake-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        let file = dir + "/outbox.cfg"
+        let clientToken = "client-token-\(UUID().uuidString)"
+        let operatorToken = "operator-token-\(UUID().uuidString)"
+        let client = """
+            [client-app]
+            user = app@example.test
+            password-hash = $2b$12$OQmzGmxZl8G.yTsLT7QunOUVEp7EdnjN2LCXshj3UlLRTplx8U.He
+            allowed-senders = *@example.test
+            api-token = \(clientToken)
+            intake-limit-per-minute = 3
+
+            """
+        try (configuration(peer: peer, port: throttle.plainPort, dir: dir, listen: port, outbox: "api-tokens = \(operatorToken)") + client)
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess(port: port, overrides: [], logPath: dir + "/daemon.log", config: file)
+        defer { daemon.terminate() }
+        try await daemon.waitReady()
+        func post(_ token: String) async throws -> (HTTPResponse.Status, String?) {
+            try await TestClient.withClient(host: "127.0.0.1", port: port) { c in
+                let r = try await c.execute(
+                    TestClient.Request(
+                        "/v1/messages", method: .post, headers: [.contentType: "application/json", .authorization: "Bearer \(token)"],
+                        body: ByteBuffer(string: #"{"from":"app@example.test","to":"rcpt@elsewhere.example","subject":"intake","text":"x"}"#)))
+                return (r.status, r.headers[.retryAfter])
+            }
+        }
+        var statuses: [HTTPResponse.Status] = []
+        var retryAfter: String?
+        for _ in 0..<5 {
+            let (status, after) = try await post(clientToken)
+            statuses.append(status)
+            if status == .tooManyRequests { retryAfter = after }
+        }
+        #expect(statuses == [.accepted, .accepted, .accepted, .tooManyRequests, .tooManyRequests])
+        let seconds = try #require(retryAfter.flatMap(Int.init), "no Retry-After on the 429")
+        #expect(seconds >= 1 && seconds <= 60)
+        #expect(try await post(operatorToken).0 == .accepted)
+    }
+
     @Test("452 4.5.3 (too many recipients) is not throttling: the rest go at once in further transactions on the same route")
     func tooManyRecipients() async throws {
         let peer = try TestPeers.fromEnvironment()

@@ -7,6 +7,10 @@ import OutboxConfig
 package final class IntakeLimiter: Sendable {
     private let windows = NIOLockedValueBox<[String: PacingWindow]>([:])
 
+    /// The process's limiter, shared by the listener and the HTTP API: a client's submissions
+    /// count together whichever door they take.
+    package static let shared = IntakeLimiter()
+
     package init() {}
 
     /// How long `client` must wait before submitting again under `limit` messages a minute
