@@ -26,8 +26,9 @@ public final class Mailer: Service, Sendable {
     /// The route this mailer sends for (`default` for a mailer of `[smtp-client]`).
     package let route: String
     private let logger: Logger
-    /// The delivery log's lines of direct sends (the dispatcher writes those of the queue's).
-    public let deliveryLog = DeliveryLog()
+    /// The delivery log's lines of direct sends (the dispatcher writes those of the queue's), at
+    /// the level of the logger the mailer was given: a mailer logging at `warning` writes none.
+    public let deliveryLog: DeliveryLog
     private let metrics: MailerMetrics
     private let tokenSource: (@Sendable () async throws -> SMTPAccessToken)?
     /// Transports whose background work `run()` must start: the first one, then each one a
@@ -78,9 +79,11 @@ public final class Mailer: Service, Sendable {
         self.logger = logger
         self.metrics = MailerMetrics(route: route)
         self.tokenSource = tokenSource
+        var deliveryLogger = Logger(label: DeliveryLog.label)
+        deliveryLogger.logLevel = logger.logLevel
+        self.deliveryLog = DeliveryLog(logger: deliveryLogger, format: configuration.outbox.logFormat)
         self.starts = AsyncStream.makeStream(of: (any MailTransport).self)
         starts.continuation.yield(transport)
-        deliveryLog.format = configuration.outbox.logFormat
     }
 
     /// The configuration in force.

@@ -96,10 +96,10 @@ class Daemon:
         self.work = tempfile.mkdtemp(prefix="outbox-dashboard-")
         self.port = free_port()
         self.base = f"{scheme}://127.0.0.1:{self.port}"
-        # The sink is stopped and started anew under pooled idle connections: each is checked
-        # with NOOP before reuse, so a dead one is replaced (a retry after one dead connection can
-        # otherwise take another dead idle one: a known pool limit, see the session note).
-        lines = ["[smtp-client]", "server = 127.0.0.1", f"port = {sink_port}", "cnx-check-idle-time = 00:00:00", "", "[outbox]",
+        # The sink is stopped and started anew under pooled idle connections, with the default
+        # cnx-check-idle-time: the first reuse finds its connection dead, and the retry "on a new
+        # connection" must not take another dead idle one (the pool checks them once one died).
+        lines = ["[smtp-client]", "server = 127.0.0.1", f"port = {sink_port}", "", "[outbox]",
                  f"data-directory = {self.work}/data", f"http-listen = 127.0.0.1:{self.port}",
                  "retry-initial-delay = 01:00:00", *extra]
         if tokens:

@@ -41,6 +41,7 @@ public final class DeliveryLog: Sendable {
     /// Writes one attempt's line.
     package func record(_ entry: DeliveryLogEntry) {
         // The line is built only when it is written (a library at warning builds none).
+        let logger = self.logger
         guard logger.logLevel <= .info else { return }
         let line = entry.line(format)
         logger.info("\(line)")

@@ -63,7 +63,9 @@ enum PoolRequestFailure: Hashable, Sendable {
 ///   opened); no minimum is kept, so a retired or idle-closed connection is replaced when a caller
 ///   next needs one. The idle connection used most recently is handed out first.
 /// - A connection being closed (QUIT in flight) still counts against the size.
-/// - NOOP when idle for longer than `checkIdleTime` (zero: every reuse), never on a connection's first use.
+/// - NOOP when idle for longer than `checkIdleTime` (zero: every reuse), never on a connection's first use,
+///   except after another connection died under use or failed its check: every connection idle at that
+///   moment is checked before its next use.
 ///   A dirty release (`.needsReset`) makes the next hand-out send RSET first (then NOOP if due).
 ///   A failed RSET/NOOP closes the connection and puts the request back at the head of the queue.
 /// - `maxIdleTime == .zero`: a released connection that no waiter takes is closed at once.
@@ -121,6 +123,11 @@ where Instant.Duration == Duration {
         var fresh = true
         var needsReset = false
         var hasIdleTimer = false
+        /// Another connection died under use, or failed its check, while this one sat idle: the
+        /// server may have dropped this one too (a restart, a network change), so its next use
+        /// is checked with NOOP whatever its idle time, and a dead one is replaced without
+        /// costing a sender its attempt.
+        var suspect = false
     }
 
     struct Shrink: Sendable, Hashable {
@@ -267,6 +274,7 @@ where Instant.Duration == Duration {
             preconditionFailure("\(id) check succeeded but not checking")
         }
         connection.needsReset = false
+        connection.suspect = false
         connection.lastUsed = now
         connection.state = .idle
         connections[id] = connection
@@ -302,6 +310,7 @@ where Instant.Duration == Duration {
         if noop { counters.noopFailures += 1 }
         var actions: [Action] = []
         close(id, .checkFailed, &actions)
+        suspectIdleConnections()
         switch lifecycle {
         case .shuttingDown, .shutDown:
             return actions
@@ -335,6 +344,7 @@ where Instant.Duration == Duration {
         case .discard:
             connections[id] = connection
             close(id, .discarded, &actions)
+            suspectIdleConnections()
         case .serverRefused:
             connections[id] = connection
             close(id, .serverRefused, &actions)
@@ -545,6 +555,13 @@ where Instant.Duration == Duration {
         }
     }
 
+    /// Marks every idle connection for a NOOP before its next use (see `Connection.suspect`).
+    private mutating func suspectIdleConnections() {
+        for (id, connection) in connections where connection.state == .idle {
+            connections[id]!.suspect = true
+        }
+    }
+
     /// The most recently used usable idle connection (so the others age out); unusable ones met
     /// on the way are closed.
     private mutating func takeIdleConnection(now: Instant, _ actions: inout [Action]) -> PoolConnectionID? {
@@ -569,7 +586,7 @@ where Instant.Duration == Duration {
         var connection = connections[id]!
         // "idle for longer than" the setting (strictly); 00:00:00 checks before every use.
         let idle = connection.lastUsed.duration(to: now)
-        let noop = !connection.fresh && (configuration.checkIdleTime == .zero || idle > configuration.checkIdleTime)
+        let noop = connection.suspect || (!connection.fresh && (configuration.checkIdleTime == .zero || idle > configuration.checkIdleTime))
         let reset = connection.needsReset
         if noop || reset {
             if noop { counters.noopChecks += 1 }

@@ -144,6 +144,42 @@ struct PoolStateMachineTests {
         #expect(sm.checkSucceeded(c0, now: t(100)) == [.lease(c0, to: 3)])
     }
 
+    @Test func aConnectionDyingUnderUseHasTheIdleOnesCheckedBeforeReuse() {
+        // Three connections used at once, then the server restarts: the first reuse dies, and
+        // the sender's retry must not take another dead one unchecked (checkIdle 30 s, idle 5 s).
+        var sm = SM(configuration: config(size: 3, checkIdle: 30))
+        leaseNew(&sm, 1, c0, at: t(0))
+        leaseNew(&sm, 2, c1, at: t(0))
+        leaseNew(&sm, 3, c2, at: t(0))
+        _ = sm.released(c0, .clean, now: t(1))
+        _ = sm.released(c1, .clean, now: t(2))
+        _ = sm.released(c2, .clean, now: t(3))
+        #expect(sm.leaseRequested(4, now: t(5)) == [.lease(c2, to: 4)])  // idle 2 s: no check
+        #expect(sm.released(c2, .discard, now: t(5)) == [.cancelTimer(.idle(c2)), .close(c2, reason: .discarded)])
+        // The retry: the next idle connection is checked first, though idle only 3 s.
+        #expect(sm.leaseRequested(5, now: t(5)) == [.check(c1, for: 5, reset: false, noop: true)])
+        #expect(
+            sm.checkFailed(c1, now: t(5)) == [
+                .cancelTimer(.idle(c1)), .close(c1, reason: .checkFailed), .check(c0, for: 5, reset: false, noop: true),
+            ])
+        #expect(sm.checkSucceeded(c0, now: t(5)) == [.lease(c0, to: 5)])
+        // A connection that passed its check is trusted again.
+        _ = sm.released(c0, .clean, now: t(6))
+        #expect(sm.leaseRequested(6, now: t(7)) == [.lease(c0, to: 6)])
+        #expect(sm.statistics.noopChecks == 2)
+        #expect(sm.statistics.noopFailures == 1)
+    }
+
+    @Test func aConnectionOpenedAfterTheFailureIsNotSuspect() {
+        var sm = SM(configuration: config(size: 2, checkIdle: 30))
+        leaseNew(&sm, 1, c0, at: t(0))
+        _ = sm.released(c0, .discard, now: t(1))
+        _ = sm.connectionClosed(c0, now: t(1))
+        leaseNew(&sm, 2, c1, at: t(2))
+        _ = sm.released(c1, .clean, now: t(3))
+        #expect(sm.leaseRequested(3, now: t(4)) == [.lease(c1, to: 3)])
+    }
+
     @Test func idleConnectionIsClosedByTimerAtMaxIdleTime() {
         var sm = SM(configuration: config(size: 1, maxIdle: 300))
         leaseNew(&sm, 1, c0, at: t(0))
