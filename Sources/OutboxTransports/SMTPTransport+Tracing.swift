@@ -51,6 +51,9 @@ enum SMTPTracing {
     /// Starts the transaction's span on `connection`.
     static func startTransaction(_ connection: SMTPConnection, recipients: Int?) -> any Span {
         let span = startSpan("smtp.transaction", ofKind: .client)
+        // Attributes only for a span that records (no tracer bootstrapped: a no-op span would
+        // still build them, for every message).
+        guard span.isRecording else { return span }
         span.attributes["server.address"] = connection.configuration.host
         span.attributes["server.port"] = connection.configuration.port
         span.attributes["smtp.connection.id"] = connection.id
@@ -60,6 +63,7 @@ enum SMTPTracing {
 
     /// Ends the transaction's span with the server's final reply.
     static func end(_ span: any Span, _ result: SMTPTransactionResult) {
+        guard span.isRecording else { return span.end() }
         if let reply = result.finalReply { span.attributes["smtp.reply.code"] = reply.code }
         span.attributes["outbox.recipient.accepted"] = result.recipients.filter(\.accepted).count
         if !result.delivered { span.setStatus(SpanStatus(code: .error, message: result.finalReply?.description)) }
@@ -68,6 +72,7 @@ enum SMTPTracing {
 
     /// Ends the transaction's span with its error (the reply code, the error's code; never a secret).
     static func end(_ span: any Span, _ error: SMTPError) {
+        guard span.isRecording else { return span.end() }
         if let code = error.reply?.code { span.attributes["smtp.reply.code"] = code }
         span.attributes["error.type"] = error.code.rawValue
         span.setStatus(SpanStatus(code: .error, message: error.message))

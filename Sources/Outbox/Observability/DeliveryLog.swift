@@ -38,6 +38,10 @@ public final class DeliveryLog: Sendable {
         set { formatBox.withLockedValue { $0 = newValue } }
     }
 
+    /// True when a line would be written (the logger's level is `info` or lower): callers skip
+    /// building an entry otherwise.
+    package var isEnabled: Bool { loggerBox.withLockedValue { $0.logLevel <= .info } }
+
     /// Writes one attempt's line.
     package func record(_ entry: DeliveryLogEntry) {
         // The line is built only when it is written (a library at warning builds none).

@@ -34,6 +34,7 @@ extension Dispatcher {
             InstrumentationSystem.instrument.extract(["traceparent": traceparent], into: &context, using: TraceparentExtractor())
         }
         let span = startSpan("outbox.delivery", context: context, ofKind: .producer)
+        guard span.isRecording else { return span }
         span.attributes["outbox.message.id"] = message.id
         if let messageID = message.messageID { span.attributes["outbox.message_id_header"] = messageID }
         span.attributes["outbox.route"] = routeName(of: message)
@@ -62,6 +63,7 @@ extension Dispatcher {
 
     /// Ends the attempt's span with its result: where it went, the reply code, the outcome.
     func endDeliverySpan(_ span: any Span, result: Result<DeliveryReport, DeliveryError>, outcome: AttemptOutcome) {
+        guard span.isRecording else { return span.end() }
         var report: DeliveryReport?
         switch result {
         case .success(let r): report = r

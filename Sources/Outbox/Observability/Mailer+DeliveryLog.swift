@@ -15,7 +15,7 @@ extension Mailer {
     func logDirectSend(
         _ content: any MailContent, envelope: Envelope?, result: Result<DeliveryReport, DeliveryError>, duration: Duration
     ) {
-        guard !DeliveryLog.dispatching else { return }
+        guard !DeliveryLog.dispatching, deliveryLog.isEnabled else { return }
         let given = envelope ?? (try? content.envelope())
         var report: DeliveryReport?
         var error: DeliveryError?
