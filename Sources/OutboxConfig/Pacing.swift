@@ -28,7 +28,7 @@ public struct RouteLimits: Sendable, Equatable, Hashable {
     public var messagesPerDay: Int?
     /// Recipients over a rolling 24 hours.
     public var recipientsPerDay: Int?
-    /// Sessions or HTTP requests in flight for the route (per instance).
+    /// Sessions or HTTP requests in flight for the route (across every instance on PostgreSQL).
     public var maxConcurrent: Int?
     /// Deliveries in flight per sending mailbox within the route (Graph's preset: 4).
     public var mailboxConcurrency: Int?
@@ -136,7 +136,7 @@ extension OptionTable {
             name: "max-concurrent", section: .smtpClient, type: .integer, defaultValue: nil,
             validValues: "An integer, 0 for no limit; unset: the provider's preset", effect: .atNextCycle, referenceEffect: nil,
             summary:
-                "SMTP sessions or HTTP requests in flight for this route in each instance; for SMTP at most cnx-pool-size (the pool is made no larger). Unset: the provider's preset (Exchange Online SMTP 3), else cnx-pool-size for SMTP and no limit otherwise. [outbox] mailbox-concurrency (per sending mailbox) still applies within the route; Graph's preset is 4 per mailbox."
+                "SMTP sessions or HTTP requests in flight for this route, across every instance on one PostgreSQL queue (within the process with SQLite); for SMTP at most cnx-pool-size (the pool is made no larger). A connection idle in an instance's pool is not in flight: against a provider that counts open connections, keep cnx-max-idle-time short when several instances share a route. Unset: the provider's preset (Exchange Online SMTP 3), else cnx-pool-size for SMTP and no limit otherwise. [outbox] mailbox-concurrency (per sending mailbox) still applies within the route; Graph's preset is 4 per mailbox."
         ),
     ]
 
@@ -207,7 +207,7 @@ extension OutboxConfiguration {
         if let r = limits.ratePerMinute { parts.append("\(r) messages/minute") }
         if let m = limits.messagesPerDay { parts.append("\(m) messages/day") }
         if let r = limits.recipientsPerDay { parts.append("\(r) recipients/day") }
-        if let c = limits.maxConcurrent { parts.append("\(c) in flight per instance") }
+        if let c = limits.maxConcurrent { parts.append("\(c) in flight") }
         let mailboxConcurrency = outbox.mailboxConcurrency > 0 ? outbox.mailboxConcurrency : limits.mailboxConcurrency
         var mailbox: [String] = []
         if outbox.rateLimitPerMinute > 0 { mailbox.append("\(outbox.rateLimitPerMinute) messages/minute") }

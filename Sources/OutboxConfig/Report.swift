@@ -36,7 +36,6 @@ extension OutboxConfiguration {
     /// reference's order, the understood `mail.*` keys, other `mail.*` keys given, the secret
     /// sections, then `[outbox]`.
     package func effectiveOptions() -> [EffectiveOption] {
-        let o = smtpClient
         func time(_ d: Duration) -> String { TimeValue.format(d) }
         func text(_ s: String?) -> String { s ?? Self.notSet }
         var rows: [EffectiveOption] = []

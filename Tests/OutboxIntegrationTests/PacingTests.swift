@@ -330,6 +330,81 @@ struct PacingTests {
         try await store.close()
     }
 
+    @Test("max-concurrent holds across two daemons on one PostgreSQL queue, counted by the Graph emulator", .timeLimit(.minutes(3)))
+    func maxConcurrentAcrossInstances() async throws {
+        let peer = try TestPeers.fromEnvironment()
+        let database = "outbox_slots_\(UUID().uuidString.prefix(8).lowercased())"
+        let admin = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/postgres", options: .regularExpression)
+        let url = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/\(database)", options: .regularExpression)
+        try psql(admin, "CREATE DATABASE \(database)")
+        defer { try? psql(admin, "DROP DATABASE \(database) WITH (FORCE)") }
+        let store = try await PostgresOutboxStore.open(url: url)
+        try await store.migrate()
+        let dir = NSTemporaryDirectory() + "outbox-slots-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let graphState = EmulatorState()
+        await graphState.set {
+            $0.clientSecret = "graph-app-secret"
+            $0.graphMailbox = "helpdesk@contoso.test"
+            // Each send takes 400 ms at the server, so the daemons' sends overlap.
+            $0.sendMailDelay = .milliseconds(400)
+        }
+        let limit = 2
+        let total = 16
+        try await withEmulator(graphState, certificates: peer.certificates) { graph in
+            let base = freePort()
+            var daemons: [DaemonProcess] = []
+            defer { for d in daemons { d.terminate() } }
+            for i in 0..<2 {
+                let file = "\(dir)/d\(i).cfg"
+                // Each daemon alone would have 4 in flight (delivery-concurrency), and 2 by the
+                // route's max-concurrent: 4 together without sharing.
+                try """
+                [smtp-client]
+                server-type = GRAPH
+                user = helpdesk@contoso.test
+                password = graph-app-secret
+                client-id = client-1
+                directory-id = tenant-1
+                tenant-authority = \(graph)
+                max-concurrent = \(limit)
+
+                [outbox]
+                data-directory = \(dir)/d\(i)/data
+                http-listen = 127.0.0.1:\(base + i)
+                graph-url = \(graph)/v1.0
+                tls-ca-file = \(peer.caFile)
+                store = \(url)
+                delivery-concurrency = 4
+                retry-initial-delay = 00:00:01
+                retry-max-delay = 00:00:02
+
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+                daemons.append(try DaemonProcess(port: base + i, overrides: [], logPath: "\(dir)/d\(i).log", config: file))
+            }
+            for d in daemons { try await d.waitReady() }
+            for n in 0..<total {
+                let (status, _) = try await http(
+                    base + n % 2, .post, "/v1/messages",
+                    #"{"from":"helpdesk@contoso.test","to":"rcpt@elsewhere.example","subject":"slots-\#(n)","text":"x"}"#)
+                #expect(status == .accepted)
+            }
+            let deadline = ContinuousClock.now + .seconds(90)
+            while await graphState.deliveries.count < total, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let (delivered, most) = await (graphState.deliveries.count, graphState.sendMailMostInFlight)
+            #expect(delivered == total, "delivered \(delivered) of \(total)")
+            // Shared: never more than the limit at the server; and the limit was reached (the
+            // daemons did send side by side).
+            #expect(most <= limit, "the emulator had \(most) sendMail requests in flight at once; max-concurrent \(limit)")
+            #expect(most == limit, "never \(limit) in flight at once: \(most)")
+            for d in daemons { d.terminate() }
+        }
+        try await store.close()
+    }
+
     /// Runs one SQL command with psql (installed with the PostgreSQL testbed).
     func psql(_ url: String, _ command: String) throws {
         let process = Process()

@@ -74,7 +74,12 @@ extension Emulator {
                 $0.delivered.append(mime)
                 $0.deliveries.append(EmulatorState.Delivery(via: "sendMail", to: h.to, cc: h.cc, bcc: h.bcc, mime: mime, names: h.names))
                 $0.sendMailMailboxes.append(mailbox)
+                $0.sendMailInFlight += 1
+                $0.sendMailMostInFlight = max($0.sendMailMostInFlight, $0.sendMailInFlight)
             }
+            let delay = await state.sendMailDelay
+            if delay > .zero { try? await Task.sleep(for: delay) }
+            await state.set { $0.sendMailInFlight -= 1 }
             return Response(status: .accepted)
         }
     }

@@ -44,6 +44,11 @@ package actor EmulatorState {
     package var sendMailMailboxes: [String] = []
     package var throttleNext = 0
     package var serverBusyNext = 0
+    /// An accepted sendMail is answered after this long (so concurrent senders overlap).
+    package var sendMailDelay: Duration = .zero
+    /// Accepted sendMail requests being answered now, and the most there ever were at once.
+    package var sendMailInFlight = 0
+    package var sendMailMostInFlight = 0
     package var ewsBasicUser = "agent@contoso.test"
     package var ewsBasicPassword = "ews-pass"
     /// Answer 411 Length Required to a request with a body but no `Content-Length` (a chunked

@@ -175,20 +175,8 @@ package struct DeliveryLogEntry: Sendable, Equatable {
     /// quoted, with `"` and `\` escaped.
     static func logfmtValue(_ s: String) -> String {
         let needsQuotes = s.isEmpty || s.unicodeScalars.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || $0.value < 0x20 }
-        guard needsQuotes else { return s }
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
+        // Quoted values use JSON's escapes (logfmt parsers read them alike).
+        return needsQuotes ? jsonString(s) : s
     }
 
     /// A JSON string literal.

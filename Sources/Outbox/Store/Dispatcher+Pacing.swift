@@ -38,6 +38,25 @@ extension Dispatcher {
         return Array(claimed[..<granted])
     }
 
+    /// A delivery slot of the route's `max-concurrent` shared by every instance (PostgreSQL):
+    /// waits for one while the message's claim is young. Returns `.some(nil)` when no shared
+    /// slot applies (no limit, or a store of one process, where the lane's bound is the limit),
+    /// `.some(slot)` when one is held (give it back after the delivery), and nil when none
+    /// freed before half the claim's lease had gone.
+    func takeSharedSlot(route: String, settings: DispatcherSettings, claimedAt: QueueInstant, lease: Duration) async -> Int?? {
+        guard pacer.isShared, let limit = settings.routeLimits[route]?.maxConcurrent else { return .some(nil) }
+        while true {
+            let now = clock.now
+            // Held until the claim's lease would run out: an instance that dies holding it frees it then.
+            let until = claimedAt.advanced(by: lease).secondsSince1970
+            if let slot = await pacer.acquireSlot(route: route, limit: limit, holder: instanceID, until: until, now: now.secondsSince1970) {
+                return .some(slot)
+            }
+            if claimedAt.duration(to: clock.now) > lease / 2 || Task.isCancelled { return nil }
+            try? await clock.sleep(for: .milliseconds(200))
+        }
+    }
+
     /// The route is at its limits: no claims for `wait` seconds.
     private func paced(_ route: String, wait: Double, at now: QueueInstant, limits: RouteLimits) {
         let until = now.advanced(by: .seconds(max(wait, 0.01)))

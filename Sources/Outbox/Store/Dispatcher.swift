@@ -321,8 +321,19 @@ public final class Dispatcher: Service, Sendable {
                                 $0.inFlight[next.message.message.id] = nil
                                 if let probe = next.probe { $0.health[route]?.probeFoundNothing(token: probe) }
                             }
-                        } else {
+                        } else if let slot = await self.takeSharedSlot(route: route, settings: settings, claimedAt: next.claimedAt, lease: next.lease)
+                        {
                             await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
+                            if let slot { await self.pacer.releaseSlot(route: route, slot: slot, holder: self.instanceID) }
+                        } else {
+                            // Every instance's slots stayed taken while its claim aged: back to the queue.
+                            try? await self.store.release(
+                                id: next.message.message.id, owner: self.instanceID,
+                                nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
+                            self.state.withLockedValue {
+                                $0.inFlight[next.message.message.id] = nil
+                                if let probe = next.probe { $0.health[route]?.probeFoundNothing(token: probe) }
+                            }
                         }
                         return .finished
                     }

@@ -106,6 +106,13 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
             // Pacing per route, shared by every instance (PostgresOutboxStore+Pacing.swift).
             "CREATE TABLE IF NOT EXISTS outbox_route_sends (route TEXT NOT NULL, sent_at DOUBLE PRECISION NOT NULL, recipients BIGINT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS outbox_route_sends_route ON outbox_route_sends(route, sent_at)",
+            // max-concurrent per route, shared by every instance: one row per delivery in flight.
+            """
+            CREATE TABLE IF NOT EXISTS outbox_route_slots (
+                route TEXT NOT NULL, slot BIGINT NOT NULL, holder TEXT NOT NULL, until DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (route, slot)
+            )
+            """,
         ] + PostgresOutboxStore.statisticsMigration
 
     /// Creates the tables, or upgrades them to the current schema; safe to run again.
@@ -528,6 +535,7 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         _ = try await rows("DELETE FROM outbox_message_chunks")
         _ = try await rows("DELETE FROM outbox_message_rates")
         _ = try await rows("DELETE FROM outbox_route_sends")
+        _ = try await rows("DELETE FROM outbox_route_slots")
     }
 
     /// Reads the schema's version: throws when the database does not answer, and

@@ -81,6 +81,14 @@ package protocol SharedPacing: Sendable {
     /// `limits`, atomically for every instance: the first `granted` are counted; `wait`
     /// (seconds) is how long until the next one may go when not all were.
     func reserveSends(route: String, recipients: [Int], limits: RouteLimits, now: Double) async throws -> (granted: Int, wait: Double)
+
+    /// Takes one of the `limit` delivery slots of `route` for `holder`, for every instance at
+    /// once, until `until` (seconds since 1970; a holder that dies frees it then); nil when all
+    /// are taken.
+    func acquireSlot(route: String, limit: Int, holder: String, until: Double, now: Double) async throws -> Int?
+
+    /// Gives back a slot that ``acquireSlot(route:limit:holder:until:now:)`` gave `holder`.
+    func releaseSlot(route: String, slot: Int, holder: String) async throws
 }
 
 /// Pacing per route: counts each route's sends and says when its limits let the next go.
@@ -120,6 +128,20 @@ package final class RoutePacer: Sendable {
             }
             return (recipients.count, 0)
         }
+    }
+
+    /// One delivery slot of a route's `max-concurrent` across every instance (PostgreSQL):
+    /// nil when all are taken or the store does not answer. Without a shared store the lane's
+    /// own bound is the limit, and every call gets a slot.
+    package func acquireSlot(route: String, limit: Int, holder: String, until: Double, now: Double) async -> Int? {
+        guard let shared else { return 0 }
+        return try? await shared.acquireSlot(route: route, limit: limit, holder: holder, until: until, now: now)
+    }
+
+    /// Gives a slot back (a failure leaves it to expire at its `until`).
+    package func releaseSlot(route: String, slot: Int, holder: String) async {
+        guard let shared else { return }
+        try? await shared.releaseSlot(route: route, slot: slot, holder: holder)
     }
 
     /// How many messages the route may send now by this process's own count, and how long to
