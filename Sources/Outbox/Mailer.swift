@@ -169,12 +169,14 @@ public final class Mailer: Service, Sendable {
         let start = ContinuousClock.now
         do {
             let report = try await transport.send(content, envelope: envelope)
-            metrics.record(report, duration: ContinuousClock.now - start)
-            logDirectSend(content, envelope: envelope, result: .success(report), duration: ContinuousClock.now - start)
+            let elapsed = ContinuousClock.now - start
+            metrics.record(report, duration: elapsed)
+            if deliveryLog.isEnabled { logDirectSend(content, envelope: envelope, result: .success(report), duration: elapsed) }
             return report
         } catch {
-            metrics.record(error, transport: transport.name, duration: ContinuousClock.now - start)
-            logDirectSend(content, envelope: envelope, result: .failure(error), duration: ContinuousClock.now - start)
+            let elapsed = ContinuousClock.now - start
+            metrics.record(error, transport: transport.name, duration: elapsed)
+            if deliveryLog.isEnabled { logDirectSend(content, envelope: envelope, result: .failure(error), duration: elapsed) }
             throw error
         }
     }

@@ -12,23 +12,27 @@ extension SMTPTransport {
     /// were taken, the report's ``DeliveryReport/throttle`` says so.
     public func send(_ content: any MailContent, envelope: Envelope?) async throws(DeliveryError) -> DeliveryReport {
         var report = try await sendTransaction(content, envelope: envelope)
-        var round = report
-        while round.recipients.contains(where: { $0.status == .accepted }) {
-            let rest = round.recipients.filter {
-                $0.status == .deferred && Throttling.isTooManyRecipients(code: $0.code, enhancedCode: $0.enhancedCode, text: $0.text)
-            }
-            guard !rest.isEmpty, let from = envelope?.from ?? (try? content.envelope().from) else { break }
-            do {
-                round = try await sendTransaction(
-                    content, envelope: Envelope(from: from, recipients: rest.map(\.address), dsn: envelope?.dsn))
-            } catch {
-                // The rest stay deferred: the queue tries them again.
-                break
-            }
-            report.attempts += round.attempts
-            report.throttle = report.throttle ?? round.throttle
-            for outcome in round.recipients {
-                if let i = report.recipients.firstIndex(where: { $0.address == outcome.address }) { report.recipients[i] = outcome }
+        func tooMany(_ outcome: RecipientOutcome) -> Bool {
+            outcome.status == .deferred && Throttling.isTooManyRecipients(code: outcome.code, enhancedCode: outcome.enhancedCode, text: outcome.text)
+        }
+        // (The common case, no recipient left for another transaction, copies no report.)
+        if report.recipients.contains(where: tooMany) {
+            var round = report
+            while round.recipients.contains(where: { $0.status == .accepted }) {
+                let rest = round.recipients.filter(tooMany)
+                guard !rest.isEmpty, let from = envelope?.from ?? (try? content.envelope().from) else { break }
+                do {
+                    round = try await sendTransaction(
+                        content, envelope: Envelope(from: from, recipients: rest.map(\.address), dsn: envelope?.dsn))
+                } catch {
+                    // The rest stay deferred: the queue tries them again.
+                    break
+                }
+                report.attempts += round.attempts
+                report.throttle = report.throttle ?? round.throttle
+                for outcome in round.recipients {
+                    if let i = report.recipients.firstIndex(where: { $0.address == outcome.address }) { report.recipients[i] = outcome }
+                }
             }
         }
         if let throttle = report.throttle, !report.recipients.contains(where: { $0.status == .accepted }) {

@@ -32,7 +32,9 @@ public enum Throttling {
 
     /// True when `reply` is throttling (see ``isThrottling(code:enhancedCode:text:)``).
     public static func isThrottling(_ reply: SMTPReply) -> Bool {
-        isThrottling(code: reply.code, enhancedCode: reply.enhancedCode?.description, text: reply.lines.joined(separator: " "))
+        // Checked for every message's final reply: no text is built for the codes that never throttle.
+        guard [432, 421, 454, 550, 554].contains(reply.code) else { return false }
+        return isThrottling(code: reply.code, enhancedCode: reply.enhancedCode?.description, text: reply.lines.joined(separator: " "))
     }
 
     /// True when an HTTP answer is throttling: 429 always, 503 with a `Retry-After`.
