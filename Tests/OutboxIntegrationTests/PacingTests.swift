@@ -277,15 +277,8 @@ struct PacingTests {
     func rateLimitAcrossInstances() async throws {
         let peer = try TestPeers.fromEnvironment()
         let throttle = try ThrottlePeer.fromEnvironment()
-        // A database of its own: the cluster's default one is shared with other tests (which
-        // delete its messages).
-        let database = "outbox_pacing_\(UUID().uuidString.prefix(8).lowercased())"
-        let admin = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/postgres", options: .regularExpression)
-        let url = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/\(database)", options: .regularExpression)
-        try psql(admin, "CREATE DATABASE \(database)")
-        defer { try? psql(admin, "DROP DATABASE \(database) WITH (FORCE)") }
-        let store = try await PostgresOutboxStore.open(url: url)
-        try await store.migrate()
+        let (url, drop) = try await ownDatabase(peer, prefix: "outbox_pacing")
+        defer { drop() }
         let dir = NSTemporaryDirectory() + "outbox-rate-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -327,19 +320,13 @@ struct PacingTests {
         #expect(busiest <= limit + 1, "the busiest 55 s held \(busiest) deliveries; limit \(limit) a minute; times \(seconds)")
         print("rate-limit across two daemons: delivery seconds (server side) \(seconds.map { $0 - (seconds.first ?? 0) })")
         for d in daemons { d.terminate() }
-        try await store.close()
     }
 
     @Test("max-concurrent holds across two daemons on one PostgreSQL queue, counted by the Graph emulator", .timeLimit(.minutes(3)))
     func maxConcurrentAcrossInstances() async throws {
         let peer = try TestPeers.fromEnvironment()
-        let database = "outbox_slots_\(UUID().uuidString.prefix(8).lowercased())"
-        let admin = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/postgres", options: .regularExpression)
-        let url = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/\(database)", options: .regularExpression)
-        try psql(admin, "CREATE DATABASE \(database)")
-        defer { try? psql(admin, "DROP DATABASE \(database) WITH (FORCE)") }
-        let store = try await PostgresOutboxStore.open(url: url)
-        try await store.migrate()
+        let (url, drop) = try await ownDatabase(peer, prefix: "outbox_slots")
+        defer { drop() }
         let dir = NSTemporaryDirectory() + "outbox-slots-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -402,7 +389,25 @@ struct PacingTests {
             #expect(most == limit, "never \(limit) in flight at once: \(most)")
             for d in daemons { d.terminate() }
         }
-        try await store.close()
+    }
+
+    /// A PostgreSQL database of the test's own, with Outbox's tables: the cluster's default one
+    /// is shared with other tests (which delete its messages). Returns its URL and what drops it.
+    func ownDatabase(_ peer: TestPeers, prefix: String) async throws -> (url: String, drop: () -> Void) {
+        let database = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+        let admin = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/postgres", options: .regularExpression)
+        let url = peer.postgresURL.replacingOccurrences(of: #"/[^/]*$"#, with: "/\(database)", options: .regularExpression)
+        try psql(admin, "CREATE DATABASE \(database)")
+        let drop = { _ = try? psql(admin, "DROP DATABASE \(database) WITH (FORCE)") }
+        do {
+            let store = try await PostgresOutboxStore.open(url: url)
+            try await store.migrate()
+            try await store.close()
+        } catch {
+            drop()
+            throw error
+        }
+        return (url, drop)
     }
 
     /// Runs one SQL command with psql (installed with the PostgreSQL testbed).

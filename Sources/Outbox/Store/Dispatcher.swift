@@ -230,6 +230,17 @@ public final class Dispatcher: Service, Sendable {
     }
 
     /// A claimed message waiting for a free slot, and when it was claimed.
+    /// A claimed message that is not attempted now goes back to the queue, due at once (its
+    /// probe, when it carried one, found nothing to send).
+    private func putBack(_ ready: Ready, route: String) async {
+        let id = ready.message.message.id
+        try? await store.release(id: id, owner: instanceID, nextAttemptAt: clock.now.secondsSince1970, now: clock.now.secondsSince1970)
+        state.withLockedValue {
+            $0.inFlight[id] = nil
+            if let probe = ready.probe { $0.health[route]?.probeFoundNothing(token: probe) }
+        }
+    }
+
     private struct Ready {
         var message: ClaimedMessage
         /// When the claim was made, and how long its lease is (the setting then in force).
@@ -314,26 +325,14 @@ public final class Dispatcher: Service, Sendable {
                         if next.claimedAt.duration(to: self.clock.now) > next.lease / 2
                             || (next.probe == nil && self.state.withLockedValue { $0.health[route]?.isPaused ?? true })
                         {
-                            try? await self.store.release(
-                                id: next.message.message.id, owner: self.instanceID,
-                                nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
-                            self.state.withLockedValue {
-                                $0.inFlight[next.message.message.id] = nil
-                                if let probe = next.probe { $0.health[route]?.probeFoundNothing(token: probe) }
-                            }
+                            await self.putBack(next, route: route)
                         } else if let slot = await self.takeSharedSlot(route: route, settings: settings, claimedAt: next.claimedAt, lease: next.lease)
                         {
                             await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
                             if let slot { await self.pacer.releaseSlot(route: route, slot: slot, holder: self.instanceID) }
                         } else {
                             // Every instance's slots stayed taken while its claim aged: back to the queue.
-                            try? await self.store.release(
-                                id: next.message.message.id, owner: self.instanceID,
-                                nextAttemptAt: self.clock.now.secondsSince1970, now: self.clock.now.secondsSince1970)
-                            self.state.withLockedValue {
-                                $0.inFlight[next.message.message.id] = nil
-                                if let probe = next.probe { $0.health[route]?.probeFoundNothing(token: probe) }
-                            }
+                            await self.putBack(next, route: route)
                         }
                         return .finished
                     }
