@@ -23,7 +23,6 @@ package final class MailerRoutes: Service, MessageSender, Sendable {
 
     private struct State {
         var mailers: [String: Mailer]
-        var accepting = true
     }
 
     /// What a reload did to the routes.
@@ -76,7 +75,7 @@ package final class MailerRoutes: Service, MessageSender, Sendable {
                 await group.waitForAll()
             }
         } onGracefulShutdown: {
-            self.state.withLockedValue { $0.accepting = false }
+            // Each mailer refuses new sends once its own shutdown begins.
             self.starts.continuation.finish()
         }
     }
@@ -172,10 +171,7 @@ package final class MailerRoutes: Service, MessageSender, Sendable {
 
     /// Stops every route's mailer.
     package func shutdown() async {
-        let mailers = state.withLockedValue { s -> [Mailer] in
-            s.accepting = false
-            return Array(s.mailers.values)
-        }
+        let mailers = state.withLockedValue { Array($0.mailers.values) }
         starts.continuation.finish()
         for mailer in mailers { await mailer.shutdown() }
     }

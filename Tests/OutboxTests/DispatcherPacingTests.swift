@@ -9,30 +9,6 @@ import OutboxTransports
 import ServiceLifecycle
 import Testing
 
-/// Runs the dispatcher while `body` runs, then shuts it down gracefully.
-private func whileRunning(_ dispatcher: Dispatcher, _ body: () async throws -> Void) async throws {
-    let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
-    let running = Task { try await group.run() }
-    do {
-        try await body()
-    } catch {
-        await group.triggerGracefulShutdown()
-        _ = await running.result
-        throw error
-    }
-    await group.triggerGracefulShutdown()
-    try await running.value
-}
-
-/// Polls `condition` every 20 ms for up to 20 s.
-private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-    for _ in 0..<1000 {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return false
-}
-
 @Suite("Dispatcher: pacing per route and throttling", .serialized)
 struct DispatcherPacingTests {
     let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
@@ -60,18 +36,18 @@ struct DispatcherPacingTests {
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         var counts: [Int] = []
         try await whileRunning(dispatcher) {
-            #expect(try await eventually { sender.calls.withLockedValue { $0.count } == 10 })
+            #expect(try await waitUntil { sender.calls.withLockedValue { $0.count } == 10 })
             try await Task.sleep(for: .milliseconds(400))
             counts.append(sender.calls.withLockedValue { $0.count })
             time.advance(seconds: 30)
             try await Task.sleep(for: .milliseconds(300))
             counts.append(sender.calls.withLockedValue { $0.count })
             time.advance(seconds: 30.5)
-            #expect(try await eventually { sender.calls.withLockedValue { $0.count } == 20 })
+            #expect(try await waitUntil { sender.calls.withLockedValue { $0.count } == 20 })
             try await Task.sleep(for: .milliseconds(300))
             counts.append(sender.calls.withLockedValue { $0.count })
             time.advance(seconds: 61)
-            #expect(try await eventually { try await store.counts()[.delivered] == ids.count })
+            #expect(try await waitUntil { try await store.counts()[.delivered] == ids.count })
         }
         #expect(counts == [10, 10, 20])
         // Waiting is not an attempt: every message was sent once.
@@ -97,7 +73,7 @@ struct DispatcherPacingTests {
         let settings = DispatcherSettings(concurrency: 1, pollInterval: .milliseconds(10))
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await whileRunning(dispatcher) {
-            #expect(try await eventually { dispatcher.routeHealth.isPaused })
+            #expect(try await waitUntil { dispatcher.routeHealth.isPaused })
             let route = try #require(dispatcher.routes.first)
             #expect(route.state == "paused" && route.code == "throttled")
             #expect(route.nextProbeAt == 1_000_040)
@@ -110,7 +86,7 @@ struct DispatcherPacingTests {
             try await Task.sleep(for: .milliseconds(300))
             #expect(sender.calls.withLockedValue { $0.count } == throttledCalls)
             time.advance(seconds: 11)
-            #expect(try await eventually { try await store.counts()[.delivered] == ids.count })
+            #expect(try await waitUntil { try await store.counts()[.delivered] == ids.count })
         }
         #expect(try await store.counts()[.failed] == nil)
         #expect(!dispatcher.routeHealth.isPaused)
@@ -130,12 +106,12 @@ struct DispatcherPacingTests {
         let settings = DispatcherSettings(concurrency: 1, pollInterval: .milliseconds(10))
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await whileRunning(dispatcher) {
-            #expect(try await eventually { dispatcher.routeHealth.isPaused })
+            #expect(try await waitUntil { dispatcher.routeHealth.isPaused })
             #expect(dispatcher.routes.first?.code == "throttled")
             try await Task.sleep(for: .milliseconds(300))
             #expect(sender.calls.withLockedValue { $0.count } == 1)
             time.advance(seconds: 6)
-            #expect(try await eventually { try await store.counts()[.delivered] == 3 })
+            #expect(try await waitUntil { try await store.counts()[.delivered] == 3 })
         }
     }
 
@@ -151,7 +127,7 @@ struct DispatcherPacingTests {
         settings.routeLimits = ["default": RouteLimits(maxConcurrent: 2)]
         let dispatcher = Dispatcher(store: store, sender: sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         try await whileRunning(dispatcher) {
-            let done = try await eventually { try await store.counts()[.delivered] == ids.count }
+            let done = try await waitUntil { try await store.counts()[.delivered] == ids.count }
             #expect(done)
         }
         #expect(gauge.withLockedValue { $0.peak } == 2)

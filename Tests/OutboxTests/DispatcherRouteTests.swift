@@ -29,30 +29,6 @@ private final class Route: Sendable {
     var count: Int { calls.withLockedValue { $0 } }
 }
 
-/// Runs the dispatcher while `body` runs, then shuts it down gracefully.
-private func withDispatcher(_ dispatcher: Dispatcher, _ body: () async throws -> Void) async throws {
-    let group = ServiceGroup(configuration: .init(services: [.init(service: dispatcher)], logger: Logger(label: "test")))
-    let running = Task { try await group.run() }
-    do {
-        try await body()
-    } catch {
-        await group.triggerGracefulShutdown()
-        _ = await running.result
-        throw error
-    }
-    await group.triggerGracefulShutdown()
-    try await running.value
-}
-
-/// Polls `condition` every 20 ms for up to 20 s.
-private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-    for _ in 0..<1000 {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return false
-}
-
 @Suite("Dispatcher: a route's alert holds its messages; one probe retries it", .serialized)
 struct DispatcherRouteTests {
     let content = Array("From: s@example.test\r\nTo: a@example.test\r\nSubject: x\r\n\r\nx\r\n".utf8)
@@ -79,9 +55,9 @@ struct DispatcherRouteTests {
         let dispatcher = Dispatcher(store: store, sender: route.sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
         var firstFailures = 0
         var probes: [Int] = []
-        try await withDispatcher(dispatcher) {
+        try await whileRunning(dispatcher) {
             // The first failures pause the route.
-            let paused = try await eventually { dispatcher.routeHealth.isPaused }
+            let paused = try await waitUntil { dispatcher.routeHealth.isPaused }
             #expect(paused)
             // The poll goes on (10 ms) and claims nothing while the probe is not due.
             try await Task.sleep(for: .milliseconds(500))
@@ -93,21 +69,21 @@ struct DispatcherRouteTests {
             probes.append(route.count)
             // Due: one probe, which fails; the next is 10 s later.
             time.advance(seconds: 1)
-            _ = try await eventually { route.count == firstFailures + 1 && dispatcher.routeHealth.probeInFlight == nil }
+            _ = try await waitUntil { route.count == firstFailures + 1 && dispatcher.routeHealth.probeInFlight == nil }
             try await Task.sleep(for: .milliseconds(300))
             probes.append(route.count)
             time.advance(seconds: 9)
             try await Task.sleep(for: .milliseconds(300))
             probes.append(route.count)
             time.advance(seconds: 1)
-            _ = try await eventually { route.count == firstFailures + 2 && dispatcher.routeHealth.probeInFlight == nil }
+            _ = try await waitUntil { route.count == firstFailures + 2 && dispatcher.routeHealth.probeInFlight == nil }
             try await Task.sleep(for: .milliseconds(300))
             probes.append(route.count)
             #expect(dispatcher.routeHealth.failedProbes == 2)
             // The server is back: the next probe (20 s later) succeeds and every held message goes.
             route.up.withLockedValue { $0 = true }
             time.advance(seconds: 20)
-            let done = try await eventually { try await store.counts()[.delivered] == ids.count }
+            let done = try await waitUntil { try await store.counts()[.delivered] == ids.count }
             #expect(done)
         }
         #expect(firstFailures >= 1 && firstFailures <= 16, "the first failures: \(firstFailures)")
@@ -131,15 +107,15 @@ struct DispatcherRouteTests {
         route.fault.withLockedValue { $0 = .authenticationFailed }
         let settings = DispatcherSettings(concurrency: 4, pollInterval: .milliseconds(10))
         let dispatcher = Dispatcher(store: store, sender: route.sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
-        try await withDispatcher(dispatcher) {
-            let paused = try await eventually { dispatcher.routeHealth.isPaused }
+        try await whileRunning(dispatcher) {
+            let paused = try await waitUntil { dispatcher.routeHealth.isPaused }
             #expect(paused)
             #expect(dispatcher.routes.first?.state == "paused")
             #expect(dispatcher.routes.first?.code == "authentication_failed")
             // The operator fixes the password; the clock does not move (the probe was 5 s away).
             route.up.withLockedValue { $0 = true }
             dispatcher.routeConfigurationChanged()
-            let done = try await eventually { try await store.counts()[.delivered] == ids.count }
+            let done = try await waitUntil { try await store.counts()[.delivered] == ids.count }
             #expect(done)
         }
         #expect(try await store.counts()[.delivered] == ids.count)
@@ -159,13 +135,13 @@ struct DispatcherRouteTests {
             concurrency: 2, pollInterval: .milliseconds(10), retry: RetryPolicy(initialDelay: .seconds(1), jitter: 0, maxAge: .seconds(3600)),
             bounce: BounceSettings(hostname: "mx.example.test"))
         let dispatcher = Dispatcher(store: store, sender: route.sender, settings: settings, instanceID: "t", clock: time, random: { 0.5 })
-        try await withDispatcher(dispatcher) {
-            let paused = try await eventually { dispatcher.routeHealth.isPaused }
+        try await whileRunning(dispatcher) {
+            let paused = try await waitUntil { dispatcher.routeHealth.isPaused }
             #expect(paused)
             try await Task.sleep(for: .milliseconds(200))
             // An hour later (the probe's back-off is shorter: it runs too, and its message fails).
             time.advance(seconds: 3601)
-            let done = try await eventually { try await store.counts()[.failed] == ids.count }
+            let done = try await waitUntil { try await store.counts()[.failed] == ids.count }
             #expect(done)
         }
         #expect(try await store.counts()[.failed] == ids.count)

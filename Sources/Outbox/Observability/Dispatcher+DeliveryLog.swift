@@ -1,20 +1,18 @@
 import Foundation
 import OutboxTransports
+import Tracing
 
 /// The dispatcher's side of the delivery log (see ``DeliveryLog``).
 extension Dispatcher {
-    /// The route a message goes by (stored with it). The one place the delivery log and the
-    /// traces take the route's name from.
-    package func routeName(of message: StoredMessage) -> String {
-        message.route
-    }
-
     /// Writes the delivery log's line for one attempt: `sentTo` the recipients it was sent to,
-    /// `result` the mailer's report or error, `outcome` what it means for the message.
+    /// `result` the mailer's report or error, `outcome` what it means for the message; the
+    /// line carries `span`'s trace id when tracing is on.
     func logAttempt(
         _ message: StoredMessage, sentTo: [String], result: Result<DeliveryReport, DeliveryError>, outcome: AttemptOutcome,
-        traceID: String? = nil
+        span: (any Span)? = nil
     ) {
+        // No line is built when none is written (a logger above info).
+        guard deliveryLog.isEnabled else { return }
         let attempted = Set(sentTo.map { $0.lowercased() })
         let recipients = outcome.recipients.filter { attempted.contains($0.address.lowercased()) }.map { r in
             DeliveryLogEntry.Recipient(
@@ -30,10 +28,10 @@ extension Dispatcher {
         }
         let entry = DeliveryLogEntry(
             time: Date(timeIntervalSince1970: outcome.attempt.startedAt), queueID: message.id, messageID: message.messageID,
-            route: routeName(of: message), attempt: outcome.attempt.number, from: message.from, recipients: recipients,
+            route: message.route, attempt: outcome.attempt.number, from: message.from, recipients: recipients,
             result: outcome.status.rawValue, transport: report?.transport ?? (outcome.attempt.transport.isEmpty ? "-" : outcome.attempt.transport),
             destination: outcome.attempt.destination, reply: outcome.attempt.reply, error: error,
-            durationSeconds: outcome.attempt.durationSeconds, bytes: message.size, tls: report?.tls, traceID: traceID)
+            durationSeconds: outcome.attempt.durationSeconds, bytes: message.size, tls: report?.tls, traceID: span.flatMap(traceID(of:)))
         deliveryLog.record(entry)
     }
 

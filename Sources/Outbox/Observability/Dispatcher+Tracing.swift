@@ -37,7 +37,7 @@ extension Dispatcher {
         guard span.isRecording else { return span }
         span.attributes["outbox.message.id"] = message.id
         if let messageID = message.messageID { span.attributes["outbox.message_id_header"] = messageID }
-        span.attributes["outbox.route"] = routeName(of: message)
+        span.attributes["outbox.route"] = message.route
         span.attributes["outbox.attempt"] = message.attemptCount + 1
         span.attributes["outbox.recipient.count"] = recipients
         span.attributes["messaging.message.body.size"] = message.size

@@ -11,11 +11,12 @@ extension DeliveryLog {
 /// The mailer's side of the delivery log: a direct `Mailer.send` (the library, `outbox send`)
 /// writes its line too, without a queue id.
 extension Mailer {
-    /// Writes the line of a direct send, unless the dispatcher is the caller.
+    /// Writes the line of a direct send, unless the dispatcher is the caller (`send` calls it
+    /// only when the log is on).
     func logDirectSend(
         _ content: any MailContent, envelope: Envelope?, result: Result<DeliveryReport, DeliveryError>, duration: Duration
     ) {
-        guard !DeliveryLog.dispatching, deliveryLog.isEnabled else { return }
+        guard !DeliveryLog.dispatching else { return }
         let given = envelope ?? (try? content.envelope())
         var report: DeliveryReport?
         var error: DeliveryError?

@@ -229,7 +229,6 @@ public final class Dispatcher: Service, Sendable {
         case swept
     }
 
-    /// A claimed message waiting for a free slot, and when it was claimed.
     /// A claimed message that is not attempted now goes back to the queue, due at once (its
     /// probe, when it carried one, found nothing to send).
     private func putBack(_ ready: Ready, route: String) async {
@@ -241,6 +240,7 @@ public final class Dispatcher: Service, Sendable {
         }
     }
 
+    /// A claimed message waiting for a free slot, and when it was claimed.
     private struct Ready {
         var message: ClaimedMessage
         /// When the claim was made, and how long its lease is (the setting then in force).
@@ -308,8 +308,11 @@ public final class Dispatcher: Service, Sendable {
             }
             while !Task.isCancelled {
                 let now = clock.now
-                let (settings, stopping, admission) = state.withLockedValue { s in
-                    (s.settings, s.stopping || s.lanes[route] != lane, s.health[route]?.admission(at: now) ?? .closed(until: nil))
+                let (settings, stopping, admission, pacedUntil) = state.withLockedValue { s in
+                    (
+                        s.settings, s.stopping || s.lanes[route] != lane, s.health[route]?.admission(at: now) ?? .closed(until: nil),
+                        s.pacedUntil[route]
+                    )
                 }
                 if stopping { break }
                 // The route's max-concurrent bounds its deliveries in flight.
@@ -352,7 +355,7 @@ public final class Dispatcher: Service, Sendable {
                 }
                 // A route at its pacing limit claims nothing until its window frees (no spinning:
                 // the loop sleeps until a tick).
-                let paced = pacedUntil(route).map { $0 > now } ?? false
+                let paced = pacedUntil.map { $0 > now } ?? false
                 if !claiming, probe != nil || (admission == .open && !drained && !paced && room >= max(1, concurrency / 2)) {
                     claiming = true
                     let owner = instanceID
@@ -541,7 +544,7 @@ public final class Dispatcher: Service, Sendable {
         let outcome = Dispatcher.evaluate(
             message: message, sentTo: open, result: result, policy: policy, now: ended,
             startedAt: started, duration: started.duration(to: ended), random: random(), instance: instanceID)
-        logAttempt(message, sentTo: open, result: result, outcome: outcome, traceID: traceID(of: span))
+        logAttempt(message, sentTo: open, result: result, outcome: outcome, span: span)
         endDeliverySpan(span, result: result, outcome: outcome)
         // A notification for the sender goes in the same transaction as the outcome.
         let notification = settings.bounce.flatMap { Self.notification(message: message, content: claimed.content, outcome: outcome, settings: $0) }

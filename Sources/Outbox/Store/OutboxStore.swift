@@ -418,6 +418,26 @@ public protocol OutboxStore: OutboxStoreStatistics {
 }
 
 extension OutboxStore {
+    /// How many messages are in each status, from the kept counters (``countsByRoute()``).
+    public func counts() async throws -> [MessageStatus: Int] {
+        var out: [MessageStatus: Int] = [:]
+        for (_, byStatus) in try await countsByRoute() {
+            for (status, n) in byStatus { out[status, default: 0] += n }
+        }
+        return out
+    }
+
+    /// How many messages wait (queued, deferred or sending) for each route, from the kept
+    /// counters (no rows counted: `/v1/status` over 1M messages).
+    public func waitingByRoute() async throws -> [String: Int] {
+        var out: [String: Int] = [:]
+        for (route, byStatus) in try await countsByRoute() {
+            let n = (byStatus[.queued] ?? 0) + (byStatus[.deferred] ?? 0) + (byStatus[.sending] ?? 0)
+            if n > 0 { out[route] = n }
+        }
+        return out
+    }
+
     /// Claims due messages of every route (see ``claim(limit:owner:now:lease:route:)``).
     public func claim(limit: Int, owner: String, now: Double, lease: Double) async throws -> [ClaimedMessage] {
         try await claim(limit: limit, owner: owner, now: now, lease: lease, route: nil)

@@ -389,17 +389,6 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         return try result.map { try Self.decode($0.makeRandomAccess()) }
     }
 
-    /// How many messages wait (queued, deferred or sending) for each route.
-    public func waitingByRoute() async throws -> [String: Int] {
-        // From the counters the triggers keep (no rows counted: /v1/status over 1M messages).
-        var out: [String: Int] = [:]
-        for (route, byStatus) in try await countsByRoute() {
-            let n = (byStatus[.queued] ?? 0) + (byStatus[.deferred] ?? 0) + (byStatus[.sending] ?? 0)
-            if n > 0 { out[route] = n }
-        }
-        return out
-    }
-
     /// Defers the waiting messages of a route that is not configured, with `reason`.
     public func holdRoute(_ route: String, reason: String, now: Double) async throws {
         _ = try await rows(
@@ -456,15 +445,6 @@ public final class PostgresOutboxStore: OutboxStore, Sendable {
         if let row = result.first { return .done(try Self.decode(row.makeRandomAccess())) }
         guard let message = try await get(id: id) else { return .notFound }
         return .conflict(message.status)
-    }
-
-    /// How many messages are in each status.
-    public func counts() async throws -> [MessageStatus: Int] {
-        var out: [MessageStatus: Int] = [:]
-        for (_, byStatus) in try await countsByRoute() {
-            for (status, n) in byStatus { out[status, default: 0] += n }
-        }
-        return out
     }
 
     /// Empties the content (and removes the chunks) of up to `limit` finished messages in

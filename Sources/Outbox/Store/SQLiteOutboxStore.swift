@@ -500,17 +500,6 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         return .conflict(message.status)
     }
 
-    /// How many messages wait (queued, deferred or sending) for each route.
-    public func waitingByRoute() async throws -> [String: Int] {
-        // From the counters the triggers keep (no rows counted: /v1/status over 1M messages).
-        var out: [String: Int] = [:]
-        for (route, byStatus) in try await countsByRoute() {
-            let n = (byStatus[.queued] ?? 0) + (byStatus[.deferred] ?? 0) + (byStatus[.sending] ?? 0)
-            if n > 0 { out[route] = n }
-        }
-        return out
-    }
-
     /// Defers the waiting messages of a route that is not configured, with `reason`.
     public func holdRoute(_ route: String, reason: String, now: Double) async throws {
         _ = try await writer.write(
@@ -531,15 +520,6 @@ public final class SQLiteOutboxStore: OutboxStore, @unchecked Sendable {
         if let row = rows.first { return .done(Self.decode(row)) }
         guard let message = try await get(id: id) else { return .notFound }
         return .conflict(message.status)
-    }
-
-    /// How many messages are in each status (from the counters the triggers keep).
-    public func counts() async throws -> [MessageStatus: Int] {
-        var result: [MessageStatus: Int] = [:]
-        for (_, byStatus) in try await countsByRoute() {
-            for (status, n) in byStatus { result[status, default: 0] += n }
-        }
-        return result
     }
 
     /// Runs `SELECT 1`: throws when the database does not answer.

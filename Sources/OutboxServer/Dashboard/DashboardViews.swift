@@ -7,21 +7,15 @@ enum DashboardViews {
     /// `2026-01-02 10:42:07` (UTC), or an empty string.
     static func time(_ seconds: Double?) -> String {
         guard let seconds else { return "" }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        return formatter.string(from: Date(timeIntervalSince1970: seconds))
+        let utc = UTCFields(seconds)
+        return utc.date + " " + utc.time
     }
 
     /// The value of a `datetime-local` field (UTC).
     static func fieldTime(_ seconds: Double?) -> String {
         guard let seconds else { return "" }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm"
-        return formatter.string(from: Date(timeIntervalSince1970: seconds))
+        let utc = UTCFields(seconds)
+        return utc.date + "T" + String(utc.time.prefix(5))
     }
 
     /// `3 d 4 h`, `12 min 5 s`, `4 s`.
