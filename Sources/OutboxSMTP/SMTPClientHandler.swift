@@ -250,9 +250,10 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: running actions
 
-    private func run(_ action: SMTPClientStateMachine.Action) {
+    private func run(_ action: consuming SMTPClientStateMachine.Action) {
         if debug { for line in machine.takeTranscript() { logger.info("\(line)") } }
-        switch action {
+        // (Consumed: the payloads move out of the action instead of being copied.)
+        switch consume action {
         case .none:
             break
         case .write(let bytes):

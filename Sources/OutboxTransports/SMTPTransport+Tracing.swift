@@ -48,6 +48,11 @@ enum SMTPTracing {
         }
     }
 
+    /// True when no instrument is bootstrapped or bound to the task: every span would be a
+    /// no-op. (A comparison of types; finding the tracer itself costs a lock and protocol
+    /// conformance lookups, for every message.)
+    static var isOff: Bool { type(of: InstrumentationSystem.instrument) == NoOpInstrument.self }
+
     /// Starts the transaction's span on `connection`.
     static func startTransaction(_ connection: SMTPConnection, recipients: Int?) -> any Span {
         let span = startSpan("smtp.transaction", ofKind: .client)
@@ -62,7 +67,8 @@ enum SMTPTracing {
     }
 
     /// Ends the transaction's span with the server's final reply.
-    static func end(_ span: any Span, _ result: SMTPTransactionResult) {
+    static func end(_ span: (any Span)?, _ result: SMTPTransactionResult) {
+        guard let span else { return }
         guard span.isRecording else { return span.end() }
         if let reply = result.finalReply { span.attributes["smtp.reply.code"] = reply.code }
         span.attributes["outbox.recipient.accepted"] = result.recipients.filter(\.accepted).count
@@ -71,7 +77,8 @@ enum SMTPTracing {
     }
 
     /// Ends the transaction's span with its error (the reply code, the error's code; never a secret).
-    static func end(_ span: any Span, _ error: SMTPError) {
+    static func end(_ span: (any Span)?, _ error: SMTPError) {
+        guard let span else { return }
         guard span.isRecording else { return span.end() }
         if let code = error.reply?.code { span.attributes["smtp.reply.code"] = code }
         span.attributes["error.type"] = error.code.rawValue

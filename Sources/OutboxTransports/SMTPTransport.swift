@@ -6,6 +6,7 @@ import NIOPosix
 import OutboxMIME
 import OutboxSMTP
 import Synchronization
+import Tracing
 
 extension SMTPConnection: PoolableConnection {
     package var credentialLifetime: Duration? {
@@ -33,11 +34,11 @@ extension SMTPError {
 /// A lease handed back exactly once, whichever comes first: the event loop at the hand-back
 /// (the message's body is on its way), or the sending task.
 private final class HandBackLease: Sendable {
-    let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
+    let pool: ConnectionPool<SMTPConnectionFactory, PoolClock>
     let lease: ConnectionPoolLease<SMTPConnection>
     private let released = NIOLockedValueBox(false)
 
-    init(pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>, lease: ConnectionPoolLease<SMTPConnection>) {
+    init(pool: ConnectionPool<SMTPConnectionFactory, PoolClock>, lease: ConnectionPoolLease<SMTPConnection>) {
         self.pool = pool
         self.lease = lease
     }
@@ -82,7 +83,7 @@ package struct SMTPConnectionFactory: PoolConnectionFactory {
 public final class SMTPTransport: MailTransport {
     /// `smtp`.
     public let name = "smtp"
-    let pool: ConnectionPool<SMTPConnectionFactory, ContinuousClock>
+    let pool: ConnectionPool<SMTPConnectionFactory, PoolClock>
     private let configurations: NIOLockedValueBox<[Int: SMTPClientConfiguration]>
     private let current: NIOLockedValueBox<Current>
 
@@ -129,7 +130,7 @@ public final class SMTPTransport: MailTransport {
         self.pool = ConnectionPool(
             configuration: poolConfiguration,
             factory: SMTPConnectionFactory(configurations: configurations, eventLoopGroup: eventLoopGroup, logger: logger),
-            clock: ContinuousClock(), generation: 0, logger: logger)
+            clock: PoolClock(), generation: 0, logger: logger)
     }
 
     /// The configuration new connections use: the last one given to `init` or
@@ -178,6 +179,7 @@ public final class SMTPTransport: MailTransport {
         }
         var attempts = 0
         var tokenRefreshed = false
+        let tracing = !SMTPTracing.isOff
         while true {
             attempts += 1
             let lease: HandBackLease
@@ -209,8 +211,11 @@ public final class SMTPTransport: MailTransport {
                 throw DeliveryError(kind: .transient, message: "no SMTP connection: \(error)", routeFault: .connectionFailed)
             }
             let connection = lease.lease.connection
-            SMTPTracing.connectionOpened(connection, since: started)
-            let span = SMTPTracing.startTransaction(connection, recipients: envelope?.recipients.count)
+            var span: (any Span)?
+            if tracing {
+                SMTPTracing.connectionOpened(connection, since: started)
+                span = SMTPTracing.startTransaction(connection, recipients: envelope?.recipients.count)
+            }
             do {
                 // Once the body is on its way the connection goes back to the pool, from the event
                 // loop: the next sender's commands follow this message's final dot.
@@ -261,11 +266,11 @@ public final class SMTPTransport: MailTransport {
                 }
                 throw DeliveryError(error)
             } catch let error as DeliveryError {
-                span.end()
+                span?.end()
                 lease.release(connection.isOpen ? .clean : .discard)
                 throw error
             } catch {
-                span.end()
+                span?.end()
                 lease.release(.discard)
                 throw DeliveryError(kind: .permanent, message: "\(error)")
             }

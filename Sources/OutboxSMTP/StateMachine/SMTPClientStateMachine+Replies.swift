@@ -5,21 +5,36 @@ import NIOCore
 /// event loop, or streamed by its sender), the reply to the final dot, and what comes next.
 extension SMTPClientStateMachine {
     /// A reply for the first operation (the session is ready).
+    ///
+    /// A transaction is handled where it stands, first in `operations`: it is moved out of its
+    /// operation (no copy), changed, and moved back, unless it ended. (Removing the operation and
+    /// inserting it again copied the whole operation twice for every reply.)
     mutating func operationAnswered(_ reply: SMTPReply, now: NIODeadline) -> Action {
         guard !operations.isEmpty else { return closeUnexpected(reply) }
-        var operation = operations.removeFirst()
-        switch operation.kind {
-        case .command(let stage, _):
+        guard operations[0].isTransaction else {
             if reply.code == 421 {
-                operations.insert(operation, at: 0)
-                return closeWithFailure(SMTPError.reply(reply, stage: stage, message: "the server is closing the connection: \(reply)"))
+                return closeWithFailure(
+                    SMTPError.reply(reply, stage: operations[0].stage, message: "the server is closing the connection: \(reply)"))
             }
+            let completion = operations.removeFirst().completion
             advance(now: now)
-            return .commandDone(operation.completion!, reply)
-        case .transaction(var transaction):
-            operation.kind = .command(.mail, timeout: .zero)  // (the transaction moved out: no copy on write)
-            let action = transactionAnswered(reply, &transaction, &operation, now: now)
+            return .commandDone(completion!, reply)
+        }
+        var t = operations[0].takeTransaction()
+        switch transactionAnswered(reply, &t, now: now) {
+        case .stay(let action):
+            operations[0].kind = .transaction(t)
             return action
+        case .close(let error):
+            operations[0].kind = .transaction(t)
+            return closeWithFailure(error)
+        case .end(let ending, let acknowledgeAtOnce):
+            let completion = operations.removeFirst().completion!
+            let more = advance(now: now)
+            switch ending {
+            case .finish(let replies): return .transactionDone(completion, replies, acknowledgeAtOnce: acknowledgeAtOnce && more)
+            case .fail(let error): return .fail(completion, error)
+            }
         }
     }
 
@@ -30,34 +45,39 @@ extension SMTPClientStateMachine {
             waitDeadline = nil
             return false
         }
-        let deadline = now + timeout(of: operations[0])
-        operations[0].deadline = deadline
-        waitDeadline = deadline
+        // (The timeout is read before the queue is written: a method of `self` called with an
+        // element of the queue made the compiler copy the whole machine.)
+        let timeout = operations[0].timeout ?? protocolTimeout
+        wait(until: now + timeout)
         return true
     }
 
-    /// Puts the transaction back first in line, waiting until `deadline`.
-    mutating func keep(_ transaction: Transaction, _ operation: Operation, deadline: NIODeadline?) {
-        var operation = operation
-        operation.kind = .transaction(transaction)
-        if let deadline {
-            operation.deadline = deadline
-            waitDeadline = deadline
-        }
-        operations.insert(operation, at: 0)
+    /// The first operation waits until `deadline`.
+    mutating func wait(until deadline: NIODeadline) {
+        operations[0].deadline = deadline
+        waitDeadline = deadline
     }
 
-    mutating func transactionAnswered(
-        _ reply: SMTPReply, _ t: inout Transaction, _ operation: inout Operation,
-        now: NIODeadline
-    ) -> Action {
+    /// What becomes of a transaction after a reply.
+    enum Step {
+        /// It stays first in line; the runner does `action`.
+        case stay(Action)
+        /// It stays first in line, and the connection closes with this error.
+        indirect case close(SMTPError)
+        /// It is over: its waiter gets the ending, and the next operation's wait starts.
+        /// `acknowledgeAtOnce`: ask for a quick acknowledgement when another one is waiting.
+        case end(Ending, acknowledgeAtOnce: Bool)
+    }
+
+    /// A reply for the transaction `t`, moved out of the first operation (whose other fields,
+    /// the waiter and the deadline, are read and written in place).
+    mutating func transactionAnswered(_ reply: SMTPReply, _ t: inout Transaction, now: NIODeadline) -> Step {
         if reply.code == 421 {
             // The server is closing: report its 421, not the closed connection after it.
             let stage = t.stage
             if case .commands = t.phase { t.replies.append(reply) }
-            keep(t, operation, deadline: nil)
             let message = (t.phase.isDot ? "the server refused the message: " : "the server is closing the connection: ") + "\(reply)"
-            return closeWithFailure(SMTPError.reply(reply, stage: stage == .rset ? .rset : stage, message: message))
+            return .close(SMTPError.reply(reply, stage: stage == .rset ? .rset : stage, message: message))
         }
         switch t.phase {
         case .commands:
@@ -65,105 +85,96 @@ extension SMTPClientStateMachine {
             if !t.unsent.isEmpty, t.replies[0].isPositiveCompletion {
                 // Sequential: the next RCPT.
                 let next = t.unsent.removeFirst()
-                keep(t, operation, deadline: now + protocolTimeout)
-                return .write(next)
+                wait(until: now + protocolTimeout)
+                return .stay(.write(next))
             }
             let expected = 1 + t.rcptCount + (t.dataIncluded ? 1 : 0)
             if t.replies.count < expected && (!t.sequential || t.replies[0].isPositiveCompletion) {
-                keep(t, operation, deadline: operation.deadline)
-                return .none
+                return .stay(.none)
             }
-            return decide(&t, operation, now: now)
+            return decide(&t, now: now)
         case .data:
             t.replies.append(reply)
             guard reply.code == 354 else {
-                return reset(&t, operation, .fail(SMTPError.reply(reply, stage: .data, message: "the server refused DATA: \(reply)")), now: now)
+                return reset(&t, .fail(SMTPError.reply(reply, stage: .data, message: "the server refused DATA: \(reply)")), now: now)
             }
-            return startBody(&t, operation, now: now)
+            return startBody(&t, now: now)
         case .streaming:
-            keep(t, operation, deadline: nil)
-            return closeUnexpected(reply)
+            return .close(unexpectedReplyError(reply))
         case .dot:
-            let acknowledge = advance(now: now)
-            return .transactionDone(operation.completion!, SMTPTransactionReplies(replies: t.replies, final: reply), acknowledgeAtOnce: acknowledge)
+            var replies: [SMTPReply] = []
+            swap(&replies, &t.replies)
+            return .end(.finish(SMTPTransactionReplies(replies: replies, final: reply)), acknowledgeAtOnce: true)
         case .abortingData(let ending):
-            return reset(&t, operation, ending, now: now)
+            return reset(&t, ending, now: now)
         case .resetting(let ending):
             guard reply.code == 250 else {
-                keep(t, operation, deadline: nil)
                 switch ending {
-                case .fail(let error): return closeWithFailure(error)
-                case .finish: return closeWithFailure(SMTPError.reply(reply, stage: .rset))
+                case .fail(let error): return .close(error)
+                case .finish: return .close(SMTPError.reply(reply, stage: .rset))
                 }
             }
-            advance(now: now)
-            switch ending {
-            case .finish(let replies): return .transactionDone(operation.completion!, replies, acknowledgeAtOnce: false)
-            case .fail(let error): return .fail(operation.completion!, error)
-            }
+            return .end(ending, acknowledgeAtOnce: false)
         }
     }
 
     /// Every command reply is in (or MAIL was refused): send the body, or end the transaction.
-    mutating func decide(_ t: inout Transaction, _ operation: Operation, now: NIODeadline) -> Action {
+    mutating func decide(_ t: inout Transaction, now: NIODeadline) -> Step {
         let mail = t.replies[0]
         let dataReply: SMTPReply? = t.dataIncluded && t.replies.count == t.rcptCount + 2 ? t.replies.last : nil
         guard mail.isPositiveCompletion else {
             return end(
-                &t, operation, .fail(SMTPError.reply(mail, stage: .mail, message: "the server refused the sender <\(t.sender)>: \(mail)")),
+                &t, .fail(SMTPError.reply(mail, stage: .mail, message: "the server refused the sender <\(t.sender)>: \(mail)")),
                 dataAccepted: dataReply?.code == 354, now: now)
         }
         var accepted = 0
         for index in 1...t.rcptCount where t.replies[index].isPositiveCompletion { accepted += 1 }
         if accepted == 0 || (accepted < t.rcptCount && !t.sendPartial) {
             let replies = SMTPTransactionReplies(replies: t.replies, final: nil)
-            return end(&t, operation, .finish(replies), dataAccepted: dataReply?.code == 354, now: now)
+            return end(&t, .finish(replies), dataAccepted: dataReply?.code == 354, now: now)
         }
         if let dataReply {
             guard dataReply.code == 354 else {
-                return reset(
-                    &t, operation, .fail(SMTPError.reply(dataReply, stage: .data, message: "the server refused DATA: \(dataReply)")), now: now)
+                return reset(&t, .fail(SMTPError.reply(dataReply, stage: .data, message: "the server refused DATA: \(dataReply)")), now: now)
             }
-            return startBody(&t, operation, now: now)
+            return startBody(&t, now: now)
         }
         t.phase = .data
-        keep(t, operation, deadline: now + protocolTimeout)
-        return .write(encode(.data))
+        wait(until: now + protocolTimeout)
+        return .stay(.write(encode(.data)))
     }
 
     /// No body: a lone `.` first when DATA was accepted, then RSET.
-    mutating func end(_ t: inout Transaction, _ operation: Operation, _ ending: Ending, dataAccepted: Bool, now: NIODeadline) -> Action {
-        guard dataAccepted else { return reset(&t, operation, ending, now: now) }
+    mutating func end(_ t: inout Transaction, _ ending: Ending, dataAccepted: Bool, now: NIODeadline) -> Step {
+        guard dataAccepted else { return reset(&t, ending, now: now) }
         if configuration.enableDebug { transcriptLines.append("C: .") }
         t.phase = .abortingData(ending)
-        keep(t, operation, deadline: now + protocolTimeout)
-        return .write(ByteBuffer(staticString: ".\r\n"))
+        wait(until: now + protocolTimeout)
+        return .stay(.write(ByteBuffer(staticString: ".\r\n")))
     }
 
-    mutating func reset(_ t: inout Transaction, _ operation: Operation, _ ending: Ending, now: NIODeadline) -> Action {
+    mutating func reset(_ t: inout Transaction, _ ending: Ending, now: NIODeadline) -> Step {
         t.phase = .resetting(ending)
-        keep(t, operation, deadline: now + protocolTimeout)
-        return .write(encode(.rset))
+        wait(until: now + protocolTimeout)
+        return .stay(.write(encode(.rset)))
     }
 
     /// DATA got its 354: the body goes out.
-    mutating func startBody(_ t: inout Transaction, _ operation: Operation, now: NIODeadline) -> Action {
-        var operation = operation
+    mutating func startBody(_ t: inout Transaction, now: NIODeadline) -> Step {
         if let body = t.body {
             t.body = nil
             t.phase = .dot
-            let handBack = t.handBack ? operation.completion : nil
-            let id = t.id
-            keep(t, operation, deadline: now + configuration.dataTerminationTimeout.timeAmount)
-            return .writeBody(body, transaction: id, handBack: handBack)
+            let handBack = t.handBack ? operations[0].completion : nil
+            wait(until: now + dataTerminationTimeout)
+            return .stay(.writeBody(body, transaction: t.id, handBack: handBack))
         }
         t.phase = .streaming
-        let completion = operation.completion!
-        operation.completion = nil
-        keep(t, operation, deadline: .distantFuture)
+        let completion = operations[0].completion!
+        operations[0].completion = nil
+        operations[0].deadline = .distantFuture
         waitDeadline = nil
         streaming = Streaming()
-        return .sendBody(completion, SMTPTransactionReplies(replies: t.replies, final: nil))
+        return .stay(.sendBody(completion, SMTPTransactionReplies(replies: t.replies, final: nil)))
     }
 
     // MARK: the body
@@ -194,20 +205,19 @@ extension SMTPClientStateMachine {
     /// The sender wrote the last bytes of a streamed body (the final dot included): the reply
     /// to the dot goes to `completion`.
     package mutating func bodyEnd(_ last: ByteBuffer, completion: Completion, now: NIODeadline) -> Action {
-        guard case .ready = state, streaming != nil, !operations.isEmpty,
-            case .transaction(var t) = operations[0].kind, case .streaming = t.phase
-        else {
+        guard case .ready = state, streaming != nil, !operations.isEmpty, operations[0].isStreaming else {
             return .fail(
                 completion,
                 SMTPClientStateMachine.afterDotError(
                     written: false, failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed")))
         }
-        var operation = operations.removeFirst()
         streaming = nil
-        operation.completion = completion
+        var t = operations[0].takeTransaction()
         t.phase = .dot
         let id = t.id
-        keep(t, operation, deadline: now + configuration.dataTerminationTimeout.timeAmount)
+        operations[0].kind = .transaction(t)
+        operations[0].completion = completion
+        wait(until: now + dataTerminationTimeout)
         return .writeBody(last, transaction: id, handBack: nil)
     }
 }

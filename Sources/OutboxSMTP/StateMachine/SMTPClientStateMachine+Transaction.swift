@@ -65,6 +65,33 @@ extension SMTPClientStateMachine {
             case transaction(Transaction)
         }
 
+        var isTransaction: Bool {
+            if case .transaction = kind { return true }
+            return false
+        }
+
+        /// A transaction whose body its sender streams.
+        var isStreaming: Bool {
+            if case .transaction(let t) = kind, case .streaming = t.phase { return true }
+            return false
+        }
+
+        /// A simple command's own timeout (nil: a transaction, whose waits take the protocol
+        /// timeout).
+        var timeout: TimeAmount? {
+            if case .command(_, let timeout) = kind { return timeout }
+            return nil
+        }
+
+        /// Moves the transaction out (call only when `isTransaction`), leaving a placeholder
+        /// until it is put back: nothing is copied.
+        mutating func takeTransaction() -> Transaction {
+            var taken = Kind.command(.mail, timeout: .zero)
+            swap(&taken, &kind)
+            guard case .transaction(let t) = consume taken else { preconditionFailure("not a transaction") }
+            return t
+        }
+
         /// Awaiting the reply to its final dot.
         var awaitsDot: Bool {
             if case .transaction(let t) = kind, case .dot = t.phase { return true }
@@ -122,8 +149,8 @@ extension SMTPClientStateMachine {
     enum Ending {
         /// Refused recipients: the replies are the result.
         case finish(SMTPTransactionReplies)
-        /// MAIL or DATA refused: this error is the result.
-        case fail(SMTPError)
+        /// MAIL or DATA refused: this error is the result. (Boxed: an error is large.)
+        indirect case fail(SMTPError)
     }
 
     struct Transaction {
@@ -264,15 +291,10 @@ extension SMTPClientStateMachine {
             deferred.append(operation)
             return .none
         }
-        operation.deadline = now + timeout(of: operation)
+        operation.deadline = now + (operation.timeout ?? protocolTimeout)
         waitDeadline = operation.deadline
         operations.append(operation)
         return .write(operation.initialWrite)
-    }
-
-    func timeout(of operation: Operation) -> TimeAmount {
-        if case .command(_, let timeout) = operation.kind { return timeout }
-        return protocolTimeout
     }
 
     /// True when an operation waits for the replies before it to come in.
@@ -282,7 +304,7 @@ extension SMTPClientStateMachine {
     package mutating func startDeferred(now: NIODeadline) -> Action {
         guard case .ready = state, operations.isEmpty, streaming == nil, !deferred.isEmpty else { return .none }
         var operation = deferred.removeFirst()
-        operation.deadline = now + timeout(of: operation)
+        operation.deadline = now + (operation.timeout ?? protocolTimeout)
         waitDeadline = operation.deadline
         operations.append(operation)
         return .write(operation.initialWrite)

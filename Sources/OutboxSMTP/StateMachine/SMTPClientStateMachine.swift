@@ -39,7 +39,9 @@ package struct SMTPClientStateMachine {
         case closed
     }
 
-    /// What the runner does after an event.
+    /// What the runner does after an event. (The rare cases with large payloads, the session's
+    /// facts and errors, are boxed: every event returns an action, and the common ones, a write
+    /// or a transaction's replies, then move a third of the bytes.)
     package enum Action {
         case none
         /// Write these bytes and flush.
@@ -50,7 +52,7 @@ package struct SMTPClientStateMachine {
         /// Fetch an OAuth 2.0 access token for XOAUTH2; report `tokenReceived` or `tokenFailed`.
         case fetchToken
         /// The session is set up (greeting, EHLO, STARTTLS, AUTH): complete its waiter.
-        case sessionReady(Completion, SMTPSessionFacts)
+        indirect case sessionReady(Completion, SMTPSessionFacts)
         /// Write a message's body (ending with the final dot) and flush; report
         /// `bodyWritten(transaction:)` when the write completed. When `handBack` is set, the
         /// connection can take its next transaction as soon as this write was issued: run the
@@ -66,9 +68,9 @@ package struct SMTPClientStateMachine {
         /// A simple command (NOOP, RSET, QUIT) was answered.
         case commandDone(Completion, SMTPReply)
         /// One waiter failed; the connection stays usable.
-        case fail(Completion, SMTPError)
+        indirect case fail(Completion, SMTPError)
         /// The connection is over: fail each waiter with its error, then close the channel.
-        case close(SMTPError, [(Completion, SMTPError)])
+        indirect case close(SMTPError, [(Completion, SMTPError)])
     }
 
     let configuration: SMTPClientConfiguration
@@ -106,12 +108,16 @@ package struct SMTPClientStateMachine {
     /// completed when the session is set up (`sessionReady`) or failed (`close`).
     package init(configuration: SMTPClientConfiguration, helloName: String, session: Completion) {
         self.configuration = configuration
+        self.protocolTimeout = configuration.protocolTimeout.timeAmount
+        self.dataTerminationTimeout = configuration.dataTerminationTimeout.timeAmount
         self.operations.reserveCapacity(4)
         self.helloName = helloName
         self.session = session
     }
 
-    var protocolTimeout: TimeAmount { configuration.protocolTimeout.timeAmount }
+    /// `configuration`'s protocol and end-of-data timeouts, converted once.
+    let protocolTimeout: TimeAmount
+    let dataTerminationTimeout: TimeAmount
 
     /// The instant the runner's timer must fire at next, if any. (Stored, kept up to date as
     /// the waits change: the runner reads it after every event, and reading a stored property
@@ -165,16 +171,19 @@ package struct SMTPClientStateMachine {
 
     /// A reply nobody asked for: a 421 shutdown notice, or a broken server.
     mutating func closeUnexpected(_ reply: SMTPReply) -> Action {
+        closeWithFailure(unexpectedReplyError(reply))
+    }
+
+    /// What a reply nobody asked for means.
+    func unexpectedReplyError(_ reply: SMTPReply) -> SMTPError {
         if reply.code == 421 {
-            return closeWithFailure(
-                SMTPError(
-                    stage: currentStage, code: .reply, reply: reply,
-                    message: "the server is closing the connection: \(reply)"))
+            return SMTPError(
+                stage: currentStage, code: .reply, reply: reply,
+                message: "the server is closing the connection: \(reply)")
         }
-        return closeWithFailure(
-            SMTPError(
-                stage: .protocol, code: .protocolViolation, reply: reply,
-                message: "the server sent a reply nobody asked for: \(reply)"))
+        return SMTPError(
+            stage: .protocol, code: .protocolViolation, reply: reply,
+            message: "the server sent a reply nobody asked for: \(reply)")
     }
 
     /// The server's bytes could not be parsed, or the pipeline failed.
@@ -319,10 +328,25 @@ package struct SMTPSessionFacts: Sendable {
     package var capabilities = SMTPCapabilities(extensions: [:], isExtended: false)
     package var tlsEstablished = false
     package var authMechanism: SASLMechanism?
-    package var credentialExpiry: ContinuousClock.Instant?
+    /// When the AUTH credential (an OAuth 2.0 token) expires, when known.
+    package var credentialExpiry: ContinuousClock.Instant? {
+        get { expiry?.instant }
+        set { expiry = newValue.map(InstantBox.init) }
+    }
+    /// (Boxed: `ContinuousClock.Instant` is a resilient type of the standard library, of unknown
+    /// size at compile time. Held inline, it gave these facts, the state machine holding them
+    /// and its actions a layout computed at run time: every event's field access, enum tag and
+    /// copy went through the runtime.)
+    private var expiry: InstantBox?
     package var stepTimings: [(step: String, duration: Duration)] = []
     /// Things worth a notice in the log (STARTTLS not offered or refused with start-tls).
     package var notices: [String] = []
     /// What TLS negotiated (filled in by the runner, which reads it from the TLS handler).
     package var tlsInfo: SMTPTLSInfo?
+}
+
+/// An instant behind a reference, of fixed size (see `SMTPSessionFacts.credentialExpiry`).
+final class InstantBox: Sendable {
+    let instant: ContinuousClock.Instant
+    init(_ instant: ContinuousClock.Instant) { self.instant = instant }
 }
