@@ -5,7 +5,7 @@
 #   scripts/bench-smtp.sh
 #
 # For each case (1 KiB and 100 KiB messages, 1 and 10 reused connections) it runs
-# `smtp-source -d` and `outbox-bench smtp` with the same N, C and size, 3 times each,
+# `smtp-source -d` and `outbox-bench smtp` with the same N, C and size, 5 times each,
 # alternating, and prints the medians (messages/second) and the ratio outbox/smtp-source.
 # Outbox runs twice per round: with Swift's default global executor, and with
 # `--executor nio` (NIO's event loops installed as the global executor, so a task resumed by a
@@ -19,8 +19,9 @@
 # depend on the machine and on whatever else runs on it.
 #
 # Environment:
-#   BENCH_MESSAGES   messages per run (default 5000)
-#   BENCH_REPEATS    runs per client and case; the median is reported (default 3)
+#   BENCH_MESSAGES   messages per run (default 20000: a run of 5000 small messages lasts a
+#                    fifth of a second, and start-up and scheduling noise then decide ratios)
+#   BENCH_REPEATS    runs per client and case; the median is reported (default 5)
 #   BENCH_BIG_MIB    size of the big message in MiB (default 200; 0 skips it)
 #   BENCH_PORT       first port to try for smtp-sink (default 2525; the first free one is used)
 #   BENCH_TIMEOUT    seconds allowed for each single run (default 300)
@@ -33,8 +34,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MESSAGES=${BENCH_MESSAGES:-5000}
-REPEATS=${BENCH_REPEATS:-3}
+MESSAGES=${BENCH_MESSAGES:-20000}
+REPEATS=${BENCH_REPEATS:-5}
 BIG_MIB=${BENCH_BIG_MIB:-200}
 FIRST_PORT=${BENCH_PORT:-2525}
 RUN_TIMEOUT=${BENCH_TIMEOUT:-300}

@@ -469,8 +469,12 @@ public final class SMTPTransport: MailTransport {
             transport: "smtp", destination: destination, messageID: content.outboxMessageID,
             recipients: final, finalReply: result.finalReply?.description, startedAt: started,
             durationSeconds: (ContinuousClock.now - clock).seconds, attempts: attempts, tls: tls)
-        let throttling = [result.finalReply].compactMap { $0 } + result.refusedRecipients.compactMap(\.reply)
-        report.throttle = throttling.first(where: Throttling.isThrottling)?.description
+        // The first throttling reply: the final one, else a refused recipient's (no arrays built).
+        if let reply = result.finalReply, Throttling.isThrottling(reply) {
+            report.throttle = reply.description
+        } else if let reply = result.recipients.lazy.filter({ !$0.accepted }).compactMap(\.reply).first(where: Throttling.isThrottling) {
+            report.throttle = reply.description
+        }
         return report
     }
 }
