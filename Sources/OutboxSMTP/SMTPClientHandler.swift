@@ -28,7 +28,9 @@ package enum SMTPTransactionStep: Sendable {
 package final class SMTPTransactionWaiter: @unchecked Sendable {
     enum Resume {
         case task(UnsafeContinuation<SMTPTransactionStep, any Error>)
-        case callback(@Sendable (Result<SMTPTransactionStep, any Error>) -> Void)
+        /// A transaction started at a hand-back: its completion gets the result with the
+        /// waiter's own `handBack` (no closure built to pair them).
+        case prepared(@Sendable (SMTPPreparedOutcome) -> Void)
     }
     private var resumer: Resume?
     /// Run once the complete body is written (see `SMTPConnection.send`'s `handBack`).
@@ -46,7 +48,7 @@ package final class SMTPTransactionWaiter: @unchecked Sendable {
         self.resumer = nil
         switch resumer {
         case .task(let continuation): continuation.resume(with: result)
-        case .callback(let callback): callback(result)
+        case .prepared(let completion): completion(SMTPPreparedOutcome(result: result, handBack: handBack!))
         }
     }
 }
@@ -86,6 +88,9 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Transactions that ended during the current read: their senders are resumed once the
     /// read's replies are handled and what they called for was written (see `channelRead`).
     private var finished: [(SMTPTransactionWaiter, SMTPTransactionReplies)] = []
+    /// The transactions whose body (final dot included) was written and whose write has not
+    /// completed yet, in the order of the writes.
+    private var bodiesInFlight: [Int] = []
 
     init(
         configuration: SMTPClientConfiguration, helloName: String, session: EventLoopPromise<SMTPSessionFacts>,
@@ -303,7 +308,10 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func writeBody(_ body: ByteBuffer, id: Int, handBack: SMTPWaiter?) {
         guard let context else { return }
         let written = context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.assumeIsolated().whenSuccess { [self] in machine.bodyWritten(transaction: id) }
+        bodiesInFlight.append(id)
+        // The callback captures the handler alone (no context of its own to allocate); the
+        // transaction it is for is the first in `bodiesInFlight`.
+        written.futureResult.assumeIsolated().whenComplete { [self] result in bodyWriteCompleted(result) }
         var handBackRun: SMTPHandBack?
         if case .transaction(let waiter)? = handBack { handBackRun = waiter.handBack }
         // The hand-back may start the next transaction right here (a prepared one, see
@@ -320,6 +328,14 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             if !machine.hasFailed { handBackRun?.run() }
             context.flush()
         }
+    }
+
+    /// The write of the first body in `bodiesInFlight` completed (NIO completes writes in the
+    /// order they were issued).
+    private func bodyWriteCompleted(_ result: Result<Void, any Error>) {
+        guard !bodiesInFlight.isEmpty else { return }
+        let id = bodiesInFlight.removeFirst()
+        if case .success = result { machine.bodyWritten(transaction: id) }
     }
 
     private func addTLSHandler() {

@@ -313,11 +313,7 @@ public final class SMTPConnection: Sendable {
 
     /// Marks the connection free, then calls `handBack` (on the event loop, at most once).
     func makeHandBack(_ handBack: @escaping @Sendable () -> Void) -> SMTPHandBack {
-        let state = self.state
-        return SMTPHandBack {
-            state.withLockedValue { if case .busy = $0 { $0 = .idle } }
-            handBack()
-        }
+        SMTPHandBack(connectionState: state, action: handBack)
     }
 }
 
@@ -327,16 +323,20 @@ public final class SMTPConnection: Sendable {
 /// event loop; `done` is read by the sending task after its continuation was resumed (which
 /// orders it after the run).
 final class SMTPHandBack: @unchecked Sendable {
+    /// The connection's state: busy until the hand-back, idle after it.
+    private let connectionState: NIOLockedValueBox<SMTPConnection.State>
     private let action: @Sendable () -> Void
     private(set) var done = false
 
-    init(_ action: @escaping @Sendable () -> Void) {
+    init(connectionState: NIOLockedValueBox<SMTPConnection.State>, action: @escaping @Sendable () -> Void) {
+        self.connectionState = connectionState
         self.action = action
     }
 
     func run() {
         guard !done else { return }
         done = true
+        connectionState.withLockedValue { if case .busy = $0 { $0 = .idle } }
         action()
     }
 }

@@ -180,9 +180,7 @@ extension SMTPConnection {
     ) -> Bool {
         guard channel.eventLoop.inEventLoop, profile.matches(prepared.profile), (try? acquire()) != nil else { return false }
         let token = makeHandBack(handBack)
-        let waiter = SMTPTransactionWaiter(
-            .callback { result in completion(SMTPPreparedOutcome(result: result, handBack: token)) },
-            handBack: token)
+        let waiter = SMTPTransactionWaiter(.prepared(completion), handBack: token)
         handler.value.startTransaction(request(prepared, handBack: true), waiter: waiter)
         return true
     }

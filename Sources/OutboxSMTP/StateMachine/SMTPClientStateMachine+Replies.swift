@@ -11,7 +11,7 @@ extension SMTPClientStateMachine {
     /// inserting it again copied the whole operation twice for every reply.)
     mutating func operationAnswered(_ reply: SMTPReply, now: NIODeadline) -> Action {
         guard !operations.isEmpty else { return closeUnexpected(reply) }
-        guard operations[0].isTransaction else {
+        guard var t = operations[0].transaction.take() else {
             if reply.code == 421 {
                 return closeWithFailure(
                     SMTPError.reply(reply, stage: operations[0].stage, message: "the server is closing the connection: \(reply)"))
@@ -20,13 +20,12 @@ extension SMTPClientStateMachine {
             advance(now: now)
             return .commandDone(completion!, reply)
         }
-        var t = operations[0].takeTransaction()
         switch transactionAnswered(reply, &t, now: now) {
         case .stay(let action):
-            operations[0].kind = .transaction(t)
+            operations[0].transaction = consume t
             return action
         case .close(let error):
-            operations[0].kind = .transaction(t)
+            operations[0].transaction = consume t
             return closeWithFailure(error)
         case .end(let ending, let acknowledgeAtOnce):
             let completion = operations.removeFirst().completion!
@@ -45,10 +44,9 @@ extension SMTPClientStateMachine {
             waitDeadline = nil
             return false
         }
-        // (The timeout is read before the queue is written: a method of `self` called with an
-        // element of the queue made the compiler copy the whole machine.)
-        let timeout = operations[0].timeout ?? protocolTimeout
-        wait(until: now + timeout)
+        // (In place, through a mutating method of the element: reading the element's timeout
+        // copied the whole operation, and a method of `self` given it copied the whole machine.)
+        waitDeadline = operations[0].startWait(now: now, protocolTimeout: protocolTimeout)
         return true
     }
 
@@ -212,10 +210,8 @@ extension SMTPClientStateMachine {
                     written: false, failure ?? SMTPError(stage: .data, code: .connectionClosed, message: "the connection is closed")))
         }
         streaming = nil
-        var t = operations[0].takeTransaction()
-        t.phase = .dot
-        let id = t.id
-        operations[0].kind = .transaction(t)
+        operations[0].transaction!.phase = .dot
+        let id = operations[0].transactionID!
         operations[0].completion = completion
         wait(until: now + dataTerminationTimeout)
         return .writeBody(last, transaction: id, handBack: nil)

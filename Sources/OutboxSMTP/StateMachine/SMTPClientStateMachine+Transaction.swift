@@ -47,7 +47,12 @@ extension SMTPClientStateMachine {
     /// A transaction or a simple command, written (or about to be) and awaiting replies.
     struct Operation {
         var completion: Completion?
-        var kind: Kind
+        /// A simple command's stage and timeout (nil for a transaction).
+        var command: Command?
+        /// A transaction's state (nil for a simple command). Moved out while a reply for it is
+        /// handled, and back (see `operationAnswered`): an optional, because `take()` moves its
+        /// value out where a pattern on an enum's payload copied it.
+        var transaction: Transaction?
         /// What is written when it starts: the command, or MAIL (with the RCPTs and DATA when
         /// pipelined).
         var initialWrite: ByteBuffer
@@ -59,62 +64,62 @@ extension SMTPClientStateMachine {
         /// outcome unknown. (Kept here, not in the transaction, so that marking it is cheap.)
         var bodyWritten = false
 
-        enum Kind {
-            /// NOOP, RSET or QUIT: one command, one reply.
-            case command(SMTPError.Stage, timeout: TimeAmount)
-            case transaction(Transaction)
+        /// NOOP, RSET or QUIT: one command, one reply.
+        struct Command {
+            var stage: SMTPError.Stage
+            var timeout: TimeAmount
         }
 
-        var isTransaction: Bool {
-            if case .transaction = kind { return true }
-            return false
+        /// A simple command.
+        init(completion: Completion, command: Command, initialWrite: ByteBuffer) {
+            self.completion = completion
+            self.command = command
+            self.initialWrite = initialWrite
+        }
+
+        /// A transaction.
+        init(completion: Completion, transaction: consuming Transaction, initialWrite: ByteBuffer) {
+            self.completion = completion
+            self.transactionID = transaction.id
+            self.transaction = consume transaction
+            self.initialWrite = initialWrite
+        }
+
+        // (The queue's hot paths read stored properties of `operations[0]`: a computed one made
+        // the compiler copy the whole element first.)
+
+        /// Its wait starts at `now`: its deadline, set and returned.
+        mutating func startWait(now: NIODeadline, protocolTimeout: TimeAmount) -> NIODeadline {
+            deadline = now + (command?.timeout ?? protocolTimeout)
+            return deadline
         }
 
         /// A transaction whose body its sender streams.
         var isStreaming: Bool {
-            if case .transaction(let t) = kind, case .streaming = t.phase { return true }
+            if case .streaming? = transaction?.phase { return true }
             return false
-        }
-
-        /// A simple command's own timeout (nil: a transaction, whose waits take the protocol
-        /// timeout).
-        var timeout: TimeAmount? {
-            if case .command(_, let timeout) = kind { return timeout }
-            return nil
-        }
-
-        /// Moves the transaction out (call only when `isTransaction`), leaving a placeholder
-        /// until it is put back: nothing is copied.
-        mutating func takeTransaction() -> Transaction {
-            var taken = Kind.command(.mail, timeout: .zero)
-            swap(&taken, &kind)
-            guard case .transaction(let t) = consume taken else { preconditionFailure("not a transaction") }
-            return t
         }
 
         /// Awaiting the reply to its final dot.
         var awaitsDot: Bool {
-            if case .transaction(let t) = kind, case .dot = t.phase { return true }
+            if case .dot? = transaction?.phase { return true }
             return false
         }
 
         /// Awaiting the reply to the final dot of a body written by the event loop, with the
         /// connection handed back: the next transaction's commands may follow.
         var handedBack: Bool {
-            if case .transaction(let t) = kind, case .dot = t.phase, t.handBack { return true }
+            if let t = transaction, case .dot = t.phase, t.handBack { return true }
             return false
         }
 
         var stage: SMTPError.Stage {
-            switch kind {
-            case .command(let stage, _): return stage
-            case .transaction(let t): return t.stage
-            }
+            command?.stage ?? transaction?.stage ?? .data
         }
 
         /// What the connection's failure means for this operation.
         func error(for error: SMTPError, isHead: Bool) -> SMTPError {
-            guard case .transaction(let t) = kind else {
+            guard let t = transaction else {
                 return isHead ? Self.lost(error, during: stage) : SMTPClientStateMachine.notSent(error)
             }
             if !isHead {
@@ -250,9 +255,7 @@ extension SMTPClientStateMachine {
             handBack: request.handBack, sender: request.sender, sequential: sequential,
             dataIncluded: dataIncluded, unsent: unsent,
             body: request.body, replies: replies, phase: .commands)
-        let operation = Operation(
-            completion: completion, kind: .transaction(transaction), initialWrite: first,
-            transactionID: transaction.id)
+        let operation = Operation(completion: completion, transaction: transaction, initialWrite: first)
         let behindDot =
             request.body != nil && dataIncluded && streaming == nil && deferred.isEmpty
             && !operations.isEmpty && operations.allSatisfy { $0.handedBack }
@@ -281,20 +284,20 @@ extension SMTPClientStateMachine {
         transcript(command)
         var wire = ByteBufferAllocator().buffer(capacity: 8)
         command.writeValidated(into: &wire)
-        return enqueue(Operation(completion: completion, kind: .command(stage, timeout: timeout), initialWrite: wire), now: now)
+        return enqueue(Operation(completion: completion, command: .init(stage: stage, timeout: timeout), initialWrite: wire), now: now)
     }
 
     /// Writes `operation` now when nothing is awaited, else keeps it for later.
-    mutating func enqueue(_ operation: Operation, now: NIODeadline) -> Action {
-        var operation = operation
+    mutating func enqueue(_ operation: consuming Operation, now: NIODeadline) -> Action {
         guard operations.isEmpty, streaming == nil, deferred.isEmpty else {
             deferred.append(operation)
             return .none
         }
-        operation.deadline = now + (operation.timeout ?? protocolTimeout)
+        operation.deadline = now + (operation.command?.timeout ?? protocolTimeout)
         waitDeadline = operation.deadline
+        let write = operation.initialWrite
         operations.append(operation)
-        return .write(operation.initialWrite)
+        return .write(write)
     }
 
     /// True when an operation waits for the replies before it to come in.
@@ -304,7 +307,7 @@ extension SMTPClientStateMachine {
     package mutating func startDeferred(now: NIODeadline) -> Action {
         guard case .ready = state, operations.isEmpty, streaming == nil, !deferred.isEmpty else { return .none }
         var operation = deferred.removeFirst()
-        operation.deadline = now + (operation.timeout ?? protocolTimeout)
+        operation.deadline = now + (operation.command?.timeout ?? protocolTimeout)
         waitDeadline = operation.deadline
         operations.append(operation)
         return .write(operation.initialWrite)
