@@ -19,22 +19,26 @@ public enum Throttling {
     /// True when an SMTP reply (its code, enhanced code and text) is one of the throttling
     /// answers of the table.
     public static func isThrottling(code: Int, enhancedCode: String?, text: String?) -> Bool {
-        let enhanced = enhancedCode ?? ""
-        switch code {
-        case 432: return true
-        case 421: return enhanced.hasPrefix("4.7.")
-        case 454: return enhanced == "4.7.0"
-        case 550: return enhanced == "5.4.5"
-        case 554: return enhanced == "5.2.0" && (text ?? "").contains("SubmissionQuotaExceeded")
-        default: return false
-        }
+        isThrottling(code: code, enhancedCode: { enhancedCode }, text: { text })
     }
 
     /// True when `reply` is throttling (see ``isThrottling(code:enhancedCode:text:)``).
     public static func isThrottling(_ reply: SMTPReply) -> Bool {
-        // Checked for every message's final reply: no text is built for the codes that never throttle.
-        guard [432, 421, 454, 550, 554].contains(reply.code) else { return false }
-        return isThrottling(code: reply.code, enhancedCode: reply.enhancedCode?.description, text: reply.lines.joined(separator: " "))
+        // Checked for every message's final reply: the enhanced code and the text are built only
+        // for a code the table reads them for.
+        isThrottling(code: reply.code, enhancedCode: { reply.enhancedCode?.description }, text: { reply.lines.joined(separator: " ") })
+    }
+
+    /// The table, reading the enhanced code and the text only when the code needs them.
+    private static func isThrottling(code: Int, enhancedCode: () -> String?, text: () -> String?) -> Bool {
+        switch code {
+        case 432: return true
+        case 421: return (enhancedCode() ?? "").hasPrefix("4.7.")
+        case 454: return enhancedCode() == "4.7.0"
+        case 550: return enhancedCode() == "5.4.5"
+        case 554: return enhancedCode() == "5.2.0" && (text() ?? "").contains("SubmissionQuotaExceeded")
+        default: return false
+        }
     }
 
     /// True when an HTTP answer is throttling: 429 always, 503 with a `Retry-After`.

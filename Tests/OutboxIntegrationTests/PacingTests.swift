@@ -113,8 +113,7 @@ struct PacingTests {
         // 4 messages, then 432 4.3.2 for 8 s: the first probe (5 s) is throttled too, the
         // second (15 s) goes through.
         try throttle.setPolicy(allowed: 4, seconds: 8)
-        let dir = NSTemporaryDirectory() + "outbox-throttle-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try OutboxBinary.temporaryDirectory("outbox-throttle").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let port = freePort()
         let file = dir + "/outbox.cfg"
@@ -193,8 +192,7 @@ struct PacingTests {
     func intakeLimitOverHTTP() async throws {
         let peer = try TestPeers.fromEnvironment()
         let throttle = try ThrottlePeer.fromEnvironment()
-        let dir = NSTemporaryDirectory() + "outbox-intake-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try OutboxBinary.temporaryDirectory("outbox-intake").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let port = freePort()
         let file = dir + "/outbox.cfg"
@@ -240,8 +238,7 @@ struct PacingTests {
     func tooManyRecipients() async throws {
         let peer = try TestPeers.fromEnvironment()
         let throttle = try ThrottlePeer.fromEnvironment()
-        let dir = NSTemporaryDirectory() + "outbox-rcpt-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try OutboxBinary.temporaryDirectory("outbox-rcpt").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let port = freePort()
         let file = dir + "/outbox.cfg"
@@ -279,8 +276,7 @@ struct PacingTests {
         let throttle = try ThrottlePeer.fromEnvironment()
         let (url, drop) = try await ownDatabase(peer, prefix: "outbox_pacing")
         defer { drop() }
-        let dir = NSTemporaryDirectory() + "outbox-rate-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try OutboxBinary.temporaryDirectory("outbox-rate").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let limit = 10
         let total = 15
@@ -327,8 +323,7 @@ struct PacingTests {
         let peer = try TestPeers.fromEnvironment()
         let (url, drop) = try await ownDatabase(peer, prefix: "outbox_slots")
         defer { drop() }
-        let dir = NSTemporaryDirectory() + "outbox-slots-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try OutboxBinary.temporaryDirectory("outbox-slots").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let graphState = EmulatorState()
         await graphState.set {

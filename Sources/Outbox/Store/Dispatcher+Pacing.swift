@@ -38,21 +38,28 @@ extension Dispatcher {
         return Array(claimed[..<granted])
     }
 
+    /// What `takeSharedSlot` got.
+    enum SharedSlot {
+        /// No shared slot applies: no limit, or a store of one process, where the lane's bound
+        /// is the limit.
+        case notNeeded
+        /// This slot is held: give it back after the delivery.
+        case held(Int)
+        /// None freed before half the claim's lease had gone.
+        case unavailable
+    }
+
     /// A delivery slot of the route's `max-concurrent` shared by every instance (PostgreSQL):
-    /// waits for one while the message's claim is young. Returns `.some(nil)` when no shared
-    /// slot applies (no limit, or a store of one process, where the lane's bound is the limit),
-    /// `.some(slot)` when one is held (give it back after the delivery), and nil when none
-    /// freed before half the claim's lease had gone.
-    func takeSharedSlot(route: String, settings: DispatcherSettings, claimedAt: QueueInstant, lease: Duration) async -> Int?? {
-        guard pacer.isShared, let limit = settings.routeLimits[route]?.maxConcurrent else { return .some(nil) }
+    /// waits for one while the message's claim is young.
+    func takeSharedSlot(route: String, settings: DispatcherSettings, claimedAt: QueueInstant, lease: Duration) async -> SharedSlot {
+        guard pacer.isShared, let limit = settings.routeLimits[route]?.maxConcurrent else { return .notNeeded }
         while true {
-            let now = clock.now
             // Held until the claim's lease would run out: an instance that dies holding it frees it then.
             let until = claimedAt.advanced(by: lease).secondsSince1970
-            if let slot = await pacer.acquireSlot(route: route, limit: limit, holder: instanceID, until: until, now: now.secondsSince1970) {
-                return .some(slot)
+            if let slot = await pacer.acquireSlot(route: route, limit: limit, holder: instanceID, until: until, now: clock.now.secondsSince1970) {
+                return .held(slot)
             }
-            if claimedAt.duration(to: clock.now) > lease / 2 || Task.isCancelled { return nil }
+            if claimedAt.duration(to: clock.now) > lease / 2 || Task.isCancelled { return .unavailable }
             try? await clock.sleep(for: .milliseconds(200))
         }
     }

@@ -329,13 +329,17 @@ public final class Dispatcher: Service, Sendable {
                             || (next.probe == nil && self.state.withLockedValue { $0.health[route]?.isPaused ?? true })
                         {
                             await self.putBack(next, route: route)
-                        } else if let slot = await self.takeSharedSlot(route: route, settings: settings, claimedAt: next.claimedAt, lease: next.lease)
-                        {
-                            await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
-                            if let slot { await self.pacer.releaseSlot(route: route, slot: slot, holder: self.instanceID) }
                         } else {
-                            // Every instance's slots stayed taken while its claim aged: back to the queue.
-                            await self.putBack(next, route: route)
+                            switch await self.takeSharedSlot(route: route, settings: settings, claimedAt: next.claimedAt, lease: next.lease) {
+                            case .notNeeded:
+                                await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
+                            case .held(let slot):
+                                await self.deliver(next.message, route: route, settings: settings, probe: next.probe)
+                                await self.pacer.releaseSlot(route: route, slot: slot, holder: self.instanceID)
+                            case .unavailable:
+                                // Every instance's slots stayed taken while its claim aged: back to the queue.
+                                await self.putBack(next, route: route)
+                            }
                         }
                         return .finished
                     }

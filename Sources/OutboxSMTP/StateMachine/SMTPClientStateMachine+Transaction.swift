@@ -220,8 +220,6 @@ extension SMTPClientStateMachine {
             isTransient: true)
     }
 
-    static var dataCommand: ByteBuffer { ByteBuffer(staticString: "DATA\r\n") }
-
     // MARK: starting
 
     /// Starts a transaction: at once when nothing is awaited, right behind a message handed back
